@@ -1,0 +1,43 @@
+# sbldm — set-up and the two jobs a newcomer runs.
+#
+#   make smoke     # create .venv, then run the notebook chain at `smoke` -> results/smoke/
+#   make test      # create .venv, then run the test suite (what .ci/run calls)
+#
+# torch: `pip install torch==$(TORCH_VERSION)` takes the CPU build on a CPU-only
+# machine that carries it locally and the CUDA build from PyPI elsewhere. To force a
+# particular build, point TORCH_INDEX at a PyTorch wheel index, e.g.
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu     (CPU only)
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128   (CUDA 12.8)
+# Once installed, torch is held fixed by .venv/torch-constraint.txt so that no later
+# install (e.g. the nnunet extra) swaps it for another build.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= dev
+SCALE ?= smoke
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sbldm-installed
+
+.PHONY: setup smoke small paper test kernel clean-results
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[$(EXTRAS)]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name sbldm --display-name "Python (sbldm)" > /dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+smoke small paper: $(STAMP)
+	$(BIN)/python -m sbldm.reproduce --scale $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+kernel: $(STAMP)
+	$(BIN)/python -m ipykernel install --user --name sbldm --display-name "Python (sbldm)"

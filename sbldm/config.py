@@ -1,0 +1,200 @@
+"""Scale presets: ``smoke`` (CI plumbing), ``small`` (a real CPU experiment), ``paper``.
+
+One frozen dataclass holds every knob of every stage, flat and prefixed by stage
+(``data_``, ``vae_``, ``unet_``, ``diffusion_``, ``sample_``) so that a notebook's
+papermill parameters and ``resolve(scale, **overrides)`` speak the same names.
+
+>>> cfg = resolve("small", vae_lr=2e-4)
+>>> cfg.volume_shape
+(64, 64, 32)
+
+Where the paper and the authors' code disagree (DESIGN.md section 2) the default
+follows the paper and the other choice is a field; the comment says which is which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SCALES = ("smoke", "small", "paper")
+
+FEATURE_NAMES = (
+    "voxel_volume", "surface_area", "sphericity", "x", "y", "z", "w", "h", "d",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    scale: str
+    seed: int = 0
+
+    # -- data ------------------------------------------------------------------
+    n_train: int = 100                    # paper §3.2: 100 training volumes
+    n_test: int = 100                     # ... and 100 held-out volumes
+    volume_shape: tuple[int, int, int] = (192, 192, 96)   # (x, y, z) after resampling
+    image_interp_order: int = 0           # 0 = nearest, as the authors' code; 1 = linear
+    clip_percentiles: tuple[float, float] | None = None   # None = plain min-max (reference)
+    # phantom cohort geometry on disk (BraTS: 240x240x155 at 1 mm)
+    phantom_shape: tuple[int, int, int] = (240, 240, 155)
+    phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    # -- stage 1: slice VAE ------------------------------------------------------
+    vae_channels: tuple[int, ...] = (128, 256, 512, 512)  # authors' code; len-1 = log2(downsampling)
+    vae_latent_channels: int = 6
+    vae_layers_per_block: int = 1
+    vae_norm_groups: int = 32
+    vae_slice_embedding: bool = True      # paper: l(i) on; authors' code: off (ablation)
+    vae_slice_embedding_dim: int = 128
+    vae_kl_weight: float = 1e-6
+    vae_ssim_weight: float = 1.0
+    vae_lpips_weight: float = 0.0         # authors' code: 0.5, needs local LPIPS weights
+    vae_lpips_path: str | None = None
+    vae_lr: float = 1e-5                  # paper §3.2 / authors' code
+    vae_batch_size: int = 32
+    vae_steps: int = 100_000
+    vae_empty_slice_keep: float = 0.1     # authors' code keeps 10% of background-only slices
+    vae_flip_prob: float = 0.2            # authors' code: horizontal/vertical flips
+
+    # -- stage 2: conditioned 3D latent diffusion -------------------------------
+    unet_channels: tuple[int, ...] = (64, 128, 256, 512)
+    unet_layers_per_block: int = 2        # authors' code: 2 (paper text: 1)
+    unet_norm_groups: int = 32
+    unet_cond_fusion: str = "scale_shift"  # paper; "add" = authors' code
+    unet_cond_dropout: float = 0.1        # classifier-free guidance (reference: 0, none)
+    diffusion_loss: str = "mse"           # paper; "l1" = authors' code
+    diffusion_lr: float = 1e-4
+    diffusion_batch_size: int = 8
+    diffusion_steps: int = 200_000
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.002
+    beta_end: float = 0.02
+
+    # -- sampling ----------------------------------------------------------------
+    sampler: str = "ddim"                 # "ddpm" (1000 steps) | "ddim"
+    num_inference_steps: int = 50
+    eta: float = 0.0                      # true DDIM; the authors' code was stuck at 1
+    guidance_scale: float = 1.0           # 1.0 = no classifier-free guidance
+
+    # -- training loop -------------------------------------------------------------
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    mixed_precision: str = "no"           # "no" | "bf16" | "fp16" (GPU only)
+    num_workers: int = 0
+
+    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def vae_downsampling(self) -> int:
+        return 2 ** (len(self.vae_channels) - 1)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        f = self.vae_downsampling
+        x, y, z = self.volume_shape
+        return (self.vae_latent_channels, x // f, y // f, z)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop("extra")
+        return d
+
+    def hash(self) -> str:
+        """Short stable hash of every field: identifies the configuration in run records."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # A handful of tiny volumes and a few optimiser steps: the whole chain runs in
+    # minutes on 2 CPU cores. Its numbers mean nothing.
+    "smoke": dict(
+        n_train=6, n_test=4,
+        volume_shape=(32, 32, 16), image_interp_order=1,
+        phantom_shape=(60, 60, 39), phantom_spacing=(4.0, 4.0, 4.0),
+        vae_channels=(16, 32, 32), vae_latent_channels=4, vae_norm_groups=8,
+        vae_slice_embedding_dim=32, vae_lr=1e-3, vae_batch_size=8, vae_steps=20,
+        vae_empty_slice_keep=1.0,
+        unet_channels=(16, 32, 32), unet_layers_per_block=1, unet_norm_groups=8,
+        diffusion_lr=1e-3, diffusion_batch_size=2, diffusion_steps=10,
+        num_inference_steps=5, checkpoint_every=10, log_every=5,
+    ),
+    # A real experiment on a 2-core CPU in an hour or two: 100/100 phantom volumes at
+    # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
+    "small": dict(
+        n_train=100, n_test=100,
+        volume_shape=(64, 64, 32), image_interp_order=1,
+        phantom_shape=(120, 120, 78), phantom_spacing=(2.0, 2.0, 2.0),
+        vae_channels=(32, 64, 64), vae_latent_channels=4, vae_norm_groups=16,
+        vae_slice_embedding_dim=64, vae_lr=5e-4, vae_batch_size=32, vae_steps=3000,
+        vae_empty_slice_keep=0.3,
+        unet_channels=(32, 64, 128), unet_layers_per_block=1, unet_norm_groups=16,
+        diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=3000,
+        checkpoint_every=500, log_every=50,
+    ),
+    # Paper scale: 192x192x96, 100/100 BraTS volumes, the sizes of Table 1. GPU.
+    "paper": dict(),
+}
+
+
+def resolve(scale: str, **overrides: Any) -> Config:
+    """The preset for ``scale`` with ``overrides`` applied.
+
+    Raises ``ValueError`` naming the valid choices for an unknown scale or field.
+    """
+    if scale not in _PRESETS:
+        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    valid = {f.name for f in dataclasses.fields(Config)} - {"scale", "extra"}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown config parameter(s) {', '.join(map(repr, unknown))}; "
+            f"valid parameters: {', '.join(sorted(valid))}"
+        )
+    values = {**_PRESETS[scale], **overrides}
+    # JSON / papermill hand lists where the dataclass keeps tuples.
+    for k, v in values.items():
+        if isinstance(v, list):
+            values[k] = tuple(v)
+    cfg = Config(scale=scale, **values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: Config) -> None:
+    choices = {
+        "unet_cond_fusion": ("scale_shift", "add"),
+        "diffusion_loss": ("mse", "l1"),
+        "sampler": ("ddpm", "ddim"),
+        "mixed_precision": ("no", "bf16", "fp16"),
+        "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+    }
+    for name, allowed in choices.items():
+        value = getattr(cfg, name)
+        if value not in allowed:
+            raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+    if len(cfg.volume_shape) != 3 or any(int(s) <= 0 for s in cfg.volume_shape):
+        raise ValueError(f"volume_shape must be three positive sizes, got {cfg.volume_shape}")
+    f = cfg.vae_downsampling
+    if cfg.volume_shape[0] % f or cfg.volume_shape[1] % f:
+        raise ValueError(
+            f"volume_shape {cfg.volume_shape} in-plane sizes must be divisible by the VAE "
+            f"downsampling factor {f} (from vae_channels={cfg.vae_channels})"
+        )
+    if not 0.0 <= cfg.vae_empty_slice_keep <= 1.0:
+        raise ValueError(f"vae_empty_slice_keep must lie in [0, 1], got {cfg.vae_empty_slice_keep}")
+    if not 0.0 <= cfg.unet_cond_dropout < 1.0:
+        raise ValueError(f"unet_cond_dropout must lie in [0, 1), got {cfg.unet_cond_dropout}")
+    if cfg.n_train < 1 or cfg.n_test < 0:
+        raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {cfg.n_train}, {cfg.n_test}")
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a config written by ``Config.to_dict`` (e.g. from a run record)."""
+    d = dict(d)
+    scale = d.pop("scale")
+    return resolve(scale, **d)
