@@ -1,0 +1,118 @@
+"""Figures: orthogonal views with the tumour outlined, feature histograms.
+
+Arrays follow sbldm's convention (x, y, z); views are rotated so that anterior / superior
+point up, as radiologists look at them.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def _agg():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            matplotlib.use("Agg")
+        except Exception:  # an interactive session keeps its backend
+            pass
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def tumour_centre(mask: np.ndarray) -> tuple[int, int, int]:
+    """Voxel index of the tumour's centre of mass, or the volume centre for an empty mask."""
+    if mask is not None and np.any(mask):
+        return tuple(int(round(c)) for c in np.argwhere(mask > 0).mean(axis=0))
+    return tuple(s // 2 for s in mask.shape)
+
+
+def view_slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
+    """2D slice of ``volume`` (x, y, z) for display: axial (z), coronal (y), sagittal (x)."""
+    if view == "axial":
+        return np.rot90(volume[:, :, index])
+    if view == "coronal":
+        return np.rot90(volume[:, index, :])
+    if view == "sagittal":
+        return np.rot90(volume[index, :, :])
+    raise ValueError(f"unknown view {view!r}; choose one of {', '.join(VIEWS)}")
+
+
+def show_slice(ax, image: np.ndarray, mask: np.ndarray | None, view: str, index: int,
+               title: str | None = None, color: str = "red") -> None:
+    """One view of an (image, mask) pair on ``ax``: image in grey, mask as a contour."""
+    ax.imshow(view_slice(image, view, index), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+    if mask is not None:
+        m = view_slice(mask, view, index)
+        if m.any() and not m.all():
+            ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=0.8)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def three_views(axes: Sequence, image: np.ndarray, mask: np.ndarray | None,
+                centre: Sequence[int] | None = None, label: str | None = None) -> None:
+    """Axial, coronal and sagittal views through ``centre`` (default: the tumour's centre)."""
+    c = tumour_centre(mask if mask is not None else np.zeros_like(image)) if centre is None else centre
+    for ax, view, idx in zip(axes, VIEWS, (c[2], c[1], c[0])):
+        show_slice(ax, image, mask, view, idx, title=f"{label} — {view}" if label else view)
+
+
+def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
+                 labels: Sequence[str] | None = None, suptitle: str | None = None):
+    """One row per case, three orthogonal views through the tumour with its outline."""
+    plt = _agg()
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    for r in range(n):
+        three_views(axes[r], images[r], masks[r], label=None if labels is None else labels[r])
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def feature_histograms(features: np.ndarray, names: Sequence[str], groups: dict[str, np.ndarray] | None = None,
+                       suptitle: str | None = None):
+    """Histogram of each tumour feature; ``groups`` maps a label to a row mask (e.g. train/test)."""
+    plt = _agg()
+    features = np.asarray(features, dtype=float)
+    groups = groups or {"all": np.ones(len(features), bool)}
+    cols = 3
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for j, name in enumerate(names):
+        ax = axes.flat[j]
+        values = features[:, j]
+        bins = np.histogram_bin_edges(values[np.isfinite(values)], bins=15)
+        for label, rows_mask in groups.items():
+            ax.hist(values[rows_mask], bins=bins, alpha=0.6, label=label)
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    axes.flat[0].legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path) -> None:
+    """Save a figure as PNG atomically and close it."""
+    import io
+    from pathlib import Path
+
+    from .data import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    _agg().close(fig)
