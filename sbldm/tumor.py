@@ -194,3 +194,16 @@ class ConditionSampler:
             out = self._rescale(np.repeat(base[None], len(values), axis=0), factor,
                                 np.full(len(values), base[2]), np.zeros((len(values), 3)))
         return out
+
+
+def feature_summary(splits: Mapping[str, np.ndarray]) -> list[dict]:
+    """Rows (one per feature) of mean, std, min and max of raw features in each split."""
+    rows = []
+    for j, name in enumerate(FEATURE_NAMES):
+        row = {"feature": name}
+        for split, arr in splits.items():
+            col = as_matrix(np.asarray(arr))[:, j]
+            row.update({f"{split}_mean": float(np.nanmean(col)), f"{split}_std": float(np.nanstd(col)),
+                        f"{split}_min": float(np.nanmin(col)), f"{split}_max": float(np.nanmax(col))})
+        rows.append(row)
+    return rows
