@@ -65,8 +65,13 @@ class Config:
     unet_norm_groups: int = 32
     unet_cond_fusion: str = "scale_shift"  # paper; "add" = authors' code
     unet_cond_dropout: float = 0.1        # classifier-free guidance (reference: 0, none)
+    unet_embed_dim: int = 512             # time / condition embedding width (authors' code)
+    unet_time_proj_dim: int = 128         # sinusoid size of the time embedding
+    unet_cond_hidden_dim: int = 256       # tau: 9 -> 256 -> 512 (authors' code)
+    unet_mid_layers: int = 2              # resnet blocks at the bottom (132.1M params at paper)
     diffusion_loss: str = "mse"           # paper; "l1" = authors' code
     diffusion_lr: float = 1e-4
+    diffusion_weight_decay: float = 0.01  # AdamW default, as the authors' code
     diffusion_batch_size: int = 8
     diffusion_steps: int = 200_000
     num_train_timesteps: int = 1000
@@ -120,6 +125,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         vae_slice_embedding_dim=32, vae_lr=1e-3, vae_batch_size=8, vae_steps=20,
         vae_empty_slice_keep=1.0,
         unet_channels=(16, 32, 32), unet_layers_per_block=1, unet_norm_groups=8,
+        unet_embed_dim=32, unet_time_proj_dim=16, unet_cond_hidden_dim=16, unet_mid_layers=1,
         diffusion_lr=1e-3, diffusion_batch_size=2, diffusion_steps=10,
         num_inference_steps=5, checkpoint_every=10, log_every=5,
     ),
@@ -133,6 +139,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         vae_slice_embedding_dim=64, vae_lr=5e-4, vae_batch_size=32, vae_steps=3000,
         vae_empty_slice_keep=0.3,
         unet_channels=(32, 64, 128), unet_layers_per_block=1, unet_norm_groups=16,
+        unet_embed_dim=128, unet_time_proj_dim=32, unet_cond_hidden_dim=64, unet_mid_layers=1,
         diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=3000,
         checkpoint_every=500, log_every=50,
     ),

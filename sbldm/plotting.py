@@ -116,3 +116,46 @@ def save_figure(fig, path) -> None:
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(Path(path), buf.getvalue())
     _agg().close(fig)
+
+
+def plot_loss_curve(records: Sequence[dict], path=None, title: str = "training loss", key: str = "loss"):
+    """Loss against step from a run's ``log.jsonl`` records (log scale when all positive);
+    saved as PNG when ``path`` is given. Returns the figure (closed if saved)."""
+    plt = _agg()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    steps = [r["step"] for r in records if key in r]
+    vals = [r[key] for r in records if key in r]
+    ax.plot(steps, vals, marker="o" if len(steps) < 30 else None, ms=3)
+    if vals and min(vals) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path)
+    return fig
+
+
+def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None = None):
+    """Axial slices evenly spaced across the whole depth, one row per volume, with mask
+    contours. ``rows``: ``(label, image (x, y, z), mask or None)``, e.g. real then
+    reconstructed."""
+    plt = _agg()
+    depth = rows[0][1].shape[2]
+    idx = np.linspace(0, depth - 1, min(n_slices, depth)).round().astype(int)
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.3 * len(idx), 1.45 * len(rows)), squeeze=False)
+    for r, (label, image, mask) in enumerate(rows):
+        for c, s in enumerate(idx):
+            ax = axes[r, c]
+            show_slice(ax, image, mask, "axial", int(s), title=f"z={s}" if r == 0 else None)
+            if c == 0:
+                ax.set_axis_on()
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_ylabel(label, fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig

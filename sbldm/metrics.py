@@ -1,0 +1,100 @@
+"""Image and mask metrics: PSNR, SSIM, Dice.
+
+Conventions: images are compared in [0, 1] (``to_unit`` maps sbldm's [-1, 1]);
+masks are binary. ``ssim_torch`` is differentiable (used by the VAE loss); the other
+functions take numpy arrays or tensors and return floats.
+
+SSIM here is the standard gaussian-window SSIM (window 11, sigma 1.5, K1 0.01, K2 0.03,
+"valid" filtering) of Wang et al. 2004, averaged over the map, in 2D for (B, C, H, W)
+and 3D for (B, C, X, Y, Z) inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_unit(x):
+    """[-1, 1] -> [0, 1], clipped."""
+    if isinstance(x, torch.Tensor):
+        return ((x + 1) / 2).clamp(0, 1)
+    return np.clip((np.asarray(x, dtype=np.float64) + 1) / 2, 0, 1)
+
+
+def _gaussian(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    r = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
+               sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03, reduction: str = "mean") -> torch.Tensor:
+    """Differentiable gaussian-window SSIM of (B, C, *spatial) tensors (2D or 3D).
+
+    The window shrinks to the smallest spatial size if that is below ``win_size``
+    (odd sizes kept). ``reduction='none'`` gives one value per (batch, channel).
+    """
+    if x.shape != y.shape:
+        raise ValueError(f"ssim: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
+    nd = x.ndim - 2
+    if nd not in (2, 3):
+        raise ValueError(f"ssim needs (B, C, H, W) or (B, C, X, Y, Z), got {tuple(x.shape)}")
+    win = min(win_size, *x.shape[2:])
+    if win % 2 == 0:
+        win -= 1
+    c = x.shape[1]
+    g = _gaussian(win, sigma, x.dtype, x.device)
+    conv = F.conv2d if nd == 2 else F.conv3d
+
+    def blur(t):
+        for axis in range(nd):
+            shape = [1] * nd
+            shape[axis] = win
+            t = conv(t, g.reshape(1, 1, *shape).repeat(c, 1, *([1] * nd)), groups=c)
+        return t
+
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    mx, my = blur(x), blur(y)
+    sxx = blur(x * x) - mx * mx
+    syy = blur(y * y) - my * my
+    sxy = blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    s = s.flatten(2).mean(-1)
+    return s.mean() if reduction == "mean" else s
+
+
+def _tensor(a) -> torch.Tensor:
+    return a.detach().double() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a, dtype=np.float64))
+
+
+def ssim(x, y, data_range: float = 1.0) -> float:
+    """Mean SSIM of two images of equal shape: 2D (H, W), 3D (X, Y, Z), or batched
+    (B, C, ...). Inputs should already be in [0, data_range]."""
+    a, b = _tensor(x), _tensor(y)
+    if a.ndim in (2, 3):
+        a, b = a[None, None], b[None, None]
+    return float(ssim_torch(a, b, data_range=data_range))
+
+
+def psnr(x, y, data_range: float = 1.0) -> float:
+    """PSNR in dB of ``x`` against ``y`` (same shape, values in [0, data_range]);
+    ``inf`` when they are equal."""
+    a, b = _tensor(x), _tensor(y)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+
+
+def dice(pred, target, empty: float = 1.0) -> float:
+    """Dice coefficient of two binary masks; ``empty`` when both are empty."""
+    p = np.asarray(pred.detach().cpu() if isinstance(pred, torch.Tensor) else pred) > 0
+    t = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target) > 0
+    if p.shape != t.shape:
+        raise ValueError(f"dice: shapes differ, {p.shape} vs {t.shape}")
+    denom = p.sum() + t.sum()
+    return float(empty) if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)

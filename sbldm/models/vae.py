@@ -1,0 +1,203 @@
+"""Stage 1: the slice VAE, a 2D KL autoencoder told where each slice sits.
+
+Built from diffusers' blocks (``ResnetBlock2D``, ``Downsample2D``, ``Upsample2D``,
+``DiagonalGaussianDistribution``). Two input/output channels: FLAIR slice and mask
+slice, both in [-1, 1].
+
+Topology (``block_out_channels=(c0, ..., cL)``, ``L`` downsamplings):
+
+- encoder: ``conv_in`` (2 -> c0); for each level ``i = 1..L`` a stride-2 conv
+  ``c_{i-1} -> c_i`` then ``layers_per_block`` resnet blocks at ``c_i``;
+  GroupNorm-SiLU-conv to ``2 * latent_channels`` (mean, log-variance) and a 1x1
+  ``quant_conv``;
+- decoder: 1x1 ``post_quant_conv``, an input resnet block latent -> cL, then for each
+  level in reverse a nearest-neighbour x2 upsample with a conv ``c_i -> c_{i-1}`` and
+  ``layers_per_block`` resnet blocks at ``c_{i-1}``; GroupNorm-SiLU and a
+  zero-initialised ``conv_out`` to 2 channels.
+
+This mirrors the authors' medfusion-style VAE (strided-conv down blocks, an input
+resnet block in the decoder, upsample-then-conv up blocks, zero-initialised output).
+
+At the paper preset ``(128, 256, 512, 512)``, 6 latent channels, 1 block per level,
+this has 27.1M parameters without the slice embedding, like the authors' VAE
+(27.08M); the slice embedding adds the sinusoid MLP and one projection per block.
+
+Slice-position embedding l(i): the relative position ``p = i / (D - 1)`` in [0, 1] is
+multiplied by ``position_scale`` (1000, so the sinusoid resolves neighbouring slices),
+embedded with diffusers' ``Timesteps`` and a ``TimestepEmbedding`` MLP, and passed as
+``temb`` to every resnet block of encoder and decoder (diffusers adds its projection
+to the features after the first conv). ``slice_embedding=False`` removes it and its
+weights (the authors' configuration).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from .. import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.models.upsampling import Upsample2D
+
+
+def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
+    """Relative positions ``i / (D - 1)`` in [0, 1] of slice indices (all slices if None)."""
+    if index is None:
+        index = torch.arange(depth, device=device)
+    index = torch.as_tensor(index, device=device, dtype=torch.float32)
+    return index / max(int(depth) - 1, 1)
+
+
+class SliceVAE(ModelMixin, ConfigMixin):
+    """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding."""
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 2,
+        out_channels: int = 2,
+        block_out_channels: Sequence[int] = (128, 256, 512, 512),
+        latent_channels: int = 6,
+        layers_per_block: int = 1,
+        norm_num_groups: int = 32,
+        slice_embedding: bool = True,
+        slice_embedding_dim: int = 128,
+        position_scale: float = 1000.0,
+    ):
+        super().__init__()
+        ch = list(block_out_channels)
+        g = norm_num_groups
+        if any(c % g for c in ch):
+            raise ValueError(f"every VAE width {ch} must be divisible by norm_num_groups={g}")
+        if slice_embedding:
+            temb = 4 * slice_embedding_dim
+            self.pos_proj = Timesteps(slice_embedding_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+            self.pos_embedding = TimestepEmbedding(slice_embedding_dim, temb)
+        else:
+            temb = None
+            self.pos_proj = self.pos_embedding = None
+
+        def block(cin, cout):
+            return ResnetBlock2D(in_channels=cin, out_channels=cout, temb_channels=temb, groups=g, eps=1e-6)
+
+        # encoder: conv_in, then per level a (width-changing) strided downsample and resnet blocks
+        self.enc_conv_in = nn.Conv2d(in_channels, ch[0], 3, padding=1)
+        self.enc_down = nn.ModuleList()
+        self.enc_blocks = nn.ModuleList()
+        for i in range(1, len(ch)):
+            self.enc_down.append(Downsample2D(ch[i - 1], use_conv=True, out_channels=ch[i], padding=1, name="op"))
+            self.enc_blocks.append(nn.ModuleList([block(ch[i], ch[i]) for _ in range(layers_per_block)]))
+        self.enc_norm_out = nn.GroupNorm(g, ch[-1], eps=1e-6)
+        self.enc_conv_out = nn.Conv2d(ch[-1], 2 * latent_channels, 3, padding=1)
+        self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
+
+        # decoder: an input resnet block latent -> cL, then per level an upsample (nearest x2 +
+        # width-changing conv) and resnet blocks
+        self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
+        self.dec_in = ResnetBlock2D(in_channels=latent_channels, out_channels=ch[-1], temb_channels=temb,
+                                    groups=math.gcd(latent_channels, g), groups_out=g, eps=1e-6)
+        self.dec_up = nn.ModuleList()
+        self.dec_blocks = nn.ModuleList()
+        for i in range(len(ch) - 1, 0, -1):
+            self.dec_up.append(Upsample2D(ch[i], use_conv=True, out_channels=ch[i - 1]))
+            self.dec_blocks.append(nn.ModuleList([block(ch[i - 1], ch[i - 1]) for _ in range(layers_per_block)]))
+        self.dec_norm_out = nn.GroupNorm(g, ch[0], eps=1e-6)
+        self.dec_conv_out = nn.Conv2d(ch[0], out_channels, 3, padding=1)
+        nn.init.zeros_(self.dec_conv_out.weight)
+        nn.init.zeros_(self.dec_conv_out.bias)
+        self.act = nn.SiLU()
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def _temb(self, slice_pos, batch: int, ref: torch.Tensor):
+        if self.pos_embedding is None:
+            return None
+        if slice_pos is None:
+            raise ValueError("this SliceVAE has a slice-position embedding: pass slice_pos "
+                             "(relative positions in [0, 1], shape (B,))")
+        pos = torch.as_tensor(slice_pos, device=ref.device, dtype=torch.float32).reshape(-1)
+        if pos.numel() == 1 and batch > 1:
+            pos = pos.expand(batch)
+        if pos.numel() != batch:
+            raise ValueError(f"slice_pos holds {pos.numel()} positions for a batch of {batch}")
+        emb = self.pos_proj(pos * self.config.position_scale).to(ref.dtype)
+        return self.pos_embedding(emb)
+
+    def encode(self, x: torch.Tensor, slice_pos=None) -> DiagonalGaussianDistribution:
+        """Posterior q(z | x, position) of slices ``x`` (B, 2, H, W)."""
+        f = self.downsampling_factor
+        if x.ndim != 4 or x.shape[-1] % f or x.shape[-2] % f:
+            raise ValueError(f"SliceVAE.encode needs (B, C, H, W) with H and W divisible by {f}, got {tuple(x.shape)}")
+        temb = self._temb(slice_pos, x.shape[0], x)
+        h = self.enc_conv_in(x)
+        for down, blocks in zip(self.enc_down, self.enc_blocks):
+            h = down(h)
+            for b in blocks:
+                h = b(h, temb)
+        h = self.enc_conv_out(self.act(self.enc_norm_out(h)))
+        return DiagonalGaussianDistribution(self.quant_conv(h))
+
+    def decode(self, z: torch.Tensor, slice_pos=None) -> torch.Tensor:
+        """Slices (B, 2, H, W) decoded from latents ``z`` (B, C, H', W')."""
+        temb = self._temb(slice_pos, z.shape[0], z)
+        h = self.dec_in(self.post_quant_conv(z), temb)
+        for up, blocks in zip(self.dec_up, self.dec_blocks):
+            h = up(h)
+            for b in blocks:
+                h = b(h, temb)
+        return self.dec_conv_out(self.act(self.dec_norm_out(h)))
+
+    def forward(self, x: torch.Tensor, slice_pos=None, sample_posterior: bool = True,
+                generator: torch.Generator | None = None):
+        """(reconstruction, posterior)."""
+        posterior = self.encode(x, slice_pos)
+        z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        return self.decode(z, slice_pos), posterior
+
+
+def build_vae(cfg) -> SliceVAE:
+    """The slice VAE described by a ``sbldm.config.Config``."""
+    return SliceVAE(
+        block_out_channels=tuple(cfg.vae_channels),
+        latent_channels=cfg.vae_latent_channels,
+        layers_per_block=cfg.vae_layers_per_block,
+        norm_num_groups=cfg.vae_norm_groups,
+        slice_embedding=cfg.vae_slice_embedding,
+        slice_embedding_dim=cfg.vae_slice_embedding_dim,
+    )
+
+
+def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
+             ssim_weight: float = 1.0, lpips_weight: float = 0.0, lpips=None,
+             generator: torch.Generator | None = None) -> dict:
+    """L1 + ssim_weight (1 - SSIM) + kl_weight KL (+ lpips_weight LPIPS on the image channel).
+
+    SSIM is computed per channel on images mapped to [0, 1] (gaussian window 11, as the
+    authors' pytorch_msssim call); KL is summed over latent elements, averaged over the
+    batch (the authors' definition). Returns a dict of scalar tensors, ``loss`` first.
+    """
+    from ..metrics import ssim_torch
+
+    recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
+    l1 = (recon - x).abs().mean()
+    ssim = ssim_torch((recon + 1) / 2, (x + 1) / 2)
+    kl = posterior.kl().mean()
+    loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
+    out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
+    if lpips_weight > 0:
+        if lpips is None:
+            raise ValueError("vae_lpips_weight > 0 needs an LPIPS network; sbldm downloads nothing: "
+                             "set vae_lpips_path to local LPIPS weights or set vae_lpips_weight=0")
+        lp = lpips(recon[:, :1].clamp(-1, 1), x[:, :1]).mean()
+        out["lpips"] = lp.detach()
+        out["loss"] = loss + lpips_weight * lp
+    return out
