@@ -100,10 +100,13 @@ def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resample(volume: np.ndarray, shape: Sequence[int], order: int = 0) -> np.ndarray:
-    """Resample ``volume`` to ``shape`` over its full field of view (voxel edges aligned).
+    """Resample ``volume`` to ``shape`` over its full field of view.
 
-    ``order=0`` is nearest neighbour, as the authors' ``resample_to_output(order=0)`` then
-    crop did for 240x240x155 -> 192x192x96; higher orders are spline interpolation.
+    Output voxel ``i`` samples source coordinate ``i * in_size / out_size``: the first
+    voxel centres coincide, as with the authors' ``resample_to_output(voxel_sizes=
+    in_shape / out_shape, order=0)`` followed by a crop to the target shape
+    (240x240x155 -> 192x192x96). ``order=0`` is nearest neighbour (the reference),
+    higher orders are spline interpolation.
     """
     from scipy import ndimage
 
@@ -111,21 +114,14 @@ def resample(volume: np.ndarray, shape: Sequence[int], order: int = 0) -> np.nda
     if tuple(volume.shape) == shape:
         return volume.copy()
     zoom = [s_in / s_out for s_in, s_out in zip(volume.shape, shape)]
-    # target voxel centre i maps to source coordinate (i + 0.5) * zoom - 0.5
-    return ndimage.affine_transform(
-        volume, matrix=zoom, offset=[0.5 * z - 0.5 for z in zoom],
-        output_shape=shape, order=order, mode="nearest",
-        prefilter=order > 1,
-    )
+    return ndimage.affine_transform(volume, matrix=zoom, offset=0.0, output_shape=shape, order=order,
+                                    mode="nearest", prefilter=order > 1)
 
 
 def resampled_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
     """Affine of the grid ``resample`` produces, so resampled volumes can be written back out."""
     zoom = np.array([i / o for i, o in zip(in_shape, out_shape)], dtype=np.float64)
-    scale = np.diag([*zoom, 1.0])
-    shift = np.eye(4)
-    shift[:3, 3] = 0.5 * zoom - 0.5
-    return affine @ shift @ scale
+    return affine @ np.diag([*zoom, 1.0])
 
 
 def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float] | None = None,

@@ -1,0 +1,256 @@
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import ball
+
+from sbldm import data
+
+
+def test_find_cases_both_layouts_sorted(write_case, tmp_path):
+    write_case("BraTS2021_00012", layout=2021)
+    write_case("BraTS-GLI-00003-000", layout=2023)
+    write_case("BraTS2021_00002", layout=2021)
+    (tmp_path / "brats" / "notes").mkdir()
+    cases = data.find_cases(tmp_path / "brats")
+    assert [c.case_id for c in cases] == ["BraTS-GLI-00003-000", "BraTS2021_00002", "BraTS2021_00012"]
+    assert cases[1].image_path.name == "BraTS2021_00002_flair.nii.gz"
+    assert cases[0].mask_path.name == "BraTS-GLI-00003-000-seg.nii.gz"
+
+
+def test_find_cases_empty_folder_names_layouts(tmp_path):
+    with pytest.raises(data.DataError, match="no cases found.*BraTS 2021.*BraTS 2023"):
+        data.find_cases(tmp_path)
+
+
+def test_find_cases_missing_file_named(write_case, tmp_path):
+    folder = write_case("BraTS2021_00001", layout=2021)
+    (folder / "BraTS2021_00001_seg.nii.gz").unlink()
+    with pytest.raises(data.DataError, match=r"BraTS2021_00001_seg\.nii\.gz.*missing segmentation"):
+        data.find_cases(tmp_path / "brats")
+
+
+def test_load_case_scales_resamples_and_keeps_affine(write_case, tmp_path):
+    rng = np.random.default_rng(1)
+    image = rng.uniform(10, 500, (40, 44, 24)).astype(np.float32)
+    seg = np.zeros(image.shape, np.uint8)
+    seg[10:30, 12:30, 6:18] = 2
+    seg[15:20, 15:20, 10:12] = 4
+    affine = np.array([[-1.2, 0, 0, 90], [0, -1.0, 0, 120], [0, 0, 1.5, -60], [0, 0, 0, 1]])
+    write_case("BraTS2021_00001", image=image, seg=seg, affine=affine, layout=2021)
+    (case,) = data.find_cases(tmp_path / "brats")
+    lc = data.load_case(case, shape=(20, 22, 12))
+    img, mask = lc                                        # unpacks like a tuple
+    assert img.shape == mask.shape == (20, 22, 12)
+    assert img.dtype == np.float32 and mask.dtype == np.uint8
+    # min-max to [-1, 1] on the source volume, then nearest neighbour: a subset of its voxels
+    lo, hi = image.min(), image.max()
+    assert np.allclose(img, ((2 * image - lo - hi) / (hi - lo))[::2, ::2, ::2], atol=1e-6)
+    assert set(np.unique(mask)) == {0, 1}
+    # nearest neighbour over the full field of view: every other voxel of a 2x grid
+    assert np.array_equal(mask, (seg > 0)[::2, ::2, ::2])
+    assert np.allclose(lc.source_affine, affine)
+    # the resampled affine maps output voxel i to the source voxel it was taken from
+    assert np.allclose(lc.affine @ np.array([3, 4, 5, 1.0]), affine @ np.array([6, 8, 10, 1.0]))
+
+
+def test_resample_mask_agrees_with_image_and_linear_is_smooth():
+    m = ball((48, 48, 30), radius=10)
+    out = data.resample(m, (24, 24, 15), order=0)
+    assert out.shape == (24, 24, 15)
+    assert abs(out.sum() * 8 - m.sum()) / m.sum() < 0.1
+    ramp = np.broadcast_to(np.arange(48, dtype=float)[:, None, None], (48, 48, 30))
+    third = data.resample(ramp, (36, 48, 30), order=1)       # 48 -> 36: factor 4/3
+    assert np.allclose(third[:, 0, 0], np.arange(36) * 4 / 3)
+    lin = data.resample(ramp, (24, 24, 15), order=1)
+    assert np.allclose(lin[:, 0, 0], np.arange(24) * 2.0)     # first voxel centres coincide
+
+
+def test_percentile_clipping_option():
+    img = np.zeros((10, 10, 10))
+    img[0, 0, 0] = 1e6                       # one hot voxel
+    img[1:, 1:, 1:] = np.linspace(0, 100, 729).reshape(9, 9, 9)
+    plain = data.normalize_intensity(img)
+    clipped = data.normalize_intensity(img, clip_percentiles=(0.5, 99.5))
+    assert np.ptp(plain[1:, 1:, 1:]) < 0.01 and np.ptp(clipped[1:, 1:, 1:]) > 1.5
+
+
+# -- bad input: each gets a clear error naming the file and the problem ------------------
+
+def _case(folder):
+    return data.find_cases(folder.parent)[0]
+
+
+def test_missing_file(tmp_path):
+    case = data.Case("x", tmp_path / "nope-t2f.nii.gz", tmp_path / "nope-seg.nii.gz")
+    with pytest.raises(data.DataError, match="nope-t2f.nii.gz: file does not exist"):
+        data.load_case(case, (8, 8, 8))
+
+
+def test_truncated_nifti(write_case):
+    folder = write_case()
+    p = folder / f"{folder.name}-t2f.nii.gz"
+    p.write_bytes(p.read_bytes()[:200])
+    with pytest.raises(data.DataError, match=r"t2f\.nii\.gz: cannot read NIfTI"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_not_a_nifti(write_case):
+    folder = write_case()
+    (folder / f"{folder.name}-seg.nii.gz").write_bytes(b"this is not an image")
+    with pytest.raises(data.DataError, match=r"seg\.nii\.gz: cannot read NIfTI"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_4d_image(write_case):
+    folder = write_case(image=np.ones((10, 10, 6, 3), np.float32), seg=np.zeros((10, 10, 6), np.uint8))
+    with pytest.raises(data.DataError, match=r"t2f\.nii\.gz: expected a 3D volume, got shape \(10, 10, 6, 3\)"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_shape_mismatch(write_case):
+    folder = write_case(image=np.random.rand(10, 10, 6).astype(np.float32), seg=np.zeros((10, 10, 5), np.uint8))
+    with pytest.raises(data.DataError, match=r"seg\.nii\.gz: segmentation shape \(10, 10, 5\) differs from image shape \(10, 10, 6\)"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [5.0, 0.5, -1.0])
+def test_unexpected_labels(write_case, bad):
+    seg = np.zeros((10, 10, 6), np.float32)
+    seg[2:4, 2:4, 2:4] = bad
+    folder = write_case(image=np.random.rand(10, 10, 6).astype(np.float32), seg=seg)
+    with pytest.raises(data.DataError, match=r"seg\.nii\.gz: segmentation holds unexpected label"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_voxels(write_case, bad):
+    img = np.random.rand(10, 10, 6).astype(np.float32)
+    img[1, 2, 3] = bad
+    folder = write_case(image=img, seg=np.zeros((10, 10, 6), np.uint8))
+    with pytest.raises(data.DataError, match=r"t2f\.nii\.gz: image holds 1 NaN or Inf voxel"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_constant_image(write_case):
+    folder = write_case(image=np.full((10, 10, 6), 7.0, np.float32), seg=np.zeros((10, 10, 6), np.uint8))
+    with pytest.raises(data.DataError, match=r"t2f\.nii\.gz: image is constant"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_empty_mask_refused_when_a_tumour_is_required(write_case):
+    folder = write_case(image=np.random.rand(10, 10, 6).astype(np.float32), seg=np.zeros((10, 10, 6), np.uint8))
+    image, mask = data.load_case(_case(folder), (8, 8, 8))
+    assert mask.sum() == 0
+    with pytest.raises(data.DataError, match=r"seg\.nii\.gz: segmentation is empty"):
+        data.load_case(_case(folder), (8, 8, 8), require_tumor=True)
+
+
+def test_bad_case_in_cohort_loses_nothing_already_written(write_case, tmp_path):
+    for i in range(4):
+        write_case(f"BraTS-GLI-{i:05d}-000")
+    out = tmp_path / "prepared"
+    data.prepare_cohort(data.find_cases(tmp_path / "brats"), out, (10, 10, 6), 2, 2)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    write_case("BraTS-GLI-00001-000", image=np.full((20, 22, 12), 3.0, np.float32))
+    with pytest.raises(data.DataError, match="00001-000-t2f.nii.gz: image is constant"):
+        data.prepare_cohort(data.find_cases(tmp_path / "brats"), out, (10, 10, 6), 2, 2)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# -- split, cache, datasets --------------------------------------------------------------
+
+def test_split_is_seeded_disjoint_and_complete():
+    ids = [f"c{i:03d}" for i in range(30)]
+    a = data.make_split(ids, 10, 15, seed=3)
+    assert a == data.make_split(list(reversed(ids)), 10, 15, seed=3)
+    assert a != data.make_split(ids, 10, 15, seed=4)
+    assert len(a["train"]) == 10 and len(a["test"]) == 15 and not set(a["train"]) & set(a["test"])
+    with pytest.raises(ValueError, match="only 30"):
+        data.make_split(ids, 20, 20)
+
+
+def test_prepare_and_load_prepared(write_case, tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        seg = np.zeros((20, 22, 12), np.uint8)
+        seg[4 + i:10 + i, 6:12, 3:8] = 2
+        write_case(f"BraTS-GLI-{i:05d}-000", image=rng.uniform(0, 9, (20, 22, 12)).astype(np.float32), seg=seg)
+    out = tmp_path / "prepared"
+    split = data.prepare_cohort(data.find_cases(tmp_path / "brats"), out, (10, 11, 6), 3, 2, seed=1)
+    assert json.loads((out / "split.json").read_text()) == split
+    train, test = data.load_prepared(out, "train"), data.load_prepared(out, "test")
+    assert train.case_ids == split["train"] and len(test) == 2
+    assert train.images.shape == (3, 10, 11, 6) and train.masks.dtype == np.uint8
+    assert train.features.shape == (3, 9)
+    assert train.conditions[:, 0].max() == pytest.approx(1.0)     # normaliser fitted on train
+    with pytest.raises(ValueError, match="unknown split"):
+        data.load_prepared(out, "val")
+
+
+def test_load_prepared_missing_names_the_notebook(tmp_path):
+    with pytest.raises(data.DataError, match="00_prepare_data"):
+        data.load_prepared(tmp_path)
+
+
+def test_slice_dataset_items_and_empty_slice_dropping():
+    images = -np.ones((2, 8, 8, 10), np.float32)
+    masks = np.zeros((2, 8, 8, 10), np.uint8)
+    images[:, 2:6, 2:6, 3:7] = 0.5          # brain on slices 3..6
+    masks[1, 3:5, 3:5, 4] = 1
+    full = data.SliceDataset(images, masks, empty_keep=1.0)
+    assert len(full) == 20
+    item = full[14]
+    assert item["x"].shape == (2, 8, 8) and item["depth"] == 10
+    assert (item["volume_index"], item["slice_index"]) == (1, 4)
+    assert item["x"][1].max() == 1.0 and item["x"][1].min() == -1.0  # mask channel in {-1, 1}
+    dropped = data.SliceDataset(images, masks, empty_keep=0.0)
+    assert len(dropped) == 8                 # only slices with brain or tumour
+    assert {tuple(r) for r in dropped.index} == {(v, s) for v in (0, 1) for s in range(3, 7)}
+
+
+def test_volume_dataset():
+    ds = data.VolumeDataset(np.zeros((3, 4, 4, 2), np.float32), np.ones((3, 4, 4, 2), np.uint8), np.eye(3, 9))
+    it = ds[1]
+    assert it["x"].shape == (2, 4, 4, 2) and it["cond"].shape == (9,) and it["x"][1].min() == 1.0
+
+
+# -- nnU-Net export ----------------------------------------------------------------------
+
+def _export(tmp_path):
+    m = ball((16, 16, 10), radius=3)
+    img = np.random.default_rng(0).uniform(-1, 1, m.shape).astype(np.float32)
+    return data.export_nnunet(tmp_path / "raw", 7, "Tiny", [(f"case_{i}", img, m) for i in range(3)],
+                              test_cases=[("test_0", img, m)])
+
+
+def test_export_nnunet_structure(tmp_path):
+    folder = _export(tmp_path)
+    assert folder.name == "Dataset007_Tiny"
+    ds = json.loads((folder / "dataset.json").read_text())
+    assert ds["channel_names"] == {"0": "FLAIR"} and ds["labels"] == {"background": 0, "tumor": 1}
+    assert ds["numTraining"] == 3 and ds["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [f"case_{i}_0000.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [f"case_{i}.nii.gz" for i in range(3)]
+    assert (folder / "imagesTs" / "test_0_0000.nii.gz").is_file()
+    lab = nib.load(folder / "labelsTr" / "case_0.nii.gz").get_fdata()
+    assert set(np.unique(lab)) == {0.0, 1.0}
+
+
+def test_export_nnunet_refuses_bad_input(tmp_path):
+    img = np.zeros((4, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="binary"):
+        data.export_nnunet(tmp_path, 1, "X", [("a", img, np.full((4, 4, 4), 2))])
+    with pytest.raises(ValueError, match="differs"):
+        data.export_nnunet(tmp_path, 1, "X", [("a", img, np.zeros((4, 4, 3)))])
+    with pytest.raises(ValueError, match="1 to 999"):
+        data.export_nnunet(tmp_path, 1000, "X", [("a", img, np.zeros((4, 4, 4)))])
+
+
+@pytest.mark.nnunet
+def test_export_passes_nnunets_integrity_check(tmp_path):
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    verify_dataset_integrity(str(_export(tmp_path)), num_processes=1)

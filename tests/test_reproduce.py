@@ -1,0 +1,86 @@
+"""The runner refuses bad parameters before running, and the notebook chain runs at smoke."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sbldm import reproduce
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_typo_in_a_parameter_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(reproduce.RunnerError, match="unknown parameter.*'scael'.*declare:.*seed"):
+        reproduce.plan("smoke", {"scael": "small"})
+    with pytest.raises(reproduce.RunnerError, match="unknown scale 'tiny'"):
+        reproduce.plan("tiny", {})
+    with pytest.raises(ValueError, match="vae_lrr"):
+        reproduce.plan("smoke", {"overrides": {"vae_lrr": 1}})
+    with pytest.raises(reproduce.RunnerError, match="--only 42"):
+        reproduce.plan("smoke", {}, only=["42"])
+
+
+def test_cli_exits_nonzero_with_the_error(capsys):
+    assert reproduce.main(["--scale", "smoke", "-p", "scael=small"]) == 1
+    assert "unknown parameter" in capsys.readouterr().err
+
+
+def test_parse_value():
+    assert reproduce.parse_value("3") == 3 and reproduce.parse_value("None") is None
+    assert reproduce.parse_value("{'a': 1}") == {"a": 1} and reproduce.parse_value("abc") == "abc"
+
+
+def _tiny_notebooks(tmp_path, fail=False):
+    import nbformat
+
+    d = tmp_path / "notebooks"
+    d.mkdir(parents=True)
+    for i, body in enumerate(["open('out.txt', 'w').write(str(seed))",
+                              "raise ValueError('boom')" if fail else "x = 1"]):
+        nb = nbformat.v4.new_notebook()
+        p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0')
+        p.metadata["tags"] = ["parameters"]
+        nb.cells = [p, nbformat.v4.new_code_cell(body)]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, d / f"0{i}_step.ipynb")
+    return d
+
+
+def test_runner_records_skips_and_stops_on_failure(tmp_path):
+    nbs = _tiny_notebooks(tmp_path)
+    logs = []
+    rec = reproduce.run("smoke", {"seed": 7}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    assert (nbs / "out.txt").read_text() == "7"                       # ran with cwd = notebooks/
+    entry = rec["notebooks"]["00_step"]
+    assert entry["status"] == "ok" and entry["parameters"] == {"scale": "smoke", "seed": 7}
+    assert {"config_hash", "git_commit", "versions", "device", "wall_time_s"} <= set(entry)
+    on_disk = json.loads((tmp_path / "results" / "smoke" / "run.json").read_text())
+    assert on_disk["notebooks"]["01_step"]["status"] == "ok"
+    logs.clear()
+    reproduce.run("smoke", {"seed": 7}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    assert sum("up to date" in line for line in logs) == 2
+    logs.clear()
+    reproduce.run("smoke", {"seed": 8}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    assert not any("up to date" in line for line in logs)
+
+    bad = _tiny_notebooks(tmp_path / "bad", fail=True)
+    with pytest.raises(reproduce.RunnerError, match="01_step failed.*ValueError: boom"):
+        reproduce.run("smoke", {}, notebooks_dir=bad, results_root=tmp_path / "r2", log=logs.append)
+    rec = json.loads((tmp_path / "r2" / "smoke" / "run.json").read_text())
+    assert rec["notebooks"]["01_step"]["status"] == "failed"
+    assert (tmp_path / "r2" / "smoke" / "executed" / "01_step.ipynb").is_file()   # kept for inspection
+
+
+@pytest.mark.slow
+def test_notebook_chain_runs_at_smoke(tmp_path):
+    """The real chain, through the runner, on a copy of the notebooks: a broken notebook fails CI."""
+    nbs = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nbs)
+    rec = reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=print)
+    assert all(e["status"] == "ok" for e in rec["notebooks"].values())
+    out = tmp_path / "results" / "smoke"
+    assert (out / "figures" / "data_cases.png").stat().st_size > 10_000
+    assert (out / "tables" / "data_features.csv").is_file()
+    assert (tmp_path / "work" / "smoke" / "data" / "nnunet_raw" / "Dataset001_RealTrain" / "dataset.json").is_file()
