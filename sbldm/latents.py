@@ -101,3 +101,33 @@ def load_latents(directory: str | os.PathLike) -> Latents:
         raise FileNotFoundError(f"{meta_path}: no latent cache; encode with sbldm.latents.encode_dataset first")
     meta = json.loads(meta_path.read_text())
     return Latents(np.load(d / "mean.npy"), np.load(d / "std.npy"), float(meta["latent_std"]), meta.get("case_ids"))
+
+
+@torch.no_grad()
+def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32, device=None,
+                        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """VAE reconstructions through the posterior mean: (images (N, x, y, z) float32 in
+    [-1, 1], masks (N, x, y, z) uint8, the decoded mask channel thresholded at 0)."""
+    from tqdm.auto import tqdm
+
+    from .models.vae import relative_positions
+
+    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    depth = images.shape[-1]
+    pos = relative_positions(depth)
+    out_i, out_m = [], []
+    try:
+        for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
+            x = torch.from_numpy(to_model_space(images[v], masks[v])).permute(3, 0, 1, 2)
+            rec = []
+            for s in range(0, depth, batch_size):
+                p = pos[s:s + batch_size].to(device)
+                rec.append(vae.decode(vae.encode(x[s:s + batch_size].to(device), p).mode(), p).float().cpu())
+            r = torch.cat(rec).permute(1, 2, 3, 0)          # (2, x, y, z)
+            out_i.append(r[0].clamp(-1, 1).numpy())
+            out_m.append((r[1] > 0).numpy().astype(np.uint8))
+    finally:
+        vae.train(was_training)
+    return np.stack(out_i).astype(np.float32), np.stack(out_m)

@@ -98,3 +98,39 @@ def dice(pred, target, empty: float = 1.0) -> float:
         raise ValueError(f"dice: shapes differ, {p.shape} vs {t.shape}")
     denom = p.sum() + t.sum()
     return float(empty) if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
+
+
+def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
+    """Slice-wise reconstruction quality of volumes (N, x, y, z), sbldm conventions.
+
+    - ``psnr`` / ``ssim``: 2D, per axial slice, images mapped to [0, 1], over every slice;
+    - ``psnr_3d`` / ``ssim_3d``: the same per whole volume;
+    - ``dice``: per axial slice over tumour-bearing slices only (reconstructed mask
+      already thresholded).
+
+    Returns ``{name: {"mean", "std", "n"}}``.
+    """
+    images, rec_images = np.asarray(images), np.asarray(rec_images)
+    masks, rec_masks = np.asarray(masks), np.asarray(rec_masks)
+    if images.shape != rec_images.shape or masks.shape != rec_masks.shape or images.shape != masks.shape:
+        raise ValueError("reconstruction_metrics: real and reconstructed arrays must share one (N, x, y, z) shape")
+    vals: dict[str, list[float]] = {"psnr": [], "ssim": [], "dice": [], "psnr_3d": [], "ssim_3d": []}
+    for v in range(len(images)):
+        a, b = to_unit(images[v]), to_unit(rec_images[v])
+        vals["psnr_3d"].append(psnr(b, a))
+        vals["ssim_3d"].append(ssim(b, a))
+        ta = torch.as_tensor(a).permute(2, 0, 1)[:, None]        # (D, 1, x, y)
+        tb = torch.as_tensor(b).permute(2, 0, 1)[:, None]
+        vals["ssim"].extend(ssim_torch(tb, ta, reduction="none")[:, 0].tolist())
+        mse = ((ta - tb) ** 2).flatten(1).mean(1)
+        vals["psnr"].extend([math.inf if m == 0 else 10 * math.log10(1.0 / float(m)) for m in mse])
+        for s in range(images.shape[-1]):
+            if masks[v, :, :, s].any():
+                vals["dice"].append(dice(rec_masks[v, :, :, s], masks[v, :, :, s]))
+    out = {}
+    for k, v in vals.items():
+        arr = np.asarray(v, dtype=np.float64)
+        finite = arr[np.isfinite(arr)]
+        out[k] = {"mean": float(finite.mean()) if len(finite) else float("nan"),
+                  "std": float(finite.std()) if len(finite) else float("nan"), "n": int(len(arr))}
+    return out

@@ -46,6 +46,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
+from ._common import FreshStorageMixin
+
 
 class ResnetBlock3D(nn.Module):
     """Pre-norm 3D resnet block with an embedding (added, or as scale and shift)."""
@@ -95,7 +97,7 @@ class Upsample3D(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class ConditionedUNet3D(ModelMixin, ConfigMixin):
+class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
     """3D epsilon-prediction UNet conditioned on time and a tumour feature vector."""
 
     @register_to_config

@@ -46,6 +46,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
+from ._common import FreshStorageMixin
+
 
 def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
     """Relative positions ``i / (D - 1)`` in [0, 1] of slice indices (all slices if None)."""
@@ -55,7 +57,7 @@ def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
     return index / max(int(depth) - 1, 1)
 
 
-class SliceVAE(ModelMixin, ConfigMixin):
+class SliceVAE(FreshStorageMixin, ModelMixin, ConfigMixin):
     """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding."""
 
     @register_to_config

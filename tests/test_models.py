@@ -1,0 +1,248 @@
+"""Slice VAE, conditioned 3D UNet, latents, metrics (tiny configs; paper-size counts)."""
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import make_prepared, randomise_output, tiny_cfg
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("cohort"))
+
+
+def _vae(**kw):
+    from sbldm.models.vae import build_vae
+
+    torch.manual_seed(0)
+    m = build_vae(tiny_cfg(**kw))
+    randomise_output(m)
+    return m.eval()
+
+
+def _unet(**kw):
+    from sbldm.models.unet3d import build_unet
+
+    torch.manual_seed(0)
+    m = build_unet(tiny_cfg(**kw))
+    randomise_output(m)
+    return m.eval()
+
+
+# -- VAE --------------------------------------------------------------------------------------
+
+def test_vae_shapes():
+    vae = _vae()
+    x = torch.rand(3, 2, 16, 16) * 2 - 1
+    pos = torch.tensor([0.0, 0.5, 1.0])
+    post = vae.encode(x, pos)
+    assert post.mean.shape == (3, 2, 8, 8)        # factor 2 for two widths, 2 latent channels
+    rec, post2 = vae(x, pos, sample_posterior=False)
+    assert rec.shape == x.shape
+    assert vae.decode(post.mean, pos).shape == x.shape
+    with pytest.raises(ValueError, match="divisible"):
+        vae.encode(torch.zeros(1, 2, 15, 16), torch.zeros(1))
+    with pytest.raises(ValueError, match="slice_pos"):
+        vae.encode(x)
+
+
+def test_slice_embedding_changes_decoder_and_switch_removes_it():
+    on, off = _vae(), _vae(vae_slice_embedding=False)
+    z = torch.randn(2, 2, 8, 8)
+    a, b = on.decode(z, torch.tensor([0.0, 0.0])), on.decode(z, torch.tensor([0.2, 0.9]))
+    assert not torch.allclose(a, b, atol=1e-6)
+    # neighbouring slices get different embeddings too
+    e = on._temb(torch.tensor([3 / 95, 4 / 95]), 2, z)
+    assert not torch.allclose(e[0], e[1])
+    names_on = {n for n, _ in on.named_parameters()}
+    names_off = {n for n, _ in off.named_parameters()}
+    assert any("pos_embedding" in n or "time_emb_proj" in n for n in names_on)
+    assert not any("pos_embedding" in n or "time_emb_proj" in n for n in names_off)
+    assert sum(p.numel() for p in off.parameters()) < sum(p.numel() for p in on.parameters())
+    torch.testing.assert_close(off.decode(z, torch.tensor([0.0, 0.0])), off.decode(z, torch.tensor([0.2, 0.9])))
+    torch.testing.assert_close(off.decode(z, None), off.decode(z, torch.tensor([0.3, 0.4])))
+
+
+def test_vae_save_load_roundtrip(tmp_path):
+    from sbldm.models.vae import SliceVAE
+
+    vae = _vae()
+    vae.save_pretrained(tmp_path / "vae")
+    back = SliceVAE.from_pretrained(tmp_path / "vae").eval()
+    assert list(back.config.block_out_channels) == list(vae.config.block_out_channels)
+    x, pos = torch.rand(2, 2, 16, 16), torch.tensor([0.1, 0.7])
+    torch.testing.assert_close(back(x, pos, sample_posterior=False)[0], vae(x, pos, sample_posterior=False)[0],
+                               rtol=0, atol=0)
+
+
+def test_vae_loss_decreases_on_a_tiny_overfit_case():
+    from sbldm.models.vae import build_vae, vae_loss
+
+    torch.manual_seed(0)
+    vae = build_vae(tiny_cfg())
+    x = torch.rand(4, 2, 16, 16) * 2 - 1
+    pos = torch.linspace(0, 1, 4)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    losses = []
+    for i in range(25):
+        out = vae_loss(vae, x, pos, kl_weight=1e-6, generator=torch.Generator().manual_seed(i))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_lpips_without_local_weights_is_refused(tmp_path):
+    from sbldm.train import train_vae
+
+    cfg = tiny_cfg(vae_lpips_weight=0.5)
+    with pytest.raises(ValueError, match="vae_lpips_path"):
+        train_vae(cfg, (np.zeros((1, 16, 16, 8), np.float32), np.zeros((1, 16, 16, 8), np.uint8)), tmp_path)
+
+
+# -- UNet -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fusion", ["scale_shift", "add"])
+def test_unet_shapes_condition_and_null(fusion):
+    unet = _unet(unet_cond_fusion=fusion)
+    z = torch.randn(2, 2, 8, 8, 8)
+    t = torch.tensor([10, 900])
+    c1, c2 = torch.rand(2, 9), torch.rand(2, 9)
+    out = unet(z, t, c1)
+    assert out.shape == z.shape
+    assert not torch.allclose(out, unet(z, t, c2), atol=1e-6)          # the condition matters
+    assert not torch.allclose(out, unet(z, torch.tensor([500, 20]), c1), atol=1e-6)  # so does time
+    uncond = unet(z, t, None)
+    torch.testing.assert_close(unet(z, t, c1, drop_cond=torch.tensor([True, True])), uncond)
+    mixed = unet(z, t, c1, drop_cond=torch.tensor([True, False]))
+    torch.testing.assert_close(mixed[1], out[1])
+    torch.testing.assert_close(mixed[0], uncond[0])
+
+
+def test_unet_odd_sizes_are_padded_and_cropped():
+    unet = _unet()
+    z = torch.randn(1, 2, 7, 9, 5)
+    assert unet(z, 3, torch.rand(1, 9)).shape == z.shape
+
+
+def test_unet_zero_initialised_output():
+    from sbldm.models.unet3d import build_unet
+
+    unet = build_unet(tiny_cfg())
+    assert torch.count_nonzero(unet(torch.randn(1, 2, 8, 8, 8), 5, torch.rand(1, 9))) == 0
+
+
+def test_unet_save_load_roundtrip(tmp_path):
+    from sbldm.models.unet3d import ConditionedUNet3D
+
+    unet = _unet(unet_cond_fusion="add")
+    unet.save_pretrained(tmp_path / "unet")
+    back = ConditionedUNet3D.from_pretrained(tmp_path / "unet").eval()
+    assert back.config.cond_fusion == "add"
+    z, c = torch.randn(1, 2, 8, 8, 8), torch.rand(1, 9)
+    torch.testing.assert_close(back(z, 7, c), unet(z, 7, c), rtol=0, atol=0)
+
+
+def test_unet_loss_decreases_on_a_tiny_overfit_case():
+    from sbldm.models.unet3d import build_unet
+
+    torch.manual_seed(0)
+    unet = build_unet(tiny_cfg())
+    g = torch.Generator().manual_seed(0)
+    z, noise, c = torch.randn(2, 2, 8, 8, 8, generator=g), torch.randn(2, 2, 8, 8, 8, generator=g), torch.rand(2, 9)
+    t = torch.tensor([100, 600])
+    opt = torch.optim.AdamW(unet.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        loss = ((unet(z + noise, t, c) - noise) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+# -- paper sizes --------------------------------------------------------------------------------
+
+def test_paper_parameter_counts():
+    """Authors' code (REFERENCE_CODE.md): VAE 27.08M; UNet 132.1M without embedding
+    MLPs and projections, 135.2M with them (additive fusion)."""
+    from sbldm.config import resolve
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    vae = build_vae(resolve("paper", vae_slice_embedding=False))
+    assert abs(n(vae) - 27.08e6) / 27.08e6 < 0.02
+    assert vae.downsampling_factor == 8 and vae.config.latent_channels == 6
+    del vae
+    unet = build_unet(resolve("paper", unet_cond_fusion="add"))
+    total = n(unet)
+    assert abs(total - 135.2e6) / 135.2e6 < 0.01
+    assert abs(total - unet.embedding_parameters() - 132.1e6) / 132.1e6 < 0.01
+    del unet
+    # the paper's scale-shift fusion only doubles the per-block projections
+    unet = build_unet(resolve("paper"))
+    assert 135.2e6 < n(unet) < 140e6
+
+
+# -- latents and metrics ---------------------------------------------------------------------------
+
+def test_encode_volumes_stacks_slices_in_depth(prepared, tmp_path):
+    from sbldm.data import load_prepared
+    from sbldm.latents import encode_dataset, load_latents, save_latents
+    from sbldm.models.vae import relative_positions
+
+    train = load_prepared(prepared, "train")
+    vae = _vae()
+    lat = encode_dataset(vae, train.images, train.masks, batch_size=3, progress=False)
+    assert lat.mean.shape == (4, 2, 8, 8, 8) and lat.std.shape == lat.mean.shape
+    assert (lat.std > 0).all()
+    assert lat.latent_std == pytest.approx(float(lat.mean.std()), rel=1e-5)
+    # slice 5 of volume 1 is the posterior mean of that slice at its position
+    from sbldm.data import to_model_space
+
+    x = torch.from_numpy(to_model_space(train.images[1][:, :, 5], train.masks[1][:, :, 5]))[None]
+    with torch.no_grad():
+        mu = vae.encode(x, relative_positions(8, [5])).mean[0].numpy()
+    np.testing.assert_allclose(lat.mean[1, :, :, :, 5], mu, atol=1e-5)
+    save_latents(tmp_path / "lat", lat)
+    back = load_latents(tmp_path / "lat")
+    np.testing.assert_array_equal(back.mean, lat.mean)
+    assert back.scaling_factor == pytest.approx(1 / lat.latent_std)
+
+
+def test_metrics():
+    from sbldm.metrics import dice, psnr, reconstruction_metrics, ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.random((16, 16))
+    assert psnr(a, a) == float("inf")
+    assert psnr(a, np.clip(a + 0.1, 0, 1)) > psnr(a, np.clip(a + 0.3, 0, 1))
+    assert psnr(np.zeros(4), np.full(4, 0.1)) == pytest.approx(20.0)
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, rng.random((16, 16))) < 0.3
+    m1 = np.zeros((4, 4), np.uint8)
+    m1[:2] = 1
+    m2 = np.zeros((4, 4), np.uint8)
+    m2[1:3] = 1
+    assert dice(m1, m2) == pytest.approx(0.5)
+    assert dice(np.zeros(3), np.zeros(3)) == 1.0
+    img = rng.random((2, 16, 16, 4)) * 2 - 1
+    mask = np.zeros((2, 16, 16, 4), np.uint8)
+    mask[:, 4:8, 4:8, 1] = 1
+    r = reconstruction_metrics(img, mask, img, mask)
+    assert r["dice"] == {"mean": 1.0, "std": 0.0, "n": 2}
+    assert r["ssim"]["mean"] == pytest.approx(1.0) and r["ssim"]["n"] == 8
+
+
+def test_import_sbldm_stays_light():
+    import subprocess
+    import sys
+
+    code = "import sys, sbldm; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules; print(sbldm.SliceVAE.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SliceVAE"
