@@ -1,0 +1,250 @@
+"""Evaluation of generated volumes: the paper's Table 1 metrics and the ones it lacked.
+
+All functions take sbldm arrays: images (N, x, y, z) float in [-1, 1], masks (N, x, y, z)
+binary. Images are compared in [0, 1].
+
+- ``unpaired_psnr_ssim`` — Table 1 exactly as the authors computed it (REFERENCE_CODE.md
+  §6): each synthetic volume against a randomly permuted real *training* volume, FLAIR
+  only, mapped to [0, 1], PSNR with data range 1 and a 3D SSIM with an 11^3 *uniform*
+  window (torchmetrics ``gaussian_kernel=False``; identical to scikit-image's
+  ``structural_similarity(gaussian_weights=False, use_sample_covariance=False)``).
+  It measures closeness to an arbitrary real brain, not realism: read it beside the rest.
+- ``pairwise_ms_ssim`` — diversity (MONAI MS-SSIM; kernel and scales recorded).
+- ``frechet_distance`` — realism from feature statistics (features from a network trained
+  in the project on real data, or from local MedicalNet weights; see ``sbldm.features``).
+- ``feature_distribution_distance`` — mask realism: Wasserstein distance between the
+  tumour-feature distributions of real and synthetic masks, per feature, divided by the
+  real feature's standard deviation.
+- ``conditioning_adherence`` — requested vs obtained tumour features (SBLDM only).
+- ``nearest_ssim`` — memorisation: SSIM of each volume to its nearest real training volume.
+- ``time_per_volume`` — median wall time of several calls after a warm-up, synchronised on GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import FEATURE_NAMES
+from .tumor import tumor_features
+
+PAPER_TABLE1 = {
+    # method: (PSNR, SSIM, #params, sampling time per volume on one RTX A6000)
+    "3D-LSGAN": (20.091, 0.601, "71M", "0.002 s"),
+    "3D-LDM": (21.034, 0.677, "728M", "13.324 s"),
+    "SBLDM (DDPM)": (21.466, 0.731, "159M", "30.900 s"),
+    "SBLDM (DDIM)": (21.701, 0.726, "159M", "1.965 s"),
+}
+
+
+def _unit(x) -> np.ndarray:
+    return np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def ssim_uniform(a, b, win_size: int = 11, data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03):
+    """SSIM with a uniform ``win_size``-wide window over the valid region, population
+    covariance, mean over the map — torchmetrics' ``gaussian_kernel=False`` SSIM.
+
+    ``a`` and ``b`` are (..., X, Y, Z) arrays in [0, data_range] (or 2D (..., H, W) when
+    the window is 2D-only); leading dimensions are batch: one value per leading index.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    ta = torch.as_tensor(np.array(a, dtype=np.float64))
+    tb = torch.as_tensor(np.array(b, dtype=np.float64))
+    if ta.shape != tb.shape:
+        raise ValueError(f"ssim: shapes differ, {tuple(ta.shape)} vs {tuple(tb.shape)}")
+    if ta.ndim < 3:
+        raise ValueError(f"ssim_uniform needs 3D volumes (..., X, Y, Z), got {tuple(ta.shape)}")
+    lead = ta.shape[:-3]
+    spatial = ta.shape[-3:]
+    if min(spatial) < win_size:
+        raise ValueError(f"ssim window {win_size} larger than the volume {tuple(spatial)}")
+    x = ta.reshape(-1, 1, *spatial)
+    y = tb.reshape(-1, 1, *spatial)
+    pool = lambda t: F.avg_pool3d(t, win_size, stride=1)  # noqa: E731 - uniform window, valid region
+    mx, my = pool(x), pool(y)
+    sxx = pool(x * x) - mx * mx
+    syy = pool(y * y) - my * my
+    sxy = pool(x * y) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return s.flatten(1).mean(1).reshape(lead).numpy()
+
+
+def psnr(a, b, data_range: float = 1.0) -> np.ndarray:
+    """PSNR in dB per leading index of (..., X, Y, Z) arrays."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    mse = ((a - b) ** 2).reshape(*a.shape[:-3], -1).mean(-1)
+    with np.errstate(divide="ignore"):
+        return 10 * np.log10(data_range ** 2 / mse)
+
+
+def _mean_std(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std()) if len(v) else math.nan,
+            "n": int(len(v))}
+
+
+def unpaired_psnr_ssim(synthetic, real_train, seed: int = 0) -> dict:
+    """The paper's PSNR/SSIM: synthetic volume k vs real training volume perm[k].
+
+    With more synthetic than real volumes the permutation is drawn again for each block
+    of ``len(real_train)``. Returns ``{"psnr": {mean, std, n}, "ssim": {...}, "pairs": [...]}``.
+    """
+    syn, real = _unit(synthetic), _unit(real_train)
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.permutation(len(real)) for _ in range(-(-len(syn) // len(real)))])[: len(syn)]
+    p = psnr(syn, real[idx])
+    s = ssim_uniform(syn, real[idx])
+    return {"psnr": _mean_std(p), "ssim": _mean_std(s), "pairs": idx.tolist()}
+
+
+def ms_ssim_setup(shape: Sequence[int], kernel_size: int = 5, max_scales: int = 5) -> tuple[int, tuple[float, ...]]:
+    """(kernel size, weights) for 3D MS-SSIM at ``shape``: as many of the standard five
+    scales as fit (MONAI needs every side > (kernel - 1) * 2^(scales - 1))."""
+    full = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+    for k in (kernel_size, 3):
+        for n in range(max_scales, 0, -1):
+            if min(shape) > (k - 1) * 2 ** (n - 1) and (min(shape) // 2 ** (n - 1)) >= k:
+                w = np.asarray(full[:n])
+                return k, tuple((w / w.sum()).tolist())
+    raise ValueError(f"volume {tuple(shape)} too small for MS-SSIM")
+
+
+def pairwise_ms_ssim(volumes, max_volumes: int = 20, seed: int = 0, kernel_size: int = 5) -> dict:
+    """Mean MS-SSIM over all pairs among (up to ``max_volumes``) volumes: lower = more diverse."""
+    import torch
+    from monai.metrics.regression import compute_ms_ssim
+
+    v = _unit(volumes)
+    if len(v) > max_volumes:
+        v = v[np.sort(np.random.default_rng(seed).choice(len(v), max_volumes, replace=False))]
+    k, weights = ms_ssim_setup(v.shape[1:], kernel_size)
+    i, j = np.triu_indices(len(v), 1)
+    t = torch.as_tensor(v, dtype=torch.float32)[:, None]
+    vals = []
+    for start in range(0, len(i), 16):
+        a, b = t[i[start:start + 16]], t[j[start:start + 16]]
+        vals.append(compute_ms_ssim(a, b, spatial_dims=3, data_range=1.0, kernel_size=k,
+                                    weights=weights).reshape(-1).numpy())
+    vals = np.concatenate(vals) if vals else np.array([])
+    return {**_mean_std(vals), "kernel_size": k, "scales": len(weights), "volumes": int(len(v))}
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, F) feature sets."""
+    from scipy import linalg
+
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(ca @ cb)
+    if not np.all(np.isfinite(covmean)):
+        eps = np.eye(len(ca)) * 1e-6
+        covmean = linalg.sqrtm((ca + eps) @ (cb + eps))
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
+
+
+def mask_features(masks) -> np.ndarray:
+    """(N, 9) raw tumour features of binary masks; NaN rows for empty masks."""
+    return np.array([[f[k] for k in FEATURE_NAMES] for f in (tumor_features(m, empty="nan") for m in masks)])
+
+
+def feature_distribution_distance(real_features, synthetic_features) -> dict:
+    """Per-feature Wasserstein-1 distance / std of the real feature, plus the mean over
+    features and the fraction of synthetic masks without tumour (excluded)."""
+    from scipy.stats import wasserstein_distance
+
+    real = np.asarray(real_features, np.float64)
+    syn = np.asarray(synthetic_features, np.float64)
+    empty = np.isnan(syn).any(axis=1)
+    syn = syn[~empty]
+    out = {}
+    for j, name in enumerate(FEATURE_NAMES):
+        scale = real[:, j].std() or 1.0
+        out[name] = float(wasserstein_distance(real[:, j], syn[:, j]) / scale) if len(syn) else math.nan
+    out["mean"] = float(np.mean([out[n] for n in FEATURE_NAMES]))
+    out["empty_fraction"] = float(empty.mean()) if len(empty) else math.nan
+    return out
+
+
+def conditioning_adherence(requested_features, masks) -> dict:
+    """How closely generated masks follow the requested (raw) features.
+
+    ``relative_volume_error``: median |V_obtained - V_requested| / V_requested;
+    ``centre_distance``: median distance in voxels between requested and obtained centre
+    of mass; ``spearman_volume`` / ``pearson_volume``: correlation between requested and
+    obtained volume; ``empty_fraction``: masks with no tumour (counted as errors of 100%).
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    req = np.asarray(requested_features, np.float64)
+    got = mask_features(masks)
+    empty = np.isnan(got[:, 0])
+    got_vol = np.where(empty, 0.0, got[:, 0])
+    rel = np.abs(got_vol - req[:, 0]) / np.maximum(req[:, 0], 1e-9)
+    dist = np.linalg.norm(got[~empty, 3:6] - req[~empty, 3:6], axis=1)
+    ok = len(req) > 2 and np.ptp(req[:, 0]) > 0 and np.ptp(got_vol) > 0
+    return {
+        "relative_volume_error": float(np.median(rel)),
+        "centre_distance": float(np.median(dist)) if len(dist) else math.nan,
+        "spearman_volume": float(spearmanr(req[:, 0], got_vol).statistic) if ok else math.nan,
+        "pearson_volume": float(pearsonr(req[:, 0], got_vol).statistic) if ok else math.nan,
+        "empty_fraction": float(empty.mean()),
+        "n": int(len(req)),
+    }
+
+
+def nearest_ssim(queries, references, exclude_self: bool = False, chunk: int = 64) -> np.ndarray:
+    """For each query volume, the highest uniform-window SSIM to any reference volume.
+
+    A generator that memorised its training set gives values near 1 for its samples,
+    higher than those of held-out real volumes against the same training set.
+    """
+    q, r = _unit(queries), _unit(references)
+    best = np.full(len(q), -np.inf)
+    for i in range(len(q)):
+        for start in range(0, len(r), chunk):
+            block = r[start:start + chunk]
+            s = ssim_uniform(np.broadcast_to(q[i], block.shape), block)
+            if exclude_self:
+                s = np.where(np.all(block == q[i], axis=(1, 2, 3)), -np.inf, s)
+            best[i] = max(best[i], float(s.max()))
+    return best
+
+
+def time_per_volume(fn: Callable[[], object], n_volumes_per_call: int = 1, repeats: int = 3,
+                    warmup: int = 1) -> dict:
+    """Median wall time per volume of ``fn()`` over ``repeats`` calls after ``warmup``
+    calls, with ``torch.cuda.synchronize()`` around each call on a GPU."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) / n_volumes_per_call)
+    return {"median_s": float(np.median(times)), "times_s": times, "repeats": repeats, "warmup": warmup,
+            "device": device_name()}
+
+
+def device_name() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"

@@ -1,0 +1,94 @@
+import math
+
+import numpy as np
+import pytest
+from conftest import ball
+
+from sbldm import evaluation as ev
+
+
+@pytest.fixture(scope="module")
+def vols():
+    rng = np.random.default_rng(0)
+    base = np.stack([ball((24, 24, 16), centre=rng.uniform(8, 14, 3), radius=5) for _ in range(4)]).astype(float)
+    return base * 1.6 - 0.8 + rng.normal(0, 0.1, base.shape)     # in about [-1, 1]
+
+
+def test_uniform_ssim_matches_scikit_image_both_ways(vols):
+    from skimage.metrics import structural_similarity
+
+    a, b = ev._unit(vols[0]), ev._unit(vols[1])
+    ref = structural_similarity(a, b, win_size=11, gaussian_weights=False, use_sample_covariance=False, data_range=1.0)
+    assert ev.ssim_uniform(a, b) == pytest.approx(ref, abs=1e-10)
+    assert ev.ssim_uniform(b, a) == pytest.approx(ref, abs=1e-10)
+    assert ev.ssim_uniform(a, a) == pytest.approx(1.0)
+    # batched over a leading axis
+    batched = ev.ssim_uniform(np.stack([a, a]), np.stack([b, a]))
+    assert batched.shape == (2,) and batched[0] == pytest.approx(ref) and batched[1] == pytest.approx(1.0)
+
+
+def test_psnr_of_known_noise_level():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(0.2, 0.8, (2, 20, 20, 20))
+    noise = rng.normal(0, 0.05, a.shape)
+    p = ev.psnr(a + noise, a)
+    expected = 10 * np.log10(1 / (noise ** 2).reshape(2, -1).mean(1))
+    assert np.allclose(p, expected) and np.all(np.abs(p - 26.02) < 0.2)   # -10 log10(0.05^2)
+    assert math.isinf(ev.psnr(a, a)[0])
+
+
+def test_unpaired_psnr_ssim_pairs_each_sample_with_a_permuted_real_volume(vols):
+    r = ev.unpaired_psnr_ssim(vols, vols, seed=3)
+    assert sorted(r["pairs"]) == [0, 1, 2, 3]
+    expected = np.mean([ev.ssim_uniform(ev._unit(vols[k]), ev._unit(vols[j])) for k, j in enumerate(r["pairs"])])
+    assert r["ssim"]["mean"] == pytest.approx(expected)
+    more = ev.unpaired_psnr_ssim(np.concatenate([vols, vols]), vols, seed=3)
+    assert more["ssim"]["n"] == 8 and sorted(more["pairs"][4:]) == [0, 1, 2, 3]
+
+
+def test_ms_ssim_identical_is_one_and_noise_lowers_it(vols):
+    same = ev.pairwise_ms_ssim(np.stack([vols[0]] * 3))
+    assert same["mean"] == pytest.approx(1.0, abs=1e-5) and same["kernel_size"] in (3, 5)
+    diverse = ev.pairwise_ms_ssim(vols)
+    assert diverse["mean"] < 0.99 and diverse["n"] == 6
+    k, w = ev.ms_ssim_setup((192, 192, 96))
+    assert (k, len(w)) == (5, 5)                    # paper size: all five scales with kernel 5
+    assert len(ev.ms_ssim_setup((64, 64, 32))[1]) < 5
+
+
+def test_frechet_distance_zero_for_same_and_shift_squared():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(400, 3))
+    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert ev.frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, rel=1e-6)
+    b = rng.normal(size=(400, 3)) * 2
+    assert ev.frechet_distance(a, b) > 1.0
+
+
+def test_feature_distance_and_adherence_on_balls():
+    shape = (32, 32, 32)
+    real = [ball(shape, radius=r) for r in (4, 5, 6, 7)]
+    real_f = ev.mask_features(real)
+    d_same = ev.feature_distribution_distance(real_f, real_f)
+    assert d_same["mean"] == pytest.approx(0.0) and d_same["empty_fraction"] == 0.0
+    shifted = [ball(shape, centre=(19.5, 15.5, 15.5), radius=r) for r in (4, 5, 6, 7)] + [np.zeros(shape)]
+    d = ev.feature_distribution_distance(real_f, ev.mask_features(shifted))
+    assert d["x"] > 1.0 and d["voxel_volume"] == pytest.approx(0.0) and d["empty_fraction"] == 0.2
+    # adherence: the masks obtained are exactly the requested ones
+    a = ev.conditioning_adherence(real_f, real)
+    assert a["relative_volume_error"] == 0 and a["centre_distance"] == 0 and a["spearman_volume"] == pytest.approx(1.0)
+    b = ev.conditioning_adherence(real_f, real[::-1])
+    assert b["spearman_volume"] == pytest.approx(-1.0) and b["relative_volume_error"] > 0.3
+
+
+def test_nearest_ssim_detects_a_copy(vols):
+    copies = ev.nearest_ssim(vols[:2], vols)
+    assert np.allclose(copies, 1.0)
+    held_out = ev.nearest_ssim(vols[:2], vols, exclude_self=True)
+    assert np.all(held_out < 0.99)
+
+
+def test_time_per_volume_reports_median_and_device():
+    calls = []
+    t = ev.time_per_volume(lambda: calls.append(1), n_volumes_per_call=2, repeats=3, warmup=2)
+    assert len(calls) == 5 and t["median_s"] >= 0 and "CPU" in t["device"] or "GPU" in t["device"]
