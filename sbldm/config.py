@@ -85,6 +85,18 @@ class Config:
     eta: float = 0.0                      # true DDIM; the authors' code was stuck at 1
     guidance_scale: float = 1.0           # 1.0 = no classifier-free guidance
 
+    # -- segmentation study (Table 2) ---------------------------------------------
+    seg_backend: str = "nnunet"           # "nnunet" (paper) | "fast" (MONAI 3D U-Net, smoke/small)
+    seg_channels: tuple[int, ...] = (16, 32, 64, 128)   # fast backend U-Net widths
+    seg_iterations: int = 2000            # fast backend: fixed optimiser-step budget
+    seg_batch_size: int = 2
+    seg_lr: float = 1e-3
+    seg_roi: tuple[int, int, int] = (96, 96, 96)        # sliding-window size at inference
+    seg_augment_factor: int = 5           # "augmented volumes (x5)" rows
+    seg_nnunet_augmentation: bool = True  # paper: nnU-Net default augmentation; authors' code: NoDA
+    seg_nnunet_fold: str = "all"          # authors' code: fold "all"
+    seg_seeds: tuple[int, ...] = (0,)     # training seeds (mean +- std across seeds if several)
+
     # -- training loop -------------------------------------------------------------
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -128,6 +140,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         unet_embed_dim=32, unet_time_proj_dim=16, unet_cond_hidden_dim=16, unet_mid_layers=1,
         diffusion_lr=1e-3, diffusion_batch_size=2, diffusion_steps=10,
         num_inference_steps=5, checkpoint_every=10, log_every=5,
+        seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
+        seg_augment_factor=2,
     ),
     # A real experiment on a 2-core CPU in an hour or two: 100/100 phantom volumes at
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
@@ -142,6 +156,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         unet_embed_dim=128, unet_time_proj_dim=32, unet_cond_hidden_dim=64, unet_mid_layers=1,
         diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=3000,
         checkpoint_every=500, log_every=50,
+        seg_backend="fast", seg_channels=(8, 16, 32, 64), seg_iterations=400, seg_roi=(64, 64, 32),
     ),
     # Paper scale: 192x192x96, 100/100 BraTS volumes, the sizes of Table 1. GPU.
     "paper": dict(),
@@ -179,6 +194,7 @@ def _validate(cfg: Config) -> None:
         "sampler": ("ddpm", "ddim"),
         "mixed_precision": ("no", "bf16", "fp16"),
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
+        "seg_backend": ("nnunet", "fast"),
     }
     for name, allowed in choices.items():
         value = getattr(cfg, name)
