@@ -85,6 +85,15 @@ class Config:
     eta: float = 0.0                      # true DDIM; the authors' code was stuck at 1
     guidance_scale: float = 1.0           # 1.0 = no classifier-free guidance
 
+    # -- evaluation (Table 1 and beyond) -------------------------------------------
+    eval_n_samples: int = 100             # synthetic volumes per method (Table 1, Table 2)
+    eval_n_samples_ddpm: int = 100        # SBLDM with 1000 DDPM steps (slow on CPU)
+    eval_timing_volumes: int = 3          # timed volumes per method, after one warm-up
+    eval_batch_size: int = 4              # volumes sampled at once
+    eval_guidance_scale: float = 3.0      # the classifier-free guidance compared with none
+    eval_n_adherence: int = 50            # requested feature vectors for conditioning adherence
+    eval_n_diversity: int = 20            # volumes in the pairwise MS-SSIM
+
     # -- segmentation study (Table 2) ---------------------------------------------
     seg_backend: str = "nnunet"           # "nnunet" (paper) | "fast" (MONAI 3D U-Net, smoke/small)
     seg_channels: tuple[int, ...] = (16, 32, 64, 128)   # fast backend U-Net widths
@@ -142,6 +151,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_inference_steps=5, checkpoint_every=10, log_every=5,
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2,
+        eval_n_samples=4, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=2,
+        eval_n_adherence=4, eval_n_diversity=4,
     ),
     # A real experiment on a 2-core CPU in an hour or two: 100/100 phantom volumes at
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
@@ -157,6 +168,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=3000,
         checkpoint_every=500, log_every=50,
         seg_backend="fast", seg_channels=(8, 16, 32, 64), seg_iterations=400, seg_roi=(64, 64, 32),
+        eval_n_samples=100, eval_n_samples_ddpm=8, eval_batch_size=10, eval_n_adherence=40,
     ),
     # Paper scale: 192x192x96, 100/100 BraTS volumes, the sizes of Table 1. GPU.
     "paper": dict(),
