@@ -138,6 +138,9 @@ class SBLDMPipeline(DiffusionPipeline):
         path = Path(pretrained_model_name_or_path)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a saved SBLDMPipeline folder (no model_index.json)")
+        # diffusers loads components only from modules already imported
+        from .models import unet3d, vae  # noqa: F401
+
         pipe = super().from_pretrained(str(path), **kwargs)
         meta_path = path / METADATA
         if meta_path.is_file():

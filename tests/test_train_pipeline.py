@@ -1,0 +1,294 @@
+"""Training loop (deterministic resume, kill-and-resume through the CLI) and SBLDMPipeline."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import make_prepared, randomise_output, set_overrides, tiny_cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("cohort"))
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(folder) / "diffusion_pytorch_model.safetensors"))
+
+
+def _assert_same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# -- training -------------------------------------------------------------------------------------
+
+def test_train_vae_writes_artefacts(prepared, tmp_path):
+    from sbldm.data import load_prepared
+    from sbldm.models.vae import SliceVAE
+    from sbldm.train import train_vae
+
+    cfg = tiny_cfg(vae_steps=6, checkpoint_every=3, log_every=2)
+    vae = train_vae(cfg, load_prepared(prepared, "train"), tmp_path / "vae", progress=False)
+    out = tmp_path / "vae"
+    for name in ("config.json", "diffusion_pytorch_model.safetensors", "run.json", "log.jsonl",
+                 "loss_curve.png", "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["stage"] == "vae" and run["seed"] == 0 and run["steps"] == 6
+    assert run["config"]["volume_shape"] == [16, 16, 8]
+    assert "torch" in run["versions"] and "hardware" in run and "wall_time_s" in run
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4, 6]
+    assert all(k in log[0] for k in ("loss", "l1", "ssim", "kl", "lr", "time_s"))
+    back = SliceVAE.from_pretrained(out)
+    for (n, p), (_, q) in zip(vae.named_parameters(), back.named_parameters()):
+        assert torch.equal(p, q), n
+    # resuming a finished run trains no further and keeps the weights
+    before = _weights(out)
+    train_vae(cfg, load_prepared(prepared, "train"), out, progress=False)
+    after = _weights(out)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # a checkpoint of another configuration is refused
+    with pytest.raises(ValueError, match="another configuration"):
+        train_vae(tiny_cfg(vae_steps=6, checkpoint_every=3, vae_lr=5e-4), load_prepared(prepared, "train"), out,
+                  progress=False)
+
+
+def test_diffusion_resume_is_bit_identical(tmp_path):
+    from sbldm.train import train_diffusion
+
+    cfg = tiny_cfg(diffusion_steps=6, checkpoint_every=2, log_every=1, unet_cond_dropout=0.5)
+    rng = np.random.default_rng(0)
+    lat = rng.normal(0, 2, (3, 2, 8, 8, 8)).astype(np.float32)
+    cond = rng.random((3, 9)).astype(np.float32)
+    train_diffusion(cfg, lat, cond, tmp_path / "full", latent_std=2.0, progress=False)
+    train_diffusion(cfg, lat, cond, tmp_path / "part", latent_std=2.0, progress=False, stop_at=3)
+    assert not (tmp_path / "part" / "run.json").exists()
+    ck = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=False)
+    assert ck["step"] == 2                          # stopped after step 3: last checkpoint at 2
+    train_diffusion(cfg, lat, cond, tmp_path / "part", latent_std=2.0, progress=False)
+    _assert_same_weights(tmp_path / "full", tmp_path / "part")
+    assert json.loads((tmp_path / "part" / "run.json").read_text())["resumed_from"] == 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]              # the log lines after the checkpoint were dropped, then rewritten
+    scale = json.loads((tmp_path / "full" / "latent_scale.json").read_text())
+    assert scale["scaling_factor"] == pytest.approx(0.5)
+    # and a fresh run (resume=False) differs from nothing: it equals the full run again
+    train_diffusion(cfg, lat, cond, tmp_path / "part", latent_std=2.0, progress=False, resume=False)
+    _assert_same_weights(tmp_path / "full", tmp_path / "part")
+
+
+def test_diffusion_l1_loss_and_seed_change_the_result(tmp_path):
+    from sbldm.train import train_diffusion
+
+    rng = np.random.default_rng(0)
+    lat = rng.normal(0, 1, (2, 2, 8, 8, 8)).astype(np.float32)
+    cond = rng.random((2, 9)).astype(np.float32)
+    for name, kw in (("a", {}), ("b", {"seed": 1}), ("c", {"diffusion_loss": "l1"})):
+        train_diffusion(tiny_cfg(diffusion_steps=2, **kw), lat, cond, tmp_path / name, latent_std=1.0, progress=False)
+    wa, wb, wc = (_weights(tmp_path / n) for n in "abc")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def _cli(args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "sbldm.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_kill_and_resume_through_the_cli(prepared, tmp_path):
+    """SIGKILL a VAE run after its first checkpoint, resume it, compare with an
+    uninterrupted run; then train the diffusion stage from it and write a pipeline."""
+    from sbldm.data import load_prepared
+    from sbldm.pipeline import SBLDMPipeline
+    from sbldm.train import train_vae
+
+    overrides = dict(vae_steps=24, checkpoint_every=4, log_every=4)
+    args = ["vae", "--scale", "smoke", "--prepared", str(prepared), "--out", str(tmp_path / "killed"),
+            "--threads", "1", "--no-progress", "--set", *set_overrides(**overrides)]
+    proc = _cli([*args, "--step-delay", "0.25"])
+    ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert ckpt.exists(), proc.communicate()[0] if proc.poll() is not None else "no checkpoint in time"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "run.json").exists()          # it really was interrupted
+    step_at_kill = torch.load(ckpt, weights_only=False)["step"]
+    assert 4 <= step_at_kill < 24
+
+    resumed = _cli(args)
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    run = json.loads((tmp_path / "killed" / "run.json").read_text())
+    assert run["resumed_from"] == step_at_kill
+
+    train_vae(tiny_cfg(**overrides), load_prepared(prepared, "train"), tmp_path / "straight", progress=False)
+    _assert_same_weights(tmp_path / "straight", tmp_path / "killed")
+
+    diff = _cli(["diffusion", "--scale", "smoke", "--prepared", str(prepared), "--vae", str(tmp_path / "killed"),
+                 "--out", str(tmp_path / "diffusion"), "--pipeline", str(tmp_path / "pipeline"), "--threads", "1",
+                 "--no-progress", "--set", *set_overrides(diffusion_steps=3, checkpoint_every=2)])
+    output = diff.communicate(timeout=300)[0]
+    assert diff.returncode == 0, output
+    assert (tmp_path / "diffusion" / "latents" / "mean.npy").is_file()
+    pipe = SBLDMPipeline.from_pretrained(tmp_path / "pipeline")
+    assert pipe.latent_std == pytest.approx(json.loads((tmp_path / "diffusion" / "latents" / "latents.json")
+                                                       .read_text())["latent_std"])
+    assert pipe.train_features.shape == (4, 9)
+    out = pipe(num_volumes=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 16, 16, 8)
+
+
+# -- pipeline ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def pipe(prepared):
+    from sbldm.data import load_prepared
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+    from sbldm.pipeline import SBLDMPipeline
+
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    randomise_output(vae)
+    randomise_output(unet, std=0.3)
+    with torch.no_grad():
+        unet.null_cond.normal_(0, 1)            # a trained null embedding differs from tau(c)
+    train = load_prepared(prepared, "train")
+    return SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer,
+                                         train_features=train.features, latent_std=1.7)
+
+
+def _g(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_pipeline_outputs_and_determinism(pipe, tmp_path):
+    cond = np.random.default_rng(0).random((2, 9)).astype(np.float32)
+    a = pipe(conditions=cond, num_inference_steps=3, generator=_g(0))
+    assert a.images.shape == (2, 16, 16, 8) and a.images.dtype == np.float32
+    assert a.masks.shape == (2, 16, 16, 8) and a.masks.dtype == np.uint8
+    assert a.images.min() >= -1 and a.images.max() <= 1 and set(np.unique(a.masks)) <= {0, 1}
+    np.testing.assert_array_equal(a.conditions, cond)
+    b = pipe(conditions=cond, num_inference_steps=3, generator=_g(0))
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    c = pipe(conditions=cond, num_inference_steps=3, generator=_g(1))
+    assert not np.array_equal(a.images, c.images)
+    # DDPM as well (few steps to keep it quick)
+    d1 = pipe(conditions=cond, sampler="ddpm", num_inference_steps=3, generator=_g(0))
+    d2 = pipe(conditions=cond, sampler="ddpm", num_inference_steps=3, generator=_g(0))
+    np.testing.assert_array_equal(d1.images, d2.images)
+    # decode chunk size does not change the result
+    e = pipe(conditions=cond, num_inference_steps=3, generator=_g(0), decode_chunk_size=3)
+    np.testing.assert_allclose(e.images, a.images, atol=1e-6)
+    paths = a.save_nifti(tmp_path / "nii")
+    import nibabel as nib
+
+    assert len(paths) == 2
+    assert nib.load(str(paths[0][0])).shape == (16, 16, 8)
+    np.testing.assert_array_equal(np.asarray(nib.load(str(paths[1][1])).dataobj), a.masks[1])
+
+
+def test_pipeline_conditions_from_dicts_and_training_distribution(pipe):
+    from sbldm.tumor import FEATURE_NAMES
+
+    raw = pipe.train_features[:2]
+    dicts = [dict(zip(FEATURE_NAMES, r)) for r in raw]
+    a = pipe(conditions=dicts, num_inference_steps=2, generator=_g(0))
+    np.testing.assert_allclose(a.conditions, pipe.normalizer.transform(raw), rtol=1e-6)
+    b = pipe(conditions=pipe.normalizer.transform(raw), num_inference_steps=2, generator=_g(0))
+    np.testing.assert_allclose(a.images, b.images, atol=1e-6)
+    c1 = pipe(num_volumes=3, num_inference_steps=2, generator=_g(5))
+    c2 = pipe(num_volumes=3, num_inference_steps=2, generator=_g(5))
+    assert c1.conditions.shape == (3, 9) and c1.raw_conditions.shape == (3, 9)
+    np.testing.assert_array_equal(c1.conditions, c2.conditions)
+    np.testing.assert_array_equal(c1.images, c2.images)
+
+
+def test_ddim_eta(pipe):
+    cond = np.random.default_rng(1).random((1, 9)).astype(np.float32)
+    noise = torch.randn(1, 2, 8, 8, 8, generator=_g(42))
+    kw = dict(conditions=cond, num_inference_steps=4, latents=noise, output_type="latent")
+    a0 = pipe(eta=0.0, generator=_g(0), **kw).images
+    b0 = pipe(eta=0.0, generator=_g(1), **kw).images
+    np.testing.assert_array_equal(a0, b0)                   # eta=0: deterministic given the noise
+    a1 = pipe(eta=1.0, generator=_g(0), **kw).images
+    b1 = pipe(eta=1.0, generator=_g(1), **kw).images
+    assert not np.allclose(a1, b1)                          # eta=1: stochastic
+    np.testing.assert_array_equal(a1, pipe(eta=1.0, generator=_g(0), **kw).images)
+
+
+def test_guidance_scale_one_is_the_conditional_sampler(pipe):
+    from diffusers import DDIMScheduler
+
+    cond = np.random.default_rng(2).random((2, 9)).astype(np.float32)
+    noise = torch.randn(2, 2, 8, 8, 8, generator=_g(3))
+    kw = dict(conditions=cond, num_inference_steps=4, latents=noise, output_type="latent")
+    guided1 = pipe(guidance_scale=1.0, **kw).images
+    # the plain conditional DDIM loop, written out
+    sched = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, set_alpha_to_one=False)
+    sched.set_timesteps(4)
+    x = noise.clone()
+    c = torch.from_numpy(cond)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(pipe.unet(x, t, c), t, x, eta=0.0).prev_sample
+    np.testing.assert_array_equal(guided1, x.numpy())
+    guided3 = pipe(guidance_scale=3.0, **kw).images
+    assert not np.allclose(guided1, guided3)
+    # guidance 0 is the unconditional model
+    uncond = pipe(guidance_scale=0.0, **kw).images
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(pipe.unet(x, t, None), t, x, eta=0.0).prev_sample
+    np.testing.assert_allclose(uncond, x.numpy(), rtol=1e-4, atol=1e-4)   # batch of 4 vs 2: last bits differ
+
+
+def test_pipeline_save_load_roundtrip(pipe, tmp_path):
+    from sbldm import SBLDMPipeline
+
+    pipe.save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "sbldm.json").is_file()
+    back = SBLDMPipeline.from_pretrained(tmp_path / "p")
+    assert back.latent_std == pytest.approx(1.7)
+    assert back.normalizer.to_dict() == pipe.normalizer.to_dict()
+    np.testing.assert_array_equal(back.train_features, pipe.train_features)
+    assert back.volume_shape == (16, 16, 8)
+    a = pipe(num_volumes=2, num_inference_steps=3, generator=_g(0))
+    b = back(num_volumes=2, num_inference_steps=3, generator=_g(0))
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.masks, b.masks)
+    np.testing.assert_array_equal(a.conditions, b.conditions)
+
+
+def test_from_scale_and_parameter_counts():
+    from sbldm import SBLDMPipeline
+
+    p = SBLDMPipeline.from_scale("smoke")
+    n = p.num_parameters()
+    assert n["total"] == n["vae"] + n["unet"] > 0
+    assert p.latent_shape() == (4, 8, 8, 16)
+    with pytest.raises(ValueError, match="conditions"):
+        p(num_volumes=1)                          # no training features to draw from
