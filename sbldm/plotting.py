@@ -159,3 +159,72 @@ def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None =
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", suptitle: str | None = None):
+    """Figure 2: one row per method (``{name: (images, masks)}``), ``n_volumes`` columns,
+    each a slice through the volume's tumour in ``view`` with the mask outlined."""
+    plt = _agg()
+    names = list(methods)
+    fig, axes = plt.subplots(len(names), n_volumes, figsize=(2.1 * n_volumes, 2.2 * len(names)), squeeze=False)
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[view]
+    for r, name in enumerate(names):
+        images, masks = methods[name]
+        for c in range(n_volumes):
+            ax = axes[r, c]
+            if c >= len(images):
+                ax.set_axis_off()
+                continue
+            centre = tumour_centre(masks[c])
+            show_slice(ax, images[c], masks[c], view, centre[axis])
+        axes[r, 0].set_axis_on()
+        axes[r, 0].set_xticks([])
+        axes[r, 0].set_yticks([])
+        for side in axes[r, 0].spines.values():
+            side.set_visible(False)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(images, masks, labels: Sequence[str], centre: Sequence[int] | None = None,
+                 views: Sequence[str] = ("axial",), suptitle: str | None = None):
+    """Figure 3: one column per sweep value; per view a row of images (mask outlined) and a
+    row of masks, all through the same ``centre`` (default: the last volume's tumour)."""
+    plt = _agg()
+    n = len(images)
+    c = tumour_centre(masks[-1]) if centre is None else tuple(int(v) for v in centre)
+    idx = {"axial": c[2], "coronal": c[1], "sagittal": c[0]}
+    fig, axes = plt.subplots(2 * len(views), n, figsize=(1.9 * n, 2.0 * 2 * len(views)), squeeze=False)
+    for v, view in enumerate(views):
+        for k in range(n):
+            show_slice(axes[2 * v, k], images[k], masks[k], view, idx[view], title=labels[k] if v == 0 else None)
+            axes[2 * v + 1, k].imshow(view_slice(masks[k], view, idx[view]), cmap="gray", vmin=0, vmax=1,
+                                      interpolation="nearest")
+            axes[2 * v + 1, k].set_axis_off()
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(logs: dict, suptitle: str | None = None):
+    """One panel per run: ``{name: (steps, losses)}``, raw and smoothed."""
+    plt = _agg()
+    fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 2.8), squeeze=False)
+    for ax, (name, (steps, losses)) in zip(axes[0], logs.items()):
+        steps, losses = np.asarray(steps), np.asarray(losses, dtype=float)
+        ax.plot(steps, losses, lw=0.6, alpha=0.5)
+        if len(losses) > 10:
+            k = max(len(losses) // 20, 2)
+            ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=1.2)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
