@@ -272,3 +272,45 @@ class SBLDMPipeline(DiffusionPipeline):
         images = vols[:, 0].clamp(-1, 1).numpy().astype(np.float32)
         masks = (vols[:, 1] > 0).numpy().astype(np.uint8)
         return SBLDMOutput(images, masks, cond_np, raw)
+
+
+#: parameter counts of the authors' models (REFERENCE_CODE.md section 2 and 4; paper Table 1: 159M)
+REFERENCE_PARAMETERS = {"vae": 27.082e6, "unet": 132.101e6, "unet_with_embeddings": 135.2e6, "total": 159e6}
+
+
+def parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> list[dict]:
+    """One row per (scale, component) with the parameter count in millions, beside the
+    authors' count for ``paper`` (builds untrained models on the CPU; no forward pass)."""
+    from .config import resolve
+    from .models.unet3d import build_unet
+    from .models.vae import build_vae
+
+    rows = []
+    for scale in dict.fromkeys(scales):
+        cfg = resolve(scale, **overrides)
+        vae = build_vae(cfg)
+        n_vae = sum(p.numel() for p in vae.parameters())
+        n_pos = sum(p.numel() for n, p in vae.named_parameters() if "pos_embedding" in n or "time_emb_proj" in n)
+        del vae
+        unet = build_unet(cfg)
+        n_unet = sum(p.numel() for p in unet.parameters())
+        n_emb = unet.embedding_parameters()
+        del unet
+        ref = REFERENCE_PARAMETERS if scale == "paper" else {}
+        m = 1e6
+        rows += [
+            {"scale": scale, "component": "slice VAE", "params_M": n_vae / m,
+             "without_slice_embedding_M": (n_vae - n_pos) / m, "authors_code_M": ref.get("vae", float("nan")) / m},
+            {"scale": scale, "component": f"3D UNet ({cfg.unet_cond_fusion})", "params_M": n_unet / m,
+             "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("unet_with_embeddings", float("nan")) / m},
+            {"scale": scale, "component": "3D UNet without embedding MLPs/projections", "params_M": (n_unet - n_emb) / m,
+             "without_slice_embedding_M": float("nan"), "authors_code_M": ref.get("unet", float("nan")) / m},
+            {"scale": scale, "component": "total (VAE + UNet)", "params_M": (n_vae + n_unet) / m,
+             "without_slice_embedding_M": (n_vae - n_pos + n_unet) / m,
+             "authors_code_M": float("nan")},
+            {"scale": scale, "component": "total as Table 1 counts it (no embedding layers)",
+             "params_M": (n_vae - n_pos + n_unet - n_emb) / m, "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("total", float("nan")) / m},
+        ]
+    return rows

@@ -129,6 +129,14 @@ class _Log:
             f.write(json.dumps(rec) + "\n")
 
 
+def read_log(out_dir: str | os.PathLike) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (step, loss terms, lr, time_s)."""
+    path = Path(out_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 # -- the shared loop ---------------------------------------------------------------------------
 
 def _make_accelerator(cfg: Config, device: str | None = None):
@@ -155,8 +163,15 @@ def _set_rng_states(st: dict) -> None:
 
 def _run(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
          out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
-         extra_record: dict, step_delay: float = 0.0):
-    """Generic loop; returns (unwrapped model, finished: bool)."""
+         extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
+         save: Callable | None = None):
+    """Generic loop; returns (unwrapped model, finished: bool).
+
+    By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
+    several updates per step (a GAN) passes ``train_step(step, rng, model, optimizer)``
+    instead, which does its own backward passes and updates and returns the detached
+    terms (with ``loss``). ``save(unwrapped, out_dir)`` replaces ``save_pretrained``
+    for a model that is several networks (an ``nn.ModuleDict``)."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,11 +222,15 @@ def _run(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any]
     try:
         for step in range(start, total_steps):
             rng = step_rng(cfg.seed, step, rank)
-            terms = loss_fn(step, rng, model)
-            loss = terms["loss"]
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if train_step is None:
+                terms = loss_fn(step, rng, model)
+                loss = terms["loss"]
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                terms = train_step(step, rng, model, optimizer)
+                loss = terms["loss"]
             value = float(loss.detach())
             if not np.isfinite(value):
                 raise FloatingPointError(f"{stage} loss became {value} at step {step + 1}; lower the learning rate")
@@ -241,7 +260,10 @@ def _run(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any]
     if main:
         from .plotting import plot_loss_curve
 
-        unwrapped.save_pretrained(out_dir)
+        if save is None:
+            unwrapped.save_pretrained(out_dir)
+        else:
+            save(unwrapped, out_dir)
         records = log.records
         plot_loss_curve(records, out_dir / "loss_curve.png", title=f"{stage} ({cfg.scale})")
         wall = wall_before + time.perf_counter() - t0
