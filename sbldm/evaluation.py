@@ -339,3 +339,17 @@ def table1_markdown(rows: list[dict], scale: str, seed: int, data: str) -> tuple
         "3D-LSGAN: generator)",
     ]
     return "\n".join(lines), notes
+
+
+def write_table1(rows: list[dict], stem, scale: str, seed: int, data: str) -> str:
+    """Write ``stem.csv`` (all columns) and ``stem.md`` (ours beside the paper, with notes)."""
+    from pathlib import Path
+
+    from .data import atomic_write_bytes
+    from .tables import write_table
+
+    write_table(rows, stem)
+    md, notes = table1_markdown(rows, scale, seed, data)
+    text = f"### Table 1 ({scale})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    atomic_write_bytes(Path(stem).with_suffix(".md"), text.encode())
+    return text
