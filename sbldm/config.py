@@ -103,7 +103,10 @@ class Config:
     seg_roi: tuple[int, int, int] = (96, 96, 96)        # sliding-window size at inference
     seg_augment_factor: int = 5           # "augmented volumes (x5)" rows
     seg_nnunet_augmentation: bool = True  # paper: nnU-Net default augmentation; authors' code: NoDA
-    seg_nnunet_fold: str = "all"          # authors' code: fold "all"
+    seg_nnunet_fold: str = "all"          # authors' code: fold "all"; "0".."4" one fold; "5fold" all five
+    seg_nnunet_epochs: int | None = None      # None: nnU-Net's 1000 epochs (paper); smoke/small shorten it
+    seg_nnunet_iterations: int | None = None  # None: nnU-Net's 250 iterations per epoch
+    seg_nnunet_narrow: bool | None = None     # narrow CPU plan (features 8..80); None: on CPU only
     seg_seeds: tuple[int, ...] = (0,)     # training seeds (mean +- std across seeds if several)
 
     # -- training loop -------------------------------------------------------------
@@ -150,7 +153,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         diffusion_lr=1e-3, diffusion_batch_size=2, diffusion_steps=10,
         num_inference_steps=5, checkpoint_every=10, log_every=5,
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
-        seg_augment_factor=2,
+        seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         eval_n_samples=4, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=2,
         eval_n_adherence=4, eval_n_diversity=4,
     ),
