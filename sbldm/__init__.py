@@ -11,6 +11,9 @@ _LAZY = {
     "SBLDMPipeline": ("sbldm.pipeline", "SBLDMPipeline"),
     "SliceVAE": ("sbldm.models.vae", "SliceVAE"),
     "ConditionedUNet3D": ("sbldm.models.unet3d", "ConditionedUNet3D"),
+    "build_generator": ("sbldm.generators", "build_generator"),
+    "load_generator": ("sbldm.generators", "load_generator"),
+    "train_generator": ("sbldm.generators", "train_generator"),
 }
 
 

@@ -109,6 +109,48 @@ class Config:
     seg_nnunet_narrow: bool | None = None     # narrow CPU plan (features 8..80); None: on CPU only
     seg_seeds: tuple[int, ...] = (0,)     # training seeds (mean +- std across seeds if several)
 
+    # -- baselines (paper §3.3; notebook 03) -------------------------------------------
+    # 3D-LSGAN, as the authors' train_lsgan.py: z -> FC -> (lsgan_g_channels, shape / 2**n)
+    # -> n x (nearest up x2, conv3 [, BN, ReLU]) halving the width, the last conv to 2
+    # channels + tanh; discriminator of lsgan_d_layers 3D convs k4 s2 (BN, LeakyReLU 0.2).
+    lsgan_latent_dim: int = 2048
+    lsgan_g_channels: int = 512
+    lsgan_upsamplings: int = 5            # 192x192x96 / 2**5 = 6x6x3 after the FC layer
+    lsgan_d_channels: int = 1024          # widest discriminator conv (authors' code: 1024)
+    lsgan_d_layers: int = 6               # convs k4 s2, widths d/2**(L-2) .. d, then d -> 1
+    lsgan_lr: float = 2e-4
+    lsgan_beta1: float = 0.5              # Adam betas (0.5, 0.999), as the authors
+    lsgan_grad_clip: float = 5.0          # gradient-norm clip of G and D (0 = off)
+    lsgan_label_noise: float = 0.05       # real labels 1 - 0.05 n, fake labels 0.05 n (authors)
+    lsgan_batch_size: int = 2
+    lsgan_steps: int = 100_000            # authors: 2000 epochs of 50 steps, sampled at ~1130
+    lsgan_flip_prob: float = 0.2          # random flips of both in-plane axes (authors' rerun)
+    # 3D-LDM: a 3D KL autoencoder on whole (image, mask) volumes, then an unconditional 3D
+    # UNet (ConditionedUNet3D used without condition) on its latent scaled by 1/std.
+    ldm3d_ae_channels: tuple[int, ...] = (64, 128, 256, 512)   # authors' 3D VAE widths
+    ldm3d_ae_downsampling: int = 4        # paper text (x4); authors' code 8 (192 -> 24)
+    ldm3d_ae_layers_per_block: int = 1
+    ldm3d_ae_latent_channels: int = 6
+    ldm3d_ae_norm_groups: int = 32
+    ldm3d_ae_kl_weight: float = 1e-6
+    ldm3d_ae_ssim_weight: float = 1.0     # L1 + (1 - SSIM) + KL, as the slice VAE
+    ldm3d_ae_lr: float = 1e-5             # authors' 3D VAE
+    ldm3d_ae_batch_size: int = 2
+    ldm3d_ae_steps: int = 100_000
+    ldm3d_ae_discriminator: bool = False  # paper says VAE-GAN; the authors' code had none
+    ldm3d_disc_channels: int = 512        # patch discriminator, widest conv
+    ldm3d_disc_layers: int = 4
+    ldm3d_disc_weight: float = 0.1        # weight of the autoencoder's LS-GAN term
+    ldm3d_disc_start: int = 0             # step at which the adversarial term switches on
+    ldm3d_unet_channels: tuple[int, ...] = (64, 128, 256, 512)  # authors' trained baseline; Table 1's 728M counts 128..1024
+    ldm3d_unet_layers_per_block: int = 2
+    ldm3d_unet_norm_groups: int = 32
+    ldm3d_unet_mid_layers: int = 2
+    ldm3d_diffusion_lr: float = 1e-4
+    ldm3d_diffusion_batch_size: int = 2
+    ldm3d_diffusion_steps: int = 200_000
+    ldm3d_flip_prob: float = 0.2          # autoencoder augmentation (authors: flips 0.2)
+
     # -- training loop -------------------------------------------------------------
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -156,6 +198,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         eval_n_samples=4, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=2,
         eval_n_adherence=4, eval_n_diversity=4,
+        lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
+        lsgan_d_layers=3, lsgan_steps=10,
+        ldm3d_ae_channels=(8, 16, 16), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
+        ldm3d_ae_lr=1e-3, ldm3d_ae_steps=10, ldm3d_disc_channels=16, ldm3d_disc_layers=3,
+        ldm3d_unet_channels=(16, 32, 32), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
+        ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=1e-3, ldm3d_diffusion_steps=10,
     ),
     # A real experiment on a 2-core CPU in an hour or two: 100/100 phantom volumes at
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
@@ -172,6 +220,13 @@ _PRESETS: dict[str, dict[str, Any]] = {
         checkpoint_every=500, log_every=50,
         seg_backend="fast", seg_channels=(8, 16, 32, 64), seg_iterations=400, seg_roi=(64, 64, 32),
         eval_n_samples=100, eval_n_samples_ddpm=8, eval_batch_size=10, eval_n_adherence=40,
+        lsgan_latent_dim=128, lsgan_g_channels=128, lsgan_upsamplings=4, lsgan_d_channels=128,
+        lsgan_d_layers=5, lsgan_steps=1500,
+        ldm3d_ae_channels=(16, 32, 64), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=8,
+        ldm3d_ae_lr=5e-4, ldm3d_ae_steps=1000, ldm3d_disc_channels=64, ldm3d_disc_layers=3,
+        ldm3d_unet_channels=(32, 64, 128), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=16,
+        ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=2e-4, ldm3d_diffusion_batch_size=4,
+        ldm3d_diffusion_steps=1500,
     ),
     # Paper scale: 192x192x96, 100/100 BraTS volumes, the sizes of Table 1. GPU.
     "paper": dict(),
@@ -227,6 +282,7 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"vae_empty_slice_keep must lie in [0, 1], got {cfg.vae_empty_slice_keep}")
     if not 0.0 <= cfg.unet_cond_dropout < 1.0:
         raise ValueError(f"unet_cond_dropout must lie in [0, 1), got {cfg.unet_cond_dropout}")
+    _validate_baselines(cfg)
     if cfg.n_train < 1 or cfg.n_test < 0:
         raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {cfg.n_train}, {cfg.n_test}")
 
@@ -236,3 +292,17 @@ def from_dict(d: dict[str, Any]) -> Config:
     d = dict(d)
     scale = d.pop("scale")
     return resolve(scale, **d)
+
+
+def _validate_baselines(cfg: Config) -> None:
+    """Shape-free checks of the baseline fields; whether their sizes fit ``volume_shape``
+    is checked when a baseline is built (``sbldm.baselines``), so an odd volume shape
+    only stops the models that cannot take it."""
+    f = cfg.ldm3d_ae_downsampling
+    levels = len(cfg.ldm3d_ae_channels)
+    if f < 1 or f & (f - 1) or f > 2 ** (levels - 1):
+        raise ValueError(f"ldm3d_ae_downsampling={f} must be a power of two <= 2**(len(ldm3d_ae_channels)-1) "
+                         f"= {2 ** (levels - 1)}")
+    for name in ("lsgan_flip_prob", "ldm3d_flip_prob"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
