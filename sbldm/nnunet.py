@@ -194,20 +194,31 @@ def _as_volumes(images, what: str) -> np.ndarray:
     return images
 
 
-def _clear_dataset(work_dir, dataset_id: int, overwrite: bool) -> None:
-    found = [d for key in ("raw", "preprocessed", "results") if paths(work_dir)[key].is_dir()
-             for d in paths(work_dir)[key].glob(f"Dataset{int(dataset_id):03d}_*")]
+MARKER = ".sbldm_nnunet"
+
+
+def _clear_dataset(work_dir, dataset_id: int, overwrite: bool | None) -> None:
+    """Remove an earlier run's ``Dataset{id}_*`` folders from ``work_dir``: always with
+    ``overwrite=True``, never with False, and with None only if sbldm made ``work_dir``
+    (its marker file is there), so a re-run replaces its own run but no one else's."""
+    w = Path(work_dir)
+    found = [d for key in ("raw", "preprocessed", "results") if paths(w)[key].is_dir()
+             for d in paths(w)[key].glob(f"Dataset{int(dataset_id):03d}_*")]
+    if overwrite is None:
+        overwrite = (w / MARKER).is_file()
     if found and not overwrite:
         raise FileExistsError(
-            f"{work_dir} already holds nnU-Net dataset {int(dataset_id)} ({', '.join(map(str, found))}); "
+            f"{w} already holds nnU-Net dataset {int(dataset_id)} ({', '.join(map(str, found))}); "
             f"use a fresh work_dir or pass overwrite=True")
     for d in found:
         shutil.rmtree(d)
+    w.mkdir(parents=True, exist_ok=True)
+    (w / MARKER).write_text("made by sbldm.nnunet; its nnU-Net datasets are replaced on re-runs\n")
 
 
 def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id: int = DEFAULT_DATASET_ID,
            name: str = DEFAULT_NAME, train_ids=None, test_ids=None, test_masks=None,
-           overwrite: bool = False) -> dict:
+           overwrite: bool | None = None) -> dict:
     """Write the nnU-Net raw dataset; returns ``{dataset_folder, test_folder, train_ids, test_ids}``.
 
     Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given)."""
@@ -334,7 +345,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                       augmentation: bool | None = None, narrow: bool | None = None,
                       fold: str | None = None, epochs: int | None = None, iterations: int | None = None,
                       device: str | None = None, threads: int | None = None, tta: bool = True,
-                      final_validation: bool | None = None, overwrite: bool = False,
+                      final_validation: bool | None = None, overwrite: bool | None = None,
                       verbose: bool = False) -> dict:
     """Train nnU-Net v2 on (train_images, train_masks) and segment test_images.
 
@@ -350,7 +361,9 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     where those are the training cases. ``tta`` is nnU-Net's mirroring at inference (the
     no-augmentation trainer never mirrors).
 
-    Returns a dict: ``pred_masks`` (N, x, y, z) uint8, ``pred_paths``, ``test_ids``,
+    ``overwrite``: None replaces an earlier run in ``work_dir`` only if sbldm made it.
+
+    Returns a dict: ``predictions`` (N, x, y, z) uint8, ``pred_paths``, ``test_ids``,
     ``metrics`` (per-case Dice/IoU/HD95 when ``test_masks`` are given, else None), the
     settings used (``trainer``, ``stock_trainer``, ``plans``, ``narrow``, ``augmentation``,
     ``folds``, ``epochs``, ``iterations_per_epoch``, ``val_iterations_per_epoch``,
@@ -410,7 +423,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     timings["total"] = time.perf_counter() - t_start
     p = paths(work_dir)
     return {
-        "pred_masks": pred, "pred_paths": files, "test_ids": exported["test_ids"],
+        "predictions": pred, "pred_paths": files, "test_ids": exported["test_ids"],
         "train_ids": exported["train_ids"], "metrics": metrics,
         "trainer": trainer, "stock_trainer": STOCK_TRAINERS[augmentation], "augmentation": augmentation,
         "plans": plans_name, "narrow": narrow, "configuration": CONFIGURATION, "folds": folds,
