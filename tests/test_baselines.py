@@ -1,0 +1,292 @@
+"""3D-LSGAN, 3D-LDM and the generator interface shared with SBLDM (tiny configs; paper counts)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import TINY, make_prepared, randomise_output
+
+NAMES = ("sbldm", "ldm3d", "lsgan3d")
+BASE = dict(
+    TINY,
+    lsgan_latent_dim=16, lsgan_g_channels=16, lsgan_upsamplings=2, lsgan_d_channels=16, lsgan_d_layers=3,
+    lsgan_batch_size=2, lsgan_steps=4,
+    ldm3d_ae_channels=(4, 8, 8), ldm3d_ae_latent_channels=2, ldm3d_ae_norm_groups=4, ldm3d_ae_lr=1e-3,
+    ldm3d_ae_steps=3, ldm3d_disc_channels=8, ldm3d_disc_layers=3,
+    ldm3d_unet_channels=(8, 16, 16), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=4,
+    ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=1e-3, ldm3d_diffusion_steps=3,
+    vae_steps=2, diffusion_steps=2, checkpoint_every=2, log_every=1,
+)
+
+
+def cfg(**kw):
+    from sbldm.config import resolve
+
+    return resolve("smoke", **{**BASE, **kw})
+
+
+def build(name, **kw):
+    """An untrained generator whose zero-initialised output convs are randomised, so
+    samples depend on the noise (a zero conv would make every test below pass trivially)."""
+    import sbldm
+
+    gen = sbldm.build_generator(name, cfg(**kw))
+    if name == "sbldm":
+        randomise_output(gen.pipeline.vae, 1)
+        randomise_output(gen.pipeline.unet, 2)
+    elif name == "ldm3d":
+        randomise_output(gen.unet, 3)
+    return gen
+
+
+def sample(gen, seed=0, n=2):
+    opts = {} if gen.kind == "lsgan3d" else {"num_inference_steps": 3}
+    return gen.generate(n, generator=torch.Generator().manual_seed(seed), **opts)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from sbldm.data import load_prepared
+
+    return load_prepared(make_prepared(tmp_path_factory.mktemp("cohort")), "train")
+
+
+# -- the interface ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_generate_shapes_ranges_and_determinism(name):
+    gen = build(name)
+    assert gen.kind == name and gen.volume_shape == (16, 16, 8)
+    s = sample(gen)
+    images, masks = s                                      # unpacks like a pair
+    assert images.shape == masks.shape == (2, 16, 16, 8)
+    assert images.dtype == np.float32 and masks.dtype == np.uint8
+    assert images.min() >= -1 and images.max() <= 1
+    assert set(np.unique(masks)) <= {0, 1}
+    assert images.std() > 1e-4 and not np.allclose(images[0], images[1])   # depends on the noise
+    again, other = sample(gen), sample(gen, seed=1)
+    np.testing.assert_array_equal(again.images, images)
+    np.testing.assert_array_equal(again.masks, masks)
+    assert not np.allclose(other.images, images)
+    counts = gen.num_parameters()
+    assert counts["total"] >= counts["sampling"] > 0
+    assert counts["total"] == sum(v for k, v in counts.items() if k not in ("total", "sampling"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_save_load_round_trip(name, tmp_path):
+    import sbldm
+    from sbldm.generators import generator_kind
+
+    gen = build(name)
+    gen.save_pretrained(tmp_path / "g")
+    assert json.loads((tmp_path / "g" / "generator.json").read_text())["kind"] == name
+    assert generator_kind(tmp_path / "g") == name
+    loaded = sbldm.load_generator(tmp_path / "g")
+    assert type(loaded) is type(gen) and loaded.num_parameters() == gen.num_parameters()
+    a, b = sample(gen), sample(loaded)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_unknown_name_and_folder():
+    import sbldm
+    from sbldm.generators import train_generator
+
+    for fn in (lambda: sbldm.build_generator("ddpm3d", "smoke"),
+               lambda: train_generator("ddpm3d", cfg(), None, "unused")):
+        with pytest.raises(ValueError, match="sbldm, ldm3d, lsgan3d"):
+            fn()
+    with pytest.raises(FileNotFoundError, match="not a saved generator"):
+        sbldm.load_generator(".")
+
+
+def test_build_is_seeded_and_leaves_global_rng_alone():
+    import sbldm
+
+    state = torch.get_rng_state()
+    a = sbldm.build_generator("lsgan3d", cfg())
+    assert torch.equal(state, torch.get_rng_state())
+    b = sbldm.build_generator("lsgan3d", cfg())
+    c = sbldm.build_generator("lsgan3d", cfg(seed=1))
+    assert torch.equal(a.generator.fc.weight, b.generator.fc.weight)
+    assert not torch.equal(a.generator.fc.weight, c.generator.fc.weight)
+
+
+def test_sbldm_adapter_without_training_features_draws_reference_conditions():
+    s = sample(build("sbldm"), n=3)
+    assert s.conditions.shape == (3, 9)
+    vol, surface, sph = s.conditions[:, 0], s.conditions[:, 1], s.conditions[:, 2]
+    assert np.all((vol >= 0.01) & (vol <= 0.9)) and np.allclose(surface, vol ** (2 / 3), rtol=1e-5)
+    assert np.all((sph >= 0.25) & (sph <= 0.9))
+
+
+def test_shapes_that_do_not_fit_are_refused_at_build():
+    import sbldm
+
+    with pytest.raises(ValueError, match="2\\*\\*upsamplings"):
+        sbldm.build_generator("lsgan3d", cfg(volume_shape=(16, 16, 10)))
+    with pytest.raises(ValueError, match="ldm3d_ae_downsampling"):
+        sbldm.build_generator("ldm3d", cfg(volume_shape=(16, 16, 10)))
+    with pytest.raises(ValueError, match="power of two"):
+        cfg(ldm3d_ae_downsampling=3)
+
+
+# -- the losses go down on a fixed tiny batch ----------------------------------------------------
+
+def _fixed_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(2, 2, 16, 16, 8, generator=g) * 2 - 1
+    x[:, 1] = torch.where(x[:, 1] > 0.6, 1.0, -1.0)
+    return x
+
+
+def test_lsgan_discriminator_and_generator_objectives_decrease():
+    from sbldm.baselines.lsgan3d import discriminator_loss, generator_loss
+
+    gan = build("lsgan3d")
+    g, d = gan.generator, gan.discriminator
+    x = _fixed_batch()
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    real_y, fake_y = torch.ones(2), torch.zeros(2)
+    with torch.no_grad():
+        fake = g(z)
+    opt = torch.optim.Adam(d.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(6):
+        loss = discriminator_loss(d, x, fake, real_y, fake_y)["d_loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.7 * losses[0], losses
+    d.eval()                                    # a fixed discriminator for the generator's steps
+    d.requires_grad_(False)
+    opt = torch.optim.Adam(g.parameters(), lr=5e-3, betas=(0.5, 0.999))
+    losses = []
+    for _ in range(10):
+        loss, _ = generator_loss(g, d, z, real_y)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_ldm3d_autoencoder_and_diffusion_losses_decrease():
+    from sbldm.baselines.ldm3d import autoencoder_loss
+
+    ldm = build("ldm3d")
+    ae, unet = ldm.autoencoder, ldm.unet
+    assert ae.encode(_fixed_batch()).mean.shape == (2, 2, 4, 4, 2)       # x4 in every axis
+    x = _fixed_batch()
+    opt = torch.optim.Adam(ae.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(8):
+        terms, _ = autoencoder_loss(ae, x, generator=torch.Generator().manual_seed(0))
+        losses.append(float(terms["loss"].detach()))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0], losses
+    g = torch.Generator().manual_seed(0)
+    z0, noise = torch.randn(2, 2, 4, 4, 2, generator=g), torch.randn(2, 2, 4, 4, 2, generator=g)
+    t = torch.tensor([100, 700])
+    a = ldm.scheduler.alphas_cumprod[t].reshape(-1, 1, 1, 1, 1)
+    noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(8):
+        loss = ((unet(noisy, t, None) - noise) ** 2).mean()
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert all(p.grad is None for p in unet.cond_embedding.parameters())   # unconditional: tau unused
+
+
+# -- training through the shared loop ---------------------------------------------------------
+
+def test_train_lsgan3d_resume_is_bit_identical(prepared, tmp_path):
+    import sbldm
+    from sbldm.generators import train_generator
+
+    c = cfg()
+    full = train_generator(sbldm.build_generator("lsgan3d", c), c, prepared, tmp_path / "full", progress=False)
+    assert train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False, stop_at=2) is not None
+    assert json.loads((tmp_path / "cut" / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
+    resumed = train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False)
+    for a, b in zip(full.generator.state_dict().values(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b)
+    for f in ("log.jsonl", "loss_curve.png", "run.json", "checkpoints/last.pt", "model/generator.json"):
+        assert (tmp_path / "full" / f).is_file(), f
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and {"g_loss", "d_loss", "d_real", "d_fake"} <= set(log[0])
+    run = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert run["stage"] == "lsgan3d" and run["steps"] == 4
+    np.testing.assert_array_equal(sample(sbldm.load_generator(tmp_path / "full")).images, sample(full).images)
+
+
+@pytest.mark.parametrize("disc", [False, True])
+def test_train_ldm3d_end_to_end(prepared, tmp_path, disc):
+    import sbldm
+    from sbldm.generators import train_generator
+
+    c = cfg(ldm3d_ae_discriminator=disc)
+    gen = train_generator("ldm3d", c, prepared, tmp_path, progress=False)
+    assert (tmp_path / "discriminator").is_dir() == disc
+    ae_run = json.loads((tmp_path / "autoencoder" / "run.json").read_text())
+    unet_run = json.loads((tmp_path / "unet" / "run.json").read_text())
+    assert ae_run["discriminator"] is disc and ae_run["downsampling"] == 4
+    log = [json.loads(line) for line in (tmp_path / "autoencoder" / "log.jsonl").read_text().splitlines()]
+    assert ("d_loss" in log[0]) is disc
+    # the latent scale is the global std of the training posterior means, as SBLDM's
+    from sbldm.baselines.ldm3d import encode_means
+
+    std = float(encode_means(gen.autoencoder, prepared.images, prepared.masks).astype(np.float64).std())
+    assert gen.latent_std == pytest.approx(std, rel=1e-5) and unet_run["latent_std"] == pytest.approx(std, rel=1e-5)
+    loaded = sbldm.load_generator(tmp_path)                # the training folder finds model/
+    assert loaded.latent_std == gen.latent_std and (loaded.discriminator is not None) is disc
+    s = sample(loaded)
+    assert s.images.shape == (2, 16, 16, 8)
+    np.testing.assert_array_equal(s.images, sample(gen).images)
+
+
+# -- paper-preset sizes ------------------------------------------------------------------------------
+
+def test_paper_parameter_counts():
+    """Built on the CPU from the ``paper`` preset, no forward pass. 3D-LSGAN: exactly the
+    authors' train_lsgan.py layer sizes (recomputed independently from that file's
+    layer list). 3D-LDM: the design values of this architecture (authors' widths, x4)
+    within 0.5%, and the autoencoder within 1% of the authors' 85.949M."""
+    from sbldm.baselines import ldm3d, lsgan3d
+    from sbldm.baselines.report import AUTHORS_NOTEBOOK, authors_lsgan_counts
+    from sbldm.config import resolve
+
+    paper = resolve("paper")
+    gan = lsgan3d.LSGAN3D.from_config(paper).num_parameters()
+    ref = authors_lsgan_counts()
+    assert gan["generator"] == ref["generator"] == 118_005_858
+    assert gan["discriminator"] == ref["discriminator"] == 44_644_033
+    del gan
+    ldm = ldm3d.LDM3D.from_config(paper).num_parameters()
+    assert ldm["discriminator"] == 0 and ldm["total"] == ldm["sampling"]
+    assert ldm["autoencoder"] == pytest.approx(85.78e6, rel=5e-3)
+    assert ldm["autoencoder"] == pytest.approx(AUTHORS_NOTEBOOK["ldm3d_autoencoder"], rel=1e-2)
+    assert ldm["unet"] == pytest.approx(137.66e6, rel=5e-3)
+
+
+def test_parameter_table_rows_and_notes():
+    from sbldm.baselines.report import parameter_notes, parameter_rows
+
+    rows = parameter_rows("paper")
+    by = {(r["method"], r["component"].split(" (")[0]): r for r in rows}
+    assert by[("3D-LSGAN", "total")]["paper_table1_M"] == 71
+    assert by[("3D-LDM, as Table 1 counted", "total")]["paper_table1_M"] == 728
+    assert by[("3D-LDM, as Table 1 counted", "total")]["authors_code_M"] == pytest.approx(728.25, abs=0.01)
+    assert by[("3D-LDM, as Table 1 counted", "UNet")]["params_M"] == pytest.approx(539.16, rel=5e-3)
+    notes = parameter_notes(rows)
+    assert any("71M" in n for n in notes) and any("728M" in n for n in notes)
