@@ -96,7 +96,7 @@ def parameter_notes(rows: Sequence[dict]) -> list[str]:
         f"3D-LSGAN: sbldm builds the networks of the authors' train_lsgan.py exactly (generator {g:.1f}M, "
         f"discriminator {d:.1f}M, equal to the count recomputed from that file's layers). Table 1's 71M cannot be "
         f"this model: the generator's first layer alone (Linear 2048 -> 512x6x6x3) has {fc:.1f}M parameters. "
-        "No configuration in the released history gives 71M; the paper's count is kept as printed.",
+        "We found no configuration in the released code that gives 71M; the paper's count is shown as printed.",
         f"3D-LDM autoencoder: {ae:.1f}M with the authors' widths 64-128-256-512 and the paper's x4 downsampling "
         "(one resnet block per encoder level, two per decoder level); the authors' notebook counts their 3D VAE at "
         "85.9M (x8). x8 is the option ldm3d_ae_downsampling=8.",
