@@ -140,7 +140,7 @@ def test_smoke_run_plan_preprocess_train_predict(tmp_path):
     env_before = dict(os.environ)
     modules_before = {m for m in ("timm", "torchvision") if m in sys.modules}
     res = nnunet.train_and_predict(train_images, train_masks, test_images, cfg, tmp_path / "run", seed=0,
-                                   test_masks=test_masks, device="cpu", threads=1)
+                                   test_masks=test_masks, device="cpu", threads=1, tta=True)
     # nothing of the nnU-Net subprocesses leaks into this process
     _assert_no_leak(env_before)
     assert {m for m in ("timm", "torchvision") if m in sys.modules} == modules_before
