@@ -290,3 +290,17 @@ def test_parameter_table_rows_and_notes():
     assert by[("3D-LDM, as Table 1 counted", "UNet")]["params_M"] == pytest.approx(539.16, rel=5e-3)
     notes = parameter_notes(rows)
     assert any("71M" in n for n in notes) and any("728M" in n for n in notes)
+
+
+def test_train_sbldm_through_the_same_interface(prepared, tmp_path):
+    import sbldm
+    from sbldm.generators import train_generator
+
+    gen = train_generator("sbldm", cfg(), prepared, tmp_path, progress=False)
+    for f in ("vae/run.json", "unet/run.json", "model/model_index.json", "model/generator.json"):
+        assert (tmp_path / f).is_file(), f
+    loaded = sbldm.load_generator(tmp_path)
+    assert loaded.kind == "sbldm" and loaded.pipeline.train_features is not None
+    a, b = sample(gen), sample(loaded)
+    assert a.images.shape == (2, 16, 16, 8) and a.conditions.shape == (2, 9)
+    np.testing.assert_array_equal(a.images, b.images)
