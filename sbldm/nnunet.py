@@ -23,8 +23,8 @@ optional timm/torchvision from killing nnU-Net's trainer lookup), with ``nnUNet_
 subprocess's environment only. Its output goes to ``work_dir/logs/<step>.log``; a failing
 step raises :class:`NnUNetError` with the log's tail.
 
-The model folder nnU-Net writes is kept, so ``predict`` can be called again on other
-images (e.g. synthetic ones) without training. One ``work_dir`` holds one trained model:
+The model folder nnU-Net writes is kept, so ``predict_images(result, images)`` segments
+other images (e.g. synthetic ones) without training again. One ``work_dir`` holds one trained model:
 give each seed / training set its own.
 """
 
@@ -439,3 +439,25 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                   "model": model_folder(work_dir, dataset_id, name, trainer, plans_name), "predictions": out},
         "timings": timings,
     }
+
+
+def predict_images(run: dict, images, case_ids: Sequence[str] | None = None, tag: str = "extra",
+                   verbose: bool = False) -> np.ndarray:
+    """Segment more images with the model of a finished ``train_and_predict`` run
+    (``run`` is its result), e.g. synthetic volumes; (N, x, y, z) uint8 masks."""
+    from .data import save_nifti
+
+    require()
+    images = _as_volumes(images, "images")
+    ids = _case_ids(case_ids, len(images), "case")
+    work_dir = run["paths"]["raw"].parent
+    inputs, out = work_dir / f"inputs_{tag}", work_dir / f"predictions_{tag}"
+    for folder in (inputs, out):
+        if folder.exists():
+            shutil.rmtree(folder)
+    for c, img in zip(ids, images):
+        save_nifti(inputs / f"{c}_0000.nii.gz", np.asarray(img, np.float32))
+    env = environment(work_dir, device=run["device"], threads=run["threads"], seed=run["seed"])
+    predict(work_dir, inputs, out, run["dataset_id"], folds=run["folds"], trainer=run["trainer"],
+            plans_name=run["plans"], device=run["device"], tta=run["tta"], env=env, verbose=verbose)
+    return read_predictions(out, ids, images.shape[1:])[0]

@@ -163,6 +163,9 @@ def test_smoke_run_plan_preprocess_train_predict(tmp_path):
     assert "features_per_stage': [8, 16" in log and "seed=0" in log
     assert "verify_dataset_integrity Done" in (res["paths"]["logs"] / "plan_and_preprocess.log").read_text()
     assert set(res["timings"]) >= {"export", "plan_and_preprocess", "train", "predict", "total"}
+    # the kept model segments more images later (e.g. synthetic ones): same images, same masks
+    again = nnunet.predict_images(res, test_images, tag="again")
+    np.testing.assert_array_equal(again, pred)
 
     # The authors' setting, no augmentation, on the same preprocessed data: one short epoch.
     env = nnunet.environment(tmp_path / "run", device="cpu", threads=1, seed=0, epochs=1, iterations=1,
