@@ -338,6 +338,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
         eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
         with accelerator.autocast():
             return vae_loss(m, x.to(dev), pos.to(dev), kl_weight=cfg.vae_kl_weight, ssim_weight=cfg.vae_ssim_weight,
+                            ssim_range=cfg.vae_ssim_range,
                             generator=eps_gen)
 
     model, _ = _run("vae", cfg, model, optimizer, loss_fn, cfg.vae_steps, Path(out_dir), resume, progress,

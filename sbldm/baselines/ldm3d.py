@@ -151,8 +151,11 @@ class AutoencoderKL3D(ModelMixin, ConfigMixin):
 
 
 def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
-                     generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
-    """(terms with ``loss`` = L1 + ssim_weight (1 - SSIM) + kl_weight KL, the reconstruction)."""
+                     ssim_range: str = "signed", generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+    """(terms with ``loss`` = L1 + ssim_weight (1 - SSIM) + kl_weight KL, the reconstruction).
+
+    SSIM on [-1, 1] with data range 2 by default, or on [0, 1] (``"unit"``), as the slice
+    VAE's loss (``sbldm.models.vae.vae_loss`` explains why "unit" collapses)."""
     from ..metrics import ssim_torch
 
     recon, post = ae(x, sample_posterior=True, generator=generator)
@@ -160,7 +163,10 @@ def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float =
     terms = {"l1": l1}
     loss = l1
     if ssim_weight:
-        ssim = ssim_torch(((recon + 1) / 2).float(), ((x + 1) / 2).float())
+        if ssim_range == "signed":
+            ssim = ssim_torch(recon.float(), x.float(), data_range=2.0)
+        else:
+            ssim = ssim_torch(((recon + 1) / 2).float(), ((x + 1) / 2).float())
         loss = loss + ssim_weight * (1 - ssim)
         terms["ssim"] = ssim.detach()
     kl = post.kl().mean()
@@ -382,7 +388,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
         gen = step_generator(rng)
         eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
         with accelerator.autocast():
-            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight,
+            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight, ssim_range=cfg.vae_ssim_range,
                                     generator=eps_gen)
 
     if not use_disc:

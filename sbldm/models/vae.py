@@ -179,9 +179,17 @@ def build_vae(cfg) -> SliceVAE:
 
 
 def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
-             ssim_weight: float = 1.0, lpips_weight: float = 0.0, lpips=None,
+             ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
              generator: torch.Generator | None = None) -> dict:
     """L1 + ssim_weight (1 - SSIM) + kl_weight KL (+ lpips_weight LPIPS on the image channel).
+
+    ``ssim_range="signed"`` (default) computes SSIM on the model's [-1, 1] values with data
+    range 2; ``"unit"`` maps both to [0, 1] first, as the authors' pytorch_msssim call did.
+    In [0, 1] the skull-stripped background and the mask's background sit at exactly 0,
+    where SSIM's luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with C1 = 1e-4
+    punishes any deviation so hard that a freshly initialised VAE collapses to a dark
+    output: measured at `small` (64x64 slices, lr 5e-4, 300 steps), image PSNR 12.9 dB with
+    "unit" vs 28.2 dB with "signed" (and 27.0 dB with L1 alone).
 
     SSIM is computed per channel on images mapped to [0, 1] (gaussian window 11, as the
     authors' pytorch_msssim call); KL is summed over latent elements, averaged over the
@@ -191,7 +199,12 @@ def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 
 
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     l1 = (recon - x).abs().mean()
-    ssim = ssim_torch((recon + 1) / 2, (x + 1) / 2)
+    if ssim_range == "signed":
+        ssim = ssim_torch(recon, x, data_range=2.0)
+    elif ssim_range == "unit":
+        ssim = ssim_torch((recon + 1) / 2, (x + 1) / 2)
+    else:
+        raise ValueError(f"ssim_range must be 'signed' or 'unit', got {ssim_range!r}")
     kl = posterior.kl().mean()
     loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
     out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
