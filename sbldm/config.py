@@ -51,6 +51,7 @@ class Config:
     vae_slice_embedding_dim: int = 128
     vae_kl_weight: float = 1e-6
     vae_ssim_weight: float = 1.0
+    vae_ssim_range: str = "signed"        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
     vae_lpips_weight: float = 0.0         # authors' code: 0.5, needs local LPIPS weights
     vae_lpips_path: str | None = None
     vae_lr: float = 1e-5                  # paper §3.2 / authors' code
@@ -88,6 +89,7 @@ class Config:
     # -- evaluation (Table 1 and beyond) -------------------------------------------
     eval_n_samples: int = 100             # synthetic volumes per method (Table 1, Table 2)
     eval_n_samples_ddpm: int = 100        # SBLDM with 1000 DDPM steps (slow on CPU)
+    eval_ddpm_steps: int | None = None    # None = every training timestep (the paper's DDPM-1000)
     eval_timing_volumes: int = 3          # timed volumes per method, after one warm-up
     eval_batch_size: int = 4              # volumes sampled at once
     eval_guidance_scale: float = 3.0      # the classifier-free guidance compared with none
@@ -196,7 +198,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_inference_steps=5, checkpoint_every=10, log_every=5,
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
-        eval_n_samples=4, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=2,
+        eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4,
         lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
         lsgan_d_layers=3, lsgan_steps=10,
@@ -268,6 +270,7 @@ def _validate(cfg: Config) -> None:
         "mixed_precision": ("no", "bf16", "fp16"),
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
         "seg_backend": ("nnunet", "fast"),
+        "vae_ssim_range": ("signed", "unit"),
     }
     for name, allowed in choices.items():
         value = getattr(cfg, name)

@@ -20,7 +20,8 @@ from .config import Config
 ROWS = (
     ("3D-LSGAN", "lsgan3d", lambda cfg: {}),
     ("3D-LDM", "ldm3d", lambda cfg: {}),
-    ("SBLDM (DDPM)", "sbldm", lambda cfg: {"sampler": "ddpm", "num_inference_steps": cfg.num_train_timesteps}),
+    ("SBLDM (DDPM)", "sbldm", lambda cfg: {"sampler": "ddpm",
+                                           "num_inference_steps": cfg.eval_ddpm_steps or cfg.num_train_timesteps}),
     ("SBLDM (DDIM)", "sbldm", lambda cfg: {"sampler": "ddim", "num_inference_steps": cfg.num_inference_steps,
                                            "eta": cfg.eta}),
 )
