@@ -98,17 +98,19 @@ def table1(samples: dict, gens: dict, times: dict, real_train_images, seed: int 
     return results
 
 
-def extra_metrics(samples: dict, train, test, segmenter, cfg: Config) -> list[dict]:
+def extra_metrics(samples: dict, train, test, segmenter, cfg: Config, features=None) -> list[dict]:
     """One row per method (and the real test split as reference): diversity, realism,
-    mask realism, image-mask agreement, memorisation."""
+    mask realism, image-mask agreement, memorisation. ``features`` (images -> (N, F))
+    defines the Fréchet distance's feature space; default: the segmenter's bottleneck."""
     rows = []
-    real_feats = segmenter.features(train.images)
+    features = features or segmenter.features
+    real_feats = features(train.images)
     train_nearest = ev.nearest_ssim(test.images, train.images)
     entries = {"real (test split)": {"images": test.images, "masks": test.masks}, **samples}
     for name, s in entries.items():
         images, masks = s["images"], s["masks"]
         div = ev.pairwise_ms_ssim(images, max_volumes=cfg.eval_n_diversity, seed=cfg.seed)
-        fd = ev.frechet_distance(real_feats, segmenter.features(images)) if len(images) > 2 else float("nan")
+        fd = ev.frechet_distance(real_feats, features(images)) if len(images) > 2 else float("nan")
         fdist = ev.feature_distribution_distance(train.features, ev.mask_features(masks))
         pred = segmenter.predict(images)
         from .segmentation import evaluate

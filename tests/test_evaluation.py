@@ -92,3 +92,27 @@ def test_time_per_volume_reports_median_and_device():
     calls = []
     t = ev.time_per_volume(lambda: calls.append(1), n_volumes_per_call=2, repeats=3, warmup=2)
     assert len(calls) == 5 and t["median_s"] >= 0 and "CPU" in t["device"] or "GPU" in t["device"]
+
+
+def test_medicalnet_features_load_from_a_local_file_and_refuse_others(tmp_path):
+    import torch
+    from monai.networks.nets import resnet10
+
+    from sbldm import features
+
+    net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="B", bias_downsample=False)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "r10.pth")
+    fx = features.MedicalNetFeatures(tmp_path / "r10.pth", depth=10)
+    vols = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 16))
+    f = fx(vols)
+    assert f.shape == (2, 512) and np.all(np.isfinite(f))
+    net.eval()
+    with torch.no_grad():
+        x = torch.as_tensor(vols[0], dtype=torch.float32)[None, None]
+        ref = net((x - x.mean()) / (x.std() + 1e-6)).numpy()[0]
+    assert np.allclose(f[0], ref, atol=1e-5)          # the very weights of the file
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="match"):
+        features.MedicalNetFeatures(tmp_path / "other.pth", depth=10)
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        features.MedicalNetFeatures(tmp_path / "missing.pth")

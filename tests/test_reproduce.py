@@ -84,3 +84,20 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert (out / "figures" / "data_cases.png").stat().st_size > 10_000
     assert (out / "tables" / "data_features.csv").is_file()
     assert (tmp_path / "work" / "smoke" / "data" / "nnunet_raw" / "Dataset001_RealTrain" / "dataset.json").is_file()
+    from sbldm.tables import read_csv
+
+    t1 = read_csv(out / "tables" / "table1.csv")
+    assert [r["method"] for r in t1] == ["3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]
+    for r in t1:
+        assert all(r[c] not in ("", "nan") for c in ("psnr", "ssim", "params_M", "time_s_per_volume", "device"))
+    assert "21.701" in (out / "tables" / "table1.md").read_text()          # the paper beside ours
+    t2 = [r["row"] for r in read_csv(out / "tables" / "table2.csv")]
+    assert t2 == ["real", "real + augmentation (x2)", "synthetic only: 3D-LSGAN", "synthetic only: 3D-LDM",
+                  "synthetic only: SBLDM", "real + 3D-LSGAN", "real + 3D-LDM", "real + SBLDM",
+                  "real + SBLDM + augmentation"]
+    assert len(read_csv(out / "tables" / "table2_cases.csv")) == 9 * 4     # every row x every test case
+    extra = read_csv(out / "tables" / "generation_extra.csv")
+    assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
+    for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
+                 "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name

@@ -111,13 +111,15 @@ seed = 0                     # seed of sampling and of the real/synthetic pairin
 results_root = "../results"  # tables and figures go to results/<scale>/
 work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
 overrides = {}               # config overrides, e.g. {"eval_n_samples": 20}
+medicalnet_path = None       # local MedicalNet weights (.pth) for the Fréchet distance; None -> a project-trained network
+medicalnet_depth = 10        # depth of that MedicalNet ResNet
 """),
 ("code", """
 import json
 from pathlib import Path
 import numpy as np
 from IPython.display import Markdown
-from sbldm import config, data, evaluation, segmentation, table1, tables
+from sbldm import config, data, evaluation, features, segmentation, table1, tables
 
 cfg = config.resolve(scale, seed=seed, **overrides)
 work = Path(work_root) / scale
@@ -143,11 +145,12 @@ Markdown(evaluation.write_table1(rows, out / "tables" / "table1", scale, seed, s
 ("md", """
 ## Beyond the paper
 
-A segmentation network (the `fast` backend) trained on the **real training split** serves twice:
-its Dice on synthetic images against their own synthetic masks (image-mask agreement), and its
-pooled bottleneck activations as the feature space of the Fréchet distance — no pretrained
-medical network can be downloaded here, so the feature extractor is this project-trained one
-(not MedicalNet); numbers are comparable within this table only.
+A segmentation network (the `fast` backend) trained on the **real training split** gives the
+image-mask agreement (its Dice on synthetic images against their own synthetic masks). The
+Fréchet distance needs a feature space: MedicalNet when `medicalnet_path` points to local
+weights, otherwise (nothing can be downloaded here) the pooled bottleneck of that same
+project-trained network; the table's notes say which, and its numbers compare within the
+table only.
 """),
 ("code", """
 seg_path = work / "eval_segmenter.pt"
@@ -156,9 +159,10 @@ if seg_path.is_file():
 else:
     segmenter = segmentation.train_fast(train.images, train.masks, cfg, seed=seed, progress=True)
     segmenter.save(seg_path)
-extra = table1.extra_metrics(samples, train, test, segmenter, cfg)
+fx, fx_description = features.feature_extractor(medicalnet_path, segmenter, medicalnet_depth)
+extra = table1.extra_metrics(samples, train, test, segmenter, cfg, features=fx)
 notes = [
-    f"scale `{scale}`, seed {seed}; features for the Fréchet distance: bottleneck of the fast segmentation U-Net trained on the real training split ({cfg.seg_iterations} steps)",
+    f"scale `{scale}`, seed {seed}; features for the Fréchet distance: {fx_description}",
     "ms_ssim_pairwise: mean MS-SSIM over pairs of volumes of one method (lower = more diverse); kernel size and scales in their columns",
     "mask_feature_distance: mean over the 9 tumour features of the Wasserstein distance to the real training features, in units of the real feature's std; empty_masks: fraction of masks without tumour (excluded from it)",
     "seg_dice_on_own_mask: Dice of the segmentation network's prediction on each volume's image against that volume's own mask (the real test row is the reference)",
