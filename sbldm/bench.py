@@ -33,24 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("slice_vae", "sbldm_unet", "ldm3d_autoencoder", "ldm3d_unet", "pixel_ddpm_unet")
 
 
-def _sync():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _median_time(fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync()
-        t0 = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    from .evaluation import time_per_volume
+
+    return time_per_volume(fn, n_volumes_per_call=1, repeats=repeats, warmup=warmup)["median_s"]
 
 
 def _autocast(device: str, dtype: str):
