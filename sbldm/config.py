@@ -218,7 +218,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         vae_empty_slice_keep=0.3,
         unet_channels=(32, 64, 128), unet_layers_per_block=1, unet_norm_groups=16,
         unet_embed_dim=128, unet_time_proj_dim=32, unet_cond_hidden_dim=64, unet_mid_layers=1,
-        diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=3000,
+        diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=1800,
         checkpoint_every=500, log_every=50,
         seg_backend="fast", seg_channels=(8, 16, 32, 64), seg_iterations=400, seg_roi=(64, 64, 32),
         seg_nnunet_epochs=10, seg_nnunet_iterations=25,  # nnunet: 300 its x ~1.2 s (1 thread) = ~6 min training
