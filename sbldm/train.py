@@ -348,6 +348,25 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
 # -- stage 2 ----------------------------------------------------------------------------------
 
+def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor):
+    """One epsilon-prediction training batch drawn by ``rng`` (deterministic in the step's
+    rng): (indices, noisy latents x_t, noise, timesteps, the torch generator for any further
+    draws of the step)."""
+    idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
+    gen = step_generator(rng)
+    z0 = data[idx]
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen)
+    a = alphas_cumprod[t].reshape(-1, *([1] * (z0.ndim - 1)))
+    return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t, gen
+
+
+def noise_loss(pred: torch.Tensor, noise: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """MSE (paper) or L1 (authors' code) between predicted and true noise, in float32."""
+    err = pred.float() - noise
+    return err.abs().mean() if kind == "l1" else (err ** 2).mean()
+
+
 def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str | os.PathLike,
                     latent_std: float | None = None, resume: bool = True, progress: bool = True,
                     stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
@@ -388,21 +407,11 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     alphas = scheduler.alphas_cumprod
 
     def loss_fn(step, rng, m):
-        idx = torch.from_numpy(rng.integers(0, len(data), size=cfg.diffusion_batch_size))
-        gen = step_generator(rng)
-        z0 = data[idx]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
+        idx, noisy, noise, t, gen = noise_batch(data, rng, cfg.diffusion_batch_size, alphas)
         drop = torch.rand(len(idx), generator=gen) < cfg.unet_cond_dropout
-        a = alphas[t].reshape(-1, 1, 1, 1, 1)
-        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
         with accelerator.autocast():
             pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev))
-            target = noise.to(dev)
-            if cfg.diffusion_loss == "l1":
-                loss = (pred.float() - target).abs().mean()
-            else:
-                loss = ((pred.float() - target) ** 2).mean()
+            loss = noise_loss(pred, noise.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
     model, _ = _run("diffusion", cfg, model, optimizer, loss_fn, cfg.diffusion_steps, Path(out_dir), resume,

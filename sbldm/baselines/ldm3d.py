@@ -365,7 +365,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     folder ``unet/``), then the whole generator saved in ``out_dir/model``. ``stop_at`` stops
     a stage after that many of its steps (returns None: resume later)."""
     from ..latents import global_std
-    from ..train import _make_accelerator, _run, cpu_setup, seed_everything, step_generator
+    from ..train import _make_accelerator, _run, cpu_setup, noise_batch, noise_loss, seed_everything, step_generator
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -457,17 +457,9 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     dev = accelerator.device
 
     def unet_loss_fn(step, rng, m):
-        idx = torch.from_numpy(rng.integers(0, len(data), size=cfg.ldm3d_diffusion_batch_size))
-        gen = step_generator(rng)
-        z0 = data[idx]
-        noise = torch.randn(z0.shape, generator=gen)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(idx),), generator=gen)
-        a = alphas[t].reshape(-1, 1, 1, 1, 1)
-        noisy = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        _, noisy, noise, t, _ = noise_batch(data, rng, cfg.ldm3d_diffusion_batch_size, alphas)
         with accelerator.autocast():
-            pred = m(noisy.to(dev), t.to(dev), None)
-            err = pred.float() - noise.to(dev)
-            loss = err.abs().mean() if cfg.diffusion_loss == "l1" else (err ** 2).mean()
+            loss = noise_loss(m(noisy.to(dev), t.to(dev), None), noise.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
     unet_model, done = _run("ldm3d_unet", cfg, unet, opt, unet_loss_fn, cfg.ldm3d_diffusion_steps, out / "unet",
