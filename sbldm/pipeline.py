@@ -194,13 +194,16 @@ class SBLDMPipeline(DiffusionPipeline):
 
     # -- sampling ------------------------------------------------------------------------------
 
-    def _predict(self, latents, t, cond, guidance_scale: float):
+    def _predict(self, latents, t, cond, guidance_scale: float, drop=None):
+        """Noise prediction; with guidance, ``cond`` is already doubled (conditional half,
+        then unconditional half) and ``drop`` marks the second half, both built once per
+        call of the pipeline so the loop makes no host-device copies."""
         if guidance_scale == 1.0:
             return self.unet(latents, t, cond)
-        both = self.unet(torch.cat([latents, latents]), t, torch.cat([cond, cond]),
-                         drop_cond=torch.cat([torch.zeros(len(cond), dtype=torch.bool),
-                                              torch.ones(len(cond), dtype=torch.bool)]).to(latents.device))
-        eps_c, eps_u = both.chunk(2)
+        if drop is None:
+            drop = torch.arange(2 * len(latents), device=latents.device) >= len(latents)
+            cond = torch.cat([cond, cond])
+        eps_c, eps_u = self.unet(torch.cat([latents, latents]), t, cond, drop_cond=drop).chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     @torch.no_grad()
@@ -262,8 +265,12 @@ class SBLDMPipeline(DiffusionPipeline):
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
             latents = latents.to(device, dtype)
         latents = latents * sched.init_noise_sigma
+        drop = None
+        if guidance_scale != 1.0:
+            drop = torch.arange(2 * num_volumes, device=device) >= num_volumes
+            cond = torch.cat([cond, cond])
         for t in self.progress_bar(sched.timesteps) if progress else sched.timesteps:
-            eps = self._predict(latents, t, cond, float(guidance_scale))
+            eps = self._predict(latents, t, cond, float(guidance_scale), drop)
             kw = {"eta": float(eta)} if sampler == "ddim" else {}
             latents = sched.step(eps, t, latents, generator=generator, **kw).prev_sample
         if output_type == "latent":

@@ -264,6 +264,13 @@ def test_guidance_scale_one_is_the_conditional_sampler(pipe):
         for t in sched.timesteps:
             x = sched.step(pipe.unet(x, t, None), t, x, eta=0.0).prev_sample
     np.testing.assert_allclose(uncond, x.numpy(), rtol=1e-4, atol=1e-4)   # batch of 4 vs 2: last bits differ
+    # guidance 3: eps_u + 3 (eps_c - eps_u), written out with separate passes
+    x = noise.clone()
+    with torch.no_grad():
+        for t in sched.timesteps:
+            eps_c, eps_u = pipe.unet(x, t, c), pipe.unet(x, t, None)
+            x = sched.step(eps_u + 3.0 * (eps_c - eps_u), t, x, eta=0.0).prev_sample
+    np.testing.assert_allclose(guided3, x.numpy(), rtol=2e-3, atol=2e-3)  # batching noise, amplified x3
 
 
 def test_pipeline_save_load_roundtrip(pipe, tmp_path):
