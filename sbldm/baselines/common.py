@@ -57,11 +57,15 @@ def write_marker(directory: str | os.PathLike, kind: str, **info) -> None:
     atomic_write_json(Path(directory) / MARKER, {"kind": kind, "format": 1, **info})
 
 
-def read_marker(directory: str | os.PathLike) -> dict:
+def read_marker(directory: str | os.PathLike, kind: str | None = None) -> dict:
+    """The folder's generator marker; with ``kind``, refuse a folder of another kind."""
     path = Path(directory) / MARKER
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: no {MARKER}; not a saved sbldm generator folder")
-    return json.loads(path.read_text())
+    meta = json.loads(path.read_text())
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {meta.get('kind')!r} generator, not {kind!r}")
+    return meta
 
 
 def volume_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, batch_size: int,

@@ -325,9 +325,7 @@ class LDM3D:
         from ..models.unet3d import ConditionedUNet3D
 
         d = Path(directory)
-        meta = read_marker(d)
-        if meta.get("kind") != KIND:
-            raise ValueError(f"{d} holds a {meta.get('kind')!r} generator, not {KIND!r}")
+        meta = read_marker(d, KIND)
         ae = AutoencoderKL3D.from_pretrained(d / "autoencoder").eval()
         unet = ConditionedUNet3D.from_pretrained(d / "unet").eval()
         sched = DDPMScheduler.from_pretrained(d / "scheduler")
