@@ -159,7 +159,7 @@ class LSGAN3D:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "LSGAN3D":
         d = Path(directory)
-        marker = read_marker(d, KIND)
+        read_marker(d, KIND)
         g = LSGANGenerator3D.from_pretrained(d / "generator").eval()
         disc = Discriminator3D.from_pretrained(d / "discriminator") if (d / "discriminator").is_dir() else None
         return cls(g, disc)
