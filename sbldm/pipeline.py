@@ -42,7 +42,7 @@ def make_scheduler(cfg) -> DDPMScheduler:
     """The training noise schedule of a config (no x0 clipping: latents are not bounded)."""
     return DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
                          beta_start=cfg.beta_start, beta_end=cfg.beta_end, clip_sample=False,
-                         prediction_type="epsilon", variance_type="fixed_small")
+                         prediction_type=cfg.diffusion_prediction_type, variance_type="fixed_small")
 
 
 @dataclass

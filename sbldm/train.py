@@ -348,22 +348,32 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
 # -- stage 2 ----------------------------------------------------------------------------------
 
-def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor):
-    """One epsilon-prediction training batch drawn by ``rng`` (deterministic in the step's
-    rng): (indices, noisy latents x_t, noise, timesteps, the torch generator for any further
-    draws of the step)."""
+def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor,
+                prediction_type: str = "epsilon"):
+    """One diffusion training batch drawn by ``rng`` (deterministic in the step's rng):
+    (indices, noisy latents x_t, the regression target, timesteps, the torch generator for
+    any further draws of the step).
+
+    The target is the noise ``eps`` (``prediction_type="epsilon"``, the paper) or the
+    velocity ``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, Salimans & Ho 2022),
+    with ``a`` the cumulative alpha at the drawn timestep.
+    """
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
     idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
     gen = step_generator(rng)
     z0 = data[idx]
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen)
     a = alphas_cumprod[t].reshape(-1, *([1] * (z0.ndim - 1)))
-    return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, noise, t, gen
+    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, target, t, gen
 
 
-def noise_loss(pred: torch.Tensor, noise: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """MSE (paper) or L1 (authors' code) between predicted and true noise, in float32."""
-    err = pred.float() - noise
+def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """MSE (paper) or L1 (authors' code) between the prediction and its target (noise or
+    velocity, see ``noise_batch``), in float32."""
+    err = pred.float() - target
     return err.abs().mean() if kind == "l1" else (err ** 2).mean()
 
 
@@ -407,11 +417,12 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     alphas = scheduler.alphas_cumprod
 
     def loss_fn(step, rng, m):
-        idx, noisy, noise, t, gen = noise_batch(data, rng, cfg.diffusion_batch_size, alphas)
+        idx, noisy, target, t, gen = noise_batch(data, rng, cfg.diffusion_batch_size, alphas,
+                                                 cfg.diffusion_prediction_type)
         drop = torch.rand(len(idx), generator=gen) < cfg.unet_cond_dropout
         with accelerator.autocast():
             pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev))
-            loss = noise_loss(pred, noise.to(dev), cfg.diffusion_loss)
+            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
     model, _ = _run("diffusion", cfg, model, optimizer, loss_fn, cfg.diffusion_steps, Path(out_dir), resume,

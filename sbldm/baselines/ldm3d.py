@@ -455,9 +455,10 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     dev = accelerator.device
 
     def unet_loss_fn(step, rng, m):
-        _, noisy, noise, t, _ = noise_batch(data, rng, cfg.ldm3d_diffusion_batch_size, alphas)
+        _, noisy, target, t, _ = noise_batch(data, rng, cfg.ldm3d_diffusion_batch_size, alphas,
+                                             cfg.diffusion_prediction_type)
         with accelerator.autocast():
-            loss = noise_loss(m(noisy.to(dev), t.to(dev), None), noise.to(dev), cfg.diffusion_loss)
+            loss = noise_loss(m(noisy.to(dev), t.to(dev), None), target.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
     unet_model, done = _run("ldm3d_unet", cfg, unet, opt, unet_loss_fn, cfg.ldm3d_diffusion_steps, out / "unet",
