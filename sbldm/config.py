@@ -184,6 +184,49 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+# What each training stage's trajectory depends on, for resuming a checkpoint: the data and
+# seed, its own fields and those of the stages upstream of it. The step counts are left
+# out (a larger count extends a run: the learning rate is constant), as is everything
+# about sampling, evaluation and segmentation.
+_DATA_FIELDS = ("seed", "n_train", "volume_shape", "image_interp_order", "clip_percentiles",
+                "phantom_shape", "phantom_spacing", "mixed_precision")
+_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
+                    "diffusion_prediction_type", "diffusion_loss", "diffusion_weight_decay")
+_STAGE_PREFIXES = {
+    "vae": ("vae_",),
+    "diffusion": ("vae_", "unet_", "diffusion_"),
+    "ldm3d_ae": ("ldm3d_ae_", "ldm3d_disc_", "ldm3d_flip_prob"),
+    "ldm3d_unet": ("ldm3d_",),
+    "lsgan3d": ("lsgan_",),
+}
+
+
+def stage_fields(stage: str) -> tuple[str, ...]:
+    """The config fields a training stage's checkpoint must agree on to be resumed."""
+    if stage not in _STAGE_PREFIXES:
+        raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(_STAGE_PREFIXES)}")
+    names = [f.name for f in dataclasses.fields(Config) if f.name not in ("scale", "extra")]
+    own = [n for n in names if n.startswith(_STAGE_PREFIXES[stage]) and not n.endswith("_steps")]
+    schedule = _SCHEDULE_FIELDS if stage in ("diffusion", "ldm3d_unet") else ()
+    return tuple(dict.fromkeys((*_DATA_FIELDS, *schedule, *own)))
+
+
+def resume_conflicts(stage: str, saved: dict, cfg: "Config") -> list[str]:
+    """``field: saved -> now`` for every stage field where a checkpoint's saved config and
+    ``cfg`` differ; a field the checkpoint predates counts as its default value."""
+    defaults = {f.name: f.default for f in dataclasses.fields(Config)
+                if f.default is not dataclasses.MISSING}
+    now = cfg.to_dict()
+    out = []
+    for name in stage_fields(stage):
+        old = saved.get(name, defaults.get(name))
+        old = list(old) if isinstance(old, tuple) else old
+        new = list(now[name]) if isinstance(now[name], tuple) else now[name]
+        if old != new:
+            out.append(f"{name}: {old!r} -> {new!r}")
+    return out
+
+
 _PRESETS: dict[str, dict[str, Any]] = {
     # A handful of tiny volumes and a few optimiser steps: the whole chain runs in
     # minutes on 2 CPU cores. Its numbers mean nothing.

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .config import Config, resolve
+from .config import Config, resolve, resume_conflicts
 from .data import atomic_write_bytes, atomic_write_json
 
 CHECKPOINT = "checkpoints/last.pt"
@@ -183,9 +183,10 @@ def _run(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any]
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ckpt.get("stage") != stage:
             raise ValueError(f"{ckpt_path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
-        if ckpt.get("config_hash") != cfg.hash():
-            raise ValueError(f"{ckpt_path} was written with another configuration "
-                             f"({ckpt.get('config_hash')} vs {cfg.hash()}); use resume=False or another out_dir")
+        conflicts = resume_conflicts(stage, ckpt.get("config") or {}, cfg)
+        if conflicts:
+            raise ValueError(f"{ckpt_path} was written with another {stage} configuration ("
+                             + "; ".join(conflicts) + "); use resume=False or another out_dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         _set_rng_states(ckpt["rng"])

@@ -64,7 +64,7 @@ def test_train_vae_writes_artefacts(prepared, tmp_path):
     after = _weights(out)
     assert all(torch.equal(before[k], after[k]) for k in before)
     # a checkpoint of another configuration is refused
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another vae configuration \(vae_lr: 0\.001 -> 0\.0005\)"):
         train_vae(tiny_cfg(vae_steps=6, checkpoint_every=3, vae_lr=5e-4), load_prepared(prepared, "train"), out,
                   progress=False)
 
@@ -349,3 +349,34 @@ def test_sampler_follows_the_prediction_type(prepared, kind, monkeypatch):
     other = build("v_prediction" if kind == "epsilon" else "epsilon")
     monkeypatch.setattr(other, "_predict", oracle)
     assert (torch.from_numpy(other(**kw).images) - z0).abs().mean() > 0.15   # 0.20 and 5.2
+
+
+def test_resume_checks_only_what_the_stage_depends_on(tmp_path):
+    """A checkpoint resumes under an evaluation change and under a larger step count (and
+    then equals a run that had the larger count from the start); a change of the model or
+    optimiser is refused, naming the field."""
+    from sbldm.config import stage_fields
+    from sbldm.train import train_diffusion
+
+    rng = np.random.default_rng(0)
+    lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
+    cond = rng.random((3, 9)).astype(np.float32)
+    kw = dict(latent_std=1.0, progress=False)
+    train_diffusion(tiny_cfg(diffusion_steps=5), lat, cond, tmp_path / "full", **kw)
+    train_diffusion(tiny_cfg(diffusion_steps=3, checkpoint_every=3), lat, cond, tmp_path / "ext", **kw)
+    # more steps, another evaluation budget, another sampler: resumes at step 3
+    train_diffusion(tiny_cfg(diffusion_steps=5, eval_n_samples=99, num_inference_steps=7), lat, cond,
+                    tmp_path / "ext", **kw)
+    assert json.loads((tmp_path / "ext" / "run.json").read_text())["resumed_from"] == 3
+    _assert_same_weights(tmp_path / "full", tmp_path / "ext")
+    with pytest.raises(ValueError, match=r"diffusion_lr: 0\.001 -> 0\.002"):
+        train_diffusion(tiny_cfg(diffusion_steps=6, diffusion_lr=2e-3), lat, cond, tmp_path / "ext", **kw)
+    with pytest.raises(ValueError, match="unet_channels"):
+        train_diffusion(tiny_cfg(diffusion_steps=6, unet_channels=(8, 16, 32)), lat, cond, tmp_path / "ext", **kw)
+    # the diffusion stage depends on the VAE upstream, never on evaluation or segmentation
+    fields = stage_fields("diffusion")
+    assert "vae_channels" in fields and "diffusion_lr" in fields and "seed" in fields
+    assert not any(f.startswith(("eval_", "seg_", "lsgan_")) or f.endswith("_steps") for f in fields)
+    assert "unet_channels" not in stage_fields("vae")
+    with pytest.raises(ValueError, match="unknown training stage"):
+        stage_fields("vea")
