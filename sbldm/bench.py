@@ -12,7 +12,13 @@ memory do not depend on the weights):
   its peak memory is its own (CPU: peak RSS; GPU: ``torch.cuda.max_memory_allocated``).
 
 Medians of several runs after a warm-up, ``torch.cuda.synchronize()`` on GPU. Output:
-``results/bench/<device>.json`` and ``.md`` with the device, dtype and versions.
+``results/bench/<scale>_<device>_<dtype>.json`` and ``.md`` with the device, dtype and
+versions.
+
+``--fast-paths [VARIANT ...]`` instead compares, in one run, the plain path with bf16
+autocast, channels-last(-3d) memory, ``torch.compile`` of the UNet and their combinations
+(``VARIANTS``): DDIM sampling per volume (with each variant's deviation from the plain
+latents) and the SBLDM UNet's training step. Output ``..._fastpaths.json`` / ``.md``.
 Not part of the test suite.
 """
 
@@ -47,6 +53,18 @@ def _autocast(device: str, dtype: str):
     if dtype == "bf16":
         return torch.autocast(device_type=device, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+#: the fast paths of issue #8, each measured against the plain path in the same run
+VARIANTS = ("plain", "bf16", "channels_last", "compile", "compile+bf16", "compile+channels_last+bf16")
+
+
+def _variant_flags(variant: str) -> dict:
+    parts = set(variant.split("+"))
+    unknown = parts - {"plain", "bf16", "channels_last", "compile"}
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {sorted(unknown)} in {variant!r}; variants: {', '.join(VARIANTS)}")
+    return {"bf16": "bf16" in parts, "channels_last": "channels_last" in parts, "compile": "compile" in parts}
 
 
 def _train_step_setup(component: str, cfg, device: str):
@@ -110,16 +128,24 @@ def _train_step_setup(component: str, cfg, device: str):
     return model, loss, unit
 
 
-def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int) -> dict:
-    """One component's training step time and peak memory (run in a fresh process)."""
+def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int,
+                       variant: str = "plain") -> dict:
+    """One component's training step time and peak memory (run in a fresh process);
+    ``variant`` adds fast paths (``VARIANTS``; its ``bf16`` overrides ``dtype``)."""
     import torch
 
     from .config import resolve
 
     torch.set_flush_denormal(True)
     cfg = resolve(scale)
+    flags = _variant_flags(variant)
+    dtype = "bf16" if flags["bf16"] else dtype
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, loss_fn, unit = _train_step_setup(component, cfg, device)
+    if flags["channels_last"]:
+        model.to(memory_format=torch.channels_last_3d if component != "slice_vae" else torch.channels_last)
+    if flags["compile"]:
+        model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -131,10 +157,11 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
         loss.backward()
         opt.step()
 
-    t = _median_time(step, repeats)
+    t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"component": component, "unit": unit, "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+    return {"component": component, "variant": variant, "unit": unit,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
             "step_s": t, "peak_memory_MiB": peak / 2 ** 20,
             "memory_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS of the process",
             "baseline_rss_MiB": rss0 / 1024 if device != "cuda" else None}
@@ -175,6 +202,67 @@ def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(1
             rows.append({"sampler": sampler, "steps": n_steps, "batch": b, "volume_shape": list(cfg_shape),
                          "denoise_s_per_volume": t_den / b, "decode_s_per_volume": t_dec / b,
                          "total_s_per_volume": (t_den + t_dec) / b})
+    return rows
+
+
+def _bench_pipeline(scale: str, pipeline: str | None):
+    """A trained pipeline from ``pipeline``, else an untrained one of the preset whose
+    zero-initialised output convolution gets seeded random weights (so its samples, and
+    their deviations between fast paths, depend on every layer)."""
+    import torch
+
+    from .pipeline import SBLDMPipeline
+
+    if pipeline:
+        return SBLDMPipeline.from_pretrained(pipeline)
+    torch.manual_seed(0)
+    pipe = SBLDMPipeline.from_scale(scale)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pipe.unet.conv_out.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pipe
+
+
+def measure_fast_paths(scale: str, device: str, repeats: int, variants=VARIANTS, steps: int = 50,
+                       batch: int = 1, pipeline: str | None = None) -> list[dict]:
+    """DDIM sampling time per volume (denoising and decoding apart) of each fast-path
+    variant, with the largest deviation of its latents from the plain path's."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    conds = np.full((batch, 9), 0.5, np.float32)
+    rows, ref = [], None
+    for variant in variants:
+        flags = _variant_flags(variant)
+        pipe = _bench_pipeline(scale, pipeline).to(device)
+        pipe.enable_fast_paths(compile=flags["compile"], channels_last=flags["channels_last"])
+        dtype = "bf16" if flags["bf16"] else "fp32"
+
+        def denoise():
+            with _autocast(device, dtype):
+                return pipe(conditions=conds, num_volumes=batch, num_inference_steps=steps,
+                            generator=torch.Generator(device="cpu").manual_seed(0), output_type="latent").images
+
+        t0 = time.perf_counter()
+        lat = denoise()                        # first call: compilation, if any
+        first = time.perf_counter() - t0
+        t_den = _median_time(denoise, repeats, warmup=0)
+        z = torch.as_tensor(lat).to(device)
+
+        def decode():
+            with _autocast(device, dtype):
+                return pipe.decode_latents(z, 16)
+
+        t_dec = _median_time(decode, repeats)
+        ref = lat if ref is None else ref
+        rows.append({"variant": variant, "steps": steps, "batch": batch, "first_call_s": first,
+                     "denoise_s_per_volume": t_den / batch, "decode_s_per_volume": t_dec / batch,
+                     "total_s_per_volume": (t_den + t_dec) / batch,
+                     "max_latent_deviation": float(np.abs(lat - ref).max())})
+    plain = rows[0]["total_s_per_volume"]
+    for r in rows:
+        r["speedup"] = plain / r["total_s_per_volume"]
     return rows
 
 
@@ -219,6 +307,32 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fast_paths_markdown(result: dict) -> str:
+    from .tables import to_markdown
+
+    lines = [f"### Fast paths — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}", "",
+             f"SBLDM DDIM-{result['sampling'][0]['steps']} per volume, batch {result['sampling'][0]['batch']} "
+             "(median after the first call; first_call_s includes any compilation):", "",
+             f"weights: {result.get('weights', 'untrained')}", "",
+             to_markdown(result["sampling"], ["variant", "first_call_s", "denoise_s_per_volume", "decode_s_per_volume",
+                                              "total_s_per_volume", "speedup", "max_latent_deviation"], digits=4), "",
+             "SBLDM latent UNet training step:", "",
+             to_markdown(result["training"], ["variant", "unit", "step_s", "peak_memory_MiB", "memory_kind"], digits=4),
+             "", f"versions: {json.dumps(result['versions'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _train_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
+    proc = subprocess.run([sys.executable, "-m", "sbldm.bench", "--one", comp, "--variant", variant,
+                           "--scale", args.scale, "--device", device, "--dtype", args.dtype,
+                           "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"  {comp} ({variant}): {err}", flush=True)
+        return {"component": comp, "variant": variant, "error": err}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="small")
@@ -230,7 +344,13 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
     ap.add_argument("--components", nargs="+", default=list(COMPONENTS))
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    ap.add_argument("--fast-paths", nargs="*", default=None, metavar="VARIANT",
+                    help=f"instead of the main benchmark, compare the fast paths with the plain path "
+                         f"(default variants: {' '.join(VARIANTS)})")
+    ap.add_argument("--pipeline", default=None,
+                    help="a trained pipeline folder for --fast-paths (default: untrained networks of the preset)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
 
@@ -239,29 +359,38 @@ def main(argv=None) -> int:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.one:
-        print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats)))
+        print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant)))
         return 0
     cfg = resolve(args.scale)
     result = {"scale": args.scale, "volume_shape": list(cfg.volume_shape), "device": device_label(device),
               "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats}
+    from .data import atomic_write_bytes, atomic_write_json
+
+    out = Path(args.out)
+    if args.fast_paths is not None:
+        variants = tuple(args.fast_paths) or VARIANTS
+        for v in variants:
+            _variant_flags(v)
+        if "plain" not in variants[:1]:
+            variants = ("plain", *[v for v in variants if v != "plain"])
+        print(f"fast paths on {result['device']}: {', '.join(variants)} ...", flush=True)
+        result["sampling"] = measure_fast_paths(args.scale, device, args.repeats, variants, max(args.steps),
+                                                max(args.batch_sizes), args.pipeline)
+        result["weights"] = args.pipeline or "untrained (random output layer)"
+        result["training"] = [_train_subprocess("sbldm_unet", args, device, v) for v in variants]
+        stem = out / f"{args.scale}_{_slug(result['device'])}_fastpaths"
+        atomic_write_json(stem.with_suffix(".json"), result)
+        md = fast_paths_markdown(result)
+        atomic_write_bytes(stem.with_suffix(".md"), md.encode())
+        print(md)
+        return 0
     print(f"sampling on {result['device']} ...", flush=True)
     result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
                                           not args.no_ddpm, tuple(args.batch_sizes))
     result["training"] = []
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "sbldm.bench", "--one", comp, "--scale", args.scale,
-                               "--device", device, "--dtype", args.dtype, "--repeats", str(args.repeats)],
-                              capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-            result["training"].append({"component": comp, "error": err})
-            print(f"  {comp}: {err}", flush=True)
-        else:
-            result["training"].append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    from .data import atomic_write_bytes, atomic_write_json
-
-    out = Path(args.out)
+        result["training"].append(_train_subprocess(comp, args, device))
     stem = out / f"{args.scale}_{_slug(result['device'])}_{args.dtype}"
     atomic_write_json(stem.with_suffix(".json"), result)
     md = markdown(result)

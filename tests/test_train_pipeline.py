@@ -1,6 +1,7 @@
 """Training loop (deterministic resume, kill-and-resume through the CLI) and SBLDMPipeline."""
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -380,3 +381,44 @@ def test_resume_checks_only_what_the_stage_depends_on(tmp_path):
     assert "unet_channels" not in stage_fields("vae")
     with pytest.raises(ValueError, match="unknown training stage"):
         stage_fields("vea")
+
+
+# -- fast paths (issue #8) --------------------------------------------------------------------------
+
+def _fresh_copy(pipe):
+    import copy
+
+    return copy.deepcopy(pipe)
+
+
+def test_channels_last_sampling_matches_the_plain_path(pipe):
+    kw = dict(conditions=np.full((2, 9), 0.4, np.float32), num_inference_steps=4, output_type="latent")
+    plain = pipe(generator=_g(0), **kw).images
+    fast = _fresh_copy(pipe).enable_fast_paths(channels_last=True)
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    # rounding only: the random-weight UNet amplifies float32 differences over the steps
+    assert np.abs(fast(generator=_g(0), **kw).images - plain).max() <= 1e-4 * np.abs(plain).max()
+    assert np.abs(plain).max() > 0.1                        # the comparison is not of zeros
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
+                    reason="torch.compile on CPU needs a C compiler")
+def test_compiled_unet_samples_like_the_plain_one_and_saves_the_same_weights(pipe, tmp_path):
+    kw = dict(conditions=np.full((2, 9), 0.4, np.float32), num_inference_steps=3, output_type="latent")
+    plain = pipe(generator=_g(0), **kw).images
+    fast = _fresh_copy(pipe).enable_fast_paths(compile=True)
+    assert np.abs(fast(generator=_g(0), **kw).images - plain).max() <= 1e-4 * np.abs(plain).max()
+    fast.save_pretrained(tmp_path / "p")                    # in-place compile keeps the state-dict names
+    from sbldm.pipeline import SBLDMPipeline
+
+    again = SBLDMPipeline.from_pretrained(tmp_path / "p")
+    np.testing.assert_array_equal(again(generator=_g(0), **kw).images, plain)
+
+
+def test_bench_refuses_an_unknown_fast_path():
+    from sbldm.bench import VARIANTS, _variant_flags
+
+    assert _variant_flags("compile+bf16") == {"bf16": True, "channels_last": False, "compile": True}
+    assert all(_variant_flags(v) for v in VARIANTS)
+    with pytest.raises(ValueError, match="channel_last"):
+        _variant_flags("channel_last")
