@@ -364,8 +364,6 @@ def main(argv=None) -> int:
     cfg = resolve(args.scale)
     result = {"scale": args.scale, "volume_shape": list(cfg.volume_shape), "device": device_label(device),
               "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats}
-    from .data import atomic_write_bytes, atomic_write_json
-
     out = Path(args.out)
     if args.fast_paths is not None:
         variants = tuple(args.fast_paths) or VARIANTS
@@ -378,11 +376,7 @@ def main(argv=None) -> int:
                                                 max(args.batch_sizes), args.pipeline)
         result["weights"] = args.pipeline or "untrained (random output layer)"
         result["training"] = [_train_subprocess("sbldm_unet", args, device, v) for v in variants]
-        stem = out / f"{args.scale}_{_slug(result['device'])}_fastpaths"
-        atomic_write_json(stem.with_suffix(".json"), result)
-        md = fast_paths_markdown(result)
-        atomic_write_bytes(stem.with_suffix(".md"), md.encode())
-        print(md)
+        _write(out / f"{args.scale}_{_slug(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
     print(f"sampling on {result['device']} ...", flush=True)
     result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
@@ -391,12 +385,17 @@ def main(argv=None) -> int:
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
         result["training"].append(_train_subprocess(comp, args, device))
-    stem = out / f"{args.scale}_{_slug(result['device'])}_{args.dtype}"
+    _write(out / f"{args.scale}_{_slug(result['device'])}_{args.dtype}", result, markdown(result))
+    return 0
+
+
+def _write(stem: Path, result: dict, md: str) -> None:
+    """``<stem>.json`` and ``<stem>.md``, atomically; the table also to stdout."""
+    from .data import atomic_write_bytes, atomic_write_json
+
     atomic_write_json(stem.with_suffix(".json"), result)
-    md = markdown(result)
     atomic_write_bytes(stem.with_suffix(".md"), md.encode())
     print(md)
-    return 0
 
 
 if __name__ == "__main__":

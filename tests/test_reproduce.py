@@ -101,3 +101,40 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
                  "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
+    # the README block generated from these results carries their tables and figures verbatim
+    from sbldm.readme import results_section, update_readme
+
+    block = results_section(out, "smoke", link_root=tmp_path)
+    assert (out / "tables" / "table1.md").read_text().strip().splitlines()[2] in block     # Table 1's header row
+    assert (out / "tables" / "table2.md").read_text().strip().splitlines()[-1] in block
+    assert "](results/smoke/figures/figure2_axial.png)" in block and "Not produced yet" not in block
+    assert "smoke" in block and "CPU" in block                                             # provenance
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:smoke:start -->\nstale\n<!-- results:smoke:end -->\noutro\n")
+    assert not update_readme(readme, out, "smoke", check=True)
+    assert update_readme(readme, out, "smoke") and update_readme(readme, out, "smoke", check=True)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
+
+
+def test_readme_results_block_is_generated_from_the_committed_small_results():
+    """The README's small results are what `python -m sbldm.readme --scale small` makes of
+    results/small/ — never typed by hand, never stale."""
+    from sbldm.readme import update_readme
+
+    assert update_readme(ROOT / "README.md", ROOT / "results" / "small", "small", check=True), \
+        "README.md is out of date with results/small: run python -m sbldm.readme --scale small"
+
+
+def test_readme_block_lists_what_is_missing_and_needs_its_markers(tmp_path):
+    from sbldm.readme import results_section, update_readme
+
+    (tmp_path / "r" / "tables").mkdir(parents=True)
+    (tmp_path / "r" / "tables" / "table1.md").write_text("### Table 1 (x)\n\n| a |\n|---|\n| 1 |\n")
+    block = results_section(tmp_path / "r", "small", link_root=tmp_path)
+    assert "**Table 1 (x)**" in block and "| 1 |" in block
+    assert "`tables/table2.md`" in block and "`figures/figure2_axial.png`" in block   # listed as missing
+    assert "No notebook has run" in block
+    (tmp_path / "README.md").write_text("no markers\n")
+    with pytest.raises(ValueError, match="results:small:start"):
+        update_readme(tmp_path / "README.md", tmp_path / "r", "small")

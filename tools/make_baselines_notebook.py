@@ -6,38 +6,20 @@ The notebook only sets parameters, calls sbldm, plots and saves; edit this scrip
 the .ipynb file, and rerun it.
 """
 
-from pathlib import Path
+from _nbkit import SESSION, parameters, write
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+PARAMETERS = parameters("seed of every random choice", '{"lsgan_steps": 500}',
+                        ("resume = True", "continue from the last checkpoint if one exists"))
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-
-PARAMETERS = '''scale = "smoke"              # smoke | small | paper
-seed = 0                     # seed of every random choice
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}               # config overrides, e.g. {"lsgan_steps": 500}
-resume = True                # continue from the last checkpoint if one exists'''
-
-SETUP = '''from pathlib import Path
-
+SETUP = SESSION + '''
 import torch
 from IPython.display import Markdown
 
 import sbldm
-from sbldm import config, data, plotting, tables
-from sbldm.train import cpu_setup, read_log
+from sbldm import plotting, tables
+from sbldm.train import read_log
 
-cpu_setup()
-cfg = config.resolve(scale, seed=seed, **overrides)
-work = Path(work_root) / scale
-out = Path(results_root) / scale
-(out / "tables").mkdir(parents=True, exist_ok=True)
-(out / "figures").mkdir(parents=True, exist_ok=True)
-train = data.load_prepared(work / "data", "train")
-device = "cuda" if torch.cuda.is_available() else "cpu"
-NOTE = "smoke scale: a plumbing check on a few tiny phantom volumes; its numbers mean nothing." if scale == "smoke" else ""
+train, NOTE = s.train, s.note or ""
 print(f"scale={scale} volume_shape={cfg.volume_shape} train={len(train)} device={device}")
 print(NOTE)'''
 
@@ -89,7 +71,7 @@ Markdown(md)'''
 
 def main() -> None:
     cells = [
-        new_markdown_cell(
+        ("md", 
             "# 03 — Train the baselines 3D-LSGAN and 3D-LDM (paper §3.3)\n\n"
             "The paper compares SBLDM with two 3D generators trained on the same volumes, each producing "
             "(FLAIR, mask) pairs like SBLDM:\n\n"
@@ -102,29 +84,23 @@ def main() -> None:
             "Both train through sbldm's training loop (checkpoints, resume, `log.jsonl`, loss curve, `run.json`) "
             "into `work/<scale>/lsgan3d` and `work/<scale>/ldm3d`; the trained generators are saved in their "
             "`model/` folders and load with `sbldm.load_generator`."),
-        new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
-        new_code_cell(SETUP),
-        new_markdown_cell("## 3D-LSGAN (resumes from `work/<scale>/lsgan3d/checkpoints/last.pt` if present)"),
-        new_code_cell(LSGAN),
-        new_markdown_cell("## 3D-LDM: autoencoder, latent scale, UNet (each stage resumes from its checkpoint)"),
-        new_code_cell(LDM),
-        new_markdown_cell("## Training losses"),
-        new_code_cell(CURVES),
-        new_markdown_cell("## Samples: axial, coronal and sagittal views through the tumour, mask outline in red"),
-        new_code_cell(SAMPLES),
-        new_code_cell('figs["ldm3d"]'),
-        new_markdown_cell(
+        ("code", PARAMETERS),
+        ("code", SETUP),
+        ("md", "## 3D-LSGAN (resumes from `work/<scale>/lsgan3d/checkpoints/last.pt` if present)"),
+        ("code", LSGAN),
+        ("md", "## 3D-LDM: autoencoder, latent scale, UNet (each stage resumes from its checkpoint)"),
+        ("code", LDM),
+        ("md", "## Training losses"),
+        ("code", CURVES),
+        ("md", "## Samples: axial, coronal and sagittal views through the tumour, mask outline in red"),
+        ("code", SAMPLES),
+        ("code", 'figs["ldm3d"]'),
+        ("md", 
             "## Parameters at the paper preset, beside Table 1 (3D-LSGAN 71M, 3D-LDM 728M)\n\n"
             "The notes under the table, generated from the counts, explain each difference."),
-        new_code_cell(PARAMS),
+        ("code", PARAMS),
     ]
-    nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                            "name": "python3"},
-                                             "language_info": {"name": "python"}})
-    for i, c in enumerate(nb.cells):
-        c["id"] = f"cell-{i:02d}"
-    nbformat.validate(nb)
-    nbformat.write(nb, NOTEBOOKS / "03_train_baselines.ipynb")
+    write("03_train_baselines.ipynb", cells)
 
 
 if __name__ == "__main__":

@@ -6,70 +6,45 @@ The notebooks only set parameters, call sbldm, plot and save; edit this script, 
 the .ipynb files, and rerun it.
 """
 
-from pathlib import Path
+from _nbkit import SESSION, parameters, write
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+PARAMETERS = parameters("seed of every random choice", '{"vae_steps": 500}',
+                        ("resume = True", "continue from the last checkpoint if one exists"))
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-
-PARAMETERS = '''scale = "smoke"            # smoke | small | paper
-seed = 0                   # seed of every random choice
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}             # config overrides, e.g. {"vae_steps": 500}
-resume = True              # continue from the last checkpoint if one exists'''
-
-SETUP = '''from pathlib import Path
-
+SETUP = SESSION + '''
 import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from sbldm import config, data, plotting, tables
-from sbldm.train import cpu_setup, read_log
+from sbldm import data, plotting, tables
+from sbldm.train import read_log
 
-cpu_setup()
-cfg = config.resolve(scale, seed=seed, **overrides)
-work = Path(work_root) / scale
-out = Path(results_root) / scale
-(out / "tables").mkdir(parents=True, exist_ok=True)
-(out / "figures").mkdir(parents=True, exist_ok=True)
-train = data.load_prepared(work / "data", "train")
-test = data.load_prepared(work / "data", "test")
-device = "cuda" if torch.cuda.is_available() else "cpu"
-NOTE = "smoke scale: a plumbing check on a few tiny phantom volumes; its numbers mean nothing." if scale == "smoke" else None
+train, test, NOTE = s.train, s.test, s.note
 print(f"scale={scale} volume_shape={cfg.volume_shape} train={len(train)} test={len(test)} device={device}")'''
-
-
-def tagged(src):
-    cell = new_code_cell(src)
-    cell.metadata["tags"] = ["parameters"]
-    return cell
 
 
 def nb01():
     cells = [
-        new_markdown_cell(
+        ("md", 
             "# 01 — Train the slice VAE (paper §2.2)\n\n"
             "Stage 1 of SBLDM: a 2D KL autoencoder of (FLAIR, mask) axial slices, told where each slice "
             "sits by the slice-position embedding l(i). Trained on the training split's slices; "
             "reconstruction is measured on the held-out (test) split. The model goes to "
             "`work/<scale>/vae`, tables and figures to `results/<scale>/`."),
-        tagged(PARAMETERS),
-        new_code_cell(SETUP),
-        new_markdown_cell("## Training (resumes from `work/<scale>/vae/checkpoints/last.pt` if present)"),
-        new_code_cell(
+        ("code", PARAMETERS),
+        ("code", SETUP),
+        ("md", "## Training (resumes from `work/<scale>/vae/checkpoints/last.pt` if present)"),
+        ("code", 
             'from sbldm.train import train_vae\n\n'
             'vae = train_vae(cfg, train, work / "vae", resume=resume).to(device)\n'
             'fig = plotting.plot_loss_curve(read_log(work / "vae"), title=f"slice VAE loss ({scale})")\n'
             'plotting.save_figure(fig, out / "figures" / "vae_loss.png")\n'
             'fig'),
-        new_markdown_cell(
+        ("md", 
             "## Reconstruction of held-out slices\n\n"
             "PSNR and SSIM per axial slice (images mapped to [0, 1]; also per volume), Dice of the "
             "decoded mask (thresholded at 0) on tumour-bearing slices. Encoding uses the posterior mean."),
-        new_code_cell(
+        ("code", 
             'from sbldm.latents import reconstruct_volumes\n'
             'from sbldm.metrics import reconstruction_metrics\n\n'
             'rec_images, rec_masks = reconstruct_volumes(vae, test.images, test.masks)\n'
@@ -81,38 +56,37 @@ def nb01():
             '                        title=f"Slice VAE reconstruction of the {len(test)} held-out volumes ({scale})",\n'
             '                        notes=[n for n in (NOTE, f"config hash {cfg.hash()}, seed {seed}") if n])\n'
             'Markdown(md)'),
-        new_markdown_cell("## Real vs reconstructed slices across the whole depth (mask outline in red)"),
-        new_code_cell(
+        ("md", "## Real vs reconstructed slices across the whole depth (mask outline in red)"),
+        ("code", 
             'k = 0\n'
             'fig = plotting.slice_strip([("real", test.images[k], test.masks[k]),\n'
             '                            ("reconstructed", rec_images[k], rec_masks[k])], n_slices=12,\n'
             '                           suptitle=f"{test.case_ids[k]} — slice VAE ({scale})")\n'
             'plotting.save_figure(fig, out / "figures" / "vae_reconstruction.png")\n'
             'fig'),
-        new_markdown_cell("## Parameters (this scale and the paper preset)"),
-        new_code_cell(
+        ("md", "## Parameters (this scale and the paper preset)"),
+        ("code", 
             'from sbldm.pipeline import parameter_rows\n\n'
             'rows = [r for r in parameter_rows(("paper", scale)) if r["component"] == "slice VAE"]\n'
             'md = tables.write_table(rows, out / "tables" / "vae_parameters", title="Slice VAE parameters (millions)",\n'
             '                        notes=["the authors\' VAE has no slice embedding: compare the middle column"])\n'
             'Markdown(md)'),
     ]
-    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                              "language": "python"}})
+    return cells
 
 
 def nb02():
     cells = [
-        new_markdown_cell(
+        ("md", 
             "# 02 — Train the conditioned 3D latent diffusion model (paper §2.2-2.3)\n\n"
             "Every training volume is encoded slice by slice with the VAE of notebook 01; the slice "
             "latents are stacked into a 3D latent (C, H', W', D) and scaled by the global latent std. "
             "A 3D UNet conditioned on the 9 tumour features learns their distribution (DDPM). The "
             "assembled `SBLDMPipeline` goes to `work/<scale>/pipeline`."),
-        tagged(PARAMETERS),
-        new_code_cell(SETUP),
-        new_markdown_cell("## Latents: posterior means of every training slice, stacked in depth"),
-        new_code_cell(
+        ("code", PARAMETERS),
+        ("code", SETUP),
+        ("md", "## Latents: posterior means of every training slice, stacked in depth"),
+        ("code", 
             'from sbldm.latents import encode_dataset, save_latents\n'
             'from sbldm.models.vae import SliceVAE\n\n'
             'vae = SliceVAE.from_pretrained(work / "vae").to(device).eval()\n'
@@ -120,8 +94,8 @@ def nb02():
             'save_latents(work / "latents", latents)\n'
             'print(f"latents {latents.mean.shape}, global std {latents.latent_std:.4f} "\n'
             '      f"(scaling factor {latents.scaling_factor:.4f})")'),
-        new_markdown_cell("## Training (resumes from `work/<scale>/diffusion/checkpoints/last.pt` if present)"),
-        new_code_cell(
+        ("md", "## Training (resumes from `work/<scale>/diffusion/checkpoints/last.pt` if present)"),
+        ("code", 
             'from sbldm.pipeline import SBLDMPipeline\n'
             'from sbldm.train import train_diffusion\n\n'
             'unet = train_diffusion(cfg, latents, train.conditions, work / "diffusion", resume=resume)\n'
@@ -132,10 +106,10 @@ def nb02():
             'fig = plotting.plot_loss_curve(read_log(work / "diffusion"), title=f"latent diffusion loss ({scale})")\n'
             'plotting.save_figure(fig, out / "figures" / "diffusion_loss.png")\n'
             'fig'),
-        new_markdown_cell(
+        ("md", 
             "## A few sampled volumes: axial, coronal and sagittal views, mask outline in red\n\n"
             "Conditions are drawn from the training distribution of tumour features."),
-        new_code_cell(
+        ("code", 
             'samples = pipe(num_volumes=3, num_inference_steps=cfg.num_inference_steps, sampler=cfg.sampler,\n'
             '               eta=cfg.eta, guidance_scale=cfg.guidance_scale,\n'
             '               generator=torch.Generator(device).manual_seed(seed))\n'
@@ -144,8 +118,8 @@ def nb02():
             '                            suptitle=f"SBLDM samples, {cfg.sampler}-{cfg.num_inference_steps} ({scale})")\n'
             'plotting.save_figure(fig, out / "figures" / "diffusion_samples.png")\n'
             'fig'),
-        new_markdown_cell("## Parameters: the paper preset (Table 1: 159M) and this scale"),
-        new_code_cell(
+        ("md", "## Parameters: the paper preset (Table 1: 159M) and this scale"),
+        ("code", 
             'from sbldm.pipeline import parameter_rows\n\n'
             'rows = parameter_rows(("paper", scale))\n'
             'md = tables.write_table(rows, out / "tables" / "parameters", title="SBLDM parameters (millions)",\n'
@@ -155,15 +129,12 @@ def nb02():
             '                               "authors\' VAE) nor the UNet\'s embedding layers"])\n'
             'Markdown(md)'),
     ]
-    return new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                              "language": "python"}})
+    return cells
 
 
 def main():
-    for name, nb in (("01_train_vae.ipynb", nb01()), ("02_train_diffusion.ipynb", nb02())):
-        nbformat.validate(nb)
-        nbformat.write(nb, NOTEBOOKS / name)
-        print("wrote", NOTEBOOKS / name)
+    write("01_train_vae.ipynb", nb01())
+    write("02_train_diffusion.ipynb", nb02())
 
 
 if __name__ == "__main__":

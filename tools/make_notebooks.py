@@ -6,33 +6,10 @@
 The first code cell of each is tagged ``parameters`` for papermill and sbldm.reproduce.
 """
 
-from pathlib import Path
-
-import nbformat
-
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from _nbkit import SESSION, parameters, write
 
 
-def build(path, cells):
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["language_info"] = {"name": "python"}
-    first = True
-    for kind, src in cells:
-        src = src.strip("\n")
-        if kind == "md":
-            nb.cells.append(nbformat.v4.new_markdown_cell(src))
-        else:
-            c = nbformat.v4.new_code_cell(src)
-            if first:
-                c.metadata["tags"] = ["parameters"]; first = False
-            nb.cells.append(c)
-    for i, c in enumerate(nb.cells):
-        c["id"] = f"cell-{i:02d}"
-    nbformat.write(nb, path)
-
-
-build(NOTEBOOKS / "00_prepare_data.ipynb", [
+write("00_prepare_data.ipynb", [
 ("md", """
 # 00 — Prepare the data (paper §3.1)
 
@@ -41,26 +18,14 @@ scale's `volume_shape` -> a seeded train/test split (100/100 at `small` and `pap
 features and their normaliser -> an nnU-Net v2 export of the training split.
 Everything later reads `work/<scale>/data/`.
 """),
-("code", """
-scale = "smoke"              # smoke | small | paper
-seed = 0                     # seed of the split and of the phantom cohort
-brats_dir = None             # a BraTS 2021/2023 folder; None -> the phantom cohort
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}               # config overrides, e.g. {"n_train": 50}
-"""),
-("code", """
-from pathlib import Path
+("code", parameters("seed of the split and of the phantom cohort", '{"n_train": 50}',
+                   ("brats_dir = None", "a BraTS 2021/2023 folder; None -> the phantom cohort"))),
+("code", SESSION + """
 import numpy as np
-import sbldm
-from sbldm import config, data, plotting, prepare
+from sbldm import data, plotting, prepare
 from sbldm.tumor import FEATURE_NAMES
 
-cfg = config.resolve(scale, seed=seed, **overrides)
-data_dir = Path(work_root) / scale / "data"
-out = Path(results_root) / scale
-(out / "figures").mkdir(parents=True, exist_ok=True)
-(out / "tables").mkdir(parents=True, exist_ok=True)
+data_dir = s.data_dir
 print(f"scale={scale}  volume_shape={cfg.volume_shape}  n_train={cfg.n_train}  n_test={cfg.n_test}")
 """),
 ("code", """
@@ -95,7 +60,7 @@ Markdown(md)
 ])
 
 
-build(NOTEBOOKS / "04_evaluate_generation.ipynb", [
+write("04_evaluate_generation.ipynb", [
 ("md", """
 # 04 — Table 1 and metrics beyond it
 
@@ -105,29 +70,16 @@ lacked: diversity, realism, mask realism, image-mask agreement, memorisation and
 adherence to the requested tumour with and without classifier-free guidance.
 Samples are cached in `work/<scale>/samples/` for notebooks 05 and 06.
 """),
-("code", """
-scale = "smoke"              # smoke | small | paper
-seed = 0                     # seed of sampling and of the real/synthetic pairing
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}               # config overrides, e.g. {"eval_n_samples": 20}
-medicalnet_path = None       # local MedicalNet weights (.pth) for the Fréchet distance; None -> a project-trained network
-medicalnet_depth = 10        # depth of that MedicalNet ResNet
-"""),
-("code", """
-import json
-from pathlib import Path
+("code", parameters("seed of sampling and of the real/synthetic pairing", '{"eval_n_samples": 20}',
+                   ("medicalnet_path = None",
+                    "local MedicalNet weights (.pth) for the Fréchet distance; None -> a project-trained network"),
+                   ("medicalnet_depth = 10", "depth of that MedicalNet ResNet"))),
+("code", SESSION + """
 import numpy as np
 from IPython.display import Markdown
-from sbldm import config, data, evaluation, features, segmentation, table1, tables
+from sbldm import evaluation, features, segmentation, table1, tables
 
-cfg = config.resolve(scale, seed=seed, **overrides)
-work = Path(work_root) / scale
-out = Path(results_root) / scale
-train = data.load_prepared(work / "data", "train")
-test = data.load_prepared(work / "data", "test")
-summary = out / "tables" / "data_summary.json"
-source = json.loads(summary.read_text())["source"] if summary.is_file() else "see notebook 00"
+train, test, source = s.train, s.test, s.source
 gens = table1.load_generators(work)
 """),
 ("md", "## Samples (cached) and timings"),
@@ -182,7 +134,7 @@ Markdown(md)
 ])
 
 
-build(NOTEBOOKS / "05_figures.ipynb", [
+write("05_figures.ipynb", [
 ("md", """
 # 05 — Figures 2 and 3
 
@@ -191,23 +143,14 @@ view as the paper and also coronal and sagittal (which the paper omitted).
 Figure 3: SBLDM with the tumour-volume feature swept from 0 to 1 (normalised), position and
 seed fixed; plus a sweep of the tumour's position.
 """),
-("code", """
-scale = "smoke"              # smoke | small | paper
-seed = 0                     # seed of the sweeps' initial noise
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}               # config overrides
-n_volumes = 4                # volumes per row in Figure 2
-"""),
-("code", """
-from pathlib import Path
+("code", parameters("seed of the sweeps' initial noise", "",
+                   ("n_volumes = 4", "volumes per row in Figure 2"))),
+("code", SESSION + """
 import numpy as np
-from sbldm import config, data, figures, plotting, table1
+from sbldm import figures, plotting, table1
 
-cfg = config.resolve(scale, seed=seed, **overrides)
-work = Path(work_root) / scale
-figs = Path(results_root) / scale / "figures"
-train = data.load_prepared(work / "data", "train")
+figs = out / "figures"
+train = s.train
 gens = table1.load_generators(work)
 samples = table1.sample_methods(gens, cfg, work)
 """),
@@ -238,7 +181,7 @@ fig
 ])
 
 
-build(NOTEBOOKS / "06_segmentation_study.ipynb", [
+write("06_segmentation_study.ipynb", [
 ("md", """
 # 06 — Segmentation study: Table 2 and a data-scarce sweep (paper §3.5)
 
@@ -249,28 +192,15 @@ backend is `fast` (a MONAI 3D U-Net) at `smoke`/`small` and nnU-Net v2 at `paper
 (`overrides={"seg_backend": "nnunet"}` to change it). The protocol is fixed in advance;
 nothing is tuned on the test split.
 """),
-("code", """
-scale = "smoke"              # smoke | small | paper
-seed = 0                     # seed of augmentation and of the sweep's subsets
-results_root = "../results"  # tables and figures go to results/<scale>/
-work_root = "../work"        # prepared data, checkpoints, models go to work/<scale>/ (not committed)
-overrides = {}               # config overrides, e.g. {"seg_seeds": [0, 1, 2]}
-scarce_sizes = None          # real-set sizes of the data-scarce sweep; None -> a quarter, half and all of the split
-"""),
-("code", """
-import json
-from pathlib import Path
+("code", parameters("seed of augmentation and of the sweep's subsets", '{"seg_seeds": [0, 1, 2]}',
+                   ("scarce_sizes = None",
+                    "real-set sizes of the data-scarce sweep; None -> a quarter, half and all of the split"))),
+("code", SESSION + """
 import numpy as np
 from IPython.display import Markdown
-from sbldm import config, data, plotting, table1, table2, tables
+from sbldm import data, plotting, table1, table2, tables
 
-cfg = config.resolve(scale, seed=seed, **overrides)
-work = Path(work_root) / scale
-out = Path(results_root) / scale
-train = data.load_prepared(work / "data", "train")
-test = data.load_prepared(work / "data", "test")
-summary = out / "tables" / "data_summary.json"
-source = json.loads(summary.read_text())["source"] if summary.is_file() else "see notebook 00"
+train, test, source = s.train, s.test, s.source
 samples = table1.sample_methods(table1.load_generators(work), cfg, work)
 """),
 ("md", "## Table 2"),
