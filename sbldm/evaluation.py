@@ -66,7 +66,13 @@ def ssim_uniform(a, b, win_size: int = 11, data_range: float = 1.0, k1: float = 
         raise ValueError(f"ssim window {win_size} larger than the volume {tuple(spatial)}")
     x = ta.reshape(-1, 1, *spatial)
     y = tb.reshape(-1, 1, *spatial)
-    pool = lambda t: F.avg_pool3d(t, win_size, stride=1)  # noqa: E731 - uniform window, valid region
+    def pool(t):
+        # the mean over a uniform win_size^3 window (valid region), as three 1D box means:
+        # the same numbers as one avg_pool3d of win_size^3, ~40x fewer operations at 11^3
+        for k in ((win_size, 1, 1), (1, win_size, 1), (1, 1, win_size)):
+            t = F.avg_pool3d(t, k, stride=1)
+        return t
+
     mx, my = pool(x), pool(y)
     sxx = pool(x * x) - mx * mx
     syy = pool(y * y) - my * my
@@ -202,21 +208,50 @@ def conditioning_adherence(requested_features, masks) -> dict:
     }
 
 
-def nearest_ssim(queries, references, exclude_self: bool = False, chunk: int = 64) -> np.ndarray:
-    """For each query volume, the highest uniform-window SSIM to any reference volume.
+def nearest_ssim(queries, references, exclude_self: bool = False, chunk: int = 32) -> np.ndarray:
+    """For each query volume, the highest uniform-window SSIM to any reference volume
+    (``ssim_uniform`` of every pair, computed from window statistics shared across pairs:
+    each volume's local means and second moments once, only the cross moment per pair).
 
     A generator that memorised its training set gives values near 1 for its samples,
     higher than those of held-out real volumes against the same training set.
     """
-    q, r = _unit(queries), _unit(references)
+    import torch
+    import torch.nn.functional as F
+
+    win, c1, c2 = 11, 0.01 ** 2, 0.03 ** 2
+
+    def pool(t):
+        for k in ((win, 1, 1), (1, win, 1), (1, 1, win)):
+            t = F.avg_pool3d(t, k, stride=1)
+        return t
+
+    q = torch.as_tensor(np.asarray(_unit(queries), dtype=np.float64))[:, None]
+    r = torch.as_tensor(np.asarray(_unit(references), dtype=np.float64))[:, None]
+    if q.shape[2:] != r.shape[2:]:
+        raise ValueError(f"nearest_ssim: volume shapes differ, {tuple(q.shape[2:])} vs {tuple(r.shape[2:])}")
+    if min(q.shape[2:]) < win:
+        raise ValueError(f"ssim window {win} larger than the volume {tuple(q.shape[2:])}")
+    r_mean, r_sq = [], []
+    for start in range(0, len(r), chunk):
+        block = r[start:start + chunk]
+        m = pool(block)
+        r_mean.append(m)
+        r_sq.append(pool(block * block) - m * m)
+    r_mean, r_var = torch.cat(r_mean), torch.cat(r_sq)
     best = np.full(len(q), -np.inf)
     for i in range(len(q)):
+        qm = pool(q[i:i + 1])
+        qv = pool(q[i:i + 1] ** 2) - qm * qm
         for start in range(0, len(r), chunk):
-            block = r[start:start + chunk]
-            s = ssim_uniform(np.broadcast_to(q[i], block.shape), block)
+            sl = slice(start, start + chunk)
+            cov = pool(q[i:i + 1] * r[sl]) - qm * r_mean[sl]
+            smap = ((2 * qm * r_mean[sl] + c1) * (2 * cov + c2)) / ((qm * qm + r_mean[sl] ** 2 + c1) * (qv + r_var[sl] + c2))
+            sim = smap.flatten(1).mean(1).numpy()
             if exclude_self:
-                s = np.where(np.all(block == q[i], axis=(1, 2, 3)), -np.inf, s)
-            best[i] = max(best[i], float(s.max()))
+                same = torch.all((r[sl] == q[i:i + 1]).flatten(1), dim=1).numpy()
+                sim = np.where(same, -np.inf, sim)
+            best[i] = max(best[i], float(sim.max()))
     return best
 
 
