@@ -86,6 +86,11 @@ def test_nearest_ssim_detects_a_copy(vols):
     assert np.allclose(copies, 1.0)
     held_out = ev.nearest_ssim(vols[:2], vols, exclude_self=True)
     assert np.all(held_out < 0.99)
+    # the shared-statistics path gives the pairwise SSIM of ssim_uniform (checked against
+    # scikit-image above), maximised over the other volumes
+    unit = np.clip((vols + 1) / 2, 0, 1)
+    pairwise = [max(ev.ssim_uniform(unit[i], unit[j]) for j in range(len(vols)) if j != i) for i in range(2)]
+    np.testing.assert_allclose(held_out, pairwise, rtol=1e-12)
 
 
 def test_time_per_volume_reports_median_and_device():
