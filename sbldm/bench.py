@@ -368,9 +368,8 @@ def main(argv=None) -> int:
     if args.fast_paths is not None:
         variants = tuple(args.fast_paths) or VARIANTS
         for v in variants:
-            _variant_flags(v)
-        if "plain" not in variants[:1]:
-            variants = ("plain", *[v for v in variants if v != "plain"])
+            _variant_flags(v)                  # refuse a typo before anything runs
+        variants = ("plain", *[v for v in variants if v != "plain"])   # the reference comes first
         print(f"fast paths on {result['device']}: {', '.join(variants)} ...", flush=True)
         result["sampling"] = measure_fast_paths(args.scale, device, args.repeats, variants, max(args.steps),
                                                 max(args.batch_sizes), args.pipeline)

@@ -44,7 +44,10 @@ def _unit(x) -> np.ndarray:
     return np.clip((np.asarray(x, dtype=np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def ssim_uniform(a, b, win_size: int = 11, data_range: float = 1.0, k1: float = 0.01, k2: float = 0.03):
+SSIM_WIN, SSIM_K1, SSIM_K2 = 11, 0.01, 0.03   # the authors' 3D SSIM: 11^3 uniform window
+
+
+def ssim_uniform(a, b, win_size: int = SSIM_WIN, data_range: float = 1.0, k1: float = SSIM_K1, k2: float = SSIM_K2):
     """SSIM with a uniform ``win_size``-wide window over the valid region, population
     covariance, mean over the map — torchmetrics' ``gaussian_kernel=False`` SSIM.
 
@@ -225,7 +228,7 @@ def nearest_ssim(queries, references, exclude_self: bool = False, chunk: int = 3
     """
     import torch
 
-    win, c1, c2 = 11, 0.01 ** 2, 0.03 ** 2
+    win, c1, c2 = SSIM_WIN, SSIM_K1 ** 2, SSIM_K2 ** 2     # ssim_uniform's defaults, data range 1
     q = torch.as_tensor(np.asarray(_unit(queries), dtype=np.float64))[:, None]
     r = torch.as_tensor(np.asarray(_unit(references), dtype=np.float64))[:, None]
     if q.shape[2:] != r.shape[2:]:

@@ -84,6 +84,7 @@ class SBLDMPipeline(DiffusionPipeline):
         self.normalizer: FeatureNormalizer | None = None
         self.train_features: np.ndarray | None = None
         self.volume_shape: tuple[int, int, int] | None = None
+        self._channels_last = False           # set by enable_fast_paths
 
     # -- construction -------------------------------------------------------------------
 
@@ -289,7 +290,7 @@ class SBLDMPipeline(DiffusionPipeline):
                 raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
             latents = latents.to(device, dtype)
         latents = latents * sched.init_noise_sigma
-        if getattr(self, "_channels_last", False):
+        if self._channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last_3d)
         drop = None
         if guidance_scale != 1.0:

@@ -56,13 +56,18 @@ class Session:
     @property
     def source(self) -> str:
         """The data source notebook 00 recorded (BraTS folder or the phantom cohort)."""
-        path = self.out / "tables" / "data_summary.json"
-        return json.loads(path.read_text())["source"] if path.is_file() else "see notebook 00"
+        return data_source(self.out)
 
     @property
     def note(self) -> str | None:
         """A caveat for tables and figures of this scale (smoke numbers mean nothing)."""
         return SMOKE_NOTE if self.scale == "smoke" else None
+
+
+def data_source(results_dir: str | Path) -> str:
+    """The data source notebook 00 recorded in ``results/<scale>/tables/data_summary.json``."""
+    path = Path(results_dir) / "tables" / "data_summary.json"
+    return json.loads(path.read_text())["source"] if path.is_file() else "see notebook 00"
 
 
 def open_session(scale: str, seed: int = 0, overrides: dict | None = None, work_root: str | Path = "../work",
