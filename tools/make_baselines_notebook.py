@@ -41,7 +41,7 @@ CURVES = '''def curve(run_dir, key="loss"):
 logs = {"3D-LSGAN generator (LS loss)": curve(work / "lsgan3d", "g_loss"),
         "3D-LSGAN discriminator (LS loss)": curve(work / "lsgan3d", "d_loss"),
         "3D-LDM autoencoder": curve(work / "ldm3d" / "autoencoder"),
-        "3D-LDM UNet (noise MSE)": curve(work / "ldm3d" / "unet")}
+        f"3D-LDM UNet ({cfg.diffusion_prediction_type} {cfg.diffusion_loss})": curve(work / "ldm3d" / "unet")}
 fig = plotting.loss_curves(logs, suptitle=f"baseline training losses ({scale}) {NOTE}")
 plotting.save_figure(fig, out / "figures" / "baselines_loss.png")
 fig'''
