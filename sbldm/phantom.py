@@ -33,14 +33,29 @@ import numpy as np
 
 from .data import Case, atomic_write_json, find_cases, save_nifti
 
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2   # 2: whole-tumour volumes log-normal around 60 ml (BraTS-like), was log-uniform 0.4-150 ml
+
+# Whole-tumour (oedema + core) volume of the phantom's gliomas, in ml: log-normal with
+# this median and log-standard deviation, truncated to ``tumor_volume_range``. Adult
+# gliomas in the BraTS cohorts are large: the FLAIR-hyperintense whole tumour typically
+# measures tens of ml up to a few hundred ml, a few percent of a ~1.3 l brain (Menze et
+# al., "The Multimodal Brain Tumor Image Segmentation Benchmark (BRATS)", IEEE TMI 34(10),
+# 2015; Bakas et al., "Advancing The Cancer Genome Atlas glioma MRI collections with
+# expert segmentation labels and radiomic features", Sci. Data 4:170117, 2017). The
+# median and spread below are our approximation of that range, not statistics fitted to
+# BraTS (no BraTS labels ship with sbldm): with a BraTS folder, notebook 00's histogram
+# shows the real distribution beside the phantom's.
+TUMOR_VOLUME_MEDIAN_ML = 60.0
+TUMOR_VOLUME_LOG_STD = 0.75          # 5th-95th percentile ~ 17-205 ml
 
 
 @dataclass(frozen=True)
 class PhantomParams:
     shape: tuple[int, int, int] = (240, 240, 155)          # BraTS grid
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm
-    tumor_volume_range: tuple[float, float] = (400.0, 150_000.0)  # whole tumour, mm^3, log-uniform
+    tumor_volume_range: tuple[float, float] = (8_000.0, 300_000.0)  # whole tumour, mm^3: truncation
+    tumor_volume_median_ml: float = TUMOR_VOLUME_MEDIAN_ML            # log-normal median
+    tumor_volume_log_std: float = TUMOR_VOLUME_LOG_STD                # log-normal sigma
     deformation_mm: float = 3.0          # std of the smooth random displacement
     rotation_deg: float = 4.0            # std of the rotation about each axis
     scale_jitter: float = 0.05           # std of the per-axis scale
@@ -90,6 +105,23 @@ def output_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     return aff
 
 
+def draw_tumor_volume_mm3(rng: np.random.Generator, params: PhantomParams) -> float:
+    """One whole-tumour volume (mm^3): log-normal (median ``tumor_volume_median_ml``, log-std
+    ``tumor_volume_log_std``) truncated to ``tumor_volume_range`` by inverse-CDF sampling,
+    so one uniform draw gives one volume inside the range."""
+    from scipy.special import ndtr, ndtri
+
+    mu, sigma = np.log(params.tumor_volume_median_ml * 1000.0), float(params.tumor_volume_log_std)
+    lo, hi = (float(v) for v in params.tumor_volume_range)
+    if not 0 < lo <= hi:
+        raise ValueError(f"tumor_volume_range must satisfy 0 < low <= high, got {params.tumor_volume_range}")
+    if sigma <= 0:
+        return float(np.clip(np.exp(mu), lo, hi))
+    c_lo, c_hi = ndtr((np.log(lo) - mu) / sigma), ndtr((np.log(hi) - mu) / sigma)
+    u = rng.uniform(c_lo, c_hi)
+    return float(np.clip(np.exp(mu + sigma * ndtri(u)), lo, hi))
+
+
 def make_phantom_case(index: int, seed: int = 0, params: PhantomParams = PhantomParams()
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(FLAIR int16, segmentation uint8 with labels 0-3, affine) of phantom case ``index``."""
@@ -122,8 +154,7 @@ def make_phantom_case(index: int, seed: int = 0, params: PhantomParams = Phantom
 
     # -- 2. tumour: centre in white matter, away from the brain's edge
     depth_mm = ndimage.distance_transform_edt(brain0 > 0.5, sampling=spacing)
-    v_lo, v_hi = params.tumor_volume_range
-    volume_mm3 = float(np.exp(rng.uniform(np.log(v_lo), np.log(v_hi))))
+    volume_mm3 = draw_tumor_volume_mm3(rng, params)
     radius = (3 * volume_mm3 / (4 * np.pi)) ** (1 / 3)
     ok = (wm0 > 0.5) & (depth_mm > min(0.6 * radius + 4.0, 0.5 * depth_mm.max()))
     if not ok.any():

@@ -23,9 +23,9 @@ from .data import export_nnunet, find_cases, load_prepared, prepare_cohort
 
 
 def phantom_tumor_volume_range(cfg: Config, min_voxels: int = 30,
-                               base: tuple[float, float] = (400.0, 150_000.0)) -> tuple[float, float]:
-    """Whole-tumour volume range (mm^3) for the phantom at ``cfg``'s geometry: the paper's
-    range, with the lower end raised so that a tumour keeps at least ``min_voxels``
+                               base: tuple[float, float] = (8_000.0, 300_000.0)) -> tuple[float, float]:
+    """Whole-tumour volume range (mm^3) for the phantom at ``cfg``'s geometry: the phantom's
+    BraTS-like truncation range (``sbldm.phantom``), with the lower end raised so that a tumour keeps at least ``min_voxels``
     voxels after resampling to ``cfg.volume_shape``."""
     fov = np.asarray(cfg.phantom_shape) * np.asarray(cfg.phantom_spacing)
     voxel_mm3 = float(np.prod(fov / np.asarray(cfg.volume_shape)))

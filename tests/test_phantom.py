@@ -62,3 +62,21 @@ def test_cohort_reads_like_brats_and_is_resumable(tmp_path):
     assert len(more) == 3 and more[0].image_path.stat().st_mtime_ns == stamp   # kept, not rewritten
     with pytest.raises(ValueError, match="other parameters"):
         phantom.make_phantom_cohort(tmp_path, 3, seed=5, **kw)
+
+
+def test_tumour_volumes_follow_the_truncated_log_normal():
+    # independent reference: scipy's log-normal, truncated by conditioning on the range
+    from scipy import stats
+
+    params = phantom.PhantomParams(tumor_volume_range=(20_000.0, 200_000.0))
+    rng = np.random.default_rng(3)
+    v = np.array([phantom.draw_tumor_volume_mm3(rng, params) for _ in range(20_000)])
+    assert v.min() >= 20_000.0 and v.max() <= 200_000.0
+    ref = stats.lognorm(s=params.tumor_volume_log_std, scale=params.tumor_volume_median_ml * 1000.0)
+    lo, hi = ref.cdf(20_000.0), ref.cdf(200_000.0)
+    for q in (0.1, 0.5, 0.9):
+        expected = ref.ppf(lo + q * (hi - lo))
+        assert abs(np.quantile(v, q) - expected) / expected < 0.03
+    # the default phantom's median is tens of ml (BraTS-like), not the old ~8 ml
+    d = np.array([phantom.draw_tumor_volume_mm3(rng, phantom.PhantomParams()) for _ in range(5000)])
+    assert 40_000 < np.median(d) < 80_000
