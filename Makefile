@@ -2,6 +2,7 @@
 #
 #   make smoke     # create .venv, then run the notebook chain at `smoke` -> results/smoke/
 #   make test      # create .venv, then run the test suite (what .ci/run calls)
+#   make test-fast # the inner loop: the suite without the tests marked slow
 #
 # torch: `pip install torch==$(TORCH_VERSION)` takes the CPU build on a CPU-only
 # machine that carries it locally and the CUDA build from PyPI elsewhere. To force a
@@ -20,7 +21,7 @@ SCALE ?= smoke
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sbldm-installed
 
-.PHONY: setup smoke small paper test kernel clean-results
+.PHONY: setup smoke small paper test test-fast kernel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +35,13 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 smoke small paper: $(STAMP)
-	$(BIN)/python -m sbldm.reproduce --scale $@
+	$(BIN)/python -m sbldm.runner --scale $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 kernel: $(STAMP)
 	$(BIN)/python -m ipykernel install --user --name sbldm --display-name "Python (sbldm)"

@@ -8,12 +8,13 @@ Heavy pieces (torch, diffusers) load on first use: ``sbldm.SBLDMPipeline``,
 __version__ = "0.1.0"
 
 _LAZY = {
-    "SBLDMPipeline": ("sbldm.pipeline", "SBLDMPipeline"),
+    "SBLDMPipeline": ("sbldm.diffusion.pipeline", "SBLDMPipeline"),
     "SliceVAE": ("sbldm.models.vae", "SliceVAE"),
     "ConditionedUNet3D": ("sbldm.models.unet3d", "ConditionedUNet3D"),
-    "build_generator": ("sbldm.generators", "build_generator"),
-    "load_generator": ("sbldm.generators", "load_generator"),
-    "train_generator": ("sbldm.generators", "train_generator"),
+    "build_generator": ("sbldm.generators.registry", "build_generator"),
+    "load_generator": ("sbldm.generators.registry", "load_generator"),
+    "train_generator": ("sbldm.generators.registry", "train_generator"),
+    "open_session": ("sbldm.runner.session", "open_session"),
 }
 
 

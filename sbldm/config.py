@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,60 +28,75 @@ FEATURE_NAMES = (
 )
 
 
+#: training stages whose checkpoints resume; each field declares the stages that read it
+STAGES = ("vae", "diffusion", "ldm3d_ae", "ldm3d_unet", "lsgan3d")
+#: a stage's trajectory also depends on what the stages before it produced
+UPSTREAM = {"vae": (), "diffusion": ("vae",), "ldm3d_ae": (), "ldm3d_unet": ("ldm3d_ae",), "lsgan3d": ()}
+
+
+def _reads(default, *stages: str, extends: bool = False):
+    """A config field read by the training ``stages`` (dataclass metadata). ``extends``:
+    a larger value continues a run rather than changing it (the step counts)."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}")
+    return field(default=default, metadata={"stages": tuple(stages), "extends": extends})
+
+
 @dataclass(frozen=True)
 class Config:
     scale: str
-    seed: int = 0
+    seed: int = _reads(0, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
 
     # -- data ------------------------------------------------------------------
-    n_train: int = 100                    # paper §3.2: 100 training volumes
+    n_train: int = _reads(100, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')                    # paper §3.2: 100 training volumes
     n_test: int = 100                     # ... and 100 held-out volumes
-    volume_shape: tuple[int, int, int] = (192, 192, 96)   # (x, y, z) after resampling
-    image_interp_order: int = 0           # 0 = nearest, as the authors' code; 1 = linear
-    clip_percentiles: tuple[float, float] | None = None   # None = plain min-max (reference)
+    volume_shape: tuple[int, int, int] = _reads((192, 192, 96), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # (x, y, z) after resampling
+    image_interp_order: int = _reads(0, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')           # 0 = nearest, as the authors' code; 1 = linear
+    clip_percentiles: tuple[float, float] | None = _reads(None, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # None = plain min-max (reference)
     # phantom cohort geometry on disk (BraTS: 240x240x155 at 1 mm)
-    phantom_shape: tuple[int, int, int] = (240, 240, 155)
-    phantom_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    phantom_shape: tuple[int, int, int] = _reads((240, 240, 155), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
+    phantom_spacing: tuple[float, float, float] = _reads((1.0, 1.0, 1.0), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
 
     # -- stage 1: slice VAE ------------------------------------------------------
-    vae_channels: tuple[int, ...] = (128, 256, 512, 512)  # authors' code; len-1 = log2(downsampling)
-    vae_latent_channels: int = 6
-    vae_layers_per_block: int = 1
-    vae_norm_groups: int = 32
-    vae_slice_embedding: bool = True      # paper: l(i) on; authors' code: off (ablation)
-    vae_slice_embedding_dim: int = 128
-    vae_kl_weight: float = 1e-6
-    vae_ssim_weight: float = 1.0
-    vae_ssim_range: str = "signed"        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
-    vae_lpips_weight: float = 0.0         # authors' code: 0.5, needs local LPIPS weights
-    vae_lpips_path: str | None = None
-    vae_lr: float = 1e-5                  # paper §3.2 / authors' code
-    vae_batch_size: int = 32
-    vae_steps: int = 100_000
-    vae_empty_slice_keep: float = 0.1     # authors' code keeps 10% of background-only slices
-    vae_flip_prob: float = 0.2            # authors' code: horizontal/vertical flips
+    vae_channels: tuple[int, ...] = _reads((128, 256, 512, 512), 'vae')  # authors' code; len-1 = log2(downsampling)
+    vae_latent_channels: int = _reads(6, 'vae')
+    vae_layers_per_block: int = _reads(1, 'vae')
+    vae_norm_groups: int = _reads(32, 'vae')
+    vae_slice_embedding: bool = _reads(True, 'vae')      # paper: l(i) on; authors' code: off (ablation)
+    vae_slice_embedding_dim: int = _reads(128, 'vae')
+    vae_kl_weight: float = _reads(1e-6, 'vae')
+    vae_ssim_weight: float = _reads(1.0, 'vae')
+    vae_ssim_range: str = _reads("signed", 'vae')        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
+    vae_lpips_weight: float = _reads(0.0, 'vae')         # authors' code: 0.5, needs local LPIPS weights
+    vae_lpips_path: str | None = _reads(None, 'vae')
+    vae_lr: float = _reads(1e-5, 'vae')                  # paper §3.2 / authors' code
+    vae_batch_size: int = _reads(32, 'vae')
+    vae_steps: int = _reads(100_000, 'vae', extends=True)
+    vae_empty_slice_keep: float = _reads(0.1, 'vae')     # authors' code keeps 10% of background-only slices
+    vae_flip_prob: float = _reads(0.2, 'vae')            # authors' code: horizontal/vertical flips
 
     # -- stage 2: conditioned 3D latent diffusion -------------------------------
-    unet_channels: tuple[int, ...] = (64, 128, 256, 512)
-    unet_layers_per_block: int = 2        # authors' code: 2 (paper text: 1)
-    unet_norm_groups: int = 32
-    unet_cond_fusion: str = "scale_shift"  # paper; "add" = authors' code
-    unet_cond_dropout: float = 0.1        # classifier-free guidance (reference: 0, none)
-    unet_embed_dim: int = 512             # time / condition embedding width (authors' code)
-    unet_time_proj_dim: int = 128         # sinusoid size of the time embedding
-    unet_cond_hidden_dim: int = 256       # tau: 9 -> 256 -> 512 (authors' code)
-    unet_mid_layers: int = 2              # resnet blocks at the bottom (132.1M params at paper)
-    diffusion_loss: str = "mse"           # paper; "l1" = authors' code
-    diffusion_prediction_type: str = "epsilon"   # paper and authors; "v_prediction" learns the
+    unet_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'diffusion')
+    unet_layers_per_block: int = _reads(2, 'diffusion')        # authors' code: 2 (paper text: 1)
+    unet_norm_groups: int = _reads(32, 'diffusion')
+    unet_cond_fusion: str = _reads("scale_shift", 'diffusion')  # paper; "add" = authors' code
+    unet_cond_dropout: float = _reads(0.1, 'diffusion')        # classifier-free guidance (reference: 0, none)
+    unet_embed_dim: int = _reads(512, 'diffusion')             # time / condition embedding width (authors' code)
+    unet_time_proj_dim: int = _reads(128, 'diffusion')         # sinusoid size of the time embedding
+    unet_cond_hidden_dim: int = _reads(256, 'diffusion')       # tau: 9 -> 256 -> 512 (authors' code)
+    unet_mid_layers: int = _reads(2, 'diffusion')              # resnet blocks at the bottom (132.1M params at paper)
+    diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
+    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; "v_prediction" learns the
                                                  # near-pure-noise steps of this schedule far faster
-    diffusion_lr: float = 1e-4
-    diffusion_weight_decay: float = 0.01  # AdamW default, as the authors' code
-    diffusion_batch_size: int = 8
-    diffusion_steps: int = 200_000
-    num_train_timesteps: int = 1000
-    beta_schedule: str = "scaled_linear"
-    beta_start: float = 0.002
-    beta_end: float = 0.02
+    diffusion_lr: float = _reads(1e-4, 'diffusion')
+    diffusion_weight_decay: float = _reads(0.01, 'diffusion')  # AdamW default, as the authors' code
+    diffusion_batch_size: int = _reads(8, 'diffusion')
+    diffusion_steps: int = _reads(200_000, 'diffusion', extends=True)
+    num_train_timesteps: int = _reads(1000, 'diffusion', 'ldm3d_unet')
+    beta_schedule: str = _reads("scaled_linear", 'diffusion', 'ldm3d_unet')
+    beta_start: float = _reads(0.002, 'diffusion', 'ldm3d_unet')
+    beta_end: float = _reads(0.02, 'diffusion', 'ldm3d_unet')
 
     # -- sampling ----------------------------------------------------------------
     sampler: str = "ddim"                 # "ddpm" (1000 steps) | "ddim"
@@ -117,51 +133,60 @@ class Config:
     # 3D-LSGAN, as the authors' train_lsgan.py: z -> FC -> (lsgan_g_channels, shape / 2**n)
     # -> n x (nearest up x2, conv3 [, BN, ReLU]) halving the width, the last conv to 2
     # channels + tanh; discriminator of lsgan_d_layers 3D convs k4 s2 (BN, LeakyReLU 0.2).
-    lsgan_latent_dim: int = 2048
-    lsgan_g_channels: int = 512
-    lsgan_upsamplings: int = 5            # 192x192x96 / 2**5 = 6x6x3 after the FC layer
-    lsgan_d_channels: int = 1024          # widest discriminator conv (authors' code: 1024)
-    lsgan_d_layers: int = 6               # convs k4 s2, widths d/2**(L-2) .. d, then d -> 1
-    lsgan_lr: float = 2e-4
-    lsgan_beta1: float = 0.5              # Adam betas (0.5, 0.999), as the authors
-    lsgan_grad_clip: float = 5.0          # gradient-norm clip of G and D (0 = off)
-    lsgan_label_noise: float = 0.05       # real labels 1 - 0.05 n, fake labels 0.05 n (authors)
-    lsgan_batch_size: int = 2
-    lsgan_steps: int = 100_000            # authors: 2000 epochs of 50 steps, sampled at ~1130
-    lsgan_flip_prob: float = 0.2          # random flips of both in-plane axes (authors' rerun)
+    lsgan_latent_dim: int = _reads(2048, 'lsgan3d')
+    lsgan_g_channels: int = _reads(512, 'lsgan3d')
+    lsgan_upsamplings: int = _reads(5, 'lsgan3d')            # 192x192x96 / 2**5 = 6x6x3 after the FC layer
+    lsgan_d_channels: int = _reads(1024, 'lsgan3d')          # widest discriminator conv (authors' code: 1024)
+    lsgan_d_layers: int = _reads(6, 'lsgan3d')               # convs k4 s2, widths d/2**(L-2) .. d, then d -> 1
+    lsgan_lr: float = _reads(2e-4, 'lsgan3d')
+    lsgan_beta1: float = _reads(0.5, 'lsgan3d')              # Adam betas (0.5, 0.999), as the authors
+    lsgan_grad_clip: float = _reads(5.0, 'lsgan3d')          # gradient-norm clip of G and D (0 = off)
+    lsgan_label_noise: float = _reads(0.05, 'lsgan3d')       # real labels 1 - 0.05 n, fake labels 0.05 n (authors)
+    lsgan_batch_size: int = _reads(2, 'lsgan3d')
+    lsgan_steps: int = _reads(100_000, 'lsgan3d', extends=True)            # authors: 2000 epochs of 50 steps, sampled at ~1130
+    lsgan_flip_prob: float = _reads(0.2, 'lsgan3d')          # random flips of both in-plane axes (authors' rerun)
     # 3D-LDM: a 3D KL autoencoder on whole (image, mask) volumes, then an unconditional 3D
     # UNet (ConditionedUNet3D used without condition) on its latent scaled by 1/std.
-    ldm3d_ae_channels: tuple[int, ...] = (64, 128, 256, 512)   # authors' 3D VAE widths
-    ldm3d_ae_downsampling: int = 4        # paper text (x4); authors' code 8 (192 -> 24)
-    ldm3d_ae_layers_per_block: int = 1
-    ldm3d_ae_latent_channels: int = 6
-    ldm3d_ae_norm_groups: int = 32
-    ldm3d_ae_kl_weight: float = 1e-6
-    ldm3d_ae_ssim_weight: float = 1.0     # L1 + (1 - SSIM) + KL, as the slice VAE
-    ldm3d_ae_lr: float = 1e-5             # authors' 3D VAE
-    ldm3d_ae_batch_size: int = 2
-    ldm3d_ae_steps: int = 100_000
-    ldm3d_ae_discriminator: bool = False  # paper says VAE-GAN; the authors' code had none
-    ldm3d_disc_channels: int = 512        # patch discriminator, widest conv
-    ldm3d_disc_layers: int = 4
-    ldm3d_disc_weight: float = 0.1        # weight of the autoencoder's LS-GAN term
-    ldm3d_disc_start: int = 0             # step at which the adversarial term switches on
-    ldm3d_unet_channels: tuple[int, ...] = (64, 128, 256, 512)  # authors' trained baseline; Table 1's 728M counts 128..1024
-    ldm3d_unet_layers_per_block: int = 2
-    ldm3d_unet_norm_groups: int = 32
-    ldm3d_unet_mid_layers: int = 2
-    ldm3d_diffusion_lr: float = 1e-4
-    ldm3d_diffusion_batch_size: int = 2
-    ldm3d_diffusion_steps: int = 200_000
-    ldm3d_flip_prob: float = 0.2          # autoencoder augmentation (authors: flips 0.2)
+    ldm3d_ae_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'ldm3d_ae')   # authors' 3D VAE widths
+    ldm3d_ae_downsampling: int = _reads(4, 'ldm3d_ae')        # paper text (x4); authors' code 8 (192 -> 24)
+    ldm3d_ae_layers_per_block: int = _reads(1, 'ldm3d_ae')
+    ldm3d_ae_latent_channels: int = _reads(6, 'ldm3d_ae')
+    ldm3d_ae_norm_groups: int = _reads(32, 'ldm3d_ae')
+    ldm3d_ae_kl_weight: float = _reads(1e-6, 'ldm3d_ae')
+    ldm3d_ae_ssim_range: str = _reads("signed", 'ldm3d_ae')    # as vae_ssim_range
+    ldm3d_ae_ssim_weight: float = _reads(1.0, 'ldm3d_ae')     # L1 + (1 - SSIM) + KL, as the slice VAE
+    ldm3d_ae_lr: float = _reads(1e-5, 'ldm3d_ae')             # authors' 3D VAE
+    ldm3d_ae_batch_size: int = _reads(2, 'ldm3d_ae')
+    ldm3d_ae_steps: int = _reads(100_000, 'ldm3d_ae', extends=True)
+    ldm3d_ae_discriminator: bool = _reads(False, 'ldm3d_ae')  # paper says VAE-GAN; the authors' code had none
+    ldm3d_disc_channels: int = _reads(512, 'ldm3d_ae')        # patch discriminator, widest conv
+    ldm3d_disc_layers: int = _reads(4, 'ldm3d_ae')
+    ldm3d_disc_weight: float = _reads(0.1, 'ldm3d_ae')        # weight of the autoencoder's LS-GAN term
+    ldm3d_disc_start: int = _reads(0, 'ldm3d_ae')             # step at which the adversarial term switches on
+    ldm3d_unet_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'ldm3d_unet')  # authors' trained baseline; Table 1's 728M counts 128..1024
+    ldm3d_unet_layers_per_block: int = _reads(2, 'ldm3d_unet')
+    ldm3d_unet_norm_groups: int = _reads(32, 'ldm3d_unet')
+    ldm3d_unet_mid_layers: int = _reads(2, 'ldm3d_unet')
+    # the 3D-LDM's own time/condition-embedding sizes and diffusion objective (it borrowed
+    # SBLDM's unet_*/diffusion_* fields before, so changing those silently changed it)
+    ldm3d_unet_embed_dim: int = _reads(512, 'ldm3d_unet')
+    ldm3d_unet_time_proj_dim: int = _reads(128, 'ldm3d_unet')
+    ldm3d_unet_cond_hidden_dim: int = _reads(256, 'ldm3d_unet')   # its condition MLP is unused (unconditional)
+    ldm3d_unet_cond_fusion: str = _reads("scale_shift", 'ldm3d_unet')
+    ldm3d_diffusion_loss: str = _reads("mse", 'ldm3d_unet')
+    ldm3d_diffusion_prediction_type: str = _reads("epsilon", 'ldm3d_unet')
+    ldm3d_diffusion_weight_decay: float = _reads(0.01, 'ldm3d_unet')
+    ldm3d_diffusion_lr: float = _reads(1e-4, 'ldm3d_unet')
+    ldm3d_diffusion_batch_size: int = _reads(2, 'ldm3d_unet')
+    ldm3d_diffusion_steps: int = _reads(200_000, 'ldm3d_unet', extends=True)
+    ldm3d_flip_prob: float = _reads(0.2, 'ldm3d_ae')          # autoencoder augmentation (authors: flips 0.2)
 
     # -- training loop -------------------------------------------------------------
     checkpoint_every: int = 1000
     log_every: int = 50
-    mixed_precision: str = "no"           # "no" | "bf16" | "fp16" (GPU only)
+    mixed_precision: str = _reads("no", 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')           # "no" | "bf16" | "fp16" (GPU only)
     num_workers: int = 0
 
-    extra: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def vae_downsampling(self) -> int:
@@ -175,7 +200,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.pop("extra")
         return d
 
     def hash(self) -> str:
@@ -184,31 +208,24 @@ class Config:
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# What each training stage's trajectory depends on, for resuming a checkpoint: the data and
-# seed, its own fields and those of the stages upstream of it. The step counts are left
-# out (a larger count extends a run: the learning rate is constant), as is everything
-# about sampling, evaluation and segmentation.
-_DATA_FIELDS = ("seed", "n_train", "volume_shape", "image_interp_order", "clip_percentiles",
-                "phantom_shape", "phantom_spacing", "mixed_precision")
-_SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end",
-                    "diffusion_prediction_type", "diffusion_loss", "diffusion_weight_decay")
-_STAGE_PREFIXES = {
-    "vae": ("vae_",),
-    "diffusion": ("vae_", "unet_", "diffusion_"),
-    "ldm3d_ae": ("ldm3d_ae_", "ldm3d_disc_", "ldm3d_flip_prob"),
-    "ldm3d_unet": ("ldm3d_",),
-    "lsgan3d": ("lsgan_",),
-}
-
-
 def stage_fields(stage: str) -> tuple[str, ...]:
-    """The config fields a training stage's checkpoint must agree on to be resumed."""
-    if stage not in _STAGE_PREFIXES:
-        raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(_STAGE_PREFIXES)}")
-    names = [f.name for f in dataclasses.fields(Config) if f.name not in ("scale", "extra")]
-    own = [n for n in names if n.startswith(_STAGE_PREFIXES[stage]) and not n.endswith("_steps")]
-    schedule = _SCHEDULE_FIELDS if stage in ("diffusion", "ldm3d_unet") else ()
-    return tuple(dict.fromkeys((*_DATA_FIELDS, *schedule, *own)))
+    """The config fields a training stage's checkpoint must agree on to be resumed: those
+    declared as read by the stage or by a stage upstream of it (``_reads`` metadata),
+    except the step counts (a larger count extends a run). Everything about sampling,
+    evaluation and segmentation is left out."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
+    wanted = {stage, *UPSTREAM[stage]}
+    return tuple(f.name for f in dataclasses.fields(Config)
+                 if wanted & set(f.metadata.get("stages", ())) and not f.metadata.get("extends"))
+
+
+def stages_reading(name: str) -> tuple[str, ...]:
+    """The training stages that declare ``name`` as one of their fields."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    if name not in fields:
+        raise ValueError(f"unknown config field {name!r}")
+    return tuple(fields[name].metadata.get("stages", ()))
 
 
 def resume_conflicts(stage: str, saved: dict, cfg: "Config") -> list[str]:
@@ -251,6 +268,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         ldm3d_ae_lr=1e-3, ldm3d_ae_steps=10, ldm3d_disc_channels=16, ldm3d_disc_layers=3,
         ldm3d_unet_channels=(16, 32, 32), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
         ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=1e-3, ldm3d_diffusion_steps=10,
+        ldm3d_unet_embed_dim=32, ldm3d_unet_time_proj_dim=16, ldm3d_unet_cond_hidden_dim=16,
     ),
     # A real experiment on a 2-core CPU in an hour or two: 100/100 phantom volumes at
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
@@ -283,6 +301,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         ldm3d_unet_channels=(16, 32, 64), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
         ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=2e-4, ldm3d_diffusion_batch_size=4,
         ldm3d_diffusion_steps=1500,
+        ldm3d_unet_embed_dim=128, ldm3d_unet_time_proj_dim=32, ldm3d_unet_cond_hidden_dim=64,
+        ldm3d_diffusion_prediction_type="v_prediction",
     ),
     # Paper scale: 192x192x96, 100/100 BraTS volumes, the sizes of Table 1. GPU.
     "paper": dict(),
@@ -296,7 +316,7 @@ def resolve(scale: str, **overrides: Any) -> Config:
     """
     if scale not in _PRESETS:
         raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    valid = {f.name for f in dataclasses.fields(Config)} - {"scale", "extra"}
+    valid = {f.name for f in dataclasses.fields(Config)} - {"scale"}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(
@@ -318,6 +338,10 @@ def _validate(cfg: Config) -> None:
         "unet_cond_fusion": ("scale_shift", "add"),
         "diffusion_loss": ("mse", "l1"),
         "diffusion_prediction_type": ("epsilon", "v_prediction"),
+        "ldm3d_diffusion_prediction_type": ("epsilon", "v_prediction"),
+        "ldm3d_diffusion_loss": ("mse", "l1"),
+        "ldm3d_unet_cond_fusion": ("scale_shift", "add"),
+        "ldm3d_ae_ssim_range": ("signed", "unit"),
         "sampler": ("ddpm", "ddim"),
         "mixed_precision": ("no", "bf16", "fp16"),
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
@@ -364,3 +388,28 @@ def _validate_baselines(cfg: Config) -> None:
     for name in ("lsgan_flip_prob", "ldm3d_flip_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
+
+
+def run_name(scale: str, seed: int = 0, overrides: dict | None = None, data: str | os.PathLike | None = None) -> str:
+    """The folder name of a run under ``work/`` and ``results/``: runs that differ in data,
+    seed or config never share a folder, the way nnU-Net names its output folders after
+    trainer, plans and configuration.
+
+    - ``<scale>``: the phantom cohort, seed 0, the preset as it is (the committed runs);
+    - ``-<data set>-<hash>``: a BraTS folder (its name and a hash of its absolute path);
+    - ``+seed<k>``: another seed; ``+<hash>``: config overrides (a hash of the sorted dict).
+    """
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
+    name = scale
+    if data:
+        path = os.path.abspath(os.fspath(data))
+        slug = "".join(c if c.isalnum() else "_" for c in os.path.basename(path.rstrip(os.sep)))[:40] or "data"
+        name += f"-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
+    if int(seed) != 0:
+        name += f"+seed{int(seed)}"
+    if overrides:
+        blob = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
+                          sort_keys=True, default=str)
+        name += "+" + hashlib.sha256(blob.encode()).hexdigest()[:8]
+    return name

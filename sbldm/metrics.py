@@ -11,7 +11,6 @@ and 3D for (B, C, X, Y, Z) inputs.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch
@@ -80,14 +79,27 @@ def ssim(x, y, data_range: float = 1.0) -> float:
     return float(ssim_torch(a, b, data_range=data_range))
 
 
+def _psnr_from_mse(mse, data_range: float):
+    """PSNR in dB from mean squared errors (``inf`` where the error is 0)."""
+    with np.errstate(divide="ignore"):
+        return 10.0 * np.log10(data_range ** 2 / np.asarray(mse, dtype=np.float64))
+
+
 def psnr(x, y, data_range: float = 1.0) -> float:
-    """PSNR in dB of ``x`` against ``y`` (same shape, values in [0, data_range]);
-    ``inf`` when they are equal."""
+    """PSNR in dB of ``x`` against ``y`` (same shape, values in [0, data_range]) over all
+    their elements; ``inf`` when they are equal."""
     a, b = _tensor(x), _tensor(y)
     if a.shape != b.shape:
         raise ValueError(f"psnr: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    mse = float(((a - b) ** 2).mean())
-    return math.inf if mse == 0 else 10.0 * math.log10(data_range ** 2 / mse)
+    return float(_psnr_from_mse(float(((a - b) ** 2).mean()), data_range))
+
+
+def psnr_volumes(a, b, data_range: float = 1.0) -> np.ndarray:
+    """PSNR in dB per leading index of (..., X, Y, Z) arrays (one value per volume)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"psnr_volumes: shapes differ, {a.shape} vs {b.shape}")
+    return _psnr_from_mse(((a - b) ** 2).reshape(*a.shape[:-3], -1).mean(-1), data_range)
 
 
 def dice(pred, target, empty: float = 1.0) -> float:
@@ -123,7 +135,7 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
         tb = torch.as_tensor(b).permute(2, 0, 1)[:, None]
         vals["ssim"].extend(ssim_torch(tb, ta, reduction="none")[:, 0].tolist())
         mse = ((ta - tb) ** 2).flatten(1).mean(1)
-        vals["psnr"].extend([math.inf if m == 0 else 10 * math.log10(1.0 / float(m)) for m in mse])
+        vals["psnr"].extend(float(p) for p in _psnr_from_mse(mse.numpy(), 1.0))
         for s in range(images.shape[-1]):
             if masks[v, :, :, s].any():
                 vals["dice"].append(dice(rec_masks[v, :, :, s], masks[v, :, :, s]))

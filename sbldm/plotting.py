@@ -13,7 +13,7 @@ import numpy as np
 VIEWS = ("axial", "coronal", "sagittal")
 
 
-def _agg():
+def agg_pyplot():
     import matplotlib
 
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
@@ -68,7 +68,7 @@ def three_views(axes: Sequence, image: np.ndarray, mask: np.ndarray | None,
 def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
                  labels: Sequence[str] | None = None, suptitle: str | None = None):
     """One row per case, three orthogonal views through the tumour with its outline."""
-    plt = _agg()
+    plt = agg_pyplot()
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
     for r in range(n):
@@ -82,7 +82,7 @@ def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
 def feature_histograms(features: np.ndarray, names: Sequence[str], groups: dict[str, np.ndarray] | None = None,
                        suptitle: str | None = None):
     """Histogram of each tumour feature; ``groups`` maps a label to a row mask (e.g. train/test)."""
-    plt = _agg()
+    plt = agg_pyplot()
     features = np.asarray(features, dtype=float)
     groups = groups or {"all": np.ones(len(features), bool)}
     cols = 3
@@ -110,18 +110,18 @@ def save_figure(fig, path) -> None:
     import io
     from pathlib import Path
 
-    from .data import atomic_write_bytes
+    from sbldm.io import atomic_write_bytes
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     atomic_write_bytes(Path(path), buf.getvalue())
-    _agg().close(fig)
+    agg_pyplot().close(fig)
 
 
 def plot_loss_curve(records: Sequence[dict], path=None, title: str = "training loss", key: str = "loss"):
     """Loss against step from a run's ``log.jsonl`` records (log scale when all positive);
     saved as PNG when ``path`` is given. Returns the figure (closed if saved)."""
-    plt = _agg()
+    plt = agg_pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     steps = [r["step"] for r in records if key in r]
     vals = [r[key] for r in records if key in r]
@@ -142,7 +142,7 @@ def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None =
     """Axial slices evenly spaced across the whole depth, one row per volume, with mask
     contours. ``rows``: ``(label, image (x, y, z), mask or None)``, e.g. real then
     reconstructed."""
-    plt = _agg()
+    plt = agg_pyplot()
     depth = rows[0][1].shape[2]
     idx = np.linspace(0, depth - 1, min(n_slices, depth)).round().astype(int)
     fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.3 * len(idx), 1.45 * len(rows)), squeeze=False)
@@ -164,7 +164,7 @@ def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None =
 def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", suptitle: str | None = None):
     """Figure 2: one row per method (``{name: (images, masks)}``), ``n_volumes`` columns,
     each a slice through the volume's tumour in ``view`` with the mask outlined."""
-    plt = _agg()
+    plt = agg_pyplot()
     names = list(methods)
     fig, axes = plt.subplots(len(names), n_volumes, figsize=(2.1 * n_volumes, 2.2 * len(names)), squeeze=False)
     axis = {"axial": 2, "coronal": 1, "sagittal": 0}[view]
@@ -193,7 +193,7 @@ def sweep_figure(images, masks, labels: Sequence[str], centre: Sequence[int] | N
                  views: Sequence[str] = ("axial",), suptitle: str | None = None):
     """Figure 3: one column per sweep value; per view a row of images (mask outlined) and a
     row of masks, all through the same ``centre`` (default: the last volume's tumour)."""
-    plt = _agg()
+    plt = agg_pyplot()
     n = len(images)
     c = tumour_centre(masks[-1]) if centre is None else tuple(int(v) for v in centre)
     idx = {"axial": c[2], "coronal": c[1], "sagittal": c[0]}
@@ -212,7 +212,7 @@ def sweep_figure(images, masks, labels: Sequence[str], centre: Sequence[int] | N
 
 def loss_curves(logs: dict, suptitle: str | None = None):
     """One panel per run: ``{name: (steps, losses)}``, raw and smoothed."""
-    plt = _agg()
+    plt = agg_pyplot()
     fig, axes = plt.subplots(1, len(logs), figsize=(3.6 * len(logs), 2.8), squeeze=False)
     for ax, (name, (steps, losses)) in zip(axes[0], logs.items()):
         steps, losses = np.asarray(steps), np.asarray(losses, dtype=float)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from .data import atomic_write_bytes
+from sbldm.io import atomic_write_bytes
 
 
 def _fmt(v, digits: int) -> str:

@@ -45,7 +45,7 @@ def make_prepared(root: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0
     through the real loader path (BraTS 2023 layout on disk -> prepare_cohort)."""
     import nibabel as nib
 
-    from sbldm.data import find_cases, prepare_cohort
+    from sbldm.data.cohort import find_cases, prepare_cohort
 
     rng = np.random.default_rng(seed)
     brats = root / "brats"

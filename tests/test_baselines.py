@@ -48,7 +48,7 @@ def sample(gen, seed=0, n=2):
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from sbldm.data import load_prepared
+    from sbldm.data.cohort import load_prepared
 
     return load_prepared(make_prepared(tmp_path_factory.mktemp("cohort")), "train")
 
@@ -78,7 +78,7 @@ def test_generate_shapes_ranges_and_determinism(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_save_load_round_trip(name, tmp_path):
     import sbldm
-    from sbldm.generators import generator_kind
+    from sbldm.generators.registry import generator_kind
 
     gen = build(name)
     gen.save_pretrained(tmp_path / "g")
@@ -93,7 +93,7 @@ def test_save_load_round_trip(name, tmp_path):
 
 def test_unknown_name_and_folder():
     import sbldm
-    from sbldm.generators import train_generator
+    from sbldm.generators.registry import train_generator
 
     for fn in (lambda: sbldm.build_generator("ddpm3d", "smoke"),
                lambda: train_generator("ddpm3d", cfg(), None, "unused")):
@@ -144,7 +144,7 @@ def _fixed_batch(seed=0):
 
 
 def test_lsgan_discriminator_and_generator_objectives_decrease():
-    from sbldm.baselines.lsgan3d import discriminator_loss, generator_loss
+    from sbldm.generators.lsgan3d import discriminator_loss, generator_loss
 
     gan = build("lsgan3d")
     g, d = gan.generator, gan.discriminator
@@ -176,7 +176,7 @@ def test_lsgan_discriminator_and_generator_objectives_decrease():
 
 
 def test_ldm3d_autoencoder_and_diffusion_losses_decrease():
-    from sbldm.baselines.ldm3d import autoencoder_loss
+    from sbldm.generators.ldm3d import autoencoder_loss
 
     ldm = build("ldm3d")
     ae, unet = ldm.autoencoder, ldm.unet
@@ -212,7 +212,7 @@ def test_ldm3d_autoencoder_and_diffusion_losses_decrease():
 
 def test_train_lsgan3d_resume_is_bit_identical(prepared, tmp_path):
     import sbldm
-    from sbldm.generators import train_generator
+    from sbldm.generators.registry import train_generator
 
     c = cfg()
     full = train_generator(sbldm.build_generator("lsgan3d", c), c, prepared, tmp_path / "full", progress=False)
@@ -233,7 +233,7 @@ def test_train_lsgan3d_resume_is_bit_identical(prepared, tmp_path):
 @pytest.mark.parametrize("disc", [False, True])
 def test_train_ldm3d_end_to_end(prepared, tmp_path, disc):
     import sbldm
-    from sbldm.generators import train_generator
+    from sbldm.generators.registry import train_generator
 
     c = cfg(ldm3d_ae_discriminator=disc)
     gen = train_generator("ldm3d", c, prepared, tmp_path, progress=False)
@@ -244,7 +244,7 @@ def test_train_ldm3d_end_to_end(prepared, tmp_path, disc):
     log = [json.loads(line) for line in (tmp_path / "autoencoder" / "log.jsonl").read_text().splitlines()]
     assert ("d_loss" in log[0]) is disc
     # the latent scale is the global std of the training posterior means, as SBLDM's
-    from sbldm.baselines.ldm3d import encode_means
+    from sbldm.generators.ldm3d import encode_means
 
     std = float(encode_means(gen.autoencoder, prepared.images, prepared.masks).astype(np.float64).std())
     assert gen.latent_std == pytest.approx(std, rel=1e-5) and unet_run["latent_std"] == pytest.approx(std, rel=1e-5)
@@ -263,7 +263,7 @@ def test_paper_parameter_counts():
     layer list). 3D-LDM: the design values of this architecture (authors' widths, x4)
     within 0.5%, and the autoencoder within 1% of the authors' 85.949M."""
     from sbldm.baselines import ldm3d, lsgan3d
-    from sbldm.baselines.report import AUTHORS_NOTEBOOK, authors_lsgan_counts
+    from sbldm.generators.report import AUTHORS_NOTEBOOK, authors_lsgan_counts
     from sbldm.config import resolve
 
     paper = resolve("paper")
@@ -280,7 +280,7 @@ def test_paper_parameter_counts():
 
 
 def test_parameter_table_rows_and_notes():
-    from sbldm.baselines.report import parameter_notes, parameter_rows
+    from sbldm.generators.report import parameter_notes, parameter_rows
 
     rows = parameter_rows("paper")
     by = {(r["method"], r["component"].split(" (")[0]): r for r in rows}
@@ -294,7 +294,7 @@ def test_parameter_table_rows_and_notes():
 
 def test_train_sbldm_through_the_same_interface(prepared, tmp_path):
     import sbldm
-    from sbldm.generators import train_generator
+    from sbldm.generators.registry import train_generator
 
     gen = train_generator("sbldm", cfg(), prepared, tmp_path, progress=False)
     for f in ("vae/run.json", "unet/run.json", "model/model_index.json", "model/generator.json"):

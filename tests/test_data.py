@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import ball
 
-from sbldm import data
+from sbldm.data import cohort as data
 
 
 def test_find_cases_both_layouts_sorted(write_case, tmp_path):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import ball
 
-from sbldm import evaluation as ev
+from sbldm.evaluation import generation as ev
+from sbldm.metrics import psnr_volumes
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,10 @@ def test_psnr_of_known_noise_level():
     rng = np.random.default_rng(1)
     a = rng.uniform(0.2, 0.8, (2, 20, 20, 20))
     noise = rng.normal(0, 0.05, a.shape)
-    p = ev.psnr(a + noise, a)
+    p = psnr_volumes(a + noise, a)
     expected = 10 * np.log10(1 / (noise ** 2).reshape(2, -1).mean(1))
     assert np.allclose(p, expected) and np.all(np.abs(p - 26.02) < 0.2)   # -10 log10(0.05^2)
-    assert math.isinf(ev.psnr(a, a)[0])
+    assert math.isinf(psnr_volumes(a, a)[0])
 
 
 def test_unpaired_psnr_ssim_pairs_each_sample_with_a_permuted_real_volume(vols):
@@ -103,7 +104,7 @@ def test_medicalnet_features_load_from_a_local_file_and_refuse_others(tmp_path):
     import torch
     from monai.networks.nets import resnet10
 
-    from sbldm import features
+    from sbldm.evaluation import frechet as features
 
     net = resnet10(spatial_dims=3, n_input_channels=1, feed_forward=False, shortcut_type="B", bias_downsample=False)
     torch.save({"state_dict": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "r10.pth")

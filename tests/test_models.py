@@ -95,7 +95,7 @@ def test_vae_loss_decreases_on_a_tiny_overfit_case():
 
 
 def test_lpips_without_local_weights_is_refused(tmp_path):
-    from sbldm.train import train_vae
+    from sbldm.training.trainer import train_vae
 
     cfg = tiny_cfg(vae_lpips_weight=0.5)
     with pytest.raises(ValueError, match="vae_lpips_path"):
@@ -191,8 +191,8 @@ def test_paper_parameter_counts():
 # -- latents and metrics ---------------------------------------------------------------------------
 
 def test_encode_volumes_stacks_slices_in_depth(prepared, tmp_path):
-    from sbldm.data import load_prepared
-    from sbldm.latents import encode_dataset, load_latents, save_latents
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.latents import encode_dataset, load_latents, save_latents
     from sbldm.models.vae import relative_positions
 
     train = load_prepared(prepared, "train")
@@ -202,7 +202,7 @@ def test_encode_volumes_stacks_slices_in_depth(prepared, tmp_path):
     assert (lat.std > 0).all()
     assert lat.latent_std == pytest.approx(float(lat.mean.std()), rel=1e-5)
     # slice 5 of volume 1 is the posterior mean of that slice at its position
-    from sbldm.data import to_model_space
+    from sbldm.data.cohort import to_model_space
 
     x = torch.from_numpy(to_model_space(train.images[1][:, :, 5], train.masks[1][:, :, 5]))[None]
     with torch.no_grad():

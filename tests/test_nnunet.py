@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from sbldm import config, nnunet
+from sbldm import config
+from sbldm.segmentation import nnunet
 
 from conftest import ball
 
@@ -71,7 +72,7 @@ def test_missing_nnunetv2_names_the_extra(monkeypatch):
 
 
 def test_launcher_refuses_unknown_entry():
-    from sbldm import _nnunet_launch
+    from sbldm.segmentation import _nnunet_launch
 
     with pytest.raises(SystemExit, match="usage"):
         _nnunet_launch.main(["fit"])

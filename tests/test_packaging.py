@@ -47,7 +47,7 @@ def test_source_notebooks_are_committed_without_outputs():
 
 
 def test_every_notebook_has_a_parameters_cell_with_scale_and_seed():
-    from sbldm.reproduce import declared_parameters, notebook_paths
+    from sbldm.runner.reproduce import declared_parameters, notebook_paths
 
     paths = notebook_paths(ROOT / "notebooks")
     assert paths, "no notebooks"
@@ -62,3 +62,72 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in ci
     assert "make test" in readme.split("\n## ")[0], "the README's opening must give the test command"
     assert "make smoke" in readme.split("\n## ")[0], "the README's opening must give the main command"
+
+
+# -- the package's layout: stages import only what comes before them ---------------------
+
+#: shared modules first, then the stages in the order of the method's data flow
+LAYERS = [
+    {"config", "io", "provenance", "runtime", "metrics", "plotting", "tables", "_compat"},
+    {"data"}, {"models"}, {"diffusion"}, {"training"}, {"generators"},
+    {"segmentation"}, {"evaluation"}, {"report"}, {"runner"},
+]
+
+
+def _layer(top: str) -> int:
+    for i, names in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"sbldm.{top} is in no layer of tests/test_packaging.py::LAYERS")
+
+
+def _imports(path: Path):
+    """(imported sbldm module, imported names, line) of every import in ``path``."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sbldm"):
+            assert node.level == 0, f"{path}:{node.lineno}: relative import"
+            yield node.module, [a.name for a in node.names], node.lineno
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("sbldm"):
+                    yield a.name, [], node.lineno
+
+
+def test_no_stage_imports_a_later_stage_and_no_private_name_crosses_modules():
+    pkg = ROOT / "sbldm"
+    problems = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg).parts
+        if rel[0] in ("__init__.py", "__main__.py"):
+            continue
+        own_top = rel[0].removesuffix(".py")
+        own_module = ".".join(("sbldm", *path.relative_to(pkg).with_suffix("").parts))
+        for module, names, line in _imports(path):
+            parts = module.split(".")
+            if len(parts) == 1:      # from sbldm import _compat / io ...
+                tops = names
+            else:
+                tops = [parts[1]]
+            for top in tops:
+                if top in ("__version__",):
+                    continue
+                if _layer(top) > _layer(own_top):
+                    problems.append(f"{path.relative_to(ROOT)}:{line} imports sbldm.{top} (a later stage)")
+            private = [n for n in names if n.startswith("_") and n != "_compat"]
+            if private and module != own_module:
+                problems.append(f"{path.relative_to(ROOT)}:{line} imports private {private} from {module}")
+    assert not problems, "\n".join(problems)
+
+
+def test_package_tests_and_notebooks_pass_the_linter():
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    out = subprocess.run([ruff, "check", "--select", "F,E9", "sbldm", "tests", "notebooks"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from sbldm import data, phantom
+from sbldm.data import cohort as data
+from sbldm.data import phantom
 
 SMALL = phantom.PhantomParams(shape=(48, 48, 32), spacing=(5.0, 5.0, 5.0), tumor_volume_range=(8000.0, 60000.0))
 

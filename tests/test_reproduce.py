@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sbldm import reproduce
+from sbldm.runner import reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def _tiny_notebooks(tmp_path, fail=False):
     for i, body in enumerate(["open('out.txt', 'w').write(str(seed))",
                               "raise ValueError('boom')" if fail else "x = 1"]):
         nb = nbformat.v4.new_notebook()
-        p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0')
+        p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0\ndata = None\noverrides = {}')
         p.metadata["tags"] = ["parameters"]
         nb.cells = [p, nbformat.v4.new_code_cell(body)]
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -56,7 +56,8 @@ def test_runner_records_skips_and_stops_on_failure(tmp_path):
     entry = rec["notebooks"]["00_step"]
     assert entry["status"] == "ok" and entry["parameters"] == {"scale": "smoke", "seed": 7}
     assert {"config_hash", "git_commit", "versions", "device", "wall_time_s"} <= set(entry)
-    on_disk = json.loads((tmp_path / "results" / "smoke" / "run.json").read_text())
+    on_disk = json.loads((tmp_path / "results" / "smoke+seed7" / "run.json").read_text())   # not results/smoke
+    assert not (tmp_path / "results" / "smoke").exists()
     assert on_disk["notebooks"]["01_step"]["status"] == "ok"
     logs.clear()
     reproduce.run("smoke", {"seed": 7}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
@@ -69,8 +70,73 @@ def test_runner_records_skips_and_stops_on_failure(tmp_path):
     with pytest.raises(reproduce.RunnerError, match="01_step failed.*ValueError: boom"):
         reproduce.run("smoke", {}, notebooks_dir=bad, results_root=tmp_path / "r2", log=logs.append)
     rec = json.loads((tmp_path / "r2" / "smoke" / "run.json").read_text())
-    assert rec["notebooks"]["01_step"]["status"] == "failed"
-    assert (tmp_path / "r2" / "smoke" / "executed" / "01_step.ipynb").is_file()   # kept for inspection
+    assert rec["failures"]["01_step"]["status"] == "failed" and "01_step" not in rec["notebooks"]
+    assert (tmp_path / "r2" / "smoke" / "executed" / "01_step.failed.ipynb").is_file()   # kept for inspection
+    assert "boom" in (tmp_path / "r2" / "smoke" / "logs" / "01_step.log").read_text()
+
+
+def test_a_failure_never_replaces_a_successful_run_and_only_runs_exactly_what_it_names(tmp_path):
+    nbs = _tiny_notebooks(tmp_path)
+    logs = []
+    reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    out = tmp_path / "results" / "smoke"
+    # --only accepts 1 and 01, runs exactly that notebook, and leaves the other's skip state alone
+    logs.clear()
+    reproduce.run("smoke", {}, only=["1"], redo=True, notebooks_dir=nbs, results_root=tmp_path / "results",
+                  log=logs.append)
+    assert any("01_step: ok" in line for line in logs) and not any("00_step" in line for line in logs)
+    logs.clear()
+    reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    assert sum("up to date" in line for line in logs) == 2
+    with pytest.raises(reproduce.RunnerError, match="no such notebook"):
+        reproduce.plan("smoke", {}, only=["7"], notebooks_dir=nbs)
+    assert [p.name for p, _ in reproduce.plan("smoke", {}, only=["0"], notebooks_dir=nbs)] == ["00_step.ipynb"]
+    # the same notebook now fails: the good executed copy and its record stay
+    good = (out / "executed" / "01_step.ipynb").read_bytes()
+    nb = json.loads((nbs / "01_step.ipynb").read_text())
+    nb["cells"][1]["source"] = "raise ValueError('boom')"
+    (nbs / "01_step.ipynb").write_text(json.dumps(nb))
+    with pytest.raises(reproduce.RunnerError, match="boom"):
+        reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=logs.append)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["notebooks"]["01_step"]["status"] == "ok" and rec["failures"]["01_step"]["status"] == "failed"
+    assert (out / "executed" / "01_step.ipynb").read_bytes() == good
+
+
+def test_a_second_runner_on_the_same_folder_exits_naming_the_first(tmp_path):
+    import subprocess
+    import sys
+
+    nbs = _tiny_notebooks(tmp_path)
+    folder = tmp_path / "results" / "smoke"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder.mkdir(parents=True)
+        (folder / ".lock").write_text(str(holder.pid))
+        with pytest.raises(reproduce.RunnerError, match=f"PID {holder.pid}"):
+            reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=print)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its stale lock is taken over, and released at the end
+    reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=print)
+    assert not (folder / ".lock").exists()
+
+
+def test_runs_with_overrides_seeds_or_other_data_get_their_own_folders(tmp_path):
+    from sbldm.config import run_name
+
+    assert run_name("small") == "small"
+    a, b = run_name("small", overrides={"vae_steps": 5}), run_name("small", overrides={"vae_steps": 6})
+    assert a.startswith("small+") and b.startswith("small+") and a != b
+    assert run_name("small", overrides={"vae_steps": 5}) == a                  # stable
+    brats = tmp_path / "BraTS2021"
+    brats.mkdir()
+    d = run_name("small", data=brats)
+    assert d.startswith("small-BraTS2021-") and d != run_name("small", data=tmp_path)
+    assert run_name("small", seed=3) == "small+seed3"
+    with pytest.raises(reproduce.RunnerError, match="no such folder"):
+        reproduce.plan("smoke", {"data": str(tmp_path / "missing")})
 
 
 @pytest.mark.slow
@@ -102,7 +168,7 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
                  "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim
-    from sbldm.readme import results_section, update_readme
+    from sbldm.report.readme import results_section, update_readme
 
     block = results_section(out, "smoke", link_root=tmp_path)
     assert (out / "tables" / "table1.md").read_text().strip().splitlines()[2] in block     # Table 1's header row
@@ -118,16 +184,16 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
 
 
 def test_readme_results_block_is_generated_from_the_committed_small_results():
-    """The README's small results are what `python -m sbldm.readme --scale small` makes of
+    """The README's small results are what `python -m sbldm.report.readme --scale small` makes of
     results/small/ — never typed by hand, never stale."""
-    from sbldm.readme import update_readme
+    from sbldm.report.readme import update_readme
 
     assert update_readme(ROOT / "README.md", ROOT / "results" / "small", "small", check=True), \
-        "README.md is out of date with results/small: run python -m sbldm.readme --scale small"
+        "README.md is out of date with results/small: run python -m sbldm.report.readme --scale small"
 
 
 def test_readme_block_lists_what_is_missing_and_needs_its_markers(tmp_path):
-    from sbldm.readme import results_section, update_readme
+    from sbldm.report.readme import results_section, update_readme
 
     (tmp_path / "r" / "tables").mkdir(parents=True)
     (tmp_path / "r" / "tables" / "table1.md").write_text("### Table 1 (x)\n\n| a |\n|---|\n| 1 |\n")

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import ball
 
-from sbldm import config, segmentation as seg
+from sbldm import config
+from sbldm.segmentation import fast as seg
 
 
 def test_case_metrics_hand_computed():

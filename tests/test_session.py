@@ -8,8 +8,8 @@ from model_helpers import make_prepared
 
 
 def test_session_resolves_creates_folders_and_loads_splits_lazily(tmp_path):
-    from sbldm.data import DataError, load_prepared
-    from sbldm.session import SMOKE_NOTE, open_session
+    from sbldm.data.cohort import DataError, load_prepared
+    from sbldm.runner.session import SMOKE_NOTE, open_session
 
     s = open_session("smoke", seed=3, overrides={"vae_steps": 7}, work_root=tmp_path / "work",
                      results_root=tmp_path / "results", device="cpu")
@@ -29,7 +29,7 @@ def test_session_resolves_creates_folders_and_loads_splits_lazily(tmp_path):
 
 
 def test_session_refuses_unknown_scale_and_override(tmp_path):
-    from sbldm.session import open_session
+    from sbldm.runner.session import open_session
 
     with pytest.raises(ValueError, match="valid scales"):
         open_session("smol", results_root=tmp_path)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import ball
 
-from sbldm import config, table2
+from sbldm import config
+from sbldm.segmentation import table2
 
 
 def _vols(n=3, shape=(16, 16, 12), seed=0):

@@ -39,9 +39,9 @@ def _assert_same_weights(a, b):
 # -- training -------------------------------------------------------------------------------------
 
 def test_train_vae_writes_artefacts(prepared, tmp_path):
-    from sbldm.data import load_prepared
+    from sbldm.data.cohort import load_prepared
     from sbldm.models.vae import SliceVAE
-    from sbldm.train import train_vae
+    from sbldm.training.trainer import train_vae
 
     cfg = tiny_cfg(vae_steps=6, checkpoint_every=3, log_every=2)
     vae = train_vae(cfg, load_prepared(prepared, "train"), tmp_path / "vae", progress=False)
@@ -71,7 +71,7 @@ def test_train_vae_writes_artefacts(prepared, tmp_path):
 
 
 def test_diffusion_resume_is_bit_identical(tmp_path):
-    from sbldm.train import train_diffusion
+    from sbldm.training.trainer import train_diffusion
 
     cfg = tiny_cfg(diffusion_steps=6, checkpoint_every=2, log_every=1, unet_cond_dropout=0.5)
     rng = np.random.default_rng(0)
@@ -95,7 +95,7 @@ def test_diffusion_resume_is_bit_identical(tmp_path):
 
 
 def test_diffusion_l1_loss_and_seed_change_the_result(tmp_path):
-    from sbldm.train import train_diffusion
+    from sbldm.training.trainer import train_diffusion
 
     rng = np.random.default_rng(0)
     lat = rng.normal(0, 1, (2, 2, 8, 8, 8)).astype(np.float32)
@@ -109,16 +109,16 @@ def test_diffusion_l1_loss_and_seed_change_the_result(tmp_path):
 
 def _cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "sbldm.train", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sbldm.training.trainer", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
 def test_kill_and_resume_through_the_cli(prepared, tmp_path):
     """SIGKILL a VAE run after its first checkpoint, resume it, compare with an
     uninterrupted run; then train the diffusion stage from it and write a pipeline."""
-    from sbldm.data import load_prepared
-    from sbldm.pipeline import SBLDMPipeline
-    from sbldm.train import train_vae
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.training.trainer import train_vae
 
     overrides = dict(vae_steps=24, checkpoint_every=4, log_every=4)
     args = ["vae", "--scale", "smoke", "--prepared", str(prepared), "--out", str(tmp_path / "killed"),
@@ -163,10 +163,10 @@ def test_kill_and_resume_through_the_cli(prepared, tmp_path):
 
 @pytest.fixture
 def pipe(prepared):
-    from sbldm.data import load_prepared
+    from sbldm.data.cohort import load_prepared
     from sbldm.models.unet3d import build_unet
     from sbldm.models.vae import build_vae
-    from sbldm.pipeline import SBLDMPipeline
+    from sbldm.diffusion.pipeline import SBLDMPipeline
 
     cfg = tiny_cfg()
     torch.manual_seed(0)
@@ -212,7 +212,7 @@ def test_pipeline_outputs_and_determinism(pipe, tmp_path):
 
 
 def test_pipeline_conditions_from_dicts_and_training_distribution(pipe):
-    from sbldm.tumor import FEATURE_NAMES
+    from sbldm.data.tumor import FEATURE_NAMES
 
     raw = pipe.train_features[:2]
     dicts = [dict(zip(FEATURE_NAMES, r)) for r in raw]
@@ -306,8 +306,8 @@ def test_from_scale_and_parameter_counts():
 
 def test_velocity_target_matches_diffusers():
     """noise_batch's v target equals diffusers' own get_velocity; its eps target is the noise."""
-    from sbldm.pipeline import make_scheduler
-    from sbldm.train import noise_batch
+    from sbldm.diffusion.schedule import make_scheduler
+    from sbldm.training.trainer import noise_batch
 
     sched = make_scheduler(tiny_cfg(diffusion_prediction_type="v_prediction"))
     data = torch.randn(5, 2, 4, 4, 3, generator=_g(0))
@@ -326,7 +326,7 @@ def test_sampler_follows_the_prediction_type(prepared, kind, monkeypatch):
     DDIM (eta 0) to that point; the same oracle read with the other parameterisation does not."""
     from sbldm.models.unet3d import build_unet
     from sbldm.models.vae import build_vae
-    from sbldm.pipeline import SBLDMPipeline
+    from sbldm.diffusion.pipeline import SBLDMPipeline
 
     def build(k):
         cfg = tiny_cfg(diffusion_prediction_type=k)
@@ -357,7 +357,7 @@ def test_resume_checks_only_what_the_stage_depends_on(tmp_path):
     then equals a run that had the larger count from the start); a change of the model or
     optimiser is refused, naming the field."""
     from sbldm.config import stage_fields
-    from sbldm.train import train_diffusion
+    from sbldm.training.trainer import train_diffusion
 
     rng = np.random.default_rng(0)
     lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
@@ -409,14 +409,14 @@ def test_compiled_unet_samples_like_the_plain_one_and_saves_the_same_weights(pip
     fast = _fresh_copy(pipe).enable_fast_paths(compile=True)
     assert np.abs(fast(generator=_g(0), **kw).images - plain).max() <= 1e-4 * np.abs(plain).max()
     fast.save_pretrained(tmp_path / "p")                    # in-place compile keeps the state-dict names
-    from sbldm.pipeline import SBLDMPipeline
+    from sbldm.diffusion.pipeline import SBLDMPipeline
 
     again = SBLDMPipeline.from_pretrained(tmp_path / "p")
     np.testing.assert_array_equal(again(generator=_g(0), **kw).images, plain)
 
 
 def test_bench_refuses_an_unknown_fast_path():
-    from sbldm.bench import VARIANTS, _variant_flags
+    from sbldm.runner.bench import VARIANTS, _variant_flags
 
     assert _variant_flags("compile+bf16") == {"bf16": True, "channels_last": False, "compile": True}
     assert all(_variant_flags(v) for v in VARIANTS)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import ball
 
-from sbldm import tumor
+from sbldm.data import tumor
 from sbldm.config import FEATURE_NAMES
 
 

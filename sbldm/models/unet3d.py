@@ -41,12 +41,12 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from .. import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
-from ._common import FreshStorageMixin
+from sbldm.models._common import FreshStorageMixin
 
 
 class ResnetBlock3D(nn.Module):

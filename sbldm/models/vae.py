@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from .. import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.downsampling import Downsample2D
@@ -46,7 +46,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
-from ._common import FreshStorageMixin
+from sbldm.models._common import FreshStorageMixin
 
 
 def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
@@ -195,7 +195,7 @@ def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 
     authors' pytorch_msssim call); KL is summed over latent elements, averaged over the
     batch (the authors' definition). Returns a dict of scalar tensors, ``loss`` first.
     """
-    from ..metrics import ssim_torch
+    from sbldm.metrics import ssim_torch
 
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     l1 = (recon - x).abs().mean()

@@ -1,0 +1,412 @@
+"""Data layer: BraTS discovery and loading, splits, the prepared cache, datasets, nnU-Net export.
+
+The data flow starts here: NIfTI volumes on disk -> ``load_case`` -> (image, mask)
+arrays at the model's ``volume_shape`` -> a cache of ``.npy`` arrays -> slice and volume
+datasets for the two training stages.
+
+Array convention everywhere in sbldm: nibabel voxel order ``(x, y, z)``, axial slices
+along the last axis; images float32 in [-1, 1]; masks uint8 in {0, 1} (whole tumour).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from sbldm.data.tumor import FeatureNormalizer, tumor_features
+from sbldm.io import atomic_save_npy, atomic_write_json, save_nifti
+
+#: whole-tumour labels a BraTS mask may hold (2021: 0,1,2,4; 2023: 0,1,2,3)
+BRATS_LABELS = frozenset({0, 1, 2, 3, 4})
+
+LAYOUTS = {
+    "BraTS 2021": "BraTS2021_XXXXX/BraTS2021_XXXXX_flair.nii.gz + BraTS2021_XXXXX_seg.nii.gz",
+    "BraTS 2023": "BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-t2f.nii.gz + BraTS-GLI-XXXXX-XXX-seg.nii.gz",
+}
+_PATTERNS = (
+    # (folder-name regex, image suffix, mask suffix)
+    (re.compile(r"^BraTS20\d\d_\d+$"), "_flair.nii.gz", "_seg.nii.gz"),
+    (re.compile(r"^BraTS-[A-Z]+-\d+-\d+$"), "-t2f.nii.gz", "-seg.nii.gz"),
+)
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable or not what sbldm expects; names file and problem."""
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path is not None else problem)
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str
+    image_path: Path
+    mask_path: Path
+
+
+def find_cases(root: str | os.PathLike) -> list[Case]:
+    """All cases under ``root`` laid out as BraTS 2021 or BraTS 2023, sorted by ``case_id``.
+
+    A case folder whose image or mask file is missing raises ``DataError`` naming it;
+    a folder holding no case at all raises ``DataError`` listing the layouts looked for.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(root, "not a directory")
+    cases = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for pattern, image_suffix, mask_suffix in _PATTERNS:
+            if pattern.match(folder.name):
+                image = folder / f"{folder.name}{image_suffix}"
+                mask = folder / f"{folder.name}{mask_suffix}"
+                for p, what in ((image, "FLAIR image"), (mask, "segmentation")):
+                    if not p.is_file():
+                        raise DataError(p, f"missing {what} file of case {folder.name}")
+                cases.append(Case(folder.name, image, mask))
+                break
+    if not cases:
+        layouts = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
+        raise DataError(root, f"no cases found; looked for the layouts {layouts}")
+    return sorted(cases, key=lambda c: c.case_id)
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(data as float64 array, affine) of a 3D NIfTI; clear ``DataError`` on anything else."""
+    import nibabel as nib
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file does not exist")
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, nib.filebasedimages.ImageFileError, ValueError) as e:
+        raise DataError(path, f"cannot read NIfTI (truncated or corrupt file?): {e}") from e
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise DataError(path, f"expected a 3D volume, got shape {data.shape} ({data.ndim}D)")
+    return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def resample(volume: np.ndarray, shape: Sequence[int], order: int = 0) -> np.ndarray:
+    """Resample ``volume`` to ``shape`` over its full field of view.
+
+    Output voxel ``i`` samples source coordinate ``i * in_size / out_size``: the first
+    voxel centres coincide, as with the authors' ``resample_to_output(voxel_sizes=
+    in_shape / out_shape, order=0)`` followed by a crop to the target shape
+    (240x240x155 -> 192x192x96). ``order=0`` is nearest neighbour (the reference),
+    higher orders are spline interpolation.
+    """
+    from scipy import ndimage
+
+    shape = tuple(int(s) for s in shape)
+    if tuple(volume.shape) == shape:
+        return volume.copy()
+    zoom = [s_in / s_out for s_in, s_out in zip(volume.shape, shape)]
+    return ndimage.affine_transform(volume, matrix=zoom, offset=0.0, output_shape=shape, order=order,
+                                    mode="nearest", prefilter=order > 1)
+
+
+def resampled_affine(affine: np.ndarray, in_shape: Sequence[int], out_shape: Sequence[int]) -> np.ndarray:
+    """Affine of the grid ``resample`` produces, so resampled volumes can be written back out."""
+    zoom = np.array([i / o for i, o in zip(in_shape, out_shape)], dtype=np.float64)
+    return affine @ np.diag([*zoom, 1.0])
+
+
+def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float] | None = None,
+                        path: str | os.PathLike | None = None) -> np.ndarray:
+    """Per-volume min-max to [-1, 1] (the authors' "centered-norm"), optionally after
+    clipping to the given percentiles. Raises on NaN/Inf or a constant image."""
+    if not np.all(np.isfinite(image)):
+        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise DataError(path, f"image holds {n} NaN or Inf voxel(s)")
+    image = image.astype(np.float64)
+    if clip_percentiles is not None:
+        lo, hi = np.percentile(image, clip_percentiles)
+        image = np.clip(image, lo, hi)
+    lo, hi = float(image.min()), float(image.max())
+    if hi - lo <= 0:
+        raise DataError(path, f"image is constant (every voxel = {lo}); cannot scale to [-1, 1]")
+    return ((2.0 * image - lo - hi) / (hi - lo)).astype(np.float32)
+
+
+def whole_tumor(seg: np.ndarray, path: str | os.PathLike | None = None,
+                allowed: Iterable[int] = BRATS_LABELS) -> np.ndarray:
+    """Binary whole-tumour mask (label > 0) of a BraTS segmentation; refuses odd labels."""
+    if not np.all(np.isfinite(seg)):
+        raise DataError(path, "segmentation holds NaN or Inf voxel(s)")
+    values = np.unique(seg)
+    bad = [v for v in values if v != np.round(v) or int(np.round(v)) not in set(allowed)]
+    if bad:
+        raise DataError(path, f"segmentation holds unexpected label(s) {[float(b) for b in bad][:8]}; "
+                              f"expected integers in {sorted(set(allowed))}")
+    return (seg > 0).astype(np.uint8)
+
+
+@dataclass
+class LoadedCase:
+    image: np.ndarray         # float32 (x, y, z) in [-1, 1]
+    mask: np.ndarray          # uint8 (x, y, z) in {0, 1}
+    affine: np.ndarray        # affine of the resampled grid
+    source_affine: np.ndarray
+    source_shape: tuple[int, int, int]
+
+    def __iter__(self):  # ``image, mask = load_case(...)``
+        return iter((self.image, self.mask))
+
+
+def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: int = 0,
+              clip_percentiles: tuple[float, float] | None = None,
+              require_tumor: bool = False) -> LoadedCase:
+    """Load one case as (image, mask) resampled to ``shape`` over the full field of view.
+
+    The result unpacks as ``image, mask = load_case(case)``; it also carries ``affine``
+    (of the resampled grid) and ``source_affine`` for writing NIfTI back out.
+    """
+    image, affine = read_nifti(case.image_path)
+    seg, seg_affine = read_nifti(case.mask_path)
+    if image.shape != seg.shape:
+        raise DataError(case.mask_path, f"segmentation shape {seg.shape} differs from image shape "
+                                        f"{image.shape} ({case.image_path.name})")
+    mask = whole_tumor(seg, case.mask_path)
+    if require_tumor and not mask.any():
+        raise DataError(case.mask_path, "segmentation is empty (no tumour voxel)")
+    image = normalize_intensity(image, clip_percentiles, case.image_path)
+    out_image = resample(image, shape, order=image_order).astype(np.float32)
+    np.clip(out_image, -1.0, 1.0, out=out_image)       # spline overshoot
+    out_mask = resample(mask, shape, order=0).astype(np.uint8)
+    return LoadedCase(out_image, out_mask, resampled_affine(affine, image.shape, shape),
+                      affine, tuple(image.shape))
+
+
+# -- splits ---------------------------------------------------------------------------
+
+def make_split(case_ids: Sequence[str], n_train: int, n_test: int, seed: int = 0) -> dict:
+    """Seeded disjoint train/test split of ``case_ids`` (sorted lists in the result)."""
+    ids = sorted(case_ids)
+    if n_train + n_test > len(ids):
+        raise ValueError(f"split needs {n_train} train + {n_test} test cases but only {len(ids)} were found")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    train = sorted(ids[i] for i in order[:n_train])
+    test = sorted(ids[i] for i in order[n_train:n_train + n_test])
+    return {"seed": int(seed), "train": train, "test": test}
+
+
+def save_split(path: str | os.PathLike, split: dict) -> None:
+    atomic_write_json(path, split)
+
+
+def load_split(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "split file not found; run notebooks/00_prepare_data.ipynb first")
+    split = json.loads(path.read_text())
+    if set(split["train"]) & set(split["test"]):
+        raise DataError(path, "train and test splits overlap")
+    return split
+
+
+# -- prepared cache ----------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """One split of the prepared cohort, in memory: what the training stages consume."""
+
+    case_ids: list[str]
+    images: np.ndarray            # (N, x, y, z) float32 in [-1, 1]
+    masks: np.ndarray             # (N, x, y, z) uint8
+    features: np.ndarray          # (N, 9) raw tumour features (voxel units)
+    normalizer: FeatureNormalizer
+    affines: np.ndarray           # (N, 4, 4)
+
+    @property
+    def conditions(self) -> np.ndarray:
+        """(N, 9) float32 normalised condition vectors."""
+        return self.normalizer.transform(self.features).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+
+def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Sequence[int],
+                   n_train: int, n_test: int, seed: int = 0, image_order: int = 0,
+                   clip_percentiles: tuple[float, float] | None = None,
+                   progress: bool = True) -> dict:
+    """Load every case once, write the cache, the split, the tumour features and the
+    feature normaliser (fitted on the training split) under ``out_dir``.
+
+    Layout: ``cache/{images,masks,affines}.npy``, ``cache/case_ids.json``,
+    ``split.json``, ``features.json`` (raw), ``normalizer.json``. Returns the split.
+    Cases without tumour are refused (the model is conditioned on tumour features).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    split = make_split([c.case_id for c in cases], n_train, n_test, seed)
+    wanted = set(split["train"]) | set(split["test"])
+    chosen = [c for c in cases if c.case_id in wanted]
+    shape = tuple(int(s) for s in shape)
+    images = np.empty((len(chosen), *shape), np.float32)
+    masks = np.empty((len(chosen), *shape), np.uint8)
+    affines = np.empty((len(chosen), 4, 4), np.float64)
+    feats = {}
+    for i, case in enumerate(tqdm(chosen, desc="load cases", disable=not progress)):
+        lc = load_case(case, shape, image_order=image_order, clip_percentiles=clip_percentiles)
+        if not lc.mask.any():
+            raise DataError(case.mask_path, f"no tumour voxel left after resampling to {shape}")
+        images[i], masks[i], affines[i] = lc.image, lc.mask, lc.affine
+        feats[case.case_id] = tumor_features(lc.mask)
+    cache = out / "cache"
+    atomic_save_npy(cache / "images.npy", images)
+    atomic_save_npy(cache / "masks.npy", masks)
+    atomic_save_npy(cache / "affines.npy", affines)
+    atomic_write_json(cache / "case_ids.json", [c.case_id for c in chosen])
+    atomic_write_json(out / "features.json", feats)
+    normalizer = FeatureNormalizer.fit([feats[c] for c in split["train"]], shape)
+    normalizer.save(out / "normalizer.json")
+    save_split(out / "split.json", split)
+    return split
+
+
+def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prepared:
+    """The ``train`` or ``test`` split (or ``all``) of a cohort written by ``prepare_cohort``."""
+    from sbldm.data.tumor import FEATURE_NAMES
+
+    d = Path(prepared_dir)
+    cache = d / "cache"
+    for p in (cache / "images.npy", cache / "masks.npy", cache / "case_ids.json", d / "features.json",
+              d / "normalizer.json", d / "split.json"):
+        if not p.is_file():
+            raise DataError(p, "prepared file missing; run notebooks/00_prepare_data.ipynb "
+                               "(sbldm.data.cohort.prepare_cohort) first")
+    ids = json.loads((cache / "case_ids.json").read_text())
+    if split == "all":
+        wanted = ids
+    elif split in ("train", "test"):
+        wanted = load_split(d / "split.json")[split]
+    else:
+        raise ValueError(f"unknown split {split!r}; choose train, test or all")
+    index = {c: i for i, c in enumerate(ids)}
+    rows = [index[c] for c in wanted]
+    images = np.load(cache / "images.npy", mmap_mode="r")
+    masks = np.load(cache / "masks.npy", mmap_mode="r")
+    affines = np.load(cache / "affines.npy")
+    feats = json.loads((d / "features.json").read_text())
+    return Prepared(
+        case_ids=list(wanted),
+        images=np.ascontiguousarray(images[rows]),
+        masks=np.ascontiguousarray(masks[rows]),
+        features=np.array([[feats[c][k] for k in FEATURE_NAMES] for c in wanted], dtype=np.float64),
+        normalizer=FeatureNormalizer.load(d / "normalizer.json"),
+        affines=affines[rows],
+    )
+
+
+# -- datasets for training ------------------------------------------------------------
+
+def to_model_space(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Stack image ([-1, 1]) and mask ({0, 1} -> {-1, 1}) as two channels, channel first."""
+    return np.stack([image.astype(np.float32), mask.astype(np.float32) * 2.0 - 1.0])
+
+
+class SliceDataset:
+    """Axial slices of a set of volumes, for the slice VAE (stage 1).
+
+    Item: dict with ``x`` (2, X, Y) float32 in [-1, 1] (FLAIR, mask), ``slice_index``
+    (int), ``depth`` (int) and ``volume_index`` (int). Background-only slices (no brain,
+    no tumour) are kept with probability ``empty_keep`` (the authors kept 10%), chosen
+    once from ``seed``.
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, empty_keep: float = 1.0, seed: int = 0):
+        if images.shape != masks.shape or images.ndim != 4:
+            raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+        self.images, self.masks = images, masks
+        n, _, _, depth = images.shape
+        self.depth = depth
+        flat = images.reshape(n, -1, depth)
+        empty = (flat.max(axis=1) <= flat.min(axis=(1, 2))[:, None] + 1e-5) & ~masks.reshape(n, -1, depth).any(axis=1)
+        keep = ~empty | (np.random.default_rng(seed).random(empty.shape) < empty_keep)
+        self.index = np.argwhere(keep)                  # rows of (volume, slice)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        v, s = (int(t) for t in self.index[i])
+        return {"x": to_model_space(self.images[v, :, :, s], self.masks[v, :, :, s]),
+                "slice_index": s, "depth": self.depth, "volume_index": v}
+
+
+class VolumeDataset:
+    """Whole volumes, for the 3D baselines. Item: ``x`` (2, X, Y, Z), ``cond`` (9,) if given."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, conditions: np.ndarray | None = None):
+        if images.shape != masks.shape or images.ndim != 4:
+            raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+        self.images, self.masks, self.conditions = images, masks, conditions
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {"x": to_model_space(self.images[i], self.masks[i]), "index": i}
+        if self.conditions is not None:
+            item["cond"] = np.asarray(self.conditions[i], dtype=np.float32)
+        return item
+
+
+# -- nnU-Net v2 export ------------------------------------------------------------------
+
+def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
+                  cases: Iterable[tuple], test_cases: Iterable[tuple] = (),
+                  channel_name: str = "FLAIR") -> Path:
+    """Write an nnU-Net v2 raw dataset ``Dataset{id:03d}_{name}`` under ``out_root``.
+
+    ``cases`` (and ``test_cases``, written to ``imagesTs``/``labelsTs``) are tuples
+    ``(case_id, image, mask)`` or ``(case_id, image, mask, affine)``: real or synthetic
+    volumes in sbldm's convention. Labels are written as 0 (background) / 1 (tumour).
+    Returns the dataset folder.
+    """
+    if not (1 <= int(dataset_id) <= 999):
+        raise ValueError(f"nnU-Net dataset ids run from 1 to 999, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        raise ValueError(f"dataset name {name!r} may hold letters, digits, '_' and '-' only")
+    folder = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
+    n_train = 0
+    for sub_images, sub_labels, items in (("imagesTr", "labelsTr", cases), ("imagesTs", "labelsTs", test_cases)):
+        for item in items:
+            case_id, image, mask = item[:3]
+            affine = item[3] if len(item) > 3 else None
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(case_id)):
+                raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
+            if image.shape != mask.shape:
+                raise ValueError(f"case {case_id}: image shape {image.shape} differs from mask shape {mask.shape}")
+            labels = np.unique(mask)
+            if not set(labels.tolist()) <= {0, 1}:
+                raise ValueError(f"case {case_id}: mask must be binary (0/1), found labels {labels[:8].tolist()}")
+            save_nifti(folder / sub_images / f"{case_id}_0000.nii.gz", np.asarray(image, np.float32), affine)
+            save_nifti(folder / sub_labels / f"{case_id}.nii.gz", np.asarray(mask, np.uint8), affine)
+            n_train += sub_images == "imagesTr"
+    if n_train == 0:
+        raise ValueError("export_nnunet needs at least one training case")
+    atomic_write_json(folder / "dataset.json", {
+        "name": name,
+        "description": "exported by sbldm (FLAIR in [-1, 1], whole-tumour mask)",
+        "channel_names": {"0": channel_name},
+        "labels": {"background": 0, "tumor": 1},
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+    })
+    return folder

@@ -1,0 +1,69 @@
+"""Stage 0: turn a data source (a BraTS folder or the phantom cohort) into the prepared
+cohort every later stage reads: cache, split, tumour features, normaliser, nnU-Net export.
+
+``work/<scale>/data/`` after ``prepare(cfg, work_dir)``::
+
+    phantom/            the phantom cohort as NIfTI (BraTS 2023 layout), if no BraTS folder
+    cache/              images.npy, masks.npy, affines.npy, case_ids.json
+    split.json          seeded train/test split, reused by every stage
+    features.json       raw tumour features of every case
+    normalizer.json     feature normaliser fitted on the training split
+    nnunet_raw/         Dataset001_RealTrain (train split) for nnU-Net v2
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.config import Config
+from sbldm.data.cohort import export_nnunet, find_cases, load_prepared, prepare_cohort
+
+
+def phantom_tumor_volume_range(cfg: Config, min_voxels: int = 30,
+                               base: tuple[float, float] = (8_000.0, 300_000.0)) -> tuple[float, float]:
+    """Whole-tumour volume range (mm^3) for the phantom at ``cfg``'s geometry: the phantom's
+    BraTS-like truncation range (``sbldm.data.phantom``), with the lower end raised so that a tumour keeps at least ``min_voxels``
+    voxels after resampling to ``cfg.volume_shape``."""
+    fov = np.asarray(cfg.phantom_shape) * np.asarray(cfg.phantom_spacing)
+    voxel_mm3 = float(np.prod(fov / np.asarray(cfg.volume_shape)))
+    lo = max(base[0], min_voxels * voxel_mm3)
+    return lo, max(base[1], 4 * lo)
+
+
+def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLike | None = None,
+            progress: bool = True, export: bool = True) -> dict:
+    """Prepare the cohort for ``cfg`` under ``work_dir`` (usually ``work/<scale>/data``).
+
+    With ``brats_dir`` the cases come from that BraTS 2021/2023 folder; otherwise a
+    phantom cohort of ``n_train + n_test`` subjects is made (or reused) in
+    ``work_dir/phantom``. Returns a summary dict (source, case counts, paths).
+    """
+    work = Path(work_dir)
+    if brats_dir:
+        cases = find_cases(brats_dir)
+        source = f"BraTS folder {brats_dir}"
+    else:
+        from sbldm.data.phantom import make_phantom_cohort
+
+        cases = make_phantom_cohort(
+            work / "phantom", cfg.n_train + cfg.n_test, seed=cfg.seed,
+            shape=cfg.phantom_shape, spacing=cfg.phantom_spacing,
+            tumor_volume_range=phantom_tumor_volume_range(cfg), progress=progress)
+        source = "phantom cohort (MNI152 anatomy, sbldm.data.phantom)"
+    split = prepare_cohort(cases, work, cfg.volume_shape, cfg.n_train, cfg.n_test, seed=cfg.seed,
+                           image_order=cfg.image_interp_order, clip_percentiles=cfg.clip_percentiles,
+                           progress=progress)
+    summary = {"source": source, "n_found": len(cases), "n_train": len(split["train"]),
+               "n_test": len(split["test"]), "volume_shape": list(cfg.volume_shape), "work_dir": str(work)}
+    if export:
+        train = load_prepared(work, "train")
+        test = load_prepared(work, "test")
+        folder = export_nnunet(
+            work / "nnunet_raw", 1, "RealTrain",
+            list(zip(train.case_ids, train.images, train.masks, train.affines)),
+            test_cases=list(zip(test.case_ids, test.images, test.masks, test.affines)))
+        summary["nnunet_dataset"] = str(folder)
+    return summary

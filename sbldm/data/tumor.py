@@ -1,0 +1,209 @@
+"""Tumour features: the 9-vector c that conditions SBLDM (paper §2.3).
+
+Order: ``voxel_volume, surface_area, sphericity, x, y, z, w, h, d``. Definitions follow
+pyradiomics' shape features (which the authors used) and their code:
+
+- ``voxel_volume``: number of tumour voxels times the voxel volume (pyradiomics
+  ``VoxelVolume``);
+- ``surface_area``: area of the marching-cubes mesh of the mask at level 0.5, the mask
+  zero-padded by one voxel (pyradiomics ``SurfaceArea``);
+- ``sphericity``: ``pi^(1/3) (6 V)^(2/3) / A`` with ``V`` the volume enclosed by that
+  mesh (pyradiomics ``MeshVolume``) — 1 for a ball, lower for anything else;
+- ``x, y, z``: centre of mass in voxel coordinates (``scipy.ndimage.center_of_mass``);
+- ``w, h, d``: extents in voxels of the bounding box of all tumour voxels.
+
+An empty mask has no tumour features: ``tumor_features`` raises ``EmptyMaskError``
+by default, or returns NaN for every feature with ``empty="nan"`` (what the evaluation
+of synthetic masks, which may come out empty, uses).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from sbldm.config import FEATURE_NAMES
+
+
+class EmptyMaskError(ValueError):
+    """The mask holds no tumour voxel, so tumour features are undefined."""
+
+
+def _mesh(mask: np.ndarray, spacing: Sequence[float]):
+    from skimage import measure
+
+    padded = np.pad(mask.astype(np.float32), 1)
+    verts, faces, _, _ = measure.marching_cubes(padded, level=0.5, spacing=tuple(float(s) for s in spacing))
+    return verts, faces
+
+
+def mesh_area_volume(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> tuple[float, float]:
+    """(surface area, enclosed volume) of the marching-cubes mesh of a binary mask."""
+    verts, faces = _mesh(mask, spacing)
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    cross = np.cross(b - a, c - a)
+    area = 0.5 * np.linalg.norm(cross, axis=1).sum()
+    # divergence theorem: signed tetrahedra against the origin
+    volume = abs(np.einsum("ij,ij->i", a, np.cross(b, c)).sum()) / 6.0
+    return float(area), float(volume)
+
+
+def tumor_features(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                   empty: str = "raise") -> dict[str, float]:
+    """The 9 raw tumour features of a binary 3D mask (see module docstring for units)."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask) > 0
+    if mask.ndim != 3:
+        raise ValueError(f"tumor_features needs a 3D mask, got shape {mask.shape}")
+    if not mask.any():
+        if empty == "nan":
+            return {k: float("nan") for k in FEATURE_NAMES}
+        if empty != "raise":
+            raise ValueError(f"empty must be 'raise' or 'nan', got {empty!r}")
+        raise EmptyMaskError("mask is empty: tumour features are undefined")
+    spacing = tuple(float(s) for s in spacing)
+    voxel_volume = float(mask.sum()) * float(np.prod(spacing))
+    area, mesh_volume = mesh_area_volume(mask, spacing)
+    sphericity = np.pi ** (1 / 3) * (6 * mesh_volume) ** (2 / 3) / area
+    x, y, z = ndimage.center_of_mass(mask)
+    box = ndimage.find_objects(mask.astype(np.uint8))[0]
+    w, h, d = (s.stop - s.start for s in box)
+    return {"voxel_volume": voxel_volume, "surface_area": area, "sphericity": float(sphericity),
+            "x": float(x), "y": float(y), "z": float(z), "w": float(w), "h": float(h), "d": float(d)}
+
+
+def as_matrix(features: Sequence[Mapping[str, float]] | Mapping[str, float] | np.ndarray) -> np.ndarray:
+    """(N, 9) float64 array from feature dicts (or pass an array through)."""
+    if isinstance(features, Mapping):
+        features = [features]
+    if isinstance(features, np.ndarray):
+        arr = np.atleast_2d(features.astype(np.float64))
+    else:
+        arr = np.array([[f[k] for k in FEATURE_NAMES] for f in features], dtype=np.float64)
+    if arr.shape[-1] != len(FEATURE_NAMES):
+        raise ValueError(f"feature vectors need {len(FEATURE_NAMES)} entries ({', '.join(FEATURE_NAMES)}), "
+                         f"got shape {arr.shape}")
+    return arr
+
+
+class FeatureNormalizer:
+    """The authors' normalisation: volume and area over the training maximum, sphericity
+    raw, ``x, w`` over the first size of the volume, ``y, h`` over the second, ``z, d``
+    over the depth. ``inverse_transform`` undoes it."""
+
+    def __init__(self, max_volume: float, max_area: float, shape: Sequence[int]):
+        self.max_volume, self.max_area = float(max_volume), float(max_area)
+        self.shape = tuple(int(s) for s in shape)
+        sx, sy, sz = self.shape
+        self.scale = np.array([self.max_volume, self.max_area, 1.0, sx, sy, sz, sx, sy, sz], dtype=np.float64)
+
+    @classmethod
+    def fit(cls, features, shape: Sequence[int]) -> "FeatureNormalizer":
+        arr = as_matrix(features)
+        if np.isnan(arr).any():
+            raise ValueError("cannot fit the feature normaliser on NaN features (empty masks?)")
+        return cls(arr[:, 0].max(), arr[:, 1].max(), shape)
+
+    def transform(self, features) -> np.ndarray:
+        return as_matrix(features) / self.scale
+
+    def inverse_transform(self, vectors) -> np.ndarray:
+        return as_matrix(np.asarray(vectors)) * self.scale
+
+    def to_dict(self) -> dict:
+        return {"max_volume": self.max_volume, "max_area": self.max_area, "shape": list(self.shape),
+                "feature_names": list(FEATURE_NAMES)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "FeatureNormalizer":
+        return cls(d["max_volume"], d["max_area"], d["shape"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        from sbldm.io import atomic_write_json
+
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "FeatureNormalizer":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def __repr__(self) -> str:
+        return f"FeatureNormalizer(max_volume={self.max_volume:g}, max_area={self.max_area:g}, shape={self.shape})"
+
+
+def area_from(volume: np.ndarray, sphericity: np.ndarray) -> np.ndarray:
+    """Surface area implied by a volume and a sphericity: ``pi^(1/3) (6V)^(2/3) / s``."""
+    return np.pi ** (1 / 3) * (6 * volume) ** (2 / 3) / sphericity
+
+
+class ConditionSampler:
+    """Draws plausible raw feature vectors from the training distribution.
+
+    The authors drew each feature uniformly and independently, which gives impossible
+    tumours (a bounding box smaller than the volume, a centre at the border). Here a
+    training tumour is drawn at random and perturbed (a smoothed bootstrap): log-volume
+    and sphericity jittered, the box scaled with the cube root of the volume change, the
+    centre moved a little; the surface area is then recomputed from volume and
+    sphericity so that the vector stays self-consistent, and the box is kept inside the
+    volume.
+    """
+
+    def __init__(self, train_features, shape: Sequence[int], jitter: float = 0.15):
+        self.raw = as_matrix(train_features)
+        self.shape = np.array(shape, dtype=np.float64)
+        self.jitter = float(jitter)
+
+    def sample(self, n: int, rng: np.random.Generator | int | None = None) -> np.ndarray:
+        """(n, 9) raw feature vectors."""
+        rng = np.random.default_rng(rng)
+        base = self.raw[rng.integers(0, len(self.raw), size=n)].copy()
+        factor = np.exp(rng.normal(0.0, self.jitter, size=n))
+        sph = np.clip(base[:, 2] + rng.normal(0.0, 0.5 * self.jitter * base[:, 2].std() + 1e-3, size=n), 0.2, 0.95)
+        return self._rescale(base, factor, sph, rng.normal(0.0, self.jitter, size=(n, 3)))
+
+    def _rescale(self, base, factor, sph, shift) -> np.ndarray:
+        out = base.copy()
+        out[:, 0] = base[:, 0] * factor
+        out[:, 2] = sph
+        out[:, 1] = area_from(out[:, 0], sph)
+        out[:, 6:9] = np.minimum(base[:, 6:9] * np.cbrt(factor)[:, None], self.shape)
+        centre = base[:, 3:6] + shift * base[:, 6:9]
+        half = out[:, 6:9] / 2
+        out[:, 3:6] = np.clip(centre, half, self.shape - half)
+        return out
+
+    def sweep(self, base, feature: str, values: Sequence[float], consistent: bool = True) -> np.ndarray:
+        """Raw vectors equal to ``base`` but for ``feature`` set to each of ``values``.
+
+        With ``consistent`` and ``feature='voxel_volume'`` the surface area and the box
+        follow the volume (sphericity and centre fixed), as a real tumour's would.
+        """
+        if feature not in FEATURE_NAMES:
+            raise ValueError(f"unknown feature {feature!r}; choose one of {', '.join(FEATURE_NAMES)}")
+        base = as_matrix(base)[0]
+        out = np.repeat(base[None], len(values), axis=0)
+        j = FEATURE_NAMES.index(feature)
+        out[:, j] = np.asarray(values, dtype=np.float64)
+        if consistent and feature == "voxel_volume":
+            factor = out[:, 0] / max(base[0], 1e-9)
+            out = self._rescale(np.repeat(base[None], len(values), axis=0), factor,
+                                np.full(len(values), base[2]), np.zeros((len(values), 3)))
+        return out
+
+
+def feature_summary(splits: Mapping[str, np.ndarray]) -> list[dict]:
+    """Rows (one per feature) of mean, std, min and max of raw features in each split."""
+    rows = []
+    for j, name in enumerate(FEATURE_NAMES):
+        row = {"feature": name}
+        for split, arr in splits.items():
+            col = as_matrix(np.asarray(arr))[:, j]
+            row.update({f"{split}_mean": float(np.nanmean(col)), f"{split}_std": float(np.nanstd(col)),
+                        f"{split}_min": float(np.nanmin(col)), f"{split}_max": float(np.nanmax(col))})
+        rows.append(row)
+    return rows

@@ -1,0 +1,1 @@
+"""Stage 2 — the stacked latent and the conditioned 3D latent diffusion: slice latents stacked into a 3D latent (``latents``), the noise schedule and sampling loop, and ``SBLDMPipeline`` (paper §2.2-2.3)."""

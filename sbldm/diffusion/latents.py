@@ -1,0 +1,134 @@
+"""Slice latents stacked into 3D: the data of the diffusion stage.
+
+Each volume (x, y, z) is encoded slice by slice (the VAE in eval mode, each slice told
+its relative position) and the posterior means (and standard deviations) are stacked
+back to ``Z`` of shape (C, H', W', D): depth stays the last spatial axis, as in the
+authors' code. The cache holds the posterior MEAN and std, not a sample.
+
+Latent scaling: the diffusion model works on ``Z * scaling_factor`` with
+``scaling_factor = 1 / std(means over the training set)`` (the authors divided by this
+"std_norm"); decoding multiplies back by ``latent_std = 1 / scaling_factor``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sbldm.data.cohort import to_model_space
+from sbldm.io import atomic_save_npy, atomic_write_json
+
+
+@dataclass
+class Latents:
+    mean: np.ndarray          # (N, C, H', W', D) float32 posterior means
+    std: np.ndarray           # (N, C, H', W', D) float32 posterior standard deviations
+    latent_std: float         # global std of the means (training set)
+    case_ids: list | None = None
+
+    @property
+    def scaling_factor(self) -> float:
+        return 1.0 / self.latent_std
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+
+@torch.no_grad()
+def encode_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32,
+                   device: str | torch.device | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior (mean, std) of every volume, each (N, C, H', W', D) float32."""
+    from tqdm.auto import tqdm
+
+    from sbldm.models.vae import relative_positions
+
+    if images.shape != masks.shape or images.ndim != 4:
+        raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    n, _, _, depth = images.shape
+    means, stds = [], []
+    try:
+        for v in tqdm(range(n), desc="encode latents", disable=not progress):
+            x = torch.from_numpy(to_model_space(images[v], masks[v])).permute(3, 0, 1, 2)   # (D, 2, X, Y)
+            pos = relative_positions(depth)
+            mu, sd = [], []
+            for s in range(0, depth, batch_size):
+                post = vae.encode(x[s:s + batch_size].to(device), pos[s:s + batch_size].to(device))
+                mu.append(post.mean.float().cpu())
+                sd.append(post.std.float().cpu())
+            means.append(torch.cat(mu).permute(1, 2, 3, 0).numpy())   # (C, H', W', D)
+            stds.append(torch.cat(sd).permute(1, 2, 3, 0).numpy())
+    finally:
+        vae.train(was_training)
+    return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
+
+
+def global_std(means: np.ndarray) -> float:
+    """The global latent std of the training means (the authors' ``std_norm``)."""
+    s = float(np.asarray(means, dtype=np.float64).std())
+    if not np.isfinite(s) or s <= 0:
+        raise ValueError(f"latent std is {s}; cannot scale the latents (constant or broken encoder?)")
+    return s
+
+
+def encode_dataset(vae, images, masks, batch_size: int = 32, device=None, case_ids=None,
+                   progress: bool = True) -> Latents:
+    mean, std = encode_volumes(vae, images, masks, batch_size, device, progress)
+    return Latents(mean, std, global_std(mean), None if case_ids is None else list(case_ids))
+
+
+def save_latents(directory: str | os.PathLike, latents: Latents) -> None:
+    """``mean.npy``, ``std.npy`` and ``latents.json`` (latent_std, scaling_factor, ids)."""
+    d = Path(directory)
+    atomic_save_npy(d / "mean.npy", latents.mean)
+    atomic_save_npy(d / "std.npy", latents.std)
+    atomic_write_json(d / "latents.json", {
+        "latent_std": latents.latent_std, "scaling_factor": latents.scaling_factor,
+        "shape": list(latents.mean.shape), "case_ids": latents.case_ids,
+    })
+
+
+def load_latents(directory: str | os.PathLike) -> Latents:
+    d = Path(directory)
+    meta_path = d / "latents.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: no latent cache; encode with sbldm.diffusion.latents.encode_dataset first")
+    meta = json.loads(meta_path.read_text())
+    return Latents(np.load(d / "mean.npy"), np.load(d / "std.npy"), float(meta["latent_std"]), meta.get("case_ids"))
+
+
+@torch.no_grad()
+def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32, device=None,
+                        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """VAE reconstructions through the posterior mean: (images (N, x, y, z) float32 in
+    [-1, 1], masks (N, x, y, z) uint8, the decoded mask channel thresholded at 0)."""
+    from tqdm.auto import tqdm
+
+    from sbldm.models.vae import relative_positions
+
+    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    depth = images.shape[-1]
+    pos = relative_positions(depth)
+    out_i, out_m = [], []
+    try:
+        for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
+            x = torch.from_numpy(to_model_space(images[v], masks[v])).permute(3, 0, 1, 2)
+            rec = []
+            for s in range(0, depth, batch_size):
+                p = pos[s:s + batch_size].to(device)
+                rec.append(vae.decode(vae.encode(x[s:s + batch_size].to(device), p).mode(), p).float().cpu())
+            r = torch.cat(rec).permute(1, 2, 3, 0)          # (2, x, y, z)
+            out_i.append(r[0].clamp(-1, 1).numpy())
+            out_m.append((r[1] > 0).numpy().astype(np.uint8))
+    finally:
+        vae.train(was_training)
+    return np.stack(out_i).astype(np.float32), np.stack(out_m)

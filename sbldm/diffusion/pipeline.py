@@ -1,0 +1,323 @@
+"""``SBLDMPipeline``: sample conditioned (FLAIR, mask) volumes from a trained SBLDM.
+
+    pipe = SBLDMPipeline.from_pretrained("work/small/pipeline")
+    out = pipe(num_volumes=2, generator=torch.Generator().manual_seed(0))
+    out.images.shape, out.masks.shape      # (2, x, y, z) float32 in [-1, 1], uint8 {0, 1}
+    out.save_nifti("samples/")             # sample_000_flair.nii.gz + sample_000_seg.nii.gz, ...
+
+Components: ``vae`` (``SliceVAE``), ``unet`` (``ConditionedUNet3D``), ``scheduler``
+(diffusers ``DDPMScheduler``, the training schedule). Beside diffusers' files the
+pipeline folder holds ``sbldm.json``: the latent scale, the feature normaliser, the
+training tumour features (for drawing conditions) and the volume shape.
+
+Sampling: Gaussian noise of shape (N, C, H', W', D) is denoised by DDIM
+(``num_inference_steps``, ``eta``; eta=0 is deterministic given the initial noise) or
+DDPM (all ``num_train_timesteps`` steps), with classifier-free guidance when
+``guidance_scale != 1`` (1 gives exactly the conditional prediction, no extra pass).
+The latent is multiplied back by ``latent_std`` and decoded slice by slice, each slice
+told its relative position, in chunks of ``decode_chunk_size`` slices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.io import save_samples_nifti
+from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
+
+METADATA = "sbldm.json"
+
+
+@dataclass
+class SBLDMOutput(BaseOutput):
+    """Sampled volumes: ``images`` (N, x, y, z) float32 in [-1, 1], ``masks`` (N, x, y, z)
+    uint8 in {0, 1}, ``conditions`` (N, 9) normalised and ``raw_conditions`` (N, 9) in
+    feature units (None if no normaliser is known)."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    conditions: np.ndarray
+    raw_conditions: np.ndarray | None = None
+
+    def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
+        return save_samples_nifti(out_dir, self.images, self.masks, prefix, affine)
+
+
+class SBLDMPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "unet->vae"
+
+    def __init__(self, vae, unet, scheduler):
+        super().__init__()
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+        self.latent_std: float = 1.0
+        self.normalizer: FeatureNormalizer | None = None
+        self.train_features: np.ndarray | None = None
+        self.volume_shape: tuple[int, int, int] | None = None
+        self._channels_last = False           # set by enable_fast_paths
+
+    # -- construction -------------------------------------------------------------------
+
+    def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
+                     train_features=None, volume_shape: Sequence[int] | None = None) -> "SBLDMPipeline":
+        if latent_std is not None:
+            if not latent_std > 0:
+                raise ValueError(f"latent_std must be positive, got {latent_std}")
+            self.latent_std = float(latent_std)
+        if normalizer is not None:
+            self.normalizer = normalizer
+        if train_features is not None:
+            self.train_features = as_matrix(np.asarray(train_features, dtype=np.float64))
+        if volume_shape is not None:
+            self.volume_shape = tuple(int(s) for s in volume_shape)
+        return self
+
+    @classmethod
+    def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float = 1.0):
+        pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg))
+        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape)
+
+    @classmethod
+    def from_scale(cls, scale: str, **overrides) -> "SBLDMPipeline":
+        """An untrained pipeline of a preset (``overrides`` are config fields)."""
+        from sbldm.config import resolve
+        from sbldm.models.unet3d import build_unet
+        from sbldm.models.vae import build_vae
+
+        cfg = resolve(scale, **overrides)
+        return cls.from_components(cfg, build_vae(cfg), build_unet(cfg))
+
+    # -- persistence --------------------------------------------------------------------
+
+    def _metadata(self) -> dict:
+        return {
+            "latent_std": self.latent_std,
+            "scaling_factor": 1.0 / self.latent_std,
+            "volume_shape": None if self.volume_shape is None else list(self.volume_shape),
+            "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
+            "train_features": None if self.train_features is None else self.train_features.tolist(),
+        }
+
+    def save_pretrained(self, save_directory, **kwargs):
+        from sbldm.io import atomic_write_json
+
+        super().save_pretrained(save_directory, **kwargs)
+        atomic_write_json(Path(save_directory) / METADATA, self._metadata())
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        path = Path(pretrained_model_name_or_path)
+        if not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path}: not a saved SBLDMPipeline folder (no model_index.json)")
+        # diffusers loads components only from modules already imported
+        from sbldm.models import unet3d, vae  # noqa: F401
+
+        pipe = super().from_pretrained(str(path), **kwargs)
+        meta_path = path / METADATA
+        if meta_path.is_file():
+            meta = json.loads(meta_path.read_text())
+            pipe.set_metadata(meta["latent_std"],
+                              FeatureNormalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else None,
+                              meta.get("train_features"), meta.get("volume_shape"))
+        return pipe
+
+    # -- fast paths ----------------------------------------------------------------------
+
+    def enable_fast_paths(self, compile: bool = False, channels_last: bool = False,
+                          compile_mode: str | None = None) -> "SBLDMPipeline":
+        """Optional speed-ups of sampling, each off by default and measured against the plain
+        path by ``python -m sbldm.runner.bench --fast-paths``:
+
+        - ``channels_last``: the UNet's weights and the latent in ``channels_last_3d`` and the
+          VAE in ``channels_last`` (often faster 3D/2D convolutions on GPU);
+        - ``compile``: ``torch.compile`` of the UNet in place (its first call compiles, for
+          tens of seconds; the saved weights are unchanged). ``compile_mode`` is passed on
+          (e.g. ``"max-autotune"``).
+
+        bf16 is not a switch here: wrap the call in ``torch.autocast("cuda", torch.bfloat16)``.
+        Outputs agree with the plain path to floating-point rounding.
+        """
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last_3d)
+            self.vae.to(memory_format=torch.channels_last)
+        self._channels_last = bool(channels_last)
+        if compile:
+            self.unet.compile(mode=compile_mode)
+        return self
+
+    # -- sizes ----------------------------------------------------------------------------
+
+    def num_parameters(self) -> dict:
+        n_vae = sum(p.numel() for p in self.vae.parameters())
+        n_unet = sum(p.numel() for p in self.unet.parameters())
+        return {"vae": n_vae, "unet": n_unet, "total": n_vae + n_unet}
+
+    def latent_shape(self, volume_shape: Sequence[int] | None = None) -> tuple[int, int, int, int]:
+        shape = volume_shape or self.volume_shape
+        if shape is None:
+            raise ValueError("the pipeline knows no volume shape; pass volume_shape=(x, y, z)")
+        f = self.vae.downsampling_factor
+        x, y, z = (int(s) for s in shape)
+        if x % f or y % f:
+            raise ValueError(f"volume shape {tuple(shape)}: in-plane sizes must be divisible by {f}")
+        return (self.vae.config.latent_channels, x // f, y // f, z)
+
+    # -- conditions ----------------------------------------------------------------------------
+
+    def prepare_conditions(self, conditions, num_volumes: int, generator=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(normalised (N, 9), raw (N, 9) or None) from feature dicts, a normalised array or None."""
+        if conditions is None:
+            if self.train_features is None or self.normalizer is None:
+                raise ValueError("this pipeline holds no training features to draw conditions from; "
+                                 "pass conditions explicitly")
+            seed = generator.initial_seed() if isinstance(generator, torch.Generator) else None
+            sampler = ConditionSampler(self.train_features, self.normalizer.shape)
+            raw = sampler.sample(num_volumes, np.random.default_rng(seed))
+            return self.normalizer.transform(raw).astype(np.float32), raw
+        if isinstance(conditions, Mapping) or (isinstance(conditions, (list, tuple)) and conditions
+                                               and isinstance(conditions[0], Mapping)):
+            if self.normalizer is None:
+                raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
+            raw = as_matrix(conditions)
+            return self.normalizer.transform(raw).astype(np.float32), raw
+        arr = np.atleast_2d(np.asarray(conditions.detach().cpu() if torch.is_tensor(conditions) else conditions,
+                                       dtype=np.float32))
+        if arr.shape[1] != 9:
+            raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
+        raw = self.normalizer.inverse_transform(arr) if self.normalizer is not None else None
+        return arr, raw
+
+    # -- sampling ------------------------------------------------------------------------------
+
+    def _predict(self, latents, t, cond, guidance_scale: float, drop=None):
+        """Noise prediction; with guidance, ``cond`` is already doubled (conditional half,
+        then unconditional half) and ``drop`` marks the second half, both built once per
+        call of the pipeline so the loop makes no host-device copies."""
+        if guidance_scale == 1.0:
+            return self.unet(latents, t, cond)
+        if drop is None:
+            drop = torch.arange(2 * len(latents), device=latents.device) >= len(latents)
+            cond = torch.cat([cond, cond])
+        eps_c, eps_u = self.unet(torch.cat([latents, latents]), t, cond, drop_cond=drop).chunk(2)
+        return eps_u + guidance_scale * (eps_c - eps_u)
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 16) -> torch.Tensor:
+        """(N, 2, x, y, z) decoded volumes from model-space latents (N, C, H', W', D)."""
+        z = latents * self.latent_std
+        n, _, _, _, depth = z.shape
+        from sbldm.models.vae import relative_positions
+
+        pos = relative_positions(depth, device=z.device)
+        vols = []
+        vae_dtype = next(self.vae.parameters()).dtype
+        for v in range(n):
+            slices = z[v].permute(3, 0, 1, 2)                                # (D, C, H', W')
+            out = [self.vae.decode(slices[s:s + decode_chunk_size].to(vae_dtype), pos[s:s + decode_chunk_size]).float()
+                   for s in range(0, depth, max(int(decode_chunk_size), 1))]
+            vols.append(torch.cat(out).permute(1, 2, 3, 0))                   # (2, x, y, z)
+        return torch.stack(vols)
+
+    @torch.no_grad()
+    def __call__(self, conditions=None, num_volumes: int | None = None, num_inference_steps: int | None = None,
+                 sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0,
+                 generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
+                 decode_chunk_size: int = 16, output_type: str = "np", progress: bool = False,
+                 volume_shape: Sequence[int] | None = None):
+        """Sample volumes; see the module docstring. ``latents`` fixes the initial noise.
+
+        ``output_type``: ``"np"`` (images / masks as numpy) or ``"latent"`` (the denoised
+        model-space latents as the ``images`` field, no decoding).
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        if output_type not in ("np", "latent"):
+            raise ValueError(f"output_type must be 'np' or 'latent', got {output_type!r}")
+        cond_np, raw = self.prepare_conditions(conditions, num_volumes or 1, generator)
+        if num_volumes is None:
+            num_volumes = len(cond_np)
+        if len(cond_np) != num_volumes:
+            if len(cond_np) == 1:
+                cond_np = np.repeat(cond_np, num_volumes, axis=0)
+                raw = None if raw is None else np.repeat(raw, num_volumes, axis=0)
+            else:
+                raise ValueError(f"{len(cond_np)} conditions for num_volumes={num_volumes}")
+        device = self._execution_device
+        dtype = next(self.unet.parameters()).dtype
+        cond = torch.from_numpy(cond_np).to(device, dtype)
+
+        sched = sampling_scheduler(self.scheduler, sampler, num_inference_steps, device)
+        shape = (num_volumes, *self.latent_shape(volume_shape))
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=torch.device(device), dtype=dtype)
+        else:
+            if tuple(latents.shape) != shape:
+                raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+            latents = latents.to(device, dtype)
+        if self._channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last_3d)
+        drop = None
+        if guidance_scale != 1.0:
+            drop = torch.arange(2 * num_volumes, device=device) >= num_volumes
+            cond = torch.cat([cond, cond])
+        latents = denoise(lambda x, t: self._predict(x, t, cond, float(guidance_scale), drop), latents, sched,
+                          eta=eta, generator=generator, progress=progress, desc="sbldm")
+        if output_type == "latent":
+            return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw)
+        vols = self.decode_latents(latents, decode_chunk_size).cpu()
+        images = vols[:, 0].clamp(-1, 1).numpy().astype(np.float32)
+        masks = (vols[:, 1] > 0).numpy().astype(np.uint8)
+        return SBLDMOutput(images, masks, cond_np, raw)
+
+
+#: parameter counts of the authors' models (REFERENCE_CODE.md section 2 and 4; paper Table 1: 159M)
+REFERENCE_PARAMETERS = {"vae": 27.082e6, "unet": 132.101e6, "unet_with_embeddings": 135.2e6, "total": 159e6}
+
+
+def parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> list[dict]:
+    """One row per (scale, component) with the parameter count in millions, beside the
+    authors' count for ``paper`` (builds untrained models on the CPU; no forward pass)."""
+    from sbldm.config import resolve
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+
+    rows = []
+    for scale in dict.fromkeys(scales):
+        cfg = resolve(scale, **overrides)
+        vae = build_vae(cfg)
+        n_vae = sum(p.numel() for p in vae.parameters())
+        n_pos = sum(p.numel() for n, p in vae.named_parameters() if "pos_embedding" in n or "time_emb_proj" in n)
+        del vae
+        unet = build_unet(cfg)
+        n_unet = sum(p.numel() for p in unet.parameters())
+        n_emb = unet.embedding_parameters()
+        del unet
+        ref = REFERENCE_PARAMETERS if scale == "paper" else {}
+        m = 1e6
+        rows += [
+            {"scale": scale, "component": "slice VAE", "params_M": n_vae / m,
+             "without_slice_embedding_M": (n_vae - n_pos) / m, "authors_code_M": ref.get("vae", float("nan")) / m},
+            {"scale": scale, "component": f"3D UNet ({cfg.unet_cond_fusion})", "params_M": n_unet / m,
+             "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("unet_with_embeddings", float("nan")) / m},
+            {"scale": scale, "component": "3D UNet without embedding MLPs/projections", "params_M": (n_unet - n_emb) / m,
+             "without_slice_embedding_M": float("nan"), "authors_code_M": ref.get("unet", float("nan")) / m},
+            {"scale": scale, "component": "total (VAE + UNet)", "params_M": (n_vae + n_unet) / m,
+             "without_slice_embedding_M": (n_vae - n_pos + n_unet) / m,
+             "authors_code_M": float("nan")},
+            {"scale": scale, "component": "total as Table 1 counts it (no embedding layers)",
+             "params_M": (n_vae - n_pos + n_unet - n_emb) / m, "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("total", float("nan")) / m},
+        ]
+    return rows

@@ -1,0 +1,1 @@
+"""Measuring generation: Table 1 (unpaired PSNR/SSIM, parameters, time per volume), diversity, realism, conditioning adherence, memorisation (``generation``), the metric primitives (``metrics``) and Fréchet-distance features (``frechet``)."""

@@ -1,0 +1,159 @@
+"""Table 1 and the metrics beyond it (notebook 04): sample every trained generator, score it.
+
+``sample_methods`` draws the synthetic volumes of each Table 1 row once and caches them
+under ``work/<scale>/samples/`` (notebooks 05 and 06 reuse them); ``table1`` scores them as
+the paper did; ``extra_metrics`` adds diversity, realism, mask realism, image-mask
+agreement and memorisation; ``adherence`` measures how well SBLDM follows the requested
+tumour, with and without classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.evaluation import generation as ev
+from sbldm.config import Config
+
+#: Table 1 rows: (row name, generator key, generate() options from the config)
+ROWS = (
+    ("3D-LSGAN", "lsgan3d", lambda cfg: {}),
+    ("3D-LDM", "ldm3d", lambda cfg: {}),
+    ("SBLDM (DDPM)", "sbldm", lambda cfg: {"sampler": "ddpm",
+                                           "num_inference_steps": cfg.eval_ddpm_steps or cfg.num_train_timesteps}),
+    ("SBLDM (DDIM)", "sbldm", lambda cfg: {"sampler": "ddim", "num_inference_steps": cfg.num_inference_steps,
+                                           "eta": cfg.eta}),
+)
+
+
+def generator_dirs(work: Path) -> dict[str, Path]:
+    """Where notebooks 02 and 03 save the trained generators."""
+    return {"sbldm": work / "pipeline", "ldm3d": work / "ldm3d" / "model", "lsgan3d": work / "lsgan3d" / "model"}
+
+
+def load_generators(work: Path) -> dict:
+    from sbldm.generators.registry import load_generator
+
+    gens = {}
+    for key, path in generator_dirs(work).items():
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no trained {key} model; run notebooks 02 and 03 first")
+        gens[key] = load_generator(path)
+    return gens
+
+
+def _arrays(out):
+    if isinstance(out, tuple):
+        return out
+    raw = getattr(out, "raw_conditions", None)
+    return out.images, out.masks, raw
+
+
+def _torch_gen(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(int(seed))
+
+
+def sample_methods(gens: dict, cfg: Config, work: Path, progress: bool = True) -> dict:
+    """``{row: {"images", "masks", "conditions", "seconds"}}`` for every Table 1 row (cached)."""
+    samples = {}
+    for row, key, opts in ROWS:
+        options = opts(cfg)
+        n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
+        gen = gens[key]
+        fn = lambda b, s, gen=gen, options=options: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
+        slug = row.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
+        samples[row] = ev.cached_samples(work / "samples" / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
+                                         meta={"options": options, "model": str(generator_dirs(work)[key]),
+                                               "mtime": _mtime(generator_dirs(work)[key])}, progress=progress)
+    return samples
+
+
+def _mtime(path: Path) -> float:
+    files = [p for p in Path(path).rglob("*") if p.is_file()]
+    return max((p.stat().st_mtime for p in files), default=0.0)
+
+
+def timings(gens: dict, cfg: Config) -> dict:
+    """Median wall time per volume of each row (one volume per call). Each generator is
+    warmed up once, with its first row; its later rows (SBLDM's DDPM after DDIM) run warm
+    (a warm-up volume of DDPM-1000 costs minutes on a CPU and measures nothing new)."""
+    out = {}
+    warm = set()
+    for row, key, opts in sorted(ROWS, key=lambda r: r[2](cfg).get("sampler") == "ddpm"):
+        options = opts(cfg)
+        gen = gens[key]
+        out[row] = ev.time_per_volume(lambda gen=gen, options=options: gen.generate(1, generator=_torch_gen(0), **options),
+                                      repeats=cfg.eval_timing_volumes, warmup=0 if key in warm else 1)
+        warm.add(key)
+    return {row: out[row] for row, _, _ in ROWS}
+
+
+def table1(samples: dict, gens: dict, times: dict, real_train_images, seed: int = 0) -> dict:
+    """``{row: {"psnr", "ssim", "params", "time"}}`` as the paper computed them."""
+    key_of = {row: key for row, key, _ in ROWS}
+    results = {}
+    for row, s in samples.items():
+        r = ev.unpaired_psnr_ssim(s["images"], real_train_images, seed=seed)
+        params = gens[key_of[row]].num_parameters()
+        results[row] = {**r, "params": params["total"] if isinstance(params, dict) else int(params), "time": times[row]}
+    return results
+
+
+def extra_metrics(samples: dict, train, test, segmenter, cfg: Config, features=None) -> list[dict]:
+    """One row per method (and the real test split as reference): diversity, realism,
+    mask realism, image-mask agreement, memorisation. ``features`` (images -> (N, F))
+    defines the Fréchet distance's feature space; default: the segmenter's bottleneck."""
+    rows = []
+    features = features or segmenter.features
+    real_feats = features(train.images)
+    train_nearest = ev.nearest_ssim(test.images, train.images)
+    entries = {"real (test split)": {"images": test.images, "masks": test.masks}, **samples}
+    for name, s in entries.items():
+        images, masks = s["images"], s["masks"]
+        div = ev.pairwise_ms_ssim(images, max_volumes=cfg.eval_n_diversity, seed=cfg.seed)
+        fd = ev.frechet_distance(real_feats, features(images)) if len(images) > 2 else float("nan")
+        fdist = ev.feature_distribution_distance(train.features, ev.mask_features(masks))
+        pred = segmenter.predict(images)
+        from sbldm.segmentation.fast import evaluate
+
+        agree = [r["dice"] for r in evaluate(pred, masks)]
+        near = train_nearest if name.startswith("real") else ev.nearest_ssim(images, train.images)
+        rows.append({
+            "method": name, "n": len(images),
+            "ms_ssim_pairwise": div["mean"], "ms_ssim_kernel": div["kernel_size"], "ms_ssim_scales": div["scales"],
+            "frechet_distance": fd,
+            "mask_feature_distance": fdist["mean"], "empty_masks": fdist["empty_fraction"],
+            "seg_dice_on_own_mask": float(np.mean(agree)),
+            "nearest_train_ssim_median": float(np.median(near)), "nearest_train_ssim_max": float(np.max(near)),
+        })
+    return rows
+
+
+def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list[dict]:
+    """SBLDM conditioning adherence for ``eval_n_adherence`` requested tumours drawn from
+    the training distribution, at each guidance scale (None -> cfg.eval_guidance_scale)."""
+    from sbldm.data.tumor import ConditionSampler
+
+    requested = ConditionSampler(train.features, cfg.volume_shape).sample(cfg.eval_n_adherence, rng=cfg.seed + 17)
+    rows = []
+    for g in guidance_scales:
+        g = cfg.eval_guidance_scale if g is None else g
+        masks = []
+        for start in range(0, len(requested), cfg.eval_batch_size):
+            block = requested[start:start + cfg.eval_batch_size]
+            conds = [dict(zip(_names(), v)) for v in block]
+            out = pipe_gen.generate(len(block), generator=_torch_gen(cfg.seed + start), conditions=conds,
+                                    sampler="ddim", num_inference_steps=cfg.num_inference_steps, guidance_scale=g)
+            masks.append(_arrays(out)[1])
+        a = ev.conditioning_adherence(requested, np.concatenate(masks))
+        rows.append({"guidance_scale": g, **a})
+    return rows
+
+
+def _names():
+    from sbldm.config import FEATURE_NAMES
+
+    return FEATURE_NAMES

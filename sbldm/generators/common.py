@@ -1,0 +1,160 @@
+"""Pieces the 3D baselines share: volume batches, the 3D patch discriminator, the
+least-squares GAN losses, the output format and the folder marker."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from sbldm.data.cohort import to_model_space
+from sbldm.io import atomic_write_json
+
+#: the file that tells ``sbldm.load_generator`` which kind of generator a folder holds
+MARKER = "generator.json"
+#: the sub-folder of a training folder that holds the trained generator
+MODEL_DIR = "model"
+
+
+@dataclass
+class Samples:
+    """Generated volumes in sbldm's array convention: ``images`` (N, x, y, z) float32 in
+    [-1, 1], ``masks`` (N, x, y, z) uint8 in {0, 1}; ``conditions`` (N, 9) normalised for a
+    conditioned generator, else None. ``images, masks = samples`` unpacks."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    conditions: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.images, self.masks))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None):
+        from sbldm.io import save_samples_nifti
+
+        return save_samples_nifti(out_dir, self.images, self.masks, prefix, affine)
+
+
+def to_samples(volumes: torch.Tensor, conditions=None) -> Samples:
+    """(N, 2, x, y, z) model-space volumes -> ``Samples`` (image clamped, mask thresholded at 0)."""
+    v = volumes.detach().float().cpu()
+    return Samples(v[:, 0].clamp(-1, 1).numpy().astype(np.float32), (v[:, 1] > 0).numpy().astype(np.uint8),
+                   conditions)
+
+
+def write_marker(directory: str | os.PathLike, kind: str, **info) -> None:
+    atomic_write_json(Path(directory) / MARKER, {"kind": kind, "format": 1, **info})
+
+
+def read_marker(directory: str | os.PathLike, kind: str | None = None) -> dict:
+    """The folder's generator marker; with ``kind``, refuse a folder of another kind."""
+    path = Path(directory) / MARKER
+    if not path.is_file():
+        raise FileNotFoundError(f"{directory}: no {MARKER}; not a saved sbldm generator folder")
+    meta = json.loads(path.read_text())
+    if kind is not None and meta.get("kind") != kind:
+        raise ValueError(f"{directory} holds a {meta.get('kind')!r} generator, not {kind!r}")
+    return meta
+
+
+def volume_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, batch_size: int,
+                 flip_prob: float = 0.0) -> torch.Tensor:
+    """(B, 2, x, y, z) float32 of one training step drawn by ``rng``: random volumes,
+    each in-plane axis flipped with probability ``flip_prob`` (the authors' augmentation)."""
+    idx = rng.integers(0, len(images), size=batch_size)
+    xs = []
+    for i in idx:
+        x = to_model_space(images[int(i)], masks[int(i)])
+        if flip_prob > 0:
+            if rng.random() < flip_prob:
+                x = x[:, ::-1]
+            if rng.random() < flip_prob:
+                x = x[:, :, ::-1]
+        xs.append(np.ascontiguousarray(x))
+    return torch.from_numpy(np.stack(xs))
+
+
+def check_training_data(train) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of a ``Prepared`` split or an ``(images, masks)`` pair, checked."""
+    from sbldm.data.cohort import Prepared
+
+    images, masks = (train.images, train.masks) if isinstance(train, Prepared) else train
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.ndim != 4 or images.shape != masks.shape or len(images) == 0:
+        raise ValueError(f"training images {images.shape} and masks {masks.shape} must both be (N, x, y, z), N > 0")
+    return images, masks
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN initialisation, as the authors' ``weights_init_normal``: conv weights
+    N(0, 0.02), batch-norm scales N(1, 0.02) and shifts 0 (linear layers keep torch's)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def discriminator_widths(channels: int, layers: int) -> list[int]:
+    """Widths of the ``layers - 1`` hidden convs: channels / 2**(layers-2), ..., channels."""
+    return [max(channels // 2 ** (layers - 2 - i), 1) for i in range(layers - 1)]
+
+
+def check_discriminator_fits(shape, layers: int, what: str) -> None:
+    need = 2 ** layers
+    if min(shape) < need:
+        raise ValueError(f"{what}: {layers} stride-2 convs need every side of volume_shape {tuple(shape)} >= {need}")
+
+
+class Discriminator3D(ModelMixin, ConfigMixin):
+    """3D convolutional discriminator of the authors' LSGAN: ``layers`` convs k4 s2 p1;
+    the first without normalisation, the others with batch norm, all but the last
+    followed by LeakyReLU(0.2); the last maps to one channel. The output is a patch map
+    (B, 1, x', y', z'); the LS-GAN losses average it per volume."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 2, channels: int = 1024, layers: int = 6):
+        super().__init__()
+        if layers < 2:
+            raise ValueError(f"a discriminator needs at least 2 layers, got {layers}")
+        widths = discriminator_widths(channels, layers)
+        mods: list[nn.Module] = [nn.Conv3d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        for a, b in zip(widths[:-1], widths[1:]):
+            mods += [nn.Conv3d(a, b, 4, 2, 1), nn.BatchNorm3d(b), nn.LeakyReLU(0.2)]
+        mods.append(nn.Conv3d(widths[-1], 1, 4, 2, 1))
+        self.net = nn.Sequential(*mods)
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def ls_loss(d_out: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
+    """Least-squares GAN loss: mean over the batch of (mean patch score - target)^2."""
+    score = d_out.flatten(1).mean(1)
+    target = torch.as_tensor(target, dtype=score.dtype, device=score.device).expand_as(score)
+    return F.mse_loss(score, target)
+
+
+def noisy_labels(batch: int, noise: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, fake) targets as the authors drew them: 1 - noise * n and noise * n, n ~ N(0, 1)."""
+    real = 1.0 - noise * torch.randn(batch, generator=generator)
+    fake = noise * torch.randn(batch, generator=generator)
+    return real, fake
+
+
+def count(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())

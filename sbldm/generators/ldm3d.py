@@ -1,0 +1,454 @@
+"""3D-LDM baseline (paper §3.3): a 3D latent diffusion model on whole volumes.
+
+Stage 1, ``AutoencoderKL3D``: a 3D KL autoencoder on (FLAIR, mask) volumes, 2 -> 2
+channels, pre-norm resnet blocks (GroupNorm, SiLU, 3x3x3 convs), strided-conv
+downsampling and nearest-upsampling + conv, no attention. ``block_out_channels`` are
+the widths per level (authors' 3D VAE: 64, 128, 256, 512) and ``downsampling`` the
+spatial factor (paper text: x4, the default; authors' code: x8): the first
+log2(downsampling) levels downsample, deeper levels keep the resolution. Loss
+L1 + (1 - SSIM) + 1e-6 KL like the slice VAE; optionally (``ldm3d_ae_discriminator``)
+plus a least-squares adversarial term from a 3D patch discriminator, which makes it
+the "VAE-GAN" of the paper's text (the authors' code trained without one, the default).
+
+Stage 2: the package's ``ConditionedUNet3D`` used unconditionally (the condition is
+always the learned null embedding; the unused condition MLP is frozen and left out of
+the parameter counts), trained on the autoencoder's posterior means divided by their
+global std, with the SBLDM schedule (diffusers ``DDPMScheduler``, scaled_linear
+0.002 -> 0.02, T = 1000) and loss. Sampling: DDIM (eta 0 by default) or DDPM, then
+decoding the whole volume at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from sbldm.diffusion.schedule import denoise, make_scheduler, sampling_scheduler
+from sbldm.generators.common import (MODEL_DIR, Discriminator3D, check_discriminator_fits, check_training_data, count,
+                     ls_loss, read_marker, to_samples, volume_batch, write_marker)
+
+KIND = "ldm3d"
+
+
+# -- stage 1: the 3D KL autoencoder ---------------------------------------------------------
+
+class ResBlock3D(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.GroupNorm(groups, cin, eps=1e-6), nn.SiLU(), nn.Conv3d(cin, cout, 3, padding=1),
+                                   nn.GroupNorm(groups, cout, eps=1e-6), nn.SiLU(), nn.Conv3d(cout, cout, 3, padding=1))
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.block(x)
+
+
+class Posterior:
+    """Diagonal Gaussian q(z | x) over (B, C, x', y', z') latents (log-variance clamped
+    to [-30, 20] as in LDM); ``kl`` sums over every latent element, per volume."""
+
+    def __init__(self, moments: torch.Tensor):
+        self.mean, logvar = moments.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        eps = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
+    def kl(self) -> torch.Tensor:
+        return 0.5 * (self.mean ** 2 + self.std ** 2 - 1.0 - self.logvar).flatten(1).sum(1)
+
+
+class AutoencoderKL3D(ModelMixin, ConfigMixin):
+    """3D KL autoencoder: (B, 2, x, y, z) <-> (B, latent_channels, x/f, y/f, z/f)."""
+
+    @register_to_config
+    def __init__(self, in_channels: int = 2, out_channels: int = 2,
+                 block_out_channels: Sequence[int] = (64, 128, 256, 512), downsampling: int = 4,
+                 layers_per_block: int = 1, latent_channels: int = 6, norm_num_groups: int = 32):
+        super().__init__()
+        ch = list(block_out_channels)
+        n_down = int(round(math.log2(downsampling)))
+        if downsampling < 1 or 2 ** n_down != downsampling or n_down > len(ch) - 1:
+            raise ValueError(f"downsampling={downsampling} must be a power of two <= 2**(levels - 1) = "
+                             f"{2 ** (len(ch) - 1)}")
+        g = norm_num_groups
+        self.n_down = n_down
+        # encoder
+        self.conv_in = nn.Conv3d(in_channels, ch[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        prev = ch[0]
+        for i, c in enumerate(ch):
+            level = nn.ModuleList()
+            for _ in range(layers_per_block):
+                level.append(ResBlock3D(prev, c, g))
+                prev = c
+            level.append(nn.Conv3d(c, c, 3, stride=2, padding=1) if i < n_down else nn.Identity())
+            self.down.append(level)
+        self.enc_mid = ResBlock3D(prev, prev, g)
+        self.enc_out = nn.Sequential(nn.GroupNorm(g, prev, eps=1e-6), nn.SiLU(),
+                                     nn.Conv3d(prev, 2 * latent_channels, 3, padding=1))
+        self.quant_conv = nn.Conv3d(2 * latent_channels, 2 * latent_channels, 1)
+        # decoder
+        self.post_quant_conv = nn.Conv3d(latent_channels, latent_channels, 1)
+        self.dec_in = nn.Conv3d(latent_channels, prev, 3, padding=1)
+        self.dec_mid = ResBlock3D(prev, prev, g)
+        self.up = nn.ModuleList()
+        for i in reversed(range(len(ch))):
+            level = nn.ModuleList()
+            for _ in range(layers_per_block + 1):
+                level.append(ResBlock3D(prev, ch[i], g))
+                prev = ch[i]
+            if 1 <= i <= n_down:
+                level.append(nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
+                                           nn.Conv3d(prev, prev, 3, padding=1)))
+            self.up.append(level)
+        self.dec_out = nn.Sequential(nn.GroupNorm(g, prev, eps=1e-6), nn.SiLU(),
+                                     nn.Conv3d(prev, out_channels, 3, padding=1))
+
+    @property
+    def downsampling_factor(self) -> int:
+        return 2 ** self.n_down
+
+    def latent_shape(self, volume_shape: Sequence[int]) -> tuple[int, int, int, int]:
+        f = self.downsampling_factor
+        if any(int(s) % f for s in volume_shape):
+            raise ValueError(f"volume shape {tuple(volume_shape)} must be divisible by the downsampling factor {f}")
+        return (self.config.latent_channels, *(int(s) // f for s in volume_shape))
+
+    def encode(self, x: torch.Tensor) -> Posterior:
+        if x.ndim != 5:
+            raise ValueError(f"AutoencoderKL3D needs (B, C, x, y, z) input, got {tuple(x.shape)}")
+        self.latent_shape(x.shape[2:])
+        h = self.conv_in(x)
+        for level in self.down:
+            for m in level:
+                h = m(h)
+        h = self.enc_out(self.enc_mid(h))
+        return Posterior(self.quant_conv(h))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.dec_mid(self.dec_in(self.post_quant_conv(z)))
+        for level in self.up:
+            for m in level:
+                h = m(h)
+        return self.dec_out(h)
+
+    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
+        post = self.encode(x)
+        z = post.sample(generator) if sample_posterior else post.mean
+        return self.decode(z), post
+
+
+def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
+                     ssim_range: str = "signed", generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+    """(terms with ``loss`` = L1 + ssim_weight (1 - SSIM) + kl_weight KL, the reconstruction).
+
+    SSIM on [-1, 1] with data range 2 by default, or on [0, 1] (``"unit"``), as the slice
+    VAE's loss (``sbldm.models.vae.vae_loss`` explains why "unit" collapses)."""
+    from sbldm.metrics import ssim_torch
+
+    recon, post = ae(x, sample_posterior=True, generator=generator)
+    l1 = (recon - x).abs().mean()
+    terms = {"l1": l1}
+    loss = l1
+    if ssim_weight:
+        if ssim_range == "signed":
+            ssim = ssim_torch(recon.float(), x.float(), data_range=2.0)
+        else:
+            ssim = ssim_torch(((recon + 1) / 2).float(), ((x + 1) / 2).float())
+        loss = loss + ssim_weight * (1 - ssim)
+        terms["ssim"] = ssim.detach()
+    kl = post.kl().mean()
+    loss = loss + kl_weight * kl
+    return {"loss": loss, **{k: v.detach() for k, v in terms.items()}, "kl": kl.detach()}, recon
+
+
+# -- the generator ---------------------------------------------------------------------------
+
+def build_networks(cfg):
+    """(autoencoder, unet, discriminator or None) of a config's ``ldm3d_*`` fields."""
+    from sbldm.models.unet3d import ConditionedUNet3D
+
+    f = cfg.ldm3d_ae_downsampling
+    if any(int(s) % f for s in cfg.volume_shape):
+        raise ValueError(f"volume_shape {tuple(cfg.volume_shape)} must be divisible by ldm3d_ae_downsampling={f}")
+    ae = AutoencoderKL3D(block_out_channels=tuple(cfg.ldm3d_ae_channels), downsampling=f,
+                         layers_per_block=cfg.ldm3d_ae_layers_per_block, latent_channels=cfg.ldm3d_ae_latent_channels,
+                         norm_num_groups=cfg.ldm3d_ae_norm_groups)
+    unet = ConditionedUNet3D(in_channels=cfg.ldm3d_ae_latent_channels,
+                             block_out_channels=tuple(cfg.ldm3d_unet_channels),
+                             layers_per_block=cfg.ldm3d_unet_layers_per_block,
+                             norm_num_groups=cfg.ldm3d_unet_norm_groups,
+                             cond_hidden_dim=cfg.ldm3d_unet_cond_hidden_dim, time_proj_dim=cfg.ldm3d_unet_time_proj_dim,
+                             embed_dim=cfg.ldm3d_unet_embed_dim, cond_fusion=cfg.ldm3d_unet_cond_fusion,
+                             mid_layers=cfg.ldm3d_unet_mid_layers)
+    disc = None
+    if cfg.ldm3d_ae_discriminator:
+        check_discriminator_fits(cfg.volume_shape, cfg.ldm3d_disc_layers, "ldm3d_disc_layers")
+        disc = Discriminator3D(in_channels=2, channels=cfg.ldm3d_disc_channels, layers=cfg.ldm3d_disc_layers)
+    return ae, unet, disc
+
+
+def unet_parameters(unet) -> int:
+    """Parameters the unconditional UNet uses: all but the (unused) condition MLP."""
+    return count(unet) - count(unet.cond_embedding)
+
+
+class LDM3D:
+    """The 3D-LDM as a generator (``sbldm.generators.registry`` interface)."""
+
+    kind = KIND
+
+    def __init__(self, autoencoder: AutoencoderKL3D, unet, scheduler, volume_shape: Sequence[int],
+                 latent_std: float = 1.0, discriminator: Discriminator3D | None = None, sampler: str = "ddim",
+                 num_inference_steps: int = 50, eta: float = 0.0):
+        if not latent_std > 0:
+            raise ValueError(f"latent_std must be positive, got {latent_std}")
+        self.autoencoder, self.unet, self.scheduler = autoencoder, unet, scheduler
+        self.discriminator = discriminator
+        self.volume_shape = tuple(int(s) for s in volume_shape)
+        self.latent_std = float(latent_std)
+        self.sampler, self.num_inference_steps, self.eta = sampler, int(num_inference_steps), float(eta)
+        self.unet.cond_embedding.requires_grad_(False)
+
+    @classmethod
+    def from_config(cls, cfg) -> "LDM3D":
+        ae, unet, disc = build_networks(cfg)
+        return cls(ae, unet, make_scheduler(cfg, cfg.ldm3d_diffusion_prediction_type), cfg.volume_shape, 1.0, disc, cfg.sampler,
+                   cfg.num_inference_steps, cfg.eta)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device) -> "LDM3D":
+        for m in (self.autoencoder, self.unet, self.discriminator):
+            if m is not None:
+                m.to(device)
+        return self
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return self.autoencoder.latent_shape(self.volume_shape)
+
+    def num_parameters(self) -> dict:
+        """Parameters per network; ``total`` = every trained network (autoencoder, its
+        discriminator if any, UNet: what the paper's 728M counts), ``sampling`` =
+        autoencoder + UNet. The UNet's unused condition MLP is not counted."""
+        ae, d, u = count(self.autoencoder), count(self.discriminator), unet_parameters(self.unet)
+        return {"autoencoder": ae, "discriminator": d, "unet": u, "total": ae + d + u, "sampling": ae + u}
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+                 num_inference_steps: int | None = None, eta: float | None = None, batch_size: int = 4,
+                 noise: torch.Tensor | None = None, progress: bool = False, output_type: str = "np"):
+        """``n`` volumes: latent noise (drawn with ``generator``, or ``noise``) denoised by
+        DDIM (``eta``) or DDPM, times ``latent_std``, decoded. Defaults come from the config
+        the model was built with. ``output_type="latent"`` returns the model-space latents."""
+        sampler = sampler or self.sampler
+        eta = self.eta if eta is None else float(eta)
+        steps = num_inference_steps or (self.num_inference_steps if sampler == "ddim" else None)
+        sched = sampling_scheduler(self.scheduler, sampler, steps, self.device)
+        dev, dtype = self.device, next(self.unet.parameters()).dtype
+        shape = (int(n), *self.latent_shape)
+        if noise is None:
+            noise = randn_tensor(shape, generator=generator, device=dev, dtype=dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+        modes = (self.unet.training, self.autoencoder.training)
+        self.unet.eval()
+        self.autoencoder.eval()
+        try:
+            lat_out, vol_out = [], []
+            for s in range(0, int(n), max(int(batch_size), 1)):
+                lat = denoise(lambda x, t: self.unet(x, t, None), noise[s:s + batch_size].to(dev, dtype), sched,
+                              eta=eta, generator=generator, progress=progress, desc="ldm3d")
+                if output_type == "latent":
+                    lat_out.append(lat.float().cpu())
+                else:
+                    ae_dtype = next(self.autoencoder.parameters()).dtype
+                    vol_out.append(self.autoencoder.decode((lat * self.latent_std).to(ae_dtype)).float().cpu())
+        finally:
+            self.unet.train(modes[0])
+            self.autoencoder.train(modes[1])
+        if output_type == "latent":
+            return torch.cat(lat_out).numpy() if lat_out else np.zeros((0, *self.latent_shape), np.float32)
+        return to_samples(torch.cat(vol_out) if vol_out else torch.zeros(0, 2, *self.volume_shape))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        d = Path(directory)
+        self.autoencoder.save_pretrained(d / "autoencoder")
+        self.unet.save_pretrained(d / "unet")
+        self.scheduler.save_pretrained(d / "scheduler")
+        if self.discriminator is not None:
+            self.discriminator.save_pretrained(d / "discriminator")
+        write_marker(d, KIND, volume_shape=list(self.volume_shape), latent_std=self.latent_std,
+                     scaling_factor=1.0 / self.latent_std, sampler=self.sampler,
+                     num_inference_steps=self.num_inference_steps, eta=self.eta,
+                     discriminator=self.discriminator is not None)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "LDM3D":
+        from diffusers import DDPMScheduler
+
+        from sbldm.models.unet3d import ConditionedUNet3D
+
+        d = Path(directory)
+        meta = read_marker(d, KIND)
+        ae = AutoencoderKL3D.from_pretrained(d / "autoencoder").eval()
+        unet = ConditionedUNet3D.from_pretrained(d / "unet").eval()
+        sched = DDPMScheduler.from_pretrained(d / "scheduler")
+        disc = Discriminator3D.from_pretrained(d / "discriminator") if (d / "discriminator").is_dir() else None
+        return cls(ae, unet, sched, meta["volume_shape"], meta["latent_std"], disc, meta.get("sampler", "ddim"),
+                   meta.get("num_inference_steps", 50), meta.get("eta", 0.0))
+
+
+# -- training ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def encode_means(ae: AutoencoderKL3D, images: np.ndarray, masks: np.ndarray, batch_size: int = 2) -> np.ndarray:
+    """(N, C, x/f, y/f, z/f) posterior means of every volume (the diffusion stage's data)."""
+    from sbldm.data.cohort import to_model_space
+
+    was = ae.training
+    ae.eval()
+    dev = next(ae.parameters()).device
+    out = []
+    try:
+        for s in range(0, len(images), batch_size):
+            x = np.stack([to_model_space(images[i], masks[i]) for i in range(s, min(s + batch_size, len(images)))])
+            out.append(ae.encode(torch.from_numpy(x).to(dev)).mean.float().cpu())
+    finally:
+        ae.train(was)
+    return torch.cat(out).numpy()
+
+
+def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                stop_at: int | None = None, device: str | None = None, model: LDM3D | None = None,
+                step_delay: float = 0.0) -> LDM3D | None:
+    """Train the 3D-LDM on ``train`` (a ``Prepared`` split or ``(images, masks)``) into
+    ``out_dir``: the autoencoder (``cfg.ldm3d_ae_steps``, run folder ``autoencoder/``),
+    the latent std of its posterior means, the UNet (``cfg.ldm3d_diffusion_steps``, run
+    folder ``unet/``), then the whole generator saved in ``out_dir/model``. ``stop_at`` stops
+    a stage after that many of its steps (returns None: resume later)."""
+    from sbldm.diffusion.latents import global_std
+    from sbldm.runtime import cpu_setup, seed_everything
+    from sbldm.training.trainer import make_accelerator, run_training, noise_batch, noise_loss, step_generator
+
+    cpu_setup()
+    seed_everything(cfg.seed)
+    images, masks = check_training_data(train)
+    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
+        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    out = Path(out_dir)
+    ldm = model or LDM3D.from_config(cfg)
+    ae, unet, disc = ldm.autoencoder, ldm.unet, ldm.discriminator
+    use_disc = disc is not None
+
+    # stage 1: the autoencoder (with the optional adversarial term)
+    accelerator = make_accelerator(cfg, device)
+    dev = accelerator.device
+    if use_disc and accelerator.num_processes > 1:
+        raise NotImplementedError("the VAE-GAN variant trains on one device "
+                                  "(its alternating updates are not wrapped for DDP)")
+
+    def ae_terms(m, x, rng):
+        gen = step_generator(rng)
+        eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
+        with accelerator.autocast():
+            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight, ssim_range=cfg.ldm3d_ae_ssim_range,
+                                    generator=eps_gen)
+
+    if not use_disc:
+        def ae_loss_fn(step, rng, m):
+            x = volume_batch(images, masks, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob).to(dev)
+            return ae_terms(m, x, rng)[0]
+
+        ae_model, ae_opt, ae_step, ae_save = ae, torch.optim.Adam(ae.parameters(), lr=cfg.ldm3d_ae_lr), None, None
+    else:
+        def ae_step(step, rng, m, opt):
+            net = accelerator.unwrap_model(m)
+            a, d = net["autoencoder"], net["discriminator"]
+            x = volume_batch(images, masks, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob).to(dev)
+            adv_on = step >= cfg.ldm3d_disc_start
+            d.requires_grad_(False)
+            terms, recon = ae_terms(a, x, rng)
+            loss = terms["loss"]
+            if adv_on:
+                with accelerator.autocast():
+                    g_adv = ls_loss(d(recon), 1.0)
+                loss = loss + cfg.ldm3d_disc_weight * g_adv
+                terms["g_adv"] = g_adv.detach()
+            accelerator.backward(loss)
+            d.requires_grad_(True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if adv_on:
+                with accelerator.autocast():
+                    d_loss = 0.5 * (ls_loss(d(x), 1.0) + ls_loss(d(recon.detach()), 0.0))
+                accelerator.backward(d_loss)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                terms["d_loss"] = d_loss.detach()
+            terms["loss"] = loss.detach()
+            return terms
+
+        def ae_save(net, directory):
+            net["autoencoder"].save_pretrained(directory)
+            net["discriminator"].save_pretrained(directory.parent / "discriminator")
+
+        ae_model = nn.ModuleDict({"autoencoder": ae, "discriminator": disc})
+        ae_opt = torch.optim.Adam([{"params": ae.parameters()}, {"params": disc.parameters()}], lr=cfg.ldm3d_ae_lr)
+        ae_loss_fn = None
+
+    _, done = run_training("ldm3d_ae", cfg, ae_model, ae_opt, ae_loss_fn, cfg.ldm3d_ae_steps, out / "autoencoder", resume,
+                   progress, stop_at, accelerator, {"num_volumes": int(len(images)), "discriminator": use_disc,
+                                                    "downsampling": ae.downsampling_factor}, step_delay,
+                   train_step=ae_step, save=ae_save)
+    if not done:
+        return None
+
+    # the latent scale: global std of the training posterior means (as SBLDM)
+    means = encode_means(ae, images, masks, batch_size=cfg.ldm3d_ae_batch_size)
+    latent_std = global_std(means)
+    data = torch.from_numpy(means / np.float32(latent_std))
+
+    # stage 2: the unconditional UNet
+    scheduler = make_scheduler(cfg, cfg.ldm3d_diffusion_prediction_type)
+    alphas = scheduler.alphas_cumprod
+    unet.cond_embedding.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=cfg.ldm3d_diffusion_lr,
+                            weight_decay=cfg.ldm3d_diffusion_weight_decay)
+    accelerator = make_accelerator(cfg, device)
+    dev = accelerator.device
+
+    def unet_loss_fn(step, rng, m):
+        _, noisy, target, t, _ = noise_batch(data, rng, cfg.ldm3d_diffusion_batch_size, alphas,
+                                             cfg.ldm3d_diffusion_prediction_type)
+        with accelerator.autocast():
+            loss = noise_loss(m(noisy.to(dev), t.to(dev), None), target.to(dev), cfg.ldm3d_diffusion_loss)
+        return {"loss": loss}
+
+    unet_model, done = run_training("ldm3d_unet", cfg, unet, opt, unet_loss_fn, cfg.ldm3d_diffusion_steps, out / "unet",
+                            resume, progress, stop_at, accelerator,
+                            {"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
+                             "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay)
+    if not done:
+        return None
+    result = LDM3D(ae.eval(), unet_model.eval(), scheduler, cfg.volume_shape, latent_std, disc, cfg.sampler,
+                   cfg.num_inference_steps, cfg.eta)
+    if accelerator.is_main_process:
+        result.save_pretrained(out / MODEL_DIR)
+    return result

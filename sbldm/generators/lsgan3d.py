@@ -1,0 +1,229 @@
+"""3D-LSGAN baseline (paper §3.3; the authors' ``train_lsgan.py``).
+
+Generator (DCGAN-style, derived from the volume shape so every preset works): noise
+z in R^latent_dim -> Linear -> (C, x/2^n, y/2^n, z/2^n) -> BN, ReLU -> (n - 1) x
+[nearest upsample x2, conv3, BN, ReLU], halving the width each time -> nearest upsample
+x2, conv3 to 2 channels (FLAIR, mask) -> tanh. At ``paper``: 2048 -> 512 x 6x6x3 ->
+... -> 2 x 192x192x96, as the authors.
+
+Discriminator: ``Discriminator3D`` (six 3D convs k4 s2, batch norm, LeakyReLU 0.2 at
+``paper``, widths 64 .. 1024).
+
+Training (least-squares GAN, Mao et al. 2017), per step as the authors: a generator
+update on ``(mean D(G(z)) - real_label)^2``, then a discriminator update on
+``0.5 [(D(x) - real_label)^2 + (D(G(z)) - fake_label)^2]`` with the same fake batch,
+noisy labels (real 1 - 0.05 n, fake 0.05 n), Adam 2e-4 betas (0.5, 0.999), gradient
+norms clipped at 5, batch 2. One Adam with two parameter groups stands for the
+authors' two (Adam's state is per parameter and parameters without a gradient are
+skipped, so the updates are the same), which lets the package's training loop
+checkpoint and resume it like any other stage.
+
+Difference to the authors' code: the LS loss averages the patch scores per volume
+before comparing with that volume's label (the authors averaged over the whole batch
+first). Sampling runs the generator in eval mode (batch-norm running statistics), so a
+volume does not depend on the others drawn with it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from sbldm.generators.common import (MODEL_DIR, Discriminator3D, Samples, check_discriminator_fits, check_training_data, count,
+                     dcgan_init, ls_loss, noisy_labels, read_marker, to_samples, volume_batch, write_marker)
+
+KIND = "lsgan3d"
+
+
+class LSGANGenerator3D(ModelMixin, ConfigMixin):
+    """Noise (B, latent_dim) -> (B, 2, x, y, z) in [-1, 1]."""
+
+    @register_to_config
+    def __init__(self, volume_shape: Sequence[int] = (192, 192, 96), latent_dim: int = 2048,
+                 channels: int = 512, upsamplings: int = 5, out_channels: int = 2):
+        super().__init__()
+        f = 2 ** upsamplings
+        if upsamplings < 1 or any(int(s) % f for s in volume_shape):
+            raise ValueError(f"volume_shape {tuple(volume_shape)} must be divisible by 2**upsamplings = {f}")
+        if channels // 2 ** (upsamplings - 1) < 1:
+            raise ValueError(f"channels={channels} cannot be halved {upsamplings - 1} times")
+        self.base_shape = tuple(int(s) // f for s in volume_shape)
+        self.fc = nn.Linear(latent_dim, channels * math.prod(self.base_shape))
+        self.bn_in = nn.BatchNorm3d(channels)
+        widths = [channels // 2 ** k for k in range(upsamplings)]       # 512, 256, 128, 64, 32
+        self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm3d(b) for b in widths[1:])
+        self.conv_out = nn.Conv3d(widths[-1], out_channels, 3, padding=1)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(z.shape[0], self.config.channels, *self.base_shape)
+        h = F.relu(self.bn_in(h))
+        for conv, norm in zip(self.convs, self.norms):
+            h = F.relu(norm(conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))))
+        return torch.tanh(self.conv_out(F.interpolate(h, scale_factor=2.0, mode="nearest")))
+
+
+def build_networks(cfg) -> tuple[LSGANGenerator3D, Discriminator3D]:
+    """(generator, discriminator) of a config's ``lsgan_*`` fields."""
+    check_discriminator_fits(cfg.volume_shape, cfg.lsgan_d_layers, "lsgan_d_layers")
+    g = LSGANGenerator3D(volume_shape=tuple(cfg.volume_shape), latent_dim=cfg.lsgan_latent_dim,
+                         channels=cfg.lsgan_g_channels, upsamplings=cfg.lsgan_upsamplings)
+    d = Discriminator3D(in_channels=2, channels=cfg.lsgan_d_channels, layers=cfg.lsgan_d_layers)
+    return g, d
+
+
+def generator_loss(g, d, z: torch.Tensor, real_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LS loss of the generator, the fake batch)."""
+    fake = g(z)
+    return ls_loss(d(fake), real_label), fake
+
+
+def discriminator_loss(d, real: torch.Tensor, fake: torch.Tensor, real_label, fake_label) -> dict:
+    d_real = ls_loss(d(real), real_label)
+    d_fake = ls_loss(d(fake.detach()), fake_label)
+    return {"d_loss": 0.5 * (d_real + d_fake), "d_real": d_real, "d_fake": d_fake}
+
+
+class LSGAN3D:
+    """The 3D-LSGAN as a generator (``sbldm.generators.registry`` interface)."""
+
+    kind = KIND
+
+    def __init__(self, generator: LSGANGenerator3D, discriminator: Discriminator3D | None = None):
+        self.generator = generator
+        self.discriminator = discriminator
+
+    @classmethod
+    def from_config(cls, cfg) -> "LSGAN3D":
+        return cls(*build_networks(cfg))
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int]:
+        return tuple(self.generator.config.volume_shape)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def to(self, device) -> "LSGAN3D":
+        self.generator.to(device)
+        if self.discriminator is not None:
+            self.discriminator.to(device)
+        return self
+
+    def num_parameters(self) -> dict:
+        """Parameters per network; ``total`` = every trained network (generator and
+        discriminator), ``sampling`` = what generating needs (the generator)."""
+        g, d = count(self.generator), count(self.discriminator)
+        return {"generator": g, "discriminator": d, "total": g + d, "sampling": g}
+
+    @torch.no_grad()
+    def generate(self, n: int, generator: torch.Generator | None = None, batch_size: int = 8,
+                 noise: torch.Tensor | None = None) -> Samples:
+        """``n`` volumes from noise drawn with ``generator`` (or the given (n, latent_dim)
+        ``noise``), in chunks of ``batch_size``."""
+        g = self.generator
+        was_training = g.training
+        g.eval()
+        try:
+            dev, dtype = self.device, next(g.parameters()).dtype
+            if noise is None:
+                noise = randn_tensor((int(n), g.config.latent_dim), generator=generator, device=dev, dtype=dtype)
+            elif tuple(noise.shape) != (int(n), g.config.latent_dim):
+                raise ValueError(f"noise must have shape {(int(n), g.config.latent_dim)}, got {tuple(noise.shape)}")
+            noise = noise.to(dev, dtype)
+            out = [g(noise[s:s + batch_size]).float().cpu() for s in range(0, int(n), max(int(batch_size), 1))]
+        finally:
+            g.train(was_training)
+        return to_samples(torch.cat(out) if out else torch.zeros(0, 2, *self.volume_shape))
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        d = Path(directory)
+        self.generator.save_pretrained(d / "generator")
+        if self.discriminator is not None:
+            self.discriminator.save_pretrained(d / "discriminator")
+        write_marker(d, KIND, volume_shape=list(self.volume_shape))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "LSGAN3D":
+        d = Path(directory)
+        read_marker(d, KIND)
+        g = LSGANGenerator3D.from_pretrained(d / "generator").eval()
+        disc = Discriminator3D.from_pretrained(d / "discriminator") if (d / "discriminator").is_dir() else None
+        return cls(g, disc)
+
+
+def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                  stop_at: int | None = None, device: str | None = None, model: LSGAN3D | None = None,
+                  step_delay: float = 0.0) -> LSGAN3D:
+    """Train the 3D-LSGAN on ``train`` (a ``Prepared`` split or ``(images, masks)``) for
+    ``cfg.lsgan_steps`` steps into ``out_dir`` (checkpoints, log, loss curve, run record;
+    the trained generator in ``out_dir/model``). ``model`` gives the initial networks (default: built
+    from ``cfg`` under ``cfg.seed``)."""
+    from sbldm.runtime import cpu_setup, seed_everything
+    from sbldm.training.trainer import make_accelerator, run_training, step_generator
+
+    cpu_setup()
+    seed_everything(cfg.seed)
+    images, masks = check_training_data(train)
+    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
+        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    gan = model or LSGAN3D.from_config(cfg)
+    if gan.discriminator is None:
+        raise ValueError("training needs the discriminator; this LSGAN3D has none")
+    accelerator = make_accelerator(cfg, device)
+    if accelerator.num_processes > 1:
+        raise NotImplementedError("the 3D-LSGAN trains on one device (its alternating updates are not wrapped for DDP)")
+    nets = nn.ModuleDict({"generator": gan.generator, "discriminator": gan.discriminator})
+    optimizer = torch.optim.Adam([{"params": gan.generator.parameters()}, {"params": gan.discriminator.parameters()}],
+                                 lr=cfg.lsgan_lr, betas=(cfg.lsgan_beta1, 0.999))
+    dev = accelerator.device
+    clip = cfg.lsgan_grad_clip
+
+    def train_step(step, rng, m, opt):
+        net = accelerator.unwrap_model(m)
+        g, d = net["generator"], net["discriminator"]
+        x = volume_batch(images, masks, rng, cfg.lsgan_batch_size, cfg.lsgan_flip_prob).to(dev)
+        gen = step_generator(rng)
+        real_y, fake_y = (t.to(dev) for t in noisy_labels(len(x), cfg.lsgan_label_noise, gen))
+        z = torch.randn(len(x), cfg.lsgan_latent_dim, generator=gen).to(dev)
+        # generator update (the discriminator's weights get no gradient)
+        d.requires_grad_(False)
+        with accelerator.autocast():
+            g_loss, fake = generator_loss(g, d, z, real_y)
+        accelerator.backward(g_loss)
+        d.requires_grad_(True)
+        if clip:
+            accelerator.clip_grad_norm_(g.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        # discriminator update on the same fake batch, detached
+        with accelerator.autocast():
+            terms = discriminator_loss(d, x, fake, real_y, fake_y)
+        accelerator.backward(terms["d_loss"])
+        if clip:
+            accelerator.clip_grad_norm_(d.parameters(), clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        out = {k: v.detach() for k, v in terms.items()}
+        return {"loss": g_loss.detach() + out["d_loss"], "g_loss": g_loss.detach(), **out}
+
+    def save(net, directory):
+        LSGAN3D(net["generator"], net["discriminator"]).save_pretrained(directory / MODEL_DIR)
+
+    run_training(KIND, cfg, nets, optimizer, None, cfg.lsgan_steps, Path(out_dir), resume, progress, stop_at, accelerator,
+         {"num_volumes": int(len(images)), "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
+         step_delay, train_step=train_step, save=save)
+    gan.generator.eval()
+    return gan

@@ -1,0 +1,108 @@
+"""Writing files safely: every result, checkpoint and volume sbldm writes goes through here.
+
+Writes are atomic (a temporary file in the target folder, then a rename), so a reader
+or a killed run sees the old file or the new one, never half of one; the new file gets
+the permissions the user's umask gives a newly created file (``mkstemp`` alone would
+leave it readable by its owner only).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- writing --------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: readers see the
+    old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except PermissionError as e:
+        raise PermissionError(f"cannot write {path}: its folder {path.parent} is not writable") from e
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.replace(tmp, path)
+        except PermissionError as e:
+            raise PermissionError(f"cannot write {path}: the file or its folder is read-only") from e
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (Path,)):
+        return str(o)
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    import io as _io
+
+    buf = _io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_nifti(path: str | os.PathLike, volume: np.ndarray, affine: np.ndarray | None = None) -> None:
+    """Write a 3D volume as NIfTI, atomically (identity affine if none is given)."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(volume, np.eye(4) if affine is None else np.asarray(affine))
+    atomic_write_bytes(path, _nifti_bytes(img, str(path).endswith(".gz")))
+
+
+def _nifti_bytes(img, compress: bool) -> bytes:
+    import io
+
+    raw = img.to_bytes()
+    if not compress:
+        return raw
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
+        f.write(raw)
+    return buf.getvalue()
+
+
+def save_samples_nifti(out_dir, images, masks, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
+    """Write each (image, mask) pair as ``{prefix}_{k:03d}_flair.nii.gz`` / ``..._seg.nii.gz``."""
+    out = Path(out_dir)
+    paths = []
+    for k, (im, m) in enumerate(zip(images, masks)):
+        pi, pm = out / f"{prefix}_{k:03d}_flair.nii.gz", out / f"{prefix}_{k:03d}_seg.nii.gz"
+        save_nifti(pi, np.asarray(im, np.float32), affine)
+        save_nifti(pm, np.asarray(m, np.uint8), affine)
+        paths.append((pi, pm))
+    return paths

@@ -1,0 +1,394 @@
+"""Time and memory benchmark: ``python -m sbldm.runner.bench --scale small``.
+
+Measures, on the current device, with untrained networks of a preset's sizes (speed and
+memory do not depend on the weights):
+
+- sampling time per volume of SBLDM with DDIM (10, 25, 50 steps) and DDPM (all steps),
+  split into denoising and slice decoding, for batch sizes 1..N;
+- one training step (forward + backward + optimiser) and its peak memory for the slice
+  VAE, the SBLDM latent UNet, the 3D-LDM autoencoder and UNet, and a pixel-space 3D DDPM
+  UNet of the SBLDM UNet's widths on the whole (image, mask) volume — the model the
+  paper calls too expensive. Each training measurement runs in its own subprocess so
+  its peak memory is its own (CPU: peak RSS; GPU: ``torch.cuda.max_memory_allocated``).
+
+Medians of several runs after a warm-up, ``torch.cuda.synchronize()`` on GPU. Output:
+``results/bench/<scale>_<device>_<dtype>.json`` and ``.md`` with the device, dtype and
+versions.
+
+``--fast-paths [VARIANT ...]`` instead compares, in one run, the plain path with bf16
+autocast, channels-last(-3d) memory, ``torch.compile`` of the UNet and their combinations
+(``VARIANTS``): DDIM sampling per volume (with each variant's deviation from the plain
+latents) and the SBLDM UNet's training step. Output ``..._fastpaths.json`` / ``.md``.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.provenance import device_name
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPONENTS = ("slice_vae", "sbldm_unet", "ldm3d_autoencoder", "ldm3d_unet", "pixel_ddpm_unet")
+
+
+def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+    from sbldm.evaluation.generation import time_per_volume
+
+    return time_per_volume(fn, n_volumes_per_call=1, repeats=repeats, warmup=warmup)["median_s"]
+
+
+def _autocast(device: str, dtype: str):
+    import contextlib
+
+    import torch
+
+    if dtype == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+#: the fast paths of issue #8, each measured against the plain path in the same run
+VARIANTS = ("plain", "bf16", "channels_last", "compile", "compile+bf16", "compile+channels_last+bf16")
+
+
+def _variant_flags(variant: str) -> dict:
+    parts = set(variant.split("+"))
+    unknown = parts - {"plain", "bf16", "channels_last", "compile"}
+    if unknown:
+        raise ValueError(f"unknown fast path(s) {sorted(unknown)} in {variant!r}; variants: {', '.join(VARIANTS)}")
+    return {"bf16": "bf16" in parts, "channels_last": "channels_last" in parts, "compile": "compile" in parts}
+
+
+def _train_step_setup(component: str, cfg, device: str):
+    """(model, step function) for one training step of ``component`` at ``cfg``'s sizes."""
+    import torch
+
+    from sbldm.models.unet3d import ConditionedUNet3D, build_unet
+    from sbldm.models.vae import build_vae, relative_positions, vae_loss
+
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x_, y_, z_ = cfg.volume_shape
+    f = cfg.vae_downsampling
+
+    def noise_step(model, shape, cond):
+        x = torch.randn(shape, generator=g).to(device)
+        t = torch.randint(0, 1000, (shape[0],), generator=g).to(device)
+        eps = torch.randn(shape, generator=g).to(device)
+
+        def loss():
+            return torch.nn.functional.mse_loss(model(x + eps, t, cond), eps)
+        return loss
+
+    if component == "slice_vae":
+        model = build_vae(cfg).to(device)
+        x = (torch.rand((cfg.vae_batch_size, 2, x_, y_), generator=g) * 2 - 1).to(device)
+        pos = relative_positions(z_)[:cfg.vae_batch_size].to(device)
+        loss = lambda: vae_loss(model, x, pos, kl_weight=cfg.vae_kl_weight)["loss"]  # noqa: E731
+        unit = f"batch of {cfg.vae_batch_size} slices {x_}x{y_}"
+    elif component == "sbldm_unet":
+        model = build_unet(cfg).to(device)
+        b = cfg.diffusion_batch_size
+        loss = noise_step(model, (b, cfg.vae_latent_channels, x_ // f, y_ // f, z_), torch.rand(b, 9).to(device))
+        unit = f"batch of {b} latents {cfg.vae_latent_channels}x{x_ // f}x{y_ // f}x{z_}"
+    elif component == "pixel_ddpm_unet":
+        model = ConditionedUNet3D(in_channels=2, block_out_channels=tuple(cfg.unet_channels),
+                                  layers_per_block=cfg.unet_layers_per_block, norm_num_groups=cfg.unet_norm_groups,
+                                  cond_hidden_dim=cfg.unet_cond_hidden_dim, time_proj_dim=cfg.unet_time_proj_dim,
+                                  embed_dim=cfg.unet_embed_dim, cond_fusion=cfg.unet_cond_fusion,
+                                  mid_layers=cfg.unet_mid_layers).to(device)
+        b = cfg.diffusion_batch_size
+        loss = noise_step(model, (b, 2, x_, y_, z_), torch.rand(b, 9).to(device))
+        unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
+    elif component in ("ldm3d_autoencoder", "ldm3d_unet"):
+        from sbldm.generators.ldm3d import autoencoder_loss, build_networks
+
+        ae, unet, _ = build_networks(cfg)
+        if component == "ldm3d_autoencoder":
+            model = ae.to(device)
+            b = cfg.ldm3d_ae_batch_size
+            x = (torch.rand((b, 2, x_, y_, z_), generator=g) * 2 - 1).to(device)
+            loss = lambda: autoencoder_loss(model, x)[0]["loss"]  # noqa: E731
+            unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
+        else:
+            model = unet.to(device)
+            b = cfg.ldm3d_diffusion_batch_size
+            lat = ae.latent_shape(cfg.volume_shape)
+            loss = noise_step(model, (b, *lat), None)
+            unit = f"batch of {b} latents {'x'.join(map(str, lat))}"
+    else:
+        raise ValueError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    return model, loss, unit
+
+
+def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int,
+                       variant: str = "plain") -> dict:
+    """One component's training step time and peak memory (run in a fresh process);
+    ``variant`` adds fast paths (``VARIANTS``; its ``bf16`` overrides ``dtype``)."""
+    import torch
+
+    from sbldm.config import resolve
+
+    torch.set_flush_denormal(True)
+    cfg = resolve(scale)
+    flags = _variant_flags(variant)
+    dtype = "bf16" if flags["bf16"] else dtype
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model, loss_fn, unit = _train_step_setup(component, cfg, device)
+    if flags["channels_last"]:
+        model.to(memory_format=torch.channels_last_3d if component != "slice_vae" else torch.channels_last)
+    if flags["compile"]:
+        model.compile()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with _autocast(device, dtype):
+            loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"component": component, "variant": variant, "unit": unit,
+            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+            "step_s": t, "peak_memory_MiB": peak / 2 ** 20,
+            "memory_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS of the process",
+            "baseline_rss_MiB": rss0 / 1024 if device != "cuda" else None}
+
+
+def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(10, 25, 50),
+                     ddpm: bool = True, batch_sizes=(1,)) -> list[dict]:
+    """SBLDM sampling time per volume, denoising and decoding apart."""
+    import torch
+
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    torch.set_flush_denormal(True)
+    pipe = SBLDMPipeline.from_scale(scale).to(device)
+    cfg_shape = pipe.volume_shape
+    rows = []
+    cond = np.full((1, 9), 0.5, np.float32)
+    plans = [("ddim", s) for s in steps] + ([("ddpm", pipe.scheduler.config.num_train_timesteps)] if ddpm else [])
+    for b in batch_sizes:
+        conds = np.repeat(cond, b, axis=0)
+        for sampler, n_steps in plans:
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            reps = 1 if sampler == "ddpm" else repeats
+
+            def denoise():
+                with _autocast(device, dtype):
+                    return pipe(conditions=conds, num_volumes=b, sampler=sampler, num_inference_steps=n_steps,
+                                generator=gen, output_type="latent").images
+
+            t_den = _median_time(denoise, reps, warmup=0 if sampler == "ddpm" else 1)
+            lat = torch.as_tensor(denoise() if sampler != "ddpm" else np.zeros((b, *pipe.latent_shape()), np.float32)).to(device)
+
+            def decode():
+                with _autocast(device, dtype):
+                    return pipe.decode_latents(lat, 16)
+
+            t_dec = _median_time(decode, repeats)
+            rows.append({"sampler": sampler, "steps": n_steps, "batch": b, "volume_shape": list(cfg_shape),
+                         "denoise_s_per_volume": t_den / b, "decode_s_per_volume": t_dec / b,
+                         "total_s_per_volume": (t_den + t_dec) / b})
+    return rows
+
+
+def _bench_pipeline(scale: str, pipeline: str | None):
+    """A trained pipeline from ``pipeline``, else an untrained one of the preset whose
+    zero-initialised output convolution gets seeded random weights (so its samples, and
+    their deviations between fast paths, depend on every layer)."""
+    import torch
+
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    if pipeline:
+        return SBLDMPipeline.from_pretrained(pipeline)
+    torch.manual_seed(0)
+    pipe = SBLDMPipeline.from_scale(scale)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in pipe.unet.conv_out.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return pipe
+
+
+def measure_fast_paths(scale: str, device: str, repeats: int, variants=VARIANTS, steps: int = 50,
+                       batch: int = 1, pipeline: str | None = None) -> list[dict]:
+    """DDIM sampling time per volume (denoising and decoding apart) of each fast-path
+    variant, with the largest deviation of its latents from the plain path's."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    conds = np.full((batch, 9), 0.5, np.float32)
+    rows, ref = [], None
+    for variant in variants:
+        flags = _variant_flags(variant)
+        pipe = _bench_pipeline(scale, pipeline).to(device)
+        pipe.enable_fast_paths(compile=flags["compile"], channels_last=flags["channels_last"])
+        dtype = "bf16" if flags["bf16"] else "fp32"
+
+        def denoise():
+            with _autocast(device, dtype):
+                return pipe(conditions=conds, num_volumes=batch, num_inference_steps=steps,
+                            generator=torch.Generator(device="cpu").manual_seed(0), output_type="latent").images
+
+        t0 = time.perf_counter()
+        lat = denoise()                        # first call: compilation, if any
+        first = time.perf_counter() - t0
+        t_den = _median_time(denoise, repeats, warmup=0)
+        z = torch.as_tensor(lat).to(device)
+
+        def decode():
+            with _autocast(device, dtype):
+                return pipe.decode_latents(z, 16)
+
+        t_dec = _median_time(decode, repeats)
+        ref = lat if ref is None else ref
+        rows.append({"variant": variant, "steps": steps, "batch": batch, "first_call_s": first,
+                     "denoise_s_per_volume": t_den / batch, "decode_s_per_volume": t_dec / batch,
+                     "total_s_per_volume": (t_den + t_dec) / batch,
+                     "max_latent_deviation": float(np.abs(lat - ref).max())})
+    plain = rows[0]["total_s_per_volume"]
+    for r in rows:
+        r["speedup"] = plain / r["total_s_per_volume"]
+    return rows
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
+
+
+def markdown(result: dict) -> str:
+    from sbldm.tables import to_markdown
+
+    s = result["sampling"]
+    ddim50 = next((r for r in s if r["sampler"] == "ddim" and r["steps"] == 50 and r["batch"] == 1), None)
+    ddpm = next((r for r in s if r["sampler"] == "ddpm" and r["batch"] == 1), None)
+    lines = [f"### Benchmark — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}, "
+             f"{result['dtype']}", "", "Sampling (SBLDM, per volume):", "",
+             to_markdown(s, ["sampler", "steps", "batch", "denoise_s_per_volume", "decode_s_per_volume",
+                             "total_s_per_volume"], digits=4), ""]
+    if ddim50 and ddpm:
+        lines.append(f"DDPM-{ddpm['steps']} / DDIM-50 wall-time ratio: "
+                     f"{ddpm['total_s_per_volume'] / ddim50['total_s_per_volume']:.1f}x "
+                     f"(step ratio {ddpm['steps'] / 50:.0f}x; decoding is paid once by both)")
+        lines.append("")
+    train = result["training"]
+    lines += ["Training step (forward + backward + AdamW):", "",
+              to_markdown(train, ["component", "unit", "params_M", "step_s", "peak_memory_MiB", "memory_kind"], digits=4)]
+    by = {r["component"]: r for r in train if "step_s" in r}
+    if "sbldm_unet" in by and "pixel_ddpm_unet" in by:
+        a, p = by["sbldm_unet"], by["pixel_ddpm_unet"]
+        lines += ["", f"SBLDM latent UNet vs pixel-space 3D DDPM UNet (same widths, same batch): "
+                      f"{p['step_s'] / a['step_s']:.1f}x faster per step, "
+                      f"{p['peak_memory_MiB'] / a['peak_memory_MiB']:.1f}x less peak memory "
+                      f"({'CPU peak RSS includes the ~' + format(a.get('baseline_rss_MiB') or 0, '.0f') + ' MiB of the libraries' if result['device'].startswith('CPU') else 'GPU allocations'})"]
+    lines += ["", f"versions: {json.dumps(result['versions'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def fast_paths_markdown(result: dict) -> str:
+    from sbldm.tables import to_markdown
+
+    lines = [f"### Fast paths — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}", "",
+             f"SBLDM DDIM-{result['sampling'][0]['steps']} per volume, batch {result['sampling'][0]['batch']} "
+             "(median after the first call; first_call_s includes any compilation):", "",
+             f"weights: {result.get('weights', 'untrained')}", "",
+             to_markdown(result["sampling"], ["variant", "first_call_s", "denoise_s_per_volume", "decode_s_per_volume",
+                                              "total_s_per_volume", "speedup", "max_latent_deviation"], digits=4), "",
+             "SBLDM latent UNet training step:", "",
+             to_markdown(result["training"], ["variant", "unit", "step_s", "peak_memory_MiB", "memory_kind"], digits=4),
+             "", f"versions: {json.dumps(result['versions'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def _train_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
+    proc = subprocess.run([sys.executable, "-m", "sbldm.runner.bench", "--one", comp, "--variant", variant,
+                           "--scale", args.scale, "--device", device, "--dtype", args.dtype,
+                           "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"  {comp} ({variant}): {err}", flush=True)
+        return {"component": comp, "variant": variant, "error": err}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sbldm.runner.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="small")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
+    ap.add_argument("--components", nargs="+", default=list(COMPONENTS))
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    ap.add_argument("--fast-paths", nargs="*", default=None, metavar="VARIANT",
+                    help=f"instead of the main benchmark, compare the fast paths with the plain path "
+                         f"(default variants: {' '.join(VARIANTS)})")
+    ap.add_argument("--pipeline", default=None,
+                    help="a trained pipeline folder for --fast-paths (default: untrained networks of the preset)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    import torch
+
+    from sbldm.config import resolve
+    from sbldm.provenance import library_versions
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if args.one:
+        print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant)))
+        return 0
+    cfg = resolve(args.scale)
+    result = {"scale": args.scale, "volume_shape": list(cfg.volume_shape), "device": device_name(device),
+              "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats}
+    out = Path(args.out)
+    if args.fast_paths is not None:
+        variants = tuple(args.fast_paths) or VARIANTS
+        for v in variants:
+            _variant_flags(v)                  # refuse a typo before anything runs
+        variants = ("plain", *[v for v in variants if v != "plain"])   # the reference comes first
+        print(f"fast paths on {result['device']}: {', '.join(variants)} ...", flush=True)
+        result["sampling"] = measure_fast_paths(args.scale, device, args.repeats, variants, max(args.steps),
+                                                max(args.batch_sizes), args.pipeline)
+        result["weights"] = args.pipeline or "untrained (random output layer)"
+        result["training"] = [_train_subprocess("sbldm_unet", args, device, v) for v in variants]
+        _write(out / f"{args.scale}_{_slug(result['device'])}_fastpaths", result, fast_paths_markdown(result))
+        return 0
+    print(f"sampling on {result['device']} ...", flush=True)
+    result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
+                                          not args.no_ddpm, tuple(args.batch_sizes))
+    result["training"] = []
+    for comp in args.components:
+        print(f"training step: {comp} ...", flush=True)
+        result["training"].append(_train_subprocess(comp, args, device))
+    _write(out / f"{args.scale}_{_slug(result['device'])}_{args.dtype}", result, markdown(result))
+    return 0
+
+
+def _write(stem: Path, result: dict, md: str) -> None:
+    """``<stem>.json`` and ``<stem>.md``, atomically; the table also to stdout."""
+    from sbldm.io import atomic_write_bytes, atomic_write_json
+
+    atomic_write_json(stem.with_suffix(".json"), result)
+    atomic_write_bytes(stem.with_suffix(".md"), md.encode())
+    print(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""How a process is set up before it computes: CPU threads and denormals, seeds, device."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+
+def cpu_setup(threads: int | None = None) -> None:
+    """Flush denormal floats (a conv backward pass on CPU otherwise slows 20-50x once
+    weights turn subnormal; DESIGN.md section 7) and optionally set the thread count."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def pick_device(device: str | None = None) -> str:
+    """``device`` checked (``cuda:1`` on a machine with one GPU is refused with a clear
+    error), or ``cuda`` when a GPU is available and ``cpu`` otherwise."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {device!r}: {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} requested but this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return str(dev)

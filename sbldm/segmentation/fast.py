@@ -1,0 +1,217 @@
+"""Segmentation: the downstream task that synthetic (image, mask) pairs should help (paper §3.5).
+
+The ``fast`` backend is a MONAI 3D U-Net trained with Dice + cross-entropy for a fixed
+budget of optimiser steps on whole volumes (or random crops of ``seg_roi``), seeded, with
+sliding-window inference. It is the default at ``smoke`` and ``small``; nnU-Net v2 is the
+paper's backend (``sbldm.segmentation.nnunet``). Both take and give sbldm arrays: images (N, x, y, z)
+in [-1, 1], masks (N, x, y, z) binary.
+
+The same trained network also serves the evaluation (notebook 04): its Dice on synthetic
+images against the synthetic masks (image-mask agreement), and its pooled bottleneck
+activations as the feature space of the Fréchet distance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from sbldm.config import Config
+
+
+def build_unet(cfg: Config):
+    """A MONAI 3D U-Net: 1 input channel (FLAIR), 2 output classes, widths ``seg_channels``."""
+    from monai.networks.nets import UNet
+
+    ch = tuple(cfg.seg_channels)
+    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=ch, strides=(2,) * (len(ch) - 1),
+                num_res_units=1, norm="instance")
+
+
+def _check(images, masks):
+    images, masks = np.asarray(images), np.asarray(masks)
+    if images.shape != masks.shape or images.ndim != 4:
+        raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    return images, masks
+
+
+@dataclass
+class Segmenter:
+    """A trained fast-backend network with its config; ``predict`` / ``features`` use it."""
+
+    model: object
+    cfg: Config
+    losses: list
+
+    def _roi(self, shape):
+        return tuple(min(r, s) for r, s in zip(self.cfg.seg_roi, shape))
+
+    def logits(self, images):
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for img in np.asarray(images, np.float32):
+                x = torch.as_tensor(img)[None, None]
+                out.append(sliding_window_inference(x, self._roi(img.shape), 1, self.model, overlap=0.25)[0].numpy())
+        return np.stack(out)
+
+    def predict(self, images) -> np.ndarray:
+        """Binary masks (N, x, y, z) uint8."""
+        lg = self.logits(images)
+        return (lg[:, 1] > lg[:, 0]).astype(np.uint8)
+
+    def features(self, images) -> np.ndarray:
+        """(N, F) features: global average and max of the deepest encoder activations."""
+        import torch
+
+        feats = []
+        deepest = _deepest_module(self.model)
+        store = {}
+        handle = deepest.register_forward_hook(lambda m, i, o: store.__setitem__("x", o))
+        try:
+            self.model.eval()
+            with torch.no_grad():
+                for img in np.asarray(images, np.float32):
+                    self.model(_pad_to(torch.as_tensor(img)[None, None], 2 ** (len(self.cfg.seg_channels) - 1)))
+                    h = store["x"][0].flatten(1)
+                    feats.append(torch.cat([h.mean(1), h.amax(1)]).numpy())
+        finally:
+            handle.remove()
+        return np.stack(feats)
+
+    def save(self, path) -> None:
+        import io
+
+        import torch
+
+        from sbldm.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses}, buf)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path) -> "Segmenter":
+        import torch
+
+        from sbldm.config import from_dict
+
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        cfg = from_dict(blob["config"])
+        model = build_unet(cfg)
+        model.load_state_dict(blob["state_dict"])
+        return cls(model, cfg, blob["losses"])
+
+
+def _deepest_module(model):
+    """The bottom block of MONAI's nested UNet (its innermost SkipConnection's submodule)."""
+    from monai.networks.layers.simplelayers import SkipConnection
+
+    inner = None
+    for m in model.modules():
+        if isinstance(m, SkipConnection):
+            inner = m
+    if inner is None:
+        raise ValueError("not a MONAI UNet")
+    sub = inner.submodule
+    return sub[1] if hasattr(sub, "__getitem__") and len(sub) > 1 else sub
+
+
+def _pad_to(x, multiple: int):
+    import torch.nn.functional as F
+
+    pads = []
+    for s in reversed(x.shape[2:]):
+        extra = (-s) % multiple
+        pads += [0, extra]
+    return F.pad(x, pads) if any(pads) else x
+
+
+def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None = None,
+               progress: bool = False) -> Segmenter:
+    """Train the fast backend for ``iterations`` (default ``cfg.seg_iterations``) steps.
+
+    Each step draws ``seg_batch_size`` volumes (with replacement, from a seeded generator)
+    and, if a volume exceeds ``seg_roi``, a random crop of that size, biased to contain
+    tumour half of the time. Same seed, same data, same machine -> same network.
+    """
+    import torch
+    from monai.losses import DiceCELoss
+    from tqdm.auto import tqdm
+
+    images, masks = _check(images, masks)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build_unet(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    roi = tuple(min(r, s) for r, s in zip(cfg.seg_roi, images.shape[1:]))
+    multiple = 2 ** (len(cfg.seg_channels) - 1)
+    losses = []
+    steps = cfg.seg_iterations if iterations is None else iterations
+    model.train()
+    for _ in tqdm(range(steps), desc="segmentation", disable=not progress):
+        xs, ys = [], []
+        for v in rng.integers(0, len(images), cfg.seg_batch_size):
+            x, y = _crop(images[v], masks[v], roi, rng)
+            xs.append(x)
+            ys.append(y)
+        x = _pad_to(torch.as_tensor(np.stack(xs), dtype=torch.float32)[:, None], multiple)
+        y = _pad_to(torch.as_tensor(np.stack(ys), dtype=torch.float32)[:, None], multiple)
+        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return Segmenter(model, cfg, losses)
+
+
+def _crop(image, mask, roi, rng):
+    if tuple(image.shape) == tuple(roi):
+        return image, mask
+    if mask.any() and rng.random() < 0.5:
+        centre = np.argwhere(mask)[rng.integers(mask.sum())]
+    else:
+        centre = np.array([rng.integers(0, s) for s in image.shape])
+    start = [int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, image.shape)]
+    sl = tuple(slice(a, a + r) for a, r in zip(start, roi))
+    return image[sl], mask[sl]
+
+
+# -- metrics --------------------------------------------------------------------------
+
+def case_metrics(pred, target, spacing: Sequence[float] | None = None) -> dict:
+    """Dice, IoU and HD95 (MONAI, in voxels unless ``spacing``) of one binary prediction.
+
+    Conventions for empty masks: both empty -> Dice = IoU = 1, HD95 = 0; exactly one
+    empty -> Dice = IoU = 0, HD95 = NaN (undefined; reported as missing)."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    p, t = np.asarray(pred) > 0, np.asarray(target) > 0
+    if p.shape != t.shape:
+        raise ValueError(f"prediction shape {p.shape} differs from target shape {t.shape}")
+    inter, ps, ts = np.logical_and(p, t).sum(), p.sum(), t.sum()
+    if ps == 0 and ts == 0:
+        return {"dice": 1.0, "iou": 1.0, "hd95": 0.0}
+    dice = 2 * inter / (ps + ts)
+    iou = inter / np.logical_or(p, t).sum()
+    if ps == 0 or ts == 0:
+        return {"dice": float(dice), "iou": float(iou), "hd95": math.nan}
+    hd = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
+                                    percentile=95, spacing=spacing)
+    return {"dice": float(dice), "iou": float(iou), "hd95": float(hd.reshape(-1)[0])}
+
+
+def evaluate(pred_masks, target_masks, case_ids: Sequence[str] | None = None) -> list[dict]:
+    """Per-case metrics rows ``{case_id, dice, iou, hd95}``."""
+    pred_masks, target_masks = np.asarray(pred_masks), np.asarray(target_masks)
+    ids = case_ids if case_ids is not None else [str(i) for i in range(len(pred_masks))]
+    return [{"case_id": c, **case_metrics(p, t)} for c, p, t in zip(ids, pred_masks, target_masks)]

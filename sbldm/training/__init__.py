@@ -1,0 +1,1 @@
+"""Training loops for the slice VAE and the latent UNet: one resumable, seeded, accelerate-driven loop (``trainer``)."""

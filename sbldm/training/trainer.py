@@ -1,0 +1,463 @@
+"""Training entry points of the two stages, and their command line.
+
+    python -m sbldm.training.trainer vae --scale smoke --prepared work/smoke/data --out work/smoke/vae
+    python -m sbldm.training.trainer diffusion --scale smoke --prepared work/smoke/data \\
+        --vae work/smoke/vae --out work/smoke/diffusion [--pipeline work/smoke/pipeline]
+    accelerate launch -m sbldm.training.trainer vae --scale paper ...   # multi-GPU / mixed precision
+
+Both stages share one loop (``run_training``) that gives:
+
+- determinism: the data of step ``s`` (batch indices, flips, noise, timesteps,
+  condition dropout, posterior samples) is a function of ``(seed, s, rank)`` only, so a
+  run resumed from a checkpoint is bit-identical to an uninterrupted one on CPU;
+- checkpoints every ``cfg.checkpoint_every`` steps, written atomically
+  (``checkpoints/last.pt``: model, optimiser, step, RNG states, the data sampler's
+  state), and ``resume=True`` continuing from it;
+- a tqdm bar with the running loss, ``log.jsonl`` (step, loss terms, lr, time),
+  ``loss_curve.png``;
+- the trained model written with ``save_pretrained`` in ``out_dir`` plus ``run.json``
+  (config, seed, library versions, hardware, git commit, wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sbldm.config import Config, resolve, resume_conflicts
+from sbldm.provenance import git_commit, hardware, library_versions
+from sbldm.runtime import cpu_setup, seed_everything
+from sbldm.io import atomic_write_bytes, atomic_write_json
+
+CHECKPOINT = "checkpoints/last.pt"
+
+
+# -- reproducibility helpers --------------------------------------------------------------
+
+def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """The numpy generator of one training step: a function of (seed, step, rank) only."""
+    return np.random.default_rng([int(seed), int(step), int(rank)])
+
+
+def step_generator(rng: np.random.Generator) -> torch.Generator:
+    """A CPU torch generator seeded from a step's numpy generator."""
+    return torch.Generator().manual_seed(int(rng.integers(0, 2 ** 63 - 1)))
+
+
+def run_record(cfg: Config, stage: str, **extra) -> dict:
+    return {"stage": stage, "scale": cfg.scale, "seed": cfg.seed, "config": cfg.to_dict(),
+            "config_hash": cfg.hash(), "versions": library_versions(), "hardware": hardware(),
+            "git_commit": git_commit(), **extra}
+
+
+# -- logging ---------------------------------------------------------------------------------
+
+class _Log:
+    """``log.jsonl`` of a run; on resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path = path
+        self.records: list[dict] = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("step", 0) <= keep_until:
+                    self.records.append(rec)
+        self._rewrite()
+
+    def _rewrite(self):
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+
+    def append(self, rec: dict):
+        self.records.append(rec)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def read_log(out_dir: str | os.PathLike) -> list[dict]:
+    """The records of a run's ``log.jsonl`` (step, loss terms, lr, time_s)."""
+    path = Path(out_dir) / "log.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- the shared loop ---------------------------------------------------------------------------
+
+def make_accelerator(cfg: Config, device: str | None = None):
+    from accelerate import Accelerator
+
+    cpu = device == "cpu" or not torch.cuda.is_available()
+    return Accelerator(mixed_precision=cfg.mixed_precision if not cpu else "no", cpu=cpu)
+
+
+def _rng_states() -> dict:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_states(st: dict) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
+         out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
+         extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
+         save: Callable | None = None):
+    """Generic loop; returns (unwrapped model, finished: bool).
+
+    By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
+    several updates per step (a GAN) passes ``train_step(step, rng, model, optimizer)``
+    instead, which does its own backward passes and updates and returns the detached
+    terms (with ``loss``). ``save(unwrapped, out_dir)`` replaces ``save_pretrained``
+    for a model that is several networks (an ``nn.ModuleDict``)."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / CHECKPOINT
+    start = 0
+    resumed_from = None
+    wall_before = 0.0
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ckpt.get("stage") != stage:
+            raise ValueError(f"{ckpt_path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
+        conflicts = resume_conflicts(stage, ckpt.get("config") or {}, cfg)
+        if conflicts:
+            raise ValueError(f"{ckpt_path} was written with another {stage} configuration ("
+                             + "; ".join(conflicts) + "); use resume=False or another out_dir")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        _set_rng_states(ckpt["rng"])
+        start = resumed_from = int(ckpt["step"])
+        wall_before = float(ckpt.get("wall_time_s", 0.0))
+    elif not resume and ckpt_path.is_file():
+        ckpt_path.unlink()
+
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    main = accelerator.is_main_process
+    log = _Log(out_dir / "log.jsonl", start) if main else None
+    rank = accelerator.process_index
+
+    def save_checkpoint(step: int, wall: float):
+        if not main:
+            return
+        buf = io.BytesIO()
+        torch.save({"stage": stage, "step": step, "config_hash": cfg.hash(), "config": cfg.to_dict(),
+                    "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": _rng_states(), "wall_time_s": wall,
+                    "sampler": {"kind": "numpy default_rng([seed, step, rank])", "seed": cfg.seed,
+                                "next_step": step}}, buf)
+        atomic_write_bytes(ckpt_path, buf.getvalue())
+
+    t0 = time.perf_counter()
+    window: dict[str, list[float]] = {}
+    running = None
+    finished = start >= total_steps
+    model.train()
+    bar = tqdm(total=total_steps, initial=start, desc=f"train {stage}", disable=not (progress and main),
+               dynamic_ncols=True)
+    step = start
+    try:
+        for step in range(start, total_steps):
+            rng = step_rng(cfg.seed, step, rank)
+            if train_step is None:
+                terms = loss_fn(step, rng, model)
+                loss = terms["loss"]
+                accelerator.backward(loss)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                terms = train_step(step, rng, model, optimizer)
+                loss = terms["loss"]
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"{stage} loss became {value} at step {step + 1}; lower the learning rate")
+            running = value if running is None else 0.95 * running + 0.05 * value
+            for k, v in terms.items():
+                window.setdefault(k, []).append(float(v.detach()) if torch.is_tensor(v) else float(v))
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            done = step + 1
+            if main and (done % max(cfg.log_every, 1) == 0 or done == total_steps):
+                rec = {"step": done, **{k: float(np.mean(v)) for k, v in window.items()},
+                       "lr": optimizer.param_groups[0]["lr"], "time_s": wall_before + time.perf_counter() - t0}
+                log.append(rec)
+                window = {}
+            if done % max(cfg.checkpoint_every, 1) == 0 or done == total_steps:
+                save_checkpoint(done, wall_before + time.perf_counter() - t0)
+            if step_delay:
+                time.sleep(step_delay)
+            if stop_at is not None and done >= stop_at and done < total_steps:
+                accelerator.wait_for_everyone()
+                return unwrapped, False
+        finished = True
+    finally:
+        bar.close()
+
+    accelerator.wait_for_everyone()
+    if main:
+        from sbldm.plotting import plot_loss_curve
+
+        if save is None:
+            unwrapped.save_pretrained(out_dir)
+        else:
+            save(unwrapped, out_dir)
+        records = log.records
+        plot_loss_curve(records, out_dir / "loss_curve.png", title=f"{stage} ({cfg.scale})")
+        wall = wall_before + time.perf_counter() - t0
+        atomic_write_json(out_dir / "run.json", run_record(
+            cfg, stage, steps=total_steps, resumed_from=resumed_from, wall_time_s=wall,
+            final_loss=records[-1]["loss"] if records else None,
+            num_parameters=sum(p.numel() for p in unwrapped.parameters()),
+            num_processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
+            **extra_record))
+    return unwrapped, finished
+
+
+# -- stage 1 ------------------------------------------------------------------------------------
+
+def _slice_dataset(cfg: Config, train):
+    from sbldm.data.cohort import Prepared, SliceDataset
+
+    if isinstance(train, SliceDataset):
+        return train
+    if isinstance(train, Prepared):
+        images, masks = train.images, train.masks
+    else:
+        images, masks = train
+    return SliceDataset(np.asarray(images), np.asarray(masks), empty_keep=cfg.vae_empty_slice_keep, seed=cfg.seed)
+
+
+def vae_batch(ds, rng: np.random.Generator, batch_size: int, flip_prob: float = 0.0):
+    """(x (B, 2, X, Y), relative slice positions (B,)) of one step, drawn by ``rng``."""
+    idx = rng.integers(0, len(ds), size=batch_size)
+    xs, pos = [], []
+    for i in idx:
+        item = ds[int(i)]
+        x = item["x"]
+        if flip_prob > 0:
+            if rng.random() < flip_prob:
+                x = x[:, ::-1, :]
+            if rng.random() < flip_prob:
+                x = x[:, :, ::-1]
+        xs.append(np.ascontiguousarray(x))
+        pos.append(item["slice_index"] / max(item["depth"] - 1, 1))
+    return torch.from_numpy(np.stack(xs)), torch.tensor(pos, dtype=torch.float32)
+
+
+def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+              stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
+    """Train the slice VAE on ``train`` (a ``Prepared`` split, a ``SliceDataset`` or an
+    ``(images, masks)`` pair) for ``cfg.vae_steps`` steps; returns the trained ``SliceVAE``.
+
+    ``stop_at`` stops after that many steps (as if killed just after the step), for
+    tests and for training in slices; ``resume`` continues from ``out_dir``'s checkpoint.
+    """
+    from sbldm.models.vae import build_vae, vae_loss
+
+    cpu_setup()
+    if cfg.vae_lpips_weight > 0:
+        if not cfg.vae_lpips_path:
+            raise ValueError("vae_lpips_weight > 0 needs LPIPS backbone weights on disk (vae_lpips_path); "
+                             "sbldm downloads nothing. Set vae_lpips_weight=0 to train without LPIPS.")
+        raise NotImplementedError("LPIPS from local weights is not implemented yet; set vae_lpips_weight=0")
+    seed_everything(cfg.seed)
+    ds = _slice_dataset(cfg, train)
+    if len(ds) == 0:
+        raise ValueError("the slice dataset is empty")
+    accelerator = make_accelerator(cfg, device)
+    model = build_vae(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
+    dev = accelerator.device
+
+    def loss_fn(step, rng, m):
+        x, pos = vae_batch(ds, rng, cfg.vae_batch_size, cfg.vae_flip_prob)
+        gen = step_generator(rng)
+        eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
+        with accelerator.autocast():
+            return vae_loss(m, x.to(dev), pos.to(dev), kl_weight=cfg.vae_kl_weight, ssim_weight=cfg.vae_ssim_weight,
+                            ssim_range=cfg.vae_ssim_range,
+                            generator=eps_gen)
+
+    model, _ = run_training("vae", cfg, model, optimizer, loss_fn, cfg.vae_steps, Path(out_dir), resume, progress,
+                    stop_at, accelerator, {"num_slices": len(ds)}, step_delay)
+    return model.eval()
+
+
+# -- stage 2 ----------------------------------------------------------------------------------
+
+def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor,
+                prediction_type: str = "epsilon"):
+    """One diffusion training batch drawn by ``rng`` (deterministic in the step's rng):
+    (indices, noisy latents x_t, the regression target, timesteps, the torch generator for
+    any further draws of the step).
+
+    The target is the noise ``eps`` (``prediction_type="epsilon"``, the paper) or the
+    velocity ``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, Salimans & Ho 2022),
+    with ``a`` the cumulative alpha at the drawn timestep.
+    """
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
+    gen = step_generator(rng)
+    z0 = data[idx]
+    noise = torch.randn(z0.shape, generator=gen)
+    t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen)
+    a = alphas_cumprod[t].reshape(-1, *([1] * (z0.ndim - 1)))
+    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, target, t, gen
+
+
+def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """MSE (paper) or L1 (authors' code) between the prediction and its target (noise or
+    velocity, see ``noise_batch``), in float32."""
+    err = pred.float() - target
+    return err.abs().mean() if kind == "l1" else (err ** 2).mean()
+
+
+def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str | os.PathLike,
+                    latent_std: float | None = None, resume: bool = True, progress: bool = True,
+                    stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
+    """Train the conditioned 3D UNet on stacked latents for ``cfg.diffusion_steps`` steps.
+
+    ``latents``: a ``sbldm.diffusion.latents.Latents`` (its means and ``latent_std`` are used) or
+    an (N, C, H', W', D) array of posterior means with ``latent_std`` given.
+    ``conditions``: (N, 9) normalised condition vectors (``Prepared.conditions``).
+    The model sees ``means / latent_std``. Returns the trained ``ConditionedUNet3D``.
+    """
+    from sbldm.diffusion.latents import Latents
+    from sbldm.models.unet3d import build_unet
+    from sbldm.diffusion.schedule import make_scheduler
+
+    cpu_setup()
+    seed_everything(cfg.seed)
+    if isinstance(latents, Latents):
+        latent_std = latents.latent_std if latent_std is None else latent_std
+        means = latents.mean
+    else:
+        means = np.asarray(latents, dtype=np.float32)
+        if latent_std is None:
+            raise ValueError("pass latent_std with a plain latent array (or a sbldm.diffusion.latents.Latents)")
+    conditions = np.asarray(conditions, dtype=np.float32)
+    if means.ndim != 5 or len(means) != len(conditions) or conditions.shape[1:] != (9,):
+        raise ValueError(f"latents (N, C, H', W', D) {means.shape} and conditions (N, 9) {conditions.shape} "
+                         "must match")
+    if means.shape[1] != cfg.vae_latent_channels:
+        raise ValueError(f"latents have {means.shape[1]} channels, config says vae_latent_channels="
+                         f"{cfg.vae_latent_channels}")
+    data = torch.from_numpy(means / np.float32(latent_std))
+    cond = torch.from_numpy(conditions)
+    scheduler = make_scheduler(cfg)
+    accelerator = make_accelerator(cfg, device)
+    model = build_unet(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.diffusion_lr, weight_decay=cfg.diffusion_weight_decay)
+    dev = accelerator.device
+    alphas = scheduler.alphas_cumprod
+
+    def loss_fn(step, rng, m):
+        idx, noisy, target, t, gen = noise_batch(data, rng, cfg.diffusion_batch_size, alphas,
+                                                 cfg.diffusion_prediction_type)
+        drop = torch.rand(len(idx), generator=gen) < cfg.unet_cond_dropout
+        with accelerator.autocast():
+            pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev))
+            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)
+        return {"loss": loss}
+
+    model, _ = run_training("diffusion", cfg, model, optimizer, loss_fn, cfg.diffusion_steps, Path(out_dir), resume,
+                    progress, stop_at, accelerator,
+                    {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std),
+                     "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay)
+    if accelerator.is_main_process:
+        atomic_write_json(Path(out_dir) / "latent_scale.json",
+                          {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std)})
+    return model.eval()
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def _parse_sets(items) -> dict:
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sbldm.training.trainer", description=__doc__.split("\n\n")[0])
+    p.add_argument("stage", choices=("vae", "diffusion"))
+    p.add_argument("--scale", default="smoke")
+    p.add_argument("--prepared", required=True, help="prepared cohort folder (notebook 00)")
+    p.add_argument("--out", required=True, help="output folder of this stage")
+    p.add_argument("--vae", help="trained VAE folder (diffusion stage)")
+    p.add_argument("--pipeline", help="also write the full pipeline here (diffusion stage)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow a run down
+    a = p.parse_args(argv)
+
+    from sbldm.data.cohort import load_prepared
+
+    overrides = _parse_sets(a.set)
+    if a.seed is not None:
+        overrides["seed"] = a.seed
+    cfg = resolve(a.scale, **overrides)
+    cpu_setup(a.threads)
+    train = load_prepared(a.prepared, "train")
+    if a.stage == "vae":
+        train_vae(cfg, train, a.out, resume=not a.no_resume, progress=not a.no_progress, step_delay=a.step_delay)
+        return 0
+    if not a.vae:
+        p.error("the diffusion stage needs --vae (a trained VAE folder)")
+    from sbldm.diffusion.latents import encode_dataset, load_latents, save_latents
+    from sbldm.models.vae import SliceVAE
+
+    vae = SliceVAE.from_pretrained(a.vae).eval()
+    cache = Path(a.out) / "latents"
+    try:
+        lat = load_latents(cache)
+    except FileNotFoundError:
+        lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=not a.no_progress)
+        save_latents(cache, lat)
+    unet = train_diffusion(cfg, lat, train.conditions, a.out, resume=not a.no_resume, progress=not a.no_progress,
+                           step_delay=a.step_delay)
+    if a.pipeline:
+        from sbldm.diffusion.pipeline import SBLDMPipeline
+
+        pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer,
+                                             train_features=train.features, latent_std=lat.latent_std)
+        pipe.save_pretrained(a.pipeline)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
