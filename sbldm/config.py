@@ -89,6 +89,13 @@ class Config:
     diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
     diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; "v_prediction" learns the
                                                  # near-pure-noise steps of this schedule far faster
+    # the tumour channel (README errata; the paper's route is the default of each):
+    condition_normalization: str = _reads("max", 'diffusion')   # authors: over the training max; "zscore"
+    unet_spatial_prior: bool = _reads(False, 'diffusion')       # paper: the 9-vector only; True adds the
+                                                                # rendered tumour as an input channel
+    diffusion_tumor_weight: float = _reads(0.0, 'diffusion')    # paper: 0; loss weight 1 + w on the tumour
+    diffusion_ema_decay: float = _reads(0.0, 'diffusion')       # paper: 0 (no EMA); EMA weights for sampling
+    diffusion_mixed_precision: str | None = _reads(None, 'diffusion')  # None: mixed_precision; "bf16" on CPU too
     diffusion_lr: float = _reads(1e-4, 'diffusion')
     diffusion_weight_decay: float = _reads(0.01, 'diffusion')  # AdamW default, as the authors' code
     diffusion_batch_size: int = _reads(8, 'diffusion')
@@ -347,6 +354,7 @@ def _validate(cfg: Config) -> None:
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
         "seg_backend": ("nnunet", "fast"),
         "vae_ssim_range": ("signed", "unit"),
+        "condition_normalization": ("max", "zscore"),
     }
     for name, allowed in choices.items():
         value = getattr(cfg, name)
@@ -362,6 +370,13 @@ def _validate(cfg: Config) -> None:
         )
     if not 0.0 <= cfg.vae_empty_slice_keep <= 1.0:
         raise ValueError(f"vae_empty_slice_keep must lie in [0, 1], got {cfg.vae_empty_slice_keep}")
+    if cfg.diffusion_mixed_precision not in (None, "no", "bf16"):
+        raise ValueError(f"diffusion_mixed_precision={cfg.diffusion_mixed_precision!r} is not valid; choose one of "
+                         "None (follow mixed_precision), 'no', 'bf16'")
+    if cfg.diffusion_tumor_weight < 0:
+        raise ValueError(f"diffusion_tumor_weight must be >= 0, got {cfg.diffusion_tumor_weight}")
+    if not 0.0 <= cfg.diffusion_ema_decay < 1.0:
+        raise ValueError(f"diffusion_ema_decay must lie in [0, 1), got {cfg.diffusion_ema_decay}")
     if not 0.0 <= cfg.unet_cond_dropout < 1.0:
         raise ValueError(f"unet_cond_dropout must lie in [0, 1), got {cfg.unet_cond_dropout}")
     _validate_baselines(cfg)

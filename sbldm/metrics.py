@@ -118,7 +118,9 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
     - ``psnr`` / ``ssim``: 2D, per axial slice, images mapped to [0, 1], over every slice;
     - ``psnr_3d`` / ``ssim_3d``: the same per whole volume;
     - ``dice``: per axial slice over tumour-bearing slices only (reconstructed mask
-      already thresholded).
+      already thresholded) — blind to false-positive slices, hence also
+    - ``dice_3d``: per whole volume (``nan`` where both masks are empty is not possible:
+      prepared volumes always hold a tumour; an empty pair would score 1).
 
     Returns ``{name: {"mean", "std", "n"}}``.
     """
@@ -126,11 +128,12 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
     masks, rec_masks = np.asarray(masks), np.asarray(rec_masks)
     if images.shape != rec_images.shape or masks.shape != rec_masks.shape or images.shape != masks.shape:
         raise ValueError("reconstruction_metrics: real and reconstructed arrays must share one (N, x, y, z) shape")
-    vals: dict[str, list[float]] = {"psnr": [], "ssim": [], "dice": [], "psnr_3d": [], "ssim_3d": []}
+    vals: dict[str, list[float]] = {"psnr": [], "ssim": [], "dice": [], "dice_3d": [], "psnr_3d": [], "ssim_3d": []}
     for v in range(len(images)):
         a, b = to_unit(images[v]), to_unit(rec_images[v])
         vals["psnr_3d"].append(psnr(b, a))
         vals["ssim_3d"].append(ssim(b, a))
+        vals["dice_3d"].append(dice(rec_masks[v], masks[v]))
         ta = torch.as_tensor(a).permute(2, 0, 1)[:, None]        # (D, 1, x, y)
         tb = torch.as_tensor(b).permute(2, 0, 1)[:, None]
         vals["ssim"].extend(ssim_torch(tb, ta, reduction="none")[:, 0].tolist())

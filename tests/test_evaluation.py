@@ -97,7 +97,10 @@ def test_nearest_ssim_detects_a_copy(vols):
 def test_time_per_volume_reports_median_and_device():
     calls = []
     t = ev.time_per_volume(lambda: calls.append(1), n_volumes_per_call=2, repeats=3, warmup=2)
-    assert len(calls) == 5 and t["median_s"] >= 0 and "CPU" in t["device"] or "GPU" in t["device"]
+    assert len(calls) == 5 and t["median_s"] >= 0
+    from sbldm.provenance import device_name
+
+    assert t["device"] == device_name()          # the device line every record uses
 
 
 def test_medicalnet_features_load_from_a_local_file_and_refuse_others(tmp_path):
@@ -122,3 +125,70 @@ def test_medicalnet_features_load_from_a_local_file_and_refuse_others(tmp_path):
         features.MedicalNetFeatures(tmp_path / "other.pth", depth=10)
     with pytest.raises(FileNotFoundError, match="downloads nothing"):
         features.MedicalNetFeatures(tmp_path / "missing.pth")
+
+
+# -- defects found by independent cross-checks --------------------------------------------
+
+def test_ms_ssim_scales_pass_monais_own_size_check():
+    """MONAI's compute_ms_ssim divides by (scales-1)^2: a 40-44 voxel side with kernel 5
+    must get 3 scales, not 4 (which MONAI rejects)."""
+    import torch
+    from monai.metrics.regression import compute_ms_ssim
+
+    for side in (40, 41, 44, 45, 64, 96):
+        k, w = ev.ms_ssim_setup((96, 96, side), kernel_size=5)
+        x = torch.rand(1, 1, 96, 96, side)
+        compute_ms_ssim(x, x, spatial_dims=3, kernel_size=k, weights=w)      # MONAI accepts it
+    assert len(ev.ms_ssim_setup((96, 96, 40))[1]) == 3
+    assert len(ev.ms_ssim_setup((96, 96, 64))[1]) == 4     # 64 // 9 = 7 > 4 and 64 // 8 = 8 >= 5
+
+
+def test_non_finite_values_are_counted_not_dropped():
+    r = ev._mean_std([10.0, float("inf"), 20.0])
+    assert r["mean"] == 15.0 and r["n"] == 2 and r["n_nonfinite"] == 1
+    rows = ev.table1_rows({"SBLDM (DDIM)": {"psnr": r, "ssim": ev._mean_std([0.5, 0.6, 0.7]), "params": 1,
+                                             "time": {"median_s": 1.0, "device": "CPU"}}})
+    assert rows[0]["n_samples"] == 3 and rows[0]["psnr_nonfinite"] == 1
+
+
+def test_volume_dice_sees_false_positive_slices_that_slice_dice_ignores():
+    from sbldm.metrics import reconstruction_metrics
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (1, 8, 8, 6)).astype(np.float32)
+    mask = np.zeros((1, 8, 8, 6), np.uint8)
+    mask[0, 2:5, 2:5, 1:3] = 1                  # 18 voxels on slices 1-2
+    rec = mask.copy()
+    rec[0, 2:5, 2:5, 4:6] = 1                   # 18 false-positive voxels on tumour-free slices
+    m = reconstruction_metrics(img, mask, img, rec)
+    assert m["dice"]["mean"] == 1.0             # slice Dice only looks at slices 1-2
+    assert m["dice_3d"]["mean"] == pytest.approx(2 * 18 / (18 + 36))
+
+
+def test_image_mask_agreement_leaves_out_volumes_whose_mask_is_empty():
+    from types import SimpleNamespace
+
+    from sbldm.config import resolve
+    from sbldm.evaluation.table1 import extra_metrics
+
+    rng = np.random.default_rng(1)
+    shape = (4, 32, 32, 16)
+    masks = np.zeros(shape, np.uint8)
+    masks[:2, 10:16, 10:16, 5:9] = 1           # two volumes with a tumour, two without
+    images = rng.uniform(-1, 1, shape).astype(np.float32)
+    real = SimpleNamespace(images=images, masks=masks, features=rng.uniform(1, 2, (4, 9)))
+
+    class Segmenter:                            # predicts nothing at all
+        def predict(self, x):
+            return np.zeros(np.shape(x), np.uint8)
+
+        def features(self, x):
+            return np.asarray(x).reshape(len(x), -1)[:, :8]
+
+    cfg = resolve("smoke", eval_n_diversity=4)
+    rows = extra_metrics({"all empty": {"images": images, "masks": np.zeros(shape, np.uint8)}}, real, real,
+                         Segmenter(), cfg)
+    empty = rows[1]
+    # before: an empty prediction on an empty mask scored Dice 1, so this generator got 1.0
+    assert np.isnan(empty["seg_dice_on_own_mask"]) and empty["n_empty_own_mask"] == 4
+    assert rows[0]["seg_dice_on_own_mask"] == 0.0 and rows[0]["n_empty_own_mask"] == 2

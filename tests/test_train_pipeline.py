@@ -336,7 +336,7 @@ def test_sampler_follows_the_prediction_type(prepared, kind, monkeypatch):
     ac = pipe.scheduler.alphas_cumprod
     z0 = 2.0 * torch.randn(1, *pipe.latent_shape((8, 8, 8)), generator=_g(5))
 
-    def oracle(latents, t, cond, guidance_scale, drop=None):
+    def oracle(latents, t, cond, guidance_scale, drop=None, prior=None):
         a = ac[int(t)]
         eps = (latents - a.sqrt() * z0) / (1 - a).sqrt()
         return eps if kind == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * z0

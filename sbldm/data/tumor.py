@@ -91,37 +91,61 @@ def as_matrix(features: Sequence[Mapping[str, float]] | Mapping[str, float] | np
     return arr
 
 
-class FeatureNormalizer:
-    """The authors' normalisation: volume and area over the training maximum, sphericity
-    raw, ``x, w`` over the first size of the volume, ``y, h`` over the second, ``z, d``
-    over the depth. ``inverse_transform`` undoes it."""
+NORMALIZATIONS = ("max", "zscore")
 
-    def __init__(self, max_volume: float, max_area: float, shape: Sequence[int]):
+
+class FeatureNormalizer:
+    """Maps raw tumour features to the condition vector the UNet sees, and back.
+
+    ``kind="max"`` — the authors' normalisation: volume and area over the training
+    maximum, sphericity raw, ``x, w`` over the first size of the volume, ``y, h`` over the
+    second, ``z, d`` over the depth. Every feature then lies in [0, 1] but with very
+    different spreads (sphericity std ~0.05, box ~0.06, volume ~0.2 on the phantom).
+    ``kind="zscore"`` — each feature minus its training mean, over its training std, so
+    that every feature moves the condition embedding by a comparable amount.
+    ``inverse_transform`` undoes either.
+    """
+
+    def __init__(self, max_volume: float, max_area: float, shape: Sequence[int], kind: str = "max",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+        if kind not in NORMALIZATIONS:
+            raise ValueError(f"condition normalisation must be one of {', '.join(NORMALIZATIONS)}, got {kind!r}")
         self.max_volume, self.max_area = float(max_volume), float(max_area)
         self.shape = tuple(int(s) for s in shape)
+        self.kind = kind
         sx, sy, sz = self.shape
-        self.scale = np.array([self.max_volume, self.max_area, 1.0, sx, sy, sz, sx, sy, sz], dtype=np.float64)
+        if kind == "max":
+            self.offset = np.zeros(len(FEATURE_NAMES))
+            self.scale = np.array([self.max_volume, self.max_area, 1.0, sx, sy, sz, sx, sy, sz], dtype=np.float64)
+        else:
+            if mean is None or std is None:
+                raise ValueError("a z-score normaliser needs the training mean and std of every feature")
+            self.offset = np.asarray(mean, dtype=np.float64)
+            self.scale = np.where(np.asarray(std, dtype=np.float64) > 0, np.asarray(std, dtype=np.float64), 1.0)
 
     @classmethod
-    def fit(cls, features, shape: Sequence[int]) -> "FeatureNormalizer":
+    def fit(cls, features, shape: Sequence[int], kind: str = "max") -> "FeatureNormalizer":
         arr = as_matrix(features)
         if np.isnan(arr).any():
             raise ValueError("cannot fit the feature normaliser on NaN features (empty masks?)")
-        return cls(arr[:, 0].max(), arr[:, 1].max(), shape)
+        return cls(arr[:, 0].max(), arr[:, 1].max(), shape, kind, arr.mean(axis=0), arr.std(axis=0))
 
     def transform(self, features) -> np.ndarray:
-        return as_matrix(features) / self.scale
+        return (as_matrix(features) - self.offset) / self.scale
 
     def inverse_transform(self, vectors) -> np.ndarray:
-        return as_matrix(np.asarray(vectors)) * self.scale
+        return as_matrix(np.asarray(vectors)) * self.scale + self.offset
 
     def to_dict(self) -> dict:
-        return {"max_volume": self.max_volume, "max_area": self.max_area, "shape": list(self.shape),
-                "feature_names": list(FEATURE_NAMES)}
+        d = {"kind": self.kind, "max_volume": self.max_volume, "max_area": self.max_area,
+             "shape": list(self.shape), "feature_names": list(FEATURE_NAMES)}
+        if self.kind == "zscore":
+            d.update(mean=self.offset.tolist(), std=self.scale.tolist())
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "FeatureNormalizer":
-        return cls(d["max_volume"], d["max_area"], d["shape"])
+        return cls(d["max_volume"], d["max_area"], d["shape"], d.get("kind", "max"), d.get("mean"), d.get("std"))
 
     def save(self, path: str | os.PathLike) -> None:
         from sbldm.io import atomic_write_json
@@ -133,7 +157,8 @@ class FeatureNormalizer:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def __repr__(self) -> str:
-        return f"FeatureNormalizer(max_volume={self.max_volume:g}, max_area={self.max_area:g}, shape={self.shape})"
+        return (f"FeatureNormalizer(kind={self.kind!r}, max_volume={self.max_volume:g}, "
+                f"max_area={self.max_area:g}, shape={self.shape})")
 
 
 def area_from(volume: np.ndarray, sphericity: np.ndarray) -> np.ndarray:

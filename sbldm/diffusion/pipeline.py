@@ -33,7 +33,8 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.diffusion.conditioning import check_conditions, check_normalised, render_prior
 from sbldm.io import save_samples_nifti
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
 
@@ -176,7 +177,14 @@ class SBLDMPipeline(DiffusionPipeline):
     # -- conditions ----------------------------------------------------------------------------
 
     def prepare_conditions(self, conditions, num_volumes: int, generator=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(normalised (N, 9), raw (N, 9) or None) from feature dicts, a normalised array or None."""
+        """(normalised (N, 9), raw (N, 9) or None) from feature dicts, a normalised array or None.
+
+        Feature dicts must hold exactly the 9 features (a missing or extra key is refused,
+        naming it); every condition is checked (``sbldm.diffusion.conditioning``): NaN,
+        non-positive sizes or a centre outside the volume are refused, values outside the
+        training range draw a warning. A raw-unit array passed where normalised vectors are
+        expected is refused."""
+        shape = self.volume_shape
         if conditions is None:
             if self.train_features is None or self.normalizer is None:
                 raise ValueError("this pipeline holds no training features to draw conditions from; "
@@ -189,27 +197,42 @@ class SBLDMPipeline(DiffusionPipeline):
                                                and isinstance(conditions[0], Mapping)):
             if self.normalizer is None:
                 raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
-            raw = as_matrix(conditions)
+            dicts = [conditions] if isinstance(conditions, Mapping) else list(conditions)
+            for i, d in enumerate(dicts):
+                missing = [k for k in FEATURE_NAMES if k not in d]
+                extra = [k for k in d if k not in FEATURE_NAMES]
+                if missing or extra:
+                    raise ValueError(f"condition {i}: " + "; ".join(
+                        ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+                        + ([f"unknown key(s) {', '.join(map(str, extra))}"] if extra else []))
+                        + f" (the 9 features are {', '.join(FEATURE_NAMES)})")
+            raw = as_matrix(dicts)
+            if shape is not None:
+                check_conditions(raw, shape, self.train_features)
             return self.normalizer.transform(raw).astype(np.float32), raw
-        arr = np.atleast_2d(np.asarray(conditions.detach().cpu() if torch.is_tensor(conditions) else conditions,
-                                       dtype=np.float32))
-        if arr.shape[1] != 9:
-            raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
+        arr = np.asarray(conditions.detach().cpu() if torch.is_tensor(conditions) else conditions, dtype=np.float32)
+        if self.normalizer is not None:
+            arr = check_normalised(arr, self.normalizer).astype(np.float32)
+        else:
+            arr = np.atleast_2d(arr)
+            if arr.shape[1] != 9:
+                raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
         raw = self.normalizer.inverse_transform(arr) if self.normalizer is not None else None
         return arr, raw
 
     # -- sampling ------------------------------------------------------------------------------
 
-    def _predict(self, latents, t, cond, guidance_scale: float, drop=None):
-        """Noise prediction; with guidance, ``cond`` is already doubled (conditional half,
-        then unconditional half) and ``drop`` marks the second half, both built once per
-        call of the pipeline so the loop makes no host-device copies."""
+    def _predict(self, latents, t, cond, guidance_scale: float, drop=None, prior=None):
+        """Model output; with guidance, ``cond`` (and ``prior``) are already doubled
+        (conditional half, then unconditional half) and ``drop`` marks the second half, all
+        built once per call of the pipeline so the loop makes no host-device copies."""
         if guidance_scale == 1.0:
-            return self.unet(latents, t, cond)
+            return self.unet(latents, t, cond, prior=prior)
         if drop is None:
             drop = torch.arange(2 * len(latents), device=latents.device) >= len(latents)
             cond = torch.cat([cond, cond])
-        eps_c, eps_u = self.unet(torch.cat([latents, latents]), t, cond, drop_cond=drop).chunk(2)
+            prior = None if prior is None else torch.cat([prior, prior])
+        eps_c, eps_u = self.unet(torch.cat([latents, latents]), t, cond, drop_cond=drop, prior=prior).chunk(2)
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     @torch.no_grad()
@@ -267,11 +290,19 @@ class SBLDMPipeline(DiffusionPipeline):
             latents = latents.to(device, dtype)
         if self._channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last_3d)
+        prior = None
+        if self.unet.config.get("prior_channels", 0):
+            if raw is None:
+                raise ValueError("this pipeline's UNet takes a spatial prior, rendered from raw features; "
+                                 "it needs its feature normaliser to read normalised conditions")
+            prior = torch.from_numpy(render_prior(raw, volume_shape or self.volume_shape,
+                                                  self.vae.downsampling_factor)).to(device, dtype)
         drop = None
         if guidance_scale != 1.0:
             drop = torch.arange(2 * num_volumes, device=device) >= num_volumes
             cond = torch.cat([cond, cond])
-        latents = denoise(lambda x, t: self._predict(x, t, cond, float(guidance_scale), drop), latents, sched,
+            prior = None if prior is None else torch.cat([prior, prior])
+        latents = denoise(lambda x, t: self._predict(x, t, cond, float(guidance_scale), drop, prior), latents, sched,
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
             return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw)

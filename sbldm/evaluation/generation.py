@@ -51,7 +51,10 @@ SSIM_WIN, SSIM_K1, SSIM_K2 = 11, 0.01, 0.03   # the authors' 3D SSIM: 11^3 unifo
 
 def ssim_uniform(a, b, win_size: int = SSIM_WIN, data_range: float = 1.0, k1: float = SSIM_K1, k2: float = SSIM_K2):
     """SSIM with a uniform ``win_size``-wide window over the valid region, population
-    covariance, mean over the map — torchmetrics' ``gaussian_kernel=False`` SSIM.
+    covariance, mean over the map: the uniform-kernel SSIM of torchmetrics <= 1.4.1
+    (``gaussian_kernel=False``; later torchmetrics versions average over the padded image
+    and differ by up to ~0.2) and scikit-image's ``structural_similarity`` with
+    ``use_sample_covariance=False`` averaged over its valid region (tests check the latter).
 
     ``a`` and ``b`` are (..., X, Y, Z) arrays in [0, data_range] (or 2D (..., H, W) when
     the window is 2D-only); leading dimensions are batch: one value per leading index.
@@ -95,10 +98,14 @@ def _ssim_from_moments(mx, my, vx, vy, cxy, c1: float, c2: float):
 
 
 def _mean_std(values) -> dict:
+    """Mean and std over the finite values, with ``n`` the finite count and ``n_nonfinite``
+    the rest (a synthetic volume identical to its real partner has PSNR = inf: it is
+    counted there, not silently dropped)."""
     v = np.asarray(values, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return {"mean": float(v.mean()) if len(v) else math.nan, "std": float(v.std()) if len(v) else math.nan,
-            "n": int(len(v))}
+    finite = v[np.isfinite(v)]
+    return {"mean": float(finite.mean()) if len(finite) else math.nan,
+            "std": float(finite.std()) if len(finite) else math.nan,
+            "n": int(len(finite)), "n_nonfinite": int(len(v) - len(finite))}
 
 
 def unpaired_psnr_ssim(synthetic, real_train, seed: int = 0) -> dict:
@@ -117,11 +124,15 @@ def unpaired_psnr_ssim(synthetic, real_train, seed: int = 0) -> dict:
 
 def ms_ssim_setup(shape: Sequence[int], kernel_size: int = 5, max_scales: int = 5) -> tuple[int, tuple[float, ...]]:
     """(kernel size, weights) for 3D MS-SSIM at ``shape``: as many of the standard five
-    scales as fit (MONAI needs every side > (kernel - 1) * 2^(scales - 1))."""
+    scales as fit: the coarsest scale must still hold a kernel (side // 2^(scales-1) >=
+    kernel), and MONAI's own check (``compute_ms_ssim``, MONAI 1.4-1.5) must pass, which
+    divides by (scales - 1)^2 rather than 2^(scales - 1): side // (scales-1)^2 > kernel-1
+    (the two differ at 4 scales, so a side of 40-44 voxels takes 3 scales with kernel 5)."""
     full = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
     for k in (kernel_size, 3):
         for n in range(max_scales, 0, -1):
-            if min(shape) > (k - 1) * 2 ** (n - 1) and (min(shape) // 2 ** (n - 1)) >= k:
+            side = min(shape)
+            if side // 2 ** (n - 1) >= k and side // max(1, (n - 1) ** 2) > k - 1:
                 w = np.asarray(full[:n])
                 return k, tuple((w / w.sum()).tolist())
     raise ValueError(f"volume {tuple(shape)} too small for MS-SSIM")
@@ -331,7 +342,8 @@ def table1_rows(results: dict) -> list[dict]:
             "method": method,
             "psnr": r["psnr"]["mean"], "psnr_std": r["psnr"]["std"],
             "ssim": r["ssim"]["mean"], "ssim_std": r["ssim"]["std"],
-            "n_samples": r["psnr"]["n"],
+            "n_samples": r["psnr"]["n"] + r["psnr"].get("n_nonfinite", 0),
+            "psnr_nonfinite": r["psnr"].get("n_nonfinite", 0),
             "params_M": r["params"] / 1e6,
             "time_s_per_volume": r["time"]["median_s"], "device": r["time"]["device"],
             "paper_psnr": paper[0], "paper_ssim": paper[1], "paper_params": paper[2], "paper_time": paper[3],

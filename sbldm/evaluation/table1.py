@@ -119,14 +119,18 @@ def extra_metrics(samples: dict, train, test, segmenter, cfg: Config, features=N
         pred = segmenter.predict(images)
         from sbldm.segmentation.fast import evaluate
 
-        agree = [r["dice"] for r in evaluate(pred, masks)]
+        # image-mask agreement on volumes whose own mask holds a tumour: an empty prediction
+        # on an empty mask would score 1 and reward generators that draw no tumour at all
+        has_tumour = np.asarray([m.any() for m in masks], bool)
+        agree = [r["dice"] for r, t in zip(evaluate(pred, masks), has_tumour) if t]
         near = train_nearest if name.startswith("real") else ev.nearest_ssim(images, train.images)
         rows.append({
             "method": name, "n": len(images),
             "ms_ssim_pairwise": div["mean"], "ms_ssim_kernel": div["kernel_size"], "ms_ssim_scales": div["scales"],
             "frechet_distance": fd,
             "mask_feature_distance": fdist["mean"], "empty_masks": fdist["empty_fraction"],
-            "seg_dice_on_own_mask": float(np.mean(agree)),
+            "seg_dice_on_own_mask": float(np.mean(agree)) if agree else float("nan"),
+            "n_empty_own_mask": int((~has_tumour).sum()),
             "nearest_train_ssim_median": float(np.median(near)), "nearest_train_ssim_max": float(np.max(near)),
         })
     return rows

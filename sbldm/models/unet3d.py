@@ -115,6 +115,7 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
         cond_fusion: str = "scale_shift",
         mid_layers: int = 2,
         dropout: float = 0.0,
+        prior_channels: int = 0,
     ):
         super().__init__()
         ch = list(block_out_channels)
@@ -133,7 +134,8 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
         def block(cin, cout):
             return ResnetBlock3D(cin, cout, embed_dim, g, cond_fusion, dropout)
 
-        self.conv_in = nn.Conv3d(in_channels, ch[0], 3, padding=1)
+        # the spatial prior (sbldm.diffusion.conditioning.render_prior) enters beside the latent
+        self.conv_in = nn.Conv3d(in_channels + prior_channels, ch[0], 3, padding=1)
         skips = [ch[0]]
         self.down_blocks = nn.ModuleList()
         self.downsamplers = nn.ModuleList()
@@ -201,14 +203,26 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
         return emb + c
 
     def forward(self, sample: torch.Tensor, timestep, cond: torch.Tensor | None = None,
-                drop_cond: torch.Tensor | None = None):
-        """Predicted noise for ``sample`` (B, C, X, Y, Z) at ``timestep`` under condition
-        ``cond`` (B, 9) normalised; ``cond=None`` or ``drop_cond[b]=True`` uses the null
-        (unconditional) embedding."""
+                drop_cond: torch.Tensor | None = None, prior: torch.Tensor | None = None):
+        """Predicted noise (or velocity) for ``sample`` (B, C, X, Y, Z) at ``timestep`` under
+        condition ``cond`` (B, 9) normalised; ``cond=None`` or ``drop_cond[b]=True`` uses the
+        null (unconditional) embedding. With ``prior_channels``, ``prior`` (B, P, X, Y, Z)
+        is the rendered tumour; it is zeroed where the condition is absent or dropped."""
         if sample.ndim != 5:
             raise ValueError(f"ConditionedUNet3D needs (B, C, X, Y, Z) input, got {tuple(sample.shape)}")
         b = sample.shape[0]
         emb = self.embed(timestep, cond, b, sample.device, sample.dtype, drop_cond)
+        p = self.config.prior_channels
+        if p:
+            if prior is None or cond is None:
+                prior = sample.new_zeros((b, p, *sample.shape[2:]))
+            else:
+                prior = prior.to(sample.device, sample.dtype)
+                if drop_cond is not None:
+                    prior = prior * (~drop_cond.to(sample.device).reshape(b, 1, 1, 1, 1)).to(sample.dtype)
+            sample = torch.cat([sample, prior], dim=1)
+        elif prior is not None:
+            raise ValueError("this UNet was built without prior_channels; it takes no spatial prior")
         m = self.size_multiple
         size = sample.shape[2:]
         pad = [(-s) % m for s in size]
@@ -247,4 +261,5 @@ def build_unet(cfg) -> ConditionedUNet3D:
         embed_dim=cfg.unet_embed_dim,
         cond_fusion=cfg.unet_cond_fusion,
         mid_layers=cfg.unet_mid_layers,
+        prior_channels=1 if cfg.unet_spatial_prior else 0,
     )

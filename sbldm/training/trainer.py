@@ -122,14 +122,17 @@ def _set_rng_states(st: dict) -> None:
 def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
          out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
          extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
-         save: Callable | None = None):
+         save: Callable | None = None, ema=None):
     """Generic loop; returns (unwrapped model, finished: bool).
 
     By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
     several updates per step (a GAN) passes ``train_step(step, rng, model, optimizer)``
     instead, which does its own backward passes and updates and returns the detached
     terms (with ``loss``). ``save(unwrapped, out_dir)`` replaces ``save_pretrained``
-    for a model that is several networks (an ``nn.ModuleDict``)."""
+    for a model that is several networks (an ``nn.ModuleDict``). ``ema`` (a diffusers
+    ``EMAModel`` of the model's parameters) is updated after every optimiser step, saved in
+    the checkpoint, and its averaged weights are what the finished model carries (the raw
+    weights stay in the checkpoint, so a longer run resumes from them)."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,11 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
                              + "; ".join(conflicts) + "); use resume=False or another out_dir")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None:
+            if "ema" not in ckpt:
+                raise ValueError(f"{ckpt_path} holds no EMA weights (it was trained without EMA); "
+                                 "use resume=False or another out_dir")
+            ema.load_state_dict(ckpt["ema"])
         _set_rng_states(ckpt["rng"])
         start = resumed_from = int(ckpt["step"])
         wall_before = float(ckpt.get("wall_time_s", 0.0))
@@ -166,6 +174,7 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
         torch.save({"stage": stage, "step": step, "config_hash": cfg.hash(), "config": cfg.to_dict(),
                     "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng": _rng_states(), "wall_time_s": wall,
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "sampler": {"kind": "numpy default_rng([seed, step, rank])", "seed": cfg.seed,
                                 "next_step": step}}, buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
@@ -187,6 +196,8 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
                 accelerator.backward(loss)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(unwrapped.parameters())
             else:
                 terms = train_step(step, rng, model, optimizer)
                 loss = terms["loss"]
@@ -219,6 +230,8 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     if main:
         from sbldm.plotting import plot_loss_curve
 
+        if ema is not None:
+            ema.copy_to(unwrapped.parameters())      # the finished model carries the averaged weights
         if save is None:
             unwrapped.save_pretrained(out_dir)
         else:
@@ -329,26 +342,39 @@ def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, a
     return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, target, t, gen
 
 
-def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """MSE (paper) or L1 (authors' code) between the prediction and its target (noise or
-    velocity, see ``noise_batch``), in float32."""
+    velocity, see ``noise_batch``), in float32; with ``weight`` (broadcast over the
+    channels) the weighted mean ``sum(w e) / sum(w)``, per element."""
     err = pred.float() - target
-    return err.abs().mean() if kind == "l1" else (err ** 2).mean()
+    err = err.abs() if kind == "l1" else err ** 2
+    if weight is None:
+        return err.mean()
+    w = weight.float().expand_as(err)
+    return (w * err).sum() / w.sum()
 
 
 def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str | os.PathLike,
                     latent_std: float | None = None, resume: bool = True, progress: bool = True,
-                    stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
+                    stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0,
+                    priors: np.ndarray | None = None, weights: np.ndarray | None = None):
     """Train the conditioned 3D UNet on stacked latents for ``cfg.diffusion_steps`` steps.
 
     ``latents``: a ``sbldm.diffusion.latents.Latents`` (its means and ``latent_std`` are used) or
     an (N, C, H', W', D) array of posterior means with ``latent_std`` given.
-    ``conditions``: (N, 9) normalised condition vectors (``Prepared.conditions``).
-    The model sees ``means / latent_std``. Returns the trained ``ConditionedUNet3D``.
+    ``conditions``: (N, 9) normalised condition vectors; ``priors`` (N, 1, H', W', D): the
+    rendered tumours when ``cfg.unet_spatial_prior``; ``weights`` (N, 1, H', W', D): tumour
+    maps when ``cfg.diffusion_tumor_weight > 0`` (all three from
+    ``sbldm.diffusion.conditioning.diffusion_inputs``).
+    The model sees ``means / latent_std``. Returns the trained ``ConditionedUNet3D`` (with
+    its EMA weights when ``cfg.diffusion_ema_decay > 0``).
     """
+    import contextlib
+
     from sbldm.diffusion.latents import Latents
-    from sbldm.models.unet3d import build_unet
     from sbldm.diffusion.schedule import make_scheduler
+    from sbldm.models.unet3d import build_unet
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -366,6 +392,17 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     if means.shape[1] != cfg.vae_latent_channels:
         raise ValueError(f"latents have {means.shape[1]} channels, config says vae_latent_channels="
                          f"{cfg.vae_latent_channels}")
+    maps = {}
+    for name, arr, wanted in (("priors", priors, cfg.unet_spatial_prior),
+                              ("weights", weights, cfg.diffusion_tumor_weight > 0)):
+        if wanted and arr is None:
+            raise ValueError(f"the config asks for {name} (see sbldm.diffusion.conditioning.diffusion_inputs); "
+                             "none were given")
+        if arr is not None and wanted:
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape != (len(means), 1, *means.shape[2:]):
+                raise ValueError(f"{name} must have shape {(len(means), 1, *means.shape[2:])}, got {arr.shape}")
+            maps[name] = torch.from_numpy(arr)
     data = torch.from_numpy(means / np.float32(latent_std))
     cond = torch.from_numpy(conditions)
     scheduler = make_scheduler(cfg)
@@ -374,20 +411,41 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.diffusion_lr, weight_decay=cfg.diffusion_weight_decay)
     dev = accelerator.device
     alphas = scheduler.alphas_cumprod
+    if cfg.diffusion_mixed_precision == "bf16":
+        def autocast():
+            return torch.autocast(dev.type, dtype=torch.bfloat16)
+    elif cfg.diffusion_mixed_precision == "no":
+        autocast = contextlib.nullcontext
+    else:
+        autocast = accelerator.autocast
+    ema = None
+    if cfg.diffusion_ema_decay > 0:
+        from diffusers.training_utils import EMAModel
+
+        # warm-up (decay 1 - (1 + step)^(-2/3), capped at diffusion_ema_decay): short runs average
+        # over a horizon that grows with the run instead of being dominated by the initial weights
+        ema = EMAModel(model.parameters(), decay=cfg.diffusion_ema_decay, use_ema_warmup=True, power=2 / 3)
 
     def loss_fn(step, rng, m):
         idx, noisy, target, t, gen = noise_batch(data, rng, cfg.diffusion_batch_size, alphas,
                                                  cfg.diffusion_prediction_type)
         drop = torch.rand(len(idx), generator=gen) < cfg.unet_cond_dropout
-        with accelerator.autocast():
-            pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev))
+        prior = maps["priors"][idx].to(dev) if "priors" in maps else None
+        with autocast():
+            pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev), prior=prior)
+        if "weights" in maps:
+            w = 1.0 + cfg.diffusion_tumor_weight * maps["weights"][idx].to(dev)
+            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss, weight=w)
+        else:
             loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
     model, _ = run_training("diffusion", cfg, model, optimizer, loss_fn, cfg.diffusion_steps, Path(out_dir), resume,
                     progress, stop_at, accelerator,
                     {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std),
-                     "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay)
+                     "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:]),
+                     "autocast": cfg.diffusion_mixed_precision or str(accelerator.mixed_precision),
+                     "ema": bool(ema)}, step_delay, ema=ema)
     if accelerator.is_main_process:
         atomic_write_json(Path(out_dir) / "latent_scale.json",
                           {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std)})

@@ -1,0 +1,154 @@
+"""What the latent UNet is conditioned on, computed from the paper's 9 tumour features.
+
+The paper feeds the 9-vector ``c`` through an MLP ``tau`` into every resnet block
+(a global scale/shift): the network has to learn where ``(x, y, z)`` lies from zero
+padding alone. sbldm can add a *spatial route* for the same information: the requested
+tumour rendered as a soft ellipsoid on the latent grid (centre ``(x, y, z)``, semi-axes
+from the box ``(w, h, d)`` shrunk so that its volume follows ``voxel_volume``), given to
+the UNet as an extra input channel (``unet_spatial_prior``). It is computed from the
+9-vector alone, so users still condition with the paper's features, and it is zeroed
+together with the vector when the condition is dropped (classifier-free guidance).
+
+Also here: tumour-weighted diffusion loss maps (``diffusion_tumor_weight``) and the
+checks every requested condition passes before sampling.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+
+from sbldm.data.tumor import FEATURE_NAMES, FeatureNormalizer, as_matrix
+
+#: sharpness of the rendered ellipsoid's edge (logistic slope in units of its radius)
+PRIOR_EDGE = 6.0
+
+
+def latent_grid(volume_shape: Sequence[int], downsampling: int) -> tuple[int, int, int]:
+    """(H', W', D) of the stacked latent: in-plane sizes over the VAE's downsampling, depth kept."""
+    x, y, z = (int(s) for s in volume_shape)
+    f = int(downsampling)
+    if x % f or y % f:
+        raise ValueError(f"volume shape {tuple(volume_shape)}: in-plane sizes must be divisible by {f}")
+    return x // f, y // f, z
+
+
+def render_prior(raw_features, volume_shape: Sequence[int], downsampling: int) -> np.ndarray:
+    """(N, 1, H', W', D) float32 in [0, 1]: each requested tumour as a soft ellipsoid on the
+    latent grid.
+
+    Feature units are voxels of the volume grid (``sbldm.data.tumor.tumor_features``). A
+    latent voxel ``i`` covers volume voxels ``[i f, (i + 1) f)`` in-plane, so a volume
+    coordinate ``u`` sits at ``(u - (f - 1) / 2) / f`` on the latent grid. The ellipsoid
+    inscribed in the box has volume ``pi/6 w h d``; its semi-axes are scaled by
+    ``(voxel_volume / (pi/6 w h d))^(1/3)`` (clipped to [0.5, 1]) so that a compact and a
+    sprawling tumour of one box differ.
+    """
+    raw = as_matrix(raw_features)
+    f = float(downsampling)
+    gx, gy, gz = latent_grid(volume_shape, int(downsampling))
+    vol, cx, cy, cz, w, h, d = (raw[:, k][:, None, None, None] for k in (0, 3, 4, 5, 6, 7, 8))
+    shrink = np.clip(np.cbrt(np.maximum(vol, 0) / np.maximum(np.pi / 6 * w * h * d, 1e-9)), 0.5, 1.0)
+    centre = [(cx - (f - 1) / 2) / f, (cy - (f - 1) / 2) / f, cz]
+    semi = [np.maximum(shrink * w / (2 * f), 0.5), np.maximum(shrink * h / (2 * f), 0.5),
+            np.maximum(shrink * d / 2, 0.5)]
+    ii, jj, kk = np.meshgrid(np.arange(gx), np.arange(gy), np.arange(gz), indexing="ij")
+    r = np.sqrt(((ii[None] - centre[0]) / semi[0]) ** 2 + ((jj[None] - centre[1]) / semi[1]) ** 2
+                + ((kk[None] - centre[2]) / semi[2]) ** 2)
+    prior = 1.0 / (1.0 + np.exp(-PRIOR_EDGE * (1.0 - r)))
+    return prior[:, None].astype(np.float32)
+
+
+def tumor_weight_maps(masks: np.ndarray, downsampling: int, dilate: int = 1) -> np.ndarray:
+    """(N, 1, H', W', D) float32 in {0, 1}: latent positions whose ``f x f`` in-plane patch
+    holds a tumour voxel, dilated by ``dilate`` latent voxels in 3D (the tumour and its rim)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.asarray(masks, dtype=np.float32))[:, None]          # (N, 1, x, y, z)
+    f = int(downsampling)
+    m = F.max_pool3d(m, kernel_size=(f, f, 1), stride=(f, f, 1))
+    if dilate > 0:
+        k = 2 * int(dilate) + 1
+        m = F.max_pool3d(m, kernel_size=k, stride=1, padding=int(dilate))
+    return m.numpy().astype(np.float32)
+
+
+# -- what a user may ask for -----------------------------------------------------------------
+
+def check_conditions(raw, volume_shape: Sequence[int], train_features=None) -> np.ndarray:
+    """``raw`` (N, 9) as float64 after refusing what cannot be a tumour: NaN or inf, a
+    negative or zero size (volume, area, box), a sphericity outside (0, 1], a centre outside
+    the volume. Values outside the range seen in training get a warning naming the
+    feature, its value and that range (the model has not learnt them)."""
+    arr = as_matrix(raw)
+    shape = np.asarray([int(s) for s in volume_shape], dtype=np.float64)
+    for i, row in enumerate(arr):
+        bad = [FEATURE_NAMES[k] for k in range(9) if not np.isfinite(row[k])]
+        if bad:
+            raise ValueError(f"condition {i}: {', '.join(bad)} is NaN or infinite")
+        for k in (0, 1, 6, 7, 8):
+            if row[k] <= 0:
+                raise ValueError(f"condition {i}: {FEATURE_NAMES[k]}={row[k]:g} must be positive "
+                                 f"(a tumour has a size)")
+        if not 0 < row[2] <= 1.0 + 1e-6:
+            raise ValueError(f"condition {i}: sphericity={row[2]:g} must lie in (0, 1]")
+        for k, axis in zip((3, 4, 5), range(3)):
+            if not 0 <= row[k] <= shape[axis] - 1:
+                raise ValueError(f"condition {i}: centre {FEATURE_NAMES[k]}={row[k]:g} lies outside the volume "
+                                 f"(valid: 0 .. {shape[axis] - 1:g} voxels)")
+        for k, axis in zip((6, 7, 8), range(3)):
+            if row[k] > shape[axis]:
+                raise ValueError(f"condition {i}: box {FEATURE_NAMES[k]}={row[k]:g} exceeds the volume's "
+                                 f"{shape[axis]:g} voxels")
+    if train_features is not None:
+        ref = as_matrix(train_features)
+        lo, hi = np.nanmin(ref, axis=0), np.nanmax(ref, axis=0)
+        for k, name in enumerate(FEATURE_NAMES):
+            out = (arr[:, k] < lo[k]) | (arr[:, k] > hi[k])
+            if out.any():
+                v = arr[out, k][0]
+                warnings.warn(f"condition feature {name}={v:g} lies outside the training range "
+                              f"[{lo[k]:g}, {hi[k]:g}] ({int(out.sum())} of {len(arr)} condition(s)); "
+                              "the model has not seen such tumours", UserWarning, stacklevel=3)
+    return arr
+
+
+def check_normalised(vectors, normalizer: FeatureNormalizer) -> np.ndarray:
+    """(N, 9) normalised vectors, refusing raw-unit vectors passed by mistake: a normalised
+    vector has every feature within a few units (max-scaling: ~[0, 1]; z-score: a few
+    stds), while raw features are voxel counts and coordinates (tens to thousands)."""
+    arr = np.atleast_2d(np.asarray(vectors, dtype=np.float64))
+    if arr.ndim != 2 or arr.shape[1] != 9:
+        raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("conditions contain NaN or infinite values")
+    limit = 3.0 if normalizer.kind == "max" else 12.0
+    if np.abs(arr).max() > limit:
+        k = int(np.argmax(np.abs(arr).max(axis=0)))
+        raise ValueError(f"conditions look like raw features, not normalised vectors ({FEATURE_NAMES[k]} = "
+                         f"{arr[:, k][np.argmax(np.abs(arr[:, k]))]:g}); pass raw features as dicts "
+                         f"{{'voxel_volume': ..., ...}} or normalise them with pipe.normalizer.transform")
+    return arr
+
+
+# -- the diffusion stage's inputs ------------------------------------------------------------
+
+def fit_normalizer(cfg, features) -> FeatureNormalizer:
+    """The condition normaliser of ``cfg.condition_normalization`` fitted on training features."""
+    return FeatureNormalizer.fit(features, cfg.volume_shape, kind=cfg.condition_normalization)
+
+
+def diffusion_inputs(cfg, train, normalizer: FeatureNormalizer | None = None) -> dict:
+    """Everything the latent UNet trains on besides the latents, from a prepared split:
+    ``normalizer``, normalised ``conditions`` (N, 9), spatial ``priors`` (N, 1, H', W', D) or
+    None, tumour ``weights`` maps (N, 1, H', W', D) or None — as ``cfg`` asks."""
+    normalizer = normalizer or fit_normalizer(cfg, train.features)
+    f = 2 ** (len(cfg.vae_channels) - 1)
+    out = {"normalizer": normalizer,
+           "conditions": normalizer.transform(train.features).astype(np.float32),
+           "priors": render_prior(train.features, cfg.volume_shape, f) if cfg.unet_spatial_prior else None,
+           "weights": tumor_weight_maps(train.masks, f) if cfg.diffusion_tumor_weight > 0 else None}
+    return out
