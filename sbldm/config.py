@@ -120,6 +120,8 @@ class Config:
     eval_guidance_scale: float = 3.0      # the classifier-free guidance compared with none
     eval_n_adherence: int = 50            # requested feature vectors for conditioning adherence
     eval_n_diversity: int = 20            # volumes in the pairwise MS-SSIM
+    ablation_steps: int = 500             # latent-UNet steps of every row of the conditioning ablation (notebook 07)
+    ablation_requests: int = 50           # requested tumours per ablation row
 
     # -- segmentation study (Table 2) ---------------------------------------------
     seg_backend: str = "nnunet"           # "nnunet" (paper) | "fast" (MONAI 3D U-Net, smoke/small)
@@ -268,7 +270,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
-        eval_n_adherence=4, eval_n_diversity=4,
+        eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,
         lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
         lsgan_d_layers=3, lsgan_steps=10,
         ldm3d_ae_channels=(8, 16, 16), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
@@ -393,7 +395,7 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def _validate_baselines(cfg: Config) -> None:
     """Shape-free checks of the baseline fields; whether their sizes fit ``volume_shape``
-    is checked when a baseline is built (``sbldm.baselines``), so an odd volume shape
+    is checked when a baseline is built (``sbldm.generators``), so an odd volume shape
     only stops the models that cannot take it."""
     f = cfg.ldm3d_ae_downsampling
     levels = len(cfg.ldm3d_ae_channels)

@@ -189,21 +189,39 @@ def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", su
     return fig
 
 
-def sweep_figure(images, masks, labels: Sequence[str], centre: Sequence[int] | None = None,
+def sweep_figure(images, masks, labels: Sequence[str], centres: Sequence[Sequence[float]] | None = None,
                  views: Sequence[str] = ("axial",), suptitle: str | None = None):
-    """Figure 3: one column per sweep value; per view a row of images (mask outlined) and a
-    row of masks, all through the same ``centre`` (default: the last volume's tumour)."""
+    """Figure 3: one column per sweep value; per view a row of images (mask outlined in
+    red, the requested centre marked with a cross) and a row of masks. Column ``k`` is cut
+    through ``centres[k]`` — the centre that column *requested* (default: its own tumour's
+    centre of mass, or the volume centre when its mask is empty)."""
     plt = agg_pyplot()
     n = len(images)
-    c = tumour_centre(masks[-1]) if centre is None else tuple(int(v) for v in centre)
-    idx = {"axial": c[2], "coronal": c[1], "sagittal": c[0]}
-    fig, axes = plt.subplots(2 * len(views), n, figsize=(1.9 * n, 2.0 * 2 * len(views)), squeeze=False)
+    if centres is None:
+        centres = [tumour_centre(m) for m in masks]
+    cs = [tuple(int(round(float(v))) for v in c) for c in centres]
+    axis_of = {"axial": 2, "coronal": 1, "sagittal": 0}
+    # each view's rows as tall as its slices are (a coronal cut of a 64x64x32 volume is half as high)
+    ratios = []
+    for view in views:
+        sl = view_slice(np.asarray(images[0]), view, 0)
+        ratios += [sl.shape[0] / sl.shape[1]] * 2
+    fig, axes = plt.subplots(2 * len(views), n, figsize=(1.9 * n, 1.9 * sum(ratios) + 0.6), squeeze=False,
+                             gridspec_kw={"height_ratios": ratios})
     for v, view in enumerate(views):
         for k in range(n):
-            show_slice(axes[2 * v, k], images[k], masks[k], view, idx[view], title=labels[k] if v == 0 else None)
-            axes[2 * v + 1, k].imshow(view_slice(masks[k], view, idx[view]), cmap="gray", vmin=0, vmax=1,
+            c = [min(max(ci, 0), si - 1) for ci, si in zip(cs[k], np.shape(images[k]))]
+            idx = c[axis_of[view]]
+            show_slice(axes[2 * v, k], images[k], masks[k], view, idx, title=labels[k] if v == 0 else None)
+            # the requested centre in display coordinates (view_slice rotates by 90 degrees)
+            u, w = [c[a] for a in range(3) if a != axis_of[view]]
+            rows_ = np.shape(view_slice(np.asarray(images[k]), view, idx))[0]
+            axes[2 * v, k].plot([u], [rows_ - 1 - w], marker="+", color="yellow", ms=8, mew=1.2)
+            axes[2 * v + 1, k].imshow(view_slice(masks[k], view, idx), cmap="gray", vmin=0, vmax=1,
                                       interpolation="nearest")
             axes[2 * v + 1, k].set_axis_off()
+        axes[2 * v, 0].text(-0.08, 0.5, view, transform=axes[2 * v, 0].transAxes, rotation=90,
+                            va="center", ha="right", fontsize=8)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
@@ -226,5 +244,57 @@ def loss_curves(logs: dict, suptitle: str | None = None):
         ax.tick_params(labelsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def ablation_figure(rows: Sequence[dict], suptitle: str | None = None):
+    """Bars per ablation row: empty-mask fraction, Spearman of requested vs obtained volume,
+    median centre distance and relative volume error (dashed: the chance floor)."""
+    plt = agg_pyplot()
+    rows = [r for r in rows if r.get("empty_fraction") not in (None, "")]
+    names = [str(r["row"]) for r in rows]
+    panels = [("empty_fraction", "empty masks (fraction)", None, 0.05),
+              ("spearman_volume", "Spearman, requested vs obtained volume", None, 0.9),
+              ("centre_distance", "median centre distance (voxels)", "chance_centre_distance", 4.0),
+              ("relative_volume_error", "median relative volume error", "chance_relative_volume_error", 0.35)]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 0.5 * len(names) + 2.2), sharey=True)
+    y = np.arange(len(names))
+    for ax, (key, title, chance, target) in zip(axes, panels):
+        vals = [float(r[key]) for r in rows]
+        ax.barh(y, vals, color="tab:blue")
+        if chance:
+            ax.axvline(float(rows[0][chance]), color="k", ls="--", lw=1, label="random pairing")
+        ax.axvline(target, color="tab:green", ls=":", lw=1.5, label="target")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0].set_yticks(y, names, fontsize=8)
+    axes[0].invert_yaxis()
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def tumour_volume_histogram(volumes_ml: dict, reference: tuple[float, float] | None = None,
+                            suptitle: str | None = None):
+    """Histogram (log-spaced bins) of whole-tumour volumes in ml per group; ``reference``
+    marks a (low, high) range, e.g. the phantom's 5-95% design range."""
+    plt = agg_pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    allv = np.concatenate([np.asarray(v, float) for v in volumes_ml.values()])
+    allv = allv[np.isfinite(allv) & (allv > 0)]
+    bins = np.geomspace(max(allv.min(), 1e-3) * 0.9, allv.max() * 1.1, 20) if len(allv) else 10
+    for name, v in volumes_ml.items():
+        ax.hist(np.asarray(v, float), bins=bins, alpha=0.6, label=f"{name} (median {np.median(v):.0f} ml)")
+    if reference:
+        for x in reference:
+            ax.axvline(x, color="k", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("whole-tumour volume (ml)")
+    ax.set_ylabel("volumes")
+    ax.legend(fontsize=8)
+    if suptitle:
+        ax.set_title(suptitle, fontsize=10)
     fig.tight_layout()
     return fig

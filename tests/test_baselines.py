@@ -262,7 +262,7 @@ def test_paper_parameter_counts():
     authors' train_lsgan.py layer sizes (recomputed independently from that file's
     layer list). 3D-LDM: the design values of this architecture (authors' widths, x4)
     within 0.5%, and the autoencoder within 1% of the authors' 85.949M."""
-    from sbldm.baselines import ldm3d, lsgan3d
+    from sbldm.generators import ldm3d, lsgan3d
     from sbldm.generators.report import AUTHORS_NOTEBOOK, authors_lsgan_counts
     from sbldm.config import resolve
 

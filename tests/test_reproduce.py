@@ -152,6 +152,8 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert (tmp_path / "work" / "smoke" / "data" / "nnunet_raw" / "Dataset001_RealTrain" / "dataset.json").is_file()
     from sbldm.tables import read_csv
 
+    assert len(read_csv(out / "tables" / "conditioning_ablation.csv")) == 6       # 5 rows + the real reference
+
     t1 = read_csv(out / "tables" / "table1.csv")
     assert [r["method"] for r in t1] == ["3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]
     for r in t1:
@@ -165,7 +167,8 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     extra = read_csv(out / "tables" / "generation_extra.csv")
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
-                 "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples"):
+                 "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples",
+                 "conditioning_ablation", "data_tumour_volumes"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim
     from sbldm.report.readme import results_section, update_readme

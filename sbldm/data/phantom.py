@@ -106,6 +106,16 @@ def output_affine(shape: Sequence[int], spacing: Sequence[float]) -> np.ndarray:
     return aff
 
 
+def design_volume_range_ml(params: PhantomParams = PhantomParams(), coverage: float = 0.9) -> tuple[float, float]:
+    """The central ``coverage`` range (ml) of the phantom's whole-tumour volume distribution
+    before truncation (default: its 5th and 95th percentiles)."""
+    from scipy.special import ndtri
+
+    z = float(ndtri(0.5 + coverage / 2))
+    m, s = np.log(params.tumor_volume_median_ml), params.tumor_volume_log_std
+    return float(np.exp(m - z * s)), float(np.exp(m + z * s))
+
+
 def draw_tumor_volume_mm3(rng: np.random.Generator, params: PhantomParams) -> float:
     """One whole-tumour volume (mm^3): log-normal (median ``tumor_volume_median_ml``, log-std
     ``tumor_volume_log_std``) truncated to ``tumor_volume_range`` by inverse-CDF sampling,

@@ -386,3 +386,14 @@ def write_table1(rows: list[dict], stem, scale: str, seed: int, data: str) -> st
     text = f"### Table 1 ({scale})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     atomic_write_bytes(Path(stem).with_suffix(".md"), text.encode())
     return text
+
+
+def adherence_by_chance(requested_features, real_features, seed: int = 0) -> dict:
+    """The adherence a generator would score by ignoring the request: each requested tumour
+    paired with a random real tumour (``real_features``, raw) as if that were obtained —
+    the floor that ``conditioning_adherence`` must beat to show control."""
+    req = np.asarray(requested_features, np.float64)
+    real = np.asarray(real_features, np.float64)
+    pick = real[np.random.default_rng(seed).integers(0, len(real), len(req))]
+    return {"relative_volume_error": float(np.median(np.abs(pick[:, 0] - req[:, 0]) / np.maximum(req[:, 0], 1e-9))),
+            "centre_distance": float(np.median(np.linalg.norm(pick[:, 3:6] - req[:, 3:6], axis=1)))}

@@ -24,27 +24,36 @@ def median_tumour(train) -> np.ndarray:
     return train.features[order[len(order) // 2]]
 
 
-def volume_sweep(gen, train, cfg: Config, values, seed: int = 0):
-    """Normalised tumour volume swept over ``values`` (0..1 of the training maximum), the
-    other features following it consistently (area, box), centre fixed, same noise."""
+def volume_sweep(gen, train, cfg: Config, n: int = 6, seed: int = 0):
+    """The requested tumour volume swept geometrically from the smallest to the largest
+    training tumour (the paper's Figure 3 sweeps the normalised volume; a request below the
+    training minimum asks the model for what it never saw), the other features following
+    it consistently (area, box), centre fixed, same initial noise. Returns images, masks,
+    labels and the requested centres (one per column)."""
     base = median_tumour(train)
-    raw_values = np.asarray(values, float) * train.normalizer.max_volume
+    vols = train.features[:, 0]
+    raw_values = np.geomspace(vols.min(), vols.max(), n)
     sweep = ConditionSampler(train.features, cfg.volume_shape).sweep(base, "voxel_volume", raw_values)
     pairs = [_generate_one(gen, v, cfg, seed) for v in sweep]
-    return [p[0] for p in pairs], [p[1] for p in pairs], [f"volume {v:.2f}" for v in values]
+    labels = [f"{v:.0f} vx ({v / vols.max():.2f} of max)" for v in raw_values]
+    return [p[0] for p in pairs], [p[1] for p in pairs], labels, [v[3:6] for v in sweep]
 
 
 def position_sweep(gen, train, cfg: Config, n: int = 5, seed: int = 0):
-    """The base tumour moved to the centres of ``n`` training tumours spread along x."""
+    """The base tumour moved to the centres of ``n`` training tumours spread along x.
+    Returns images, masks, labels and the requested centres."""
     base = median_tumour(train)
     order = np.argsort(train.features[:, 3])
     picks = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
-    images, masks, labels = [], [], []
+    images, masks, labels, centres = [], [], [], []
     for i in picks:
         raw = base.copy()
         raw[3:6] = train.features[i, 3:6]
+        half = raw[6:9] / 2                       # keep the box inside the volume
+        raw[3:6] = np.clip(raw[3:6], half, np.asarray(cfg.volume_shape) - 1 - half)
         im, m = _generate_one(gen, raw, cfg, seed)
         images.append(im)
         masks.append(m)
+        centres.append(raw[3:6])
         labels.append("centre ({:.0f}, {:.0f}, {:.0f})".format(*raw[3:6]))
-    return images, masks, labels
+    return images, masks, labels, centres

@@ -506,12 +506,15 @@ def main(argv=None) -> int:
     except FileNotFoundError:
         lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=not a.no_progress)
         save_latents(cache, lat)
-    unet = train_diffusion(cfg, lat, train.conditions, a.out, resume=not a.no_resume, progress=not a.no_progress,
-                           step_delay=a.step_delay)
+    from sbldm.diffusion.conditioning import diffusion_inputs
+
+    inputs = diffusion_inputs(cfg, train)
+    unet = train_diffusion(cfg, lat, inputs["conditions"], a.out, resume=not a.no_resume, progress=not a.no_progress,
+                           step_delay=a.step_delay, priors=inputs["priors"], weights=inputs["weights"])
     if a.pipeline:
         from sbldm.diffusion.pipeline import SBLDMPipeline
 
-        pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer,
+        pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
                                              train_features=train.features, latent_std=lat.latent_std)
         pipe.save_pretrained(a.pipeline)
     return 0
