@@ -300,7 +300,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # 100 synthetic volumes per method (Table 2 pairs one with each real volume); DDPM-1000
         # costs ~4 min per volume on this CPU, so 2 volumes and one timed volume
         eval_n_samples=100, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=10,
-        eval_n_adherence=20,
+        eval_n_adherence=50,
+        # the conditioning ablation (notebook 07): 5 rows x 400 latent-UNet steps, 50 requests each
+        ablation_steps=400, ablation_requests=50,
         lsgan_latent_dim=128, lsgan_g_channels=128, lsgan_upsamplings=4, lsgan_d_channels=128,
         lsgan_d_layers=5, lsgan_steps=1000,
         # measured here (1 torch thread, busy 2-core machine): 3D-LSGAN ~0.6 s/step, 3D-LDM
@@ -342,7 +344,55 @@ def resolve(scale: str, **overrides: Any) -> Config:
     return cfg
 
 
+def _check_types(cfg: Config) -> None:
+    """Every field has the type its declaration says (ints stay ints, a float field takes
+    an int), step counts and batch sizes are positive, learning rates too."""
+    import typing
+
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        value, hint = getattr(cfg, f.name), hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        if value is None:
+            if not optional:
+                raise ValueError(f"{f.name}=None is not valid; expected {_type_name(hint)}")
+            continue
+        base = typing.get_origin(hint) or hint
+        if base is typing.Union or str(base) == "types.UnionType":
+            base = next(a for a in args if a is not type(None))
+            base = typing.get_origin(base) or base
+        ok = (isinstance(value, bool) if base is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if base is float else
+              isinstance(value, int) and not isinstance(value, bool) if base is int else
+              isinstance(value, tuple) if base is tuple else
+              isinstance(value, str) if base is str else True)
+        if not ok:
+            raise ValueError(f"{f.name}={value!r} is not valid; expected {_type_name(hint)}")
+        if base is float and not np_isfinite(value):
+            raise ValueError(f"{f.name}={value!r} is not a finite number")
+    for f in dataclasses.fields(Config):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        if (f.name.endswith("_steps") or f.name.endswith("_batch_size")) and value < 1:
+            raise ValueError(f"{f.name}={value!r} is not valid; expected a positive integer")
+        if f.name.endswith("_lr") and not value > 0:
+            raise ValueError(f"{f.name}={value!r} is not valid; a learning rate must be > 0")
+
+
+def _type_name(hint) -> str:
+    return str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def np_isfinite(value) -> bool:
+    import math
+
+    return math.isfinite(float(value))
+
+
 def _validate(cfg: Config) -> None:
+    _check_types(cfg)
     choices = {
         "unet_cond_fusion": ("scale_shift", "add"),
         "diffusion_loss": ("mse", "l1"),

@@ -65,3 +65,29 @@ def data_source(results_dir: str | Path) -> str:
     """The data source notebook 00 recorded in ``results/<scale>/tables/data_summary.json``."""
     path = Path(results_dir) / "tables" / "data_summary.json"
     return json.loads(path.read_text())["source"] if path.is_file() else "see notebook 00"
+
+
+def fingerprint(*parts) -> str:
+    """A short content hash of arrays (dtype, shape and bytes), tensors, bytes and
+    JSON-able values: what a training stage was made from (its data, the latents it
+    consumed), recorded in its checkpoint and compared before it resumes."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for p in parts:
+        if p is None:
+            h.update(b"<none>")
+            continue
+        if hasattr(p, "detach") and hasattr(p, "cpu"):          # a torch tensor
+            p = p.detach().cpu().numpy()
+        if isinstance(p, np.ndarray):
+            h.update(f"{p.dtype}{p.shape}".encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        elif isinstance(p, (bytes, bytearray)):
+            h.update(bytes(p))
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]

@@ -43,3 +43,23 @@ def test_unknown_override_names_the_choices():
 def test_invalid_values_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         config.resolve("smoke", **{field: value})
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("vae_steps", "abc", "vae_steps='abc' is not valid; expected int"),
+    ("vae_steps", -5, "vae_steps=-5 is not valid; expected a positive integer"),
+    ("vae_steps", 2.5, "expected int"),
+    ("vae_lr", 0, "a learning rate must be > 0"),
+    ("diffusion_lr", float("inf"), "not a finite number"),
+    ("unet_spatial_prior", 1, "expected bool"),
+    ("vae_channels", 32, "expected tuple"),
+    ("diffusion_batch_size", 0, "positive integer"),
+])
+def test_config_values_are_type_and_range_checked(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        config.resolve("small", **{field: value})
+
+
+def test_a_float_field_takes_an_int_and_lists_become_tuples():
+    cfg = config.resolve("small", vae_lr=1, volume_shape=[64, 64, 32])
+    assert cfg.vae_lr == 1 and cfg.volume_shape == (64, 64, 32)

@@ -345,7 +345,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     a stage after that many of its steps (returns None: resume later)."""
     from sbldm.diffusion.latents import global_std
     from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.training.trainer import make_accelerator, run_training, noise_batch, noise_loss, step_generator
+    from sbldm.provenance import fingerprint
+    from sbldm.training.trainer import data_fingerprint, make_accelerator, run_training, noise_batch, noise_loss, step_generator
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -416,7 +417,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     _, done = run_training("ldm3d_ae", cfg, ae_model, ae_opt, ae_loss_fn, cfg.ldm3d_ae_steps, out / "autoencoder", resume,
                    progress, stop_at, accelerator, {"num_volumes": int(len(images)), "discriminator": use_disc,
                                                     "downsampling": ae.downsampling_factor}, step_delay,
-                   train_step=ae_step, save=ae_save)
+                   train_step=ae_step, save=ae_save, inputs={"data": data_fingerprint(images, masks)})
     if not done:
         return None
 
@@ -444,7 +445,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     unet_model, done = run_training("ldm3d_unet", cfg, unet, opt, unet_loss_fn, cfg.ldm3d_diffusion_steps, out / "unet",
                             resume, progress, stop_at, accelerator,
                             {"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
-                             "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay)
+                             "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay,
+                            inputs={"latents": fingerprint(means, float(latent_std))})
     if not done:
         return None
     result = LDM3D(ae.eval(), unet_model.eval(), scheduler, cfg.volume_shape, latent_std, disc, cfg.sampler,

@@ -172,7 +172,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     the trained generator in ``out_dir/model``). ``model`` gives the initial networks (default: built
     from ``cfg`` under ``cfg.seed``)."""
     from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.training.trainer import make_accelerator, run_training, step_generator
+    from sbldm.training.trainer import data_fingerprint, make_accelerator, run_training, step_generator
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -224,6 +224,6 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
 
     run_training(KIND, cfg, nets, optimizer, None, cfg.lsgan_steps, Path(out_dir), resume, progress, stop_at, accelerator,
          {"num_volumes": int(len(images)), "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
-         step_delay, train_step=train_step, save=save)
+         step_delay, train_step=train_step, save=save, inputs={"data": data_fingerprint(images, masks)})
     gan.generator.eval()
     return gan

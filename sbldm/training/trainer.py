@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from sbldm.config import Config, resolve, resume_conflicts
-from sbldm.provenance import git_commit, hardware, library_versions
+from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
 from sbldm.runtime import cpu_setup, seed_everything
 from sbldm.io import atomic_write_bytes, atomic_write_json
 
@@ -119,10 +119,24 @@ def _set_rng_states(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def input_conflicts(saved: dict | None, now: dict) -> list[str]:
+    """``name: saved -> now`` for every input whose fingerprint differs from a checkpoint's
+    (a checkpoint that recorded none predates input tracking and counts as different)."""
+    if saved is None:
+        return ["the checkpoint records no inputs (written before sbldm tracked them)"] if now else []
+    return [f"{k} changed ({saved.get(k)} -> {now.get(k)})" for k in sorted(set(saved) | set(now))
+            if saved.get(k) != now.get(k)]
+
+
+def data_fingerprint(images, masks) -> str:
+    """Identity of a training set of (image, mask) volumes."""
+    return fingerprint(np.asarray(images), np.asarray(masks))
+
+
 def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
          out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
          extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
-         save: Callable | None = None, ema=None):
+         save: Callable | None = None, ema=None, inputs: dict | None = None):
     """Generic loop; returns (unwrapped model, finished: bool).
 
     By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
@@ -132,7 +146,9 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     for a model that is several networks (an ``nn.ModuleDict``). ``ema`` (a diffusers
     ``EMAModel`` of the model's parameters) is updated after every optimiser step, saved in
     the checkpoint, and its averaged weights are what the finished model carries (the raw
-    weights stay in the checkpoint, so a longer run resumes from them)."""
+    weights stay in the checkpoint, so a longer run resumes from them). ``inputs`` names
+    what the stage was made from, each with its ``sbldm.provenance.fingerprint`` (the
+    data, the latents of an upstream model): a checkpoint resumes only when they match."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,13 +157,22 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     resumed_from = None
     wall_before = 0.0
     if resume and ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as e:           # truncated or corrupt: torch raises several kinds
+            raise ValueError(f"{ckpt_path} cannot be read ({type(e).__name__}: {e}); the checkpoint is corrupt or "
+                             "truncated. Delete it to train this stage from scratch (or restore a copy)") from e
         if ckpt.get("stage") != stage:
             raise ValueError(f"{ckpt_path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
         conflicts = resume_conflicts(stage, ckpt.get("config") or {}, cfg)
         if conflicts:
             raise ValueError(f"{ckpt_path} was written with another {stage} configuration ("
                              + "; ".join(conflicts) + "); use resume=False or another out_dir")
+        changed = input_conflicts(ckpt.get("inputs"), inputs or {})
+        if changed:
+            raise ValueError(f"{ckpt_path} was trained on other inputs ({'; '.join(changed)}): resuming it would "
+                             "mix two runs. Retrain from scratch (resume=False; in the notebook chain "
+                             "-p resume=False) or give this run another work folder")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None:
@@ -174,7 +199,7 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
         torch.save({"stage": stage, "step": step, "config_hash": cfg.hash(), "config": cfg.to_dict(),
                     "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng": _rng_states(), "wall_time_s": wall,
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
+                    **({"ema": ema.state_dict()} if ema is not None else {}), "inputs": dict(inputs or {}),
                     "sampler": {"kind": "numpy default_rng([seed, step, rank])", "seed": cfg.seed,
                                 "next_step": step}}, buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
@@ -244,7 +269,7 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
             final_loss=records[-1]["loss"] if records else None,
             num_parameters=sum(p.numel() for p in unwrapped.parameters()),
             num_processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
-            **extra_record))
+            inputs=dict(inputs or {}), **extra_record))
     return unwrapped, finished
 
 
@@ -314,7 +339,8 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
                             generator=eps_gen)
 
     model, _ = run_training("vae", cfg, model, optimizer, loss_fn, cfg.vae_steps, Path(out_dir), resume, progress,
-                    stop_at, accelerator, {"num_slices": len(ds)}, step_delay)
+                    stop_at, accelerator, {"num_slices": len(ds)}, step_delay,
+                    inputs={"data": data_fingerprint(ds.images, ds.masks)})
     return model.eval()
 
 
@@ -445,7 +471,9 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
                     {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std),
                      "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:]),
                      "autocast": cfg.diffusion_mixed_precision or str(accelerator.mixed_precision),
-                     "ema": bool(ema)}, step_delay, ema=ema)
+                     "ema": bool(ema)}, step_delay, ema=ema,
+                    inputs={"latents": fingerprint(means, float(latent_std)),
+                            "conditions": fingerprint(conditions, maps.get("priors"), maps.get("weights"))})
     if accelerator.is_main_process:
         atomic_write_json(Path(out_dir) / "latent_scale.json",
                           {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std)})
