@@ -52,6 +52,7 @@ class Config:
     n_train: int = _reads(100, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')                    # paper §3.2: 100 training volumes
     n_test: int = 100                     # ... and 100 held-out volumes
     volume_shape: tuple[int, int, int] = _reads((192, 192, 96), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # (x, y, z) after resampling
+    data_skip_unlabelled: bool = False    # BraTS folders: leave out (and list) cases without a segmentation
     image_interp_order: int = _reads(0, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')           # 0 = nearest, as the authors' code; 1 = linear
     clip_percentiles: tuple[float, float] | None = _reads(None, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # None = plain min-max (reference)
     # phantom cohort geometry on disk (BraTS: 240x240x155 at 1 mm)

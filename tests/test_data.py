@@ -20,7 +20,7 @@ def test_find_cases_both_layouts_sorted(write_case, tmp_path):
 
 
 def test_find_cases_empty_folder_names_layouts(tmp_path):
-    with pytest.raises(data.DataError, match="no cases found.*BraTS 2021.*BraTS 2023"):
+    with pytest.raises(data.DataError, match="no labelled cases found.*BraTS 2021.*BraTS 2023"):
         data.find_cases(tmp_path)
 
 
@@ -254,3 +254,26 @@ def test_export_passes_nnunets_integrity_check(tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 
     verify_dataset_integrity(str(_export(tmp_path)), num_processes=1)
+
+
+def test_brats_2020_names_uncompressed_nifti_and_unlabelled_cases(write_case, tmp_path):
+    root = tmp_path / "brats"
+    write_case("BraTS20_Training_001", layout=2021, root=root)
+    folder = write_case("BraTS20_Training_002", layout=2021, root=root)
+    # the second case as uncompressed .nii (what some exports hold)
+    for f in list(folder.iterdir()):
+        import nibabel as nib
+
+        img = nib.load(str(f))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), str(f).replace(".nii.gz", ".nii"))
+        f.unlink()
+    unlabelled = write_case("BraTS20_Training_003", layout=2021, root=root)
+    (unlabelled / "BraTS20_Training_003_seg.nii.gz").unlink()
+    with pytest.raises(data.DataError, match="BraTS20_Training_003_seg.*missing segmentation.*skip_unlabelled"):
+        data.find_cases(root)
+    with pytest.warns(UserWarning, match="1 case.*without a segmentation.*BraTS20_Training_003"):
+        cases = data.find_cases(root, skip_unlabelled=True)
+    assert [c.case_id for c in cases] == ["BraTS20_Training_001", "BraTS20_Training_002"]
+    assert cases[1].image_path.name == "BraTS20_Training_002_flair.nii"
+    lc = data.load_case(cases[1], (8, 8, 4))
+    assert lc.image.shape == (8, 8, 4) and lc.mask.any()

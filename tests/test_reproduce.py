@@ -207,3 +207,29 @@ def test_readme_block_lists_what_is_missing_and_needs_its_markers(tmp_path):
     (tmp_path / "README.md").write_text("no markers\n")
     with pytest.raises(ValueError, match="results:small:start"):
         update_readme(tmp_path / "README.md", tmp_path / "r", "small")
+
+
+def test_cli_refuses_an_unavailable_device_and_a_missing_data_folder(capsys, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        assert reproduce.main(["--device", "cuda:0", "--only", "0"]) == 1
+        assert "no CUDA GPU" in capsys.readouterr().err
+    assert reproduce.main(["--device", "tpu0", "--only", "0"]) == 1
+    assert "unknown device" in capsys.readouterr().err
+    assert reproduce.main(["--data", str(tmp_path / "nope"), "--only", "0"]) == 1
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_bench_explains_every_option_and_refuses_unknown_components(capsys):
+    from sbldm.runner import bench
+
+    with pytest.raises(SystemExit):
+        bench.main(["--help"])
+    help_text = capsys.readouterr().out
+    for option in ("--scale", "--device", "--dtype", "--repeats", "--batch-sizes", "--steps", "--components", "--out"):
+        line = next(ln for ln in help_text.splitlines() if ln.strip().startswith(option))
+        assert len(help_text.split(option, 2)[-1].split("\n  -")[0].strip()) > 10, line
+    with pytest.raises(SystemExit):
+        bench.main(["--components", "unet2d"])
+    assert "invalid choice: 'unet2d'" in capsys.readouterr().err

@@ -28,14 +28,25 @@ from sbldm.io import atomic_save_npy, atomic_write_json, save_nifti
 BRATS_LABELS = frozenset({0, 1, 2, 3, 4})
 
 LAYOUTS = {
+    "BraTS 2020": "BraTS20_Training_XXX/BraTS20_Training_XXX_flair.nii.gz + BraTS20_Training_XXX_seg.nii.gz",
     "BraTS 2021": "BraTS2021_XXXXX/BraTS2021_XXXXX_flair.nii.gz + BraTS2021_XXXXX_seg.nii.gz",
     "BraTS 2023": "BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-t2f.nii.gz + BraTS-GLI-XXXXX-XXX-seg.nii.gz",
 }
 _PATTERNS = (
-    # (folder-name regex, image suffix, mask suffix)
-    (re.compile(r"^BraTS20\d\d_\d+$"), "_flair.nii.gz", "_seg.nii.gz"),
-    (re.compile(r"^BraTS-[A-Z]+-\d+-\d+$"), "-t2f.nii.gz", "-seg.nii.gz"),
+    # (folder-name regex, image suffix, mask suffix); each file as .nii.gz or .nii
+    (re.compile(r"^BraTS20_(Training|Validation)_\d+$"), "_flair", "_seg"),
+    (re.compile(r"^BraTS20\d\d_\d+$"), "_flair", "_seg"),
+    (re.compile(r"^BraTS-[A-Z]+-\d+-\d+$"), "-t2f", "-seg"),
 )
+_EXTENSIONS = (".nii.gz", ".nii")
+
+
+def _nifti(folder: Path, stem: str) -> Path:
+    """``folder/stem.nii.gz`` or ``folder/stem.nii``, whichever exists (``.nii.gz`` if neither)."""
+    for ext in _EXTENSIONS:
+        if (folder / f"{stem}{ext}").is_file():
+            return folder / f"{stem}{ext}"
+    return folder / f"{stem}{_EXTENSIONS[0]}"
 
 
 class DataError(ValueError):
@@ -54,29 +65,42 @@ class Case:
     mask_path: Path
 
 
-def find_cases(root: str | os.PathLike) -> list[Case]:
-    """All cases under ``root`` laid out as BraTS 2021 or BraTS 2023, sorted by ``case_id``.
+def find_cases(root: str | os.PathLike, skip_unlabelled: bool = False) -> list[Case]:
+    """All cases under ``root`` laid out as BraTS 2020, 2021 or 2023 (``.nii.gz`` or
+    ``.nii``), sorted by ``case_id``.
 
-    A case folder whose image or mask file is missing raises ``DataError`` naming it;
-    a folder holding no case at all raises ``DataError`` listing the layouts looked for.
+    A case folder whose FLAIR image is missing raises ``DataError`` naming it; so does
+    one without a segmentation, unless ``skip_unlabelled`` (validation folders ship
+    without labels): those cases are left out and listed in a warning. A folder holding
+    no case at all raises ``DataError`` listing the layouts looked for.
     """
+    import warnings
+
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "not a directory")
-    cases = []
+    cases, skipped = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for pattern, image_suffix, mask_suffix in _PATTERNS:
             if pattern.match(folder.name):
-                image = folder / f"{folder.name}{image_suffix}"
-                mask = folder / f"{folder.name}{mask_suffix}"
-                for p, what in ((image, "FLAIR image"), (mask, "segmentation")):
-                    if not p.is_file():
-                        raise DataError(p, f"missing {what} file of case {folder.name}")
+                image = _nifti(folder, f"{folder.name}{image_suffix}")
+                mask = _nifti(folder, f"{folder.name}{mask_suffix}")
+                if not image.is_file():
+                    raise DataError(image, f"missing FLAIR image file of case {folder.name}")
+                if not mask.is_file():
+                    if skip_unlabelled:
+                        skipped.append(folder.name)
+                        break
+                    raise DataError(mask, f"missing segmentation file of case {folder.name} "
+                                          "(skip_unlabelled=True leaves such cases out)")
                 cases.append(Case(folder.name, image, mask))
                 break
+    if skipped:
+        warnings.warn(f"{len(skipped)} case(s) without a segmentation left out: {', '.join(skipped)}",
+                      UserWarning, stacklevel=2)
     if not cases:
         layouts = "; ".join(f"{k}: {v}" for k, v in LAYOUTS.items())
-        raise DataError(root, f"no cases found; looked for the layouts {layouts}")
+        raise DataError(root, f"no labelled cases found; looked for the layouts {layouts}")
     return sorted(cases, key=lambda c: c.case_id)
 
 

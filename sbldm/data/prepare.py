@@ -43,7 +43,7 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
     """
     work = Path(work_dir)
     if brats_dir:
-        cases = find_cases(brats_dir)
+        cases = find_cases(brats_dir, skip_unlabelled=cfg.data_skip_unlabelled)
         source = f"BraTS folder {brats_dir}"
     else:
         from sbldm.data.phantom import make_phantom_cohort

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbldm.config import SCALES
 from sbldm.provenance import device_name
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,15 +329,19 @@ def _train_subprocess(comp: str, args, device: str, variant: str = "plain") -> d
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.runner.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scale", default="small")
-    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50])
+    ap.add_argument("--scale", default="small", choices=SCALES, help="preset whose network sizes and volume "
+                                                                    "shape are measured (default: small)")
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                    help="where to measure; auto = the GPU if there is one (a missing GPU is refused)")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                    help="fp32, or bf16 autocast for sampling and the training steps")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median reported)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="volumes sampled at once")
+    ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="DDIM step counts to time")
     ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
-    ap.add_argument("--components", nargs="+", default=list(COMPONENTS))
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
+    ap.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS, metavar="COMPONENT",
+                    help=f"networks whose training step and peak memory are measured: {', '.join(COMPONENTS)}")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder of the JSON and Markdown results")
     ap.add_argument("--fast-paths", nargs="*", default=None, metavar="VARIANT",
                     help=f"instead of the main benchmark, compare the fast paths with the plain path "
                          f"(default variants: {' '.join(VARIANTS)})")
@@ -351,6 +356,8 @@ def main(argv=None) -> int:
     from sbldm.provenance import library_versions
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA GPU is available here")
     if args.one:
         print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant)))
         return 0

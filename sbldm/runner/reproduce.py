@@ -255,6 +255,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
                 raise RunnerError(f"{name} failed in cell {e.exec_count}: {e.ename}: {_first_line(e.evalue)} "
                                   f"(traceback: {log_path}; executed copy: {failed})") from None
             os.replace(running, target)
+            (executed / f"{path.stem}.failed.ipynb").unlink(missing_ok=True)   # superseded by this success
             entry.update(status="ok", wall_time_s=round(time.time() - t0, 1))
             record["notebooks"][name] = entry
             record.get("failures", {}).pop(name, None)
@@ -285,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="notebook numbers to run, e.g. --only 04 05")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="a notebook parameter, e.g. -p seed=1 -p overrides='{\"vae_steps\": 500}'")
+    ap.add_argument("--device", default=None, help="torch device for every notebook, e.g. cuda:1 (default: the GPU "
+                                                 "if there is one, else the CPU)")
     ap.add_argument("--redo", action="store_true", help="run notebooks even if up to date")
     args = ap.parse_args(argv)
     params: dict[str, Any] = {}
@@ -295,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         params[name.strip()] = parse_value(value)
     if args.data:
         params["data"] = str(Path(args.data).resolve())
+    if args.device:
+        from sbldm.runtime import pick_device
+
+        try:
+            params["device"] = pick_device(args.device)      # refused here, before any kernel starts
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     try:
         run(args.scale, params, args.only, args.redo, progress=True)
     except (RunnerError, ValueError) as e:

@@ -101,6 +101,8 @@ def make_accelerator(cfg: Config, device: str | None = None):
     from accelerate import Accelerator
 
     cpu = device == "cpu" or not torch.cuda.is_available()
+    if not cpu and device and ":" in str(device):
+        torch.cuda.set_device(torch.device(device))     # cuda:N: accelerate trains on the current device
     return Accelerator(mixed_precision=cfg.mixed_precision if not cpu else "no", cpu=cpu)
 
 
