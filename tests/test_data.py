@@ -277,3 +277,23 @@ def test_brats_2020_names_uncompressed_nifti_and_unlabelled_cases(write_case, tm
     assert cases[1].image_path.name == "BraTS20_Training_002_flair.nii"
     lc = data.load_case(cases[1], (8, 8, 4))
     assert lc.image.shape == (8, 8, 4) and lc.mask.any()
+
+
+def test_nnunet_export_is_rebuilt_never_merged(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def case(cid):
+        m = np.zeros((8, 8, 4), np.uint8)
+        m[2:5, 2:5, 1:3] = 1
+        return cid, rng.uniform(-1, 1, (8, 8, 4)).astype(np.float32), m
+
+    data.export_nnunet(tmp_path, 1, "X", [case(f"phantom_{i}") for i in range(3)])
+    folder = data.export_nnunet(tmp_path, 1, "X", [case(f"brats_{i}") for i in range(2)])
+    names = sorted(p.name for p in (folder / "imagesTr").iterdir())
+    assert names == ["brats_0_0000.nii.gz", "brats_1_0000.nii.gz"]
+    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_X"]       # no temporary left
+    with pytest.raises(ValueError, match="mask must be binary"):
+        bad = case("bad")
+        data.export_nnunet(tmp_path, 1, "X", [(bad[0], bad[1], bad[2] * 3)])
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == names      # the earlier export intact

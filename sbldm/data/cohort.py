@@ -400,37 +400,52 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
 
     ``cases`` (and ``test_cases``, written to ``imagesTs``/``labelsTs``) are tuples
     ``(case_id, image, mask)`` or ``(case_id, image, mask, affine)``: real or synthetic
-    volumes in sbldm's convention. Labels are written as 0 (background) / 1 (tumour).
-    Returns the dataset folder.
+    volumes in sbldm's convention. Labels are written as 0 (background) / 1 (tumour). The
+    dataset is rebuilt, never merged: it is written to a temporary sibling folder and
+    swapped in whole, so an earlier export of other cases leaves no file behind and a
+    failed export leaves the earlier one intact. Returns the dataset folder.
     """
+    import shutil
+
     if not (1 <= int(dataset_id) <= 999):
         raise ValueError(f"nnU-Net dataset ids run from 1 to 999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"dataset name {name!r} may hold letters, digits, '_' and '-' only")
-    folder = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
-    n_train = 0
-    for sub_images, sub_labels, items in (("imagesTr", "labelsTr", cases), ("imagesTs", "labelsTs", test_cases)):
-        for item in items:
-            case_id, image, mask = item[:3]
-            affine = item[3] if len(item) > 3 else None
-            if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(case_id)):
-                raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
-            if image.shape != mask.shape:
-                raise ValueError(f"case {case_id}: image shape {image.shape} differs from mask shape {mask.shape}")
-            labels = np.unique(mask)
-            if not set(labels.tolist()) <= {0, 1}:
-                raise ValueError(f"case {case_id}: mask must be binary (0/1), found labels {labels[:8].tolist()}")
-            save_nifti(folder / sub_images / f"{case_id}_0000.nii.gz", np.asarray(image, np.float32), affine)
-            save_nifti(folder / sub_labels / f"{case_id}.nii.gz", np.asarray(mask, np.uint8), affine)
-            n_train += sub_images == "imagesTr"
-    if n_train == 0:
-        raise ValueError("export_nnunet needs at least one training case")
-    atomic_write_json(folder / "dataset.json", {
-        "name": name,
-        "description": "exported by sbldm (FLAIR in [-1, 1], whole-tumour mask)",
-        "channel_names": {"0": channel_name},
-        "labels": {"background": 0, "tumor": 1},
-        "numTraining": n_train,
-        "file_ending": ".nii.gz",
-    })
-    return folder
+    final = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
+    folder = final.with_name(f".{final.name}.building-{os.getpid()}")
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        n_train = 0
+        for sub_images, sub_labels, items in (("imagesTr", "labelsTr", cases), ("imagesTs", "labelsTs", test_cases)):
+            for item in items:
+                case_id, image, mask = item[:3]
+                affine = item[3] if len(item) > 3 else None
+                if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(case_id)):
+                    raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
+                if image.shape != mask.shape:
+                    raise ValueError(f"case {case_id}: image shape {image.shape} differs from mask shape {mask.shape}")
+                labels = np.unique(mask)
+                if not set(labels.tolist()) <= {0, 1}:
+                    raise ValueError(f"case {case_id}: mask must be binary (0/1), found labels {labels[:8].tolist()}")
+                save_nifti(folder / sub_images / f"{case_id}_0000.nii.gz", np.asarray(image, np.float32), affine)
+                save_nifti(folder / sub_labels / f"{case_id}.nii.gz", np.asarray(mask, np.uint8), affine)
+                n_train += sub_images == "imagesTr"
+        if n_train == 0:
+            raise ValueError("export_nnunet needs at least one training case")
+        atomic_write_json(folder / "dataset.json", {
+            "name": name,
+            "description": "exported by sbldm (FLAIR in [-1, 1], whole-tumour mask)",
+            "channel_names": {"0": channel_name},
+            "labels": {"background": 0, "tumor": 1},
+            "numTraining": n_train,
+            "file_ending": ".nii.gz",
+        })
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    folder.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
