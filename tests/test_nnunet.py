@@ -183,6 +183,7 @@ def test_smoke_run_plan_preprocess_train_predict(tmp_path):
 
 
 @pytest.mark.nnunet
+@pytest.mark.slow
 def test_a_failing_step_shows_nnunets_log_tail(tmp_path):
     pytest.importorskip("nnunetv2")
     with pytest.raises(nnunet.NnUNetError) as info:

@@ -113,6 +113,7 @@ def _cli(args, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_kill_and_resume_through_the_cli(prepared, tmp_path):
     """SIGKILL a VAE run after its first checkpoint, resume it, compare with an
     uninterrupted run; then train the diffusion stage from it and write a pipeline."""
@@ -401,6 +402,7 @@ def test_channels_last_sampling_matches_the_plain_path(pipe):
     assert np.abs(plain).max() > 0.1                        # the comparison is not of zeros
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc", "clang")),
                     reason="torch.compile on CPU needs a C compiler")
 def test_compiled_unet_samples_like_the_plain_one_and_saves_the_same_weights(pipe, tmp_path):
