@@ -79,7 +79,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
 
     rows = ROWS if rows is None else rows
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(n_requests, rng=cfg.seed + 17)
-    chance = ev.adherence_by_chance(requested, test.features, seed=cfg.seed)
+    chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
     real_test = latent_features(vae, test.images, test.masks)
     real_train = latent_features(vae, train.images, train.masks)
     out = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES, Config
@@ -18,6 +20,19 @@ def _generate_one(gen, raw, cfg: Config, seed: int):
     return images[0], masks[0]
 
 
+@dataclass
+class Sweep:
+    """One sweep of Figure 3: a generated volume per requested tumour (raw 9-vectors)."""
+    images: list
+    masks: list
+    labels: list
+    requested: np.ndarray          # (n, 9) raw features asked for, one row per column
+
+    @property
+    def centres(self) -> np.ndarray:
+        return self.requested[:, 3:6]
+
+
 def median_tumour(train) -> np.ndarray:
     """Raw features of the training tumour with the median volume: the sweeps' base."""
     order = np.argsort(train.features[:, 0])
@@ -29,23 +44,22 @@ def volume_sweep(gen, train, cfg: Config, n: int = 6, seed: int = 0):
     training tumour (the paper's Figure 3 sweeps the normalised volume; a request below the
     training minimum asks the model for what it never saw), the other features following
     it consistently (area, box), centre fixed, same initial noise. Returns images, masks,
-    labels and the requested centres (one per column)."""
+    labels and the requested vectors (a ``Sweep``)."""
     base = median_tumour(train)
     vols = train.features[:, 0]
     raw_values = np.geomspace(vols.min(), vols.max(), n)
     sweep = ConditionSampler(train.features, cfg.volume_shape).sweep(base, "voxel_volume", raw_values)
     pairs = [_generate_one(gen, v, cfg, seed) for v in sweep]
-    labels = [f"{v:.0f} vx ({v / vols.max():.2f} of max)" for v in raw_values]
-    return [p[0] for p in pairs], [p[1] for p in pairs], labels, [v[3:6] for v in sweep]
+    labels = [f"{v:.0f} vx ({v / vols.max():.2f} of max)" for v in sweep[:, 0]]
+    return Sweep([p[0] for p in pairs], [p[1] for p in pairs], labels, np.asarray(sweep))
 
 
 def position_sweep(gen, train, cfg: Config, n: int = 5, seed: int = 0):
-    """The base tumour moved to the centres of ``n`` training tumours spread along x.
-    Returns images, masks, labels and the requested centres."""
+    """The base tumour moved to the centres of ``n`` training tumours spread along x (a ``Sweep``)."""
     base = median_tumour(train)
     order = np.argsort(train.features[:, 3])
     picks = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
-    images, masks, labels, centres = [], [], [], []
+    images, masks, labels, requested = [], [], [], []
     for i in picks:
         raw = base.copy()
         raw[3:6] = train.features[i, 3:6]
@@ -54,6 +68,6 @@ def position_sweep(gen, train, cfg: Config, n: int = 5, seed: int = 0):
         im, m = _generate_one(gen, raw, cfg, seed)
         images.append(im)
         masks.append(m)
-        centres.append(raw[3:6])
+        requested.append(raw)
         labels.append("centre ({:.0f}, {:.0f}, {:.0f})".format(*raw[3:6]))
-    return images, masks, labels, centres
+    return Sweep(images, masks, labels, np.asarray(requested))

@@ -1,0 +1,92 @@
+"""The closing "what this shows" cell of each notebook, written from its own results.
+
+Each function takes the rows a notebook just wrote and returns a few Markdown lines that
+state the numbers and what they do (and do not) support; nothing here is typed by hand.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SMOKE = "- smoke scale: a plumbing check; these numbers mean nothing."
+
+
+def _f(v, digits: int = 2) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(v) else f"{v:.{digits}f}"
+
+
+def generation(scale: str, table1_rows: list[dict], extra_rows: list[dict], adherence_rows: list[dict]) -> str:
+    """Notebook 04: Table 1, the metrics beyond it, conditioning adherence."""
+    lines = [f"At `{scale}`:"]
+    by = {r["method"]: r for r in table1_rows}
+    if by:
+        best = max(by.values(), key=lambda r: float(r["psnr"]))
+        lines.append(f"- the paper's unpaired PSNR ranks **{best['method']}** first ({_f(best['psnr'])} dB); it "
+                     "measures closeness to an arbitrary real brain, so read it with the realism columns below.")
+    real = next((r for r in extra_rows if str(r["method"]).startswith("real")), None)
+    for r in extra_rows:
+        if real is not None and r is not real and r.get("frechet_distance") not in (None, ""):
+            lines.append(f"- {r['method']}: Fréchet distance {_f(r['frechet_distance'])} (real test split "
+                         f"{_f(real['frechet_distance'])}), pairwise MS-SSIM {_f(r['ms_ssim_pairwise'], 3)} "
+                         f"(real {_f(real['ms_ssim_pairwise'], 3)}), empty masks {_f(r['empty_masks'])}.")
+    for r in adherence_rows:
+        lines.append(f"- SBLDM asked for {r['n']} tumours at guidance {_f(r['guidance_scale'], 1)}: "
+                     f"{_f(r['empty_fraction'])} empty, volume Spearman {_f(r['spearman_volume'])}, centre "
+                     f"{_f(r['centre_distance'], 1)} voxels off (random pairing: {_f(r.get('chance_centre_distance'), 1)}), "
+                     f"relative volume error {_f(r['relative_volume_error'])} (random pairing: "
+                     f"{_f(r.get('chance_relative_volume_error'))}).")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
+
+
+def sweeps(scale: str, requested_volumes, volume_masks, requested_centres, position_masks) -> str:
+    """Notebook 05: how the obtained tumours follow Figure 3's sweeps."""
+    got = [int(np.asarray(m).sum()) for m in volume_masks]
+    lines = [f"At `{scale}`, along the volume sweep (one seed, one initial noise):",
+             "- requested " + ", ".join(f"{v:.0f}" for v in requested_volumes) + " voxels; obtained "
+             + ", ".join(str(g) for g in got) + " voxels"
+             + (f" (Spearman {_spearman(requested_volumes, got)})." if len(got) > 2 else ".")]
+    dists = []
+    for c, m in zip(requested_centres, position_masks):
+        m = np.asarray(m) > 0
+        dists.append(float(np.linalg.norm(np.argwhere(m).mean(0) - np.asarray(c, float))) if m.any() else math.nan)
+    lines.append("- along the position sweep the obtained tumour's centre lies "
+                 + ", ".join("no tumour" if math.isnan(d) else f"{d:.1f}" for d in dists)
+                 + " voxels from each requested centre.")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
+
+
+def _spearman(a, b) -> str:
+    from scipy.stats import spearmanr
+
+    if np.ptp(np.asarray(b, float)) == 0:
+        return "undefined: every obtained volume equal"
+    return _f(spearmanr(a, b).statistic)
+
+
+def segmentation(scale: str, rows: list[dict]) -> str:
+    """Notebook 06: Table 2."""
+    by = {r["row"]: r for r in rows}
+    real = by.get("real")
+    lines = [f"At `{scale}`:"]
+    if real is not None:
+        lines.append(f"- real volumes only: Dice {_f(real['dice_mean'], 3)}.")
+    for name, r in by.items():
+        if name == "real" or real is None:
+            continue
+        delta = float(r["dice_mean"]) - float(real["dice_mean"])
+        p = r.get("p_vs_real")
+        lines.append(f"- {name}: Dice {_f(r['dice_mean'], 3)} ({'+' if delta >= 0 else ''}{delta:.3f} vs real"
+                     + (f", p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else "") + ").")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
