@@ -246,3 +246,24 @@ def test_import_sbldm_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "SliceVAE"
+
+
+def test_volume_encoding_is_the_stack_of_slice_encodings_and_decodes_back():
+    from sbldm.models.vae import relative_positions
+
+    vae = _vae().eval()
+    g = torch.Generator().manual_seed(0)
+    vol = torch.rand(2, 16, 16, 6, generator=g) * 2 - 1
+    mean, std = vae.encode_volume(vol, chunk=4)                      # chunks of 4 and 2 slices
+    assert mean.shape == (vae.config.latent_channels, 16 // vae.downsampling_factor,
+                          16 // vae.downsampling_factor, 6) and (std > 0).all()
+    with torch.no_grad():
+        for k in (0, 5):                                              # slice k alone, told its own position
+            post = vae.encode(vol[..., k][None], relative_positions(6)[k:k + 1])
+            torch.testing.assert_close(mean[..., k], post.mean[0])
+        dec = vae.decode_volume(mean, chunk=4)
+        one = vae.decode(mean[..., 3][None], relative_positions(6)[3:4])[0]
+    assert dec.shape == (2, 16, 16, 6)
+    torch.testing.assert_close(dec[..., 3], one)
+    with pytest.raises(ValueError, match="one \\(2, X, Y, D\\) volume"):
+        vae.encode_volume(vol[None])

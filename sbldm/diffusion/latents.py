@@ -45,26 +45,19 @@ def encode_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int =
     """Posterior (mean, std) of every volume, each (N, C, H', W', D) float32."""
     from tqdm.auto import tqdm
 
-    from sbldm.models.vae import relative_positions
-
     if images.shape != masks.shape or images.ndim != 4:
         raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
-    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    if device is not None:
+        vae.to(device)
     was_training = vae.training
     vae.eval()
-    n, _, _, depth = images.shape
     means, stds = [], []
     try:
-        for v in tqdm(range(n), desc="encode latents", disable=not progress):
-            x = torch.from_numpy(to_model_space(images[v], masks[v])).permute(3, 0, 1, 2)   # (D, 2, X, Y)
-            pos = relative_positions(depth)
-            mu, sd = [], []
-            for s in range(0, depth, batch_size):
-                post = vae.encode(x[s:s + batch_size].to(device), pos[s:s + batch_size].to(device))
-                mu.append(post.mean.float().cpu())
-                sd.append(post.std.float().cpu())
-            means.append(torch.cat(mu).permute(1, 2, 3, 0).numpy())   # (C, H', W', D)
-            stds.append(torch.cat(sd).permute(1, 2, 3, 0).numpy())
+        for v in tqdm(range(len(images)), desc="encode latents", disable=not progress):
+            x = torch.from_numpy(to_model_space(images[v], masks[v]))          # (2, X, Y, D)
+            mu, sd = vae.encode_volume(x, chunk=batch_size)
+            means.append(mu.cpu().numpy())
+            stds.append(sd.cpu().numpy())
     finally:
         vae.train(was_training)
     return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
@@ -111,22 +104,16 @@ def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: 
     [-1, 1], masks (N, x, y, z) uint8, the decoded mask channel thresholded at 0)."""
     from tqdm.auto import tqdm
 
-    from sbldm.models.vae import relative_positions
-
-    device = torch.device(device) if device is not None else next(vae.parameters()).device
+    if device is not None:
+        vae.to(device)
     was_training = vae.training
     vae.eval()
-    depth = images.shape[-1]
-    pos = relative_positions(depth)
     out_i, out_m = [], []
     try:
         for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
-            x = torch.from_numpy(to_model_space(images[v], masks[v])).permute(3, 0, 1, 2)
-            rec = []
-            for s in range(0, depth, batch_size):
-                p = pos[s:s + batch_size].to(device)
-                rec.append(vae.decode(vae.encode(x[s:s + batch_size].to(device), p).mode(), p).float().cpu())
-            r = torch.cat(rec).permute(1, 2, 3, 0)          # (2, x, y, z)
+            x = torch.from_numpy(to_model_space(images[v], masks[v]))
+            mean, _ = vae.encode_volume(x, chunk=batch_size)
+            r = vae.decode_volume(mean, chunk=batch_size).cpu()           # (2, x, y, z), through the posterior mean
             out_i.append(r[0].clamp(-1, 1).numpy())
             out_m.append((r[1] > 0).numpy().astype(np.uint8))
     finally:

@@ -239,17 +239,7 @@ class SBLDMPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 16) -> torch.Tensor:
         """(N, 2, x, y, z) decoded volumes from model-space latents (N, C, H', W', D)."""
         z = latents * self.latent_std
-        n, _, _, _, depth = z.shape
-        from sbldm.models.vae import relative_positions
-
-        pos = relative_positions(depth, device=z.device)
-        vols = []
-        vae_dtype = next(self.vae.parameters()).dtype
-        for v in range(n):
-            slices = z[v].permute(3, 0, 1, 2)                                # (D, C, H', W')
-            out = [self.vae.decode(slices[s:s + decode_chunk_size].to(vae_dtype), pos[s:s + decode_chunk_size]).float()
-                   for s in range(0, depth, max(int(decode_chunk_size), 1))]
-            vols.append(torch.cat(out).permute(1, 2, 3, 0))                   # (2, x, y, z)
+        vols = [self.vae.decode_volume(z[v], chunk=decode_chunk_size) for v in range(len(z))]   # (2, x, y, z) each
         return torch.stack(vols)
 
     @torch.no_grad()

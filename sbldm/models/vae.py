@@ -158,6 +158,40 @@ class SliceVAE(FreshStorageMixin, ModelMixin, ConfigMixin):
                 h = b(h, temb)
         return self.dec_conv_out(self.act(self.dec_norm_out(h)))
 
+    # -- volumes: the only place slices become a stacked latent and back ---------------------
+
+    @torch.no_grad()
+    def encode_volume(self, volume: torch.Tensor, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, std) of a volume (2, X, Y, D) encoded slice by slice, each slice
+        told its relative position, stacked in depth: two (C, X/f, Y/f, D) tensors."""
+        if volume.ndim != 4:
+            raise ValueError(f"encode_volume needs one (2, X, Y, D) volume, got {tuple(volume.shape)}")
+        depth = volume.shape[-1]
+        dev = next(self.parameters()).device
+        dtype = next(self.parameters()).dtype
+        slices = volume.permute(3, 0, 1, 2)                                  # (D, 2, X, Y)
+        pos = relative_positions(depth, device=dev)
+        mu, sd = [], []
+        for s in range(0, depth, max(int(chunk), 1)):
+            post = self.encode(slices[s:s + chunk].to(dev, dtype), pos[s:s + chunk])
+            mu.append(post.mean.float())
+            sd.append(post.std.float())
+        return torch.cat(mu).permute(1, 2, 3, 0), torch.cat(sd).permute(1, 2, 3, 0)
+
+    @torch.no_grad()
+    def decode_volume(self, latent: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+        """A volume (2, X, Y, D) decoded slice by slice from a stacked latent (C, X/f, Y/f, D)."""
+        if latent.ndim != 4:
+            raise ValueError(f"decode_volume needs one (C, X', Y', D) latent, got {tuple(latent.shape)}")
+        depth = latent.shape[-1]
+        dev = next(self.parameters()).device
+        dtype = next(self.parameters()).dtype
+        slices = latent.permute(3, 0, 1, 2)                                  # (D, C, X', Y')
+        pos = relative_positions(depth, device=dev)
+        out = [self.decode(slices[s:s + chunk].to(dev, dtype), pos[s:s + chunk]).float()
+               for s in range(0, depth, max(int(chunk), 1))]
+        return torch.cat(out).permute(1, 2, 3, 0)
+
     def forward(self, x: torch.Tensor, slice_pos=None, sample_posterior: bool = True,
                 generator: torch.Generator | None = None):
         """(reconstruction, posterior)."""
