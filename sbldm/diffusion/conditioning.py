@@ -112,7 +112,7 @@ def check_conditions(raw, volume_shape: Sequence[int], train_features=None) -> n
                 v = arr[out, k][0]
                 warnings.warn(f"condition feature {name}={v:g} lies outside the training range "
                               f"[{lo[k]:g}, {hi[k]:g}] ({int(out.sum())} of {len(arr)} condition(s)); "
-                              "the model has not seen such tumours", UserWarning, stacklevel=3)
+                              "the model has not seen such tumours", UserWarning, stacklevel=4)
     return arr
 
 

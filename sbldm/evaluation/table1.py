@@ -138,8 +138,19 @@ def extra_metrics(samples: dict, train, test, segmenter, cfg: Config, features=N
 
 def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list[dict]:
     """SBLDM conditioning adherence for ``eval_n_adherence`` requested tumours drawn from
-    the training distribution, at each guidance scale (None -> cfg.eval_guidance_scale)."""
+    the training distribution, at each guidance scale (None -> cfg.eval_guidance_scale).
+    With ``cfg.eval_adherence_bf16`` the requests are sampled under bf16 autocast on CPU
+    (the benchmark's fast path: 4x faster, latents within ~0.03 of fp32)."""
+    import contextlib
+
+    import torch
+
     from sbldm.data.tumor import ConditionSampler
+
+    def autocast():
+        if cfg.eval_adherence_bf16 and not torch.cuda.is_available():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(cfg.eval_n_adherence, rng=cfg.seed + 17)
     rows = []
@@ -149,8 +160,9 @@ def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list
         for start in range(0, len(requested), cfg.eval_batch_size):
             block = requested[start:start + cfg.eval_batch_size]
             conds = [dict(zip(_names(), v)) for v in block]
-            out = pipe_gen.generate(len(block), generator=_torch_gen(cfg.seed + start), conditions=conds,
-                                    sampler="ddim", num_inference_steps=cfg.num_inference_steps, guidance_scale=g)
+            with autocast():
+                out = pipe_gen.generate(len(block), generator=_torch_gen(cfg.seed + start), conditions=conds,
+                                        sampler="ddim", num_inference_steps=cfg.num_inference_steps, guidance_scale=g)
             masks.append(_arrays(out)[1])
         a = ev.conditioning_adherence(requested, np.concatenate(masks))
         chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
