@@ -266,6 +266,8 @@ def ablation_figure(rows: Sequence[dict], suptitle: str | None = None):
         if chance:
             ax.axvline(float(rows[0][chance]), color="k", ls="--", lw=1, label="random pairing")
         ax.axvline(target, color="tab:green", ls=":", lw=1.5, label="target")
+        top = max([v for v in vals if np.isfinite(v)] + [target] + ([float(rows[0][chance])] if chance else []))
+        ax.set_xlim(0, 1.1 * top)
         ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, loc="lower right")
     axes[0].set_yticks(y, names, fontsize=8)

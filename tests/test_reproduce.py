@@ -233,3 +233,21 @@ def test_bench_explains_every_option_and_refuses_unknown_components(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--components", "unet2d"])
     assert "invalid choice: 'unet2d'" in capsys.readouterr().err
+
+
+def test_readme_block_flags_results_that_predate_the_data(tmp_path):
+    from sbldm.report.readme import results_section, stale_notebooks
+
+    d = tmp_path / "r"
+    (d / "tables").mkdir(parents=True)
+    run = {"notebooks": {
+        "00_prepare_data": {"status": "ok", "finished_at": "2026-11-28T03:43:00Z"},
+        "01_train_vae": {"status": "ok", "finished_at": "2026-11-28T03:50:00Z"},
+        "02_train_diffusion": {"status": "ok", "finished_at": "2026-11-25T16:11:00Z"},
+        "04_evaluate_generation": {"status": "ok"},                    # unknown finish time: earlier
+    }}
+    (d / "run.json").write_text(json.dumps(run))
+    assert stale_notebooks(run, d) == {"02_train_diffusion", "04_evaluate_generation"}
+    block = results_section(d, "small", link_root=tmp_path)
+    assert "**Stale results**: `02_train_diffusion`, `04_evaluate_generation`" in block
+    assert "`01_train_vae` | ok |" in block
