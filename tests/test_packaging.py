@@ -68,7 +68,7 @@ def test_ci_runs_the_readme_test_command():
 
 #: shared modules first, then the stages in the order of the method's data flow
 LAYERS = [
-    {"config", "io", "provenance", "runtime", "metrics", "plotting", "tables", "_compat"},
+    {"config", "io", "provenance", "runtime", "metrics", "paper", "plotting", "tables", "_compat"},
     {"data"}, {"models"}, {"diffusion"}, {"training"}, {"generators"},
     {"segmentation"}, {"evaluation"}, {"report"}, {"runner"},
 ]

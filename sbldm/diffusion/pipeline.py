@@ -33,6 +33,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from sbldm import paper
 from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler, FeatureNormalizer, as_matrix
 from sbldm.diffusion.conditioning import check_conditions, check_normalised, render_prior
 from sbldm.io import save_samples_nifti
@@ -303,7 +304,7 @@ class SBLDMPipeline(DiffusionPipeline):
 
 
 #: parameter counts of the authors' models (REFERENCE_CODE.md section 2 and 4; paper Table 1: 159M)
-REFERENCE_PARAMETERS = {"vae": 27.082e6, "unet": 132.101e6, "unet_with_embeddings": 135.2e6, "total": 159e6}
+REFERENCE_PARAMETERS = paper.SBLDM_PARAMETERS
 
 
 def parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> list[dict]:

@@ -30,16 +30,12 @@ import numpy as np
 
 from sbldm.config import FEATURE_NAMES
 from sbldm.data.tumor import tumor_features
+from sbldm import paper
 from sbldm.metrics import psnr_volumes
 from sbldm.provenance import device_name
 
-PAPER_TABLE1 = {
-    # method: (PSNR, SSIM, #params, sampling time per volume on one RTX A6000)
-    "3D-LSGAN": (20.091, 0.601, "71M", "0.002 s"),
-    "3D-LDM": (21.034, 0.677, "728M", "13.324 s"),
-    "SBLDM (DDPM)": (21.466, 0.731, "159M", "30.900 s"),
-    "SBLDM (DDIM)": (21.701, 0.726, "159M", "1.965 s"),
-}
+#: the paper's Table 1 as printed: (PSNR, SSIM, "#params", "time per volume")
+PAPER_TABLE1 = {m: (p, s, f"{n / 1e6:.0f}M", f"{t:.3f} s") for m, (p, s, n, t) in paper.TABLE1.items()}
 
 
 def _unit(x) -> np.ndarray:

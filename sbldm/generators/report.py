@@ -6,14 +6,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-#: "#params" of Table 1 (paper)
-PAPER_TABLE1 = {"lsgan3d": 71e6, "ldm3d": 728e6, "sbldm": 159e6}
+from sbldm import paper
 
-#: the authors' own counts in their dev repository's ``paper.ipynb`` (thop): the 728M of
-#: Table 1 is 627.556M (3D LDM UNet) + 85.949M (3D VAE) + 14.745M (discriminator); the
-#: same notebook lists the UNet with half the widths ("reduced number of filters") at 156.922M
-AUTHORS_NOTEBOOK = {"ldm3d_unet": 627.556e6, "ldm3d_unet_reduced": 156.922e6, "ldm3d_autoencoder": 85.949e6,
-                    "ldm3d_discriminator": 14.745e6}
+#: "#params" of Table 1 (paper)
+PAPER_TABLE1 = {"lsgan3d": paper.TABLE1["3D-LSGAN"][2], "ldm3d": paper.TABLE1["3D-LDM"][2],
+                "sbldm": paper.TABLE1["SBLDM (DDIM)"][2]}
+AUTHORS_NOTEBOOK = paper.AUTHORS_NOTEBOOK
 
 
 def authors_lsgan_counts(latent_dim: int = 2048, g_channels: int = 512, base=(6, 6, 3), d_channels: int = 1024,

@@ -25,20 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sbldm import paper
 from sbldm.config import Config
 from sbldm.segmentation.fast import evaluate
 
-PAPER_TABLE2 = {
-    "real": (0.714, 0.592),
-    "real + augmentation (x5)": (0.806, 0.716),
-    "synthetic only: 3D-LSGAN": (0.355, 0.302),
-    "synthetic only: 3D-LDM": (0.529, 0.401),
-    "synthetic only: SBLDM": (0.673, 0.551),
-    "real + 3D-LSGAN": (0.623, 0.514),
-    "real + 3D-LDM": (0.705, 0.583),
-    "real + SBLDM": (0.815, 0.715),
-    "real + SBLDM + augmentation": (0.834, 0.739),
-}
+PAPER_TABLE2 = paper.TABLE2
 
 #: Table 1 sample sets used as each generator's synthetic data
 SYNTHETIC = {"3D-LSGAN": "3D-LSGAN", "3D-LDM": "3D-LDM", "SBLDM": "SBLDM (DDIM)"}
