@@ -8,6 +8,12 @@ import pytest
 from model_helpers import make_prepared, tiny_cfg
 
 
+def _toy_latents():
+    """Three (2, 8, 8, 8) latents and their conditions."""
+    rng = np.random.default_rng(0)
+    return rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32), rng.random((3, 9)).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     return make_prepared(tmp_path_factory.mktemp("cohort"))
@@ -30,9 +36,7 @@ def test_the_vae_refuses_to_resume_on_other_data(prepared, tmp_path):
 def test_a_changed_upstream_vae_makes_the_diffusion_stage_refuse_or_retrain(tmp_path):
     from sbldm.training.trainer import train_diffusion
 
-    rng = np.random.default_rng(0)
-    lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((3, 9)).astype(np.float32)
+    lat, cond = _toy_latents()
     train_diffusion(tiny_cfg(diffusion_steps=2), lat, cond, tmp_path / "unet", latent_std=1.0, progress=False)
     rec = json.loads((tmp_path / "unet" / "run.json").read_text())
     assert set(rec["inputs"]) == {"latents", "conditions"}
@@ -57,9 +61,7 @@ def test_a_checkpoint_without_recorded_inputs_is_not_resumed(tmp_path):
 
     from sbldm.training.trainer import CHECKPOINT, train_diffusion
 
-    rng = np.random.default_rng(0)
-    lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((3, 9)).astype(np.float32)
+    lat, cond = _toy_latents()
     train_diffusion(tiny_cfg(diffusion_steps=2), lat, cond, tmp_path / "u", latent_std=1.0, progress=False)
     path = tmp_path / "u" / CHECKPOINT
     ckpt = torch.load(path, weights_only=False)
@@ -72,9 +74,7 @@ def test_a_checkpoint_without_recorded_inputs_is_not_resumed(tmp_path):
 def test_a_corrupt_checkpoint_is_named_with_the_way_out(tmp_path):
     from sbldm.training.trainer import CHECKPOINT, train_diffusion
 
-    rng = np.random.default_rng(0)
-    lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((3, 9)).astype(np.float32)
+    lat, cond = _toy_latents()
     train_diffusion(tiny_cfg(diffusion_steps=2), lat, cond, tmp_path / "u", latent_std=1.0, progress=False)
     path = tmp_path / "u" / CHECKPOINT
     path.write_bytes(path.read_bytes()[:1000])                    # a run killed mid-copy, a full disk

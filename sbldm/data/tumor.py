@@ -78,12 +78,22 @@ def tumor_features(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
 
 
 def as_matrix(features: Sequence[Mapping[str, float]] | Mapping[str, float] | np.ndarray) -> np.ndarray:
-    """(N, 9) float64 array from feature dicts (or pass an array through)."""
+    """(N, 9) float64 array from feature dicts (or pass an array through); a dict with a
+    missing or an unknown key is refused, naming the keys."""
     if isinstance(features, Mapping):
         features = [features]
     if isinstance(features, np.ndarray):
         arr = np.atleast_2d(features.astype(np.float64))
     else:
+        for i, f in enumerate(features):
+            if isinstance(f, Mapping):
+                missing = [k for k in FEATURE_NAMES if k not in f]
+                extra = [k for k in f if k not in FEATURE_NAMES]
+                if missing or extra:
+                    raise ValueError(f"condition {i}: " + "; ".join(
+                        ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+                        + ([f"unknown key(s) {', '.join(map(str, extra))}"] if extra else []))
+                        + f" (the 9 features are {', '.join(FEATURE_NAMES)})")
         arr = np.array([[f[k] for k in FEATURE_NAMES] for f in features], dtype=np.float64)
     if arr.shape[-1] != len(FEATURE_NAMES):
         raise ValueError(f"feature vectors need {len(FEATURE_NAMES)} entries ({', '.join(FEATURE_NAMES)}), "

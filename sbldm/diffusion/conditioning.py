@@ -146,7 +146,7 @@ def diffusion_inputs(cfg, train, normalizer: FeatureNormalizer | None = None) ->
     ``normalizer``, normalised ``conditions`` (N, 9), spatial ``priors`` (N, 1, H', W', D) or
     None, tumour ``weights`` maps (N, 1, H', W', D) or None — as ``cfg`` asks."""
     normalizer = normalizer or fit_normalizer(cfg, train.features)
-    f = 2 ** (len(cfg.vae_channels) - 1)
+    f = cfg.vae_downsampling
     out = {"normalizer": normalizer,
            "conditions": normalizer.transform(train.features).astype(np.float32),
            "priors": render_prior(train.features, cfg.volume_shape, f) if cfg.unet_spatial_prior else None,

@@ -12,6 +12,7 @@ Latent scaling: the diffusion model works on ``Z * scaling_factor`` with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,6 +40,19 @@ class Latents:
         return len(self.mean)
 
 
+@contextlib.contextmanager
+def _eval_mode(vae, device=None):
+    """The VAE on ``device`` (if given) in eval mode, its training flag restored after."""
+    if device is not None:
+        vae.to(device)
+    was_training = vae.training
+    vae.eval()
+    try:
+        yield vae
+    finally:
+        vae.train(was_training)
+
+
 @torch.no_grad()
 def encode_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32,
                    device: str | torch.device | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -47,19 +61,13 @@ def encode_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int =
 
     if images.shape != masks.shape or images.ndim != 4:
         raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
-    if device is not None:
-        vae.to(device)
-    was_training = vae.training
-    vae.eval()
     means, stds = [], []
-    try:
+    with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="encode latents", disable=not progress):
             x = torch.from_numpy(to_model_space(images[v], masks[v]))          # (2, X, Y, D)
             mu, sd = vae.encode_volume(x, chunk=batch_size)
             means.append(mu.cpu().numpy())
             stds.append(sd.cpu().numpy())
-    finally:
-        vae.train(was_training)
     return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
 
 
@@ -104,18 +112,12 @@ def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: 
     [-1, 1], masks (N, x, y, z) uint8, the decoded mask channel thresholded at 0)."""
     from tqdm.auto import tqdm
 
-    if device is not None:
-        vae.to(device)
-    was_training = vae.training
-    vae.eval()
     out_i, out_m = [], []
-    try:
+    with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
             x = torch.from_numpy(to_model_space(images[v], masks[v]))
             mean, _ = vae.encode_volume(x, chunk=batch_size)
             r = vae.decode_volume(mean, chunk=batch_size).cpu()           # (2, x, y, z), through the posterior mean
             out_i.append(r[0].clamp(-1, 1).numpy())
             out_m.append((r[1] > 0).numpy().astype(np.uint8))
-    finally:
-        vae.train(was_training)
     return np.stack(out_i).astype(np.float32), np.stack(out_m)

@@ -34,8 +34,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm import paper
-from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler, FeatureNormalizer, as_matrix
-from sbldm.diffusion.conditioning import check_conditions, check_normalised, render_prior
+from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.diffusion.conditioning import check_conditions, check_normalised, latent_grid, render_prior
 from sbldm.io import save_samples_nifti
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
 
@@ -169,11 +169,7 @@ class SBLDMPipeline(DiffusionPipeline):
         shape = volume_shape or self.volume_shape
         if shape is None:
             raise ValueError("the pipeline knows no volume shape; pass volume_shape=(x, y, z)")
-        f = self.vae.downsampling_factor
-        x, y, z = (int(s) for s in shape)
-        if x % f or y % f:
-            raise ValueError(f"volume shape {tuple(shape)}: in-plane sizes must be divisible by {f}")
-        return (self.vae.config.latent_channels, x // f, y // f, z)
+        return (self.vae.config.latent_channels, *latent_grid(shape, self.vae.downsampling_factor))
 
     # -- conditions ----------------------------------------------------------------------------
 
@@ -198,16 +194,7 @@ class SBLDMPipeline(DiffusionPipeline):
                                                and isinstance(conditions[0], Mapping)):
             if self.normalizer is None:
                 raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
-            dicts = [conditions] if isinstance(conditions, Mapping) else list(conditions)
-            for i, d in enumerate(dicts):
-                missing = [k for k in FEATURE_NAMES if k not in d]
-                extra = [k for k in d if k not in FEATURE_NAMES]
-                if missing or extra:
-                    raise ValueError(f"condition {i}: " + "; ".join(
-                        ([f"missing key(s) {', '.join(missing)}"] if missing else [])
-                        + ([f"unknown key(s) {', '.join(map(str, extra))}"] if extra else []))
-                        + f" (the 9 features are {', '.join(FEATURE_NAMES)})")
-            raw = as_matrix(dicts)
+            raw = as_matrix(conditions)                  # refuses missing and unknown keys
             if shape is not None:
                 check_conditions(raw, shape, self.train_features)
             return self.normalizer.transform(raw).astype(np.float32), raw

@@ -53,13 +53,18 @@ def _slug(name: str) -> str:
 
 def latent_features(vae, images, masks, pool=(2, 2, 4)) -> np.ndarray:
     """(N, F): slice-VAE posterior means of each volume, average-pooled to ``pool``."""
-    import torch
-    import torch.nn.functional as F
-
     from sbldm.diffusion.latents import encode_volumes
 
     mean, _ = encode_volumes(vae, np.asarray(images, np.float32), np.asarray(masks, np.uint8), progress=False)
-    return F.adaptive_avg_pool3d(torch.from_numpy(mean), pool).flatten(1).numpy()
+    return pooled(mean, pool)
+
+
+def pooled(means: np.ndarray, pool=(2, 2, 4)) -> np.ndarray:
+    """(N, F): stacked posterior means (N, C, H', W', D) average-pooled to ``pool``."""
+    import torch
+    import torch.nn.functional as F
+
+    return F.adaptive_avg_pool3d(torch.from_numpy(np.asarray(means, np.float32)), pool).flatten(1).numpy()
 
 
 def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = None, steps: int = 500,
@@ -81,7 +86,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(n_requests, rng=cfg.seed + 17)
     chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
     real_test = latent_features(vae, test.images, test.masks)
-    real_train = latent_features(vae, train.images, train.masks)
+    real_train = pooled(latents.mean)                  # the training latents are already encoded
     out = []
     for name, fields in rows.items():
         row_cfg = dataclasses.replace(cfg, diffusion_steps=int(steps), **{**PAPER_ROUTE, **fields})
@@ -157,7 +162,8 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     means over the training set (what the one global latent std flattens), and the RMS
     change of each channel inside the tumour footprint when the mask is erased
     (``encode(image, mask) - encode(image, 0)``), also in units of that channel's std. A
-    mask carried by a low-variance channel is a small signal after global scaling."""
+    mask carried by a low-variance channel is a small signal after global scaling.
+    ``latents`` hold the encodings of ``images`` and ``masks``, in their order."""
     import torch
 
     from sbldm.data.cohort import to_model_space
@@ -169,12 +175,10 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     sel = np.arange(min(n, len(images)))
     diffs = []
     for v in sel:
-        with_mask = torch.from_numpy(to_model_space(images[v], masks[v]))
         without = torch.from_numpy(to_model_space(images[v], np.zeros_like(masks[v])))
-        a, _ = vae.encode_volume(with_mask)
         b, _ = vae.encode_volume(without)
         foot = tumor_weight_maps(masks[v][None], f, dilate=0)[0, 0] > 0
-        d = (a - b).cpu().numpy()[:, foot]                              # (C, tumour positions)
+        d = (means[v] - b.cpu().numpy())[:, foot]                        # (C, tumour positions)
         diffs.append((d ** 2).mean(axis=1))
     rms = np.sqrt(np.mean(diffs, axis=0))
     return [{"channel": c, "std_of_means": float(std_c[c]), "global_std": float(latents.latent_std),

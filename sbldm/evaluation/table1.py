@@ -153,6 +153,7 @@ def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list
         return contextlib.nullcontext()
 
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(cfg.eval_n_adherence, rng=cfg.seed + 17)
+    chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
     rows = []
     for g in guidance_scales:
         g = cfg.eval_guidance_scale if g is None else g
@@ -165,7 +166,6 @@ def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list
                                         sampler="ddim", num_inference_steps=cfg.num_inference_steps, guidance_scale=g)
             masks.append(_arrays(out)[1])
         a = ev.conditioning_adherence(requested, np.concatenate(masks))
-        chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
         rows.append({"guidance_scale": g, **a, "chance_relative_volume_error": chance["relative_volume_error"],
                      "chance_centre_distance": chance["centre_distance"]})
     return rows

@@ -3,7 +3,7 @@
 Before anything runs, the requested parameters are checked against each notebook's
 ``parameters`` cell and unknown ones are refused (papermill alone only warns, so a typo
 such as ``scael`` would silently run the defaults). Executed notebooks go to
-``results/<scale>/executed/``; ``results/<scale>/run.json`` records, per notebook, the
+``results/<run>/executed/`` (``<run>``: ``sbldm.config.run_name``); ``results/<run>/run.json`` records, per notebook, the
 parameters, config hash, seed, git commit, library versions, device, wall time and
 status. A notebook that already completed with the same parameters and inputs (its own
 source, the package source, and every upstream notebook) is skipped unless ``--redo``.

@@ -2,13 +2,13 @@
 
     from sbldm.runner.session import open_session
     s = open_session("small", seed=0)
-    s.cfg, s.work, s.out            # the resolved config, work/small/, results/small/
+    s.cfg, s.work, s.out            # the resolved config, work/<run>/, results/<run>/ (run_name)
     s.train, s.test                 # the prepared splits (loaded on first use)
     s.source                        # where the data came from (notebook 00's summary)
 
 ``open_session`` resolves the scale's config with the overrides (refusing unknown ones),
-creates ``results/<scale>/tables`` and ``figures``, sets the CPU thread count, and picks
-the device. The prepared splits are read from ``work/<scale>/data`` when first asked for,
+creates ``results/<run>/tables`` and ``figures``, sets the CPU thread count, and picks
+the device. The prepared splits are read from ``work/<run>/data`` when first asked for,
 so notebook 00 — which writes them — can use a session too.
 """
 
@@ -28,8 +28,8 @@ class Session:
     scale: str
     seed: int
     cfg: Config
-    work: Path                  # work/<scale>/: prepared data, checkpoints, models (not committed)
-    out: Path                   # results/<scale>/: tables/ and figures/
+    work: Path                  # work/<run>/: prepared data, checkpoints, models (not committed)
+    out: Path                   # results/<run>/: tables/ and figures/
     device: str
     _splits: dict = field(default_factory=dict, repr=False)
 
