@@ -77,10 +77,14 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 
 
 def save_nifti(path: str | os.PathLike, volume: np.ndarray, affine: np.ndarray | None = None) -> None:
-    """Write a 3D volume as NIfTI, atomically (identity affine if none is given)."""
+    """Write a 3D volume as NIfTI, atomically, with qform and sform both set to ``affine``
+    (code 1, scanner; identity if none is given), so viewers agree on its geometry."""
     import nibabel as nib
 
-    img = nib.Nifti1Image(volume, np.eye(4) if affine is None else np.asarray(affine))
+    affine = np.eye(4) if affine is None else np.asarray(affine, np.float64)
+    img = nib.Nifti1Image(volume, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
     atomic_write_bytes(path, _nifti_bytes(img, str(path).endswith(".gz")))
 
 

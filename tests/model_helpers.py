@@ -40,15 +40,11 @@ def randomise_output(model, seed: int = 0, std: float = 0.1) -> None:
         conv.bias.copy_(torch.randn(conv.bias.shape, generator=g) * std)
 
 
-def make_prepared(root: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0) -> Path:
-    """A prepared cohort of ``n_cases`` tiny volumes (smooth image, one ball tumour each)
-    through the real loader path (BraTS 2023 layout on disk -> prepare_cohort)."""
+def write_brats(brats: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0, affine=None) -> Path:
+    """``n_cases`` tiny cases in the BraTS 2023 layout (smooth image, one ball tumour each)."""
     import nibabel as nib
 
-    from sbldm.data.cohort import find_cases, prepare_cohort
-
     rng = np.random.default_rng(seed)
-    brats = root / "brats"
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")).astype(np.float32)
     for k in range(n_cases):
         cid = f"BraTS-GLI-{k:05d}-000"
@@ -58,10 +54,20 @@ def make_prepared(root: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0
         radius = rng.uniform(2.0, 3.5)
         d2 = ((grid - centre[:, None, None, None]) ** 2).sum(0)
         seg = (d2 <= radius ** 2).astype(np.uint8) * 2
-        brain = np.exp(-((grid[0] - 7.5) ** 2 + (grid[1] - 7.5) ** 2) / 40.0)
+        brain = np.exp(-((grid[0] - (shape[0] - 1) / 2) ** 2 + (grid[1] - (shape[1] - 1) / 2) ** 2) / (2.5 * shape[0]))
         image = 100 * brain + 80 * (seg > 0) + rng.normal(0, 3, shape)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), np.eye(4)), folder / f"{cid}-t2f.nii.gz")
-        nib.save(nib.Nifti1Image(seg, np.eye(4)), folder / f"{cid}-seg.nii.gz")
+        aff = np.eye(4) if affine is None else np.asarray(affine, float)
+        nib.save(nib.Nifti1Image(image.astype(np.float32), aff), folder / f"{cid}-t2f.nii.gz")
+        nib.save(nib.Nifti1Image(seg, aff), folder / f"{cid}-seg.nii.gz")
+    return brats
+
+
+def make_prepared(root: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0, affine=None) -> Path:
+    """A prepared cohort of ``n_cases`` tiny volumes (``write_brats``) through the real
+    loader path (BraTS 2023 layout on disk -> prepare_cohort)."""
+    from sbldm.data.cohort import find_cases, prepare_cohort
+
+    brats = write_brats(root / "brats", n_cases, shape, seed, affine)
     out = root / "prepared"
     prepare_cohort(find_cases(brats), out, shape, n_train=4, n_test=2, seed=seed, image_order=1, progress=False)
     return out

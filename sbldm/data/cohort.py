@@ -262,6 +262,15 @@ class Prepared:
     def __len__(self) -> int:
         return len(self.case_ids)
 
+    @property
+    def grid_affine(self) -> np.ndarray:
+        """The affine of the resampled grid the models are trained on: the median over the
+        split's cases (BraTS cases share one 1 mm grid, so all are equal there), which the
+        pipeline stores so that generated volumes overlay a training case in a viewer."""
+        if not len(self.affines):
+            raise ValueError("an empty split has no grid affine")
+        return np.median(np.asarray(self.affines, np.float64), axis=0)
+
 
 def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Sequence[int],
                    n_train: int, n_test: int, seed: int = 0, image_order: int = 0,

@@ -46,15 +46,19 @@ METADATA = "sbldm.json"
 class SBLDMOutput(BaseOutput):
     """Sampled volumes: ``images`` (N, x, y, z) float32 in [-1, 1], ``masks`` (N, x, y, z)
     uint8 in {0, 1}, ``conditions`` (N, 9) normalised and ``raw_conditions`` (N, 9) in
-    feature units (None if no normaliser is known)."""
+    feature units (None if no normaliser is known), ``affine`` the 4x4 voxel-to-world
+    matrix of the training grid (None if the pipeline does not know it)."""
 
     images: np.ndarray
     masks: np.ndarray
     conditions: np.ndarray
     raw_conditions: np.ndarray | None = None
+    affine: np.ndarray | None = None
 
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
-        return save_samples_nifti(out_dir, self.images, self.masks, prefix, affine)
+        """Each (image, mask) pair as NIfTI, on the training grid's geometry unless ``affine`` is given."""
+        return save_samples_nifti(out_dir, self.images, self.masks, prefix,
+                                  self.affine if affine is None else affine)
 
 
 class SBLDMPipeline(DiffusionPipeline):
@@ -67,12 +71,14 @@ class SBLDMPipeline(DiffusionPipeline):
         self.normalizer: FeatureNormalizer | None = None
         self.train_features: np.ndarray | None = None
         self.volume_shape: tuple[int, int, int] | None = None
+        self.affine: np.ndarray | None = None   # voxel -> world (mm) of the training grid
         self._channels_last = False           # set by enable_fast_paths
 
     # -- construction -------------------------------------------------------------------
 
     def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
-                     train_features=None, volume_shape: Sequence[int] | None = None) -> "SBLDMPipeline":
+                     train_features=None, volume_shape: Sequence[int] | None = None,
+                     affine=None) -> "SBLDMPipeline":
         if latent_std is not None:
             if not latent_std > 0:
                 raise ValueError(f"latent_std must be positive, got {latent_std}")
@@ -83,12 +89,19 @@ class SBLDMPipeline(DiffusionPipeline):
             self.train_features = as_matrix(np.asarray(train_features, dtype=np.float64))
         if volume_shape is not None:
             self.volume_shape = tuple(int(s) for s in volume_shape)
+        if affine is not None:
+            a = np.asarray(affine, np.float64)
+            if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+                raise ValueError(f"affine must be a finite, invertible 4x4 voxel-to-world matrix, got {a.tolist()}")
+            self.affine = a
         return self
 
     @classmethod
-    def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float = 1.0):
+    def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float = 1.0,
+                        affine=None):
+        """``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``)."""
         pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg))
-        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape)
+        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine)
 
     @classmethod
     def from_scale(cls, scale: str, **overrides) -> "SBLDMPipeline":
@@ -109,6 +122,7 @@ class SBLDMPipeline(DiffusionPipeline):
             "volume_shape": None if self.volume_shape is None else list(self.volume_shape),
             "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
             "train_features": None if self.train_features is None else self.train_features.tolist(),
+            "affine": None if self.affine is None else self.affine.tolist(),
         }
 
     def save_pretrained(self, save_directory, **kwargs):
@@ -131,7 +145,7 @@ class SBLDMPipeline(DiffusionPipeline):
             meta = json.loads(meta_path.read_text())
             pipe.set_metadata(meta["latent_std"],
                               FeatureNormalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else None,
-                              meta.get("train_features"), meta.get("volume_shape"))
+                              meta.get("train_features"), meta.get("volume_shape"), meta.get("affine"))
         return pipe
 
     # -- fast paths ----------------------------------------------------------------------
@@ -283,11 +297,11 @@ class SBLDMPipeline(DiffusionPipeline):
         latents = denoise(lambda x, t: self._predict(x, t, cond, float(guidance_scale), drop, prior), latents, sched,
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
-            return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw)
+            return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine)
         vols = self.decode_latents(latents, decode_chunk_size).cpu()
         images = vols[:, 0].clamp(-1, 1).numpy().astype(np.float32)
         masks = (vols[:, 1] > 0).numpy().astype(np.uint8)
-        return SBLDMOutput(images, masks, cond_np, raw)
+        return SBLDMOutput(images, masks, cond_np, raw, self.affine)
 
 
 #: parameter counts of the authors' models (REFERENCE_CODE.md section 2 and 4; paper Table 1: 159M)

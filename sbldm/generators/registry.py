@@ -96,7 +96,7 @@ class SBLDMGenerator:
                    eta=self.eta if eta is None else float(eta),
                    guidance_scale=self.guidance_scale if guidance_scale is None else float(guidance_scale),
                    generator=generator, progress=progress, **kwargs)
-        return Samples(out.images, out.masks, out.conditions)
+        return Samples(out.images, out.masks, out.conditions, out.affine, out.raw_conditions)
 
     def _defaults(self) -> dict:
         return {"sampler": self.sampler, "num_inference_steps": self.num_inference_steps, "eta": self.eta,
@@ -222,7 +222,8 @@ def _train_sbldm(cfg, train, out: Path, resume, progress, stop_at, device):
     if stop_at is not None and stop_at < cfg.diffusion_steps:
         return None
     pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                         train_features=train.features, latent_std=lat.latent_std)
+                                         train_features=train.features, latent_std=lat.latent_std,
+                                         affine=train.grid_affine)
     gen = SBLDMGenerator(pipe, cfg.sampler, cfg.num_inference_steps, cfg.eta, cfg.guidance_scale)
     gen.save_pretrained(out / "model")
     return gen

@@ -545,7 +545,8 @@ def main(argv=None) -> int:
         from sbldm.diffusion.pipeline import SBLDMPipeline
 
         pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                             train_features=train.features, latent_std=lat.latent_std)
+                                             train_features=train.features, latent_std=lat.latent_std,
+                                             affine=train.grid_affine)
         pipe.save_pretrained(a.pipeline)
     return 0
 
