@@ -242,7 +242,8 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             running = executed / f".{path.stem}.running.ipynb"
             try:
                 pm.execute_notebook(str(path), str(running), parameters=nb_params, cwd=str(path.parent),
-                                    kernel_name=kernel, progress_bar=progress)
+                                    kernel_name=kernel, progress_bar=progress,
+                                    kernel_manager_class=ipc_kernel_manager())
             except pm.PapermillExecutionError as e:
                 failed = executed / f"{path.stem}.failed.ipynb"
                 os.replace(running, failed)
@@ -267,6 +268,20 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
         atomic_write_json(record_path, record)
     log(f"done: {len(selected)} notebook(s) at scale {scale!r} in {total:.1f} s -> {out_dir}")
     return record
+
+
+def ipc_kernel_manager():
+    """A jupyter_client kernel manager whose kernel talks over local IPC sockets, not TCP:
+    nothing listens on a network port, and the kernel has no reason to warn (ipykernel
+    warns at every start about unencrypted TCP)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            kwargs.setdefault("transport", "ipc")
+            super().__init__(**kwargs)
+
+    return IPCKernelManager
 
 
 def _first_line(text: str) -> str:
