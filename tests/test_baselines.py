@@ -304,3 +304,26 @@ def test_train_sbldm_through_the_same_interface(prepared, tmp_path):
     a, b = sample(gen), sample(loaded)
     assert a.images.shape == (2, 16, 16, 8) and a.conditions.shape == (2, 9)
     np.testing.assert_array_equal(a.images, b.images)
+
+
+def test_sbldm_samples_keep_the_requested_tumours_and_an_older_cache_recovers_them(prepared, tmp_path):
+    """Table 2's quality filter needs the tumour each SBLDM volume was asked for: the sample
+    cache stores it, and ``requested_conditions`` re-draws it from the batch seeds for a
+    cache written without it."""
+    from sbldm.evaluation import generation as ev
+    from sbldm.evaluation import table1
+
+    gen = build("sbldm")
+    gen.pipeline.set_metadata(normalizer=prepared.normalizer, train_features=prepared.features)
+
+    def fn(b, s):
+        out = gen.generate(b, generator=torch.Generator().manual_seed(s), num_inference_steps=2)
+        return out.images, out.masks, out.raw_conditions
+
+    got = ev.cached_samples(tmp_path / "s.npz", fn, 5, seed=3, batch_size=2, progress=False)
+    assert got["conditions"].shape == (5, 9)
+    np.testing.assert_allclose(table1.requested_conditions(gen, 5, 3, 2), got["conditions"])
+    first = gen.generate(2, generator=torch.Generator().manual_seed(ev.batch_seed(3, 0)), num_inference_steps=2)
+    np.testing.assert_allclose(first.raw_conditions, got["conditions"][:2])
+    np.testing.assert_allclose(prepared.normalizer.transform(first.raw_conditions), first.conditions, rtol=1e-5)
+    assert not np.allclose(got["conditions"][0], got["conditions"][2])      # each batch its own requests

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sbldm.runner import reproduce
@@ -139,6 +140,51 @@ def test_runs_with_overrides_seeds_or_other_data_get_their_own_folders(tmp_path)
         reproduce.plan("smoke", {"data": str(tmp_path / "missing")})
 
 
+def _tree_digest(folder: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+def test_a_brats_run_after_a_phantom_run_trains_anew_and_leaves_the_phantom_run_alone(tmp_path):
+    """Notebooks 00-01 on the phantom cohort, then on a BraTS-layout folder at the same scale:
+    the BraTS run gets its own results and work folders, prepares its own data and trains its
+    own VAE from step 0; not one file of the phantom run changes."""
+    from model_helpers import write_brats
+
+    from sbldm.config import run_name
+
+    nbs = tmp_path / "notebooks"
+    shutil.copytree(ROOT / "notebooks", nbs)
+    results, work = tmp_path / "results", tmp_path / "work"
+    reproduce.run("smoke", {}, only=["00", "01"], notebooks_dir=nbs, results_root=results, log=print)
+    before = {"results": _tree_digest(results / "smoke"), "work": _tree_digest(work / "smoke")}
+    brats = write_brats(tmp_path / "BraTS2021", n_cases=10, shape=(40, 40, 20))
+    rec = reproduce.run("smoke", {"data": str(brats)}, only=["0", "1"], notebooks_dir=nbs, results_root=results,
+                        log=print)
+    assert all(e["status"] == "ok" for e in rec["notebooks"].values()) and len(rec["notebooks"]) == 2
+    name = run_name("smoke", data=brats)
+    assert name.startswith("smoke-BraTS2021-")
+    assert _tree_digest(results / "smoke") == before["results"] and _tree_digest(work / "smoke") == before["work"]
+    ids = json.loads((work / name / "data" / "split.json").read_text())
+    assert set(ids["train"]) | set(ids["test"]) <= {f"BraTS-GLI-{k:05d}-000" for k in range(10)}
+    def steps(run):
+        return [json.loads(line)["step"] for line in (work / run / "vae" / "log.jsonl").read_text().splitlines()
+                if '"step"' in line]
+
+    assert steps(name) == steps("smoke") and len(steps(name)) > 1   # every step trained, none resumed
+    from safetensors.numpy import load_file
+
+    def weights(run):
+        return load_file(str(next((work / run / "vae").rglob("*.safetensors"))))
+
+    a, b = weights("smoke"), weights(name)
+    assert a.keys() == b.keys() and any(not np.array_equal(a[k], b[k]) for k in a)
+    assert json.loads((results / name / "run.json").read_text())["run"]["data"] == str(brats)
+
+
 @pytest.mark.slow
 def test_notebook_chain_runs_at_smoke(tmp_path):
     """The real chain, through the runner, on a copy of the notebooks: a broken notebook fails CI."""
@@ -162,12 +208,20 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     t2 = [r["row"] for r in read_csv(out / "tables" / "table2.csv")]
     assert t2 == ["real", "real + augmentation (x2)", "synthetic only: 3D-LSGAN", "synthetic only: 3D-LDM",
                   "synthetic only: SBLDM", "real + 3D-LSGAN", "real + 3D-LDM", "real + SBLDM",
-                  "real + SBLDM + augmentation"]
-    assert len(read_csv(out / "tables" / "table2_cases.csv")) == 9 * 4     # every row x every test case
+                  "real + SBLDM (filtered)", "real + SBLDM + augmentation"]
+    assert len(read_csv(out / "tables" / "table2_cases.csv")) == 10 * 4 * 2   # every row x test case x seed
+    assert {r["seeds"] for r in read_csv(out / "tables" / "table2.csv")} == {"2"}
+    curve = read_csv(out / "tables" / "seg_learning_curve.csv")
+    assert [r["iteration"] for r in curve] == ["4", "8"]
+    scarce = read_csv(out / "tables" / "scarce_sweep.csv")
+    assert [(r["n_real"], r["training_set"]) for r in scarce] == [("3", "real"), ("3", "real + SBLDM"),
+                                                                   ("6", "real"), ("6", "real + SBLDM")]
+    check = [r["row"] for r in read_csv(out / "tables" / "table2_nnunet_check.csv")]
+    assert check == ["real", "real + SBLDM"]
     extra = read_csv(out / "tables" / "generation_extra.csv")
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
-                 "figure3_position_sweep", "scarce_sweep", "vae_reconstruction", "diffusion_samples",
+                 "figure3_position_sweep", "scarce_sweep", "seg_learning_curve", "vae_reconstruction", "diffusion_samples",
                  "conditioning_ablation", "data_tumour_volumes"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim

@@ -68,3 +68,46 @@ def test_segmenter_save_load_round_trip(tmp_path):
     model.save(tmp_path / "seg.pt")
     back = seg.Segmenter.load(tmp_path / "seg.pt")
     assert np.array_equal(back.logits(images), model.logits(images))
+
+
+def test_mirroring_and_training_patches_are_seeded_and_change_what_is_seen(monkeypatch):
+    """With ``seg_flip_axes`` the batches are mirrored at random (same seed, same batches);
+    with ``seg_patch`` the network is trained on crops of that size but predicts whole volumes."""
+    import torch
+
+    images, masks = _blob_data(4, shape=(16, 16, 12))
+    seen = []
+
+    def spy(model):
+        orig = model.forward
+
+        def forward(x):
+            seen.append(x.detach().clone())
+            return orig(x)
+
+        model.forward = forward
+        return model
+
+    import sbldm.segmentation.fast as fast_mod
+
+    build = fast_mod.build_unet
+    monkeypatch.setattr(fast_mod, "build_unet", lambda cfg: spy(build(cfg)))
+    base = dict(seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_batch_size=2)
+    seg.train_fast(images, masks, config.resolve("smoke", **base), seed=0, iterations=6)
+    plain, seen[:] = list(seen), []
+    seg.train_fast(images, masks, config.resolve("smoke", seg_flip_axes=(0,), **base), seed=0, iterations=6)
+    flipped, seen[:] = list(seen), []
+    seg.train_fast(images, masks, config.resolve("smoke", seg_flip_axes=(0,), **base), seed=0, iterations=6)
+    again, seen[:] = list(seen), []
+    assert all(torch.equal(a, b) for a, b in zip(flipped, again))                 # seeded
+    assert any(not torch.equal(a, b) for a, b in zip(plain, flipped))             # some batches mirrored
+    pool = [torch.as_tensor(v) for v in images]
+    # every training input is one of the volumes, possibly mirrored left-right
+    for batch in flipped:
+        for x in batch[:, 0]:
+            assert any(torch.equal(x, v) or torch.equal(x, torch.flip(v, (0,))) for v in pool)
+    model = seg.train_fast(images, masks, config.resolve("smoke", seg_patch=(8, 8, 8), **base), seed=0, iterations=2)
+    assert {tuple(b.shape[2:]) for b in seen} == {(8, 8, 8)}                      # crops while training
+    assert model.predict(images).shape == images.shape                           # whole volumes at inference
+    with pytest.raises(ValueError, match="seg_flip_axes"):
+        config.resolve("smoke", seg_flip_axes=(3,))

@@ -5,7 +5,8 @@ import pytest
 from conftest import ball
 
 from sbldm import config
-from sbldm.segmentation import table2
+from sbldm.data.tumor import tumor_features
+from sbldm.segmentation import fast, table2
 
 
 def _vols(n=3, shape=(16, 16, 12), seed=0):
@@ -29,22 +30,112 @@ def test_augment_makes_factor_times_the_set_seeded_and_binary():
         table2.augment(images, masks, 0)
 
 
+class _Split:
+    """A Prepared-like split of ``n`` blob volumes with isotropic 2 mm voxels."""
+
+    def __init__(self, n, seed=0):
+        self.images, self.masks = _vols(n, seed=seed)
+        self.case_ids = [f"case{i}" for i in range(n)]
+        self.affines = np.stack([np.diag([2.0, 2.0, 2.0, 1.0])] * n)
+
+    def __len__(self):
+        return len(self.images)
+
+
+def _samples(n=5, seed=2, conditions=True):
+    images, masks = _vols(n, seed=seed)
+    cond = np.array([[f[k] for k in config.FEATURE_NAMES] for f in map(tumor_features, masks)])
+    return {k: {"images": images, "masks": masks, "conditions": cond if conditions else None}
+            for k in table2.SYNTHETIC.values()}
+
+
 def test_training_sets_have_every_row_and_the_papers_ratio():
-    class P:  # a Prepared-like real split
-        images, masks = _vols(4)
-
-        def __len__(self):
-            return 4
-
-    samples = {k: {"images": _vols(5, seed=2)[0], "masks": _vols(5, seed=2)[1]} for k in table2.SYNTHETIC.values()}
     cfg = config.resolve("smoke", seg_augment_factor=2)
-    sets = table2.training_sets(P(), samples, cfg)
+    sets, report = table2.training_sets(_Split(4), _samples(), cfg)
     sizes = {k: len(v[0]) for k, v in sets.items()}
     assert sizes == {"real": 4, "real + augmentation (x2)": 8, "synthetic only: 3D-LSGAN": 4,
                      "synthetic only: 3D-LDM": 4, "synthetic only: SBLDM": 4, "real + 3D-LSGAN": 8,
-                     "real + 3D-LDM": 8, "real + SBLDM": 8, "real + SBLDM + augmentation": 12}
+                     "real + 3D-LDM": 8, "real + SBLDM": 8, table2.FILTERED: 8, "real + SBLDM + augmentation": 12}
+    # the synthetic masks are exactly the tumours asked for: the filter keeps all of them
+    assert report["kept"] == 4 and report["rejection_rate"] == 0
     with pytest.raises(ValueError, match="need 4"):
-        table2.training_sets(P(), {k: {"images": v["images"][:2], "masks": v["masks"][:2]} for k, v in samples.items()}, cfg)
+        table2.training_sets(_Split(4), {k: {"images": v["images"][:2], "masks": v["masks"][:2]}
+                                         for k, v in _samples().items()}, cfg)
+    # without the requested tumours there is nothing to filter against: no filtered row, said by an empty report
+    sets, report = table2.training_sets(_Split(4), _samples(conditions=False), cfg)
+    assert table2.FILTERED not in sets and report == {}
+
+
+def test_a_bad_synthetic_set_is_refused_naming_the_generator_and_volume():
+    images, masks = _vols(4)
+    images[2, 3, 3, 3] = np.nan
+    with pytest.raises(table2.SyntheticSetError, match="3D-LDM: synthetic volume 2 holds NaN"):
+        table2.check_synthetic("3D-LDM", images, masks)
+    images, masks = _vols(4)
+    masks = masks.astype(np.float32)
+    masks[1, 0, 0, 0] = 0.5
+    with pytest.raises(table2.SyntheticSetError, match="SBLDM: the mask of synthetic volume 1 is not binary"):
+        table2.check_synthetic("SBLDM", images, masks)
+    with pytest.raises(table2.SyntheticSetError, match="3D-LSGAN: images .* and masks"):
+        table2.check_synthetic("3D-LSGAN", images, masks[:, :-1])
+    samples = _samples()
+    samples["SBLDM (DDIM)"]["images"] = samples["SBLDM (DDIM)"]["images"].copy()
+    samples["SBLDM (DDIM)"]["images"][3] = np.inf
+    with pytest.raises(table2.SyntheticSetError, match="SBLDM: synthetic volume 3"):
+        table2.training_sets(_Split(4), samples, config.resolve("smoke"))
+
+
+def test_quality_filter_rejects_empty_misplaced_and_mis_sized_tumours():
+    shape = (24, 24, 16)
+    cfg = config.resolve("smoke", seg_filter_max_centre_distance=3.0, seg_filter_max_volume_error=0.5)
+    good = ball(shape, (10, 10, 8), 4)
+    requested = np.array([tumor_features(good)[k] for k in config.FEATURE_NAMES])
+    moved = ball(shape, (16, 10, 8), 4)                      # 6 voxels off
+    small = ball(shape, (10, 10, 8), 2)                      # about 1/8 of the volume
+    near = ball(shape, (11, 11, 8), 4)                       # 1.4 voxels off, same size
+    masks = np.stack([good, np.zeros(shape, np.uint8), moved, small, near])
+    keep, report = table2.quality_filter(masks, np.stack([requested] * 5), cfg)
+    assert keep.tolist() == [True, False, False, False, True]
+    assert report == {"n": 5, "rejected_empty": 1, "rejected_centre": 1, "rejected_volume": 1, "kept": 2,
+                      "rejection_rate": pytest.approx(0.6)}
+    with pytest.raises(ValueError, match="4 requested tumours for 5"):
+        table2.quality_filter(masks, np.stack([requested] * 4), cfg)
+
+
+def test_budget_from_the_learning_curve():
+    curve = [{"iteration": 100, "val_dice": 0.5}, {"iteration": 200, "val_dice": 0.795},
+             {"iteration": 300, "val_dice": 0.80}, {"iteration": 400, "val_dice": 0.79}]
+    assert table2.choose_budget(curve, 0.01) == 200
+    assert table2.choose_budget(curve, 0.0) == 300
+    fit, val = table2.validation_split(10, 0.2, seed=3)
+    assert len(val) == 2 and len(fit) == 8 and not set(fit) & set(val) and set(fit) | set(val) == set(range(10))
+    assert np.array_equal(table2.validation_split(10, 0.2, seed=3)[1], val)
+    assert len(table2.validation_split(2, 0.9)[0]) == 1        # never an empty fit set
+    with pytest.raises(ValueError):
+        table2.choose_budget([], 0.01)
+
+
+@pytest.mark.slow
+def test_learning_curve_points_are_the_networks_a_shorter_budget_gives():
+    cfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=6, seg_curve_every=4,
+                         seg_val_fraction=0.25, seg_plateau_tolerance=1.0)
+    train = _Split(8)
+    result = table2.learning_curve(train, cfg, seed=0, progress=None)
+    assert [r["iteration"] for r in result["curve"]] == [4, 6]          # every 4 steps and the last
+    assert result["budget"] == 4 and (result["n_fit"], result["n_val"]) == (6, 2)
+    fit, val = table2.validation_split(8, 0.25, seed=0)
+    short = fast.train_fast(train.images[fit], train.masks[fit], cfg, seed=0, iterations=4)
+    dice = np.mean([r["dice"] for r in fast.evaluate(short.predict(train.images[val]), train.masks[val])])
+    assert dice == pytest.approx(result["curve"][0]["val_dice"])
+
+
+def test_holm_by_hand():
+    adj = table2.holm({"a": 0.01, "b": 0.04, "c": 0.03, "ref": math.nan})
+    assert adj["a"] == pytest.approx(0.03) and adj["c"] == pytest.approx(0.06) and adj["b"] == pytest.approx(0.06)
+    assert math.isnan(adj["ref"])
+    # capped at 1, and never smaller than a smaller raw p's adjusted value (step-down monotonicity)
+    assert table2.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+    assert table2.holm({"a": 0.001, "b": 0.3}) == {"a": pytest.approx(0.002), "b": pytest.approx(0.3)}
 
 
 def test_summarise_means_seeds_and_paired_test():
@@ -52,15 +143,57 @@ def test_summarise_means_seeds_and_paired_test():
     for seed in (0, 1):
         for i in range(8):
             cases.append({"row": "real", "seed": seed, "n_train_volumes": 4, "case_id": f"c{i}",
-                          "dice": 0.5 + 0.01 * i, "iou": 0.4, "hd95": 3.0})
+                          "dice": 0.5 + 0.01 * i, "iou": 0.4, "hd95": 3.0, "empty_prediction": False})
             cases.append({"row": "real + SBLDM", "seed": seed, "n_train_volumes": 8, "case_id": f"c{i}",
-                          "dice": 0.7 + 0.01 * i + 0.02 * seed, "iou": 0.6, "hd95": math.nan if i == 0 else 2.0})
+                          "dice": 0.0 if i == 0 else 0.7 + 0.01 * i + 0.02 * seed, "iou": 0.6,
+                          "hd95": math.nan if i == 0 else 2.0, "empty_prediction": i == 0})
     rows = table2.summarise(cases)
     real, syn = rows
     assert real["dice_mean"] == pytest.approx(0.535) and math.isnan(real["p_vs_real"])
-    assert syn["dice_mean"] == pytest.approx(0.745) and syn["dice_std_across_seeds"] == pytest.approx(0.01)
-    assert syn["p_vs_real"] < 0.05                     # better on every one of 8 cases
-    assert syn["hd95_mean"] == pytest.approx(2.0)      # the NaN case left out
+    per_seed = [np.mean([0.0] + [0.7 + 0.01 * i + 0.02 * s for i in range(1, 8)]) for s in (0, 1)]
+    assert syn["dice_mean"] == pytest.approx(np.mean(per_seed))
+    assert syn["dice_seed_std"] == pytest.approx(np.std(per_seed, ddof=1)) and real["dice_seed_std"] == 0
+    from scipy.stats import wilcoxon
+
+    diff = [np.mean([0.0 if i == 0 else 0.7 + 0.01 * i + 0.02 * s for s in (0, 1)]) - (0.5 + 0.01 * i) for i in range(8)]
+    assert syn["p_vs_real"] == pytest.approx(wilcoxon(diff).pvalue)   # paired on the seed-averaged per-case Dice
+    assert syn["p_holm"] == pytest.approx(syn["p_vs_real"])   # one row compared: Holm changes nothing
+    assert syn["hd95_mean"] == pytest.approx(2.0) and syn["hd95_n"] == 14       # the 2 undefined ones counted out
+    assert syn["empty_predictions"] == 1.0 and real["empty_predictions"] == 0.0  # per seed, not hidden
     assert (syn["paper_dice"], real["paper_dice"]) == (0.815, 0.714)
-    md = table2.table2_markdown(rows, "smoke", "fast", "test", 8)
-    assert "real + SBLDM" in md and "0.815" in md and "*" in md
+    md = table2.table2_markdown(rows, "smoke", "fast", "test", 8, ["a note"])
+    assert "real + SBLDM" in md and "0.815" in md and "*" in md and "1.0 / 8" in md and "- a note" in md
+
+
+def test_evaluate_gives_hd95_in_mm_with_the_spacing():
+    a = np.zeros((12, 12, 12), np.uint8)
+    b = np.zeros_like(a)
+    a[3:7, 3:7, 3:7] = 1
+    b[3:7, 3:7, 5:9] = 1                                   # two voxels along z
+    vox, mm = fast.evaluate([a], [b]), fast.evaluate([a], [b], spacings=[(1.0, 1.0, 3.0)])
+    assert vox[0]["hd95"] == pytest.approx(2.0) and mm[0]["hd95"] == pytest.approx(6.0)
+    assert mm[0]["dice"] == vox[0]["dice"] and not mm[0]["empty_prediction"]
+    assert fast.evaluate([np.zeros_like(a)], [b])[0]["empty_prediction"]
+    assert table2.spacings(_Split(2)) == [(2.0, 2.0, 2.0)] * 2
+
+
+@pytest.mark.slow
+def test_scarce_regime_reuses_the_full_size_rows_and_spreads_across_seeds(tmp_path):
+    cfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=2)
+    train, test = _Split(4), _Split(3, seed=5)
+    reuse = [{"row": r, "seed": s, "dice": d, "seconds": 1.0, "case_id": "x"}
+             for r, d in (("real", 0.25), ("real + SBLDM", 0.75)) for s in (0, 1)]
+    rows = table2.scarce_regime(train, _samples(4), test, cfg, tmp_path, sizes=(2, 4), seeds=(0, 1),
+                                reuse=reuse, progress=None)
+    assert len(rows) == 2 * 2 * 2
+    full = [r for r in rows if r["n_real"] == 4]
+    assert all(r["from_table2"] for r in full) and {r["dice_mean"] for r in full} == {0.25, 0.75}
+    small = [r for r in rows if r["n_real"] == 2]
+    assert not any(r["from_table2"] for r in small)
+    assert {r["n_synthetic"] for r in rows if r["training_set"] == "real + SBLDM"} == {4}   # every synthetic volume
+    assert {r["n_synthetic"] for r in rows if r["training_set"] == "real"} == {0}
+    summary = table2.summarise_scarce(rows)
+    assert len(summary) == 4 and all(r["seeds"] == 2 for r in summary)
+    one = next(r for r in summary if r["n_real"] == 2 and r["training_set"] == "real")
+    d = [r["dice_mean"] for r in small if r["training_set"] == "real"]
+    assert one["dice_mean"] == pytest.approx(np.mean(d)) and one["dice_seed_std"] == pytest.approx(np.std(d, ddof=1))

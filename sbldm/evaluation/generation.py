@@ -280,6 +280,11 @@ def time_per_volume(fn: Callable[[], object], n_volumes_per_call: int = 1, repea
 
 # -- sampling, cached ---------------------------------------------------------------------
 
+def batch_seed(seed: int, done: int) -> int:
+    """The seed of the sampling batch that starts at volume ``done`` of a set drawn with ``seed``."""
+    return int(seed) * 100_003 + int(done)
+
+
 def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: int, batch_size: int,
                    meta: dict | None = None, progress: bool = True) -> dict:
     """``n`` samples from ``sample_fn(n_batch, seed_batch) -> (images, masks[, raw_conditions])``
@@ -308,7 +313,7 @@ def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: i
         while done < n:
             b = min(batch_size, n - done)
             t0 = time.perf_counter()
-            out = sample_fn(b, seed * 100_003 + done)
+            out = sample_fn(b, batch_seed(seed, done))
             seconds.append((time.perf_counter() - t0) / b)
             images.append(np.asarray(out[0], np.float32))
             masks.append(np.asarray(out[1], np.uint8))

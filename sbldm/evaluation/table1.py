@@ -68,7 +68,22 @@ def sample_methods(gens: dict, cfg: Config, work: Path, progress: bool = True) -
         samples[row] = ev.cached_samples(work / "samples" / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
                                          meta={"options": options, "model": str(generator_dirs(work)[key]),
                                                "mtime": _mtime(generator_dirs(work)[key])}, progress=progress)
+        if samples[row]["conditions"] is None and key == "sbldm":
+            samples[row]["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
     return samples
+
+
+def requested_conditions(gen, n: int, seed: int, batch_size: int) -> np.ndarray:
+    """The raw tumour features SBLDM was asked for in ``cached_samples``' batches (same
+    batch seeds, conditions drawn from the training distribution as the pipeline draws
+    them): for sample sets cached before the requests were stored beside them."""
+    out, done = [], 0
+    while done < n:
+        b = min(batch_size, n - done)
+        _, raw = gen.pipeline.prepare_conditions(None, b, _torch_gen(ev.batch_seed(seed, done)))
+        out.append(raw)
+        done += b
+    return np.concatenate(out)
 
 
 def _mtime(path: Path) -> float:

@@ -30,7 +30,8 @@ TABLES = (
     ("Conditioning ablation — the paper's route vs the tumour-channel options, one training budget",
      "conditioning_ablation"),
     ("Table 2 — segmentation with synthetic training data", "table2"),
-    ("Data-scarce sweep", "scarce_sweep"),
+    ("Table 2, nnU-Net confirmation of real vs real + SBLDM", "table2_nnunet_check"),
+    ("Data-scarce regime — real only vs real + 100 SBLDM volumes", "scarce_sweep"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
 )
 #: (caption, figure file under figures/)
@@ -40,7 +41,8 @@ FIGURES = (
     ("Conditioning ablation", "conditioning_ablation.png"),
     ("Figure 3 — requested tumour volume sweep", "figure3_volume_sweep.png"),
     ("Tumour position sweep", "figure3_position_sweep.png"),
-    ("Data-scarce sweep", "scarce_sweep.png"),
+    ("Data-scarce regime", "scarce_sweep.png"),
+    ("Segmenter learning curve (the budget of every Table 2 row)", "seg_learning_curve.png"),
     ("SBLDM samples (notebook 02)", "diffusion_samples.png"),
     ("Whole-tumour volumes of the phantom cohort", "data_tumour_volumes.png"),
 )

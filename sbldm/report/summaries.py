@@ -73,20 +73,47 @@ def _spearman(a, b) -> str:
     return _f(spearmanr(a, b).statistic)
 
 
-def segmentation(scale: str, rows: list[dict]) -> str:
-    """Notebook 06: Table 2."""
+def segmentation(scale: str, rows: list[dict], scarce: list[dict] | None = None,
+                 nnunet_rows: list[dict] | None = None, filter_report: dict | None = None) -> str:
+    """Notebook 06: Table 2, the data-scarce regime, the nnU-Net confirmation."""
     by = {r["row"]: r for r in rows}
     real = by.get("real")
     lines = [f"At `{scale}`:"]
+
+    def vs_real(r, ref):
+        delta = float(r["dice_mean"]) - float(ref["dice_mean"])
+        p = r.get("p_holm")
+        ptxt = f", Holm p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
+        return f"{'+' if delta >= 0 else ''}{delta:.3f} vs real{ptxt}"
+
     if real is not None:
-        lines.append(f"- real volumes only: Dice {_f(real['dice_mean'], 3)}.")
+        lines.append(f"- real volumes only: Dice {_f(real['dice_mean'], 3)} ± {_f(real.get('dice_seed_std'), 3)} "
+                     f"across {real.get('seeds', 1)} seed(s).")
     for name, r in by.items():
         if name == "real" or real is None:
             continue
-        delta = float(r["dice_mean"]) - float(real["dice_mean"])
-        p = r.get("p_vs_real")
-        lines.append(f"- {name}: Dice {_f(r['dice_mean'], 3)} ({'+' if delta >= 0 else ''}{delta:.3f} vs real"
-                     + (f", p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else "") + ").")
+        lines.append(f"- {name}: Dice {_f(r['dice_mean'], 3)} ± {_f(r.get('dice_seed_std'), 3)} ({vs_real(r, real)}).")
+    if filter_report:
+        lines.append(f"- the quality filter rejected {_f(filter_report.get('rejection_rate'))} of the SBLDM volumes "
+                     f"({filter_report.get('rejected_empty', 0)} with an empty mask).")
+    if scarce:
+        at = {}
+        for r in scarce:
+            at.setdefault(int(r["n_real"]), {})[r["training_set"]] = r
+        parts = []
+        for n, d in sorted(at.items()):
+            if "real" in d and "real + SBLDM" in d:
+                delta = float(d["real + SBLDM"]["dice_mean"]) - float(d["real"]["dice_mean"])
+                spread = max(float(d["real"].get("dice_seed_std", 0)), float(d["real + SBLDM"].get("dice_seed_std", 0)))
+                parts.append(f"{n} real: {_f(d['real']['dice_mean'], 3)} -> {_f(d['real + SBLDM']['dice_mean'], 3)} "
+                             f"({'+' if delta >= 0 else ''}{delta:.3f}; seed std up to {spread:.3f})")
+        if parts:
+            lines.append("- data-scarce regime, real only -> real + SBLDM: " + "; ".join(parts) + ".")
+    if nnunet_rows:
+        nb = {r["row"]: r for r in nnunet_rows}
+        if "real" in nb and "real + SBLDM" in nb:
+            lines.append(f"- nnU-Net confirmation (one seed): real {_f(nb['real']['dice_mean'], 3)}, real + SBLDM "
+                         f"{_f(nb['real + SBLDM']['dice_mean'], 3)} ({vs_real(nb['real + SBLDM'], nb['real'])}).")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)

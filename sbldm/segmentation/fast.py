@@ -14,7 +14,8 @@ activations as the feature space of the Fréchet distance.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -45,6 +46,7 @@ class Segmenter:
     model: object
     cfg: Config
     losses: list
+    curve: list = field(default_factory=list)
 
     def _roi(self, shape):
         return tuple(min(r, s) for r, s in zip(self.cfg.seg_roi, shape))
@@ -58,7 +60,9 @@ class Segmenter:
         with torch.no_grad():
             for img in np.asarray(images, np.float32):
                 x = torch.as_tensor(img)[None, None]
-                out.append(sliding_window_inference(x, self._roi(img.shape), 1, self.model, overlap=0.25)[0].numpy())
+                with _autocast(self.cfg)():
+                    lg = sliding_window_inference(x, self._roi(img.shape), 1, self.model, overlap=0.25)
+                out.append(lg[0].float().numpy())
         return np.stack(out)
 
     def predict(self, images) -> np.ndarray:
@@ -93,7 +97,7 @@ class Segmenter:
         from sbldm.io import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses}, buf)
+        torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses, "curve": self.curve}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -106,7 +110,7 @@ class Segmenter:
         cfg = from_dict(blob["config"])
         model = build_unet(cfg)
         model.load_state_dict(blob["state_dict"])
-        return cls(model, cfg, blob["losses"])
+        return cls(model, cfg, blob["losses"], blob.get("curve", []))
 
 
 def _deepest_module(model):
@@ -134,12 +138,18 @@ def _pad_to(x, multiple: int):
 
 
 def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None = None,
-               progress: bool = False) -> Segmenter:
+               progress: bool = False, val=None, eval_every: int | None = None) -> Segmenter:
     """Train the fast backend for ``iterations`` (default ``cfg.seg_iterations``) steps.
 
     Each step draws ``seg_batch_size`` volumes (with replacement, from a seeded generator)
-    and, if a volume exceeds ``seg_roi``, a random crop of that size, biased to contain
-    tumour half of the time. Same seed, same data, same machine -> same network.
+    and, if a volume exceeds ``seg_patch`` (default ``seg_roi``), a random crop of that size,
+    biased to contain tumour half of the time, mirrored at random along ``seg_flip_axes``. Same seed, same data, same machine -> same network.
+
+    With ``val=(images, masks)`` and ``eval_every``, the mean Dice on ``val`` is measured
+    every ``eval_every`` steps (and at the last) and kept in ``Segmenter.curve`` as
+    ``{"iteration", "val_dice", "train_loss"}`` rows: a learning curve of this very run
+    (evaluation does not touch the random streams, so the network at step k is the one a
+    ``k``-step budget gives).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -152,25 +162,55 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
     model = build_unet(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    roi = tuple(min(r, s) for r, s in zip(cfg.seg_roi, images.shape[1:]))
+    roi = tuple(min(r, s) for r, s in zip(cfg.seg_patch or cfg.seg_roi, images.shape[1:]))
     multiple = 2 ** (len(cfg.seg_channels) - 1)
-    losses = []
+    losses, curve = [], []
     steps = cfg.seg_iterations if iterations is None else iterations
+    if val is not None:
+        val_images, val_masks = _check(*val)
+        if not eval_every or eval_every < 1:
+            raise ValueError(f"eval_every must be a positive step count with val, got {eval_every!r}")
+    seg = Segmenter(model, cfg, losses, curve)
+    autocast = _autocast(cfg)
     model.train()
-    for _ in tqdm(range(steps), desc="segmentation", disable=not progress):
+    for step in tqdm(range(1, steps + 1), desc="segmentation", disable=not progress):
         xs, ys = [], []
         for v in rng.integers(0, len(images), cfg.seg_batch_size):
             x, y = _crop(images[v], masks[v], roi, rng)
-            xs.append(x)
-            ys.append(y)
+            for axis in cfg.seg_flip_axes:        # on-the-fly mirroring, as nnU-Net's default augmentation
+                if rng.random() < 0.5:
+                    x, y = np.flip(x, axis), np.flip(y, axis)
+            xs.append(np.ascontiguousarray(x))
+            ys.append(np.ascontiguousarray(y))
         x = _pad_to(torch.as_tensor(np.stack(xs), dtype=torch.float32)[:, None], multiple)
         y = _pad_to(torch.as_tensor(np.stack(ys), dtype=torch.float32)[:, None], multiple)
-        loss = loss_fn(model(x), y)
+        with autocast():
+            out = model(x)
+        loss = loss_fn(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-    return Segmenter(model, cfg, losses)
+        if val is not None and (step % eval_every == 0 or step == steps):
+            dice = float(np.mean([r["dice"] for r in evaluate(seg.predict(val_images), val_masks)]))
+            curve.append({"iteration": step, "val_dice": dice,
+                          "train_loss": float(np.mean(losses[-eval_every:]))})
+            model.train()
+    return seg
+
+
+def _autocast(cfg: Config):
+    """bf16 autocast of the forward pass when ``seg_mixed_precision == "bf16"`` (the
+    U-Net is convolutions only, which bf16 speeds up on this kind of CPU), else a no-op."""
+    import contextlib
+
+    import torch
+
+    if cfg.seg_mixed_precision == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    if cfg.seg_mixed_precision in (None, "no"):
+        return contextlib.nullcontext
+    raise ValueError(f"seg_mixed_precision must be None, 'no' or 'bf16', got {cfg.seg_mixed_precision!r}")
 
 
 def _crop(image, mask, roi, rng):
@@ -205,13 +245,22 @@ def case_metrics(pred, target, spacing: Sequence[float] | None = None) -> dict:
     iou = inter / np.logical_or(p, t).sum()
     if ps == 0 or ts == 0:
         return {"dice": float(dice), "iou": float(iou), "hd95": math.nan}
-    hd = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
-                                    percentile=95, spacing=spacing)
+    with warnings.catch_warnings():
+        # MONAI 1.5+ warns about an argument its own compute_hausdorff_distance passes internally
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
+        hd = compute_hausdorff_distance(torch.as_tensor(p)[None, None], torch.as_tensor(t)[None, None],
+                                        percentile=95, spacing=spacing)
     return {"dice": float(dice), "iou": float(iou), "hd95": float(hd.reshape(-1)[0])}
 
 
-def evaluate(pred_masks, target_masks, case_ids: Sequence[str] | None = None) -> list[dict]:
-    """Per-case metrics rows ``{case_id, dice, iou, hd95}``."""
+def evaluate(pred_masks, target_masks, case_ids: Sequence[str] | None = None,
+             spacings: Sequence[Sequence[float]] | None = None) -> list[dict]:
+    """Per-case metrics rows ``{case_id, dice, iou, hd95, empty_prediction}``; HD95 in the
+    units of ``spacings`` (one (sx, sy, sz) per case, e.g. mm) or else in voxels."""
     pred_masks, target_masks = np.asarray(pred_masks), np.asarray(target_masks)
     ids = case_ids if case_ids is not None else [str(i) for i in range(len(pred_masks))]
-    return [{"case_id": c, **case_metrics(p, t)} for c, p, t in zip(ids, pred_masks, target_masks)]
+    sp = [None] * len(pred_masks) if spacings is None else [tuple(map(float, s)) for s in spacings]
+    if len(sp) != len(pred_masks):
+        raise ValueError(f"{len(sp)} spacings for {len(pred_masks)} predictions")
+    return [{"case_id": c, **case_metrics(p, t, spacing=s), "empty_prediction": bool(not np.any(p))}
+            for c, p, t, s in zip(ids, pred_masks, target_masks, sp)]
