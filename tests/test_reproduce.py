@@ -140,6 +140,22 @@ def test_runs_with_overrides_seeds_or_other_data_get_their_own_folders(tmp_path)
         reproduce.plan("smoke", {"data": str(tmp_path / "missing")})
 
 
+def _copy_notebooks(dest: Path) -> None:
+    """The numbered notebooks only (not checkpoints or a running kernel's files)."""
+    dest.mkdir(parents=True)
+    for nb in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"):
+        shutil.copy2(nb, dest / nb.name)
+
+
+def test_kernels_talk_over_ipc_sockets_kept_out_of_the_notebook_folder(tmp_path, monkeypatch):
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    monkeypatch.chdir(tmp_path)
+    km = reproduce.ipc_kernel_manager()(kernel_name="python3")
+    assert km.transport == "ipc"
+    assert Path(km.ip).parent == Path(jupyter_runtime_dir()) and not Path(km.ip).is_relative_to(tmp_path)
+
+
 def _tree_digest(folder: Path) -> dict:
     import hashlib
 
@@ -157,7 +173,7 @@ def test_a_brats_run_after_a_phantom_run_trains_anew_and_leaves_the_phantom_run_
     from sbldm.config import run_name
 
     nbs = tmp_path / "notebooks"
-    shutil.copytree(ROOT / "notebooks", nbs)
+    _copy_notebooks(nbs)
     results, work = tmp_path / "results", tmp_path / "work"
     reproduce.run("smoke", {}, only=["00", "01"], notebooks_dir=nbs, results_root=results, log=print)
     before = {"results": _tree_digest(results / "smoke"), "work": _tree_digest(work / "smoke")}
@@ -189,7 +205,7 @@ def test_a_brats_run_after_a_phantom_run_trains_anew_and_leaves_the_phantom_run_
 def test_notebook_chain_runs_at_smoke(tmp_path):
     """The real chain, through the runner, on a copy of the notebooks: a broken notebook fails CI."""
     nbs = tmp_path / "notebooks"
-    shutil.copytree(ROOT / "notebooks", nbs)
+    _copy_notebooks(nbs)
     rec = reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "results", log=print)
     assert all(e["status"] == "ok" for e in rec["notebooks"].values())
     out = tmp_path / "results" / "smoke"
@@ -222,7 +238,7 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
                  "figure3_position_sweep", "scarce_sweep", "seg_learning_curve", "vae_reconstruction", "diffusion_samples",
-                 "conditioning_ablation", "data_tumour_volumes"):
+                 "conditioning_ablation", "data_tumour_volumes", "steer_example"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim
     from sbldm.report.readme import results_section, update_readme

@@ -278,7 +278,16 @@ def ipc_kernel_manager():
 
     class IPCKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs):
+            import uuid
+
+            from jupyter_core.paths import jupyter_runtime_dir
+
             kwargs.setdefault("transport", "ipc")
+            # the socket files live in Jupyter's private runtime folder, not in the notebook's
+            # working directory (jupyter_client's default for IPC), and go when the kernel stops
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
+            kwargs.setdefault("ip", str(runtime / f"sbldm-{uuid.uuid4().hex[:12]}"))
             super().__init__(**kwargs)
 
     return IPCKernelManager
