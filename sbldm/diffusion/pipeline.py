@@ -140,6 +140,8 @@ class SBLDMPipeline(DiffusionPipeline):
         from sbldm.models import unet3d, vae  # noqa: F401
 
         pipe = super().from_pretrained(str(path), **kwargs)
+        if "torch_dtype" not in kwargs and any(p.dtype == torch.float16 for p in pipe.unet.parameters()):
+            pipe.to(torch.float32)          # weights stored in fp16 to save space (sbldm.report.ship)
         meta_path = path / METADATA
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())

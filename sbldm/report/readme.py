@@ -44,6 +44,7 @@ FIGURES = (
     ("Data-scarce regime", "scarce_sweep.png"),
     ("Segmenter learning curve (the budget of every Table 2 row)", "seg_learning_curve.png"),
     ("SBLDM samples (notebook 02)", "diffusion_samples.png"),
+    ("Steering a tumour (notebook 08): requested vs obtained", "steer_example.png"),
     ("Whole-tumour volumes of the phantom cohort", "data_tumour_volumes.png"),
 )
 

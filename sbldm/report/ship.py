@@ -1,0 +1,156 @@
+"""Ship a trained SBLDM pipeline inside the repository: ``python -m sbldm.report.ship --scale small``.
+
+Reads ``work/<run>/pipeline`` (notebook 02) and writes ``pretrained/<run>/``: the same
+pipeline with the UNet and slice-VAE weights stored in fp16 (half the bytes; they are cast
+back to fp32 when loaded), the training grid's affine (so saved samples overlay the
+training data), and ``MODEL_CARD.md`` written from ``results/<run>/``: data, training
+budget, commit, headline numbers, and the measured effect of fp16 storage on samples.
+
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    pipe = SBLDMPipeline.from_pretrained("pretrained/small")
+
+The folder is replaced as a whole (built beside it, then renamed), and only by this
+command, i.e. when the ``small`` run is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.config import Config, resolve, run_name
+from sbldm.io import atomic_write_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "pretrained"
+CARD = "MODEL_CARD.md"
+
+
+def half_precision_effect(pipe32, pipe16, n: int = 4, steps: int = 20, seed: int = 0) -> dict:
+    """Sample ``n`` volumes (DDIM ``steps``, same requests and noise) with the fp32 weights
+    and with the fp16-stored ones (cast back to fp32): the largest absolute image
+    difference (images in [-1, 1]) and the fraction of mask voxels that differ."""
+    import torch
+
+    outs = []
+    for pipe in (pipe32, pipe16):
+        outs.append(pipe(num_volumes=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)))
+    a, b = outs
+    return {"volumes": n, "ddim_steps": steps,
+            "max_abs_image_difference": float(np.abs(a.images - b.images).max()),
+            "mean_abs_image_difference": float(np.abs(a.images - b.images).mean()),
+            "mask_voxels_differing": float((a.masks != b.masks).mean())}
+
+
+def _table(path: Path) -> list[dict]:
+    from sbldm.tables import read_csv
+
+    return read_csv(path) if path.is_file() else []
+
+
+def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
+    """The card's Markdown, every number read from ``results`` (or measured by ``ship``)."""
+    record = json.loads((results / "run.json").read_text()) if (results / "run.json").is_file() else {}
+    nbs = record.get("notebooks", {})
+    trained = nbs.get("02_train_diffusion", {})
+    lines = [f"# SBLDM, `{run}` preset — model card", "",
+             "A slice-based latent diffusion model (Kebaili et al., ISBI 2024, as implemented by sbldm) that "
+             "generates (FLAIR, whole-tumour mask) volumes conditioned on 9 tumour features.", "",
+             "## Data", "",
+             f"- {record.get('run', {}).get('data', 'phantom cohort')}: the sbldm phantom cohort (MNI152 anatomy with "
+             f"synthetic tumours, `sbldm.data.phantom`), seed {cfg.seed}; {cfg.n_train} training volumes (the "
+             f"{cfg.n_test} test volumes were never seen), resampled to {'x'.join(map(str, cfg.volume_shape))}.",
+             "- Not trained on patient data; not for clinical use.", "",
+             "## Training", "",
+             f"- slice VAE: widths {list(cfg.vae_channels)}, {cfg.vae_latent_channels} latent channels, "
+             f"{cfg.vae_steps} steps of batch {cfg.vae_batch_size}",
+             f"- latent UNet: widths {list(cfg.unet_channels)}, {cfg.diffusion_steps} steps of batch "
+             f"{cfg.diffusion_batch_size}, {cfg.diffusion_prediction_type}, mixed precision "
+             f"{cfg.diffusion_mixed_precision or cfg.mixed_precision}; conditions {cfg.condition_normalization}-"
+             f"normalised{', with the rendered tumour as an extra input' if cfg.unet_spatial_prior else ''}",
+             f"- hardware: {trained.get('device', 'see results/' + run + '/run.json')}; commit "
+             f"`{str(trained.get('git_commit', 'unknown'))[:12]}`; wall time of notebook 02: "
+             f"{float(trained.get('wall_time_s', 'nan')) / 60:.1f} min", "",
+             f"## Headline numbers (from `results/{run}/`)", ""]
+    adh = [r for r in _table(results / "tables" / "conditioning_adherence.csv") if float(r["guidance_scale"]) == 1.0]
+    if adh:
+        r = adh[0]
+        lines.append(f"- {r['n']} requested tumours, DDIM-{cfg.num_inference_steps}, no guidance: "
+                     f"{float(r['empty_fraction']):.0%} empty masks, centre {float(r['centre_distance']):.2f} voxels "
+                     f"from the request (random pairing {float(r['chance_centre_distance']):.1f}), volume Spearman "
+                     f"{float(r['spearman_volume']):.3f}, median relative volume error "
+                     f"{float(r['relative_volume_error']):.3f}")
+    t1 = {r["method"]: r for r in _table(results / "tables" / "table1.csv")}
+    if "SBLDM (DDIM)" in t1:
+        r = t1["SBLDM (DDIM)"]
+        lines.append(f"- Table 1 (unpaired, as the authors): PSNR {float(r['psnr']):.2f} dB, SSIM {float(r['ssim']):.3f}, "
+                     f"{float(r['time_s_per_volume']):.1f} s per volume on {r['device']}")
+    t2 = {r["row"]: r for r in _table(results / "tables" / "table2.csv")}
+    if "real" in t2 and "real + SBLDM" in t2:
+        lines.append(f"- Table 2 (fast segmenter, {t2['real']['seeds']} seeds): real {float(t2['real']['dice_mean']):.3f}, "
+                     f"real + SBLDM {float(t2['real + SBLDM']['dice_mean']):.3f} Dice")
+    lines += ["", "## Storage", ""]
+    if half:
+        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
+                     f"{half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise) against the fp32 "
+                     f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]), "
+                     f"mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of mask voxels "
+                     "differ.")
+    lines += ["", "## Use", "", "```python", "from sbldm.diffusion.pipeline import SBLDMPipeline", "",
+              f'pipe = SBLDMPipeline.from_pretrained("pretrained/{run}")',
+              "out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
+              'out.save_nifti("samples/")', "```", ""]
+    return "\n".join(lines)
+
+
+def ship(scale: str, work_root: Path = ROOT / "work", results_root: Path = ROOT / "results",
+         dest_root: Path = SHIPPED, check_volumes: int = 4, check_steps: int = 20) -> Path:
+    """Write ``dest_root/<run>/`` from the trained pipeline of ``scale`` (default run folder)."""
+    import torch
+
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    cfg = resolve(scale)
+    run = run_name(scale)
+    src = Path(work_root) / run / "pipeline"
+    if not (src / "model_index.json").is_file():
+        raise FileNotFoundError(f"{src}: no trained pipeline; run notebooks 00-02 at `{scale}` first")
+    train = load_prepared(Path(work_root) / run / "data", "train")
+    pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
+    dest = Path(dest_root) / run
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe32.to(torch.float16).save_pretrained(tmp)
+    pipe32.to(torch.float32)
+    pipe16 = SBLDMPipeline.from_pretrained(tmp)
+    half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
+    atomic_write_bytes(tmp / CARD, model_card(cfg, run, Path(results_root) / run, half).encode())
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sbldm.report.ship", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="small", help="the preset whose default run to ship (default: small)")
+    ap.add_argument("--check-volumes", type=int, default=4, help="volumes sampled to measure the fp16 effect (0: skip)")
+    a = ap.parse_args(argv)
+    try:
+        dest = ship(a.scale, check_volumes=a.check_volumes)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    print(f"wrote {dest} ({size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

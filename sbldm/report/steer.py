@@ -1,0 +1,190 @@
+"""Steer a tumour live: the interactive controls of notebook 08.
+
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.report.steer import TumourSteering
+
+    steer = TumourSteering(SBLDMPipeline.from_pretrained("../pretrained/small"))
+    steer.widget()           # sliders, "generate" and "save NIfTI" buttons, the figure below them
+
+The controls are the paper's conditioning features: the whole-tumour volume, its
+sphericity, its centre (x, y, z) and its bounding box (w, h, d), plus the guidance scale,
+the number of DDIM steps and the seed. Changing the volume rescales the box as a real
+tumour's would (``ConditionSampler.sweep``); the surface area always follows volume and
+sphericity. ``generate`` samples one volume and draws axial, coronal and sagittal views
+through the requested centre, the mask outlined, with the requested and the obtained
+features side by side. Everything works without a browser (``generate()`` and ``save()``
+are plain methods), which is how the tests and papermill drive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.config import FEATURE_NAMES
+from sbldm.data.tumor import ConditionSampler, area_from, tumor_features
+
+#: the features a user sets; the surface area follows from volume and sphericity
+CONTROLS = ("voxel_volume", "sphericity", "x", "y", "z", "w", "h", "d")
+
+
+class TumourSteering:
+    """Controls and a generate/save loop around one ``SBLDMPipeline``."""
+
+    def __init__(self, pipe, steps: int = 20, guidance_scale: float = 1.0, seed: int = 0, bf16: bool = True):
+        if pipe.train_features is None or pipe.volume_shape is None:
+            raise ValueError("the pipeline holds no training features or volume shape to steer from "
+                             "(save it with SBLDMPipeline.from_components(..., train_features=...))")
+        self.pipe = pipe
+        self.shape = tuple(pipe.volume_shape)
+        feats = np.asarray(pipe.train_features, np.float64)
+        self.lo, self.hi = feats.min(0), feats.max(0)
+        self.base = feats[np.argsort(feats[:, 0])[len(feats) // 2]].copy()     # the median-volume tumour
+        self.sampler = ConditionSampler(feats, self.shape)
+        self.values = dict(zip(FEATURE_NAMES, map(float, self.base)))
+        self.steps, self.guidance_scale, self.seed, self.bf16 = int(steps), float(guidance_scale), int(seed), bf16
+        self.last = None               # the last SBLDMOutput
+        self.last_seconds = None
+        self.figure = None
+        self._widgets = None
+
+    # -- the request ----------------------------------------------------------------------
+
+    def set(self, **values) -> dict:
+        """Set any of ``CONTROLS``; a new volume rescales the box (and the area) with it."""
+        unknown = set(values) - set(CONTROLS)
+        if unknown:
+            raise ValueError(f"unknown control(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONTROLS)}")
+        if "voxel_volume" in values and not any(k in values for k in ("w", "h", "d")):
+            current = np.array([self.values[k] for k in FEATURE_NAMES])
+            scaled = self.sampler.sweep(current, "voxel_volume", [float(values["voxel_volume"])])[0]
+            self.values.update({k: float(v) for k, v in zip(FEATURE_NAMES, scaled) if k in ("w", "h", "d", "x", "y", "z")})
+        self.values.update({k: float(v) for k, v in values.items()})
+        self.values["surface_area"] = float(area_from(np.float64(self.values["voxel_volume"]),
+                                                      np.float64(self.values["sphericity"])))
+        return self.request()
+
+    def request(self) -> dict:
+        """The 9 raw features that ``generate`` asks for."""
+        return {k: float(self.values[k]) for k in FEATURE_NAMES}
+
+    # -- generation -----------------------------------------------------------------------
+
+    def generate(self):
+        """Sample one volume for the current request (DDIM, ``steps``, ``seed``); returns the
+        ``SBLDMOutput`` and draws the figure."""
+        import torch
+
+        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.pipe.device.type == "cpu"
+                    else contextlib.nullcontext())
+        t0 = time.perf_counter()
+        with autocast:
+            self.last = self.pipe(conditions=[self.request()], num_inference_steps=self.steps, sampler="ddim",
+                                  eta=0.0, guidance_scale=self.guidance_scale,
+                                  generator=torch.Generator().manual_seed(self.seed))
+        self.last_seconds = time.perf_counter() - t0
+        self.figure = self.draw()
+        return self.last
+
+    def obtained(self) -> dict:
+        """The 9 features of the last generated mask (NaN when it is empty)."""
+        if self.last is None:
+            raise ValueError("nothing generated yet: call generate() first")
+        return tumor_features(self.last.masks[0], empty="nan")
+
+    def comparison(self) -> list[dict]:
+        """Rows ``{feature, requested, obtained}`` for the last generation."""
+        got, req = self.obtained(), self.last_request
+        return [{"feature": k, "requested": req[k], "obtained": got[k]} for k in FEATURE_NAMES]
+
+    @property
+    def last_request(self) -> dict:
+        return dict(zip(FEATURE_NAMES, map(float, np.asarray(self.last.raw_conditions)[0])))
+
+    def draw(self):
+        """Axial, coronal and sagittal views through the requested centre, the mask outlined,
+        and the requested vs obtained features."""
+        from sbldm.plotting import agg_pyplot, three_views
+
+        plt = agg_pyplot()
+        req = self.last_request
+        centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
+        three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre)
+        got = self.obtained()
+        axes[3].set_axis_off()
+        text = ["feature        requested  obtained"]
+        for k in FEATURE_NAMES:
+            text.append(f"{k:<14} {req[k]:>9.2f} {got[k]:>9.2f}")
+        axes[3].text(0, 1, "\n".join(text), family="monospace", fontsize=7.5, va="top")
+        fig.suptitle(f"requested centre ({centre[0]}, {centre[1]}, {centre[2]}); DDIM-{self.steps}, guidance "
+                     f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=9)
+        fig.tight_layout()
+        return fig
+
+    def save(self, out_dir, prefix: str = "steered") -> list[tuple[Path, Path]]:
+        """The last (image, mask) pair as NIfTI on the training grid's geometry."""
+        if self.last is None:
+            raise ValueError("nothing generated yet: call generate() first")
+        return self.last.save_nifti(out_dir, prefix=prefix)
+
+    # -- widgets --------------------------------------------------------------------------
+
+    def widget(self, out_dir="steered"):
+        """The ipywidgets panel: one slider per control, guidance, steps, seed, and the
+        generate and save buttons above the figure."""
+        import ipywidgets as w
+
+        sliders = {}
+        for k in CONTROLS:
+            j = FEATURE_NAMES.index(k)
+            lo, hi = float(self.lo[j]), float(self.hi[j])
+            if k in ("x", "y", "z", "w", "h", "d"):
+                s = self.shape[("x", "y", "z", "w", "h", "d").index(k) % 3]
+                sliders[k] = w.IntSlider(value=int(round(self.values[k])), min=1, max=s - 1, description=k)
+            elif k == "voxel_volume":
+                sliders[k] = w.FloatLogSlider(value=self.values[k], base=10, min=np.log10(max(lo, 1.0)),
+                                              max=np.log10(hi), description="volume (vx)")
+            else:
+                sliders[k] = w.FloatSlider(value=self.values[k], min=round(lo, 2), max=round(hi, 2), step=0.01,
+                                           description=k)
+        guidance = w.FloatSlider(value=self.guidance_scale, min=1.0, max=5.0, step=0.5, description="guidance")
+        steps = w.IntSlider(value=self.steps, min=5, max=50, step=5, description="DDIM steps")
+        seed = w.IntText(value=self.seed, description="seed")
+        go, save = w.Button(description="generate", button_style="primary"), w.Button(description="save NIfTI")
+        out, status = w.Output(), w.HTML()
+
+        def on_volume(change):
+            self.set(voxel_volume=change["new"])
+            for k in ("w", "h", "d"):
+                sliders[k].value = int(round(self.values[k]))
+
+        def on_generate(_=None):
+            self.set(**{k: s.value for k, s in sliders.items()})   # what is shown is what is asked for
+            self.guidance_scale, self.steps, self.seed = float(guidance.value), int(steps.value), int(seed.value)
+            self.generate()
+            out.clear_output(wait=True)
+            with out:
+                from IPython.display import display
+
+                display(self.figure)
+            status.value = f"generated in {self.last_seconds:.1f} s"
+
+        def on_save(_=None):
+            if self.last is None:
+                status.value = "generate first"
+                return
+            (img, seg), = self.save(out_dir)
+            status.value = f"saved {img} and {seg}"
+
+        sliders["voxel_volume"].observe(on_volume, names="value")
+        go.on_click(on_generate)
+        save.on_click(on_save)
+        self._widgets = {"sliders": sliders, "guidance": guidance, "steps": steps, "seed": seed,
+                         "generate": go, "save": save, "output": out, "status": status,
+                         "on_generate": on_generate, "on_save": on_save}
+        controls = w.VBox([*sliders.values(), guidance, steps, seed, w.HBox([go, save]), status])
+        return w.HBox([controls, out])

@@ -1,0 +1,71 @@
+"""Shipping a trained pipeline in the repository (``sbldm.report.ship``) and the shipped one."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from model_helpers import make_prepared, randomise_output, tiny_cfg
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(tmp_path):
+    from safetensors import safe_open
+
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+    from sbldm.report import ship
+
+    work = tmp_path / "work" / "smoke"
+    shutil.copytree(make_prepared(tmp_path / "cohort"), work / "data")
+    train = load_prepared(work / "data", "train")
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    randomise_output(vae)
+    randomise_output(unet, std=0.3)
+    pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
+    pipe.save_pretrained(work / "pipeline")
+    dest = ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results",
+                     dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2)
+    assert dest == tmp_path / "pretrained" / "smoke" and not (tmp_path / "pretrained" / "smoke.partial").exists()
+    with safe_open(str(dest / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    shipped_bytes = (dest / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert shipped_bytes < 0.6 * (work / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
+    back = SBLDMPipeline.from_pretrained(dest)
+    assert {p.dtype for p in back.unet.parameters()} == {p.dtype for p in back.vae.parameters()} == {torch.float32}
+    np.testing.assert_allclose(back.affine, train.grid_affine)           # the grid comes along
+    a = pipe(num_volumes=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    b = back(num_volumes=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(b.conditions, a.conditions)
+    assert np.abs(a.images - b.images).max() < 0.05                       # fp16 rounding, not another model
+    card = (dest / ship.CARD).read_text()
+    assert "fp16" in card and "largest image difference" in card and "not for clinical use" in card
+
+
+@pytest.mark.skipif(not (ROOT / "pretrained" / "small").is_dir(), reason="no shipped small pipeline")
+def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
+    from sbldm.config import resolve
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+
+    folder = ROOT / "pretrained" / "small"
+    cfg = resolve("small")
+    for name, built in (("unet", build_unet(cfg)), ("vae", build_vae(cfg))):
+        saved = json.loads((folder / name / "config.json").read_text())
+        expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in built.config.items() if not k.startswith("_")}
+        assert {k: saved[k] for k in expected} == expected, name
+    meta = json.loads((folder / "sbldm.json").read_text())
+    assert tuple(meta["volume_shape"]) == cfg.volume_shape and meta["normalizer"]["kind"] == cfg.condition_normalization
+    assert meta["affine"] is not None and len(meta["train_features"]) == cfg.n_train
+    pipe = SBLDMPipeline.from_pretrained(folder)
+    out = pipe(num_volumes=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, *cfg.volume_shape) and np.isfinite(out.images).all()
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 15e6      # the size budget
