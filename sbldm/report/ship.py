@@ -127,7 +127,8 @@ def ship(scale: str, work_root: Path = ROOT / "work", results_root: Path = ROOT 
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe32.to(torch.float16).save_pretrained(tmp)
-    pipe32.to(torch.float32)
+    # the cast rounded pipe32's weights in place: compare against a fresh fp32 copy
+    pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
     pipe16 = SBLDMPipeline.from_pretrained(tmp)
     half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
     atomic_write_bytes(tmp / CARD, model_card(cfg, run, Path(results_root) / run, half).encode())
