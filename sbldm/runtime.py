@@ -17,6 +17,16 @@ def cpu_setup(threads: int | None = None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def cpu_bf16(enabled: bool = True):
+    """A fresh context that autocasts to bf16 on the CPU when ``enabled`` (3D convolutions
+    gain on this kind of CPU while bf16 matmuls lose; DESIGN.md), else one that does nothing."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, numpy's and torch's global generators."""
     import torch

@@ -72,7 +72,6 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
         sample_autocast: bool = True, batch_size: int = 10, progress: bool = False, log=print) -> list[dict]:
     """One result row per ablation row (see the module docstring). ``sample_autocast``:
     sample under bf16 autocast on CPU (the benchmark's fast path), the same for every row."""
-    import contextlib
     import time
 
     import torch
@@ -80,6 +79,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler
     from sbldm.diffusion.conditioning import diffusion_inputs
     from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.runtime import cpu_bf16
     from sbldm.training.trainer import read_log, train_diffusion
 
     rows = ROWS if rows is None else rows
@@ -101,11 +101,10 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                                              train_features=train.features, latent_std=latents.latent_std)
         images, masks = [], []
         t0 = time.perf_counter()
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if sample_autocast and \
-            pipe.device.type == "cpu" else contextlib.nullcontext
+        bf16 = sample_autocast and pipe.device.type == "cpu"
         for start in range(0, len(requested), batch_size):
             block = requested[start:start + batch_size]
-            with ctx():
+            with cpu_bf16(bf16):
                 s = pipe(conditions=[dict(zip(FEATURE_NAMES, map(float, v))) for v in block], sampler="ddim",
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          generator=torch.Generator().manual_seed(cfg.seed + start))

@@ -18,7 +18,6 @@ are plain methods), which is how the tests and papermill drive it.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from sbldm.config import FEATURE_NAMES
 from sbldm.data.tumor import ConditionSampler, area_from, tumor_features
+from sbldm.runtime import cpu_bf16
 
 #: the features a user sets; the surface area follows from volume and sphericity
 CONTROLS = ("voxel_volume", "sphericity", "x", "y", "z", "w", "h", "d")
@@ -78,10 +78,8 @@ class TumourSteering:
         ``SBLDMOutput`` and draws the figure."""
         import torch
 
-        autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 and self.pipe.device.type == "cpu"
-                    else contextlib.nullcontext())
         t0 = time.perf_counter()
-        with autocast:
+        with cpu_bf16(self.bf16 and self.pipe.device.type == "cpu"):
             self.last = self.pipe(conditions=[self.request()], num_inference_steps=self.steps, sampler="ddim",
                                   eta=0.0, guidance_scale=self.guidance_scale,
                                   generator=torch.Generator().manual_seed(self.seed))
@@ -184,7 +182,6 @@ class TumourSteering:
         go.on_click(on_generate)
         save.on_click(on_save)
         self._widgets = {"sliders": sliders, "guidance": guidance, "steps": steps, "seed": seed,
-                         "generate": go, "save": save, "output": out, "status": status,
-                         "on_generate": on_generate, "on_save": on_save}
+                         "generate": go, "save": save, "output": out, "status": status}
         controls = w.VBox([*sliders.values(), guidance, steps, seed, w.HBox([go, save]), status])
         return w.HBox([controls, out])

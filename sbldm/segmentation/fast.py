@@ -202,14 +202,10 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
 def _autocast(cfg: Config):
     """bf16 autocast of the forward pass when ``seg_mixed_precision == "bf16"`` (the
     U-Net is convolutions only, which bf16 speeds up on this kind of CPU), else a no-op."""
-    import contextlib
+    from sbldm.runtime import cpu_bf16
 
-    import torch
-
-    if cfg.seg_mixed_precision == "bf16":
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    if cfg.seg_mixed_precision in (None, "no"):
-        return contextlib.nullcontext
+    if cfg.seg_mixed_precision in (None, "no", "bf16"):
+        return lambda: cpu_bf16(cfg.seg_mixed_precision == "bf16")
     raise ValueError(f"seg_mixed_precision must be None, 'no' or 'bf16', got {cfg.seg_mixed_precision!r}")
 
 

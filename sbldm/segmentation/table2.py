@@ -254,16 +254,16 @@ def spacings(split) -> list[tuple[float, float, float]] | None:
 
 
 def run_rows(sets: dict, test, cfg: Config, work: Path, seeds=None, iterations: int | None = None,
-             progress=print) -> list[dict]:
+             progress=print, tag: str = "row") -> list[dict]:
     """Per-case metric rows ``{row, seed, n_train_volumes, case_id, dice, iou, hd95,
-    empty_prediction, seconds}`` for every row and seed."""
+    empty_prediction, seconds}`` for every row and seed (``tag`` names the rows' work folders)."""
     seeds = tuple(cfg.seg_seeds if seeds is None else seeds)
     sp = spacings(test)
     cases = []
     for k, (row, (images, masks)) in enumerate(sets.items()):
         for seed in seeds:
             t0 = time.time()
-            pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"row{k}", iterations)
+            pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"{tag}{k}", iterations)
             seconds = time.time() - t0
             rows = evaluate(pred, test.masks, test.case_ids, spacings=sp)
             cases += [{"row": row, "seed": seed, "n_train_volumes": len(images), **r, "seconds": seconds} for r in rows]
@@ -385,7 +385,6 @@ def scarce_regime(train, samples: dict, test, cfg: Config, work: Path, sizes=Non
     seeds = tuple(cfg.seg_seeds if seeds is None else seeds)
     synth_im, synth_m, _ = synthetic_sets(samples, len(train))["SBLDM"]
     images, masks = np.asarray(train.images), np.asarray(train.masks)
-    sp = spacings(test)
     out = []
     for n in sorted({min(int(s), len(train)) for s in sizes}):
         for seed in seeds:
@@ -394,14 +393,11 @@ def scarce_regime(train, samples: dict, test, cfg: Config, work: Path, sizes=Non
                     "real + SBLDM": (np.concatenate([images[idx], synth_im]), np.concatenate([masks[idx], synth_m]))}
             for name, (im, m) in sets.items():
                 prior = [c for c in (reuse or []) if c["row"] == name and c["seed"] == seed]
-                if n == len(train) and prior:
-                    dice, seconds, reused = float(np.mean([c["dice"] for c in prior])), prior[0].get("seconds"), True
-                else:
-                    t0 = time.time()
-                    pred, _ = train_and_predict(im, m, test.images, cfg, seed, work, f"scarce{n}_{name.replace(' ', '')}",
-                                                iterations)
-                    dice = float(np.mean([r["dice"] for r in evaluate(pred, test.masks, spacings=sp)]))
-                    seconds, reused = time.time() - t0, False
+                reused = n == len(train) and bool(prior)
+                if not reused:
+                    prior = run_rows({name: (im, m)}, test, cfg, work, seeds=(seed,), iterations=iterations,
+                                     progress=None, tag=f"scarce{n}_{name.replace(' ', '')}")
+                dice, seconds = float(np.mean([c["dice"] for c in prior])), prior[0].get("seconds")
                 out.append({"n_real": n, "n_synthetic": len(im) - n, "training_set": name, "seed": seed,
                             "dice_mean": dice, "seconds": seconds, "from_table2": reused})
                 if progress:
