@@ -60,8 +60,10 @@ def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     cfg = resolve("small")
     for name, built in (("unet", build_unet(cfg)), ("vae", build_vae(cfg))):
         saved = json.loads((folder / name / "config.json").read_text())
-        expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in built.config.items() if not k.startswith("_")}
+        expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in built.config.items()
+                    if not k.startswith("_") and k != "scaling_factor"}        # learnt from the latents, not preset
         assert {k: saved[k] for k in expected} == expected, name
+    assert 0.5 < json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] < 2
     meta = json.loads((folder / "sbldm.json").read_text())
     assert tuple(meta["volume_shape"]) == cfg.volume_shape and meta["normalizer"]["kind"] == cfg.condition_normalization
     assert meta["affine"] is not None and len(meta["train_features"]) == cfg.n_train

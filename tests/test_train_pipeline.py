@@ -109,7 +109,7 @@ def test_diffusion_l1_loss_and_seed_change_the_result(tmp_path):
 
 def _cli(args, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "sbldm.training.trainer", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sbldm.runner.train", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -317,6 +317,9 @@ def test_pipeline_save_load_roundtrip(pipe, tmp_path):
 
     pipe.save_pretrained(tmp_path / "p")
     assert (tmp_path / "p" / "sbldm.json").is_file()
+    # the latent scale lives where diffusers keeps it: the VAE's config
+    assert json.loads((tmp_path / "p" / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(1 / 1.7)
+    assert "latent_std" not in json.loads((tmp_path / "p" / "sbldm.json").read_text())
     back = SBLDMPipeline.from_pretrained(tmp_path / "p")
     assert back.latent_std == pytest.approx(1.7)
     assert back.normalizer.to_dict() == pipe.normalizer.to_dict()
@@ -338,6 +341,19 @@ def test_from_scale_and_parameter_counts():
     assert p.latent_shape() == (4, 8, 8, 16)
     with pytest.raises(ValueError, match="conditions"):
         p(num_volumes=1)                          # no training features to draw from
+
+
+def test_an_untrained_pipeline_with_a_spatial_prior_samples_from_normalised_conditions():
+    """The benchmark times untrained networks: a UNet with a spatial prior must still get
+    a raw tumour to render, inside the volume."""
+    from sbldm import SBLDMPipeline
+
+    p = SBLDMPipeline.from_scale("smoke", unet_spatial_prior=True)
+    raw = p.normalizer.inverse_transform(np.full((1, 9), 0.5))[0]
+    assert np.allclose(raw[3:6], np.array(p.volume_shape) / 2)            # centre in the middle
+    assert 0 < raw[0] < np.prod(p.volume_shape)
+    out = p(num_volumes=1, conditions=np.full((1, 9), 0.5, np.float32), num_inference_steps=2, generator=_g(0))
+    assert out.images.shape == (1, *p.volume_shape) and np.isfinite(out.images).all()
 
 
 # -- prediction types -------------------------------------------------------------------------------
@@ -455,9 +471,19 @@ def test_compiled_unet_samples_like_the_plain_one_and_saves_the_same_weights(pip
 
 
 def test_bench_refuses_an_unknown_fast_path():
-    from sbldm.runner.bench import VARIANTS, _variant_flags
+    from sbldm.runner.bench import VARIANTS, variant_flags
 
-    assert _variant_flags("compile+bf16") == {"bf16": True, "channels_last": False, "compile": True}
-    assert all(_variant_flags(v) for v in VARIANTS)
+    assert variant_flags("compile+bf16") == {"bf16": True, "channels_last": False, "compile": True}
+    assert all(variant_flags(v) for v in VARIANTS)
     with pytest.raises(ValueError, match="channel_last"):
-        _variant_flags("channel_last")
+        variant_flags("channel_last")
+
+
+def test_a_pipeline_folder_with_the_old_latent_scale_layout_is_refused_by_name(pipe, tmp_path):
+    from sbldm import SBLDMPipeline
+
+    pipe.save_pretrained(tmp_path / "p")
+    meta = json.loads((tmp_path / "p" / "sbldm.json").read_text())
+    (tmp_path / "p" / "sbldm.json").write_text(json.dumps({**meta, "latent_std": 1.7}))
+    with pytest.raises(ValueError, match="scaling_factor = 1 / latent_std"):
+        SBLDMPipeline.from_pretrained(tmp_path / "p")

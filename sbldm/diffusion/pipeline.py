@@ -61,13 +61,22 @@ class SBLDMOutput(BaseOutput):
                                   self.affine if affine is None else affine)
 
 
+def untrained_normalizer(cfg) -> FeatureNormalizer:
+    """A stand-in feature normaliser for a pipeline that has seen no data: the authors'
+    ``max`` normalisation against a ball of 10% of the volume, so that the conditions an
+    untrained pipeline draws (``reference_random_conditions``, in [0, 1]) map to raw
+    tumours inside the volume, which a UNet with a spatial prior needs."""
+    n = float(np.prod(cfg.volume_shape)) * 0.1
+    area = (36 * np.pi * n ** 2) ** (1 / 3)      # surface of a ball of n voxels
+    return FeatureNormalizer(n, area, cfg.volume_shape, kind="max")
+
+
 class SBLDMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
 
     def __init__(self, vae, unet, scheduler):
         super().__init__()
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
-        self.latent_std: float = 1.0
         self.normalizer: FeatureNormalizer | None = None
         self.train_features: np.ndarray | None = None
         self.volume_shape: tuple[int, int, int] | None = None
@@ -76,13 +85,18 @@ class SBLDMPipeline(DiffusionPipeline):
 
     # -- construction -------------------------------------------------------------------
 
+    @property
+    def latent_std(self) -> float:
+        """The std the latents were divided by: ``1 / vae.config.scaling_factor``."""
+        return 1.0 / float(self.vae.config.scaling_factor)
+
     def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
                      train_features=None, volume_shape: Sequence[int] | None = None,
                      affine=None) -> "SBLDMPipeline":
         if latent_std is not None:
             if not latent_std > 0:
                 raise ValueError(f"latent_std must be positive, got {latent_std}")
-            self.latent_std = float(latent_std)
+            self.vae.register_to_config(scaling_factor=1.0 / float(latent_std))
         if normalizer is not None:
             self.normalizer = normalizer
         if train_features is not None:
@@ -97,9 +111,10 @@ class SBLDMPipeline(DiffusionPipeline):
         return self
 
     @classmethod
-    def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float = 1.0,
+    def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float | None = None,
                         affine=None):
-        """``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``)."""
+        """``latent_std``: the latents' global std (sets ``vae.config.scaling_factor``; None keeps
+        the VAE's); ``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``)."""
         pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg))
         return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine)
 
@@ -111,14 +126,12 @@ class SBLDMPipeline(DiffusionPipeline):
         from sbldm.models.vae import build_vae
 
         cfg = resolve(scale, **overrides)
-        return cls.from_components(cfg, build_vae(cfg), build_unet(cfg))
+        return cls.from_components(cfg, build_vae(cfg), build_unet(cfg), normalizer=untrained_normalizer(cfg))
 
     # -- persistence --------------------------------------------------------------------
 
     def _metadata(self) -> dict:
         return {
-            "latent_std": self.latent_std,
-            "scaling_factor": 1.0 / self.latent_std,
             "volume_shape": None if self.volume_shape is None else list(self.volume_shape),
             "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
             "train_features": None if self.train_features is None else self.train_features.tolist(),
@@ -145,7 +158,11 @@ class SBLDMPipeline(DiffusionPipeline):
         meta_path = path / METADATA
         if meta_path.is_file():
             meta = json.loads(meta_path.read_text())
-            pipe.set_metadata(meta["latent_std"],
+            if "latent_std" in meta:
+                raise ValueError(f"{path}: saved by an sbldm before 0.2, with the latent scale in {METADATA}; "
+                                 "sbldm now keeps it in vae/config.json as scaling_factor (the diffusers "
+                                 "convention). Move it there (scaling_factor = 1 / latent_std) or re-save")
+            pipe.set_metadata(None,
                               FeatureNormalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else None,
                               meta.get("train_features"), meta.get("volume_shape"), meta.get("affine"))
         return pipe

@@ -58,7 +58,13 @@ def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
 
 
 class SliceVAE(FreshStorageMixin, ModelMixin, ConfigMixin):
-    """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding."""
+    """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding.
+
+    ``scaling_factor`` is the latent scale, as in diffusers' ``AutoencoderKL``: the
+    diffusion model works on ``latent * scaling_factor``, with ``scaling_factor = 1 /``
+    the global std of the training posterior means (``sbldm.diffusion.latents``; the
+    authors' "std_norm"). It is 1 until the latents of a training set set it
+    (``register_to_config(scaling_factor=...)``) and is saved with the VAE's config."""
 
     @register_to_config
     def __init__(
@@ -72,8 +78,11 @@ class SliceVAE(FreshStorageMixin, ModelMixin, ConfigMixin):
         slice_embedding: bool = True,
         slice_embedding_dim: int = 128,
         position_scale: float = 1000.0,
+        scaling_factor: float = 1.0,
     ):
         super().__init__()
+        if not scaling_factor > 0:
+            raise ValueError(f"scaling_factor must be positive, got {scaling_factor}")
         ch = list(block_out_channels)
         g = norm_num_groups
         if any(c % g for c in ch):
