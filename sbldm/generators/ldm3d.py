@@ -417,7 +417,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     _, done = run_training("ldm3d_ae", cfg, ae_model, ae_opt, ae_loss_fn, cfg.ldm3d_ae_steps, out / "autoencoder", resume,
                    progress, stop_at, accelerator, {"num_volumes": int(len(images)), "discriminator": use_disc,
                                                     "downsampling": ae.downsampling_factor}, step_delay,
-                   train_step=ae_step, save=ae_save, inputs={"data": data_fingerprint(images, masks)})
+                   train_step=ae_step, save=ae_save, inputs={"data": data_fingerprint(images, masks)},
+                   batch_size=cfg.ldm3d_ae_batch_size)
     if not done:
         return None
 
@@ -446,7 +447,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
                             resume, progress, stop_at, accelerator,
                             {"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
                              "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay,
-                            inputs={"latents": fingerprint(means, float(latent_std))})
+                            inputs={"latents": fingerprint(means, float(latent_std))},
+                            batch_size=cfg.ldm3d_diffusion_batch_size)
     if not done:
         return None
     result = LDM3D(ae.eval(), unet_model.eval(), scheduler, cfg.volume_shape, latent_std, disc, cfg.sampler,

@@ -224,6 +224,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
 
     run_training(KIND, cfg, nets, optimizer, None, cfg.lsgan_steps, Path(out_dir), resume, progress, stop_at, accelerator,
          {"num_volumes": int(len(images)), "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
-         step_delay, train_step=train_step, save=save, inputs={"data": data_fingerprint(images, masks)})
+         step_delay, train_step=train_step, save=save, inputs={"data": data_fingerprint(images, masks)},
+         batch_size=cfg.lsgan_batch_size)
     gan.generator.eval()
     return gan

@@ -9,7 +9,11 @@ memory do not depend on the weights):
   VAE, the SBLDM latent UNet, the 3D-LDM autoencoder and UNet, and a pixel-space 3D DDPM
   UNet of the SBLDM UNet's widths on the whole (image, mask) volume — the model the
   paper calls too expensive. Each training measurement runs in its own subprocess so
-  its peak memory is its own (CPU: peak RSS; GPU: ``torch.cuda.max_memory_allocated``).
+  its peak memory is its own. GPU: ``torch.cuda.max_memory_allocated``. CPU: the
+  process's peak resident memory *above its baseline* once torch, the networks' code
+  and the inputs are loaded (``cpu_peak_increase``), so the libraries (~0.7 GB of torch
+  and friends, the same on both sides of a ratio) are not counted; the raw peak RSS is
+  reported beside it.
 
 Medians of several runs after a warm-up, ``torch.cuda.synchronize()`` on GPU. Output:
 ``results/bench/<scale>_<device>_<dtype>.json`` and ``.md`` with the device, dtype and
@@ -61,7 +65,7 @@ def _autocast(device: str, dtype: str):
 VARIANTS = ("plain", "bf16", "channels_last", "compile", "compile+bf16", "compile+channels_last+bf16")
 
 
-def _variant_flags(variant: str) -> dict:
+def variant_flags(variant: str) -> dict:
     parts = set(variant.split("+"))
     unknown = parts - {"plain", "bf16", "channels_last", "compile"}
     if unknown:
@@ -130,6 +134,50 @@ def _train_step_setup(component: str, cfg, device: str):
     return model, loss, unit
 
 
+def _rss_kib(field: str) -> int | None:
+    """``VmRSS`` / ``VmHWM`` of this process in KiB (Linux ``/proc/self/status``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class cpu_peak_increase:
+    """Peak resident memory of this process above its level on entry, in bytes.
+
+    On entry the kernel's high-water mark is reset (``/proc/self/clear_refs``, Linux >= 4.0)
+    so a transient peak before the block (imports) is not counted; on exit
+    ``increase = VmHWM - VmRSS at entry``. Where the reset is not allowed it falls back to
+    ``ru_maxrss`` at exit minus ``VmRSS`` at entry (``exact`` False: an earlier higher
+    peak would then be counted)::
+
+        with cpu_peak_increase() as mem:
+            train_step()
+        mem.increase, mem.peak, mem.baseline     # bytes
+    """
+
+    def __enter__(self):
+        import gc
+
+        gc.collect()
+        self.baseline = (_rss_kib("VmRSS") or 0) * 1024
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.exact = _rss_kib("VmHWM") is not None
+        except OSError:
+            self.exact = False
+        return self
+
+    def __exit__(self, *exc):
+        hwm = _rss_kib("VmHWM") if self.exact else None
+        self.peak = hwm * 1024 if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        self.increase = max(0, self.peak - self.baseline)
+        return False
+
+
 def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int,
                        variant: str = "plain") -> dict:
     """One component's training step time and peak memory (run in a fresh process);
@@ -140,9 +188,8 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
 
     torch.set_flush_denormal(True)
     cfg = resolve(scale)
-    flags = _variant_flags(variant)
+    flags = variant_flags(variant)
     dtype = "bf16" if flags["bf16"] else dtype
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, loss_fn, unit = _train_step_setup(component, cfg, device)
     if flags["channels_last"]:
         model.to(memory_format=torch.channels_last_3d if component != "slice_vae" else torch.channels_last)
@@ -159,14 +206,18 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
         loss.backward()
         opt.step()
 
-    t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {"component": component, "variant": variant, "unit": unit,
-            "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
-            "step_s": t, "peak_memory_MiB": peak / 2 ** 20,
-            "memory_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS of the process",
-            "baseline_rss_MiB": rss0 / 1024 if device != "cuda" else None}
+    with cpu_peak_increase() as mem:       # baseline: libraries, weights and inputs loaded
+        t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
+    out = {"component": component, "variant": variant, "unit": unit,
+           "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "step_s": t}
+    if device == "cuda":
+        out.update(peak_memory_MiB=torch.cuda.max_memory_allocated() / 2 ** 20,
+                   memory_kind="cuda max_memory_allocated")
+    else:
+        out.update(peak_memory_MiB=mem.increase / 2 ** 20, peak_rss_MiB=mem.peak / 2 ** 20,
+                   baseline_rss_MiB=mem.baseline / 2 ** 20,
+                   memory_kind="CPU peak RSS above baseline" + ("" if mem.exact else " (approx.: HWM not reset)"))
+    return out
 
 
 def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(10, 25, 50),
@@ -236,7 +287,7 @@ def measure_fast_paths(scale: str, device: str, repeats: int, variants=VARIANTS,
     conds = np.full((batch, 9), 0.5, np.float32)
     rows, ref = [], None
     for variant in variants:
-        flags = _variant_flags(variant)
+        flags = variant_flags(variant)
         pipe = _bench_pipeline(scale, pipeline).to(device)
         pipe.enable_fast_paths(compile=flags["compile"], channels_last=flags["channels_last"])
         dtype = "bf16" if flags["bf16"] else "fp32"
@@ -268,8 +319,11 @@ def measure_fast_paths(scale: str, device: str, repeats: int, variants=VARIANTS,
     return rows
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text).strip("-").lower()
+def slug(text: str) -> str:
+    """``CPU (x86_64, 2 threads)`` -> ``cpu-x86-64-2-threads``: a file-name part."""
+    import re
+
+    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-")
 
 
 def markdown(result: dict) -> str:
@@ -289,16 +343,24 @@ def markdown(result: dict) -> str:
         lines.append("")
     train = result["training"]
     lines += ["Training step (forward + backward + AdamW):", "",
-              to_markdown(train, ["component", "unit", "params_M", "step_s", "peak_memory_MiB", "memory_kind"], digits=4)]
+              to_markdown(train, ["component", "unit", "params_M", "step_s", "peak_memory_MiB", "peak_rss_MiB", "memory_kind"],
+                          digits=4)]
     by = {r["component"]: r for r in train if "step_s" in r}
     if "sbldm_unet" in by and "pixel_ddpm_unet" in by:
         a, p = by["sbldm_unet"], by["pixel_ddpm_unet"]
         lines += ["", f"SBLDM latent UNet vs pixel-space 3D DDPM UNet (same widths, same batch): "
                       f"{p['step_s'] / a['step_s']:.1f}x faster per step, "
                       f"{p['peak_memory_MiB'] / a['peak_memory_MiB']:.1f}x less peak memory "
-                      f"({'CPU peak RSS includes the ~' + format(a.get('baseline_rss_MiB') or 0, '.0f') + ' MiB of the libraries' if result['device'].startswith('CPU') else 'GPU allocations'})"]
+                      f"({_memory_words(a)})"]
     lines += ["", f"versions: {json.dumps(result['versions'])}"]
     return "\n".join(lines) + "\n"
+
+
+def _memory_words(row: dict) -> str:
+    if row.get("memory_kind", "").startswith("cuda"):
+        return "GPU allocations"
+    return (f"CPU peak resident memory above each process's baseline of ~{row.get('baseline_rss_MiB') or 0:.0f} MiB "
+            "of libraries, weights and inputs; peak_rss_MiB is the raw peak")
 
 
 def fast_paths_markdown(result: dict) -> str:
@@ -311,12 +373,13 @@ def fast_paths_markdown(result: dict) -> str:
              to_markdown(result["sampling"], ["variant", "first_call_s", "denoise_s_per_volume", "decode_s_per_volume",
                                               "total_s_per_volume", "speedup", "max_latent_deviation"], digits=4), "",
              "SBLDM latent UNet training step:", "",
-             to_markdown(result["training"], ["variant", "unit", "step_s", "peak_memory_MiB", "memory_kind"], digits=4),
+             to_markdown(result["training"], ["variant", "unit", "step_s", "peak_memory_MiB", "peak_rss_MiB", "memory_kind"],
+                         digits=4),
              "", f"versions: {json.dumps(result['versions'])}"]
     return "\n".join(lines) + "\n"
 
 
-def _train_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
+def train_step_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
     proc = subprocess.run([sys.executable, "-m", "sbldm.runner.bench", "--one", comp, "--variant", variant,
                            "--scale", args.scale, "--device", device, "--dtype", args.dtype,
                            "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
@@ -368,14 +431,14 @@ def main(argv=None) -> int:
     if args.fast_paths is not None:
         variants = tuple(args.fast_paths) or VARIANTS
         for v in variants:
-            _variant_flags(v)                  # refuse a typo before anything runs
+            variant_flags(v)                  # refuse a typo before anything runs
         variants = ("plain", *[v for v in variants if v != "plain"])   # the reference comes first
         print(f"fast paths on {result['device']}: {', '.join(variants)} ...", flush=True)
         result["sampling"] = measure_fast_paths(args.scale, device, args.repeats, variants, max(args.steps),
                                                 max(args.batch_sizes), args.pipeline)
         result["weights"] = args.pipeline or "untrained (random output layer)"
-        result["training"] = [_train_subprocess("sbldm_unet", args, device, v) for v in variants]
-        _write(out / f"{args.scale}_{_slug(result['device'])}_fastpaths", result, fast_paths_markdown(result))
+        result["training"] = [train_step_subprocess("sbldm_unet", args, device, v) for v in variants]
+        _write(out / f"{args.scale}_{slug(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
     print(f"sampling on {result['device']} ...", flush=True)
     result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
@@ -383,8 +446,8 @@ def main(argv=None) -> int:
     result["training"] = []
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
-        result["training"].append(_train_subprocess(comp, args, device))
-    _write(out / f"{args.scale}_{_slug(result['device'])}_{args.dtype}", result, markdown(result))
+        result["training"].append(train_step_subprocess(comp, args, device))
+    _write(out / f"{args.scale}_{slug(result['device'])}_{args.dtype}", result, markdown(result))
     return 0
 
 

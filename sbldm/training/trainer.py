@@ -1,9 +1,7 @@
-"""Training entry points of the two stages, and their command line.
-
-    python -m sbldm.training.trainer vae --scale smoke --prepared work/smoke/data --out work/smoke/vae
-    python -m sbldm.training.trainer diffusion --scale smoke --prepared work/smoke/data \\
-        --vae work/smoke/vae --out work/smoke/diffusion [--pipeline work/smoke/pipeline]
-    accelerate launch -m sbldm.training.trainer vae --scale paper ...   # multi-GPU / mixed precision
+"""Training entry points of SBLDM's two stages (``train_vae``, ``train_diffusion``) and the
+loop every stage shares, the baselines' included (``run_training``). The command line
+(one stage per call, under ``accelerate launch`` for several processes) is
+``sbldm.runner.train``.
 
 Both stages share one loop (``run_training``) that gives:
 
@@ -21,12 +19,10 @@ Both stages share one loop (``run_training``) that gives:
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sbldm.config import Config, resolve, resume_conflicts
+from sbldm.config import Config, resume_conflicts
 from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
 from sbldm.runtime import cpu_setup, seed_everything
 from sbldm.io import atomic_write_bytes, atomic_write_json
@@ -97,10 +93,23 @@ def read_log(out_dir: str | os.PathLike) -> list[dict]:
 
 # -- the shared loop ---------------------------------------------------------------------------
 
+def _on_cpu(device: str | None) -> bool:
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def process_state(device: str | None = None):
+    """accelerate's ``PartialState`` as ``make_accelerator`` sets it up: on a machine without
+    a GPU it must be told so (``cpu=True``), or processes started together by
+    ``accelerate launch`` would each believe they are alone."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=_on_cpu(device))
+
+
 def make_accelerator(cfg: Config, device: str | None = None):
     from accelerate import Accelerator
 
-    cpu = device == "cpu" or not torch.cuda.is_available()
+    cpu = _on_cpu(device)
     if not cpu and device and ":" in str(device):
         torch.cuda.set_device(torch.device(device))     # cuda:N: accelerate trains on the current device
     return Accelerator(mixed_precision=cfg.mixed_precision if not cpu else "no", cpu=cpu)
@@ -138,8 +147,16 @@ def data_fingerprint(images, masks) -> str:
 def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
          out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
          extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
-         save: Callable | None = None, ema=None, inputs: dict | None = None):
+         save: Callable | None = None, ema=None, inputs: dict | None = None, batch_size: int | None = None):
     """Generic loop; returns (unwrapped model, finished: bool).
+
+    Several processes (``accelerate launch --num_processes P``): each process draws its
+    own batch of ``batch_size`` from the step's ``(seed, step, rank)`` stream, DDP averages
+    the gradients, so a step learns from ``P x batch_size`` examples (``run.json``:
+    ``num_processes``, ``per_process_batch_size``, ``effective_batch_size``); ``log.jsonl``
+    then also carries each process's loss (``loss_per_process``). Only the main process
+    writes the checkpoint, the log, the loss curve, the model and the run record; a
+    checkpoint resumes under any number of processes, the step count continuing.
 
     By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
     several updates per step (a GAN) passes ``train_step(step, rng, model, optimizer)``
@@ -153,6 +170,11 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     data, the latents of an upstream model): a checkpoint resumes only when they match."""
     from tqdm.auto import tqdm
 
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and accelerator.num_processes != world:
+        raise RuntimeError(f"launched as one of {world} processes, but the accelerator sees "
+                           f"{accelerator.num_processes}: each process would train alone and overwrite the others' "
+                           "files. Build it with sbldm.training.trainer.make_accelerator (or process_state) ")
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
     start = 0
@@ -237,10 +259,17 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             done = step + 1
-            if main and (done % max(cfg.log_every, 1) == 0 or done == total_steps):
-                rec = {"step": done, **{k: float(np.mean(v)) for k, v in window.items()},
-                       "lr": optimizer.param_groups[0]["lr"], "time_s": wall_before + time.perf_counter() - t0}
-                log.append(rec)
+            if done % max(cfg.log_every, 1) == 0 or done == total_steps:
+                per_process = None
+                if accelerator.num_processes > 1:       # every process takes part in the gather
+                    mine = torch.tensor([float(np.mean(window["loss"]))], device=accelerator.device)
+                    per_process = [float(v) for v in accelerator.gather(mine).cpu()]
+                if main:
+                    rec = {"step": done, **{k: float(np.mean(v)) for k, v in window.items()},
+                           "lr": optimizer.param_groups[0]["lr"], "time_s": wall_before + time.perf_counter() - t0}
+                    if per_process is not None:
+                        rec["loss_per_process"] = per_process
+                    log.append(rec)
                 window = {}
             if done % max(cfg.checkpoint_every, 1) == 0 or done == total_steps:
                 save_checkpoint(done, wall_before + time.perf_counter() - t0)
@@ -270,7 +299,9 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
             cfg, stage, steps=total_steps, resumed_from=resumed_from, wall_time_s=wall,
             final_loss=records[-1]["loss"] if records else None,
             num_parameters=sum(p.numel() for p in unwrapped.parameters()),
-            num_processes=accelerator.num_processes, mixed_precision=str(accelerator.mixed_precision),
+            num_processes=accelerator.num_processes, per_process_batch_size=batch_size,
+            effective_batch_size=None if batch_size is None else batch_size * accelerator.num_processes,
+            mixed_precision=str(accelerator.mixed_precision),
             inputs=dict(inputs or {}), **extra_record))
     return unwrapped, finished
 
@@ -342,7 +373,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
     model, _ = run_training("vae", cfg, model, optimizer, loss_fn, cfg.vae_steps, Path(out_dir), resume, progress,
                     stop_at, accelerator, {"num_slices": len(ds)}, step_delay,
-                    inputs={"data": data_fingerprint(ds.images, ds.masks)})
+                    inputs={"data": data_fingerprint(ds.images, ds.masks)}, batch_size=cfg.vae_batch_size)
     return model.eval()
 
 
@@ -475,81 +506,9 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
                      "autocast": cfg.diffusion_mixed_precision or str(accelerator.mixed_precision),
                      "ema": bool(ema)}, step_delay, ema=ema,
                     inputs={"latents": fingerprint(means, float(latent_std)),
-                            "conditions": fingerprint(conditions, maps.get("priors"), maps.get("weights"))})
+                            "conditions": fingerprint(conditions, maps.get("priors"), maps.get("weights"))},
+                    batch_size=cfg.diffusion_batch_size)
     if accelerator.is_main_process:
         atomic_write_json(Path(out_dir) / "latent_scale.json",
                           {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std)})
     return model.eval()
-
-
-# -- command line -----------------------------------------------------------------------------
-
-def _parse_sets(items) -> dict:
-    out = {}
-    for item in items or ():
-        if "=" not in item:
-            raise SystemExit(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sbldm.training.trainer", description=__doc__.split("\n\n")[0])
-    p.add_argument("stage", choices=("vae", "diffusion"))
-    p.add_argument("--scale", default="smoke")
-    p.add_argument("--prepared", required=True, help="prepared cohort folder (notebook 00)")
-    p.add_argument("--out", required=True, help="output folder of this stage")
-    p.add_argument("--vae", help="trained VAE folder (diffusion stage)")
-    p.add_argument("--pipeline", help="also write the full pipeline here (diffusion stage)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--no-resume", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow a run down
-    a = p.parse_args(argv)
-
-    from sbldm.data.cohort import load_prepared
-
-    overrides = _parse_sets(a.set)
-    if a.seed is not None:
-        overrides["seed"] = a.seed
-    cfg = resolve(a.scale, **overrides)
-    cpu_setup(a.threads)
-    train = load_prepared(a.prepared, "train")
-    if a.stage == "vae":
-        train_vae(cfg, train, a.out, resume=not a.no_resume, progress=not a.no_progress, step_delay=a.step_delay)
-        return 0
-    if not a.vae:
-        p.error("the diffusion stage needs --vae (a trained VAE folder)")
-    from sbldm.diffusion.latents import encode_dataset, load_latents, save_latents
-    from sbldm.models.vae import SliceVAE
-
-    vae = SliceVAE.from_pretrained(a.vae).eval()
-    cache = Path(a.out) / "latents"
-    try:
-        lat = load_latents(cache)
-    except FileNotFoundError:
-        lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=not a.no_progress)
-        save_latents(cache, lat)
-    from sbldm.diffusion.conditioning import diffusion_inputs
-
-    inputs = diffusion_inputs(cfg, train)
-    unet = train_diffusion(cfg, lat, inputs["conditions"], a.out, resume=not a.no_resume, progress=not a.no_progress,
-                           step_delay=a.step_delay, priors=inputs["priors"], weights=inputs["weights"])
-    if a.pipeline:
-        from sbldm.diffusion.pipeline import SBLDMPipeline
-
-        pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                             train_features=train.features, latent_std=lat.latent_std,
-                                             affine=train.grid_affine)
-        pipe.save_pretrained(a.pipeline)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
