@@ -3,6 +3,8 @@
 #   make smoke     # create .venv, then run the notebook chain at `smoke` -> results/smoke/
 #   make test      # create .venv, then run the test suite (what .ci/run calls)
 #   make test-fast # the inner loop: the suite without the tests marked slow
+#   make browser-check  # notebook 08 in JupyterLab in a real (headless) Chromium, screenshots
+#   make gpu-check      # paper-scale GPU timings and memory in < 8 min (refuses without a CUDA GPU)
 #
 # torch: `pip install torch==$(TORCH_VERSION)` takes the CPU build on a CPU-only
 # machine that carries it locally and the CUDA build from PyPI elsewhere. To force a
@@ -21,7 +23,7 @@ SCALE ?= smoke
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sbldm-installed
 
-.PHONY: setup smoke small paper test test-fast kernel
+.PHONY: setup smoke small paper test test-fast kernel browser-check gpu-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,3 +47,14 @@ test-fast: $(STAMP)
 
 kernel: $(STAMP)
 	$(BIN)/python -m ipykernel install --user --name sbldm --display-name "Python (sbldm)"
+
+# Debian's Chromium (installed if missing; apt needs root or sudo) driven by Playwright's
+# Python driver (the `browser` extra); screenshots go to results/small/figures/.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-check: $(STAMP)
+	@command -v chromium > /dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	$(BIN)/python -m pip install --quiet -c $(VENV)/torch-constraint.txt -e ".[browser]"
+	$(BIN)/python -m sbldm.report.browser_check
+
+gpu-check: $(STAMP)
+	$(BIN)/python -m sbldm.runner.gpu_check

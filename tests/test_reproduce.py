@@ -255,6 +255,23 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "stale" not in text
 
+    # a saved pipeline evaluated instead of the trained one, with no baselines trained:
+    # its own results folder, the baselines' rows left out, the plain run untouched
+    from sbldm.config import run_name
+
+    shipped = tmp_path / "pretrained" / "smoke"
+    shutil.copytree(tmp_path / "work" / "smoke" / "pipeline", shipped)
+    for b in ("ldm3d", "lsgan3d"):
+        shutil.rmtree(tmp_path / "work" / "smoke" / b)
+    before = _tree_digest(out)
+    rec = reproduce.run("smoke", {"pipeline": str(shipped)}, only=["05"], notebooks_dir=nbs,
+                        results_root=tmp_path / "results", log=print)
+    assert all(e["status"] == "ok" for e in rec["notebooks"].values())
+    pipe_out = tmp_path / "results" / run_name("smoke", pipeline=shipped)
+    assert pipe_out.name.startswith("smoke+pipe-smoke-") and _tree_digest(out) == before
+    assert (pipe_out / "figures" / "figure3_volume_sweep.png").stat().st_size > 5_000
+    assert json.loads((pipe_out / "run.json").read_text())["run"]["pipeline"] == str(shipped)
+
 
 def test_readme_results_block_is_generated_from_the_committed_small_results():
     """The README's small results are what `python -m sbldm.report.readme --scale small` makes of

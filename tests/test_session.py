@@ -57,3 +57,62 @@ def test_session_finds_the_project_folders_from_anywhere(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="no CUDA GPU|CUDA device"):
         open_session("smoke", device="cuda:3") if not __import__("torch").cuda.is_available() else \
             open_session("smoke", device="cuda:99")
+
+
+def _saved_pipeline(folder, **overrides):
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    SBLDMPipeline.from_scale("smoke", **overrides).save_pretrained(folder)
+    return folder
+
+
+def test_a_saved_pipeline_names_its_run_by_content_not_by_place(tmp_path):
+    import shutil
+
+    from sbldm.config import run_name
+
+    a = _saved_pipeline(tmp_path / "a" / "small")
+    b = tmp_path / "elsewhere" / "small"
+    shutil.copytree(a, b)
+    name = run_name("smoke", pipeline=a)
+    assert name.startswith("smoke+pipe-small-") and name == run_name("smoke", pipeline=b)
+    (b / "MODEL_CARD.md").write_text("words only")
+    assert run_name("smoke", pipeline=b) == name                      # a model card is not the model
+    weights = next(b.glob("unet/*.safetensors"))
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    assert run_name("smoke", pipeline=b) != name                      # other weights, another run
+    assert run_name("smoke") == "smoke"
+    with pytest.raises(FileNotFoundError, match="no model_index.json"):
+        run_name("smoke", pipeline=tmp_path)
+
+
+def test_a_session_on_a_saved_pipeline_reads_data_and_baselines_from_the_plain_run(tmp_path):
+    from sbldm.runner.session import open_session
+
+    pipe = _saved_pipeline(tmp_path / "shipped")
+    s = open_session("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", device="cpu",
+                     pipeline=pipe)
+    assert s.out.name.startswith("smoke+pipe-shipped-") and s.work.name == s.out.name
+    assert s.base_work == tmp_path / "work" / "smoke" and s.data_dir == tmp_path / "work" / "smoke" / "data"
+    dirs = s.generator_dirs()
+    assert dirs["sbldm"] == pipe.resolve() and dirs["ldm3d"] == s.base_work / "ldm3d" / "model"
+    assert s.slice_vae().training is False
+    plain = open_session("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", device="cpu")
+    assert plain.generator_dirs()["sbldm"] == plain.work / "pipeline" and plain.base_work == plain.work
+    # a pipeline of another volume shape cannot be compared with this run's data
+    other = _saved_pipeline(tmp_path / "other", volume_shape=(32, 32, 8))
+    with pytest.raises(ValueError, match=r"\(32, 32, 8\).*\(32, 32, 16\)"):
+        open_session("smoke", results_root=tmp_path / "results", work_root=tmp_path / "work", pipeline=other)
+
+
+def test_missing_generators_are_refused_unless_optional(tmp_path, capsys):
+    from sbldm.evaluation import table1
+
+    pipe = _saved_pipeline(tmp_path / "shipped")
+    dirs = {"sbldm": pipe, "ldm3d": tmp_path / "no" / "ldm3d", "lsgan3d": tmp_path / "no" / "lsgan3d"}
+    with pytest.raises(FileNotFoundError, match="no trained ldm3d model"):
+        table1.load_generators(dirs)
+    gens = table1.load_generators(dirs, optional=("ldm3d", "lsgan3d"))
+    assert list(gens) == ["sbldm"] and "lsgan3d: no trained model" in capsys.readouterr().out

@@ -27,17 +27,19 @@ ROWS = (
 )
 
 
-def generator_dirs(work: Path) -> dict[str, Path]:
-    """Where notebooks 02 and 03 save the trained generators."""
-    return {"sbldm": work / "pipeline", "ldm3d": work / "ldm3d" / "model", "lsgan3d": work / "lsgan3d" / "model"}
-
-
-def load_generators(work: Path) -> dict:
+def load_generators(dirs: dict[str, Path], optional: tuple[str, ...] = ()) -> dict:
+    """``{key: generator}`` from ``{key: saved folder}`` (``Session.generator_dirs()``).
+    A missing folder is refused, naming it, unless its key is in ``optional``: then that
+    generator's rows are left out, with a printed note (e.g. the baselines when a shipped
+    pipeline is evaluated without running notebook 03)."""
     from sbldm.generators.registry import load_generator
 
     gens = {}
-    for key, path in generator_dirs(work).items():
+    for key, path in dirs.items():
         if not Path(path).exists():
+            if key in optional:
+                print(f"{key}: no trained model at {path} (notebook 03); its rows are left out")
+                continue
             raise FileNotFoundError(f"{path}: no trained {key} model; run notebooks 02 and 03 first")
         gens[key] = load_generator(path)
     return gens
@@ -56,18 +58,22 @@ def _torch_gen(seed: int):
     return torch.Generator().manual_seed(int(seed))
 
 
-def sample_methods(gens: dict, cfg: Config, work: Path, progress: bool = True) -> dict:
-    """``{row: {"images", "masks", "conditions", "seconds"}}`` for every Table 1 row (cached)."""
+def sample_methods(gens: dict, cfg: Config, work: Path, dirs: dict[str, Path], progress: bool = True) -> dict:
+    """``{row: {"images", "masks", "conditions", "seconds"}}`` for every Table 1 row whose
+    generator is in ``gens``, cached under ``work/samples/`` and redrawn when the model
+    folder in ``dirs`` (where ``gens`` came from) or its files change."""
     samples = {}
     for row, key, opts in ROWS:
+        if key not in gens:
+            continue
         options = opts(cfg)
         n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
         gen = gens[key]
         fn = lambda b, s, gen=gen, options=options: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
         slug = row.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
         samples[row] = ev.cached_samples(work / "samples" / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
-                                         meta={"options": options, "model": str(generator_dirs(work)[key]),
-                                               "mtime": _mtime(generator_dirs(work)[key])}, progress=progress)
+                                         meta={"options": options, "model": str(dirs[key]),
+                                               "mtime": _mtime(dirs[key])}, progress=progress)
         if samples[row]["conditions"] is None and key == "sbldm":
             samples[row]["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
     return samples
@@ -98,12 +104,14 @@ def timings(gens: dict, cfg: Config) -> dict:
     out = {}
     warm = set()
     for row, key, opts in sorted(ROWS, key=lambda r: r[2](cfg).get("sampler") == "ddpm"):
+        if key not in gens:
+            continue
         options = opts(cfg)
         gen = gens[key]
         out[row] = ev.time_per_volume(lambda gen=gen, options=options: gen.generate(1, generator=_torch_gen(0), **options),
                                       repeats=cfg.eval_timing_volumes, warmup=0 if key in warm else 1)
         warm.add(key)
-    return {row: out[row] for row, _, _ in ROWS}
+    return {row: out[row] for row, _, _ in ROWS if row in out}
 
 
 def table1(samples: dict, gens: dict, times: dict, real_train_images, seed: int = 0) -> dict:

@@ -129,12 +129,16 @@ def plan(scale: str, params: dict[str, Any], only: list[str] | None = None,
     data = params.get("data")
     if data is not None and not Path(data).is_dir():
         raise RunnerError(f"--data {data}: no such folder")
+    pipe = params.get("pipeline")
+    if pipe is not None and not (Path(pipe) / "model_index.json").is_file():
+        raise RunnerError(f"--pipeline {pipe}: not a saved SBLDMPipeline folder (no model_index.json)")
     return [(p, {"scale": scale, **{k: v for k, v in params.items() if k in declared[p]}}) for p in paths]
 
 
 def run_folder(scale: str, params: dict[str, Any], results_root: Path = RESULTS) -> Path:
     """``results/<run>/`` of these parameters (``sbldm.config.run_name``)."""
-    return Path(results_root) / run_name(scale, params.get("seed", 0), params.get("overrides"), params.get("data"))
+    return Path(results_root) / run_name(scale, params.get("seed", 0), params.get("overrides"), params.get("data"),
+                                         params.get("pipeline"))
 
 
 class _Lock:
@@ -209,7 +213,8 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
         record = json.loads(record_path.read_text()) if record_path.is_file() else {}
         record.setdefault("notebooks", {})
         record["run"] = {"scale": scale, "overrides": params.get("overrides") or {}, "seed": params.get("seed", 0),
-                         "data": params.get("data") or "phantom cohort"}
+                         "data": params.get("data") or "phantom cohort",
+                         "pipeline": params.get("pipeline") or "trained by notebook 02"}
         env = environment()
         commit = git_commit(ROOT)
         code_hash = package_hash()
@@ -311,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="notebook numbers to run, e.g. --only 04 05")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="a notebook parameter, e.g. -p seed=1 -p overrides='{\"vae_steps\": 500}'")
+    ap.add_argument("--pipeline", default=None,
+                    help="a saved SBLDMPipeline (e.g. pretrained/small) that notebooks 04-08 evaluate instead of "
+                         "the one notebook 02 trains; their results go to results/<scale>+pipe-<name>-<hash>/")
     ap.add_argument("--device", default=None, help="torch device for every notebook, e.g. cuda:1 (default: the GPU "
                                                  "if there is one, else the CPU)")
     ap.add_argument("--redo", action="store_true", help="run notebooks even if up to date")
@@ -323,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         params[name.strip()] = parse_value(value)
     if args.data:
         params["data"] = str(Path(args.data).resolve())
+    if args.pipeline:
+        params["pipeline"] = args.pipeline
+    if params.get("pipeline"):        # notebooks run in notebooks/: a path relative to here must survive that
+        params["pipeline"] = str(Path(params["pipeline"]).resolve())
     if args.device:
         from sbldm.runtime import pick_device
 

@@ -6,10 +6,18 @@
     s.train, s.test                 # the prepared splits (loaded on first use)
     s.source                        # where the data came from (notebook 00's summary)
 
+    s = open_session("small", pipeline="pretrained/small")   # evaluate a saved pipeline
+    s.generator_dirs()              # where each generator of the comparison is read from
+
 ``open_session`` resolves the scale's config with the overrides (refusing unknown ones),
 creates ``results/<run>/tables`` and ``figures``, sets the CPU thread count, and picks
 the device. The prepared splits are read from ``work/<run>/data`` when first asked for,
 so notebook 00 — which writes them — can use a session too.
+
+With ``pipeline`` (a saved ``SBLDMPipeline`` folder, e.g. the shipped
+``pretrained/small``), notebooks 04-07 evaluate that model instead of the one notebook
+02 trains: results and caches go to their own ``+pipe-<name>-<hash>`` folders, while the
+prepared data and any trained baselines are read from the plain run's ``work/<run>/``.
 """
 
 from __future__ import annotations
@@ -31,11 +39,37 @@ class Session:
     work: Path                  # work/<run>/: prepared data, checkpoints, models (not committed)
     out: Path                   # results/<run>/: tables/ and figures/
     device: str
+    pipeline: Path | None = None    # a saved SBLDMPipeline evaluated instead of work/<run>/pipeline
+    base_work: Path | None = None   # work/<run>/ of the plain run: prepared data, baselines
     _splits: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        if self.base_work is None:
+            self.base_work = self.work
 
     @property
     def data_dir(self) -> Path:
-        return self.work / "data"
+        return self.base_work / "data"
+
+    def generator_dirs(self) -> dict[str, Path]:
+        """Where each generator of the comparison is read from: SBLDM from ``pipeline`` if
+        one was given (else notebook 02's ``work/<run>/pipeline``), the baselines from
+        notebook 03's folders."""
+        return {"sbldm": self.pipeline or self.work / "pipeline",
+                "ldm3d": self.base_work / "ldm3d" / "model", "lsgan3d": self.base_work / "lsgan3d" / "model"}
+
+    def slice_vae(self):
+        """The slice VAE in fp32 on the session's device, eval mode: the given pipeline's, or
+        the one notebook 01 trained."""
+        if self.pipeline is not None:
+            from sbldm.diffusion.pipeline import SBLDMPipeline
+
+            vae = SBLDMPipeline.from_pretrained(self.pipeline).vae
+        else:
+            from sbldm.models.vae import SliceVAE
+
+            vae = SliceVAE.from_pretrained(self.work / "vae")
+        return vae.float().to(self.device).eval()
 
     def split(self, name: str):
         """The prepared ``train`` or ``test`` split (``sbldm.data.Prepared``), loaded once."""
@@ -71,11 +105,22 @@ def project_root() -> Path:
     return here if (here / "notebooks").is_dir() and (here / "sbldm").is_dir() else Path.cwd()
 
 
+def _check_pipeline_shape(pipeline: Path, cfg: Config) -> None:
+    import json
+
+    meta = pipeline / "sbldm.json"
+    shape = json.loads(meta.read_text()).get("volume_shape") if meta.is_file() else None
+    if shape is not None and tuple(shape) != tuple(cfg.volume_shape):
+        raise ValueError(f"{pipeline}: the pipeline generates volumes of shape {tuple(shape)}, but the "
+                         f"`{cfg.scale}` run's data are {tuple(cfg.volume_shape)}; pick the matching scale")
+
+
 def open_session(scale: str, seed: int = 0, overrides: dict | None = None, work_root: str | Path | None = None,
                  results_root: str | Path | None = None, device: str | None = None,
-                 data: str | Path | None = None) -> Session:
+                 data: str | Path | None = None, pipeline: str | Path | None = None) -> Session:
     """A ``Session`` for ``scale``; ``overrides`` are config fields (see ``sbldm.config``),
-    ``data`` a BraTS folder (None: the phantom cohort).
+    ``data`` a BraTS folder (None: the phantom cohort), ``pipeline`` a saved pipeline to
+    evaluate instead of the trained one (None: ``work/<run>/pipeline``).
 
     Folders: ``work_root/<run>`` and ``results_root/<run>``, where ``<run>`` is
     ``sbldm.config.run_name(scale, seed, overrides, data)`` — so a run with overrides,
@@ -89,10 +134,14 @@ def open_session(scale: str, seed: int = 0, overrides: dict | None = None, work_
         raise FileNotFoundError(f"data folder {data} does not exist (or is not a folder)")
     cpu_setup()
     root = project_root()
-    name = run_name(scale, seed, overrides, data)
+    name = run_name(scale, seed, overrides, data, pipeline)     # refuses a folder that holds no pipeline
+    if pipeline:
+        _check_pipeline_shape(Path(pipeline), cfg)
     out = Path(results_root if results_root is not None else root / "results") / name
-    work = Path(work_root if work_root is not None else root / "work") / name
+    work_root = Path(work_root if work_root is not None else root / "work")
+    work = work_root / name
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     device = pick_device(device)
-    return Session(scale, int(seed), cfg, work, out, device)
+    base = work_root / run_name(scale, seed, overrides, data) if pipeline else work
+    return Session(scale, int(seed), cfg, work, out, device, Path(pipeline).resolve() if pipeline else None, base)

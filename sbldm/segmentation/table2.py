@@ -134,9 +134,12 @@ def quality_filter(masks, requested, cfg: Config) -> tuple[np.ndarray, dict]:
 
 def synthetic_sets(samples: dict, n: int) -> dict:
     """``{generator: (images, masks, requested features or None)}``: the first ``n`` volumes
-    of each generator's Table 1 sample set, checked."""
+    of each generator's Table 1 sample set, checked (generators without samples, e.g.
+    baselines not trained when a shipped pipeline is evaluated, are left out)."""
     out = {}
     for name, key in SYNTHETIC.items():
+        if key not in samples:
+            continue
         s = samples[key]
         if len(s["images"]) < n:
             raise ValueError(f"{key}: {len(s['images'])} synthetic volumes, need {n} (one per real volume); "
