@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -82,7 +84,10 @@ def drive(page, base: str, token: str, out: Path, record: dict, timeout_s: float
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=ms)
     kernel = page.locator(".jp-Toolbar-kernelName").first
     kernel.wait_for(timeout=ms)
-    record["kernel_shown"] = kernel.inner_text().strip()
+    deadline = time.perf_counter() + timeout_s      # "No Kernel" until the session has started
+    while "sbldm" not in (shown := kernel.inner_text().strip()) and time.perf_counter() < deadline:
+        page.wait_for_timeout(250)
+    record["kernel_shown"] = shown
     if "sbldm" not in record["kernel_shown"]:
         raise CheckFailed(f"the notebook opened with kernel {record['kernel_shown']!r}, not 'Python (sbldm)'")
     _step(record, "notebook opened", t0)
@@ -96,7 +101,7 @@ def drive(page, base: str, token: str, out: Path, record: dict, timeout_s: float
         raise CheckFailed("the steering panel never appeared after 'Run All Cells'") from e
     _step(record, "all cells ran, panel shown", t0)
 
-    panel = page.locator(".widget-hbox", has=generate).last
+    panel = page.locator(".widget-hbox", has=generate).first     # the outer box (the button row is one too)
     status = page.locator(".widget-html").last
 
     def press_generate(label: str) -> str:
@@ -105,7 +110,7 @@ def drive(page, base: str, token: str, out: Path, record: dict, timeout_s: float
         page.wait_for_function(
             """([sel, old]) => { const imgs = document.querySelectorAll(sel);
                  const img = imgs[imgs.length - 1]; return img && img.src && img.src !== old; }""",
-            arg=[".widget-output img, .jp-OutputArea-output img", old], timeout=ms)
+            arg=[".widget-output img", old], timeout=ms)
         page.wait_for_timeout(500)
         record[f"status_{label}"] = status.inner_text().strip()
         panel.scroll_into_view_if_needed()
@@ -114,7 +119,8 @@ def drive(page, base: str, token: str, out: Path, record: dict, timeout_s: float
         return panel.locator("img").last.get_attribute("src")
 
     first = press_generate("before")
-    slider = panel.locator(".widget-slider", has=page.locator("label", has_text="x")).first
+    slider = panel.locator(".widget-slider").filter(
+        has=page.locator("label", has_text=re.compile(r"^\s*x\s*$"))).first
     readout = slider.locator(".widget-readout")
     record["x_before"] = readout.inner_text().strip()
     handle = slider.locator(".noUi-handle").first
@@ -151,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     port, token = _free_port(), secrets.token_hex(16)
-    log_path = out.parent / "browser_check_jupyterlab.log"
+    log_path = Path(tempfile.gettempdir()) / "sbldm_browser_check_jupyterlab.log"
     version = subprocess.run([args.chromium, "--version"], capture_output=True, text=True).stdout.strip()
     record = {"notebook": NOTEBOOK, "chromium": version, "versions": library_versions(), "steps": [],
               "when": time.strftime("%Y-%m-%d %H:%M:%S")}

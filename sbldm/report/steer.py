@@ -183,5 +183,6 @@ class TumourSteering:
         save.on_click(on_save)
         self._widgets = {"sliders": sliders, "guidance": guidance, "steps": steps, "seed": seed,
                          "generate": go, "save": save, "output": out, "status": status}
-        controls = w.VBox([*sliders.values(), guidance, steps, seed, w.HBox([go, save]), status])
+        controls = w.VBox([*sliders.values(), guidance, steps, seed, w.HBox([go, save]), status],
+                          layout=w.Layout(min_width="360px"))     # room for the sliders' readouts
         return w.HBox([controls, out])
