@@ -99,8 +99,11 @@ def test_a_session_on_a_saved_pipeline_reads_data_and_baselines_from_the_plain_r
     dirs = s.generator_dirs()
     assert dirs["sbldm"] == pipe.resolve() and dirs["ldm3d"] == s.base_work / "ldm3d" / "model"
     assert s.slice_vae().training is False
+    caches = s.sample_dirs()           # the baselines' volumes are shared with the plain run
+    assert caches["sbldm"] == s.work / "samples" and caches["lsgan3d"] == s.base_work / "samples"
     plain = open_session("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", device="cpu")
     assert plain.generator_dirs()["sbldm"] == plain.work / "pipeline" and plain.base_work == plain.work
+    assert set(plain.sample_dirs().values()) == {plain.work / "samples"}
     # a pipeline of another volume shape cannot be compared with this run's data
     other = _saved_pipeline(tmp_path / "other", volume_shape=(32, 32, 8))
     with pytest.raises(ValueError, match=r"\(32, 32, 8\).*\(32, 32, 16\)"):

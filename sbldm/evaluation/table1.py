@@ -58,10 +58,12 @@ def _torch_gen(seed: int):
     return torch.Generator().manual_seed(int(seed))
 
 
-def sample_methods(gens: dict, cfg: Config, work: Path, dirs: dict[str, Path], progress: bool = True) -> dict:
+def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[str, Path],
+                   progress: bool = True) -> dict:
     """``{row: {"images", "masks", "conditions", "seconds"}}`` for every Table 1 row whose
-    generator is in ``gens``, cached under ``work/samples/`` and redrawn when the model
-    folder in ``dirs`` (where ``gens`` came from) or its files change."""
+    generator is in ``gens``, cached in the folder ``caches[key]`` names for its generator
+    (``Session.sample_dirs()``) and redrawn when the model folder in ``dirs`` (where
+    ``gens`` came from) or its files change."""
     samples = {}
     for row, key, opts in ROWS:
         if key not in gens:
@@ -71,7 +73,7 @@ def sample_methods(gens: dict, cfg: Config, work: Path, dirs: dict[str, Path], p
         gen = gens[key]
         fn = lambda b, s, gen=gen, options=options: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
         slug = row.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
-        samples[row] = ev.cached_samples(work / "samples" / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
+        samples[row] = ev.cached_samples(Path(caches[key]) / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
                                          meta={"options": options, "model": str(dirs[key]),
                                                "mtime": _mtime(dirs[key])}, progress=progress)
         if samples[row]["conditions"] is None and key == "sbldm":

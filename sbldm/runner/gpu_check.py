@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", default="paper", choices=SCALES, help="preset measured (default: paper)")
     ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                     help="cuda (default); cpu only with --scale smoke, to test this script")
-    ap.add_argument("--repeats", type=int, default=3, help="timed repetitions per measurement (median)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed repetitions per measurement (median)")
     ap.add_argument("--train-steps", type=int, default=30, help="steps per stage of the training smoke (0: skip)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder of the JSON and Markdown")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",

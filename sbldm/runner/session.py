@@ -58,6 +58,13 @@ class Session:
         return {"sbldm": self.pipeline or self.work / "pipeline",
                 "ldm3d": self.base_work / "ldm3d" / "model", "lsgan3d": self.base_work / "lsgan3d" / "model"}
 
+    def sample_dirs(self) -> dict[str, Path]:
+        """Where each generator's synthetic volumes are cached: SBLDM's in this run's
+        ``work/<run>/samples``, the baselines' beside their models in the plain run's (the
+        same models give the same volumes, so a run on a saved pipeline reuses them)."""
+        return {"sbldm": self.work / "samples", "ldm3d": self.base_work / "samples",
+                "lsgan3d": self.base_work / "samples"}
+
     def slice_vae(self):
         """The slice VAE in fp32 on the session's device, eval mode: the given pipeline's, or
         the one notebook 01 trained."""
