@@ -221,3 +221,24 @@ def test_the_pipeline_refuses_malformed_conditions(prior_pipe):
         prior_pipe(conditions=[{**good, "x": 99.0}], num_inference_steps=1)
     with pytest.raises(ValueError, match="look like raw features"):
         prior_pipe(conditions=prior_pipe.train_features[:1], num_inference_steps=1)
+
+
+def test_the_conditioner_component_keeps_what_it_is_given_and_refuses_a_bad_affine(tmp_path):
+    from sbldm.data.tumor import FeatureNormalizer
+    from sbldm.diffusion.conditioner import TumourConditioner
+
+    feats = np.abs(np.random.default_rng(0).normal(10, 2, (5, 9))) + 1
+    norm = FeatureNormalizer.fit(feats, (32, 32, 16), kind="zscore")
+    c = TumourConditioner.build((32, 32, 16), norm, feats, np.diag([2.0, 2.0, 3.0, 1.0]))
+    moved = c.updated(affine=np.diag([1.0, 1.0, 1.0, 1.0]))
+    assert moved.volume_shape == (32, 32, 16) and moved.normalizer.to_dict() == norm.to_dict()
+    np.testing.assert_array_equal(moved.train_features, feats)
+    np.testing.assert_array_equal(moved.affine, np.eye(4))
+    c.save_pretrained(tmp_path / "c")
+    back = TumourConditioner.from_pretrained(tmp_path, subfolder="c")
+    np.testing.assert_array_equal(back.normalizer.transform(feats), norm.transform(feats))
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["config.json"]      # no weights to store
+    with pytest.raises(ValueError, match="invertible 4x4"):
+        TumourConditioner.build((32, 32, 16), affine=np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"\(x, y, z\)"):
+        TumourConditioner(volume_shape=[32, 32])

@@ -64,7 +64,7 @@ def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
                     if not k.startswith("_") and k != "scaling_factor"}        # learnt from the latents, not preset
         assert {k: saved[k] for k in expected} == expected, name
     assert 0.5 < json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] < 2
-    meta = json.loads((folder / "sbldm.json").read_text())
+    meta = json.loads((folder / "conditioner" / "config.json").read_text())
     assert tuple(meta["volume_shape"]) == cfg.volume_shape and meta["normalizer"]["kind"] == cfg.condition_normalization
     assert meta["affine"] is not None and len(meta["train_features"]) == cfg.n_train
     pipe = SBLDMPipeline.from_pretrained(folder)

@@ -316,10 +316,15 @@ def test_pipeline_save_load_roundtrip(pipe, tmp_path):
     from sbldm import SBLDMPipeline
 
     pipe.save_pretrained(tmp_path / "p")
-    assert (tmp_path / "p" / "sbldm.json").is_file()
-    # the latent scale lives where diffusers keeps it: the VAE's config
+    # diffusers' layout and nothing else: the latent scale in the VAE's config (as diffusers
+    # keeps it), what conditions mean in the conditioner's
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["conditioner", "model_index.json", "scheduler",
+                                                                  "unet", "vae"]
     assert json.loads((tmp_path / "p" / "vae" / "config.json").read_text())["scaling_factor"] == pytest.approx(1 / 1.7)
-    assert "latent_std" not in json.loads((tmp_path / "p" / "sbldm.json").read_text())
+    cond = json.loads((tmp_path / "p" / "conditioner" / "config.json").read_text())
+    assert cond["volume_shape"] == [16, 16, 8] and len(cond["train_features"]) == len(pipe.train_features)
+    assert json.loads((tmp_path / "p" / "model_index.json").read_text())["conditioner"] == [
+        "sbldm.diffusion.conditioner", "TumourConditioner"]
     back = SBLDMPipeline.from_pretrained(tmp_path / "p")
     assert back.latent_std == pytest.approx(1.7)
     assert back.normalizer.to_dict() == pipe.normalizer.to_dict()
@@ -479,11 +484,10 @@ def test_bench_refuses_an_unknown_fast_path():
         variant_flags("channel_last")
 
 
-def test_a_pipeline_folder_with_the_old_latent_scale_layout_is_refused_by_name(pipe, tmp_path):
+def test_a_pipeline_folder_of_the_old_layout_is_refused_by_name(pipe, tmp_path):
     from sbldm import SBLDMPipeline
 
     pipe.save_pretrained(tmp_path / "p")
-    meta = json.loads((tmp_path / "p" / "sbldm.json").read_text())
-    (tmp_path / "p" / "sbldm.json").write_text(json.dumps({**meta, "latent_std": 1.7}))
+    (tmp_path / "p" / "sbldm.json").write_text(json.dumps({"latent_std": 1.7, "volume_shape": [16, 16, 8]}))
     with pytest.raises(ValueError, match="scaling_factor = 1 / latent_std"):
         SBLDMPipeline.from_pretrained(tmp_path / "p")

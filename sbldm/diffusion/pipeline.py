@@ -5,10 +5,11 @@
     out.images.shape, out.masks.shape      # (2, x, y, z) float32 in [-1, 1], uint8 {0, 1}
     out.save_nifti("samples/")             # sample_000_flair.nii.gz + sample_000_seg.nii.gz, ...
 
-Components: ``vae`` (``SliceVAE``), ``unet`` (``ConditionedUNet3D``), ``scheduler``
-(diffusers ``DDPMScheduler``, the training schedule). Beside diffusers' files the
-pipeline folder holds ``sbldm.json``: the latent scale, the feature normaliser, the
-training tumour features (for drawing conditions) and the volume shape.
+Components: ``vae`` (``SliceVAE``; its config holds the latent ``scaling_factor``),
+``unet`` (``ConditionedUNet3D``), ``scheduler`` (diffusers ``DDPMScheduler``, the training
+schedule) and ``conditioner`` (``TumourConditioner``: the feature normaliser, the training
+tumour features conditions are drawn from, the volume shape and the grid affine). A
+saved folder is diffusers' layout and nothing else.
 
 Sampling: Gaussian noise of shape (N, C, H', W', D) is denoised by DDIM
 (``num_inference_steps``, ``eta``; eta=0 is deterministic given the initial noise) or
@@ -20,7 +21,6 @@ told its relative position, in chunks of ``decode_chunk_size`` slices.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,11 +35,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm import paper
 from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.diffusion.conditioner import TumourConditioner
 from sbldm.diffusion.conditioning import check_conditions, check_normalised, latent_grid, render_prior
 from sbldm.io import save_samples_nifti
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
 
-METADATA = "sbldm.json"
+OLD_METADATA = "sbldm.json"      # the layout before 0.2, refused by name
 
 
 @dataclass
@@ -73,41 +74,50 @@ def untrained_normalizer(cfg) -> FeatureNormalizer:
 
 class SBLDMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
+    _exclude_from_cpu_offload = ["conditioner"]
 
-    def __init__(self, vae, unet, scheduler):
+    def __init__(self, vae, unet, scheduler, conditioner: TumourConditioner):
         super().__init__()
-        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
-        self.normalizer: FeatureNormalizer | None = None
-        self.train_features: np.ndarray | None = None
-        self.volume_shape: tuple[int, int, int] | None = None
-        self.affine: np.ndarray | None = None   # voxel -> world (mm) of the training grid
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler, conditioner=conditioner)
         self._channels_last = False           # set by enable_fast_paths
 
-    # -- construction -------------------------------------------------------------------
+    # -- what the pipeline knows besides its networks ------------------------------------
 
     @property
     def latent_std(self) -> float:
         """The std the latents were divided by: ``1 / vae.config.scaling_factor``."""
         return 1.0 / float(self.vae.config.scaling_factor)
 
+    @property
+    def normalizer(self) -> FeatureNormalizer | None:
+        return self.conditioner.normalizer
+
+    @property
+    def train_features(self) -> np.ndarray | None:
+        """(N, 9) raw features of the training tumours (conditions are drawn from them)."""
+        return self.conditioner.train_features
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int] | None:
+        return self.conditioner.volume_shape
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        """Voxel -> world (mm) matrix of the training grid."""
+        return self.conditioner.affine
+
     def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
                      train_features=None, volume_shape: Sequence[int] | None = None,
                      affine=None) -> "SBLDMPipeline":
+        """Set what is given (None keeps the current value): the latent scale goes to
+        ``vae.config.scaling_factor``, the rest to the ``conditioner`` component."""
         if latent_std is not None:
             if not latent_std > 0:
                 raise ValueError(f"latent_std must be positive, got {latent_std}")
             self.vae.register_to_config(scaling_factor=1.0 / float(latent_std))
-        if normalizer is not None:
-            self.normalizer = normalizer
-        if train_features is not None:
-            self.train_features = as_matrix(np.asarray(train_features, dtype=np.float64))
-        if volume_shape is not None:
-            self.volume_shape = tuple(int(s) for s in volume_shape)
-        if affine is not None:
-            a = np.asarray(affine, np.float64)
-            if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
-                raise ValueError(f"affine must be a finite, invertible 4x4 voxel-to-world matrix, got {a.tolist()}")
-            self.affine = a
+        if any(v is not None for v in (normalizer, train_features, volume_shape, affine)):
+            self.register_modules(conditioner=self.conditioner.updated(
+                volume_shape=volume_shape, normalizer=normalizer, train_features=train_features, affine=affine))
         return self
 
     @classmethod
@@ -115,7 +125,7 @@ class SBLDMPipeline(DiffusionPipeline):
                         affine=None):
         """``latent_std``: the latents' global std (sets ``vae.config.scaling_factor``; None keeps
         the VAE's); ``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``)."""
-        pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg))
+        pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg), conditioner=TumourConditioner())
         return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine)
 
     @classmethod
@@ -128,43 +138,24 @@ class SBLDMPipeline(DiffusionPipeline):
         cfg = resolve(scale, **overrides)
         return cls.from_components(cfg, build_vae(cfg), build_unet(cfg), normalizer=untrained_normalizer(cfg))
 
-    # -- persistence --------------------------------------------------------------------
-
-    def _metadata(self) -> dict:
-        return {
-            "volume_shape": None if self.volume_shape is None else list(self.volume_shape),
-            "normalizer": None if self.normalizer is None else self.normalizer.to_dict(),
-            "train_features": None if self.train_features is None else self.train_features.tolist(),
-            "affine": None if self.affine is None else self.affine.tolist(),
-        }
-
-    def save_pretrained(self, save_directory, **kwargs):
-        from sbldm.io import atomic_write_json
-
-        super().save_pretrained(save_directory, **kwargs)
-        atomic_write_json(Path(save_directory) / METADATA, self._metadata())
+    # -- persistence: diffusers' own (model_index.json and one folder per component) -----
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         path = Path(pretrained_model_name_or_path)
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a saved SBLDMPipeline folder (no model_index.json)")
+        if (path / OLD_METADATA).is_file():
+            raise ValueError(f"{path}: saved by an sbldm before 0.2, which kept the latent scale, normaliser, "
+                             f"training features, shape and affine in {OLD_METADATA}; sbldm now keeps the scale in "
+                             "vae/config.json (scaling_factor = 1 / latent_std) and the rest in the conditioner "
+                             "component. Re-save the pipeline with a current sbldm")
         # diffusers loads components only from modules already imported
         from sbldm.models import unet3d, vae  # noqa: F401
 
         pipe = super().from_pretrained(str(path), **kwargs)
         if "torch_dtype" not in kwargs and any(p.dtype == torch.float16 for p in pipe.unet.parameters()):
             pipe.to(torch.float32)          # weights stored in fp16 to save space (sbldm.report.ship)
-        meta_path = path / METADATA
-        if meta_path.is_file():
-            meta = json.loads(meta_path.read_text())
-            if "latent_std" in meta:
-                raise ValueError(f"{path}: saved by an sbldm before 0.2, with the latent scale in {METADATA}; "
-                                 "sbldm now keeps it in vae/config.json as scaling_factor (the diffusers "
-                                 "convention). Move it there (scaling_factor = 1 / latent_std) or re-save")
-            pipe.set_metadata(None,
-                              FeatureNormalizer.from_dict(meta["normalizer"]) if meta.get("normalizer") else None,
-                              meta.get("train_features"), meta.get("volume_shape"), meta.get("affine"))
         return pipe
 
     # -- fast paths ----------------------------------------------------------------------

@@ -115,7 +115,7 @@ def project_root() -> Path:
 def _check_pipeline_shape(pipeline: Path, cfg: Config) -> None:
     import json
 
-    meta = pipeline / "sbldm.json"
+    meta = pipeline / "conditioner" / "config.json"
     shape = json.loads(meta.read_text()).get("volume_shape") if meta.is_file() else None
     if shape is not None and tuple(shape) != tuple(cfg.volume_shape):
         raise ValueError(f"{pipeline}: the pipeline generates volumes of shape {tuple(shape)}, but the "

@@ -1,0 +1,94 @@
+"""``TumourConditioner``: the pipeline component that knows what a trained SBLDM was
+conditioned on, so that a saved pipeline folder is diffusers' own layout and nothing
+else (``model_index.json`` plus one sub-folder per component).
+
+Its config holds the feature normaliser (``sbldm.data.tumor.FeatureNormalizer``), the
+training tumours' 9 features (the distribution conditions are drawn from when none are
+given), the volume shape the pipeline generates and the training grid's voxel-to-world
+affine. It has no weights: diffusers saves components that are models or schedulers, so
+it is a parameter-free ``ModelMixin`` that saves and loads its config alone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from sbldm.data.tumor import FeatureNormalizer, as_matrix
+
+
+def _check_affine(affine) -> np.ndarray:
+    a = np.asarray(affine, np.float64)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise ValueError(f"affine must be a finite, invertible 4x4 voxel-to-world matrix, got {a.tolist()}")
+    return a
+
+
+class TumourConditioner(ModelMixin, ConfigMixin):
+    """Normaliser, training features, volume shape and grid affine of a pipeline (each may
+    be None: an untrained pipeline knows only its shape)."""
+
+    @register_to_config
+    def __init__(self, volume_shape: Sequence[int] | None = None, normalizer: dict | None = None,
+                 train_features: list | None = None, affine: list | None = None):
+        super().__init__()
+        # no weights, but diffusers asks every component for its dtype and device: a scalar
+        # that moves with the pipeline answers (not saved)
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+        self._normalizer = None if normalizer is None else FeatureNormalizer.from_dict(normalizer)
+        self._features = None if train_features is None else as_matrix(np.asarray(train_features, np.float64))
+        self._affine = None if affine is None else _check_affine(affine)
+        if volume_shape is not None and len(volume_shape) != 3:
+            raise ValueError(f"volume_shape must be (x, y, z), got {volume_shape}")
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        """Its config is all it has: ``save_directory/config.json``."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.save_config(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, subfolder: str | None = None, **kwargs):
+        """Read back from ``config.json`` (diffusers passes loading options such as
+        ``torch_dtype``: there are no weights for them to apply to)."""
+        path = os.path.join(os.fspath(pretrained_model_name_or_path), subfolder or "")
+        return cls.from_config(cls.load_config(path))
+
+    @classmethod
+    def build(cls, volume_shape=None, normalizer: FeatureNormalizer | None = None, train_features=None,
+              affine=None) -> "TumourConditioner":
+        """From Python objects (a ``FeatureNormalizer``, arrays) rather than their JSON forms."""
+        return cls(volume_shape=None if volume_shape is None else [int(s) for s in volume_shape],
+                   normalizer=None if normalizer is None else normalizer.to_dict(),
+                   train_features=None if train_features is None
+                   else as_matrix(np.asarray(train_features, np.float64)).tolist(),
+                   affine=None if affine is None else _check_affine(affine).tolist())
+
+    def updated(self, **changes) -> "TumourConditioner":
+        """A copy with some of ``volume_shape``, ``normalizer``, ``train_features``, ``affine`` replaced."""
+        now = {"volume_shape": self.volume_shape, "normalizer": self.normalizer,
+               "train_features": self.train_features, "affine": self.affine}
+        now.update({k: v for k, v in changes.items() if v is not None})
+        return self.build(**now)
+
+    @property
+    def volume_shape(self) -> tuple[int, int, int] | None:
+        s = self.config.volume_shape
+        return None if s is None else tuple(int(v) for v in s)
+
+    @property
+    def normalizer(self) -> FeatureNormalizer | None:
+        return self._normalizer
+
+    @property
+    def train_features(self) -> np.ndarray | None:
+        return self._features
+
+    @property
+    def affine(self) -> np.ndarray | None:
+        return self._affine
