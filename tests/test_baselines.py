@@ -253,6 +253,25 @@ def test_train_ldm3d_end_to_end(prepared, tmp_path, disc):
     s = sample(loaded)
     assert s.images.shape == (2, 16, 16, 8)
     np.testing.assert_array_equal(s.images, sample(gen).images)
+    # a diffusers pipeline folder: the latent scale in the autoencoder's config, the
+    # discriminator a component only when there is one
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    assert index["_class_name"] == "LDM3D" and index["volume_shape"] == [16, 16, 8]
+    assert (index["discriminator"][1] == "Discriminator3D") is disc
+    ae_config = json.loads((tmp_path / "model" / "autoencoder" / "config.json").read_text())
+    assert ae_config["scaling_factor"] == pytest.approx(1 / std, rel=1e-5)
+
+
+def test_a_3d_ldm_folder_of_the_old_layout_is_refused_by_name(tmp_path):
+    from sbldm.generators.common import write_marker
+    from sbldm.generators.ldm3d import LDM3D
+
+    write_marker(tmp_path, "ldm3d", volume_shape=[16, 16, 8], latent_std=0.7)
+    with pytest.raises(ValueError, match="before 0.2"):
+        LDM3D.from_pretrained(tmp_path)
+    write_marker(tmp_path, "lsgan3d")
+    with pytest.raises(ValueError, match="'lsgan3d' generator, not 'ldm3d'"):
+        LDM3D.from_pretrained(tmp_path)
 
 
 # -- paper-preset sizes ------------------------------------------------------------------------------

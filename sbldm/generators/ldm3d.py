@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
+from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
@@ -76,7 +77,8 @@ class AutoencoderKL3D(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, in_channels: int = 2, out_channels: int = 2,
                  block_out_channels: Sequence[int] = (64, 128, 256, 512), downsampling: int = 4,
-                 layers_per_block: int = 1, latent_channels: int = 6, norm_num_groups: int = 32):
+                 layers_per_block: int = 1, latent_channels: int = 6, norm_num_groups: int = 32,
+                 scaling_factor: float = 1.0):
         super().__init__()
         ch = list(block_out_channels)
         n_down = int(round(math.log2(downsampling)))
@@ -206,37 +208,70 @@ def unet_parameters(unet) -> int:
     return count(unet) - count(unet.cond_embedding)
 
 
-class LDM3D:
-    """The 3D-LDM as a generator (``sbldm.generators.registry`` interface)."""
+class LDM3D(DiffusionPipeline):
+    """The 3D-LDM as a diffusers pipeline, behind the generator interface
+    (``sbldm.generators.registry``).
+
+    Components: ``autoencoder`` (``AutoencoderKL3D``; its config holds the latent
+    ``scaling_factor``, 1 / the global std of the training posterior means), ``unet``
+    (``ConditionedUNet3D``, used unconditionally), ``scheduler`` (the training schedule) and,
+    when it was trained as the paper's VAE-GAN, ``discriminator`` (training only). The
+    pipeline's own config holds the volume shape and the sampling defaults. ``pipe(n)`` and
+    ``pipe.generate(n)`` sample; ``save_pretrained`` / ``from_pretrained`` are diffusers'.
+    """
 
     kind = KIND
+    model_cpu_offload_seq = "unet->autoencoder"
+    _optional_components = ["discriminator"]
 
-    def __init__(self, autoencoder: AutoencoderKL3D, unet, scheduler, volume_shape: Sequence[int],
-                 latent_std: float = 1.0, discriminator: Discriminator3D | None = None, sampler: str = "ddim",
-                 num_inference_steps: int = 50, eta: float = 0.0):
-        if not latent_std > 0:
-            raise ValueError(f"latent_std must be positive, got {latent_std}")
-        self.autoencoder, self.unet, self.scheduler = autoencoder, unet, scheduler
-        self.discriminator = discriminator
-        self.volume_shape = tuple(int(s) for s in volume_shape)
-        self.latent_std = float(latent_std)
-        self.sampler, self.num_inference_steps, self.eta = sampler, int(num_inference_steps), float(eta)
+    def __init__(self, autoencoder: AutoencoderKL3D, unet, scheduler, discriminator: Discriminator3D | None = None,
+                 volume_shape: list | tuple = (192, 192, 96), sampler: str = "ddim", num_inference_steps: int = 50,
+                 eta: float = 0.0):
+        super().__init__()
+        self.register_modules(autoencoder=autoencoder, unet=unet, scheduler=scheduler, discriminator=discriminator)
+        self.register_to_config(volume_shape=[int(s) for s in volume_shape], sampler=sampler,
+                                num_inference_steps=int(num_inference_steps), eta=float(eta))
         self.unet.cond_embedding.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg) -> "LDM3D":
+        """An untrained 3D-LDM of a config's ``ldm3d_*`` fields (name kept from the generator
+        interface: this is not diffusers' ``from_config``)."""
         ae, unet, disc = build_networks(cfg)
-        return cls(ae, unet, make_scheduler(cfg, cfg.ldm3d_diffusion_prediction_type), cfg.volume_shape, 1.0, disc, cfg.sampler,
-                   cfg.num_inference_steps, cfg.eta)
+        return cls(ae, unet, make_scheduler(cfg, cfg.ldm3d_diffusion_prediction_type), disc, cfg.volume_shape,
+                   cfg.sampler, cfg.num_inference_steps, cfg.eta)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "LDM3D":
+        path = Path(pretrained_model_name_or_path)
+        meta = read_marker(path, KIND)                 # refuses a folder of another generator, naming it
+        if meta.get("format", 1) < 2 or not (path / "model_index.json").is_file():
+            raise ValueError(f"{path}: a 3D-LDM saved by an sbldm before 0.2 (its own layout, the latent scale in "
+                             "generator.json); it is a diffusers pipeline now. Retrain it (notebook 03) or re-save it")
+        from sbldm.models import unet3d  # noqa: F401  (diffusers loads classes from imported modules)
+        from sbldm.generators import common  # noqa: F401
+
+        pipe = super().from_pretrained(str(path), **kwargs)
+        pipe.autoencoder.eval()
+        pipe.unet.eval()
+        return pipe
+
+    def save_pretrained(self, save_directory, **kwargs) -> None:
+        super().save_pretrained(save_directory, **kwargs)
+        write_marker(save_directory, KIND, format=2)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+    def volume_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.config.volume_shape)
 
-    def to(self, device) -> "LDM3D":
-        for m in (self.autoencoder, self.unet, self.discriminator):
-            if m is not None:
-                m.to(device)
+    @property
+    def latent_std(self) -> float:
+        return 1.0 / float(self.autoencoder.config.scaling_factor)
+
+    def set_latent_std(self, latent_std: float) -> "LDM3D":
+        if not latent_std > 0:
+            raise ValueError(f"latent_std must be positive, got {latent_std}")
+        self.autoencoder.register_to_config(scaling_factor=1.0 / float(latent_std))
         return self
 
     @property
@@ -251,18 +286,20 @@ class LDM3D:
         return {"autoencoder": ae, "discriminator": d, "unet": u, "total": ae + d + u, "sampling": ae + u}
 
     @torch.no_grad()
-    def generate(self, n: int, generator: torch.Generator | None = None, sampler: str | None = None,
+    def __call__(self, num_volumes: int = 1, generator: torch.Generator | None = None, sampler: str | None = None,
                  num_inference_steps: int | None = None, eta: float | None = None, batch_size: int = 4,
                  noise: torch.Tensor | None = None, progress: bool = False, output_type: str = "np"):
-        """``n`` volumes: latent noise (drawn with ``generator``, or ``noise``) denoised by
-        DDIM (``eta``) or DDPM, times ``latent_std``, decoded. Defaults come from the config
-        the model was built with. ``output_type="latent"`` returns the model-space latents."""
-        sampler = sampler or self.sampler
-        eta = self.eta if eta is None else float(eta)
-        steps = num_inference_steps or (self.num_inference_steps if sampler == "ddim" else None)
-        sched = sampling_scheduler(self.scheduler, sampler, steps, self.device)
-        dev, dtype = self.device, next(self.unet.parameters()).dtype
-        shape = (int(n), *self.latent_shape)
+        """``num_volumes`` volumes: latent noise (drawn with ``generator``, or ``noise``)
+        denoised by DDIM (``eta``) or DDPM, times ``latent_std``, decoded. Defaults come
+        from the config the model was built with. ``output_type="latent"`` returns the
+        model-space latents."""
+        n = int(num_volumes)
+        sampler = sampler or self.config.sampler
+        eta = self.config.eta if eta is None else float(eta)
+        steps = num_inference_steps or (self.config.num_inference_steps if sampler == "ddim" else None)
+        dev, dtype = self.unet.device, self.unet.dtype
+        sched = sampling_scheduler(self.scheduler, sampler, steps, dev)
+        shape = (n, *self.latent_shape)
         if noise is None:
             noise = randn_tensor(shape, generator=generator, device=dev, dtype=dtype)
         elif tuple(noise.shape) != shape:
@@ -272,14 +309,14 @@ class LDM3D:
         self.autoencoder.eval()
         try:
             lat_out, vol_out = [], []
-            for s in range(0, int(n), max(int(batch_size), 1)):
+            for s in range(0, n, max(int(batch_size), 1)):
                 lat = denoise(lambda x, t: self.unet(x, t, None), noise[s:s + batch_size].to(dev, dtype), sched,
                               eta=eta, generator=generator, progress=progress, desc="ldm3d")
                 if output_type == "latent":
                     lat_out.append(lat.float().cpu())
                 else:
-                    ae_dtype = next(self.autoencoder.parameters()).dtype
-                    vol_out.append(self.autoencoder.decode((lat * self.latent_std).to(ae_dtype)).float().cpu())
+                    vol_out.append(self.autoencoder.decode((lat * self.latent_std).to(self.autoencoder.dtype))
+                                   .float().cpu())
         finally:
             self.unet.train(modes[0])
             self.autoencoder.train(modes[1])
@@ -287,32 +324,9 @@ class LDM3D:
             return torch.cat(lat_out).numpy() if lat_out else np.zeros((0, *self.latent_shape), np.float32)
         return to_samples(torch.cat(vol_out) if vol_out else torch.zeros(0, 2, *self.volume_shape))
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        d = Path(directory)
-        self.autoencoder.save_pretrained(d / "autoencoder")
-        self.unet.save_pretrained(d / "unet")
-        self.scheduler.save_pretrained(d / "scheduler")
-        if self.discriminator is not None:
-            self.discriminator.save_pretrained(d / "discriminator")
-        write_marker(d, KIND, volume_shape=list(self.volume_shape), latent_std=self.latent_std,
-                     scaling_factor=1.0 / self.latent_std, sampler=self.sampler,
-                     num_inference_steps=self.num_inference_steps, eta=self.eta,
-                     discriminator=self.discriminator is not None)
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "LDM3D":
-        from diffusers import DDPMScheduler
-
-        from sbldm.models.unet3d import ConditionedUNet3D
-
-        d = Path(directory)
-        meta = read_marker(d, KIND)
-        ae = AutoencoderKL3D.from_pretrained(d / "autoencoder").eval()
-        unet = ConditionedUNet3D.from_pretrained(d / "unet").eval()
-        sched = DDPMScheduler.from_pretrained(d / "scheduler")
-        disc = Discriminator3D.from_pretrained(d / "discriminator") if (d / "discriminator").is_dir() else None
-        return cls(ae, unet, sched, meta["volume_shape"], meta["latent_std"], disc, meta.get("sampler", "ddim"),
-                   meta.get("num_inference_steps", 50), meta.get("eta", 0.0))
+    def generate(self, n: int, generator: torch.Generator | None = None, **options):
+        """The generator interface's name for ``__call__``."""
+        return self(n, generator=generator, **options)
 
 
 # -- training ----------------------------------------------------------------------------------
@@ -451,8 +465,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
                             batch_size=cfg.ldm3d_diffusion_batch_size)
     if not done:
         return None
-    result = LDM3D(ae.eval(), unet_model.eval(), scheduler, cfg.volume_shape, latent_std, disc, cfg.sampler,
-                   cfg.num_inference_steps, cfg.eta)
+    result = LDM3D(ae.eval(), unet_model.eval(), scheduler, disc, cfg.volume_shape, cfg.sampler,
+                   cfg.num_inference_steps, cfg.eta).set_latent_std(latent_std)
     if accelerator.is_main_process:
         result.save_pretrained(out / MODEL_DIR)
     return result
