@@ -300,3 +300,44 @@ def tumour_volume_histogram(volumes_ml: dict, reference: tuple[float, float] | N
         ax.set_title(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | None = None):
+    """Left: histograms of the intensities inside the tumour masks, one line per set
+    (``{name: (images, masks)}``), the first set drawn filled as the reference. Right: the
+    axial slice through the largest tumour of the first ``n_examples`` volumes of each set,
+    the mask outlined, cropped around the tumour. Sets whose masks are all empty are left out."""
+    plt = agg_pyplot()
+    names = [k for k in sets if np.asarray(sets[k][1]).any()]       # a set without any tumour has nothing to show
+    fig = plt.figure(figsize=(4.5 + 1.6 * n_examples, 1.7 * len(names) + 0.8))
+    grid = fig.add_gridspec(len(names), n_examples + 2, width_ratios=[2.6, 0.2] + [1] * n_examples)
+    ax_h = fig.add_subplot(grid[:, 0])
+    bins = np.linspace(-1, 1, 41)
+    for k, name in enumerate(names):
+        images, masks = (np.asarray(a) for a in sets[name])
+        values = images[masks.astype(bool)]
+        if values.size:
+            ax_h.hist(values, bins=bins, density=True, histtype="stepfilled" if k == 0 else "step",
+                      alpha=0.35 if k == 0 else 1.0, lw=1.5, label=name)
+        shown = [i for i in range(len(masks)) if masks[i].any()][:n_examples]
+        for j in range(n_examples):
+            ax = fig.add_subplot(grid[k, j + 2])
+            ax.set_axis_off()
+            if j >= len(shown):
+                continue
+            im, m = images[shown[j]], masks[shown[j]].astype(bool)
+            z = int(np.argmax(m.sum(axis=(0, 1))))
+            xs, ys = np.nonzero(m[:, :, z])
+            pad = 6
+            x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, m.shape[0])
+            y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, m.shape[1])
+            show_slice(ax, im[x0:x1, y0:y1, :], m[x0:x1, y0:y1, :], "axial", z)
+            if j == 0:
+                ax.set_title(name, fontsize=8, loc="left")
+    ax_h.set_xlabel("intensity inside the tumour mask")
+    ax_h.set_ylabel("density")
+    ax_h.legend(fontsize=7, loc="upper left")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig

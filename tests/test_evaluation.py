@@ -192,3 +192,44 @@ def test_image_mask_agreement_leaves_out_volumes_whose_mask_is_empty():
     # before: an empty prediction on an empty mask scored Dice 1, so this generator got 1.0
     assert np.isnan(empty["seg_dice_on_own_mask"]) and empty["n_empty_own_mask"] == 4
     assert rows[0]["seg_dice_on_own_mask"] == 0.0 and rows[0]["n_empty_own_mask"] == 2
+
+
+def _brain_with_tumours(tumours, shape=(40, 40, 40)):
+    """Background -1, a brain ball of intensity 0, then (centre, radius, intensity) balls."""
+    grid = np.indices(shape).astype(float)
+    def ball(c, r):
+        return ((grid - np.array(c, float)[:, None, None, None]) ** 2).sum(0) <= r ** 2
+    im = np.full(shape, -1.0, np.float32)
+    im[ball((20, 20, 20), 17)] = 0.0
+    mask = np.zeros(shape, np.uint8)
+    for c, r, v, in_mask in tumours:
+        im[ball(c, r)] = v
+        if in_mask:
+            mask[ball(c, r)] = 1
+    return im, mask
+
+
+def test_tumour_appearance_sees_a_dark_core_pieces_and_contrast():
+    from sbldm.evaluation.generation import tumour_appearance
+
+    # a bright tumour (radius 6) with a dark core (radius 3): 1/8 of its volume is dark
+    cored = _brain_with_tumours([((20, 20, 20), 6, 0.8, True), ((20, 20, 20), 3, -0.5, True)])
+    r = tumour_appearance(*[a[None] for a in cored])
+    def voxels(r):                                         # voxel count of a digital ball of radius r
+        return int((((np.indices((2 * r + 1,) * 3) - r) ** 2).sum(0) <= r * r).sum())
+
+    exact = voxels(3) / voxels(6)
+    assert r["dark_fraction_median"] == pytest.approx(exact, abs=1e-6) and r["dark_core_share"] == 1.0
+    assert r["components_mean"] == 1 and r["multi_component_fraction"] == 0
+    # a homogeneous bright tumour: no dark part, contrast to the brain around it, no spread
+    plain = _brain_with_tumours([((20, 20, 20), 6, 0.8, True)])
+    r = tumour_appearance(*[a[None] for a in plain])
+    assert r["dark_fraction_median"] == 0 and r["dark_core_share"] == 0
+    assert r["contrast_median"] == pytest.approx(0.8, abs=1e-6) and r["intensity_std_median"] == pytest.approx(0, abs=1e-6)
+    # two pieces, and an empty mask counted apart
+    two = _brain_with_tumours([((12, 20, 20), 3, 0.8, True), ((28, 20, 20), 3, 0.8, True)])
+    empty = (plain[0], np.zeros_like(plain[1]))
+    r = tumour_appearance(np.stack([two[0], empty[0]]), np.stack([two[1], empty[1]]))
+    assert r["n"] == 2 and r["n_empty"] == 1 and r["components_mean"] == 2 and r["multi_component_fraction"] == 1
+    with pytest.raises(ValueError, match="same shape"):
+        tumour_appearance(np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 5)))

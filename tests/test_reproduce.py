@@ -234,11 +234,14 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
                                                                    ("6", "real"), ("6", "real + SBLDM")]
     check = [r["row"] for r in read_csv(out / "tables" / "table2_nnunet_check.csv")]
     assert check == ["real", "real + SBLDM"]
+    inside = [r["set"] for r in read_csv(out / "tables" / "tumour_appearance.csv")]
+    assert inside == ["real (train split)", "real (test split)", "real (train split) through the slice VAE",
+                      "3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]
     extra = read_csv(out / "tables" / "generation_extra.csv")
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
                  "figure3_position_sweep", "scarce_sweep", "seg_learning_curve", "vae_reconstruction", "diffusion_samples",
-                 "conditioning_ablation", "data_tumour_volumes", "steer_example"):
+                 "conditioning_ablation", "data_tumour_volumes", "steer_example", "tumour_appearance"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim
     from sbldm.report.readme import results_section, update_readme

@@ -33,6 +33,7 @@ TABLES = (
     ("Table 2, nnU-Net confirmation of real vs real + SBLDM", "table2_nnunet_check"),
     ("Data-scarce regime — real only vs real + 100 SBLDM volumes", "scarce_sweep"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
+    ("Inside the tumours — real, through the slice VAE, and each generator's", "tumour_appearance"),
 )
 #: (caption, figure file under figures/)
 FIGURES = (
@@ -43,6 +44,7 @@ FIGURES = (
     ("Tumour position sweep", "figure3_position_sweep.png"),
     ("Data-scarce regime", "scarce_sweep.png"),
     ("Segmenter learning curve (the budget of every Table 2 row)", "seg_learning_curve.png"),
+    ("Inside the tumours: intensities within the masks and examples", "tumour_appearance.png"),
     ("SBLDM samples (notebook 02)", "diffusion_samples.png"),
     ("Steering a tumour (notebook 08): requested vs obtained", "steer_example.png"),
     ("Whole-tumour volumes of the phantom cohort", "data_tumour_volumes.png"),

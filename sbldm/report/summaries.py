@@ -117,3 +117,42 @@ def segmentation(scale: str, rows: list[dict], scarce: list[dict] | None = None,
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)
+
+
+VAE_ROW = "real (train split) through the slice VAE"
+
+
+def appearance(scale: str, rows: list[dict]) -> str:
+    """Notebook 09: the tumours' insides, each set against the first (real) one; with a
+    ``VAE_ROW``, whether the slice VAE's latent space keeps what the generators lose."""
+    if not rows:
+        return f"At `{scale}`: no tumours to compare."
+    ref = rows[0]
+    lines = [f"At `{scale}`, inside the tumour masks (a *dark part*: at least 5% of the tumour darker than the "
+             "brain around it; medians over the volumes with a tumour):"]
+    for r in rows:
+        if int(r["n_empty"]) == int(r["n"]):
+            lines.append(f"- {r['set']}: every mask is empty ({r['n']} of {r['n']}).")
+            continue
+        lines.append(f"- {r['set']}: dark part in {_pct(r['dark_core_share'])} of tumours (median dark share "
+                     f"{_f(r['dark_fraction_median'], 3)}); spread {_f(r['intensity_std_median'], 3)}; contrast "
+                     f"{_f(r['contrast_median'], 3)}; {_pct(r['multi_component_fraction'])} of masks in several pieces.")
+    synth = [r for r in rows[1:] if not str(r["set"]).startswith("real") and int(r["n_empty"]) < int(r["n"])]
+    flat = [r["set"] for r in synth if float(r["dark_core_share"]) < 0.5 * float(ref["dark_core_share"])]
+    if flat:
+        lines.append(f"- Fewer than half as many tumours with a dark part as in {ref['set']}: {', '.join(flat)}. "
+                     "A segmenter trained on them learns bright tumours and can miss the dark cores of real ones.")
+        vae = next((r for r in rows if r["set"] == VAE_ROW), None)
+        if vae is not None and float(vae["dark_core_share"]) >= 0.5 * float(ref["dark_core_share"]):
+            lines.append(f"- The slice VAE keeps them ({_pct(vae['dark_core_share'])} of the reconstructed training "
+                         f"tumours have a dark part, against {_pct(ref['dark_core_share'])}): SBLDM's latent space can "
+                         "carry a dark core, and it is lost in the latent diffusion stage.")
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(v) else f"{v:.0%}"
