@@ -491,3 +491,27 @@ def test_a_pipeline_folder_of_the_old_layout_is_refused_by_name(pipe, tmp_path):
     (tmp_path / "p" / "sbldm.json").write_text(json.dumps({"latent_std": 1.7, "volume_shape": [16, 16, 8]}))
     with pytest.raises(ValueError, match="scaling_factor = 1 / latent_std"):
         SBLDMPipeline.from_pretrained(tmp_path / "p")
+
+
+def test_start_latents_and_strength_keep_or_forget_the_volumes(pipe, prepared):
+    """diffusers' image-to-image convention: a small strength ends near the given volumes'
+    latents, strength 1 far from them."""
+    from sbldm.data.cohort import load_prepared
+    from sbldm.data.tumor import FEATURE_NAMES
+
+    train = load_prepared(prepared, "train")
+    start = pipe.encode(train.images[:2], train.masks[:2])
+    assert start.shape == (2, *pipe.latent_shape())
+    conditions = [dict(zip(FEATURE_NAMES, map(float, f))) for f in train.features[:2]]
+    kw = dict(num_volumes=2, num_inference_steps=10, output_type="latent", generator=_g(0), conditions=conditions)
+    near = torch.as_tensor(pipe(start_latents=start, strength=0.1, **kw).images)
+    kw["generator"] = _g(0)
+    far = torch.as_tensor(pipe(start_latents=start, strength=1.0, **kw).images)
+    d_near, d_far = (near - start).abs().mean(), (far - start).abs().mean()
+    assert d_near < 0.2 * d_far
+    with pytest.raises(ValueError, match="strength must lie in"):
+        pipe(start_latents=start, strength=0.0, **kw)
+    with pytest.raises(ValueError, match="needs start_latents"):
+        pipe(strength=0.5, **kw)
+    with pytest.raises(ValueError, match="start_latents must have shape"):
+        pipe(start_latents=start[:1], strength=0.5, **kw)

@@ -447,3 +447,33 @@ def tumour_appearance(images, masks, dark_core_min: float = 0.05) -> dict:
             "dark_fraction_median": median(d),
             "dark_core_share": float((d >= dark_core_min).mean()) if len(d) else math.nan,
             "contrast_median": median(contrast), "intensity_std_median": median(spread)}
+
+
+def denoising_probe(pipe, images, masks, features, strengths=(0.1, 0.3, 0.5, 0.7, 1.0), steps: int = 50,
+                    seed: int = 0, bf16: bool = False) -> list[dict]:
+    """Where the pipeline loses what real tumours look like: real volumes are encoded,
+    noised to each ``strength`` of the way into a DDIM-``steps`` schedule
+    (``SBLDMPipeline(start_latents=..., strength=...)``), denoised with their own tumour
+    features as the condition, decoded, and described by ``tumour_appearance``. One row
+    per strength (plus ``0``: the volumes through the VAE alone); what survives a low
+    strength but not a high one is what the model cannot draw from noise."""
+    import torch
+
+    from sbldm.runtime import cpu_bf16
+
+    start = pipe.encode(images, masks)
+    rows = []
+    for strength in (0.0, *strengths):
+        if strength == 0.0:
+            vols = pipe.decode_latents(start)
+            im, m = vols[:, 0].clamp(-1, 1).numpy(), (vols[:, 1] > 0).numpy().astype(np.uint8)
+        else:
+            g = torch.Generator().manual_seed(int(seed))
+            with cpu_bf16(bf16):
+                out = pipe([dict(zip(FEATURE_NAMES, map(float, f))) for f in np.asarray(features)],
+                           num_volumes=len(start), num_inference_steps=steps, generator=g,
+                           start_latents=start, strength=float(strength))
+            im, m = out.images, out.masks
+        rows.append({"strength": float(strength), "denoising_steps": max(1, round(strength * steps)) if strength else 0,
+                     **tumour_appearance(im, m)})
+    return rows

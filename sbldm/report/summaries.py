@@ -156,3 +156,20 @@ def _pct(v) -> str:
     except (TypeError, ValueError):
         return "—"
     return "—" if math.isnan(v) else f"{v:.0%}"
+
+
+def denoising_probe(rows: list[dict]) -> str:
+    """Notebook 09's probe: up to which strength real tumours keep their dark part."""
+    rows = sorted(rows, key=lambda r: float(r["strength"]))
+    if not rows:
+        return ""
+    base = float(rows[0]["dark_core_share"])
+    parts = [f"{float(r['strength']):g}: {_pct(r['dark_core_share'])}" for r in rows]
+    line = ("- Real tumours noised and denoised by SBLDM, share with a dark part by strength (0 = through the VAE "
+            "alone): " + ", ".join(parts) + ".")
+    kept = [float(r["strength"]) for r in rows[1:] if float(r["dark_core_share"]) >= 0.5 * base]
+    lost = [float(r["strength"]) for r in rows[1:] if float(r["dark_core_share"]) < 0.5 * base]
+    if base > 0 and kept and lost and max(kept) < min(lost):
+        line += (f" The dark part survives up to strength {max(kept):g} and is gone from {min(lost):g}: the model "
+                 "keeps a core it is shown but does not draw one from noise.")
+    return line
