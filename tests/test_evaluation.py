@@ -233,3 +233,14 @@ def test_tumour_appearance_sees_a_dark_core_pieces_and_contrast():
     assert r["n"] == 2 and r["n_empty"] == 1 and r["components_mean"] == 2 and r["multi_component_fraction"] == 1
     with pytest.raises(ValueError, match="same shape"):
         tumour_appearance(np.zeros((1, 4, 4, 4)), np.zeros((1, 4, 4, 5)))
+
+
+def test_the_denoising_probe_summary_names_where_the_core_is_lost():
+    from sbldm.report.summaries import denoising_probe
+
+    rows = [{"strength": s, "dark_core_share": v} for s, v in ((0.0, 0.7), (0.1, 0.6), (0.3, 0.6), (0.5, 0.1), (1.0, 0.0))]
+    text = denoising_probe(rows)
+    assert "survives up to strength 0.3 and is gone from 0.5" in text and "0.5: 10%" in text
+    # a model that keeps the core all the way draws no such conclusion
+    kept = denoising_probe([{"strength": s, "dark_core_share": 0.7} for s in (0.0, 0.5, 1.0)])
+    assert "gone" not in kept and "1: 70%" in kept

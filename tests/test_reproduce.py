@@ -237,6 +237,8 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     inside = [r["set"] for r in read_csv(out / "tables" / "tumour_appearance.csv")]
     assert inside == ["real (train split)", "real (test split)", "real (train split) through the slice VAE",
                       "3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]
+    probe = read_csv(out / "tables" / "tumour_denoising_probe.csv")
+    assert [float(r["strength"]) for r in probe] == [0.0, 0.1, 0.3, 0.5, 0.7, 1.0]
     extra = read_csv(out / "tables" / "generation_extra.csv")
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",

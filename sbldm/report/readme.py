@@ -34,6 +34,7 @@ TABLES = (
     ("Data-scarce regime — real only vs real + 100 SBLDM volumes", "scarce_sweep"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
     ("Inside the tumours — real, through the slice VAE, and each generator's", "tumour_appearance"),
+    ("Real tumours noised and denoised by SBLDM — where the inside of a tumour is lost", "tumour_denoising_probe"),
 )
 #: (caption, figure file under figures/)
 FIGURES = (
