@@ -8,8 +8,11 @@ papermill parameters and ``resolve(scale, **overrides)`` speak the same names.
 >>> cfg.volume_shape
 (64, 64, 32)
 
-Where the paper and the authors' code disagree (DESIGN.md section 2) the default
-follows the paper and the other choice is a field; the comment says which is which.
+Where the paper and the authors' code disagree (the README's errata table,
+``docs/paper_vs_code.md``) the default follows the paper and the other choice is a field;
+the comment says which is which. Why a preset holds the values it holds (what was
+measured) is in ``docs/decisions.md``. Run folder names and the identity of a saved
+pipeline are in ``sbldm.runs``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,8 +90,8 @@ class Config:
     unet_cond_hidden_dim: int = _reads(256, 'diffusion')       # tau: 9 -> 256 -> 512 (authors' code)
     unet_mid_layers: int = _reads(2, 'diffusion')              # resnet blocks at the bottom (132.1M params at paper)
     diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
-    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; "v_prediction" learns the
-                                                 # near-pure-noise steps of this schedule far faster
+    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; or "v_prediction"
+                                                 # (docs/decisions.md, "Prediction target")
     # the tumour channel (README errata; the paper's route is the default of each):
     condition_normalization: str = _reads("max", 'diffusion')   # authors: over the training max; "zscore"
     unet_spatial_prior: bool = _reads(False, 'diffusion')       # paper: the 9-vector only; True adds the
@@ -195,8 +197,8 @@ class Config:
     ldm3d_unet_layers_per_block: int = _reads(2, 'ldm3d_unet')
     ldm3d_unet_norm_groups: int = _reads(32, 'ldm3d_unet')
     ldm3d_unet_mid_layers: int = _reads(2, 'ldm3d_unet')
-    # the 3D-LDM's own time/condition-embedding sizes and diffusion objective (it borrowed
-    # SBLDM's unet_*/diffusion_* fields before, so changing those silently changed it)
+    # the 3D-LDM's own time/condition-embedding sizes and diffusion objective (independent of
+    # SBLDM's unet_*/diffusion_* fields)
     ldm3d_unet_embed_dim: int = _reads(512, 'ldm3d_unet')
     ldm3d_unet_time_proj_dim: int = _reads(128, 'ldm3d_unet')
     ldm3d_unet_cond_hidden_dim: int = _reads(256, 'ldm3d_unet')   # its condition MLP is unused (unconditional)
@@ -311,36 +313,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
         unet_channels=(32, 64, 128), unet_layers_per_block=1, unet_norm_groups=16,
         unet_embed_dim=128, unet_time_proj_dim=32, unet_cond_hidden_dim=64, unet_mid_layers=1,
         diffusion_lr=2e-4, diffusion_batch_size=4, diffusion_steps=1800,
-        # epsilon-prediction left the near-pure-noise steps unlearnt after 1800 steps here
-        # (x0 error at t=700 four times that of predicting the mean; samples not brains)
+        # prediction target: docs/decisions.md, "Prediction target"
         diffusion_prediction_type="v_prediction",
-        # the tumour channel, chosen by notebook 07's ablation (results/small/tables/conditioning_ablation.md,
-        # 5 rows x 400 steps, 50 requests): z-scored conditions + the rendered tumour as a UNet input took
-        # the volume Spearman from 0.34 to 0.97 and the centre error from 13.8 to 0.8 voxels (chance 14.8)
-        # and lowered the latent Frechet distance (0.72 -> 0.40); bf16 autocast trained 1.75x faster to the
-        # same loss (0.3675 vs 0.3675). The tumour-weighted loss and EMA did not improve on that row.
+        # the tumour channel, chosen by notebook 07's ablation: docs/decisions.md, "Tumour channel"
         condition_normalization="zscore", unet_spatial_prior=True, diffusion_mixed_precision="bf16",
         checkpoint_every=500, log_every=50,
-        # the fast segmenter, from learning curves on 80 real training volumes validated on 20 (2-core CPU):
-        # (8..64, whole volumes, batch 2, lr 1e-3) plateaued at validation Dice 0.78 after 2500 steps (0.08
-        # s/step; bf16 autocast no faster); mirroring left-right + widths 16..128 + lr 3e-3 reached 0.85 at
-        # 1250 steps (0.10 s/step); 32^3 crops (half of them through tumour) in batches of 4 reached 0.89
-        # at 1500 steps at 0.06 s/step. Every Table 2 row trains for the budget the curve picks (<= 1500).
+        # the fast segmenter, from learning curves: docs/decisions.md, "The small preset's segmenter"
         seg_backend="fast", seg_channels=(16, 32, 64, 128), seg_iterations=1500, seg_roi=(64, 64, 32),
         seg_patch=(32, 32, 32), seg_batch_size=4, seg_lr=3e-3, seg_flip_axes=(0,),
         seg_curve_every=250, seg_plateau_tolerance=0.02, seg_filter_max_centre_distance=4.0,
         seg_nnunet_check=True,
-        seg_nnunet_epochs=10, seg_nnunet_iterations=25,  # nnunet: 300 its x ~1.2 s (1 thread) = ~6 min training
-        # 100 synthetic volumes per method (Table 2 pairs one with each real volume); DDPM-1000
-        # costs ~4 min per volume on this CPU, so 2 volumes and one timed volume
+        seg_nnunet_epochs=10, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
+        # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"
         eval_n_samples=100, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=10,
         eval_n_adherence=50, eval_adherence_bf16=True,
         # the conditioning ablation (notebook 07): 5 rows x 400 latent-UNet steps, 50 requests each
         ablation_steps=400, ablation_requests=50,
         lsgan_latent_dim=128, lsgan_g_channels=128, lsgan_upsamplings=4, lsgan_d_channels=128,
         lsgan_d_layers=5, lsgan_steps=1000,
-        # measured here (1 torch thread, busy 2-core machine): 3D-LSGAN ~0.6 s/step, 3D-LDM
-        # autoencoder ~1.1 s/step, its UNet ~0.23 s/step: about 12-15 minutes per baseline
+        # the baselines' step counts: docs/decisions.md, "The small preset's sampling and baseline budgets"
         ldm3d_ae_channels=(4, 16, 32), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
         ldm3d_ae_lr=5e-4, ldm3d_ae_steps=500, ldm3d_disc_channels=64, ldm3d_disc_layers=3,
         ldm3d_unet_channels=(16, 32, 64), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
@@ -512,55 +503,3 @@ def _validate_baselines(cfg: Config) -> None:
     for name in ("lsgan_flip_prob", "ldm3d_flip_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
-
-
-def pipeline_identity(pipeline: str | os.PathLike) -> str:
-    """``<folder name>-<hash>`` of a saved pipeline folder: the hash is over its weights
-    and configs (file names and bytes), so the same model names the same run wherever it
-    lies and a retrained one never shares a folder with the old one."""
-    path = os.path.abspath(os.fspath(pipeline))
-    if not os.path.isfile(os.path.join(path, "model_index.json")):
-        raise FileNotFoundError(f"{pipeline}: not a saved SBLDMPipeline folder (no model_index.json)")
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            if name.endswith((".json", ".safetensors", ".bin")) and name != "MODEL_CARD.md":
-                full = os.path.join(root, name)
-                digest.update(os.path.relpath(full, path).encode())
-                with open(full, "rb") as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(chunk)
-    slug = "".join(c if c.isalnum() else "_" for c in os.path.basename(path.rstrip(os.sep)))[:40] or "pipeline"
-    return f"{slug}-{digest.hexdigest()[:8]}"
-
-
-def run_name(scale: str, seed: int = 0, overrides: dict | None = None, data: str | os.PathLike | None = None,
-             pipeline: str | os.PathLike | None = None) -> str:
-    """The folder name of a run under ``work/`` and ``results/``: runs that differ in data,
-    seed, config or model never share a folder, the way nnU-Net names its output folders
-    after trainer, plans and configuration.
-
-    - ``<scale>``: the phantom cohort, seed 0, the preset as it is (the committed runs);
-    - ``-<data set>-<hash>``: a BraTS folder (its name and a hash of its absolute path);
-    - ``+seed<k>``: another seed; ``+<hash>``: config overrides (a hash of the sorted dict);
-    - ``+pipe-<name>-<hash>``: notebooks 04-07 evaluating a saved pipeline (e.g. the
-      shipped ``pretrained/small``) instead of the one notebook 02 trains
-      (``pipeline_identity``).
-    """
-    if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    name = scale
-    if data:
-        path = os.path.abspath(os.fspath(data))
-        slug = "".join(c if c.isalnum() else "_" for c in os.path.basename(path.rstrip(os.sep)))[:40] or "data"
-        name += f"-{slug}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
-    if int(seed) != 0:
-        name += f"+seed{int(seed)}"
-    if overrides:
-        blob = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()},
-                          sort_keys=True, default=str)
-        name += "+" + hashlib.sha256(blob.encode()).hexdigest()[:8]
-    if pipeline:
-        name += "+pipe-" + pipeline_identity(pipeline)
-    return name

@@ -23,6 +23,13 @@ def _umask() -> int:
     return mask
 
 
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode the user's umask gives a newly created file (for a file a
+    library wrote through a private temporary file, which leaves it readable by its
+    owner only)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 # -- writing --------------------------------------------------------------------------
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -35,7 +42,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except PermissionError as e:
         raise PermissionError(f"cannot write {path}: its folder {path.parent} is not writable") from e
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
+        follow_umask(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

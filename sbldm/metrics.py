@@ -1,8 +1,10 @@
-"""Image and mask metrics: PSNR, SSIM, Dice.
+"""Image and mask metrics: PSNR, SSIM, Dice, and the primitives every metric shares.
 
 Conventions: images are compared in [0, 1] (``to_unit`` maps sbldm's [-1, 1]);
 masks are binary. ``ssim_torch`` is differentiable (used by the VAE loss); the other
-functions take numpy arrays or tensors and return floats.
+functions take numpy arrays or tensors and return floats. ``ssim_map`` (SSIM from local
+moments) and ``finite_summary`` (mean and std over the finite values) are the one
+formula of each that the generation metrics (``sbldm.evaluation.generation``) use too.
 
 SSIM here is the standard gaussian-window SSIM (window 11, sigma 1.5, K1 0.01, K2 0.03,
 "valid" filtering) of Wang et al. 2004, averaged over the map, in 2D for (B, C, H, W)
@@ -11,6 +13,7 @@ and 3D for (B, C, X, Y, Z) inputs.
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
@@ -22,6 +25,23 @@ def to_unit(x):
     if isinstance(x, torch.Tensor):
         return ((x + 1) / 2).clamp(0, 1)
     return np.clip((np.asarray(x, dtype=np.float64) + 1) / 2, 0, 1)
+
+
+def ssim_map(mx, my, vx, vy, cxy, c1: float, c2: float):
+    """The SSIM map from local means ``mx``, ``my``, variances ``vx``, ``vy`` and
+    covariance ``cxy`` (tensors of one shape), with the stabilising constants ``c1``, ``c2``."""
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def finite_summary(values) -> dict:
+    """Mean and std over the finite values, with ``n`` the finite count and ``n_nonfinite``
+    the rest (a synthetic volume identical to its real partner has PSNR = inf: it is
+    counted there, not silently dropped)."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    return {"mean": float(finite.mean()) if len(finite) else math.nan,
+            "std": float(finite.std()) if len(finite) else math.nan,
+            "n": int(len(finite)), "n_nonfinite": int(len(v) - len(finite))}
 
 
 def _gaussian(size: int, sigma: float, dtype, device) -> torch.Tensor:
@@ -61,8 +81,7 @@ def ssim_torch(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, win_si
     sxx = blur(x * x) - mx * mx
     syy = blur(y * y) - my * my
     sxy = blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-    s = s.flatten(2).mean(-1)
+    s = ssim_map(mx, my, sxx, syy, sxy, c1, c2).flatten(2).mean(-1)
     return s.mean() if reduction == "mean" else s
 
 
@@ -122,7 +141,8 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
     - ``dice_3d``: per whole volume (``nan`` where both masks are empty is not possible:
       prepared volumes always hold a tumour; an empty pair would score 1).
 
-    Returns ``{name: {"mean", "std", "n"}}``.
+    Returns ``{name: {"mean", "std", "n"}}``: mean and std over the finite values, ``n``
+    over all of them.
     """
     images, rec_images = np.asarray(images), np.asarray(rec_images)
     masks, rec_masks = np.asarray(masks), np.asarray(rec_masks)
@@ -144,8 +164,6 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
                 vals["dice"].append(dice(rec_masks[v, :, :, s], masks[v, :, :, s]))
     out = {}
     for k, v in vals.items():
-        arr = np.asarray(v, dtype=np.float64)
-        finite = arr[np.isfinite(arr)]
-        out[k] = {"mean": float(finite.mean()) if len(finite) else float("nan"),
-                  "std": float(finite.std()) if len(finite) else float("nan"), "n": int(len(arr))}
+        summary = finite_summary(v)
+        out[k] = {"mean": summary["mean"], "std": summary["std"], "n": summary["n"] + summary["n_nonfinite"]}
     return out

@@ -3,7 +3,8 @@ the one place tables and figures take them from to sit beside ours.
 
 Table 1: PSNR, SSIM, #params and sampling time per volume (one RTX A6000). Table 2:
 nnU-Net Dice and IoU of each training set. The authors' code counts are from their
-released code and their ``paper.ipynb`` (``../shared/REFERENCE_CODE.md`` of the project).
+released code and their ``paper.ipynb``, counted from the layer sizes of their configs
+(``docs/paper_vs_code.md`` describes those models).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 
 def cpu_setup(threads: int | None = None) -> None:
     """Flush denormal floats (a conv backward pass on CPU otherwise slows 20-50x once
-    weights turn subnormal; DESIGN.md section 7) and optionally set the thread count."""
+    weights turn subnormal; docs/machine_notes.md) and optionally set the thread count."""
     import torch
 
     torch.set_flush_denormal(True)
@@ -19,7 +19,7 @@ def cpu_setup(threads: int | None = None) -> None:
 
 def cpu_bf16(enabled: bool = True):
     """A fresh context that autocasts to bf16 on the CPU when ``enabled`` (3D convolutions
-    gain on this kind of CPU while bf16 matmuls lose; DESIGN.md), else one that does nothing."""
+    gain on this kind of CPU while bf16 matmuls lose; docs/machine_notes.md), else one that does nothing."""
     import contextlib
 
     import torch

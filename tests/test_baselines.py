@@ -216,7 +216,7 @@ def test_train_lsgan3d_resume_is_bit_identical(prepared, tmp_path):
 
     c = cfg()
     full = train_generator(sbldm.build_generator("lsgan3d", c), c, prepared, tmp_path / "full", progress=False)
-    assert train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False, stop_at=2) is not None
+    assert train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False, stop_at=2) is None
     assert json.loads((tmp_path / "cut" / "log.jsonl").read_text().splitlines()[-1])["step"] == 2
     resumed = train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False)
     for a, b in zip(full.generator.state_dict().values(), resumed.generator.state_dict().values()):
@@ -267,7 +267,7 @@ def test_a_3d_ldm_folder_of_the_old_layout_is_refused_by_name(tmp_path):
     from sbldm.generators.ldm3d import LDM3D
 
     write_marker(tmp_path, "ldm3d", volume_shape=[16, 16, 8], latent_std=0.7)
-    with pytest.raises(ValueError, match="before 0.2"):
+    with pytest.raises(ValueError, match="saved in the older layout that kept the latent scale in generator.json"):
         LDM3D.from_pretrained(tmp_path)
     write_marker(tmp_path, "lsgan3d")
     with pytest.raises(ValueError, match="'lsgan3d' generator, not 'ldm3d'"):
@@ -282,7 +282,8 @@ def test_paper_parameter_counts():
     layer list). 3D-LDM: the design values of this architecture (authors' widths, x4)
     within 0.5%, and the autoencoder within 1% of the authors' 85.949M."""
     from sbldm.generators import ldm3d, lsgan3d
-    from sbldm.generators.report import AUTHORS_NOTEBOOK, authors_lsgan_counts
+    from sbldm.generators.parameters import authors_lsgan_counts
+    from sbldm.paper import AUTHORS_NOTEBOOK
     from sbldm.config import resolve
 
     paper = resolve("paper")
@@ -299,9 +300,9 @@ def test_paper_parameter_counts():
 
 
 def test_parameter_table_rows_and_notes():
-    from sbldm.generators.report import parameter_notes, parameter_rows
+    from sbldm.generators.parameters import comparison_parameter_rows, parameter_notes
 
-    rows = parameter_rows("paper")
+    rows = comparison_parameter_rows("paper")
     by = {(r["method"], r["component"].split(" (")[0]): r for r in rows}
     assert by[("3D-LSGAN", "total")]["paper_table1_M"] == 71
     assert by[("3D-LDM, as Table 1 counted", "total")]["paper_table1_M"] == 728
@@ -329,8 +330,8 @@ def test_sbldm_samples_keep_the_requested_tumours_and_an_older_cache_recovers_th
     """Table 2's quality filter needs the tumour each SBLDM volume was asked for: the sample
     cache stores it, and ``requested_conditions`` re-draws it from the batch seeds for a
     cache written without it."""
-    from sbldm.evaluation import generation as ev
     from sbldm.evaluation import table1
+    from sbldm.evaluation.sample_cache import batch_seed, cached_samples
 
     gen = build("sbldm")
     gen.pipeline.set_metadata(normalizer=prepared.normalizer, train_features=prepared.features)
@@ -339,10 +340,10 @@ def test_sbldm_samples_keep_the_requested_tumours_and_an_older_cache_recovers_th
         out = gen.generate(b, generator=torch.Generator().manual_seed(s), num_inference_steps=2)
         return out.images, out.masks, out.raw_conditions
 
-    got = ev.cached_samples(tmp_path / "s.npz", fn, 5, seed=3, batch_size=2, progress=False)
+    got = cached_samples(tmp_path / "s.npz", fn, 5, seed=3, batch_size=2, progress=False)
     assert got["conditions"].shape == (5, 9)
     np.testing.assert_allclose(table1.requested_conditions(gen, 5, 3, 2), got["conditions"])
-    first = gen.generate(2, generator=torch.Generator().manual_seed(ev.batch_seed(3, 0)), num_inference_steps=2)
+    first = gen.generate(2, generator=torch.Generator().manual_seed(batch_seed(3, 0)), num_inference_steps=2)
     np.testing.assert_allclose(first.raw_conditions, got["conditions"][:2])
     np.testing.assert_allclose(prepared.normalizer.transform(first.raw_conditions), first.conditions, rtol=1e-5)
     assert not np.allclose(got["conditions"][0], got["conditions"][2])      # each batch its own requests

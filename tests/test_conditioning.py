@@ -11,7 +11,7 @@ import torch
 from conftest import ball
 from model_helpers import randomise_output, tiny_cfg
 from sbldm.data.tumor import FEATURE_NAMES, FeatureNormalizer, tumor_features
-from sbldm.diffusion import conditioning as cond
+from sbldm.diffusion import unet_inputs as cond
 
 
 def _raw(x=20.0, y=12.0, z=5.0, w=8.0, h=8.0, d=8.0, v=None, sph=0.8):

@@ -5,7 +5,8 @@ import pytest
 from conftest import ball
 
 from sbldm.evaluation import generation as ev
-from sbldm.metrics import psnr_volumes
+from sbldm.evaluation.frechet import frechet_distance
+from sbldm.metrics import finite_summary, psnr_volumes, to_unit
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def vols():
 def test_uniform_ssim_matches_scikit_image_both_ways(vols):
     from skimage.metrics import structural_similarity
 
-    a, b = ev._unit(vols[0]), ev._unit(vols[1])
+    a, b = to_unit(vols[0]), to_unit(vols[1])
     ref = structural_similarity(a, b, win_size=11, gaussian_weights=False, use_sample_covariance=False, data_range=1.0)
     assert ev.ssim_uniform(a, b) == pytest.approx(ref, abs=1e-10)
     assert ev.ssim_uniform(b, a) == pytest.approx(ref, abs=1e-10)
@@ -41,7 +42,7 @@ def test_psnr_of_known_noise_level():
 def test_unpaired_psnr_ssim_pairs_each_sample_with_a_permuted_real_volume(vols):
     r = ev.unpaired_psnr_ssim(vols, vols, seed=3)
     assert sorted(r["pairs"]) == [0, 1, 2, 3]
-    expected = np.mean([ev.ssim_uniform(ev._unit(vols[k]), ev._unit(vols[j])) for k, j in enumerate(r["pairs"])])
+    expected = np.mean([ev.ssim_uniform(to_unit(vols[k]), to_unit(vols[j])) for k, j in enumerate(r["pairs"])])
     assert r["ssim"]["mean"] == pytest.approx(expected)
     more = ev.unpaired_psnr_ssim(np.concatenate([vols, vols]), vols, seed=3)
     assert more["ssim"]["n"] == 8 and sorted(more["pairs"][4:]) == [0, 1, 2, 3]
@@ -60,10 +61,10 @@ def test_ms_ssim_identical_is_one_and_noise_lowers_it(vols):
 def test_frechet_distance_zero_for_same_and_shift_squared():
     rng = np.random.default_rng(2)
     a = rng.normal(size=(400, 3))
-    assert ev.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert ev.frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, rel=1e-6)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, a + np.array([2.0, 0, 0])) == pytest.approx(4.0, rel=1e-6)
     b = rng.normal(size=(400, 3)) * 2
-    assert ev.frechet_distance(a, b) > 1.0
+    assert frechet_distance(a, b) > 1.0
 
 
 def test_feature_distance_and_adherence_on_balls():
@@ -144,10 +145,12 @@ def test_ms_ssim_scales_pass_monais_own_size_check():
 
 
 def test_non_finite_values_are_counted_not_dropped():
-    r = ev._mean_std([10.0, float("inf"), 20.0])
+    from sbldm.evaluation.table1 import table1_rows
+
+    r = finite_summary([10.0, float("inf"), 20.0])
     assert r["mean"] == 15.0 and r["n"] == 2 and r["n_nonfinite"] == 1
-    rows = ev.table1_rows({"SBLDM (DDIM)": {"psnr": r, "ssim": ev._mean_std([0.5, 0.6, 0.7]), "params": 1,
-                                             "time": {"median_s": 1.0, "device": "CPU"}}})
+    rows = table1_rows({"SBLDM (DDIM)": {"psnr": r, "ssim": finite_summary([0.5, 0.6, 0.7]), "params": 1,
+                                         "time": {"median_s": 1.0, "device": "CPU"}}})
     assert rows[0]["n_samples"] == 3 and rows[0]["psnr_nonfinite"] == 1
 
 
@@ -210,7 +213,7 @@ def _brain_with_tumours(tumours, shape=(40, 40, 40)):
 
 
 def test_tumour_appearance_sees_a_dark_core_pieces_and_contrast():
-    from sbldm.evaluation.generation import tumour_appearance
+    from sbldm.evaluation.appearance import tumour_appearance
 
     # a bright tumour (radius 6) with a dark core (radius 3): 1/8 of its volume is dark
     cored = _brain_with_tumours([((20, 20, 20), 6, 0.8, True), ((20, 20, 20), 3, -0.5, True)])

@@ -167,25 +167,26 @@ def test_unet_loss_decreases_on_a_tiny_overfit_case():
 # -- paper sizes --------------------------------------------------------------------------------
 
 def test_paper_parameter_counts():
-    """Authors' code (REFERENCE_CODE.md): VAE 27.08M; UNet 132.1M without embedding
-    MLPs and projections, 135.2M with them (additive fusion)."""
+    """The authors' code (``sbldm.paper.SBLDM_PARAMETERS``): VAE 27.08M; UNet 132.1M without
+    embedding MLPs and projections, 135.2M with them (additive fusion)."""
     from sbldm.config import resolve
+    from sbldm.models._common import count_parameters as n
     from sbldm.models.unet3d import build_unet
     from sbldm.models.vae import build_vae
+    from sbldm.paper import SBLDM_PARAMETERS as authors
 
-    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     vae = build_vae(resolve("paper", vae_slice_embedding=False))
-    assert abs(n(vae) - 27.08e6) / 27.08e6 < 0.02
+    assert abs(n(vae) - authors["vae"]) / authors["vae"] < 0.02
     assert vae.downsampling_factor == 8 and vae.config.latent_channels == 6
     del vae
     unet = build_unet(resolve("paper", unet_cond_fusion="add"))
     total = n(unet)
-    assert abs(total - 135.2e6) / 135.2e6 < 0.01
-    assert abs(total - unet.embedding_parameters() - 132.1e6) / 132.1e6 < 0.01
+    assert abs(total - authors["unet_with_embeddings"]) / authors["unet_with_embeddings"] < 0.01
+    assert abs(total - unet.embedding_parameters() - authors["unet"]) / authors["unet"] < 0.01
     del unet
     # the paper's scale-shift fusion only doubles the per-block projections
     unet = build_unet(resolve("paper"))
-    assert 135.2e6 < n(unet) < 140e6
+    assert authors["unet_with_embeddings"] < n(unet) < 140e6
 
 
 # -- latents and metrics ---------------------------------------------------------------------------

@@ -68,9 +68,9 @@ def test_ci_runs_the_readme_test_command():
 
 #: shared modules first, then the stages in the order of the method's data flow
 LAYERS = [
-    {"config", "io", "provenance", "runtime", "metrics", "paper", "plotting", "tables", "_compat"},
+    {"config", "io", "provenance", "runtime", "metrics", "paper", "plotting", "tables", "_compat", "paths", "runs"},
     {"data"}, {"models"}, {"diffusion"}, {"training"}, {"generators"},
-    {"segmentation"}, {"evaluation"}, {"report"}, {"runner"},
+    {"segmentation"}, {"evaluation"}, {"experiments"}, {"report"}, {"runner"},
 ]
 
 
@@ -131,3 +131,27 @@ def test_package_tests_and_notebooks_pass_the_linter():
     out = subprocess.run([ruff, "check", "--select", "F,E9", "sbldm", "tests", "notebooks"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_readme_layout_table_matches_the_tree():
+    """Every subpackage of ``sbldm/`` has a row in the README's layout table, and each row
+    lists exactly the public modules the folder holds (a module added, renamed or removed
+    without the table following fails here); the shared top-level modules are named too."""
+    import re
+
+    layout = (ROOT / "README.md").read_text().split("\n## Layout")[1].split("\n## ")[0]
+    rows = {}
+    for line in layout.splitlines():
+        m = re.match(r"\| `sbldm/([a-z_]+)/` \|.*\| (.+) \|$", line)
+        if m:
+            rows[m.group(1)] = set(re.findall(r"`([a-z0-9_]+)`", m.group(2)))
+    pkg = ROOT / "sbldm"
+    folders = {p.parent.name for p in pkg.glob("*/__init__.py")}
+    assert set(rows) == folders, f"layout rows {sorted(rows)} vs subpackages {sorted(folders)}"
+    for folder, listed in rows.items():
+        public = {p.stem for p in (pkg / folder).glob("*.py") if not p.stem.startswith("_")}
+        assert listed == public, f"sbldm/{folder}/: README lists {sorted(listed)}, the folder holds {sorted(public)}"
+    shared_text = layout.split("small top-level modules")[1]
+    shared = {p.stem for p in pkg.glob("*.py") if not p.stem.startswith("_")}
+    missing = sorted(m for m in shared if f"`{m}`" not in shared_text)
+    assert not missing, f"shared modules missing from the README's layout paragraph: {missing}"

@@ -125,7 +125,7 @@ def test_a_second_runner_on_the_same_folder_exits_naming_the_first(tmp_path):
 
 
 def test_runs_with_overrides_seeds_or_other_data_get_their_own_folders(tmp_path):
-    from sbldm.config import run_name
+    from sbldm.runs import run_name
 
     assert run_name("small") == "small"
     a, b = run_name("small", overrides={"vae_steps": 5}), run_name("small", overrides={"vae_steps": 6})
@@ -170,7 +170,7 @@ def test_a_brats_run_after_a_phantom_run_trains_anew_and_leaves_the_phantom_run_
     own VAE from step 0; not one file of the phantom run changes."""
     from model_helpers import write_brats
 
-    from sbldm.config import run_name
+    from sbldm.runs import run_name
 
     nbs = tmp_path / "notebooks"
     _copy_notebooks(nbs)
@@ -262,7 +262,7 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
 
     # a saved pipeline evaluated instead of the trained one, with no baselines trained:
     # its own results folder, the baselines' rows left out, the plain run untouched
-    from sbldm.config import run_name
+    from sbldm.runs import run_name
 
     shipped = tmp_path / "pretrained" / "smoke"
     shutil.copytree(tmp_path / "work" / "smoke" / "pipeline", shipped)

@@ -15,7 +15,7 @@ def test_session_resolves_creates_folders_and_loads_splits_lazily(tmp_path):
                      results_root=tmp_path / "results", device="cpu")
     assert s.cfg.seed == 3 and s.cfg.vae_steps == 7 and s.cfg.scale == "smoke"
     # seed 3 and an override: the run's own folders, never results/smoke of the committed run
-    from sbldm.config import run_name
+    from sbldm.runs import run_name
 
     name = run_name("smoke", 3, {"vae_steps": 7})
     assert name.startswith("smoke+seed3+") and not (tmp_path / "results" / "smoke").exists()
@@ -44,7 +44,8 @@ def test_session_refuses_unknown_scale_and_override(tmp_path):
 
 
 def test_session_finds_the_project_folders_from_anywhere(tmp_path, monkeypatch):
-    from sbldm.runner.session import open_session, project_root
+    from sbldm.paths import project_root
+    from sbldm.runner.session import open_session
 
     monkeypatch.chdir(tmp_path)
     root = project_root()
@@ -69,7 +70,7 @@ def _saved_pipeline(folder, **overrides):
 def test_a_saved_pipeline_names_its_run_by_content_not_by_place(tmp_path):
     import shutil
 
-    from sbldm.config import run_name
+    from sbldm.runs import run_name
 
     a = _saved_pipeline(tmp_path / "a" / "small")
     b = tmp_path / "elsewhere" / "small"

@@ -56,13 +56,38 @@ def test_widget_callbacks_generate_show_and_save(steer, tmp_path):
     assert rows[3]["requested"] == pytest.approx(w["sliders"]["x"].value)
     # move the tumour and grow it: a new request, a new figure, different features asked for
     w["sliders"]["x"].value = w["sliders"]["x"].value + 3
-    w["sliders"]["voxel_volume"].value = w["sliders"]["voxel_volume"].value * 0.6
+    w["sliders"]["voxel_volume"].value = w["sliders"]["voxel_volume"].value * 0.6   # off the slider's grid
+    vol = w["sliders"]["voxel_volume"]
+    assert abs(np.log10(vol.value) - np.log10(0.6 * first_req["voxel_volume"])) <= vol.step / 2 + 1e-9
     w["generate"].click()
     assert steer.figure is not first_fig
     assert steer.last_request["x"] == pytest.approx(first_req["x"] + 3)
-    assert steer.last_request["voxel_volume"] == pytest.approx(0.6 * first_req["voxel_volume"])
+    assert steer.last_request["voxel_volume"] == pytest.approx(vol.value, rel=1e-12)   # what is shown is asked for
     assert steer.last_request["w"] < first_req["w"]                        # the box shrank with it
     w["save"].click()
     img_path = next(tmp_path.glob("*_flair.nii.gz"))
     np.testing.assert_allclose(nib.load(str(img_path)).affine, steer.pipe.affine)
     assert "saved" in w["status"].value
+
+
+def test_every_slider_starts_on_its_grid_and_the_request_is_what_the_panel_shows(steer):
+    """A browser draws a slider only at ``min + k * step`` (in the exponent for a log
+    slider): an initial value off that grid is shown as another value than the one Python
+    asks for. The median training tumour (the panel's start) is generally off any grid."""
+    from sbldm.config import FEATURE_NAMES
+
+    steer.values = dict(zip(FEATURE_NAMES, map(float, steer.base)))       # the panel's starting request
+    steer.widget()
+    w = steer._widgets
+    for name, s in [*w["sliders"].items(), ("guidance", w["guidance"]), ("steps", w["steps"])]:
+        position = np.log10(s.value) if s.__class__.__name__ == "FloatLogSlider" else s.value
+        k = (position - s.min) / s.step
+        assert abs(k - round(k)) < 1e-9, (name, s.value, s.min, s.step)
+        assert s.min <= position <= s.max + 1e-12, name
+    assert steer.base[0] != pytest.approx(w["sliders"]["voxel_volume"].value, rel=1e-9)   # the start was off-grid
+    req = steer.request()
+    for k, s in w["sliders"].items():
+        assert req[k] == pytest.approx(s.value, rel=1e-12), k
+    # a value set from Python off the grid moves onto it, and the request follows
+    w["sliders"]["sphericity"].value = w["sliders"]["sphericity"].value + 0.0042
+    assert abs(round(w["sliders"]["sphericity"].value / 0.01) * 0.01 - w["sliders"]["sphericity"].value) < 1e-9

@@ -353,6 +353,18 @@ def to_model_space(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([image.astype(np.float32), mask.astype(np.float32) * 2.0 - 1.0])
 
 
+def from_model_space(volumes) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of ``to_model_space`` for what a decoder outputs: two-channel volumes
+    (2, x, y, z) or (N, 2, x, y, z), numpy or torch (on any device) -> (image float32
+    clamped to [-1, 1], mask uint8 = channel 1 > 0), each (x, y, z) or (N, x, y, z)."""
+    if hasattr(volumes, "detach"):                     # a torch tensor
+        volumes = volumes.detach().float().cpu().numpy()
+    v = np.asarray(volumes, dtype=np.float32)
+    if v.ndim not in (4, 5) or v.shape[-4] != 2:
+        raise ValueError(f"expected (2, x, y, z) or (N, 2, x, y, z) model-space volumes, got shape {v.shape}")
+    return np.clip(v[..., 0, :, :, :], -1, 1).astype(np.float32), (v[..., 1, :, :, :] > 0).astype(np.uint8)
+
+
 class SliceDataset:
     """Axial slices of a set of volumes, for the slice VAE (stage 1).
 

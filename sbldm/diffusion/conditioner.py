@@ -6,7 +6,10 @@ Its config holds the feature normaliser (``sbldm.data.tumor.FeatureNormalizer``)
 training tumours' 9 features (the distribution conditions are drawn from when none are
 given), the volume shape the pipeline generates and the training grid's voxel-to-world
 affine. It has no weights: diffusers saves components that are models or schedulers, so
-it is a parameter-free ``ModelMixin`` that saves and loads its config alone.
+it is a parameter-free ``ModelMixin`` that saves and loads its config alone. (What the
+UNet is given from these, and the checks on requested conditions, are
+``sbldm.diffusion.unet_inputs``.) Saved pipelines name this module in their
+``model_index.json``: it keeps its name.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbldm.data.cohort import to_model_space
+from sbldm.data.cohort import from_model_space, to_model_space
 from sbldm.io import atomic_save_npy, atomic_write_json
 
 
@@ -117,7 +117,7 @@ def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: 
         for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
             x = torch.from_numpy(to_model_space(images[v], masks[v]))
             mean, _ = vae.encode_volume(x, chunk=batch_size)
-            r = vae.decode_volume(mean, chunk=batch_size).cpu()           # (2, x, y, z), through the posterior mean
-            out_i.append(r[0].clamp(-1, 1).numpy())
-            out_m.append((r[1] > 0).numpy().astype(np.uint8))
-    return np.stack(out_i).astype(np.float32), np.stack(out_m)
+            image, mask = from_model_space(vae.decode_volume(mean, chunk=batch_size))   # through the posterior mean
+            out_i.append(image)
+            out_m.append(mask)
+    return np.stack(out_i), np.stack(out_m)

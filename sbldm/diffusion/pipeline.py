@@ -33,14 +33,15 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sbldm import paper
+from sbldm.data.cohort import from_model_space
 from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
 from sbldm.diffusion.conditioner import TumourConditioner
-from sbldm.diffusion.conditioning import check_conditions, check_normalised, latent_grid, render_prior
-from sbldm.io import save_samples_nifti
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
+from sbldm.diffusion.unet_inputs import check_conditions, check_normalised, latent_grid, render_prior
+from sbldm.io import save_samples_nifti
+from sbldm.models._common import count_parameters
 
-OLD_METADATA = "sbldm.json"      # the layout before 0.2, refused by name
+OLD_METADATA = "sbldm.json"      # the older layout's metadata file, refused by name
 
 
 @dataclass
@@ -146,7 +147,7 @@ class SBLDMPipeline(DiffusionPipeline):
         if not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a saved SBLDMPipeline folder (no model_index.json)")
         if (path / OLD_METADATA).is_file():
-            raise ValueError(f"{path}: saved by an sbldm before 0.2, which kept the latent scale, normaliser, "
+            raise ValueError(f"{path}: saved in the older layout that kept the latent scale, normaliser, "
                              f"training features, shape and affine in {OLD_METADATA}; sbldm now keeps the scale in "
                              "vae/config.json (scaling_factor = 1 / latent_std) and the rest in the conditioner "
                              "component. Re-save the pipeline with a current sbldm")
@@ -185,8 +186,7 @@ class SBLDMPipeline(DiffusionPipeline):
     # -- sizes ----------------------------------------------------------------------------
 
     def num_parameters(self) -> dict:
-        n_vae = sum(p.numel() for p in self.vae.parameters())
-        n_unet = sum(p.numel() for p in self.unet.parameters())
+        n_vae, n_unet = count_parameters(self.vae), count_parameters(self.unet)
         return {"vae": n_vae, "unet": n_unet, "total": n_vae + n_unet}
 
     def latent_shape(self, volume_shape: Sequence[int] | None = None) -> tuple[int, int, int, int]:
@@ -201,7 +201,7 @@ class SBLDMPipeline(DiffusionPipeline):
         """(normalised (N, 9), raw (N, 9) or None) from feature dicts, a normalised array or None.
 
         Feature dicts must hold exactly the 9 features (a missing or extra key is refused,
-        naming it); every condition is checked (``sbldm.diffusion.conditioning``): NaN,
+        naming it); every condition is checked (``sbldm.diffusion.unet_inputs``): NaN,
         non-positive sizes or a centre outside the volume are refused, values outside the
         training range draw a warning. A raw-unit array passed where normalised vectors are
         expected is refused."""
@@ -335,49 +335,6 @@ class SBLDMPipeline(DiffusionPipeline):
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
             return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine)
-        vols = self.decode_latents(latents, decode_chunk_size).cpu()
-        images = vols[:, 0].clamp(-1, 1).numpy().astype(np.float32)
-        masks = (vols[:, 1] > 0).numpy().astype(np.uint8)
+        images, masks = from_model_space(self.decode_latents(latents, decode_chunk_size))
         return SBLDMOutput(images, masks, cond_np, raw, self.affine)
 
-
-#: parameter counts of the authors' models (REFERENCE_CODE.md section 2 and 4; paper Table 1: 159M)
-REFERENCE_PARAMETERS = paper.SBLDM_PARAMETERS
-
-
-def parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> list[dict]:
-    """One row per (scale, component) with the parameter count in millions, beside the
-    authors' count for ``paper`` (builds untrained models on the CPU; no forward pass)."""
-    from sbldm.config import resolve
-    from sbldm.models.unet3d import build_unet
-    from sbldm.models.vae import build_vae
-
-    rows = []
-    for scale in dict.fromkeys(scales):
-        cfg = resolve(scale, **overrides)
-        vae = build_vae(cfg)
-        n_vae = sum(p.numel() for p in vae.parameters())
-        n_pos = sum(p.numel() for n, p in vae.named_parameters() if "pos_embedding" in n or "time_emb_proj" in n)
-        del vae
-        unet = build_unet(cfg)
-        n_unet = sum(p.numel() for p in unet.parameters())
-        n_emb = unet.embedding_parameters()
-        del unet
-        ref = REFERENCE_PARAMETERS if scale == "paper" else {}
-        m = 1e6
-        rows += [
-            {"scale": scale, "component": "slice VAE", "params_M": n_vae / m,
-             "without_slice_embedding_M": (n_vae - n_pos) / m, "authors_code_M": ref.get("vae", float("nan")) / m},
-            {"scale": scale, "component": f"3D UNet ({cfg.unet_cond_fusion})", "params_M": n_unet / m,
-             "without_slice_embedding_M": float("nan"),
-             "authors_code_M": ref.get("unet_with_embeddings", float("nan")) / m},
-            {"scale": scale, "component": "3D UNet without embedding MLPs/projections", "params_M": (n_unet - n_emb) / m,
-             "without_slice_embedding_M": float("nan"), "authors_code_M": ref.get("unet", float("nan")) / m},
-            {"scale": scale, "component": "total (VAE + UNet)", "params_M": (n_vae + n_unet) / m,
-             "without_slice_embedding_M": (n_vae - n_pos + n_unet) / m,
-             "authors_code_M": float("nan")},
-            {"scale": scale, "component": "total as Table 1 counts it (no embedding layers)",
-             "params_M": (n_vae - n_pos + n_unet - n_emb) / m, "without_slice_embedding_M": float("nan"),
-             "authors_code_M": ref.get("total", float("nan")) / m},
-        ]
-    return rows

@@ -1,1 +1,1 @@
-"""Measuring generation: Table 1 (unpaired PSNR/SSIM, parameters, time per volume), diversity, realism, conditioning adherence, memorisation (``generation``), the metric primitives (``metrics``) and Fréchet-distance features (``frechet``)."""
+"""Measuring generation: the generation metrics (``generation``: unpaired PSNR/SSIM, diversity, mask realism, conditioning adherence, memorisation, time per volume), the Fréchet distance and its features (``frechet``), tumour appearance (``appearance``), cached sample sets (``sample_cache``) and Table 1 (``table1``)."""

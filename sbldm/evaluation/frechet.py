@@ -1,6 +1,7 @@
-"""Feature extractors for the Fréchet distance of notebook 04.
+"""The Fréchet distance of notebook 04 and the features it is computed on.
 
-Nothing is downloaded. Two sources:
+``frechet_distance(feats_a, feats_b)``: the distance between Gaussians fitted to two
+(N, F) feature sets. Nothing is downloaded for the features; two sources:
 
 - ``MedicalNetFeatures(weights_path, depth)``: a 3D ResNet (MONAI's ``resnet10`` ...
   ``resnet200``, configured as MedicalNet) loaded from MedicalNet weights a user already
@@ -21,6 +22,21 @@ from pathlib import Path
 import numpy as np
 
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+
+
+def frechet_distance(feats_a, feats_b) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, F) feature sets."""
+    from scipy import linalg
+
+    a, b = np.asarray(feats_a, np.float64), np.asarray(feats_b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = linalg.sqrtm(ca @ cb)
+    if not np.all(np.isfinite(covmean)):
+        eps = np.eye(len(ca)) * 1e-6
+        covmean = linalg.sqrtm((ca + eps) @ (cb + eps))
+    covmean = np.real(covmean)
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(ca) + np.trace(cb) - 2 * np.trace(covmean))
 
 
 class MedicalNetFeatures:

@@ -1,10 +1,12 @@
-"""Table 1 and the metrics beyond it (notebook 04): sample every trained generator, score it.
+"""Table 1 and the metrics beyond it (notebook 04): sample every trained generator, score
+it, write the table.
 
 ``sample_methods`` draws the synthetic volumes of each Table 1 row once and caches them
 under ``work/<scale>/samples/`` (notebooks 05 and 06 reuse them); ``table1`` scores them as
 the paper did; ``extra_metrics`` adds diversity, realism, mask realism, image-mask
 agreement and memorisation; ``adherence`` measures how well SBLDM follows the requested
-tumour, with and without classifier-free guidance.
+tumour, with and without classifier-free guidance. ``table1_rows``, ``table1_markdown``
+and ``write_table1`` set our numbers beside the paper's (``sbldm.paper``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sbldm.evaluation import generation as ev
+from sbldm import paper
 from sbldm.config import Config
+from sbldm.evaluation import generation as ev
+from sbldm.evaluation.frechet import frechet_distance
+from sbldm.evaluation.sample_cache import batch_seed, cached_samples
+from sbldm.paths import slug
 
 #: Table 1 rows: (row name, generator key, generate() options from the config)
 ROWS = (
@@ -72,10 +78,10 @@ def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[
         n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
         gen = gens[key]
         fn = lambda b, s, gen=gen, options=options: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
-        slug = row.lower().replace(" ", "_").replace("(", "").replace(")", "").replace("-", "")
-        samples[row] = ev.cached_samples(Path(caches[key]) / f"{slug}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
-                                         meta={"options": options, "model": str(dirs[key]),
-                                               "mtime": _mtime(dirs[key])}, progress=progress)
+        stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
+        samples[row] = cached_samples(Path(caches[key]) / f"{stem}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
+                                      meta={"options": options, "model": str(dirs[key]),
+                                            "mtime": _mtime(dirs[key])}, progress=progress)
         if samples[row]["conditions"] is None and key == "sbldm":
             samples[row]["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
     return samples
@@ -88,7 +94,7 @@ def requested_conditions(gen, n: int, seed: int, batch_size: int) -> np.ndarray:
     out, done = [], 0
     while done < n:
         b = min(batch_size, n - done)
-        _, raw = gen.pipeline.prepare_conditions(None, b, _torch_gen(ev.batch_seed(seed, done)))
+        _, raw = gen.pipeline.prepare_conditions(None, b, _torch_gen(batch_seed(seed, done)))
         out.append(raw)
         done += b
     return np.concatenate(out)
@@ -139,7 +145,7 @@ def extra_metrics(samples: dict, train, test, segmenter, cfg: Config, features=N
     for name, s in entries.items():
         images, masks = s["images"], s["masks"]
         div = ev.pairwise_ms_ssim(images, max_volumes=cfg.eval_n_diversity, seed=cfg.seed)
-        fd = ev.frechet_distance(real_feats, features(images)) if len(images) > 2 else float("nan")
+        fd = frechet_distance(real_feats, features(images)) if len(images) > 2 else float("nan")
         fdist = ev.feature_distribution_distance(train.features, ev.mask_features(masks))
         pred = segmenter.predict(images)
         from sbldm.segmentation.fast import evaluate
@@ -197,3 +203,68 @@ def _names():
     from sbldm.config import FEATURE_NAMES
 
     return FEATURE_NAMES
+
+
+# -- the table ---------------------------------------------------------------------------
+
+def paper_table1_cells(method: str) -> tuple:
+    """The paper's Table 1 row of ``method`` as printed: (PSNR, SSIM, "#params", "time per
+    volume"), from ``sbldm.paper.TABLE1``; four ``None`` for a method the paper lacks."""
+    if method not in paper.TABLE1:
+        return (None, None, None, None)
+    p, s, n, t = paper.TABLE1[method]
+    return p, s, f"{n / 1e6:.0f}M", f"{t:.3f} s"
+
+
+def table1_rows(results: dict) -> list[dict]:
+    """Rows of Table 1 from ``{method: {"psnr", "ssim", "params", "time"}}`` with the
+    paper's numbers beside ours (methods named as in ``sbldm.paper.TABLE1``)."""
+    rows = []
+    for method, r in results.items():
+        printed = paper_table1_cells(method)
+        rows.append({
+            "method": method,
+            "psnr": r["psnr"]["mean"], "psnr_std": r["psnr"]["std"],
+            "ssim": r["ssim"]["mean"], "ssim_std": r["ssim"]["std"],
+            "n_samples": r["psnr"]["n"] + r["psnr"].get("n_nonfinite", 0),
+            "psnr_nonfinite": r["psnr"].get("n_nonfinite", 0),
+            "params_M": r["params"] / 1e6,
+            "time_s_per_volume": r["time"]["median_s"], "device": r["time"]["device"],
+            "paper_psnr": printed[0], "paper_ssim": printed[1], "paper_params": printed[2], "paper_time": printed[3],
+        })
+    return rows
+
+
+def table1_markdown(rows: list[dict], scale: str, seed: int, data: str) -> tuple[str, list[str]]:
+    """Markdown of Table 1 (ours ± std beside the paper) and its notes."""
+    head = ("| method | PSNR (ours) | SSIM (ours) | #params (ours) | time / volume (ours) | "
+            "PSNR (paper) | SSIM (paper) | #params (paper) | time (paper) |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['psnr']:.3f} ± {r['psnr_std']:.3f} | {r['ssim']:.3f} ± {r['ssim_std']:.3f} "
+                     f"| {r['params_M']:.1f}M | {r['time_s_per_volume']:.3f} s | {r['paper_psnr'] or '—'} | "
+                     f"{r['paper_ssim'] or '—'} | {r['paper_params'] or '—'} | {r['paper_time'] or '—'} |")
+    devices = sorted({r["device"] for r in rows})
+    notes = [
+        f"scale `{scale}`, data: {data}, seed {seed}, samples per method: "
+        + ", ".join(f"{r['method']} {r['n_samples']}" for r in rows),
+        f"our timings on {', '.join(devices)} (median of timed volumes after a warm-up); the paper's on one RTX A6000",
+        "PSNR/SSIM are computed as the authors did: unpaired, each synthetic volume against a randomly "
+        "permuted real training volume, FLAIR only in [0, 1], 3D SSIM with an 11^3 uniform window; "
+        "they measure closeness to an arbitrary real brain, not realism — see the second table",
+        "#params: every network used at sampling (SBLDM: slice VAE + 3D UNet; 3D-LDM: autoencoder + UNet; "
+        "3D-LSGAN: generator)",
+    ]
+    return "\n".join(lines), notes
+
+
+def write_table1(rows: list[dict], stem, scale: str, seed: int, data: str) -> str:
+    """Write ``stem.csv`` (all columns) and ``stem.md`` (ours beside the paper, with notes)."""
+    from sbldm.io import atomic_write_bytes
+    from sbldm.tables import write_table
+
+    write_table(rows, stem)
+    md, notes = table1_markdown(rows, scale, seed, data)
+    text = f"### Table 1 ({scale})\n\n{md}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    atomic_write_bytes(Path(stem).with_suffix(".md"), text.encode())
+    return text

@@ -16,8 +16,9 @@ from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision ou
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from sbldm.data.cohort import to_model_space
+from sbldm.data.cohort import from_model_space, to_model_space
 from sbldm.io import atomic_write_json
+from sbldm.models._common import UmaskWeightsMixin
 
 #: the file that tells ``sbldm.load_generator`` which kind of generator a folder holds
 MARKER = "generator.json"
@@ -51,10 +52,9 @@ class Samples:
 
 
 def to_samples(volumes: torch.Tensor, conditions=None) -> Samples:
-    """(N, 2, x, y, z) model-space volumes -> ``Samples`` (image clamped, mask thresholded at 0)."""
-    v = volumes.detach().float().cpu()
-    return Samples(v[:, 0].clamp(-1, 1).numpy().astype(np.float32), (v[:, 1] > 0).numpy().astype(np.uint8),
-                   conditions)
+    """(N, 2, x, y, z) model-space volumes -> ``Samples`` (``sbldm.data.cohort.from_model_space``)."""
+    images, masks = from_model_space(volumes)
+    return Samples(images, masks, conditions)
 
 
 def write_marker(directory: str | os.PathLike, kind: str, **info) -> None:
@@ -122,7 +122,7 @@ def check_discriminator_fits(shape, layers: int, what: str) -> None:
         raise ValueError(f"{what}: {layers} stride-2 convs need every side of volume_shape {tuple(shape)} >= {need}")
 
 
-class Discriminator3D(ModelMixin, ConfigMixin):
+class Discriminator3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """3D convolutional discriminator of the authors' LSGAN: ``layers`` convs k4 s2 p1;
     the first without normalisation, the others with batch norm, all but the last
     followed by LeakyReLU(0.2); the last maps to one channel. The output is a patch map
@@ -157,7 +157,3 @@ def noisy_labels(batch: int, noise: float, generator: torch.Generator | None) ->
     real = 1.0 - noise * torch.randn(batch, generator=generator)
     fake = noise * torch.randn(batch, generator=generator)
     return real, fake
-
-
-def count(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())

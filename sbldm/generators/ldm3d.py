@@ -31,12 +31,14 @@ from torch import nn
 from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
 from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm.diffusion.schedule import denoise, make_scheduler, sampling_scheduler
-from sbldm.generators.common import (MODEL_DIR, Discriminator3D, check_discriminator_fits, check_training_data, count,
-                     ls_loss, read_marker, to_samples, volume_batch, write_marker)
+from sbldm.generators.common import (MODEL_DIR, Discriminator3D, check_discriminator_fits, check_training_data,
+                                     ls_loss, read_marker, to_samples, volume_batch, write_marker)
+from sbldm.models._common import UmaskWeightsMixin, count_parameters
 
 KIND = "ldm3d"
 
@@ -54,24 +56,20 @@ class ResBlock3D(nn.Module):
         return self.skip(x) + self.block(x)
 
 
-class Posterior:
-    """Diagonal Gaussian q(z | x) over (B, C, x', y', z') latents (log-variance clamped
-    to [-30, 20] as in LDM); ``kl`` sums over every latent element, per volume."""
+class VolumePosterior(DiagonalGaussianDistribution):
+    """diffusers' diagonal Gaussian q(z | x) (mean, log-variance clamped to [-30, 20],
+    ``sample``, ``mode``) over (B, C, x', y', z') volume latents. Only ``kl`` differs:
+    diffusers sums over dims 1-3, which are all of a 2D latent but leave a volume's depth
+    axis unsummed; here it sums over every latent element, per volume, with the variance
+    as ``std ** 2`` (how the 3D-LDMs were trained, so their results stay bit-identical)."""
 
-    def __init__(self, moments: torch.Tensor):
-        self.mean, logvar = moments.chunk(2, dim=1)
-        self.logvar = logvar.clamp(-30.0, 20.0)
-        self.std = torch.exp(0.5 * self.logvar)
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        eps = randn_tensor(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * eps
-
-    def kl(self) -> torch.Tensor:
+    def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
+        if other is not None:
+            raise NotImplementedError("VolumePosterior.kl is against the standard normal only")
         return 0.5 * (self.mean ** 2 + self.std ** 2 - 1.0 - self.logvar).flatten(1).sum(1)
 
 
-class AutoencoderKL3D(ModelMixin, ConfigMixin):
+class AutoencoderKL3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """3D KL autoencoder: (B, 2, x, y, z) <-> (B, latent_channels, x/f, y/f, z/f)."""
 
     @register_to_config
@@ -129,7 +127,7 @@ class AutoencoderKL3D(ModelMixin, ConfigMixin):
             raise ValueError(f"volume shape {tuple(volume_shape)} must be divisible by the downsampling factor {f}")
         return (self.config.latent_channels, *(int(s) // f for s in volume_shape))
 
-    def encode(self, x: torch.Tensor) -> Posterior:
+    def encode(self, x: torch.Tensor) -> VolumePosterior:
         if x.ndim != 5:
             raise ValueError(f"AutoencoderKL3D needs (B, C, x, y, z) input, got {tuple(x.shape)}")
         self.latent_shape(x.shape[2:])
@@ -138,7 +136,7 @@ class AutoencoderKL3D(ModelMixin, ConfigMixin):
             for m in level:
                 h = m(h)
         h = self.enc_out(self.enc_mid(h))
-        return Posterior(self.quant_conv(h))
+        return VolumePosterior(self.quant_conv(h))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         h = self.dec_mid(self.dec_in(self.post_quant_conv(z)))
@@ -155,33 +153,21 @@ class AutoencoderKL3D(ModelMixin, ConfigMixin):
 
 def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
                      ssim_range: str = "signed", generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
-    """(terms with ``loss`` = L1 + ssim_weight (1 - SSIM) + kl_weight KL, the reconstruction).
-
-    SSIM on [-1, 1] with data range 2 by default, or on [0, 1] (``"unit"``), as the slice
-    VAE's loss (``sbldm.models.vae.vae_loss`` explains why "unit" collapses)."""
-    from sbldm.metrics import ssim_torch
+    """(terms, the reconstruction) of volumes ``x`` through a posterior sample: the slice
+    VAE's loss, ``sbldm.models.vae.kl_autoencoder_loss``, computed in float32 (the
+    reconstruction is returned as the autoencoder gave it, for the adversarial term)."""
+    from sbldm.models.vae import kl_autoencoder_loss
 
     recon, post = ae(x, sample_posterior=True, generator=generator)
-    l1 = (recon - x).abs().mean()
-    terms = {"l1": l1}
-    loss = l1
-    if ssim_weight:
-        if ssim_range == "signed":
-            ssim = ssim_torch(recon.float(), x.float(), data_range=2.0)
-        else:
-            ssim = ssim_torch(((recon + 1) / 2).float(), ((x + 1) / 2).float())
-        loss = loss + ssim_weight * (1 - ssim)
-        terms["ssim"] = ssim.detach()
-    kl = post.kl().mean()
-    loss = loss + kl_weight * kl
-    return {"loss": loss, **{k: v.detach() for k, v in terms.items()}, "kl": kl.detach()}, recon
+    return kl_autoencoder_loss(recon.float(), x.float(), post, kl_weight=kl_weight, ssim_weight=ssim_weight,
+                               ssim_range=ssim_range), recon
 
 
 # -- the generator ---------------------------------------------------------------------------
 
 def build_networks(cfg):
     """(autoencoder, unet, discriminator or None) of a config's ``ldm3d_*`` fields."""
-    from sbldm.models.unet3d import ConditionedUNet3D
+    from sbldm.models.unet3d import build_unet
 
     f = cfg.ldm3d_ae_downsampling
     if any(int(s) % f for s in cfg.volume_shape):
@@ -189,13 +175,7 @@ def build_networks(cfg):
     ae = AutoencoderKL3D(block_out_channels=tuple(cfg.ldm3d_ae_channels), downsampling=f,
                          layers_per_block=cfg.ldm3d_ae_layers_per_block, latent_channels=cfg.ldm3d_ae_latent_channels,
                          norm_num_groups=cfg.ldm3d_ae_norm_groups)
-    unet = ConditionedUNet3D(in_channels=cfg.ldm3d_ae_latent_channels,
-                             block_out_channels=tuple(cfg.ldm3d_unet_channels),
-                             layers_per_block=cfg.ldm3d_unet_layers_per_block,
-                             norm_num_groups=cfg.ldm3d_unet_norm_groups,
-                             cond_hidden_dim=cfg.ldm3d_unet_cond_hidden_dim, time_proj_dim=cfg.ldm3d_unet_time_proj_dim,
-                             embed_dim=cfg.ldm3d_unet_embed_dim, cond_fusion=cfg.ldm3d_unet_cond_fusion,
-                             mid_layers=cfg.ldm3d_unet_mid_layers)
+    unet = build_unet(cfg, "ldm3d_unet", in_channels=cfg.ldm3d_ae_latent_channels, prior_channels=0)
     disc = None
     if cfg.ldm3d_ae_discriminator:
         check_discriminator_fits(cfg.volume_shape, cfg.ldm3d_disc_layers, "ldm3d_disc_layers")
@@ -205,7 +185,7 @@ def build_networks(cfg):
 
 def unet_parameters(unet) -> int:
     """Parameters the unconditional UNet uses: all but the (unused) condition MLP."""
-    return count(unet) - count(unet.cond_embedding)
+    return count_parameters(unet) - count_parameters(unet.cond_embedding)
 
 
 class LDM3D(DiffusionPipeline):
@@ -246,8 +226,9 @@ class LDM3D(DiffusionPipeline):
         path = Path(pretrained_model_name_or_path)
         meta = read_marker(path, KIND)                 # refuses a folder of another generator, naming it
         if meta.get("format", 1) < 2 or not (path / "model_index.json").is_file():
-            raise ValueError(f"{path}: a 3D-LDM saved by an sbldm before 0.2 (its own layout, the latent scale in "
-                             "generator.json); it is a diffusers pipeline now. Retrain it (notebook 03) or re-save it")
+            raise ValueError(f"{path}: a 3D-LDM saved in the older layout that kept the latent scale in "
+                             "generator.json (no model_index.json); a 3D-LDM folder is a diffusers pipeline now. "
+                             "Retrain it (notebook 03) or re-save it")
         from sbldm.models import unet3d  # noqa: F401  (diffusers loads classes from imported modules)
         from sbldm.generators import common  # noqa: F401
 
@@ -282,7 +263,7 @@ class LDM3D(DiffusionPipeline):
         """Parameters per network; ``total`` = every trained network (autoencoder, its
         discriminator if any, UNet: what the paper's 728M counts), ``sampling`` =
         autoencoder + UNet. The UNet's unused condition MLP is not counted."""
-        ae, d, u = count(self.autoencoder), count(self.discriminator), unet_parameters(self.unet)
+        ae, d, u = count_parameters(self.autoencoder), count_parameters(self.discriminator), unet_parameters(self.unet)
         return {"autoencoder": ae, "discriminator": d, "unet": u, "total": ae + d + u, "sampling": ae + u}
 
     @torch.no_grad()
@@ -360,7 +341,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     from sbldm.diffusion.latents import global_std
     from sbldm.runtime import cpu_setup, seed_everything
     from sbldm.provenance import fingerprint
-    from sbldm.training.trainer import data_fingerprint, make_accelerator, run_training, noise_batch, noise_loss, step_generator
+    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, noise_batch,
+                                        noise_loss, run_training, step_generator)
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -428,11 +410,13 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
         ae_opt = torch.optim.Adam([{"params": ae.parameters()}, {"params": disc.parameters()}], lr=cfg.ldm3d_ae_lr)
         ae_loss_fn = None
 
-    _, done = run_training("ldm3d_ae", cfg, ae_model, ae_opt, ae_loss_fn, cfg.ldm3d_ae_steps, out / "autoencoder", resume,
-                   progress, stop_at, accelerator, {"num_volumes": int(len(images)), "discriminator": use_disc,
-                                                    "downsampling": ae.downsampling_factor}, step_delay,
-                   train_step=ae_step, save=ae_save, inputs={"data": data_fingerprint(images, masks)},
-                   batch_size=cfg.ldm3d_ae_batch_size)
+    control = RunControl(resume, progress, stop_at, step_delay)
+    ae_spec = StageSpec("ldm3d_ae", cfg.ldm3d_ae_steps, loss_fn=ae_loss_fn, train_step=ae_step, save=ae_save,
+                        inputs={"data": data_fingerprint(images, masks)},
+                        record={"num_volumes": int(len(images)), "discriminator": use_disc,
+                                "downsampling": ae.downsampling_factor},
+                        batch_size=cfg.ldm3d_ae_batch_size)
+    _, done = run_training(ae_spec, cfg, ae_model, ae_opt, accelerator, out / "autoencoder", control)
     if not done:
         return None
 
@@ -457,12 +441,12 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
             loss = noise_loss(m(noisy.to(dev), t.to(dev), None), target.to(dev), cfg.ldm3d_diffusion_loss)
         return {"loss": loss}
 
-    unet_model, done = run_training("ldm3d_unet", cfg, unet, opt, unet_loss_fn, cfg.ldm3d_diffusion_steps, out / "unet",
-                            resume, progress, stop_at, accelerator,
-                            {"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
-                             "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])}, step_delay,
-                            inputs={"latents": fingerprint(means, float(latent_std))},
-                            batch_size=cfg.ldm3d_diffusion_batch_size)
+    unet_spec = StageSpec("ldm3d_unet", cfg.ldm3d_diffusion_steps, loss_fn=unet_loss_fn,
+                          inputs={"latents": fingerprint(means, float(latent_std))},
+                          record={"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
+                                  "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])},
+                          batch_size=cfg.ldm3d_diffusion_batch_size)
+    unet_model, done = run_training(unet_spec, cfg, unet, opt, accelerator, out / "unet", control)
     if not done:
         return None
     result = LDM3D(ae.eval(), unet_model.eval(), scheduler, disc, cfg.volume_shape, cfg.sampler,

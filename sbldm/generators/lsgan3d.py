@@ -39,13 +39,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from sbldm.generators.common import (MODEL_DIR, Discriminator3D, Samples, check_discriminator_fits, check_training_data, count,
-                     dcgan_init, ls_loss, noisy_labels, read_marker, to_samples, volume_batch, write_marker)
+from sbldm.generators.common import (MODEL_DIR, Discriminator3D, Samples, check_discriminator_fits, check_training_data,
+                                     dcgan_init, ls_loss, noisy_labels, read_marker, to_samples, volume_batch,
+                                     write_marker)
+from sbldm.models._common import UmaskWeightsMixin, count_parameters
 
 KIND = "lsgan3d"
 
 
-class LSGANGenerator3D(ModelMixin, ConfigMixin):
+class LSGANGenerator3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """Noise (B, latent_dim) -> (B, 2, x, y, z) in [-1, 1]."""
 
     @register_to_config
@@ -125,7 +127,7 @@ class LSGAN3D:
     def num_parameters(self) -> dict:
         """Parameters per network; ``total`` = every trained network (generator and
         discriminator), ``sampling`` = what generating needs (the generator)."""
-        g, d = count(self.generator), count(self.discriminator)
+        g, d = count_parameters(self.generator), count_parameters(self.discriminator)
         return {"generator": g, "discriminator": d, "total": g + d, "sampling": g}
 
     @torch.no_grad()
@@ -166,13 +168,15 @@ class LSGAN3D:
 
 def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
                   stop_at: int | None = None, device: str | None = None, model: LSGAN3D | None = None,
-                  step_delay: float = 0.0) -> LSGAN3D:
+                  step_delay: float = 0.0) -> LSGAN3D | None:
     """Train the 3D-LSGAN on ``train`` (a ``Prepared`` split or ``(images, masks)``) for
     ``cfg.lsgan_steps`` steps into ``out_dir`` (checkpoints, log, loss curve, run record;
     the trained generator in ``out_dir/model``). ``model`` gives the initial networks (default: built
-    from ``cfg`` under ``cfg.seed``)."""
+    from ``cfg`` under ``cfg.seed``). ``stop_at`` stops after that many steps (returns None:
+    resume later)."""
     from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.training.trainer import data_fingerprint, make_accelerator, run_training, step_generator
+    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, run_training,
+                                        step_generator)
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -222,9 +226,14 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     def save(net, directory):
         LSGAN3D(net["generator"], net["discriminator"]).save_pretrained(directory / MODEL_DIR)
 
-    run_training(KIND, cfg, nets, optimizer, None, cfg.lsgan_steps, Path(out_dir), resume, progress, stop_at, accelerator,
-         {"num_volumes": int(len(images)), "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
-         step_delay, train_step=train_step, save=save, inputs={"data": data_fingerprint(images, masks)},
-         batch_size=cfg.lsgan_batch_size)
+    spec = StageSpec(KIND, cfg.lsgan_steps, train_step=train_step, save=save,
+                     inputs={"data": data_fingerprint(images, masks)},
+                     record={"num_volumes": int(len(images)),
+                             "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
+                     batch_size=cfg.lsgan_batch_size)
+    _, done = run_training(spec, cfg, nets, optimizer, accelerator, Path(out_dir),
+                           RunControl(resume, progress, stop_at, step_delay))
+    if not done:
+        return None
     gan.generator.eval()
     return gan

@@ -207,23 +207,17 @@ def train_generator(gen, cfg, train, out_dir: str | os.PathLike, resume: bool = 
 
 
 def _train_sbldm(cfg, train, out: Path, resume, progress, stop_at, device):
-    from sbldm.diffusion.conditioning import diffusion_inputs
     from sbldm.diffusion.latents import encode_dataset
-    from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.training.trainer import train_diffusion, train_vae
+    from sbldm.training.trainer import train_pipeline, train_vae
 
     vae = train_vae(cfg, train, out / "vae", resume=resume, progress=progress, stop_at=stop_at, device=device)
     if stop_at is not None and stop_at < cfg.vae_steps:
         return None
     lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=progress)
-    inputs = diffusion_inputs(cfg, train)
-    unet = train_diffusion(cfg, lat, inputs["conditions"], out / "unet", resume=resume, progress=progress,
-                           stop_at=stop_at, device=device, priors=inputs["priors"], weights=inputs["weights"])
-    if stop_at is not None and stop_at < cfg.diffusion_steps:
+    pipe = train_pipeline(cfg, vae, lat, train, out / "unet", resume=resume, progress=progress, stop_at=stop_at,
+                          device=device)
+    if pipe is None:
         return None
-    pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                         train_features=train.features, latent_std=lat.latent_std,
-                                         affine=train.grid_affine)
     gen = SBLDMGenerator(pipe, cfg.sampler, cfg.num_inference_steps, cfg.eta, cfg.guidance_scale)
     gen.save_pretrained(out / "model")
     return gen

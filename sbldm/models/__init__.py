@@ -1,1 +1,1 @@
-"""Networks of SBLDM: the slice VAE (stage 1) and the conditioned 3D latent UNet (stage 2)."""
+"""Networks of SBLDM: the slice VAE and the loss of every KL autoencoder (stage 1), the conditioned 3D latent UNet (stage 2), and what every network of the package shares (``_common``: loading into fresh storage, weights saved with the umask's mode, parameter counting)."""

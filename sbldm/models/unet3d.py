@@ -46,7 +46,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
-from sbldm.models._common import FreshStorageMixin
+from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin, count_parameters
 
 
 class ResnetBlock3D(nn.Module):
@@ -97,7 +97,7 @@ class Upsample3D(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
-class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
+class ConditionedUNet3D(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """3D epsilon-prediction UNet conditioned on time and a tumour feature vector."""
 
     @register_to_config
@@ -134,7 +134,7 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
         def block(cin, cout):
             return ResnetBlock3D(cin, cout, embed_dim, g, cond_fusion, dropout)
 
-        # the spatial prior (sbldm.diffusion.conditioning.render_prior) enters beside the latent
+        # the spatial prior (sbldm.diffusion.unet_inputs.render_prior) enters beside the latent
         self.conv_in = nn.Conv3d(in_channels + prior_channels, ch[0], 3, padding=1)
         skips = [ch[0]]
         self.down_blocks = nn.ModuleList()
@@ -180,10 +180,8 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
 
     def embedding_parameters(self) -> int:
         """Parameters of the embedding path (time MLP, tau, null embedding, per-block projections)."""
-        n = sum(p.numel() for m in (self.time_embedding, self.cond_embedding) for p in m.parameters())
-        n += self.null_cond.numel()
-        n += sum(p.numel() for mod in self.modules() if isinstance(mod, ResnetBlock3D) for p in mod.emb_proj.parameters())
-        return n
+        n = count_parameters(self.time_embedding) + count_parameters(self.cond_embedding) + self.null_cond.numel()
+        return n + sum(count_parameters(mod.emb_proj) for mod in self.modules() if isinstance(mod, ResnetBlock3D))
 
     def embed(self, timestep, cond: torch.Tensor | None, batch: int, device, dtype,
               drop_cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -249,17 +247,26 @@ class ConditionedUNet3D(FreshStorageMixin, ModelMixin, ConfigMixin):
         return h
 
 
-def build_unet(cfg) -> ConditionedUNet3D:
-    """The 3D UNet described by a ``sbldm.config.Config``."""
+def build_unet(cfg, prefix: str = "unet", in_channels: int | None = None,
+               prior_channels: int | None = None) -> ConditionedUNet3D:
+    """The 3D UNet of a ``sbldm.config.Config``'s ``<prefix>_*`` fields (``channels``,
+    ``layers_per_block``, ``norm_groups``, ``cond_hidden_dim``, ``time_proj_dim``,
+    ``embed_dim``, ``cond_fusion``, ``mid_layers``): ``"unet"`` is SBLDM's latent UNet,
+    ``"ldm3d_unet"`` the 3D-LDM's. ``in_channels`` defaults to the slice VAE's latent
+    channels and ``prior_channels`` to one spatial-prior channel when
+    ``cfg.unet_spatial_prior`` (SBLDM's latent UNet); other UNets pass both."""
+    def field(name):
+        return getattr(cfg, f"{prefix}_{name}")
+
     return ConditionedUNet3D(
-        in_channels=cfg.vae_latent_channels,
-        block_out_channels=tuple(cfg.unet_channels),
-        layers_per_block=cfg.unet_layers_per_block,
-        norm_num_groups=cfg.unet_norm_groups,
-        cond_hidden_dim=cfg.unet_cond_hidden_dim,
-        time_proj_dim=cfg.unet_time_proj_dim,
-        embed_dim=cfg.unet_embed_dim,
-        cond_fusion=cfg.unet_cond_fusion,
-        mid_layers=cfg.unet_mid_layers,
-        prior_channels=1 if cfg.unet_spatial_prior else 0,
+        in_channels=cfg.vae_latent_channels if in_channels is None else in_channels,
+        block_out_channels=tuple(field("channels")),
+        layers_per_block=field("layers_per_block"),
+        norm_num_groups=field("norm_groups"),
+        cond_hidden_dim=field("cond_hidden_dim"),
+        time_proj_dim=field("time_proj_dim"),
+        embed_dim=field("embed_dim"),
+        cond_fusion=field("cond_fusion"),
+        mid_layers=field("mid_layers"),
+        prior_channels=(1 if cfg.unet_spatial_prior else 0) if prior_channels is None else prior_channels,
     )

@@ -1,4 +1,6 @@
-"""Stage 1: the slice VAE, a 2D KL autoencoder told where each slice sits.
+"""Stage 1: the slice VAE, a 2D KL autoencoder told where each slice sits, and the loss
+every KL autoencoder of the package trains with (``kl_autoencoder_loss``; the 3D-LDM's
+autoencoder uses it too).
 
 Built from diffusers' blocks (``ResnetBlock2D``, ``Downsample2D``, ``Upsample2D``,
 ``DiagonalGaussianDistribution``). Two input/output channels: FLAIR slice and mask
@@ -46,7 +48,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
-from sbldm.models._common import FreshStorageMixin
+from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin
 
 
 def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
@@ -57,7 +59,7 @@ def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
     return index / max(int(depth) - 1, 1)
 
 
-class SliceVAE(FreshStorageMixin, ModelMixin, ConfigMixin):
+class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding.
 
     ``scaling_factor`` is the latent scale, as in diffusers' ``AutoencoderKL``: the
@@ -221,26 +223,26 @@ def build_vae(cfg) -> SliceVAE:
     )
 
 
-def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
-             ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
-             generator: torch.Generator | None = None) -> dict:
-    """L1 + ssim_weight (1 - SSIM) + kl_weight KL (+ lpips_weight LPIPS on the image channel).
+def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_weight: float = 1e-6,
+                        ssim_weight: float = 1.0, ssim_range: str = "signed") -> dict:
+    """The loss of every KL autoencoder of the package (the slice VAE here, the 3D-LDM's
+    ``AutoencoderKL3D``): L1 + ssim_weight (1 - SSIM) + kl_weight KL, from a
+    reconstruction ``recon`` of ``x`` (2D slices or 3D volumes) and the ``posterior`` it was
+    decoded from (its ``kl()`` per example, averaged over the batch).
 
-    ``ssim_range="signed"`` (default) computes SSIM on the model's [-1, 1] values with data
-    range 2; ``"unit"`` maps both to [0, 1] first, as the authors' pytorch_msssim call did.
-    In [0, 1] the skull-stripped background and the mask's background sit at exactly 0,
-    where SSIM's luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with C1 = 1e-4
-    punishes any deviation so hard that a freshly initialised VAE collapses to a dark
-    output: measured at `small` (64x64 slices, lr 5e-4, 300 steps), image PSNR 12.9 dB with
-    "unit" vs 28.2 dB with "signed" (and 27.0 dB with L1 alone).
+    ``ssim_range="signed"`` (default) computes SSIM per channel on the model's [-1, 1]
+    values with data range 2 (gaussian window 11); ``"unit"`` maps both to [0, 1] first, as
+    the authors' pytorch_msssim call did. In [0, 1] the skull-stripped background and the
+    mask's background sit at exactly 0, where SSIM's luminance term
+    (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) with C1 = 1e-4 punishes any deviation so hard
+    that a freshly initialised VAE collapses to a dark output: measured at `small` (64x64
+    slices, lr 5e-4, 300 steps), image PSNR 12.9 dB with "unit" vs 28.2 dB with "signed"
+    (and 27.0 dB with L1 alone). SSIM is computed (and logged) whatever its weight.
 
-    SSIM is computed per channel on images mapped to [0, 1] (gaussian window 11, as the
-    authors' pytorch_msssim call); KL is summed over latent elements, averaged over the
-    batch (the authors' definition). Returns a dict of scalar tensors, ``loss`` first.
-    """
+    Returns a dict of scalar tensors: ``loss`` (with its graph), then the detached terms
+    ``l1``, ``ssim`` and ``kl``."""
     from sbldm.metrics import ssim_torch
 
-    recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     l1 = (recon - x).abs().mean()
     if ssim_range == "signed":
         ssim = ssim_torch(recon, x, data_range=2.0)
@@ -250,12 +252,24 @@ def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 
         raise ValueError(f"ssim_range must be 'signed' or 'unit', got {ssim_range!r}")
     kl = posterior.kl().mean()
     loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
-    out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
+    return {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
+
+
+def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
+             ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
+             generator: torch.Generator | None = None) -> dict:
+    """The slice VAE's training loss on slices ``x`` at ``slice_pos``: ``kl_autoencoder_loss``
+    of a reconstruction through a posterior sample (SSIM on [-1, 1] by default, see there),
+    plus lpips_weight LPIPS on the image channel. Returns a dict of scalar tensors,
+    ``loss`` first."""
+    recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
+    out = kl_autoencoder_loss(recon, x, posterior, kl_weight=kl_weight, ssim_weight=ssim_weight,
+                              ssim_range=ssim_range)
     if lpips_weight > 0:
         if lpips is None:
             raise ValueError("vae_lpips_weight > 0 needs an LPIPS network; sbldm downloads nothing: "
                              "set vae_lpips_path to local LPIPS weights or set vae_lpips_weight=0")
         lp = lpips(recon[:, :1].clamp(-1, 1), x[:, :1]).mean()
         out["lpips"] = lp.detach()
-        out["loss"] = loss + lpips_weight * lp
+        out["loss"] = out["loss"] + lpips_weight * lp
     return out

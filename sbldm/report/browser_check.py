@@ -31,7 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from sbldm.paths import REPO_ROOT
+
 NOTEBOOK = "notebooks/08_steer_a_tumour.ipynb"
 CHROMIUM = "/usr/bin/chromium"
 # flags a closed network needs: no background connections, updates or sync
@@ -53,10 +54,10 @@ def start_lab(port: int, token: str, log_path: Path) -> subprocess.Popen:
     """JupyterLab on 127.0.0.1:``port`` serving the repository, waited for until it answers."""
     log = open(log_path, "w")
     cmd = [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={ROOT}", "--ServerApp.open_browser=False"]
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={REPO_ROOT}", "--ServerApp.open_browser=False"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
     url = f"http://127.0.0.1:{port}/api/status?token={token}"
     for _ in range(120):
         if proc.poll() is not None:
@@ -138,7 +139,7 @@ def drive(page, base: str, token: str, out: Path, record: dict, timeout_s: float
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.report.browser_check", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "results" / "small" / "figures"), help="where the screenshots go")
+    ap.add_argument("--out", default=str(REPO_ROOT / "results" / "small" / "figures"), help="where the screenshots go")
     ap.add_argument("--chromium", default=CHROMIUM, help="the Chromium executable (default: Debian's)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds each step may take")
     args = ap.parse_args(argv)

@@ -18,9 +18,8 @@ import json
 import sys
 from pathlib import Path
 
+from sbldm.paths import REPO_ROOT
 from sbldm.provenance import data_source
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: (title, table stem under tables/) in the order the README shows them
 TABLES = (
@@ -111,7 +110,7 @@ def stale_notebooks(run: dict, results_dir: Path | None = None) -> set[str]:
     return {n for n, e in nbs.items() if n != first and finished_at(e, results_dir) < t0}
 
 
-def results_section(results_dir: str | Path, scale: str, link_root: str | Path = ROOT) -> str:
+def results_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT) -> str:
     """The generated Markdown block (without its markers) for ``results_dir`` (= results/<scale>)."""
     d = Path(results_dir)
     run_path = d / "run.json"
@@ -164,7 +163,7 @@ def update_readme(readme: str | Path, results_dir: str | Path, scale: str, check
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.report.readme", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="small")
-    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
     ap.add_argument("--results", default=None, help="results/<scale> folder (default: next to the README)")
     ap.add_argument("--check", action="store_true", help="exit 1 if the README block is out of date")
     args = ap.parse_args(argv)

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sbldm.config import Config, resolve, run_name
+from sbldm.config import Config, resolve
 from sbldm.io import atomic_write_bytes
+from sbldm.paths import REPO_ROOT
+from sbldm.runs import run_name
 
-ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "pretrained"
+SHIPPED = REPO_ROOT / "pretrained"
 CARD = "MODEL_CARD.md"
 
 
@@ -108,7 +109,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
     return "\n".join(lines)
 
 
-def ship(scale: str, work_root: Path = ROOT / "work", results_root: Path = ROOT / "results",
+def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = REPO_ROOT / "results",
          dest_root: Path = SHIPPED, check_volumes: int = 4, check_steps: int = 20) -> Path:
     """Write ``dest_root/<run>/`` from the trained pipeline of ``scale`` (default run folder)."""
     import torch

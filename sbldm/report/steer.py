@@ -29,6 +29,32 @@ from sbldm.runtime import cpu_bf16
 
 #: the features a user sets; the surface area follows from volume and sphericity
 CONTROLS = ("voxel_volume", "sphericity", "x", "y", "z", "w", "h", "d")
+#: grid of the volume slider, in log10(voxels): 0.02 is a 4.7% step
+VOLUME_LOG_STEP = 0.02
+#: grid of the sphericity slider
+SPHERICITY_STEP = 0.01
+
+
+def _on_grid(value: float, lo: float, hi: float, step: float) -> float:
+    """``value`` moved to the nearest point ``lo + k * step`` inside [lo, hi]: a slider
+    shows only such points, so a value off the grid would be shown as another one."""
+    k = round((float(np.clip(value, lo, hi)) - lo) / step)
+    return float(min(lo + k * step, hi))
+
+
+def _on_log_grid(value: float, e_lo: float, e_hi: float, step: float) -> float:
+    """``value`` moved to the nearest ``10 ** (e_lo + k * step)`` inside the slider's range."""
+    return float(10.0 ** _on_grid(np.log10(max(float(value), 1e-12)), e_lo, e_hi, step))
+
+
+def _snap_widget(slider) -> None:
+    """Put a (log) float slider's value back on its grid if it was set off it."""
+    if slider.__class__.__name__ == "FloatLogSlider":
+        snapped = _on_log_grid(slider.value, slider.min, slider.max, slider.step)
+    else:
+        snapped = _on_grid(slider.value, slider.min, slider.max, slider.step)
+    if not np.isclose(snapped, slider.value, rtol=1e-12, atol=0.0):
+        slider.value = snapped
 
 
 class TumourSteering:
@@ -142,23 +168,34 @@ class TumourSteering:
             lo, hi = float(self.lo[j]), float(self.hi[j])
             if k in ("x", "y", "z", "w", "h", "d"):
                 s = self.shape[("x", "y", "z", "w", "h", "d").index(k) % 3]
-                sliders[k] = w.IntSlider(value=int(round(self.values[k])), min=1, max=s - 1, description=k)
+                sliders[k] = w.IntSlider(value=int(np.clip(round(self.values[k]), 1, s - 1)), min=1, max=s - 1,
+                                         description=k)
             elif k == "voxel_volume":
-                sliders[k] = w.FloatLogSlider(value=self.values[k], base=10, min=np.log10(max(lo, 1.0)),
-                                              max=np.log10(hi), description="volume (vx)")
+                e_lo = np.floor(np.log10(max(lo, 1.0)) / VOLUME_LOG_STEP) * VOLUME_LOG_STEP
+                e_hi = np.ceil(np.log10(max(hi, 1.0)) / VOLUME_LOG_STEP) * VOLUME_LOG_STEP
+                sliders[k] = w.FloatLogSlider(value=_on_log_grid(self.values[k], e_lo, e_hi, VOLUME_LOG_STEP),
+                                              base=10, min=e_lo, max=e_hi, step=VOLUME_LOG_STEP,
+                                              description="volume (vx)")
             else:
-                sliders[k] = w.FloatSlider(value=self.values[k], min=round(lo, 2), max=round(hi, 2), step=0.01,
-                                           description=k)
-        guidance = w.FloatSlider(value=self.guidance_scale, min=1.0, max=5.0, step=0.5, description="guidance")
-        steps = w.IntSlider(value=self.steps, min=5, max=50, step=5, description="DDIM steps")
+                f_lo, f_hi = np.floor(lo / SPHERICITY_STEP) * SPHERICITY_STEP, np.ceil(hi / SPHERICITY_STEP) * SPHERICITY_STEP
+                sliders[k] = w.FloatSlider(value=_on_grid(self.values[k], f_lo, f_hi, SPHERICITY_STEP), min=f_lo,
+                                           max=f_hi, step=SPHERICITY_STEP, description=k)
+        for k in ("voxel_volume", "sphericity"):      # a value set from Python lands on the grid the browser shows
+            sliders[k].observe(lambda change, s=sliders[k]: _snap_widget(s), names="value")
+        # what the panel shows is what it asks for: the request starts from the sliders' own values
+        self.set(**{k: s.value for k, s in sliders.items()})
+        guidance = w.FloatSlider(value=_on_grid(self.guidance_scale, 1.0, 5.0, 0.5), min=1.0, max=5.0, step=0.5,
+                                 description="guidance")
+        steps = w.IntSlider(value=int(_on_grid(self.steps, 5, 50, 5)), min=5, max=50, step=5, description="DDIM steps")
         seed = w.IntText(value=self.seed, description="seed")
         go, save = w.Button(description="generate", button_style="primary"), w.Button(description="save NIfTI")
         out, status = w.Output(), w.HTML()
 
-        def on_volume(change):
-            self.set(voxel_volume=change["new"])
+        def on_volume(_change):
+            self.set(voxel_volume=sliders["voxel_volume"].value)     # the value on the grid, not one set off it
             for k in ("w", "h", "d"):
-                sliders[k].value = int(round(self.values[k]))
+                sliders[k].value = int(np.clip(round(self.values[k]), sliders[k].min, sliders[k].max))
+            self.set(**{k: s.value for k, s in sliders.items()})
 
         def on_generate(_=None):
             self.set(**{k: s.value for k, s in sliders.items()})   # what is shown is what is asked for

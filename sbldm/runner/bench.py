@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import SCALES
+from sbldm.paths import REPO_ROOT, slug
 from sbldm.provenance import device_name
 
-ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("slice_vae", "sbldm_unet", "ldm3d_autoencoder", "ldm3d_unet", "pixel_ddpm_unet")
 
 
@@ -77,7 +77,7 @@ def _train_step_setup(component: str, cfg, device: str):
     """(model, step function) for one training step of ``component`` at ``cfg``'s sizes."""
     import torch
 
-    from sbldm.models.unet3d import ConditionedUNet3D, build_unet
+    from sbldm.models.unet3d import build_unet
     from sbldm.models.vae import build_vae, relative_positions, vae_loss
 
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -105,11 +105,7 @@ def _train_step_setup(component: str, cfg, device: str):
         loss = noise_step(model, (b, cfg.vae_latent_channels, x_ // f, y_ // f, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} latents {cfg.vae_latent_channels}x{x_ // f}x{y_ // f}x{z_}"
     elif component == "pixel_ddpm_unet":
-        model = ConditionedUNet3D(in_channels=2, block_out_channels=tuple(cfg.unet_channels),
-                                  layers_per_block=cfg.unet_layers_per_block, norm_num_groups=cfg.unet_norm_groups,
-                                  cond_hidden_dim=cfg.unet_cond_hidden_dim, time_proj_dim=cfg.unet_time_proj_dim,
-                                  embed_dim=cfg.unet_embed_dim, cond_fusion=cfg.unet_cond_fusion,
-                                  mid_layers=cfg.unet_mid_layers).to(device)
+        model = build_unet(cfg, in_channels=2, prior_channels=0).to(device)     # the SBLDM UNet's widths
         b = cfg.diffusion_batch_size
         loss = noise_step(model, (b, 2, x_, y_, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
@@ -185,6 +181,7 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
     import torch
 
     from sbldm.config import resolve
+    from sbldm.models._common import count_parameters
 
     torch.set_flush_denormal(True)
     cfg = resolve(scale)
@@ -209,7 +206,7 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
     with cpu_peak_increase() as mem:       # baseline: libraries, weights and inputs loaded
         t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
     out = {"component": component, "variant": variant, "unit": unit,
-           "params_M": sum(p.numel() for p in model.parameters()) / 1e6, "step_s": t}
+           "params_M": count_parameters(model) / 1e6, "step_s": t}
     if device == "cuda":
         out.update(peak_memory_MiB=torch.cuda.max_memory_allocated() / 2 ** 20,
                    memory_kind="cuda max_memory_allocated")
@@ -319,11 +316,9 @@ def measure_fast_paths(scale: str, device: str, repeats: int, variants=VARIANTS,
     return rows
 
 
-def slug(text: str) -> str:
-    """``CPU (x86_64, 2 threads)`` -> ``cpu-x86-64-2-threads``: a file-name part."""
-    import re
-
-    return re.sub(r"[^0-9a-z]+", "-", text.lower()).strip("-")
+def device_file_part(device: str) -> str:
+    """``CPU (x86_64, 2 threads)`` -> ``cpu-x86-64-2-threads``: the device in a result file's name."""
+    return slug(device.lower(), "-", ascii_only=True, collapse=True, strip=True)
 
 
 def markdown(result: dict) -> str:
@@ -382,7 +377,7 @@ def fast_paths_markdown(result: dict) -> str:
 def train_step_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
     proc = subprocess.run([sys.executable, "-m", "sbldm.runner.bench", "--one", comp, "--variant", variant,
                            "--scale", args.scale, "--device", device, "--dtype", args.dtype,
-                           "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=ROOT)
+                           "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
         print(f"  {comp} ({variant}): {err}", flush=True)
@@ -404,7 +399,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
     ap.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS, metavar="COMPONENT",
                     help=f"networks whose training step and peak memory are measured: {', '.join(COMPONENTS)}")
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder of the JSON and Markdown results")
+    ap.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"), help="folder of the JSON and Markdown results")
     ap.add_argument("--fast-paths", nargs="*", default=None, metavar="VARIANT",
                     help=f"instead of the main benchmark, compare the fast paths with the plain path "
                          f"(default variants: {' '.join(VARIANTS)})")
@@ -438,7 +433,7 @@ def main(argv=None) -> int:
                                                 max(args.batch_sizes), args.pipeline)
         result["weights"] = args.pipeline or "untrained (random output layer)"
         result["training"] = [train_step_subprocess("sbldm_unet", args, device, v) for v in variants]
-        _write(out / f"{args.scale}_{slug(result['device'])}_fastpaths", result, fast_paths_markdown(result))
+        _write(out / f"{args.scale}_{device_file_part(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
     print(f"sampling on {result['device']} ...", flush=True)
     result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
@@ -447,7 +442,7 @@ def main(argv=None) -> int:
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
         result["training"].append(train_step_subprocess(comp, args, device))
-    _write(out / f"{args.scale}_{slug(result['device'])}_{args.dtype}", result, markdown(result))
+    _write(out / f"{args.scale}_{device_file_part(result['device'])}_{args.dtype}", result, markdown(result))
     return 0
 
 

@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 
 from sbldm.config import SCALES
+from sbldm.paths import REPO_ROOT
 from sbldm.provenance import device_name, library_versions
 
-ROOT = Path(__file__).resolve().parents[2]
 TARGET_DDIM50_BF16_S = 0.25          # issue "Scale out, proven": per volume at 192x192x96 on one H100
 TARGET_MEMORY_VS_PIXEL = 0.25
 TARGET_MEMORY_VS_LDM3D = 0.5
@@ -68,10 +68,8 @@ def training_smoke(scale: str, device: str, steps: int, work: Path, n_cases: int
     from sbldm.config import resolve
     from sbldm.data.cohort import load_prepared, prepare_cohort
     from sbldm.data.phantom import make_phantom_cohort
-    from sbldm.diffusion.conditioning import diffusion_inputs
     from sbldm.diffusion.latents import encode_dataset
-    from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.training.trainer import train_diffusion, train_vae
+    from sbldm.training.trainer import train_pipeline, train_vae
 
     cfg = resolve(scale, vae_steps=steps, diffusion_steps=steps, checkpoint_every=steps, log_every=max(1, steps // 5),
                   n_train=n_cases - 1, n_test=1)
@@ -90,16 +88,13 @@ def training_smoke(scale: str, device: str, steps: int, work: Path, n_cases: int
             vae = train_vae(cfg, train, work / "vae", resume=False, progress=False, device=device)
             lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=False)
         else:
-            inputs = diffusion_inputs(cfg, train)
-            unet = train_diffusion(cfg, lat, inputs["conditions"], work / "unet", resume=False, progress=False,
-                                   device=device, priors=inputs["priors"], weights=inputs["weights"])
+            pipe = train_pipeline(cfg, vae, lat, train, work / "unet", resume=False, progress=False, device=device)
         seconds = time.perf_counter() - t0
         rec = json.loads((work / ("vae" if stage == "vae" else "unet") / "run.json").read_text())
         out[stage] = {"seconds": seconds, "s_per_step": rec["wall_time_s"] / steps,
                       "final_loss": rec["final_loss"], "batch_size": rec.get("per_process_batch_size"),
                       "peak_memory_MiB": torch.cuda.max_memory_allocated() / 2 ** 20 if device == "cuda" else None}
-    pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                         train_features=train.features, latent_std=lat.latent_std).to(device)
+    pipe = pipe.to(device)
     t0 = time.perf_counter()
     sample = pipe(num_volumes=1, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
     out["sample_s"] = time.perf_counter() - t0
@@ -201,7 +196,7 @@ def run(scale: str, device: str, repeats: int, train_steps: int, out_dir: Path, 
             torch.cuda.empty_cache()
     result["targets"] = targets(result)
     result["wall_s"] = time.perf_counter() - t_start
-    stem = Path(out_dir) / f"{scale}_{bench.slug(result['device'])}_gpucheck"
+    stem = Path(out_dir) / f"{scale}_{bench.device_file_part(result['device'])}_gpucheck"
     atomic_write_json(stem.with_suffix(".json"), result)
     md = markdown(result)
     atomic_write_bytes(stem.with_suffix(".md"), md.encode())
@@ -216,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="cuda (default); cpu only with --scale smoke, to test this script")
     ap.add_argument("--repeats", type=int, default=2, help="timed repetitions per measurement (median)")
     ap.add_argument("--train-steps", type=int, default=30, help="steps per stage of the training smoke (0: skip)")
-    ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="folder of the JSON and Markdown")
+    ap.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"), help="folder of the JSON and Markdown")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="VARIANT",
                     help=f"DDIM-50 fast paths to time (default: {' '.join(VARIANTS)})")
     a = ap.parse_args(argv)

@@ -3,7 +3,7 @@
 Before anything runs, the requested parameters are checked against each notebook's
 ``parameters`` cell and unknown ones are refused (papermill alone only warns, so a typo
 such as ``scael`` would silently run the defaults). Executed notebooks go to
-``results/<run>/executed/`` (``<run>``: ``sbldm.config.run_name``); ``results/<run>/run.json`` records, per notebook, the
+``results/<run>/executed/`` (``<run>``: ``sbldm.runs.run_name``); ``results/<run>/run.json`` records, per notebook, the
 parameters, config hash, seed, git commit, library versions, device, wall time and
 status. A notebook that already completed with the same parameters and inputs (its own
 source, the package source, and every upstream notebook) is skipped unless ``--redo``.
@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sbldm.config import SCALES, resolve, run_name
+from sbldm.config import SCALES, resolve
 from sbldm.io import atomic_write_bytes, atomic_write_json
+from sbldm.paths import REPO_ROOT
 from sbldm.provenance import device_name, git_commit, library_versions
+from sbldm.runs import run_name
 
-ROOT = Path(__file__).resolve().parents[2]
-NOTEBOOKS = ROOT / "notebooks"
-RESULTS = ROOT / "results"
+NOTEBOOKS = REPO_ROOT / "notebooks"
+RESULTS = REPO_ROOT / "results"
 
 
 class RunnerError(RuntimeError):
@@ -77,8 +78,8 @@ def _sha(*parts: bytes) -> str:
 
 def package_hash() -> str:
     """Hash of the package source: a code change re-runs the notebooks."""
-    files = sorted((ROOT / "sbldm").rglob("*.py"))
-    return _sha(*[f.relative_to(ROOT).as_posix().encode() + f.read_bytes() for f in files])
+    files = sorted((REPO_ROOT / "sbldm").rglob("*.py"))
+    return _sha(*[f.relative_to(REPO_ROOT).as_posix().encode() + f.read_bytes() for f in files])
 
 
 def environment() -> dict:
@@ -136,7 +137,7 @@ def plan(scale: str, params: dict[str, Any], only: list[str] | None = None,
 
 
 def run_folder(scale: str, params: dict[str, Any], results_root: Path = RESULTS) -> Path:
-    """``results/<run>/`` of these parameters (``sbldm.config.run_name``)."""
+    """``results/<run>/`` of these parameters (``sbldm.runs.run_name``)."""
     return Path(results_root) / run_name(scale, params.get("seed", 0), params.get("overrides"), params.get("data"),
                                          params.get("pipeline"))
 
@@ -216,7 +217,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
                          "data": params.get("data") or "phantom cohort",
                          "pipeline": params.get("pipeline") or "trained by notebook 02"}
         env = environment()
-        commit = git_commit(ROOT)
+        commit = git_commit(REPO_ROOT)
         code_hash = package_hash()
         kernel = _kernel_name()
         upstream = b""

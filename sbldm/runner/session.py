@@ -25,8 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sbldm.config import Config, resolve, run_name
+from sbldm.config import Config, resolve
+from sbldm.paths import project_root
 from sbldm.provenance import data_source
+from sbldm.runs import run_name
 
 SMOKE_NOTE = "smoke scale: a plumbing check on a few tiny phantom volumes; its numbers mean nothing."
 
@@ -105,13 +107,6 @@ class Session:
         return SMOKE_NOTE if self.scale == "smoke" else None
 
 
-def project_root() -> Path:
-    """The sbldm checkout this package runs from (the folder holding ``notebooks/`` and
-    ``sbldm/``), or the current directory for an installed, non-editable package."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "notebooks").is_dir() and (here / "sbldm").is_dir() else Path.cwd()
-
-
 def _check_pipeline_shape(pipeline: Path, cfg: Config) -> None:
     import json
 
@@ -130,10 +125,10 @@ def open_session(scale: str, seed: int = 0, overrides: dict | None = None, work_
     evaluate instead of the trained one (None: ``work/<run>/pipeline``).
 
     Folders: ``work_root/<run>`` and ``results_root/<run>``, where ``<run>`` is
-    ``sbldm.config.run_name(scale, seed, overrides, data)`` — so a run with overrides,
+    ``sbldm.runs.run_name(scale, seed, overrides, data)`` — so a run with overrides,
     another seed or other data never writes into the committed ``results/<scale>/``.
     The roots default to the project's ``work/`` and ``results/`` wherever the notebook
-    runs from."""
+    runs from (``sbldm.paths.project_root``)."""
     from sbldm.runtime import cpu_setup, pick_device
 
     cfg = resolve(scale, seed=seed, **(overrides or {}))

@@ -77,10 +77,9 @@ def main(argv=None) -> int:
         return 0
     if not a.vae:
         p.error("the diffusion stage needs --vae (a trained VAE folder)")
-    from sbldm.diffusion.conditioning import diffusion_inputs
     from sbldm.diffusion.latents import encode_dataset, load_latents, save_latents
     from sbldm.models.vae import SliceVAE
-    from sbldm.training.trainer import process_state, train_diffusion
+    from sbldm.training.trainer import process_state, train_pipeline
 
     state = process_state()
     vae = SliceVAE.from_pretrained(a.vae).eval()
@@ -91,15 +90,9 @@ def main(argv=None) -> int:
         except FileNotFoundError:
             lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=not a.no_progress)
             save_latents(cache, lat)
-    inputs = diffusion_inputs(cfg, train)
-    unet = train_diffusion(cfg, lat, inputs["conditions"], a.out, resume=not a.no_resume, progress=not a.no_progress,
-                           step_delay=a.step_delay, priors=inputs["priors"], weights=inputs["weights"])
+    pipe = train_pipeline(cfg, vae, lat, train, a.out, resume=not a.no_resume, progress=not a.no_progress,
+                          step_delay=a.step_delay)
     if a.pipeline and state.is_main_process:
-        from sbldm.diffusion.pipeline import SBLDMPipeline
-
-        pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
-                                             train_features=train.features, latent_std=lat.latent_std,
-                                             affine=train.grid_affine)
         pipe.save_pretrained(a.pipeline)
     return 0
 

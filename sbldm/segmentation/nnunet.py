@@ -1,14 +1,15 @@
 """The ``nnunet`` segmentation backend: the real nnU-Net v2, driven from Python.
 
 ``train_and_predict(train_images, train_masks, test_images, cfg, work_dir)`` does what
-the authors did by hand (REFERENCE_CODE.md §6, ``nnUNetv2_train 211 3d_fullres all -tr
-nnUNetTrainerNoDA``) and hands back sbldm arrays, like the ``fast`` backend:
+the authors did by hand (``docs/paper_vs_code.md``, "Segmentation (Table 2)":
+``nnUNetv2_train 211 3d_fullres all -tr nnUNetTrainerNoDA``) and hands back sbldm
+arrays, like the ``fast`` backend:
 
 1. export the cases with :func:`sbldm.data.cohort.export_nnunet` under ``work_dir/nnUNet_raw``;
 2. ``nnUNetv2_plan_and_preprocess -c 3d_fullres --verify_dataset_integrity``;
 3. on CPU (or when asked), a narrow copy of the plans (``features_per_stage`` 8, 16, ...
-   capped at 80; DESIGN.md §7) under the plans name ``sbldmNarrowPlans``, which reads
-   the same preprocessed data;
+   capped at 80; ``docs/machine_notes.md``, "nnU-Net v2 on a CPU") under the plans name
+   ``sbldmNarrowPlans``, which reads the same preprocessed data;
 4. ``nnUNetv2_train 3d_fullres FOLD`` with ``sbldmTrainer`` (nnU-Net's default data
    augmentation, as the paper's text) or ``sbldmTrainerNoDA`` (none, as the authors'
    code), per ``cfg.seg_nnunet_augmentation``; these subclasses of the stock trainers
@@ -44,6 +45,7 @@ from typing import Sequence
 import numpy as np
 
 from sbldm.config import Config
+from sbldm.paths import REPO_ROOT
 
 INSTALL_HINT = "install the nnunet extra: pip install -e .[nnunet]"
 CONFIGURATION = "3d_fullres"
@@ -126,7 +128,7 @@ def environment(work_dir, *, device: str = "cpu", threads: int | None = None, se
                SBLDM_NNUNET_FINAL_VALIDATION="1" if final_validation else "0",
                PYTHONUNBUFFERED="1")
     # ``python -m sbldm.segmentation._nnunet_launch`` must find this very package.
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(REPO_ROOT)
     env["PYTHONPATH"] = os.pathsep.join([root] + [q for q in env.get("PYTHONPATH", "").split(os.pathsep) if q])
     if device == "cpu":
         env["nnUNet_n_proc_DA"] = "0"   # data augmentation in the main process (2-core machines)

@@ -1,7 +1,8 @@
-"""Training entry points of SBLDM's two stages (``train_vae``, ``train_diffusion``) and the
-loop every stage shares, the baselines' included (``run_training``). The command line
-(one stage per call, under ``accelerate launch`` for several processes) is
-``sbldm.runner.train``.
+"""Training entry points of SBLDM's two stages (``train_vae``, ``train_diffusion``; and
+``train_pipeline``: the second stage assembled into an ``SBLDMPipeline``) and the loop
+every stage shares, the baselines' included (``run_training``: a ``StageSpec`` says what a
+stage trains, a ``RunControl`` how the call drives it). The command line (one stage per
+call, under ``accelerate launch`` for several processes) is ``sbldm.runner.train``.
 
 Both stages share one loop (``run_training``) that gives:
 
@@ -12,7 +13,7 @@ Both stages share one loop (``run_training``) that gives:
   (``checkpoints/last.pt``: model, optimiser, step, RNG states, the data sampler's
   state), and ``resume=True`` continuing from it;
 - a tqdm bar with the running loss, ``log.jsonl`` (step, loss terms, lr, time),
-  ``loss_curve.png``;
+  ``loss_curve.png`` (drawn by ``sbldm.plotting.plot_loss_curve``);
 - the trained model written with ``save_pretrained`` in ``out_dir`` plus ``run.json``
   (config, seed, library versions, hardware, git commit, wall time).
 """
@@ -24,6 +25,7 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +36,7 @@ from sbldm.config import Config, resume_conflicts
 from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
 from sbldm.runtime import cpu_setup, seed_everything
 from sbldm.io import atomic_write_bytes, atomic_write_json
+from sbldm.models._common import count_parameters
 
 CHECKPOINT = "checkpoints/last.pt"
 
@@ -144,32 +147,117 @@ def data_fingerprint(images, masks) -> str:
     return fingerprint(np.asarray(images), np.asarray(masks))
 
 
-def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[int, Any], dict], total_steps: int,
-         out_dir: Path, resume: bool, progress: bool, stop_at: int | None, accelerator,
-         extra_record: dict, step_delay: float = 0.0, train_step: Callable | None = None,
-         save: Callable | None = None, ema=None, inputs: dict | None = None, batch_size: int | None = None):
-    """Generic loop; returns (unwrapped model, finished: bool).
+@dataclass(frozen=True)
+class RunControl:
+    """How a call drives its runs, the same for every stage it trains: ``resume`` from the
+    run folder's checkpoint (False deletes it), a ``progress`` bar, ``stop_at`` (stop after
+    that many steps, as if killed just after the step: tests, training in slices) and
+    ``step_delay`` (seconds slept after each step: tests)."""
+
+    resume: bool = True
+    progress: bool = True
+    stop_at: int | None = None
+    step_delay: float = 0.0
+
+
+@dataclass
+class StageSpec:
+    """What one stage trains and records.
+
+    One step is ``loss_fn(step, rng, model)`` -> backward -> ``optimizer.step()``. A stage
+    with several updates per step (a GAN) gives ``train_step(step, rng, model, optimizer)``
+    instead, which does its own backward passes and updates and returns the detached terms
+    (with ``loss``). ``save(unwrapped, out_dir)`` replaces ``save_pretrained`` for a model
+    that is several networks (an ``nn.ModuleDict``). ``ema`` (a diffusers ``EMAModel`` of
+    the model's parameters) is updated after every optimiser step, saved in the
+    checkpoint, and its averaged weights are what the finished model carries (the raw
+    weights stay in the checkpoint, so a longer run resumes from them). ``inputs`` names
+    what the stage was made from, each with its ``sbldm.provenance.fingerprint`` (the data,
+    the latents of an upstream model): a checkpoint resumes only when they match.
+    ``record`` goes into ``run.json``; ``batch_size`` is the per-process batch."""
+
+    name: str
+    total_steps: int
+    loss_fn: Callable[[int, Any, Any], dict] | None = None
+    train_step: Callable | None = None
+    save: Callable | None = None
+    ema: Any = None
+    inputs: dict = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+    batch_size: int | None = None
+
+
+def _load_checkpoint(ckpt_path: Path, spec: StageSpec, cfg: Config, model, optimizer) -> tuple[int, float]:
+    """Restore model, optimiser, EMA and RNG states from ``ckpt_path`` after checking that
+    it is this stage's, of a compatible configuration and of the same inputs; returns
+    (its step, its wall time)."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except Exception as e:           # truncated or corrupt: torch raises several kinds
+        raise ValueError(f"{ckpt_path} cannot be read ({type(e).__name__}: {e}); the checkpoint is corrupt or "
+                         "truncated. Delete it to train this stage from scratch (or restore a copy)") from e
+    stage = spec.name
+    if ckpt.get("stage") != stage:
+        raise ValueError(f"{ckpt_path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
+    conflicts = resume_conflicts(stage, ckpt.get("config") or {}, cfg)
+    if conflicts:
+        raise ValueError(f"{ckpt_path} was written with another {stage} configuration ("
+                         + "; ".join(conflicts) + "); use resume=False or another out_dir")
+    changed = input_conflicts(ckpt.get("inputs"), spec.inputs)
+    if changed:
+        raise ValueError(f"{ckpt_path} was trained on other inputs ({'; '.join(changed)}): resuming it would "
+                         "mix two runs. Retrain from scratch (resume=False; in the notebook chain "
+                         "-p resume=False) or give this run another work folder")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if spec.ema is not None:
+        if "ema" not in ckpt:
+            raise ValueError(f"{ckpt_path} holds no EMA weights (it was trained without EMA); "
+                             "use resume=False or another out_dir")
+        spec.ema.load_state_dict(ckpt["ema"])
+    _set_rng_states(ckpt["rng"])
+    return int(ckpt["step"]), float(ckpt.get("wall_time_s", 0.0))
+
+
+def _finish_run(spec: StageSpec, cfg: Config, unwrapped, out_dir: Path, records: list[dict], accelerator,
+                resumed_from: int | None, wall_time: Callable[[], float]) -> None:
+    """The finished run's files (main process): the model (with its EMA weights, if any),
+    ``loss_curve.png`` and ``run.json`` (``wall_time()``: the run's seconds so far)."""
+    from sbldm.plotting import plot_loss_curve
+
+    if spec.ema is not None:
+        spec.ema.copy_to(unwrapped.parameters())      # the finished model carries the averaged weights
+    if spec.save is None:
+        unwrapped.save_pretrained(out_dir)
+    else:
+        spec.save(unwrapped, out_dir)
+    plot_loss_curve(records, out_dir / "loss_curve.png", title=f"{spec.name} ({cfg.scale})")
+    batch_size = spec.batch_size
+    atomic_write_json(out_dir / "run.json", run_record(
+        cfg, spec.name, steps=spec.total_steps, resumed_from=resumed_from, wall_time_s=wall_time(),
+        final_loss=records[-1]["loss"] if records else None,
+        num_parameters=count_parameters(unwrapped),
+        num_processes=accelerator.num_processes, per_process_batch_size=batch_size,
+        effective_batch_size=None if batch_size is None else batch_size * accelerator.num_processes,
+        mixed_precision=str(accelerator.mixed_precision),
+        inputs=dict(spec.inputs), **spec.record))
+
+
+def run_training(spec: StageSpec, cfg: Config, model, optimizer, accelerator, out_dir: Path,
+                 control: RunControl = RunControl()):
+    """Train ``model`` through ``spec.total_steps`` steps of ``spec`` into ``out_dir``, as
+    ``control`` says; returns (unwrapped model, finished: bool).
 
     Several processes (``accelerate launch --num_processes P``): each process draws its
-    own batch of ``batch_size`` from the step's ``(seed, step, rank)`` stream, DDP averages
-    the gradients, so a step learns from ``P x batch_size`` examples (``run.json``:
+    own batch of ``spec.batch_size`` from the step's ``(seed, step, rank)`` stream, DDP
+    averages the gradients, so a step learns from ``P x batch_size`` examples (``run.json``:
     ``num_processes``, ``per_process_batch_size``, ``effective_batch_size``); ``log.jsonl``
     then also carries each process's loss (``loss_per_process``). Only the main process
     writes the checkpoint, the log, the loss curve, the model and the run record; a
-    checkpoint resumes under any number of processes, the step count continuing.
-
-    By default one step is ``loss_fn`` -> backward -> ``optimizer.step()``. A stage with
-    several updates per step (a GAN) passes ``train_step(step, rng, model, optimizer)``
-    instead, which does its own backward passes and updates and returns the detached
-    terms (with ``loss``). ``save(unwrapped, out_dir)`` replaces ``save_pretrained``
-    for a model that is several networks (an ``nn.ModuleDict``). ``ema`` (a diffusers
-    ``EMAModel`` of the model's parameters) is updated after every optimiser step, saved in
-    the checkpoint, and its averaged weights are what the finished model carries (the raw
-    weights stay in the checkpoint, so a longer run resumes from them). ``inputs`` names
-    what the stage was made from, each with its ``sbldm.provenance.fingerprint`` (the
-    data, the latents of an upstream model): a checkpoint resumes only when they match."""
+    checkpoint resumes under any number of processes, the step count continuing."""
     from tqdm.auto import tqdm
 
+    stage, total_steps, ema = spec.name, spec.total_steps, spec.ema
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1 and accelerator.num_processes != world:
         raise RuntimeError(f"launched as one of {world} processes, but the accelerator sees "
@@ -180,34 +268,10 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     start = 0
     resumed_from = None
     wall_before = 0.0
-    if resume and ckpt_path.is_file():
-        try:
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as e:           # truncated or corrupt: torch raises several kinds
-            raise ValueError(f"{ckpt_path} cannot be read ({type(e).__name__}: {e}); the checkpoint is corrupt or "
-                             "truncated. Delete it to train this stage from scratch (or restore a copy)") from e
-        if ckpt.get("stage") != stage:
-            raise ValueError(f"{ckpt_path} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
-        conflicts = resume_conflicts(stage, ckpt.get("config") or {}, cfg)
-        if conflicts:
-            raise ValueError(f"{ckpt_path} was written with another {stage} configuration ("
-                             + "; ".join(conflicts) + "); use resume=False or another out_dir")
-        changed = input_conflicts(ckpt.get("inputs"), inputs or {})
-        if changed:
-            raise ValueError(f"{ckpt_path} was trained on other inputs ({'; '.join(changed)}): resuming it would "
-                             "mix two runs. Retrain from scratch (resume=False; in the notebook chain "
-                             "-p resume=False) or give this run another work folder")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None:
-            if "ema" not in ckpt:
-                raise ValueError(f"{ckpt_path} holds no EMA weights (it was trained without EMA); "
-                                 "use resume=False or another out_dir")
-            ema.load_state_dict(ckpt["ema"])
-        _set_rng_states(ckpt["rng"])
-        start = resumed_from = int(ckpt["step"])
-        wall_before = float(ckpt.get("wall_time_s", 0.0))
-    elif not resume and ckpt_path.is_file():
+    if control.resume and ckpt_path.is_file():
+        start, wall_before = _load_checkpoint(ckpt_path, spec, cfg, model, optimizer)
+        resumed_from = start
+    elif not control.resume and ckpt_path.is_file():
         ckpt_path.unlink()
 
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -223,7 +287,7 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
         torch.save({"stage": stage, "step": step, "config_hash": cfg.hash(), "config": cfg.to_dict(),
                     "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                     "rng": _rng_states(), "wall_time_s": wall,
-                    **({"ema": ema.state_dict()} if ema is not None else {}), "inputs": dict(inputs or {}),
+                    **({"ema": ema.state_dict()} if ema is not None else {}), "inputs": dict(spec.inputs),
                     "sampler": {"kind": "numpy default_rng([seed, step, rank])", "seed": cfg.seed,
                                 "next_step": step}}, buf)
         atomic_write_bytes(ckpt_path, buf.getvalue())
@@ -231,16 +295,14 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
     t0 = time.perf_counter()
     window: dict[str, list[float]] = {}
     running = None
-    finished = start >= total_steps
     model.train()
-    bar = tqdm(total=total_steps, initial=start, desc=f"train {stage}", disable=not (progress and main),
+    bar = tqdm(total=total_steps, initial=start, desc=f"train {stage}", disable=not (control.progress and main),
                dynamic_ncols=True)
-    step = start
     try:
         for step in range(start, total_steps):
             rng = step_rng(cfg.seed, step, rank)
-            if train_step is None:
-                terms = loss_fn(step, rng, model)
+            if spec.train_step is None:
+                terms = spec.loss_fn(step, rng, model)
                 loss = terms["loss"]
                 accelerator.backward(loss)
                 optimizer.step()
@@ -248,7 +310,7 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
                 if ema is not None:
                     ema.step(unwrapped.parameters())
             else:
-                terms = train_step(step, rng, model, optimizer)
+                terms = spec.train_step(step, rng, model, optimizer)
                 loss = terms["loss"]
             value = float(loss.detach())
             if not np.isfinite(value):
@@ -273,37 +335,19 @@ def run_training(stage: str, cfg: Config, model, optimizer, loss_fn: Callable[[i
                 window = {}
             if done % max(cfg.checkpoint_every, 1) == 0 or done == total_steps:
                 save_checkpoint(done, wall_before + time.perf_counter() - t0)
-            if step_delay:
-                time.sleep(step_delay)
-            if stop_at is not None and done >= stop_at and done < total_steps:
+            if control.step_delay:
+                time.sleep(control.step_delay)
+            if control.stop_at is not None and done >= control.stop_at and done < total_steps:
                 accelerator.wait_for_everyone()
                 return unwrapped, False
-        finished = True
     finally:
         bar.close()
 
     accelerator.wait_for_everyone()
     if main:
-        from sbldm.plotting import plot_loss_curve
-
-        if ema is not None:
-            ema.copy_to(unwrapped.parameters())      # the finished model carries the averaged weights
-        if save is None:
-            unwrapped.save_pretrained(out_dir)
-        else:
-            save(unwrapped, out_dir)
-        records = log.records
-        plot_loss_curve(records, out_dir / "loss_curve.png", title=f"{stage} ({cfg.scale})")
-        wall = wall_before + time.perf_counter() - t0
-        atomic_write_json(out_dir / "run.json", run_record(
-            cfg, stage, steps=total_steps, resumed_from=resumed_from, wall_time_s=wall,
-            final_loss=records[-1]["loss"] if records else None,
-            num_parameters=sum(p.numel() for p in unwrapped.parameters()),
-            num_processes=accelerator.num_processes, per_process_batch_size=batch_size,
-            effective_batch_size=None if batch_size is None else batch_size * accelerator.num_processes,
-            mixed_precision=str(accelerator.mixed_precision),
-            inputs=dict(inputs or {}), **extra_record))
-    return unwrapped, finished
+        _finish_run(spec, cfg, unwrapped, out_dir, log.records, accelerator, resumed_from,
+                    lambda: wall_before + time.perf_counter() - t0)
+    return unwrapped, True
 
 
 # -- stage 1 ------------------------------------------------------------------------------------
@@ -371,9 +415,10 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
                             ssim_range=cfg.vae_ssim_range,
                             generator=eps_gen)
 
-    model, _ = run_training("vae", cfg, model, optimizer, loss_fn, cfg.vae_steps, Path(out_dir), resume, progress,
-                    stop_at, accelerator, {"num_slices": len(ds)}, step_delay,
-                    inputs={"data": data_fingerprint(ds.images, ds.masks)}, batch_size=cfg.vae_batch_size)
+    spec = StageSpec("vae", cfg.vae_steps, loss_fn=loss_fn, inputs={"data": data_fingerprint(ds.images, ds.masks)},
+                     record={"num_slices": len(ds)}, batch_size=cfg.vae_batch_size)
+    model, _ = run_training(spec, cfg, model, optimizer, accelerator, Path(out_dir),
+                            RunControl(resume, progress, stop_at, step_delay))
     return model.eval()
 
 
@@ -425,7 +470,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     ``conditions``: (N, 9) normalised condition vectors; ``priors`` (N, 1, H', W', D): the
     rendered tumours when ``cfg.unet_spatial_prior``; ``weights`` (N, 1, H', W', D): tumour
     maps when ``cfg.diffusion_tumor_weight > 0`` (all three from
-    ``sbldm.diffusion.conditioning.diffusion_inputs``).
+    ``sbldm.diffusion.unet_inputs.diffusion_inputs``).
     The model sees ``means / latent_std``. Returns the trained ``ConditionedUNet3D`` (with
     its EMA weights when ``cfg.diffusion_ema_decay > 0``).
     """
@@ -455,7 +500,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     for name, arr, wanted in (("priors", priors, cfg.unet_spatial_prior),
                               ("weights", weights, cfg.diffusion_tumor_weight > 0)):
         if wanted and arr is None:
-            raise ValueError(f"the config asks for {name} (see sbldm.diffusion.conditioning.diffusion_inputs); "
+            raise ValueError(f"the config asks for {name} (see sbldm.diffusion.unet_inputs.diffusion_inputs); "
                              "none were given")
         if arr is not None and wanted:
             arr = np.asarray(arr, dtype=np.float32)
@@ -499,16 +544,42 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
             loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)
         return {"loss": loss}
 
-    model, _ = run_training("diffusion", cfg, model, optimizer, loss_fn, cfg.diffusion_steps, Path(out_dir), resume,
-                    progress, stop_at, accelerator,
-                    {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std),
-                     "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:]),
-                     "autocast": cfg.diffusion_mixed_precision or str(accelerator.mixed_precision),
-                     "ema": bool(ema)}, step_delay, ema=ema,
-                    inputs={"latents": fingerprint(means, float(latent_std)),
-                            "conditions": fingerprint(conditions, maps.get("priors"), maps.get("weights"))},
-                    batch_size=cfg.diffusion_batch_size)
+    spec = StageSpec("diffusion", cfg.diffusion_steps, loss_fn=loss_fn, ema=ema,
+                     inputs={"latents": fingerprint(means, float(latent_std)),
+                             "conditions": fingerprint(conditions, maps.get("priors"), maps.get("weights"))},
+                     record={"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std),
+                             "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:]),
+                             "autocast": cfg.diffusion_mixed_precision or str(accelerator.mixed_precision),
+                             "ema": bool(ema)},
+                     batch_size=cfg.diffusion_batch_size)
+    model, _ = run_training(spec, cfg, model, optimizer, accelerator, Path(out_dir),
+                            RunControl(resume, progress, stop_at, step_delay))
     if accelerator.is_main_process:
         atomic_write_json(Path(out_dir) / "latent_scale.json",
                           {"latent_std": float(latent_std), "scaling_factor": 1.0 / float(latent_std)})
     return model.eval()
+
+
+def train_pipeline(cfg: Config, vae, latents, train, out_dir: str | os.PathLike, resume: bool = True,
+                   progress: bool = True, stop_at: int | None = None, device: str | None = None,
+                   step_delay: float = 0.0):
+    """Stage 2 up to a sampling pipeline: the latent UNet trained (``train_diffusion``, run
+    folder ``out_dir``) on ``latents`` (a ``sbldm.diffusion.latents.Latents``: the ``train``
+    split encoded by ``vae``) with the conditions, spatial priors and tumour weights that
+    ``sbldm.diffusion.unet_inputs.diffusion_inputs`` computes from ``train`` (a ``Prepared``
+    split), then assembled with ``vae`` into an ``SBLDMPipeline`` that knows the feature
+    normaliser, the training features, the latent scale and the training grid's affine.
+    Returns None when ``stop_at`` stopped the run before ``cfg.diffusion_steps``; saving the
+    pipeline is the caller's."""
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.diffusion.unet_inputs import diffusion_inputs
+
+    inputs = diffusion_inputs(cfg, train)
+    unet = train_diffusion(cfg, latents, inputs["conditions"], out_dir, resume=resume, progress=progress,
+                           stop_at=stop_at, device=device, step_delay=step_delay, priors=inputs["priors"],
+                           weights=inputs["weights"])
+    if stop_at is not None and stop_at < cfg.diffusion_steps:
+        return None
+    return SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
+                                         train_features=train.features, latent_std=latents.latent_std,
+                                         affine=train.grid_affine)

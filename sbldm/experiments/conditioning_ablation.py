@@ -1,6 +1,6 @@
-"""The conditioning ablation (issue "Tumours on request"): the paper's route for the
-condition against each option of ``sbldm.diffusion.conditioning``, at one training
-budget shared by every row, on one trained slice VAE and one latent cache.
+"""The conditioning ablation of notebook 07 (issue "Tumours on request"): the paper's
+route for the condition against each option of ``sbldm.diffusion.unet_inputs``, at one
+training budget shared by every row, on one trained slice VAE and one latent cache.
 
 Per row: the latent UNet is trained for ``steps`` steps with the row's config fields
 (``work/<run>/ablation/<row>/``, resumable), then asked for ``n_requests`` tumours drawn
@@ -28,6 +28,8 @@ import numpy as np
 
 from sbldm.config import Config
 from sbldm.evaluation import generation as ev
+from sbldm.evaluation.frechet import frechet_distance
+from sbldm.paths import slug
 
 #: the paper's route for the condition, every option of the tumour channel off (set
 #: explicitly, so a preset that turns options on leaves this row the paper's)
@@ -45,10 +47,6 @@ ROWS = {
     "+ EMA (0.999)": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
                       "unet_spatial_prior": True, "diffusion_tumor_weight": 4.0, "diffusion_ema_decay": 0.999},
 }
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()[:60]
 
 
 def latent_features(vae, images, masks, pool=(2, 2, 4)) -> np.ndarray:
@@ -77,10 +75,8 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     import torch
 
     from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler
-    from sbldm.diffusion.conditioning import diffusion_inputs
-    from sbldm.diffusion.pipeline import SBLDMPipeline
     from sbldm.runtime import cpu_bf16
-    from sbldm.training.trainer import read_log, train_diffusion
+    from sbldm.training.trainer import read_log, train_pipeline
 
     rows = ROWS if rows is None else rows
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(n_requests, rng=cfg.seed + 17)
@@ -90,15 +86,11 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     out = []
     for name, fields in rows.items():
         row_cfg = dataclasses.replace(cfg, diffusion_steps=int(steps), **{**PAPER_ROUTE, **fields})
-        folder = Path(work_dir) / _slug(name)
-        inputs = diffusion_inputs(row_cfg, train)
+        folder = Path(work_dir) / slug(name, strip=True, lower=True, max_len=60)
         log(f"ablation row {name!r}: training {steps} steps -> {folder}")
-        unet = train_diffusion(row_cfg, latents, inputs["conditions"], folder, progress=progress,
-                               priors=inputs["priors"], weights=inputs["weights"])
+        pipe = train_pipeline(row_cfg, vae, latents, train, folder, progress=progress)
         log_records = read_log(folder)
         train_time = float(log_records[-1]["time_s"]) if log_records else float("nan")
-        pipe = SBLDMPipeline.from_components(row_cfg, vae, unet, normalizer=inputs["normalizer"],
-                                             train_features=train.features, latent_std=latents.latent_std)
         images, masks = [], []
         t0 = time.perf_counter()
         bf16 = sample_autocast and pipe.device.type == "cpu"
@@ -113,7 +105,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
         images, masks = np.concatenate(images), np.concatenate(masks)
         adh = ev.conditioning_adherence(requested, masks)
         div = ev.pairwise_ms_ssim(images, max_volumes=20, seed=cfg.seed)
-        fd = ev.frechet_distance(real_test, latent_features(vae, images, masks))
+        fd = frechet_distance(real_test, latent_features(vae, images, masks))
         out.append({"row": name, "steps": int(steps), "train_time_s": train_time,
                     "final_loss": log_records[-1]["loss"] if log_records else float("nan"),
                     **{k: adh[k] for k in ("empty_fraction", "spearman_volume", "relative_volume_error",
@@ -125,7 +117,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items()) or "the paper's route"})
         log(f"  -> empty {adh['empty_fraction']:.2f}, spearman {adh['spearman_volume']:.2f}, "
             f"centre {adh['centre_distance']:.1f} vx, rel. volume error {adh['relative_volume_error']:.2f}")
-    ref = {"row": "real test split (reference)", "frechet_latent": ev.frechet_distance(real_test, real_train),
+    ref = {"row": "real test split (reference)", "frechet_latent": frechet_distance(real_test, real_train),
            "ms_ssim_pairwise": ev.pairwise_ms_ssim(test.images, max_volumes=20, seed=cfg.seed)["mean"],
            "n_requests": len(test.images)}
     return out + [ref]
@@ -166,7 +158,7 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     import torch
 
     from sbldm.data.cohort import to_model_space
-    from sbldm.diffusion.conditioning import tumor_weight_maps
+    from sbldm.diffusion.unet_inputs import tumor_weight_maps
 
     means = np.asarray(latents.mean)
     std_c = means.std(axis=(0, 2, 3, 4))

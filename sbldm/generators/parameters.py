@@ -1,5 +1,13 @@
-"""Parameter counts of the baselines beside the paper's Table 1 and the authors' code,
-with the explanation of every difference written by code (notebook 03's table)."""
+"""The package's parameter tables, every count built from the config on the CPU (no
+forward pass) beside the paper's and the authors' numbers (``sbldm.paper``):
+
+- ``sbldm_parameter_rows``: SBLDM's networks per scale (notebooks 01 and 02);
+- ``comparison_parameter_rows``: the three generators of the comparison beside Table 1,
+  with ``parameter_notes``, the explanation of every difference written by code
+  (notebook 03).
+
+The networks count their parameters with ``sbldm.models._common.count_parameters``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,50 @@ import math
 from typing import Sequence
 
 from sbldm import paper
+from sbldm.models._common import count_parameters
 
-#: "#params" of Table 1 (paper)
-PAPER_TABLE1 = {"lsgan3d": paper.TABLE1["3D-LSGAN"][2], "ldm3d": paper.TABLE1["3D-LDM"][2],
-                "sbldm": paper.TABLE1["SBLDM (DDIM)"][2]}
-AUTHORS_NOTEBOOK = paper.AUTHORS_NOTEBOOK
+#: Table 1's "#params" per generator kind (``paper.TABLE1``'s third column)
+TABLE1_PARAMETERS = {"lsgan3d": paper.TABLE1["3D-LSGAN"][2], "ldm3d": paper.TABLE1["3D-LDM"][2],
+                     "sbldm": paper.TABLE1["SBLDM (DDIM)"][2]}
+
+
+def sbldm_parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> list[dict]:
+    """One row per (scale, component) of SBLDM with the parameter count in millions, beside
+    the authors' count for ``paper`` (``paper.SBLDM_PARAMETERS``; builds untrained models on
+    the CPU, no forward pass)."""
+    from sbldm.config import resolve
+    from sbldm.models.unet3d import build_unet
+    from sbldm.models.vae import build_vae
+
+    rows = []
+    for scale in dict.fromkeys(scales):
+        cfg = resolve(scale, **overrides)
+        vae = build_vae(cfg)
+        n_vae = count_parameters(vae)
+        n_pos = count_parameters(vae, where=lambda name: "pos_embedding" in name or "time_emb_proj" in name)
+        del vae
+        unet = build_unet(cfg)
+        n_unet = count_parameters(unet)
+        n_emb = unet.embedding_parameters()
+        del unet
+        ref = paper.SBLDM_PARAMETERS if scale == "paper" else {}
+        m = 1e6
+        rows += [
+            {"scale": scale, "component": "slice VAE", "params_M": n_vae / m,
+             "without_slice_embedding_M": (n_vae - n_pos) / m, "authors_code_M": ref.get("vae", float("nan")) / m},
+            {"scale": scale, "component": f"3D UNet ({cfg.unet_cond_fusion})", "params_M": n_unet / m,
+             "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("unet_with_embeddings", float("nan")) / m},
+            {"scale": scale, "component": "3D UNet without embedding MLPs/projections", "params_M": (n_unet - n_emb) / m,
+             "without_slice_embedding_M": float("nan"), "authors_code_M": ref.get("unet", float("nan")) / m},
+            {"scale": scale, "component": "total (VAE + UNet)", "params_M": (n_vae + n_unet) / m,
+             "without_slice_embedding_M": (n_vae - n_pos + n_unet) / m,
+             "authors_code_M": float("nan")},
+            {"scale": scale, "component": "total as Table 1 counts it (no embedding layers)",
+             "params_M": (n_vae - n_pos + n_unet - n_emb) / m, "without_slice_embedding_M": float("nan"),
+             "authors_code_M": ref.get("total", float("nan")) / m},
+        ]
+    return rows
 
 
 def authors_lsgan_counts(latent_dim: int = 2048, g_channels: int = 512, base=(6, 6, 3), d_channels: int = 1024,
@@ -38,17 +85,17 @@ def _meta_build(name: str, cfg):
         return build_generator(name, cfg)
 
 
-def parameter_rows(scale: str = "paper", **overrides) -> list[dict]:
+def comparison_parameter_rows(scale: str = "paper", **overrides) -> list[dict]:
     """Rows (method, component, params_M, authors_code_M, paper_table1_M) for the two
     baselines and SBLDM at ``scale``, plus the 3D-LDM variant whose widths Table 1
     counted. Reference columns are filled at ``paper`` only."""
     from sbldm.config import resolve
 
     cfg = resolve(scale, **overrides)
-    paper = scale == "paper"
+    at_paper = scale == "paper"
     m = 1e6
     nan = float("nan")
-    ref = lambda v: v / m if paper else nan  # noqa: E731
+    ref = lambda v: v / m if at_paper else nan  # noqa: E731
     lsgan = _meta_build("lsgan3d", cfg).num_parameters()
     a = authors_lsgan_counts()
     ldm = _meta_build("ldm3d", cfg).num_parameters()
@@ -56,14 +103,14 @@ def parameter_rows(scale: str = "paper", **overrides) -> list[dict]:
                                  "ldm3d_ae_discriminator": True})
     wide = _meta_build("ldm3d", wide_cfg).num_parameters()
     sb = _meta_build("sbldm", cfg).num_parameters()
-    an = AUTHORS_NOTEBOOK
+    an = paper.AUTHORS_NOTEBOOK
     row = lambda method, comp, n, authors=nan, table=nan: {  # noqa: E731
         "method": method, "component": comp, "params_M": n / m, "authors_code_M": authors, "paper_table1_M": table}
     return [
         row("3D-LSGAN", "generator", lsgan["generator"], ref(a["generator"])),
         row("3D-LSGAN", "discriminator", lsgan["discriminator"], ref(a["discriminator"])),
         row("3D-LSGAN", "total (generator + discriminator)", lsgan["total"],
-            ref(a["generator"] + a["discriminator"]), ref(PAPER_TABLE1["lsgan3d"])),
+            ref(a["generator"] + a["discriminator"]), ref(TABLE1_PARAMETERS["lsgan3d"])),
         row("3D-LDM", f"autoencoder (x{cfg.ldm3d_ae_downsampling}, widths {list(cfg.ldm3d_ae_channels)})",
             ldm["autoencoder"], ref(an["ldm3d_autoencoder"])),
         row("3D-LDM", f"UNet (widths {list(cfg.ldm3d_unet_channels)}, unconditional)", ldm["unet"],
@@ -74,13 +121,14 @@ def parameter_rows(scale: str = "paper", **overrides) -> list[dict]:
             ref(an["ldm3d_unet"])),
         row("3D-LDM, as Table 1 counted", "patch discriminator", wide["discriminator"], ref(an["ldm3d_discriminator"])),
         row("3D-LDM, as Table 1 counted", "total (autoencoder + discriminator + UNet)", wide["total"],
-            ref(an["ldm3d_unet"] + an["ldm3d_autoencoder"] + an["ldm3d_discriminator"]), ref(PAPER_TABLE1["ldm3d"])),
-        row("SBLDM", "total (slice VAE + UNet)", sb["total"], nan, ref(PAPER_TABLE1["sbldm"])),
+            ref(an["ldm3d_unet"] + an["ldm3d_autoencoder"] + an["ldm3d_discriminator"]), ref(TABLE1_PARAMETERS["ldm3d"])),
+        row("SBLDM", "total (slice VAE + UNet)", sb["total"], nan, ref(TABLE1_PARAMETERS["sbldm"])),
     ]
 
 
 def parameter_notes(rows: Sequence[dict]) -> list[str]:
-    """The explanation of each difference, with the numbers of ``rows`` (paper scale)."""
+    """The explanation of each difference, with the numbers of ``rows`` (``comparison_parameter_rows``
+    at paper scale)."""
     get = {(r["method"], r["component"].split(" (")[0]): r for r in rows}
     g = get[("3D-LSGAN", "generator")]["params_M"]
     d = get[("3D-LSGAN", "discriminator")]["params_M"]

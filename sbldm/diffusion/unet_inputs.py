@@ -1,4 +1,9 @@
-"""What the latent UNet is conditioned on, computed from the paper's 9 tumour features.
+"""What the latent UNet takes besides the latent, computed from the paper's 9 tumour
+features (and, for the loss, the training masks): the normalised condition vectors, the
+spatial prior, the tumour-weighted loss maps (``diffusion_inputs`` gathers them for a
+training split) and the checks every requested condition passes before sampling. The
+pipeline component that stores the normaliser and training features is
+``sbldm.diffusion.conditioner.TumourConditioner``.
 
 The paper feeds the 9-vector ``c`` through an MLP ``tau`` into every resnet block
 (a global scale/shift): the network has to learn where ``(x, y, z)`` lies from zero
@@ -8,9 +13,8 @@ from the box ``(w, h, d)`` shrunk so that its volume follows ``voxel_volume``), 
 the UNet as an extra input channel (``unet_spatial_prior``). It is computed from the
 9-vector alone, so users still condition with the paper's features, and it is zeroed
 together with the vector when the condition is dropped (classifier-free guidance).
-
-Also here: tumour-weighted diffusion loss maps (``diffusion_tumor_weight``) and the
-checks every requested condition passes before sampling.
+The tumour-weighted loss maps (``diffusion_tumor_weight``) weight the diffusion loss
+inside and around the tumour's latent footprint.
 """
 
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""Synthetic volumes drawn once and reused: ``cached_samples`` draws a set in seeded
+batches (``batch_seed``) and keeps it in one ``.npz`` file while its request is unchanged."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def batch_seed(seed: int, done: int) -> int:
+    """The seed of the sampling batch that starts at volume ``done`` of a set drawn with ``seed``."""
+    return int(seed) * 100_003 + int(done)
+
+
+def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: int, batch_size: int,
+                   meta: dict | None = None, progress: bool = True) -> dict:
+    """``n`` samples from ``sample_fn(n_batch, seed_batch) -> (images, masks[, raw_conditions])``
+    in batches, saved to ``path`` (.npz, atomically) and reused while ``n``, ``seed`` and
+    ``meta`` are unchanged. Returns ``{images, masks, conditions (or None), seconds}``
+    where ``seconds`` is the wall time per volume of each batch."""
+    import io
+    import json
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from sbldm.io import atomic_write_bytes
+
+    path = Path(path)
+    key = json.dumps({"n": n, "seed": seed, "meta": meta or {}}, sort_keys=True, default=str)
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["key"]) == key:
+                return {"images": z["images"], "masks": z["masks"],
+                        "conditions": z["conditions"] if z["conditions"].size else None,
+                        "seconds": z["seconds"].tolist()}
+    images, masks, conds, seconds = [], [], [], []
+    done = 0
+    with tqdm(total=n, desc=path.stem, disable=not progress) as bar:
+        while done < n:
+            b = min(batch_size, n - done)
+            t0 = time.perf_counter()
+            out = sample_fn(b, batch_seed(seed, done))
+            seconds.append((time.perf_counter() - t0) / b)
+            images.append(np.asarray(out[0], np.float32))
+            masks.append(np.asarray(out[1], np.uint8))
+            if len(out) > 2 and out[2] is not None:
+                conds.append(np.asarray(out[2], np.float64))
+            done += b
+            bar.update(b)
+    result = {"images": np.concatenate(images), "masks": np.concatenate(masks),
+              "conditions": np.concatenate(conds) if conds else None, "seconds": seconds}
+    buf = io.BytesIO()
+    np.savez(buf, key=np.array(key), images=result["images"], masks=result["masks"],
+             conditions=result["conditions"] if result["conditions"] is not None else np.zeros(0),
+             seconds=np.asarray(seconds))
+    atomic_write_bytes(path, buf.getvalue())
+    return result

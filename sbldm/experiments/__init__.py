@@ -1,0 +1,1 @@
+"""Experiments beyond the paper that train or run models to answer one question: the conditioning ablation of notebook 07 (``conditioning_ablation``) and the denoising probe of notebook 09 (``denoising_probe``)."""
