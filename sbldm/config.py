@@ -96,7 +96,7 @@ class Config:
     condition_normalization: str = _reads("max", 'diffusion')   # authors: over the training max; "zscore"
     unet_spatial_prior: bool = _reads(False, 'diffusion')       # paper: the 9-vector only; True adds the
                                                                 # rendered tumour as an input channel
-    diffusion_tumor_weight: float = _reads(0.0, 'diffusion')    # paper: 0; loss weight 1 + w on the tumour
+    diffusion_tumour_weight: float = _reads(0.0, 'diffusion')    # paper: 0; loss weight 1 + w on the tumour
     diffusion_ema_decay: float = _reads(0.0, 'diffusion')       # paper: 0 (no EMA); EMA weights for sampling
     diffusion_mixed_precision: str | None = _reads(None, 'diffusion')  # None: mixed_precision; "bf16" on CPU too
     diffusion_lr: float = _reads(1e-4, 'diffusion')
@@ -258,9 +258,19 @@ def stages_reading(name: str) -> tuple[str, ...]:
     return tuple(fields[name].metadata.get("stages", ()))
 
 
+#: fields renamed since a run record or checkpoint may have been written: old -> new name
+RENAMED_FIELDS = {"diffusion_tumor_weight": "diffusion_tumour_weight"}
+
+
+def current_names(saved: dict) -> dict:
+    """A saved config dict with fields renamed since (``RENAMED_FIELDS``) under their new names."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in saved.items()}
+
+
 def resume_conflicts(stage: str, saved: dict, cfg: "Config") -> list[str]:
     """``field: saved -> now`` for every stage field where a checkpoint's saved config and
     ``cfg`` differ; a field the checkpoint predates counts as its default value."""
+    saved = current_names(saved)
     defaults = {f.name: f.default for f in dataclasses.fields(Config)
                 if f.default is not dataclasses.MISSING}
     now = cfg.to_dict()
@@ -451,8 +461,8 @@ def _validate(cfg: Config) -> None:
     if cfg.diffusion_mixed_precision not in (None, "no", "bf16"):
         raise ValueError(f"diffusion_mixed_precision={cfg.diffusion_mixed_precision!r} is not valid; choose one of "
                          "None (follow mixed_precision), 'no', 'bf16'")
-    if cfg.diffusion_tumor_weight < 0:
-        raise ValueError(f"diffusion_tumor_weight must be >= 0, got {cfg.diffusion_tumor_weight}")
+    if cfg.diffusion_tumour_weight < 0:
+        raise ValueError(f"diffusion_tumour_weight must be >= 0, got {cfg.diffusion_tumour_weight}")
     if not 0.0 <= cfg.diffusion_ema_decay < 1.0:
         raise ValueError(f"diffusion_ema_decay must lie in [0, 1), got {cfg.diffusion_ema_decay}")
     if not 0.0 <= cfg.unet_cond_dropout < 1.0:
@@ -465,7 +475,7 @@ def _validate(cfg: Config) -> None:
 
 def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a config written by ``Config.to_dict`` (e.g. from a run record)."""
-    d = dict(d)
+    d = current_names(d)
     scale = d.pop("scale")
     return resolve(scale, **d)
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import ball
 from model_helpers import randomise_output, tiny_cfg
-from sbldm.data.tumor import FEATURE_NAMES, FeatureNormalizer, tumor_features
+from sbldm.data.tumour import FEATURE_NAMES, FeatureNormalizer, tumour_features
 from sbldm.diffusion import unet_inputs as cond
 
 
@@ -38,16 +38,16 @@ def test_the_prior_is_an_ellipsoid_of_the_requested_size_at_the_requested_place(
 
 def test_the_prior_of_a_real_tumour_covers_its_downsampled_mask():
     mask = ball((32, 32, 16), centre=(20, 12, 7), radius=5)
-    f = tumor_features(mask)
+    f = tumour_features(mask)
     prior = cond.render_prior(np.array([[f[k] for k in FEATURE_NAMES]]), (32, 32, 16), 4)[0, 0]
-    tumour = cond.tumor_weight_maps(mask[None], 4, dilate=0)[0, 0] > 0
+    tumour = cond.tumour_weight_maps(mask[None], 4, dilate=0)[0, 0] > 0
     assert prior[tumour].mean() > 0.5 and prior[~tumour].mean() < 0.1
 
 
 def test_tumour_weight_maps_mark_the_patch_and_its_dilated_rim():
     masks = np.zeros((1, 16, 16, 8), np.uint8)
     masks[0, 9, 5, 3] = 1                       # latent voxel (2, 1, 3) with f = 4
-    m = cond.tumor_weight_maps(masks, 4, dilate=1)[0, 0]
+    m = cond.tumour_weight_maps(masks, 4, dilate=1)[0, 0]
     assert m.shape == (4, 4, 8)
     expected = np.zeros_like(m)
     expected[1:4, 0:3, 2:5] = 1
@@ -137,13 +137,13 @@ def _train(tmp_path, name, **kw):
     cfg = tiny_cfg(**kw)
     return train_diffusion(cfg, lat, c, tmp_path / name, latent_std=1.0, progress=False,
                            priors=maps if cfg.unet_spatial_prior else None,
-                           weights=(maps > 0.5).astype(np.float32) if cfg.diffusion_tumor_weight else None)
+                           weights=(maps > 0.5).astype(np.float32) if cfg.diffusion_tumour_weight else None)
 
 
 def test_ema_weights_are_what_the_model_carries_and_resume_exactly(tmp_path):
     from sbldm.models.unet3d import ConditionedUNet3D
 
-    kw = dict(diffusion_ema_decay=0.9, unet_spatial_prior=True, diffusion_tumor_weight=4.0)
+    kw = dict(diffusion_ema_decay=0.9, unet_spatial_prior=True, diffusion_tumour_weight=4.0)
     full = _train(tmp_path, "full", diffusion_steps=4, **kw)
     _train(tmp_path, "split", diffusion_steps=2, checkpoint_every=2, **kw)
     split = _train(tmp_path, "split", diffusion_steps=4, **kw)
@@ -224,7 +224,7 @@ def test_the_pipeline_refuses_malformed_conditions(prior_pipe):
 
 
 def test_the_conditioner_component_keeps_what_it_is_given_and_refuses_a_bad_affine(tmp_path):
-    from sbldm.data.tumor import FeatureNormalizer
+    from sbldm.data.tumour import FeatureNormalizer
     from sbldm.diffusion.conditioner import TumourConditioner
 
     feats = np.abs(np.random.default_rng(0).normal(10, 2, (5, 9))) + 1

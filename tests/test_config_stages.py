@@ -123,3 +123,18 @@ def test_the_3d_ldm_has_its_own_fields_and_no_stage_is_declared_by_name_prefix_a
     assert "vae_channels" in config.stage_fields("diffusion")        # upstream of the latent UNet
     with pytest.raises(ValueError, match="unknown training stage"):
         config.stage_fields("vea")
+
+
+def test_a_checkpoint_saved_under_a_renamed_field_is_read_under_its_new_name():
+    """``diffusion_tumor_weight`` became ``diffusion_tumour_weight``: a checkpoint that
+    recorded the old name is compared (and a run record rebuilt) under the new one, so a
+    changed weight is still caught and an unchanged one is not reported."""
+    from sbldm.config import from_dict, resolve, resume_conflicts
+
+    cfg = resolve("smoke", diffusion_tumour_weight=4.0)
+    old = {**cfg.to_dict(), "diffusion_tumor_weight": 4.0}
+    del old["diffusion_tumour_weight"]
+    assert resume_conflicts("diffusion", old, cfg) == []
+    assert resume_conflicts("diffusion", {**old, "diffusion_tumor_weight": 1.0}, cfg) == [
+        "diffusion_tumour_weight: 1.0 -> 4.0"]
+    assert from_dict(old) == cfg

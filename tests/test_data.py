@@ -144,7 +144,7 @@ def test_empty_mask_refused_when_a_tumour_is_required(write_case):
     image, mask = data.load_case(_case(folder), (8, 8, 8))
     assert mask.sum() == 0
     with pytest.raises(data.DataError, match=r"seg\.nii\.gz: segmentation is empty"):
-        data.load_case(_case(folder), (8, 8, 8), require_tumor=True)
+        data.load_case(_case(folder), (8, 8, 8), require_tumour=True)
 
 
 def test_bad_case_in_cohort_loses_nothing_already_written(write_case, tmp_path):
@@ -229,7 +229,7 @@ def test_export_nnunet_structure(tmp_path):
     folder = _export(tmp_path)
     assert folder.name == "Dataset007_Tiny"
     ds = json.loads((folder / "dataset.json").read_text())
-    assert ds["channel_names"] == {"0": "FLAIR"} and ds["labels"] == {"background": 0, "tumor": 1}
+    assert ds["channel_names"] == {"0": "FLAIR"} and ds["labels"] == {"background": 0, "tumour": 1}
     assert ds["numTraining"] == 3 and ds["file_ending"] == ".nii.gz"
     assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [f"case_{i}_0000.nii.gz" for i in range(3)]
     assert sorted(p.name for p in (folder / "labelsTr").iterdir()) == [f"case_{i}.nii.gz" for i in range(3)]

@@ -26,7 +26,7 @@ def steer(tmp_path_factory):
 
 
 def test_requests_stay_consistent_and_unknown_controls_are_refused(steer):
-    from sbldm.data.tumor import area_from
+    from sbldm.data.tumour import area_from
 
     before = steer.request()
     after = steer.set(voxel_volume=2 * before["voxel_volume"])

@@ -5,7 +5,7 @@ import pytest
 from conftest import ball
 
 from sbldm import config
-from sbldm.data.tumor import tumor_features
+from sbldm.data.tumour import tumour_features
 from sbldm.segmentation import fast, table2
 
 
@@ -44,7 +44,7 @@ class _Split:
 
 def _samples(n=5, seed=2, conditions=True):
     images, masks = _vols(n, seed=seed)
-    cond = np.array([[f[k] for k in config.FEATURE_NAMES] for f in map(tumor_features, masks)])
+    cond = np.array([[f[k] for k in config.FEATURE_NAMES] for f in map(tumour_features, masks)])
     return {k: {"images": images, "masks": masks, "conditions": cond if conditions else None}
             for k in table2.SYNTHETIC.values()}
 
@@ -89,7 +89,7 @@ def test_quality_filter_rejects_empty_misplaced_and_mis_sized_tumours():
     shape = (24, 24, 16)
     cfg = config.resolve("smoke", seg_filter_max_centre_distance=3.0, seg_filter_max_volume_error=0.5)
     good = ball(shape, (10, 10, 8), 4)
-    requested = np.array([tumor_features(good)[k] for k in config.FEATURE_NAMES])
+    requested = np.array([tumour_features(good)[k] for k in config.FEATURE_NAMES])
     moved = ball(shape, (16, 10, 8), 4)                      # 6 voxels off
     small = ball(shape, (10, 10, 8), 2)                      # about 1/8 of the volume
     near = ball(shape, (11, 11, 8), 4)                       # 1.4 voxels off, same size

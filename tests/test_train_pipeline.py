@@ -250,7 +250,7 @@ def test_samples_carry_the_training_grid_geometry_into_nifti(tmp_path):
 
 
 def test_pipeline_conditions_from_dicts_and_training_distribution(pipe):
-    from sbldm.data.tumor import FEATURE_NAMES
+    from sbldm.data.tumour import FEATURE_NAMES
 
     raw = pipe.train_features[:2]
     dicts = [dict(zip(FEATURE_NAMES, r)) for r in raw]
@@ -497,7 +497,7 @@ def test_start_latents_and_strength_keep_or_forget_the_volumes(pipe, prepared):
     """diffusers' image-to-image convention: a small strength ends near the given volumes'
     latents, strength 1 far from them."""
     from sbldm.data.cohort import load_prepared
-    from sbldm.data.tumor import FEATURE_NAMES
+    from sbldm.data.tumour import FEATURE_NAMES
 
     train = load_prepared(prepared, "train")
     start = pipe.encode(train.images[:2], train.masks[:2])

@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sbldm.data.tumor import FeatureNormalizer, tumor_features
+from sbldm.data.tumour import FeatureNormalizer, tumour_features
 from sbldm.io import atomic_save_npy, atomic_write_json, save_nifti
 
 #: whole-tumour labels a BraTS mask may hold (2021: 0,1,2,4; 2023: 0,1,2,3)
@@ -165,7 +165,7 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
     return ((2.0 * image - lo - hi) / (hi - lo)).astype(np.float32)
 
 
-def whole_tumor(seg: np.ndarray, path: str | os.PathLike | None = None,
+def whole_tumour(seg: np.ndarray, path: str | os.PathLike | None = None,
                 allowed: Iterable[int] = BRATS_LABELS) -> np.ndarray:
     """Binary whole-tumour mask (label > 0) of a BraTS segmentation; refuses odd labels."""
     if not np.all(np.isfinite(seg)):
@@ -192,7 +192,7 @@ class LoadedCase:
 
 def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: int = 0,
               clip_percentiles: tuple[float, float] | None = None,
-              require_tumor: bool = False) -> LoadedCase:
+              require_tumour: bool = False) -> LoadedCase:
     """Load one case as (image, mask) resampled to ``shape`` over the full field of view.
 
     The result unpacks as ``image, mask = load_case(case)``; it also carries ``affine``
@@ -203,8 +203,8 @@ def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: in
     if image.shape != seg.shape:
         raise DataError(case.mask_path, f"segmentation shape {seg.shape} differs from image shape "
                                         f"{image.shape} ({case.image_path.name})")
-    mask = whole_tumor(seg, case.mask_path)
-    if require_tumor and not mask.any():
+    mask = whole_tumour(seg, case.mask_path)
+    if require_tumour and not mask.any():
         raise DataError(case.mask_path, "segmentation is empty (no tumour voxel)")
     image = normalize_intensity(image, clip_percentiles, case.image_path)
     out_image = resample(image, shape, order=image_order).astype(np.float32)
@@ -299,7 +299,7 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
         if not lc.mask.any():
             raise DataError(case.mask_path, f"no tumour voxel left after resampling to {shape}")
         images[i], masks[i], affines[i] = lc.image, lc.mask, lc.affine
-        feats[case.case_id] = tumor_features(lc.mask)
+        feats[case.case_id] = tumour_features(lc.mask)
     cache = out / "cache"
     atomic_save_npy(cache / "images.npy", images)
     atomic_save_npy(cache / "masks.npy", masks)
@@ -314,7 +314,7 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
 
 def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prepared:
     """The ``train`` or ``test`` split (or ``all``) of a cohort written by ``prepare_cohort``."""
-    from sbldm.data.tumor import FEATURE_NAMES
+    from sbldm.data.tumour import FEATURE_NAMES
 
     d = Path(prepared_dir)
     cache = d / "cache"
@@ -457,7 +457,7 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
             "name": name,
             "description": "exported by sbldm (FLAIR in [-1, 1], whole-tumour mask)",
             "channel_names": {"0": channel_name},
-            "labels": {"background": 0, "tumor": 1},
+            "labels": {"background": 0, "tumour": 1},
             "numTraining": n_train,
             "file_ending": ".nii.gz",
         })

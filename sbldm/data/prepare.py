@@ -3,7 +3,8 @@ cohort every later stage reads: cache, split, tumour features, normaliser, nnU-N
 
 ``work/<scale>/data/`` after ``prepare(cfg, work_dir)``::
 
-    phantom/            the phantom cohort as NIfTI (BraTS 2023 layout), if no BraTS folder
+    phantom-v<N>/       the phantom cohort as NIfTI (BraTS 2023 layout), if no BraTS folder;
+                        <N> is PHANTOM_VERSION, so a newer phantom never meets an older one's files
     cache/              images.npy, masks.npy, affines.npy, case_ids.json
     split.json          seeded train/test split, reused by every stage
     features.json       raw tumour features of every case
@@ -22,7 +23,7 @@ from sbldm.config import Config
 from sbldm.data.cohort import export_nnunet, find_cases, load_prepared, prepare_cohort
 
 
-def phantom_tumor_volume_range(cfg: Config, min_voxels: int = 30,
+def phantom_tumour_volume_range(cfg: Config, min_voxels: int = 30,
                                base: tuple[float, float] = (8_000.0, 300_000.0)) -> tuple[float, float]:
     """Whole-tumour volume range (mm^3) for the phantom at ``cfg``'s geometry: the phantom's
     BraTS-like truncation range (``sbldm.data.phantom``), with the lower end raised so that a tumour keeps at least ``min_voxels``
@@ -39,25 +40,29 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
 
     With ``brats_dir`` the cases come from that BraTS 2021/2023 folder; otherwise a
     phantom cohort of ``n_train + n_test`` subjects is made (or reused) in
-    ``work_dir/phantom``. Returns a summary dict (source, case counts, paths).
+    ``work_dir/phantom-v<PHANTOM_VERSION>``. Returns a summary dict (source, case counts, paths;
+    ``phantom_dir`` for the phantom).
     """
     work = Path(work_dir)
     if brats_dir:
         cases = find_cases(brats_dir, skip_unlabelled=cfg.data_skip_unlabelled)
         source = f"BraTS folder {brats_dir}"
     else:
-        from sbldm.data.phantom import make_phantom_cohort
+        from sbldm.data.phantom import PHANTOM_VERSION, make_phantom_cohort
 
+        phantom_dir = work / f"phantom-v{PHANTOM_VERSION}"
         cases = make_phantom_cohort(
-            work / "phantom", cfg.n_train + cfg.n_test, seed=cfg.seed,
+            phantom_dir, cfg.n_train + cfg.n_test, seed=cfg.seed,
             shape=cfg.phantom_shape, spacing=cfg.phantom_spacing,
-            tumor_volume_range=phantom_tumor_volume_range(cfg), progress=progress)
+            tumour_volume_range=phantom_tumour_volume_range(cfg), progress=progress)
         source = "phantom cohort (MNI152 anatomy, sbldm.data.phantom)"
     split = prepare_cohort(cases, work, cfg.volume_shape, cfg.n_train, cfg.n_test, seed=cfg.seed,
                            image_order=cfg.image_interp_order, clip_percentiles=cfg.clip_percentiles,
                            progress=progress)
     summary = {"source": source, "n_found": len(cases), "n_train": len(split["train"]),
                "n_test": len(split["test"]), "volume_shape": list(cfg.volume_shape), "work_dir": str(work)}
+    if not brats_dir:
+        summary["phantom_dir"] = str(phantom_dir)
     if export:
         train = load_prepared(work, "train")
         test = load_prepared(work, "test")

@@ -2,7 +2,7 @@
 conditioned on, so that a saved pipeline folder is diffusers' own layout and nothing
 else (``model_index.json`` plus one sub-folder per component).
 
-Its config holds the feature normaliser (``sbldm.data.tumor.FeatureNormalizer``), the
+Its config holds the feature normaliser (``sbldm.data.tumour.FeatureNormalizer``), the
 training tumours' 9 features (the distribution conditions are drawn from when none are
 given), the volume shape the pipeline generates and the training grid's voxel-to-world
 affine. It has no weights: diffusers saves components that are models or schedulers, so
@@ -23,7 +23,7 @@ from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision ou
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from sbldm.data.tumor import FeatureNormalizer, as_matrix
+from sbldm.data.tumour import FeatureNormalizer, as_matrix
 
 
 def _check_affine(affine) -> np.ndarray:

@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm.data.cohort import from_model_space
-from sbldm.data.tumor import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.data.tumour import ConditionSampler, FeatureNormalizer, as_matrix
 from sbldm.diffusion.conditioner import TumourConditioner
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
 from sbldm.diffusion.unet_inputs import check_conditions, check_normalised, latent_grid, render_prior

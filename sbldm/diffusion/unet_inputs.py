@@ -13,7 +13,7 @@ from the box ``(w, h, d)`` shrunk so that its volume follows ``voxel_volume``), 
 the UNet as an extra input channel (``unet_spatial_prior``). It is computed from the
 9-vector alone, so users still condition with the paper's features, and it is zeroed
 together with the vector when the condition is dropped (classifier-free guidance).
-The tumour-weighted loss maps (``diffusion_tumor_weight``) weight the diffusion loss
+The tumour-weighted loss maps (``diffusion_tumour_weight``) weight the diffusion loss
 inside and around the tumour's latent footprint.
 """
 
@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sbldm.data.tumor import FEATURE_NAMES, FeatureNormalizer, as_matrix
+from sbldm.data.tumour import FEATURE_NAMES, FeatureNormalizer, as_matrix
 
 #: sharpness of the rendered ellipsoid's edge (logistic slope in units of its radius)
 PRIOR_EDGE = 6.0
@@ -43,7 +43,7 @@ def render_prior(raw_features, volume_shape: Sequence[int], downsampling: int) -
     """(N, 1, H', W', D) float32 in [0, 1]: each requested tumour as a soft ellipsoid on the
     latent grid.
 
-    Feature units are voxels of the volume grid (``sbldm.data.tumor.tumor_features``). A
+    Feature units are voxels of the volume grid (``sbldm.data.tumour.tumour_features``). A
     latent voxel ``i`` covers volume voxels ``[i f, (i + 1) f)`` in-plane, so a volume
     coordinate ``u`` sits at ``(u - (f - 1) / 2) / f`` on the latent grid. The ellipsoid
     inscribed in the box has volume ``pi/6 w h d``; its semi-axes are scaled by
@@ -65,7 +65,7 @@ def render_prior(raw_features, volume_shape: Sequence[int], downsampling: int) -
     return prior[:, None].astype(np.float32)
 
 
-def tumor_weight_maps(masks: np.ndarray, downsampling: int, dilate: int = 1) -> np.ndarray:
+def tumour_weight_maps(masks: np.ndarray, downsampling: int, dilate: int = 1) -> np.ndarray:
     """(N, 1, H', W', D) float32 in {0, 1}: latent positions whose ``f x f`` in-plane patch
     holds a tumour voxel, dilated by ``dilate`` latent voxels in 3D (the tumour and its rim)."""
     import torch
@@ -154,5 +154,5 @@ def diffusion_inputs(cfg, train, normalizer: FeatureNormalizer | None = None) ->
     out = {"normalizer": normalizer,
            "conditions": normalizer.transform(train.features).astype(np.float32),
            "priors": render_prior(train.features, cfg.volume_shape, f) if cfg.unet_spatial_prior else None,
-           "weights": tumor_weight_maps(train.masks, f) if cfg.diffusion_tumor_weight > 0 else None}
+           "weights": tumour_weight_maps(train.masks, f) if cfg.diffusion_tumour_weight > 0 else None}
     return out

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES
-from sbldm.data.tumor import tumor_features
+from sbldm.data.tumour import tumour_features
 from sbldm.metrics import finite_summary, psnr_volumes, ssim_map, to_unit
 from sbldm.provenance import device_name
 
@@ -133,7 +133,7 @@ def pairwise_ms_ssim(volumes, max_volumes: int = 20, seed: int = 0, kernel_size:
 
 def mask_features(masks) -> np.ndarray:
     """(N, 9) raw tumour features of binary masks; NaN rows for empty masks."""
-    return np.array([[f[k] for k in FEATURE_NAMES] for f in (tumor_features(m, empty="nan") for m in masks)])
+    return np.array([[f[k] for k in FEATURE_NAMES] for f in (tumour_features(m, empty="nan") for m in masks)])
 
 
 def feature_distribution_distance(real_features, synthetic_features) -> dict:

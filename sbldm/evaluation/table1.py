@@ -174,7 +174,7 @@ def adherence(pipe_gen, train, cfg: Config, guidance_scales=(1.0, None)) -> list
     (the benchmark's fast path: 4x faster, latents within ~0.03 of fp32)."""
     import torch
 
-    from sbldm.data.tumor import ConditionSampler
+    from sbldm.data.tumour import ConditionSampler
     from sbldm.runtime import cpu_bf16
 
     def autocast():

@@ -33,7 +33,7 @@ from sbldm.paths import slug
 
 #: the paper's route for the condition, every option of the tumour channel off (set
 #: explicitly, so a preset that turns options on leaves this row the paper's)
-PAPER_ROUTE = {"condition_normalization": "max", "unet_spatial_prior": False, "diffusion_tumor_weight": 0.0,
+PAPER_ROUTE = {"condition_normalization": "max", "unet_spatial_prior": False, "diffusion_tumour_weight": 0.0,
                "diffusion_ema_decay": 0.0, "diffusion_mixed_precision": "no"}
 
 #: the rows: the paper's route, then the options added one at a time (fields beyond PAPER_ROUTE)
@@ -43,9 +43,9 @@ ROWS = {
     "+ z-scored conditions + spatial prior": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
                                               "unet_spatial_prior": True},
     "+ tumour-weighted loss (w=4)": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
-                                     "unet_spatial_prior": True, "diffusion_tumor_weight": 4.0},
+                                     "unet_spatial_prior": True, "diffusion_tumour_weight": 4.0},
     "+ EMA (0.999)": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
-                      "unet_spatial_prior": True, "diffusion_tumor_weight": 4.0, "diffusion_ema_decay": 0.999},
+                      "unet_spatial_prior": True, "diffusion_tumour_weight": 4.0, "diffusion_ema_decay": 0.999},
 }
 
 
@@ -74,7 +74,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
 
     import torch
 
-    from sbldm.data.tumor import FEATURE_NAMES, ConditionSampler
+    from sbldm.data.tumour import FEATURE_NAMES, ConditionSampler
     from sbldm.runtime import cpu_bf16
     from sbldm.training.trainer import read_log, train_pipeline
 
@@ -158,7 +158,7 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     import torch
 
     from sbldm.data.cohort import to_model_space
-    from sbldm.diffusion.unet_inputs import tumor_weight_maps
+    from sbldm.diffusion.unet_inputs import tumour_weight_maps
 
     means = np.asarray(latents.mean)
     std_c = means.std(axis=(0, 2, 3, 4))
@@ -168,7 +168,7 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     for v in sel:
         without = torch.from_numpy(to_model_space(images[v], np.zeros_like(masks[v])))
         b, _ = vae.encode_volume(without)
-        foot = tumor_weight_maps(masks[v][None], f, dilate=0)[0, 0] > 0
+        foot = tumour_weight_maps(masks[v][None], f, dilate=0)[0, 0] > 0
         d = (means[v] - b.cpu().numpy())[:, foot]                        # (C, tumour positions)
         diffs.append((d ** 2).mean(axis=1))
     rms = np.sqrt(np.mean(diffs, axis=0))

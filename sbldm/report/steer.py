@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES
-from sbldm.data.tumor import ConditionSampler, area_from, tumor_features
+from sbldm.data.tumour import ConditionSampler, area_from, tumour_features
 from sbldm.runtime import cpu_bf16
 
 #: the features a user sets; the surface area follows from volume and sphericity
@@ -117,7 +117,7 @@ class TumourSteering:
         """The 9 features of the last generated mask (NaN when it is empty)."""
         if self.last is None:
             raise ValueError("nothing generated yet: call generate() first")
-        return tumor_features(self.last.masks[0], empty="nan")
+        return tumour_features(self.last.masks[0], empty="nan")
 
     def comparison(self) -> list[dict]:
         """Rows ``{feature, requested, obtained}`` for the last generation."""

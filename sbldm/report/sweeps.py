@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES, Config
-from sbldm.data.tumor import ConditionSampler
+from sbldm.data.tumour import ConditionSampler
 
 
 def _generate_one(gen, raw, cfg: Config, seed: int):

@@ -39,7 +39,7 @@ import numpy as np
 
 from sbldm import paper
 from sbldm.config import Config
-from sbldm.data.tumor import tumor_features
+from sbldm.data.tumour import tumour_features
 from sbldm.segmentation.fast import evaluate
 
 PAPER_TABLE2 = paper.TABLE2
@@ -109,14 +109,14 @@ def quality_filter(masks, requested, cfg: Config) -> tuple[np.ndarray, dict]:
     centre lies within ``seg_filter_max_centre_distance`` voxels of the requested centre and
     whose volume is within ``seg_filter_max_volume_error`` (relative) of the requested one.
     ``requested``: the raw 9-feature rows the volumes were sampled with (voxel units of the
-    training grid, as ``sbldm.data.tumor``). Returns (keep mask, counts of each rejection)."""
+    training grid, as ``sbldm.data.tumour``). Returns (keep mask, counts of each rejection)."""
     masks, req = np.asarray(masks), np.asarray(requested, np.float64)
     if len(req) != len(masks):
         raise ValueError(f"{len(req)} requested tumours for {len(masks)} synthetic masks")
     keep = np.zeros(len(masks), bool)
     report = {"n": int(len(masks)), "rejected_empty": 0, "rejected_centre": 0, "rejected_volume": 0}
     for i, (m, r) in enumerate(zip(masks, req)):
-        f = tumor_features(m, empty="nan")
+        f = tumour_features(m, empty="nan")
         if math.isnan(f["voxel_volume"]):
             report["rejected_empty"] += 1
             continue

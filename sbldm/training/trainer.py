@@ -469,7 +469,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     an (N, C, H', W', D) array of posterior means with ``latent_std`` given.
     ``conditions``: (N, 9) normalised condition vectors; ``priors`` (N, 1, H', W', D): the
     rendered tumours when ``cfg.unet_spatial_prior``; ``weights`` (N, 1, H', W', D): tumour
-    maps when ``cfg.diffusion_tumor_weight > 0`` (all three from
+    maps when ``cfg.diffusion_tumour_weight > 0`` (all three from
     ``sbldm.diffusion.unet_inputs.diffusion_inputs``).
     The model sees ``means / latent_std``. Returns the trained ``ConditionedUNet3D`` (with
     its EMA weights when ``cfg.diffusion_ema_decay > 0``).
@@ -498,7 +498,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
                          f"{cfg.vae_latent_channels}")
     maps = {}
     for name, arr, wanted in (("priors", priors, cfg.unet_spatial_prior),
-                              ("weights", weights, cfg.diffusion_tumor_weight > 0)):
+                              ("weights", weights, cfg.diffusion_tumour_weight > 0)):
         if wanted and arr is None:
             raise ValueError(f"the config asks for {name} (see sbldm.diffusion.unet_inputs.diffusion_inputs); "
                              "none were given")
@@ -538,7 +538,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
         with autocast():
             pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev), prior=prior)
         if "weights" in maps:
-            w = 1.0 + cfg.diffusion_tumor_weight * maps["weights"][idx].to(dev)
+            w = 1.0 + cfg.diffusion_tumour_weight * maps["weights"][idx].to(dev)
             loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss, weight=w)
         else:
             loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)

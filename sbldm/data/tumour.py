@@ -12,7 +12,7 @@ pyradiomics' shape features (which the authors used) and their code:
 - ``x, y, z``: centre of mass in voxel coordinates (``scipy.ndimage.center_of_mass``);
 - ``w, h, d``: extents in voxels of the bounding box of all tumour voxels.
 
-An empty mask has no tumour features: ``tumor_features`` raises ``EmptyMaskError``
+An empty mask has no tumour features: ``tumour_features`` raises ``EmptyMaskError``
 by default, or returns NaN for every feature with ``empty="nan"`` (what the evaluation
 of synthetic masks, which may come out empty, uses).
 """
@@ -52,14 +52,14 @@ def mesh_area_volume(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0
     return float(area), float(volume)
 
 
-def tumor_features(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+def tumour_features(mask: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
                    empty: str = "raise") -> dict[str, float]:
     """The 9 raw tumour features of a binary 3D mask (see module docstring for units)."""
     from scipy import ndimage
 
     mask = np.asarray(mask) > 0
     if mask.ndim != 3:
-        raise ValueError(f"tumor_features needs a 3D mask, got shape {mask.shape}")
+        raise ValueError(f"tumour_features needs a 3D mask, got shape {mask.shape}")
     if not mask.any():
         if empty == "nan":
             return {k: float("nan") for k in FEATURE_NAMES}
