@@ -61,6 +61,11 @@ class Config:
     phantom_shape: tuple[int, int, int] = _reads((240, 240, 155), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
     phantom_spacing: tuple[float, float, float] = _reads((1.0, 1.0, 1.0), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
 
+    # the tumour channels the slice VAE (and so SBLDM) carries beside the image: "whole" =
+    # the paper's binary whole-tumour mask; "regions" = the BraTS regions WT, TC, ET, so
+    # that samples come with a sub-region label map (beyond the paper; README errata table)
+    tumour_labels: str = _reads("whole", 'vae')
+
     # -- stage 1: slice VAE ------------------------------------------------------
     vae_channels: tuple[int, ...] = _reads((128, 256, 512, 512), 'vae')  # authors' code; len-1 = log2(downsampling)
     vae_latent_channels: int = _reads(6, 'vae')
@@ -288,7 +293,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # A handful of tiny volumes and a few optimiser steps: the whole chain runs in
     # minutes on 2 CPU cores. Its numbers mean nothing.
     "smoke": dict(
-        n_train=6, n_test=4,
+        n_train=6, n_test=4, tumour_labels="regions",
         volume_shape=(32, 32, 16), image_interp_order=1,
         phantom_shape=(60, 60, 39), phantom_spacing=(4.0, 4.0, 4.0),
         vae_channels=(16, 32, 32), vae_latent_channels=4, vae_norm_groups=8,
@@ -315,6 +320,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
     "small": dict(
         n_train=100, n_test=100,
+        tumour_labels="regions",
         volume_shape=(64, 64, 32), image_interp_order=1,
         phantom_shape=(120, 120, 78), phantom_spacing=(2.0, 2.0, 2.0),
         vae_channels=(32, 64, 64), vae_latent_channels=4, vae_norm_groups=16,
@@ -437,6 +443,7 @@ def _validate(cfg: Config) -> None:
         "ldm3d_unet_cond_fusion": ("scale_shift", "add"),
         "ldm3d_ae_ssim_range": ("signed", "unit"),
         "sampler": ("ddpm", "ddim"),
+        "tumour_labels": ("whole", "regions"),
         "mixed_precision": ("no", "bf16", "fp16"),
         "beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2"),
         "seg_backend": ("nnunet", "fast"),

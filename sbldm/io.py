@@ -107,11 +107,15 @@ def _nifti_bytes(img, compress: bool) -> bytes:
     return buf.getvalue()
 
 
-def save_samples_nifti(out_dir, images, masks, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
-    """Write each (image, mask) pair as ``{prefix}_{k:03d}_flair.nii.gz`` / ``..._seg.nii.gz``."""
+def save_samples_nifti(out_dir, images, masks, prefix: str = "sample", affine=None,
+                       labels=None) -> list[tuple[Path, Path]]:
+    """Write each (image, mask) pair as ``{prefix}_{k:03d}_flair.nii.gz`` / ``..._seg.nii.gz``.
+    With ``labels`` (label maps, sbldm's convention: 1 necrosis, 2 oedema, 3 enhancing, as
+    BraTS 2023 writes them) the segmentation holds the label map instead of the binary mask."""
     out = Path(out_dir)
     paths = []
-    for k, (im, m) in enumerate(zip(images, masks)):
+    segs = masks if labels is None else labels
+    for k, (im, m) in enumerate(zip(images, segs)):
         pi, pm = out / f"{prefix}_{k:03d}_flair.nii.gz", out / f"{prefix}_{k:03d}_seg.nii.gz"
         save_nifti(pi, np.asarray(im, np.float32), affine)
         save_nifti(pm, np.asarray(m, np.uint8), affine)

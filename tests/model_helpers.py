@@ -7,13 +7,17 @@ from pathlib import Path
 import numpy as np
 
 TINY = dict(
-    volume_shape=(16, 16, 8), n_train=4, n_test=2,
+    volume_shape=(16, 16, 8), n_train=4, n_test=2, tumour_labels="whole",   # the paper's mask; see REGIONS
     vae_channels=(8, 16), vae_latent_channels=2, vae_norm_groups=4, vae_slice_embedding_dim=8,
     vae_batch_size=4, vae_lr=1e-3, vae_empty_slice_keep=1.0, vae_flip_prob=0.2,
     unet_channels=(8, 16, 16), unet_layers_per_block=1, unet_norm_groups=4, unet_embed_dim=16,
     unet_time_proj_dim=8, unet_cond_hidden_dim=8, unet_mid_layers=1,
     diffusion_batch_size=2, diffusion_lr=1e-3, num_inference_steps=4,
 )
+
+
+#: TINY with the BraTS sub-regions as the VAE's tumour channels (the smoke and small presets')
+REGIONS = dict(tumour_labels="regions")
 
 
 def tiny_cfg(**overrides):
@@ -41,7 +45,8 @@ def randomise_output(model, seed: int = 0, std: float = 0.1) -> None:
 
 
 def write_brats(brats: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0, affine=None) -> Path:
-    """``n_cases`` tiny cases in the BraTS 2023 layout (smooth image, one ball tumour each)."""
+    """``n_cases`` tiny cases in the BraTS 2023 layout (smooth image, one ball tumour each:
+    oedema (2) around an enhancing shell (3) around a necrotic centre (1))."""
     import nibabel as nib
 
     rng = np.random.default_rng(seed)
@@ -54,6 +59,8 @@ def write_brats(brats: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0,
         radius = rng.uniform(2.0, 3.5)
         d2 = ((grid - centre[:, None, None, None]) ** 2).sum(0)
         seg = (d2 <= radius ** 2).astype(np.uint8) * 2
+        seg[d2 <= (0.7 * radius) ** 2] = 3
+        seg[d2 <= (0.35 * radius) ** 2] = 1
         brain = np.exp(-((grid[0] - (shape[0] - 1) / 2) ** 2 + (grid[1] - (shape[1] - 1) / 2) ** 2) / (2.5 * shape[0]))
         image = 100 * brain + 80 * (seg > 0) + rng.normal(0, 3, shape)
         aff = np.eye(4) if affine is None else np.asarray(affine, float)

@@ -297,3 +297,97 @@ def test_nnunet_export_is_rebuilt_never_merged(tmp_path):
         bad = case("bad")
         data.export_nnunet(tmp_path, 1, "X", [(bad[0], bad[1], bad[2] * 3)])
     assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == names      # the earlier export intact
+
+
+# -- sub-region labels --------------------------------------------------------------------
+
+def _seg_with_subregions(enhancing: int) -> np.ndarray:
+    seg = np.zeros((20, 22, 12), np.uint8)
+    seg[4:14, 6:16, 2:10] = 2                 # oedema
+    seg[6:12, 8:14, 4:8] = enhancing          # enhancing core (3 in BraTS 2023, 4 in BraTS 2021)
+    seg[8:10, 10:12, 5:7] = 1                 # necrosis inside it
+    return seg
+
+
+@pytest.mark.parametrize("layout, enhancing", [(2021, 4), (2023, 3)])
+def test_both_brats_conventions_load_to_one_label_map(write_case, layout, enhancing):
+    """BraTS 2021 (enhancing 4) and BraTS 2023 (enhancing 3) give the same label map, 0-3,
+    and the whole-tumour mask is that map's non-zero part."""
+    cid = "BraTS2021_00001" if layout == 2021 else "BraTS-GLI-00001-000"
+    folder = write_case(cid, seg=_seg_with_subregions(enhancing), layout=layout)
+    lc = data.load_case(_case(folder), (20, 22, 12))
+    assert set(np.unique(lc.labels).tolist()) == {0, 1, 2, 3}
+    np.testing.assert_array_equal(lc.labels, _seg_with_subregions(3))      # same grid: nothing resampled
+    np.testing.assert_array_equal(lc.mask, (lc.labels > 0).astype(np.uint8))
+
+
+def test_a_label_map_with_both_3_and_4_or_an_unknown_label_is_refused_naming_file_and_value(write_case):
+    seg = _seg_with_subregions(3)
+    seg[0, 0, 0] = 4
+    folder = write_case(seg=seg)
+    with pytest.raises(data.DataError, match=r"seg\.nii\.gz: segmentation holds both 3 and 4"):
+        data.load_case(_case(folder), (8, 8, 8))
+    seg[0, 0, 0] = 7
+    folder = write_case("BraTS-GLI-00002-000", seg=seg, root=folder.parent.parent / "other")
+    with pytest.raises(data.DataError, match=r"BraTS-GLI-00002-000-seg\.nii\.gz: .*unexpected label value\(s\) \[7\.0\]"):
+        data.load_case(_case(folder), (8, 8, 8))
+
+
+def test_prepared_splits_carry_label_maps_and_an_old_cache_is_refused(write_case, tmp_path):
+    import shutil
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_case(f"BraTS-GLI-{i:05d}-000", image=rng.uniform(0, 9, (20, 22, 12)).astype(np.float32),
+                   seg=np.roll(_seg_with_subregions(3), i, axis=0))
+    out = tmp_path / "prepared"
+    data.prepare_cohort(data.find_cases(tmp_path / "brats"), out, (10, 11, 6), 2, 2, seed=0)
+    train = data.load_prepared(out, "train")
+    assert train.labels.shape == train.masks.shape == (2, 10, 11, 6) and train.labels.dtype == np.uint8
+    assert set(np.unique(train.labels).tolist()) <= {0, 1, 2, 3} and (train.labels == 1).any()
+    np.testing.assert_array_equal(train.masks, (train.labels > 0).astype(np.uint8))
+    # a cache from before labels were kept (masks.npy only) names the fix
+    np.save(out / "cache" / "masks.npy", train.masks)
+    (out / "cache" / "labels.npy").unlink()
+    with pytest.raises(data.DataError, match="before sub-region labels.*00_prepare_data"):
+        data.load_prepared(out, "train")
+    shutil.rmtree(out)
+
+
+def test_regions_and_label_maps_round_trip_and_stay_nested():
+    from sbldm.data.tumour import labels_from_regions, region_mask, regions_from_labels
+
+    labels = _seg_with_subregions(3)
+    wt, tc, et = regions_from_labels(labels)
+    assert wt.sum() == (labels > 0).sum() and tc.sum() == np.isin(labels, (1, 3)).sum() and et.sum() == (labels == 3).sum()
+    np.testing.assert_array_equal(region_mask(labels, "TC"), tc.astype(bool))
+    np.testing.assert_array_equal(labels_from_regions(wt, tc, et), labels)
+    # a core outside the whole tumour (a decoder's stray blob) is dropped, not kept as core
+    stray = np.zeros_like(tc)
+    stray[0, 0, 0] = 1
+    out = labels_from_regions(wt, tc | stray, et | stray)
+    assert out[0, 0, 0] == 0 and np.array_equal(out, labels)
+    with pytest.raises(ValueError, match="unknown region"):
+        region_mask(labels, "NET")
+    with pytest.raises(ValueError, match=r"value\(s\) \[4\]"):
+        regions_from_labels(np.full((2, 2, 2), 4, np.uint8))
+
+
+def test_model_space_carries_the_regions_and_decodes_back_to_the_label_map():
+    import torch
+
+    labels = _seg_with_subregions(3)
+    image = np.linspace(-1, 1, labels.size, dtype=np.float32).reshape(labels.shape)
+    x = data.to_model_space(image, labels, "regions")
+    assert x.shape == (4, *labels.shape) and set(np.unique(x[1:]).tolist()) == {-1.0, 1.0}
+    np.testing.assert_array_equal(x[2] > 0, np.isin(labels, (1, 3)))       # TC channel
+    im, mask, back = data.from_model_space(torch.from_numpy(x[None] * 0.9), with_labels=True)
+    np.testing.assert_array_equal(back[0], labels)
+    np.testing.assert_array_equal(mask[0], labels > 0)
+    np.testing.assert_allclose(im[0], image * 0.9)
+    # the paper's whole-tumour channel: the same mask from a label map or a binary mask, no label map back
+    w = data.to_model_space(image, labels, "whole")
+    np.testing.assert_array_equal(w, data.to_model_space(image, (labels > 0).astype(np.uint8)))
+    assert w.shape == (2, *labels.shape) and data.from_model_space(w, with_labels=True)[2] is None
+    with pytest.raises(ValueError, match="3 model-space channels"):
+        data.from_model_space(np.zeros((3, 4, 4, 4)))

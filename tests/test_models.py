@@ -268,3 +268,43 @@ def test_volume_encoding_is_the_stack_of_slice_encodings_and_decodes_back():
     torch.testing.assert_close(dec[..., 3], one)
     with pytest.raises(ValueError, match="one \\(2, X, Y, D\\) volume"):
         vae.encode_volume(vol[None])
+
+
+# -- the BraTS regions through the VAE and the pipeline ------------------------------------------
+
+def test_a_regions_vae_carries_wt_tc_et_and_the_pipeline_returns_label_maps(prepared, tmp_path):
+    """tumour_labels="regions": the VAE takes and returns (image, WT, TC, ET); encoding uses
+    the label maps, reconstruction and sampling decode them back to nested label maps whose
+    non-zero part is the whole-tumour mask, and NIfTI output holds the BraTS label values."""
+    import nibabel as nib
+
+    from model_helpers import REGIONS
+    from sbldm.data.cohort import load_prepared, to_model_space
+    from sbldm.diffusion.latents import encode_dataset, reconstruct_volumes
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    train = load_prepared(prepared, "train")
+    assert set(np.unique(train.labels).tolist()) == {0, 1, 2, 3}        # the tiny cohort has every sub-region
+    vae, whole = _vae(**REGIONS), _vae()
+    assert (vae.config.in_channels, vae.config.out_channels, vae.tumour_labels) == (4, 4, "regions")
+    assert whole.tumour_labels == "whole"
+    with pytest.raises(ValueError, match=r"needs one \(4, X, Y, D\) volume \(regions"):
+        vae.encode_volume(torch.from_numpy(to_model_space(train.images[0], train.labels[0], "whole")))
+    lat = encode_dataset(vae, train.images, train.labels, batch_size=4, progress=False)
+    assert lat.mean.shape == (4, 2, 8, 8, 8)
+    # the label map changes the latent where a mask would not (TC and ET are encoded)
+    no_core = np.where(train.labels > 0, 2, 0).astype(np.uint8)
+    assert not np.allclose(encode_dataset(vae, train.images, no_core, progress=False).mean, lat.mean)
+    images, masks, labels = reconstruct_volumes(vae, train.images[:2], train.labels[:2])
+    assert labels.shape == masks.shape == (2, 16, 16, 8) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(masks, labels > 0)
+    assert reconstruct_volumes(whole, train.images[:1], train.labels[:1])[2] is None
+    pipe = SBLDMPipeline.from_components(tiny_cfg(**REGIONS), vae, _unet(), normalizer=train.normalizer,
+                                         train_features=train.features, latent_std=lat.latent_std,
+                                         affine=train.grid_affine)
+    out = pipe(num_volumes=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.labels is not None and out.labels.shape == out.masks.shape
+    np.testing.assert_array_equal(out.masks, out.labels > 0)
+    assert set(np.unique(out.labels).tolist()) <= {0, 1, 2, 3}
+    (img, seg), _ = out.save_nifti(tmp_path / "nifti")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(seg)).dataobj), out.labels[0])

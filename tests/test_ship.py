@@ -50,6 +50,9 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
 
 
 @pytest.mark.skipif(not (ROOT / "pretrained" / "small").is_dir(), reason="no shipped small pipeline")
+@pytest.mark.xfail(strict=True, reason="pretrained/small was trained before the small preset carried the BraTS "
+                                       "regions (tumour_labels='regions'): its VAE has 2 channels, the preset's 4. "
+                                       "It is reshipped after the small rerun; strict, so this mark must go then")
 def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     from sbldm.config import resolve
     from sbldm.diffusion.pipeline import SBLDMPipeline

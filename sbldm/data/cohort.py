@@ -1,11 +1,12 @@
 """Data layer: BraTS discovery and loading, splits, the prepared cache, datasets, nnU-Net export.
 
-The data flow starts here: NIfTI volumes on disk -> ``load_case`` -> (image, mask)
+The data flow starts here: NIfTI volumes on disk -> ``load_case`` -> (image, label map)
 arrays at the model's ``volume_shape`` -> a cache of ``.npy`` arrays -> slice and volume
-datasets for the two training stages.
+datasets for the two training stages, in model space (``to_model_space``).
 
 Array convention everywhere in sbldm: nibabel voxel order ``(x, y, z)``, axial slices
-along the last axis; images float32 in [-1, 1]; masks uint8 in {0, 1} (whole tumour).
+along the last axis; images float32 in [-1, 1]; masks uint8 in {0, 1} (whole tumour);
+label maps uint8 in {0, 1 necrosis, 2 oedema, 3 enhancing} (``sbldm.data.tumour``).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sbldm.data.tumour import FeatureNormalizer, tumour_features
+from sbldm.data.tumour import ENHANCING, FeatureNormalizer, labels_from_regions, regions_from_labels, tumour_features
 from sbldm.io import atomic_save_npy, atomic_write_json, save_nifti
 
-#: whole-tumour labels a BraTS mask may hold (2021: 0,1,2,4; 2023: 0,1,2,3)
+#: labels a BraTS segmentation may hold (2021: 0,1,2,4; 2023: 0,1,2,3)
 BRATS_LABELS = frozenset({0, 1, 2, 3, 4})
+#: BraTS 2021's enhancing-tumour label, mapped to sbldm's (and BraTS 2023's) 3 at load time
+BRATS2021_ENHANCING = 4
 
 LAYOUTS = {
     "BraTS 2020": "BraTS20_Training_XXX/BraTS20_Training_XXX_flair.nii.gz + BraTS20_Training_XXX_seg.nii.gz",
@@ -165,17 +168,31 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
     return ((2.0 * image - lo - hi) / (hi - lo)).astype(np.float32)
 
 
-def whole_tumour(seg: np.ndarray, path: str | os.PathLike | None = None,
-                allowed: Iterable[int] = BRATS_LABELS) -> np.ndarray:
-    """Binary whole-tumour mask (label > 0) of a BraTS segmentation; refuses odd labels."""
+def brats_labels(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """The label map of a BraTS segmentation in sbldm's convention (uint8: 0 background,
+    1 necrosis, 2 oedema, 3 enhancing): BraTS 2021's enhancing label 4 becomes 3. A value
+    other than 0-4, a non-integer, NaN or a map holding both 3 and 4 (two conventions at
+    once) is refused, naming the file and the value."""
     if not np.all(np.isfinite(seg)):
         raise DataError(path, "segmentation holds NaN or Inf voxel(s)")
     values = np.unique(seg)
-    bad = [v for v in values if v != np.round(v) or int(np.round(v)) not in set(allowed)]
+    bad = [v for v in values if v != np.round(v) or int(np.round(v)) not in BRATS_LABELS]
     if bad:
-        raise DataError(path, f"segmentation holds unexpected label(s) {[float(b) for b in bad][:8]}; "
-                              f"expected integers in {sorted(set(allowed))}")
-    return (seg > 0).astype(np.uint8)
+        raise DataError(path, f"segmentation holds unexpected label value(s) {[float(b) for b in bad][:8]}; "
+                              f"expected integers in {sorted(BRATS_LABELS)} (BraTS 2021: 0, 1, 2, 4; BraTS 2023: "
+                              "0, 1, 2, 3)")
+    present = {int(round(v)) for v in values}
+    if {ENHANCING, BRATS2021_ENHANCING} <= present:
+        raise DataError(path, "segmentation holds both 3 and 4: BraTS 2021 writes enhancing tumour as 4 and "
+                              "BraTS 2023 as 3, so one map cannot hold both")
+    labels = np.rint(seg).astype(np.uint8)
+    labels[labels == BRATS2021_ENHANCING] = ENHANCING
+    return labels
+
+
+def whole_tumour(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
+    """Binary whole-tumour mask (label > 0) of a BraTS segmentation; refuses odd labels."""
+    return (brats_labels(seg, path) > 0).astype(np.uint8)
 
 
 @dataclass
@@ -185,6 +202,7 @@ class LoadedCase:
     affine: np.ndarray        # affine of the resampled grid
     source_affine: np.ndarray
     source_shape: tuple[int, int, int]
+    labels: np.ndarray | None = None   # uint8 (x, y, z): 0, 1 necrosis, 2 oedema, 3 enhancing
 
     def __iter__(self):  # ``image, mask = load_case(...)``
         return iter((self.image, self.mask))
@@ -195,23 +213,25 @@ def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: in
               require_tumour: bool = False) -> LoadedCase:
     """Load one case as (image, mask) resampled to ``shape`` over the full field of view.
 
-    The result unpacks as ``image, mask = load_case(case)``; it also carries ``affine``
-    (of the resampled grid) and ``source_affine`` for writing NIfTI back out.
+    The result unpacks as ``image, mask = load_case(case)``; it also carries ``labels``
+    (the sub-region label map, ``brats_labels``, resampled by nearest neighbour like the
+    mask, so ``labels > 0`` is the mask), ``affine`` (of the resampled grid) and
+    ``source_affine`` for writing NIfTI back out.
     """
     image, affine = read_nifti(case.image_path)
     seg, seg_affine = read_nifti(case.mask_path)
     if image.shape != seg.shape:
         raise DataError(case.mask_path, f"segmentation shape {seg.shape} differs from image shape "
                                         f"{image.shape} ({case.image_path.name})")
-    mask = whole_tumour(seg, case.mask_path)
-    if require_tumour and not mask.any():
+    labels = brats_labels(seg, case.mask_path)
+    if require_tumour and not labels.any():
         raise DataError(case.mask_path, "segmentation is empty (no tumour voxel)")
     image = normalize_intensity(image, clip_percentiles, case.image_path)
     out_image = resample(image, shape, order=image_order).astype(np.float32)
     np.clip(out_image, -1.0, 1.0, out=out_image)       # spline overshoot
-    out_mask = resample(mask, shape, order=0).astype(np.uint8)
-    return LoadedCase(out_image, out_mask, resampled_affine(affine, image.shape, shape),
-                      affine, tuple(image.shape))
+    out_labels = resample(labels, shape, order=0).astype(np.uint8)
+    return LoadedCase(out_image, (out_labels > 0).astype(np.uint8), resampled_affine(affine, image.shape, shape),
+                      affine, tuple(image.shape), out_labels)
 
 
 # -- splits ---------------------------------------------------------------------------
@@ -249,10 +269,11 @@ class Prepared:
 
     case_ids: list[str]
     images: np.ndarray            # (N, x, y, z) float32 in [-1, 1]
-    masks: np.ndarray             # (N, x, y, z) uint8
+    masks: np.ndarray             # (N, x, y, z) uint8: the whole tumour, labels > 0
     features: np.ndarray          # (N, 9) raw tumour features (voxel units)
     normalizer: FeatureNormalizer
     affines: np.ndarray           # (N, 4, 4)
+    labels: np.ndarray            # (N, x, y, z) uint8: 0, 1 necrosis, 2 oedema, 3 enhancing
 
     @property
     def conditions(self) -> np.ndarray:
@@ -279,7 +300,7 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
     """Load every case once, write the cache, the split, the tumour features and the
     feature normaliser (fitted on the training split) under ``out_dir``.
 
-    Layout: ``cache/{images,masks,affines}.npy``, ``cache/case_ids.json``,
+    Layout: ``cache/{images,labels,affines}.npy`` (the masks are ``labels > 0``), ``cache/case_ids.json``,
     ``split.json``, ``features.json`` (raw), ``normalizer.json``. Returns the split.
     Cases without tumour are refused (the model is conditioned on tumour features).
     """
@@ -291,18 +312,18 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
     chosen = [c for c in cases if c.case_id in wanted]
     shape = tuple(int(s) for s in shape)
     images = np.empty((len(chosen), *shape), np.float32)
-    masks = np.empty((len(chosen), *shape), np.uint8)
+    labels = np.empty((len(chosen), *shape), np.uint8)
     affines = np.empty((len(chosen), 4, 4), np.float64)
     feats = {}
     for i, case in enumerate(tqdm(chosen, desc="load cases", disable=not progress)):
         lc = load_case(case, shape, image_order=image_order, clip_percentiles=clip_percentiles)
         if not lc.mask.any():
             raise DataError(case.mask_path, f"no tumour voxel left after resampling to {shape}")
-        images[i], masks[i], affines[i] = lc.image, lc.mask, lc.affine
+        images[i], labels[i], affines[i] = lc.image, lc.labels, lc.affine
         feats[case.case_id] = tumour_features(lc.mask)
     cache = out / "cache"
     atomic_save_npy(cache / "images.npy", images)
-    atomic_save_npy(cache / "masks.npy", masks)
+    atomic_save_npy(cache / "labels.npy", labels)
     atomic_save_npy(cache / "affines.npy", affines)
     atomic_write_json(cache / "case_ids.json", [c.case_id for c in chosen])
     atomic_write_json(out / "features.json", feats)
@@ -318,7 +339,10 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prep
 
     d = Path(prepared_dir)
     cache = d / "cache"
-    for p in (cache / "images.npy", cache / "masks.npy", cache / "case_ids.json", d / "features.json",
+    if (cache / "masks.npy").is_file() and not (cache / "labels.npy").is_file():
+        raise DataError(cache, "prepared before sub-region labels were kept (a masks.npy cache without "
+                               "labels.npy); run notebooks/00_prepare_data.ipynb again to rebuild it")
+    for p in (cache / "images.npy", cache / "labels.npy", cache / "case_ids.json", d / "features.json",
               d / "normalizer.json", d / "split.json"):
         if not p.is_file():
             raise DataError(p, "prepared file missing; run notebooks/00_prepare_data.ipynb "
@@ -333,55 +357,91 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prep
     index = {c: i for i, c in enumerate(ids)}
     rows = [index[c] for c in wanted]
     images = np.load(cache / "images.npy", mmap_mode="r")
-    masks = np.load(cache / "masks.npy", mmap_mode="r")
+    labels = np.ascontiguousarray(np.load(cache / "labels.npy", mmap_mode="r")[rows])
     affines = np.load(cache / "affines.npy")
     feats = json.loads((d / "features.json").read_text())
     return Prepared(
         case_ids=list(wanted),
         images=np.ascontiguousarray(images[rows]),
-        masks=np.ascontiguousarray(masks[rows]),
+        masks=(labels > 0).astype(np.uint8),
         features=np.array([[feats[c][k] for k in FEATURE_NAMES] for c in wanted], dtype=np.float64),
         normalizer=FeatureNormalizer.load(d / "normalizer.json"),
         affines=affines[rows],
+        labels=labels,
     )
 
 
 # -- datasets for training ------------------------------------------------------------
 
-def to_model_space(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Stack image ([-1, 1]) and mask ({0, 1} -> {-1, 1}) as two channels, channel first."""
-    return np.stack([image.astype(np.float32), mask.astype(np.float32) * 2.0 - 1.0])
+#: the tumour channels of model space after the image: the paper's binary whole-tumour
+#: mask, or the three nested BraTS regions (``sbldm.data.tumour.REGIONS``)
+TUMOUR_CHANNELS = {"whole": ("WT",), "regions": ("WT", "TC", "ET")}
 
 
-def from_model_space(volumes) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse of ``to_model_space`` for what a decoder outputs: two-channel volumes
-    (2, x, y, z) or (N, 2, x, y, z), numpy or torch (on any device) -> (image float32
-    clamped to [-1, 1], mask uint8 = channel 1 > 0), each (x, y, z) or (N, x, y, z)."""
+def tumour_labels_of(n_channels: int) -> str:
+    """Which ``TUMOUR_CHANNELS`` a model of ``n_channels`` model-space channels carries."""
+    for name, channels in TUMOUR_CHANNELS.items():
+        if n_channels == 1 + len(channels):
+            return name
+    raise ValueError(f"{n_channels} model-space channels match no tumour representation "
+                     f"({', '.join(f'{k}: {1 + len(v)}' for k, v in TUMOUR_CHANNELS.items())})")
+
+
+def to_model_space(image: np.ndarray, labels: np.ndarray, tumour_labels: str = "whole") -> np.ndarray:
+    """The image ([-1, 1]) and its tumour channels ({0, 1} -> {-1, 1}) stacked channel
+    first: ``"whole"`` gives (image, WT) from a label map or a binary mask (WT = labels >
+    0); ``"regions"`` gives (image, WT, TC, ET) from a label map (0-3)."""
+    if tumour_labels not in TUMOUR_CHANNELS:
+        raise ValueError(f"tumour_labels must be one of {', '.join(TUMOUR_CHANNELS)}, got {tumour_labels!r}")
+    if tumour_labels == "whole":
+        tumour = (np.asarray(labels) > 0)[None]
+    else:
+        tumour = regions_from_labels(labels)
+    return np.concatenate([image.astype(np.float32)[None], tumour.astype(np.float32) * 2.0 - 1.0])
+
+
+def from_model_space(volumes, with_labels: bool = False):
+    """The inverse of ``to_model_space`` for what a decoder outputs: volumes (C, x, y, z)
+    or (N, C, x, y, z), numpy or torch (on any device), C = 2 (image, WT) or 4 (image, WT,
+    TC, ET) -> (image float32 clamped to [-1, 1], mask uint8 = WT channel > 0), each (x, y,
+    z) or (N, x, y, z). With ``with_labels`` a third item, the label map
+    (``labels_from_regions`` of the thresholded channels, so it is nested by construction),
+    or None for whole-tumour volumes."""
     if hasattr(volumes, "detach"):                     # a torch tensor
         volumes = volumes.detach().float().cpu().numpy()
     v = np.asarray(volumes, dtype=np.float32)
-    if v.ndim not in (4, 5) or v.shape[-4] != 2:
-        raise ValueError(f"expected (2, x, y, z) or (N, 2, x, y, z) model-space volumes, got shape {v.shape}")
-    return np.clip(v[..., 0, :, :, :], -1, 1).astype(np.float32), (v[..., 1, :, :, :] > 0).astype(np.uint8)
+    if v.ndim not in (4, 5):
+        raise ValueError(f"expected (C, x, y, z) or (N, C, x, y, z) model-space volumes, got shape {v.shape}")
+    kind = tumour_labels_of(v.shape[-4])
+    image = np.clip(v[..., 0, :, :, :], -1, 1).astype(np.float32)
+    mask = (v[..., 1, :, :, :] > 0).astype(np.uint8)
+    if not with_labels:
+        return image, mask
+    labels = None
+    if kind == "regions":
+        labels = labels_from_regions(*(v[..., c, :, :, :] > 0 for c in (1, 2, 3)))
+    return image, mask, labels
 
 
 class SliceDataset:
     """Axial slices of a set of volumes, for the slice VAE (stage 1).
 
-    Item: dict with ``x`` (2, X, Y) float32 in [-1, 1] (FLAIR, mask), ``slice_index``
-    (int), ``depth`` (int) and ``volume_index`` (int). Background-only slices (no brain,
-    no tumour) are kept with probability ``empty_keep`` (the authors kept 10%), chosen
-    once from ``seed``.
+    Item: dict with ``x`` (C, X, Y) float32 in [-1, 1] (``to_model_space`` of the FLAIR and
+    the ``labels``, a label map or a whole-tumour mask, with ``tumour_labels``),
+    ``slice_index`` (int), ``depth`` (int) and ``volume_index`` (int). Background-only
+    slices (no brain, no tumour) are kept with probability ``empty_keep`` (the authors kept
+    10%), chosen once from ``seed``.
     """
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, empty_keep: float = 1.0, seed: int = 0):
-        if images.shape != masks.shape or images.ndim != 4:
-            raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
-        self.images, self.masks = images, masks
+    def __init__(self, images: np.ndarray, labels: np.ndarray, empty_keep: float = 1.0, seed: int = 0,
+                 tumour_labels: str = "whole"):
+        if images.shape != labels.shape or images.ndim != 4:
+            raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
+        self.images, self.labels, self.tumour_labels = images, labels, tumour_labels
         n, _, _, depth = images.shape
         self.depth = depth
         flat = images.reshape(n, -1, depth)
-        empty = (flat.max(axis=1) <= flat.min(axis=(1, 2))[:, None] + 1e-5) & ~masks.reshape(n, -1, depth).any(axis=1)
+        empty = (flat.max(axis=1) <= flat.min(axis=(1, 2))[:, None] + 1e-5) & ~labels.reshape(n, -1, depth).any(axis=1)
         keep = ~empty | (np.random.default_rng(seed).random(empty.shape) < empty_keep)
         self.index = np.argwhere(keep)                  # rows of (volume, slice)
 
@@ -390,7 +450,7 @@ class SliceDataset:
 
     def __getitem__(self, i: int) -> dict:
         v, s = (int(t) for t in self.index[i])
-        return {"x": to_model_space(self.images[v, :, :, s], self.masks[v, :, :, s]),
+        return {"x": to_model_space(self.images[v, :, :, s], self.labels[v, :, :, s], self.tumour_labels),
                 "slice_index": s, "depth": self.depth, "volume_index": v}
 
 

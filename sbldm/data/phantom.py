@@ -49,6 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from sbldm.data.cohort import Case, find_cases
+from sbldm.data.tumour import ENHANCING, NECROSIS, OEDEMA
 from sbldm.io import atomic_write_json, save_nifti
 
 # 3: lobulated tumours with oedema of uneven thickness along white matter, eccentric cores
@@ -60,8 +61,6 @@ PHANTOM_VERSION = 3
 #: BraTS 2023 file suffixes: T1 (native), T1 post-contrast, T2, T2-FLAIR; the chain reads FLAIR
 SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 FLAIR = "t2f"
-#: segmentation labels (BraTS 2023 glioma: 1 necrotic / non-enhancing core, 2 oedema, 3 enhancing)
-NECROSIS, OEDEMA, ENHANCING = 1, 2, 3
 
 # -- volumes ---------------------------------------------------------------------------
 

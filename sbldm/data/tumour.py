@@ -12,6 +12,14 @@ pyradiomics' shape features (which the authors used) and their code:
 - ``x, y, z``: centre of mass in voxel coordinates (``scipy.ndimage.center_of_mass``);
 - ``w, h, d``: extents in voxels of the bounding box of all tumour voxels.
 
+Sub-regions (beyond the paper, which uses the whole tumour only): sbldm keeps BraTS label
+maps in one convention, 0 background, 1 necrosis (necrotic / non-enhancing core), 2
+oedema, 3 enhancing tumour (BraTS 2021 writes enhancing as 4, BraTS 2023 as 3; the loader
+maps 4 to 3), and derives the BraTS evaluation regions where they are used: whole tumour
+WT = {1, 2, 3}, tumour core TC = {1, 3}, enhancing tumour ET = {3} (``REGIONS``). The
+regions are nested (ET inside TC inside WT), which is how the models carry them: one
+channel per region, decoded back to a label map by ``labels_from_regions``.
+
 An empty mask has no tumour features: ``tumour_features`` raises ``EmptyMaskError``
 by default, or returns NaN for every feature with ``empty="nan"`` (what the evaluation
 of synthetic masks, which may come out empty, uses).
@@ -20,6 +28,7 @@ of synthetic masks, which may come out empty, uses).
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -27,6 +36,63 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES
+
+
+#: sub-region labels of sbldm's label maps (BraTS 2023 values)
+NECROSIS, OEDEMA, ENHANCING = 1, 2, 3
+LABEL_NAMES = {NECROSIS: "necrosis", OEDEMA: "oedema", ENHANCING: "enhancing"}
+#: BraTS evaluation regions: the labels each one holds (nested: ET within TC within WT)
+REGIONS = {"WT": (NECROSIS, OEDEMA, ENHANCING), "TC": (NECROSIS, ENHANCING), "ET": (ENHANCING,)}
+
+
+#: label values a label map may hold in sbldm's convention
+VALID_LABELS = (0, NECROSIS, OEDEMA, ENHANCING)
+
+
+def check_labels(labels, name: str = "labels") -> np.ndarray:
+    """``labels`` as an array, after checking it holds only ``VALID_LABELS``; raises
+    ``ValueError`` naming ``name`` and the unexpected values (a BraTS 2021 map with
+    enhancing tumour as 4 must be mapped to 3 first), a boolean mask or a non-numeric map."""
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        raise ValueError(f"{name}: expected an integer label map, got a boolean mask")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name}: expected a numeric label map, got dtype {arr.dtype}")
+    ok = np.isin(arr, VALID_LABELS)
+    if not ok.all():
+        bad = np.unique(arr[~ok]).tolist()
+        shown = [int(v) if math.isfinite(v) and v == round(v) else v for v in bad[:8]]
+        raise ValueError(
+            f"{name}: unexpected label value(s) {shown}; expected sbldm labels {list(VALID_LABELS)} "
+            "(0 background, 1 necrosis, 2 oedema, 3 enhancing). BraTS 2021 maps write enhancing tumour as 4: "
+            "map 4 to 3 when loading (sbldm.data.cohort.brats_labels)")
+    return arr
+
+
+def region_mask(labels, region: str) -> np.ndarray:
+    """Boolean mask of a BraTS region (``"WT"``, ``"TC"`` or ``"ET"``) of a label map."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {sorted(REGIONS)}")
+    return np.isin(check_labels(labels), REGIONS[region])
+
+
+def regions_from_labels(labels: np.ndarray) -> np.ndarray:
+    """(3, ...) uint8 stack of the WT, TC and ET masks of a label map."""
+    return np.stack([region_mask(labels, r) for r in REGIONS]).astype(np.uint8)
+
+
+def labels_from_regions(wt, tc, et) -> np.ndarray:
+    """The label map of three region masks, nested by construction: TC counts only inside
+    WT and ET only inside TC, so a decoder's stray core outside the tumour is dropped;
+    WT alone is oedema (2), TC without ET necrosis (1), ET enhancing (3)."""
+    wt = np.asarray(wt, bool)
+    tc = wt & np.asarray(tc, bool)
+    et = tc & np.asarray(et, bool)
+    out = np.zeros(wt.shape, np.uint8)
+    out[wt] = OEDEMA
+    out[tc] = NECROSIS
+    out[et] = ENHANCING
+    return out
 
 
 class EmptyMaskError(ValueError):

@@ -54,17 +54,18 @@ def _eval_mode(vae, device=None):
 
 
 @torch.no_grad()
-def encode_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32,
+def encode_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int = 32,
                    device: str | torch.device | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior (mean, std) of every volume, each (N, C, H', W', D) float32."""
+    """Posterior (mean, std) of every volume, each (N, C, H', W', D) float32. ``labels``:
+    the label maps (``Prepared.labels``; a VAE of the whole tumour also takes masks)."""
     from tqdm.auto import tqdm
 
-    if images.shape != masks.shape or images.ndim != 4:
-        raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    if images.shape != labels.shape or images.ndim != 4:
+        raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
     means, stds = [], []
     with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="encode latents", disable=not progress):
-            x = torch.from_numpy(to_model_space(images[v], masks[v]))          # (2, X, Y, D)
+            x = torch.from_numpy(to_model_space(images[v], labels[v], vae.tumour_labels))   # (C_in, X, Y, D)
             mu, sd = vae.encode_volume(x, chunk=batch_size)
             means.append(mu.cpu().numpy())
             stds.append(sd.cpu().numpy())
@@ -79,9 +80,10 @@ def global_std(means: np.ndarray) -> float:
     return s
 
 
-def encode_dataset(vae, images, masks, batch_size: int = 32, device=None, case_ids=None,
+def encode_dataset(vae, images, labels, batch_size: int = 32, device=None, case_ids=None,
                    progress: bool = True) -> Latents:
-    mean, std = encode_volumes(vae, images, masks, batch_size, device, progress)
+    """``Latents`` of volumes and their label maps (see ``encode_volumes``), scaled by their global std."""
+    mean, std = encode_volumes(vae, images, labels, batch_size, device, progress)
     return Latents(mean, std, global_std(mean), None if case_ids is None else list(case_ids))
 
 
@@ -106,18 +108,21 @@ def load_latents(directory: str | os.PathLike) -> Latents:
 
 
 @torch.no_grad()
-def reconstruct_volumes(vae, images: np.ndarray, masks: np.ndarray, batch_size: int = 32, device=None,
-                        progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """VAE reconstructions through the posterior mean: (images (N, x, y, z) float32 in
-    [-1, 1], masks (N, x, y, z) uint8, the decoded mask channel thresholded at 0)."""
+def reconstruct_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int = 32, device=None,
+                        progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """VAE reconstructions through the posterior mean of volumes and their label maps:
+    (images (N, x, y, z) float32 in [-1, 1], masks (N, x, y, z) uint8, the decoded
+    whole-tumour channel thresholded at 0, label maps (N, x, y, z) uint8 or None for a VAE
+    of the whole tumour only; ``sbldm.data.cohort.from_model_space``)."""
     from tqdm.auto import tqdm
 
-    out_i, out_m = [], []
+    out_i, out_m, out_l = [], [], []
     with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
-            x = torch.from_numpy(to_model_space(images[v], masks[v]))
+            x = torch.from_numpy(to_model_space(images[v], labels[v], vae.tumour_labels))
             mean, _ = vae.encode_volume(x, chunk=batch_size)
-            image, mask = from_model_space(vae.decode_volume(mean, chunk=batch_size))   # through the posterior mean
+            image, mask, lab = from_model_space(vae.decode_volume(mean, chunk=batch_size), with_labels=True)
             out_i.append(image)
             out_m.append(mask)
-    return np.stack(out_i), np.stack(out_m)
+            out_l.append(lab)
+    return np.stack(out_i), np.stack(out_m), None if out_l[0] is None else np.stack(out_l)

@@ -47,20 +47,26 @@ OLD_METADATA = "sbldm.json"      # the older layout's metadata file, refused by 
 @dataclass
 class SBLDMOutput(BaseOutput):
     """Sampled volumes: ``images`` (N, x, y, z) float32 in [-1, 1], ``masks`` (N, x, y, z)
-    uint8 in {0, 1}, ``conditions`` (N, 9) normalised and ``raw_conditions`` (N, 9) in
-    feature units (None if no normaliser is known), ``affine`` the 4x4 voxel-to-world
-    matrix of the training grid (None if the pipeline does not know it)."""
+    uint8 in {0, 1} (the whole tumour), ``conditions`` (N, 9) normalised and
+    ``raw_conditions`` (N, 9) in feature units (None if no normaliser is known),
+    ``affine`` the 4x4 voxel-to-world matrix of the training grid (None if the pipeline
+    does not know it), ``labels`` (N, x, y, z) uint8 sub-region label maps (1 necrosis, 2
+    oedema, 3 enhancing; ``masks == labels > 0``) from a pipeline whose VAE carries the
+    BraTS regions, else None."""
 
     images: np.ndarray
     masks: np.ndarray
     conditions: np.ndarray
     raw_conditions: np.ndarray | None = None
     affine: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
-        """Each (image, mask) pair as NIfTI, on the training grid's geometry unless ``affine`` is given."""
+        """Each volume as NIfTI, on the training grid's geometry unless ``affine`` is given:
+        the FLAIR and its segmentation (the label map with BraTS 2023 values where the
+        pipeline draws sub-regions, else the binary whole-tumour mask)."""
         return save_samples_nifti(out_dir, self.images, self.masks, prefix,
-                                  self.affine if affine is None else affine)
+                                  self.affine if affine is None else affine, labels=self.labels)
 
 
 def untrained_normalizer(cfg) -> FeatureNormalizer:
@@ -248,17 +254,17 @@ class SBLDMPipeline(DiffusionPipeline):
         return eps_u + guidance_scale * (eps_c - eps_u)
 
     @torch.no_grad()
-    def encode(self, images, masks, progress: bool = False) -> torch.Tensor:
-        """Model-space latents (N, C, H', W', D) of (image, mask) volumes (N, x, y, z): the
+    def encode(self, images, labels, progress: bool = False) -> torch.Tensor:
+        """Model-space latents (N, C, H', W', D) of (image, label map) volumes (N, x, y, z): the
         slice VAE's posterior means, stacked, times ``vae.config.scaling_factor`` (what
         ``start_latents`` takes and ``decode_latents`` undoes)."""
         from sbldm.diffusion.latents import encode_volumes
 
-        means, _ = encode_volumes(self.vae, np.asarray(images, np.float32), np.asarray(masks), progress=progress)
+        means, _ = encode_volumes(self.vae, np.asarray(images, np.float32), np.asarray(labels), progress=progress)
         return torch.from_numpy(means / np.float32(self.latent_std))
 
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 16) -> torch.Tensor:
-        """(N, 2, x, y, z) decoded volumes from model-space latents (N, C, H', W', D)."""
+        """(N, C_out, x, y, z) decoded volumes from model-space latents (N, C, H', W', D)."""
         z = latents * self.latent_std
         vols = [self.vae.decode_volume(z[v], chunk=decode_chunk_size) for v in range(len(z))]   # (2, x, y, z) each
         return torch.stack(vols)
@@ -335,6 +341,6 @@ class SBLDMPipeline(DiffusionPipeline):
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
             return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine)
-        images, masks = from_model_space(self.decode_latents(latents, decode_chunk_size))
-        return SBLDMOutput(images, masks, cond_np, raw, self.affine)
+        images, masks, labels = from_model_space(self.decode_latents(latents, decode_chunk_size), with_labels=True)
+        return SBLDMOutput(images, masks, cond_np, raw, self.affine, labels)
 

@@ -54,8 +54,7 @@ def load_generators(dirs: dict[str, Path], optional: tuple[str, ...] = ()) -> di
 def _arrays(out):
     if isinstance(out, tuple):
         return out
-    raw = getattr(out, "raw_conditions", None)
-    return out.images, out.masks, raw
+    return out.images, out.masks, getattr(out, "raw_conditions", None), getattr(out, "labels", None)
 
 
 def _torch_gen(seed: int):
@@ -66,7 +65,7 @@ def _torch_gen(seed: int):
 
 def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[str, Path],
                    progress: bool = True) -> dict:
-    """``{row: {"images", "masks", "conditions", "seconds"}}`` for every Table 1 row whose
+    """``{row: {"images", "masks", "conditions", "labels", "seconds"}}`` for every Table 1 row whose
     generator is in ``gens``, cached in the folder ``caches[key]`` names for its generator
     (``Session.sample_dirs()``) and redrawn when the model folder in ``dirs`` (where
     ``gens`` came from) or its files change."""

@@ -49,11 +49,11 @@ ROWS = {
 }
 
 
-def latent_features(vae, images, masks, pool=(2, 2, 4)) -> np.ndarray:
-    """(N, F): slice-VAE posterior means of each volume, average-pooled to ``pool``."""
+def latent_features(vae, images, labels, pool=(2, 2, 4)) -> np.ndarray:
+    """(N, F): slice-VAE posterior means of each (image, label map) volume, average-pooled to ``pool``."""
     from sbldm.diffusion.latents import encode_volumes
 
-    mean, _ = encode_volumes(vae, np.asarray(images, np.float32), np.asarray(masks, np.uint8), progress=False)
+    mean, _ = encode_volumes(vae, np.asarray(images, np.float32), np.asarray(labels, np.uint8), progress=False)
     return pooled(mean, pool)
 
 
@@ -81,7 +81,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     rows = ROWS if rows is None else rows
     requested = ConditionSampler(train.features, cfg.volume_shape).sample(n_requests, rng=cfg.seed + 17)
     chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
-    real_test = latent_features(vae, test.images, test.masks)
+    real_test = latent_features(vae, test.images, test.labels)
     real_train = pooled(latents.mean)                  # the training latents are already encoded
     out = []
     for name, fields in rows.items():
@@ -101,11 +101,12 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                          num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                          generator=torch.Generator().manual_seed(cfg.seed + start))
             images.append(s.images)
-            masks.append(s.masks)
-        images, masks = np.concatenate(images), np.concatenate(masks)
+            masks.append(s.masks if s.labels is None else s.labels)     # label maps where the model draws them
+        images, labels = np.concatenate(images), np.concatenate(masks)
+        masks = (labels > 0).astype(np.uint8)
         adh = ev.conditioning_adherence(requested, masks)
         div = ev.pairwise_ms_ssim(images, max_volumes=20, seed=cfg.seed)
-        fd = frechet_distance(real_test, latent_features(vae, images, masks))
+        fd = frechet_distance(real_test, latent_features(vae, images, labels))
         out.append({"row": name, "steps": int(steps), "train_time_s": train_time,
                     "final_loss": log_records[-1]["loss"] if log_records else float("nan"),
                     **{k: adh[k] for k in ("empty_fraction", "spearman_volume", "relative_volume_error",
@@ -148,13 +149,13 @@ def summary(rows: list[dict], scale: str) -> str:
     return "\n".join(lines)
 
 
-def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[dict]:
+def latent_channel_diagnostic(vae, latents, images, labels, n: int = 20) -> list[dict]:
     """Where the tumour lives in the stacked latent, per channel: the std of the posterior
     means over the training set (what the one global latent std flattens), and the RMS
     change of each channel inside the tumour footprint when the mask is erased
     (``encode(image, mask) - encode(image, 0)``), also in units of that channel's std. A
     mask carried by a low-variance channel is a small signal after global scaling.
-    ``latents`` hold the encodings of ``images`` and ``masks``, in their order."""
+    ``latents`` hold the encodings of ``images`` and their label maps ``labels``, in their order."""
     import torch
 
     from sbldm.data.cohort import to_model_space
@@ -166,9 +167,9 @@ def latent_channel_diagnostic(vae, latents, images, masks, n: int = 20) -> list[
     sel = np.arange(min(n, len(images)))
     diffs = []
     for v in sel:
-        without = torch.from_numpy(to_model_space(images[v], np.zeros_like(masks[v])))
+        without = torch.from_numpy(to_model_space(images[v], np.zeros_like(labels[v]), vae.tumour_labels))
         b, _ = vae.encode_volume(without)
-        foot = tumour_weight_maps(masks[v][None], f, dilate=0)[0, 0] > 0
+        foot = tumour_weight_maps((labels[v][None] > 0).astype(np.uint8), f, dilate=0)[0, 0] > 0
         d = (means[v] - b.cpu().numpy())[:, foot]                        # (C, tumour positions)
         diffs.append((d ** 2).mean(axis=1))
     rms = np.sqrt(np.mean(diffs, axis=0))

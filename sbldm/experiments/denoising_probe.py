@@ -10,7 +10,7 @@ from sbldm.config import FEATURE_NAMES
 from sbldm.evaluation.appearance import tumour_appearance
 
 
-def denoising_probe(pipe, images, masks, features, strengths=(0.1, 0.3, 0.5, 0.7, 1.0), steps: int = 50,
+def denoising_probe(pipe, images, labels, features, strengths=(0.1, 0.3, 0.5, 0.7, 1.0), steps: int = 50,
                     seed: int = 0, bf16: bool = False) -> list[dict]:
     """Where the pipeline loses what real tumours look like: real volumes are encoded,
     noised to each ``strength`` of the way into a DDIM-``steps`` schedule
@@ -23,7 +23,7 @@ def denoising_probe(pipe, images, masks, features, strengths=(0.1, 0.3, 0.5, 0.7
     from sbldm.data.cohort import from_model_space
     from sbldm.runtime import cpu_bf16
 
-    start = pipe.encode(images, masks)
+    start = pipe.encode(images, labels)
     rows = []
     for strength in (0.0, *strengths):
         if strength == 0.0:

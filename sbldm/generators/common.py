@@ -31,13 +31,16 @@ class Samples:
     """Generated volumes in sbldm's array convention: ``images`` (N, x, y, z) float32 in
     [-1, 1], ``masks`` (N, x, y, z) uint8 in {0, 1}; ``conditions`` (N, 9) normalised for a
     conditioned generator, else None (``raw_conditions``: the same in feature units); ``affine`` the training grid's voxel-to-world matrix
-    where the generator knows it (``save_nifti`` uses it). ``images, masks = samples`` unpacks."""
+    where the generator knows it (``save_nifti`` uses it); ``labels`` (N, x, y, z) uint8
+    sub-region label maps (1 necrosis, 2 oedema, 3 enhancing) from a generator that draws
+    them, else None. ``images, masks = samples`` unpacks."""
 
     images: np.ndarray
     masks: np.ndarray
     conditions: np.ndarray | None = None
     affine: np.ndarray | None = None
     raw_conditions: np.ndarray | None = None   # the requested tumours in feature units (SBLDM)
+    labels: np.ndarray | None = None
 
     def __iter__(self):
         return iter((self.images, self.masks))
@@ -48,7 +51,8 @@ class Samples:
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None):
         from sbldm.io import save_samples_nifti
 
-        return save_samples_nifti(out_dir, self.images, self.masks, prefix, self.affine if affine is None else affine)
+        return save_samples_nifti(out_dir, self.images, self.masks, prefix, self.affine if affine is None else affine,
+                                  labels=self.labels)
 
 
 def to_samples(volumes: torch.Tensor, conditions=None) -> Samples:

@@ -96,7 +96,7 @@ class SBLDMGenerator:
                    eta=self.eta if eta is None else float(eta),
                    guidance_scale=self.guidance_scale if guidance_scale is None else float(guidance_scale),
                    generator=generator, progress=progress, **kwargs)
-        return Samples(out.images, out.masks, out.conditions, out.affine, out.raw_conditions)
+        return Samples(out.images, out.masks, out.conditions, out.affine, out.raw_conditions, out.labels)
 
     def _defaults(self) -> dict:
         return {"sampler": self.sampler, "num_inference_steps": self.num_inference_steps, "eta": self.eta,
@@ -213,7 +213,7 @@ def _train_sbldm(cfg, train, out: Path, resume, progress, stop_at, device):
     vae = train_vae(cfg, train, out / "vae", resume=resume, progress=progress, stop_at=stop_at, device=device)
     if stop_at is not None and stop_at < cfg.vae_steps:
         return None
-    lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=progress)
+    lat = encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids, progress=progress)
     pipe = train_pipeline(cfg, vae, lat, train, out / "unet", resume=resume, progress=progress, stop_at=stop_at,
                           device=device)
     if pipe is None:

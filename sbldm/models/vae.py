@@ -48,6 +48,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
+from sbldm.data.cohort import TUMOUR_CHANNELS, tumour_labels_of
 from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin
 
 
@@ -60,7 +61,10 @@ def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
 
 
 class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
-    """2D KL autoencoder of (FLAIR, mask) slices with an optional slice-position embedding.
+    """2D KL autoencoder of (FLAIR, tumour channels) slices with an optional slice-position
+    embedding. ``in_channels`` = ``out_channels`` = 1 + the tumour channels of
+    ``sbldm.data.cohort.TUMOUR_CHANNELS``: 2 for the paper's whole-tumour mask, 4 for the
+    BraTS regions WT, TC, ET (``tumour_labels`` says which).
 
     ``scaling_factor`` is the latent scale, as in diffusers' ``AutoencoderKL``: the
     diffusion model works on ``latent * scaling_factor``, with ``scaling_factor = 1 /``
@@ -131,6 +135,11 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
     def downsampling_factor(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
 
+    @property
+    def tumour_labels(self) -> str:
+        """The tumour channels this VAE carries (``"whole"`` or ``"regions"``), from its channel count."""
+        return tumour_labels_of(self.config.in_channels)
+
     def _temb(self, slice_pos, batch: int, ref: torch.Tensor):
         if self.pos_embedding is None:
             return None
@@ -146,7 +155,7 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
         return self.pos_embedding(emb)
 
     def encode(self, x: torch.Tensor, slice_pos=None) -> DiagonalGaussianDistribution:
-        """Posterior q(z | x, position) of slices ``x`` (B, 2, H, W)."""
+        """Posterior q(z | x, position) of slices ``x`` (B, C, H, W)."""
         f = self.downsampling_factor
         if x.ndim != 4 or x.shape[-1] % f or x.shape[-2] % f:
             raise ValueError(f"SliceVAE.encode needs (B, C, H, W) with H and W divisible by {f}, got {tuple(x.shape)}")
@@ -160,7 +169,7 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
         return DiagonalGaussianDistribution(self.quant_conv(h))
 
     def decode(self, z: torch.Tensor, slice_pos=None) -> torch.Tensor:
-        """Slices (B, 2, H, W) decoded from latents ``z`` (B, C, H', W')."""
+        """Slices (B, C_out, H, W) decoded from latents ``z`` (B, C, H', W')."""
         temb = self._temb(slice_pos, z.shape[0], z)
         h = self.dec_in(self.post_quant_conv(z), temb)
         for up, blocks in zip(self.dec_up, self.dec_blocks):
@@ -173,14 +182,15 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def encode_volume(self, volume: torch.Tensor, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior (mean, std) of a volume (2, X, Y, D) encoded slice by slice, each slice
+        """Posterior (mean, std) of a volume (C_in, X, Y, D) encoded slice by slice, each slice
         told its relative position, stacked in depth: two (C, X/f, Y/f, D) tensors."""
-        if volume.ndim != 4:
-            raise ValueError(f"encode_volume needs one (2, X, Y, D) volume, got {tuple(volume.shape)}")
+        if volume.ndim != 4 or volume.shape[0] != self.config.in_channels:
+            raise ValueError(f"encode_volume needs one ({self.config.in_channels}, X, Y, D) volume "
+                             f"({self.tumour_labels} tumour channels), got {tuple(volume.shape)}")
         depth = volume.shape[-1]
         dev = next(self.parameters()).device
         dtype = next(self.parameters()).dtype
-        slices = volume.permute(3, 0, 1, 2)                                  # (D, 2, X, Y)
+        slices = volume.permute(3, 0, 1, 2)                                  # (D, C_in, X, Y)
         pos = relative_positions(depth, device=dev)
         mu, sd = [], []
         for s in range(0, depth, max(int(chunk), 1)):
@@ -191,7 +201,7 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def decode_volume(self, latent: torch.Tensor, chunk: int = 16) -> torch.Tensor:
-        """A volume (2, X, Y, D) decoded slice by slice from a stacked latent (C, X/f, Y/f, D)."""
+        """A volume (C_out, X, Y, D) decoded slice by slice from a stacked latent (C, X/f, Y/f, D)."""
         if latent.ndim != 4:
             raise ValueError(f"decode_volume needs one (C, X', Y', D) latent, got {tuple(latent.shape)}")
         depth = latent.shape[-1]
@@ -213,7 +223,10 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
 
 def build_vae(cfg) -> SliceVAE:
     """The slice VAE described by a ``sbldm.config.Config``."""
+    channels = 1 + len(TUMOUR_CHANNELS[cfg.tumour_labels])
     return SliceVAE(
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=tuple(cfg.vae_channels),
         latent_channels=cfg.vae_latent_channels,
         layers_per_block=cfg.vae_layers_per_block,

@@ -86,7 +86,7 @@ def training_smoke(scale: str, device: str, steps: int, work: Path, n_cases: int
         t0 = time.perf_counter()
         if stage == "vae":
             vae = train_vae(cfg, train, work / "vae", resume=False, progress=False, device=device)
-            lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=False)
+            lat = encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids, progress=False)
         else:
             pipe = train_pipeline(cfg, vae, lat, train, work / "unet", resume=False, progress=False, device=device)
         seconds = time.perf_counter() - t0

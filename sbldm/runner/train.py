@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         try:
             lat = load_latents(cache)
         except FileNotFoundError:
-            lat = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=not a.no_progress)
+            lat = encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids, progress=not a.no_progress)
             save_latents(cache, lat)
     pipe = train_pipeline(cfg, vae, lat, train, a.out, resume=not a.no_resume, progress=not a.no_progress,
                           step_delay=a.step_delay)

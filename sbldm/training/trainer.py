@@ -358,14 +358,15 @@ def _slice_dataset(cfg: Config, train):
     if isinstance(train, SliceDataset):
         return train
     if isinstance(train, Prepared):
-        images, masks = train.images, train.masks
+        images, labels = train.images, train.labels
     else:
-        images, masks = train
-    return SliceDataset(np.asarray(images), np.asarray(masks), empty_keep=cfg.vae_empty_slice_keep, seed=cfg.seed)
+        images, labels = train                  # (images, label maps or whole-tumour masks)
+    return SliceDataset(np.asarray(images), np.asarray(labels), empty_keep=cfg.vae_empty_slice_keep, seed=cfg.seed,
+                        tumour_labels=cfg.tumour_labels)
 
 
 def vae_batch(ds, rng: np.random.Generator, batch_size: int, flip_prob: float = 0.0):
-    """(x (B, 2, X, Y), relative slice positions (B,)) of one step, drawn by ``rng``."""
+    """(x (B, C, X, Y), relative slice positions (B,)) of one step, drawn by ``rng``."""
     idx = rng.integers(0, len(ds), size=batch_size)
     xs, pos = [], []
     for i in idx:
@@ -415,7 +416,8 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
                             ssim_range=cfg.vae_ssim_range,
                             generator=eps_gen)
 
-    spec = StageSpec("vae", cfg.vae_steps, loss_fn=loss_fn, inputs={"data": data_fingerprint(ds.images, ds.masks)},
+    tumour = ds.labels if ds.tumour_labels == "regions" else (ds.labels > 0).astype(np.uint8)
+    spec = StageSpec("vae", cfg.vae_steps, loss_fn=loss_fn, inputs={"data": data_fingerprint(ds.images, tumour)},
                      record={"num_slices": len(ds)}, batch_size=cfg.vae_batch_size)
     model, _ = run_training(spec, cfg, model, optimizer, accelerator, Path(out_dir),
                             RunControl(resume, progress, stop_at, step_delay))
