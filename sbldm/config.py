@@ -75,6 +75,7 @@ class Config:
     vae_slice_embedding_dim: int = _reads(128, 'vae')
     vae_kl_weight: float = _reads(1e-6, 'vae')
     vae_ssim_weight: float = _reads(1.0, 'vae')
+    vae_mask_weight: float = _reads(0.0, 'vae')         # authors: no mask term; > 0 adds a class-balanced L1 of the tumour channels
     vae_ssim_range: str = _reads("signed", 'vae')        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
     vae_lpips_weight: float = _reads(0.0, 'vae')         # authors' code: 0.5, needs local LPIPS weights
     vae_lpips_path: str | None = _reads(None, 'vae')
@@ -95,6 +96,7 @@ class Config:
     unet_cond_hidden_dim: int = _reads(256, 'diffusion')       # tau: 9 -> 256 -> 512 (authors' code)
     unet_mid_layers: int = _reads(2, 'diffusion')              # resnet blocks at the bottom (132.1M params at paper)
     diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
+    diffusion_snr_gamma: float = _reads(0.0, 'diffusion')      # paper: 0 = off; > 0: min-SNR-gamma loss weights
     diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; or "v_prediction"
                                                  # (docs/decisions.md, "Prediction target")
     # the tumour channel (README errata; the paper's route is the default of each):
@@ -293,7 +295,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # A handful of tiny volumes and a few optimiser steps: the whole chain runs in
     # minutes on 2 CPU cores. Its numbers mean nothing.
     "smoke": dict(
-        n_train=6, n_test=4, tumour_labels="regions",
+        n_train=6, n_test=4, tumour_labels="regions", vae_mask_weight=1.0,
         volume_shape=(32, 32, 16), image_interp_order=1,
         phantom_shape=(60, 60, 39), phantom_spacing=(4.0, 4.0, 4.0),
         vae_channels=(16, 32, 32), vae_latent_channels=4, vae_norm_groups=8,
@@ -320,7 +322,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # 64x64x32, slim networks, downsampling x4 so the latent keeps 16x16 per slice.
     "small": dict(
         n_train=100, n_test=100,
-        tumour_labels="regions",
+        tumour_labels="regions", vae_mask_weight=1.0,      # docs/decisions.md: no region decoded without it
         volume_shape=(64, 64, 32), image_interp_order=1,
         phantom_shape=(120, 120, 78), phantom_spacing=(2.0, 2.0, 2.0),
         vae_channels=(32, 64, 64), vae_latent_channels=4, vae_norm_groups=16,
@@ -437,8 +439,8 @@ def _validate(cfg: Config) -> None:
     choices = {
         "unet_cond_fusion": ("scale_shift", "add"),
         "diffusion_loss": ("mse", "l1"),
-        "diffusion_prediction_type": ("epsilon", "v_prediction"),
-        "ldm3d_diffusion_prediction_type": ("epsilon", "v_prediction"),
+        "diffusion_prediction_type": ("epsilon", "v_prediction", "sample"),
+        "ldm3d_diffusion_prediction_type": ("epsilon", "v_prediction", "sample"),
         "ldm3d_diffusion_loss": ("mse", "l1"),
         "ldm3d_unet_cond_fusion": ("scale_shift", "add"),
         "ldm3d_ae_ssim_range": ("signed", "unit"),
@@ -468,6 +470,10 @@ def _validate(cfg: Config) -> None:
     if cfg.diffusion_mixed_precision not in (None, "no", "bf16"):
         raise ValueError(f"diffusion_mixed_precision={cfg.diffusion_mixed_precision!r} is not valid; choose one of "
                          "None (follow mixed_precision), 'no', 'bf16'")
+    if cfg.diffusion_snr_gamma < 0:
+        raise ValueError(f"diffusion_snr_gamma must be >= 0 (0 = off), got {cfg.diffusion_snr_gamma}")
+    if cfg.vae_mask_weight < 0:
+        raise ValueError(f"vae_mask_weight must be >= 0, got {cfg.vae_mask_weight}")
     if cfg.diffusion_tumour_weight < 0:
         raise ValueError(f"diffusion_tumour_weight must be >= 0, got {cfg.diffusion_tumour_weight}")
     if not 0.0 <= cfg.diffusion_ema_decay < 1.0:

@@ -11,6 +11,40 @@ from typing import Sequence
 import numpy as np
 
 VIEWS = ("axial", "coronal", "sagittal")
+#: outlines of a label map (sbldm's labels 1 necrosis, 2 oedema, 3 enhancing): the labels
+#: each outline encloses, its colour and its name, drawn in this order
+OUTLINES = (((1, 2, 3), "#2ca02c", "whole tumour"), ((1,), "#ffd700", "necrosis"), ((3,), "#d62728", "enhancing"))
+
+
+def outline_legend(fig) -> None:
+    """A legend of ``OUTLINES`` at the bottom of ``fig``."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=1.5, label=n) for _, c, n in OUTLINES]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+
+
+def label_colormap():
+    """A colour map of label values 0-3 (background black, then the ``OUTLINES`` colours:
+    necrosis, oedema as the whole tumour's, enhancing), for ``imshow(..., vmin=-0.5, vmax=3.5)``."""
+    from matplotlib.colors import ListedColormap
+
+    colours = {members: colour for members, colour, _ in OUTLINES}
+    return ListedColormap(["black", colours[(1,)], colours[(1, 2, 3)], colours[(3,)]])
+
+
+def draw_outlines(ax, mask2d: np.ndarray | None = None, labels2d: np.ndarray | None = None,
+                  color: str = "red", linewidth: float = 0.8) -> None:
+    """Contours on ``ax``: one per region of ``OUTLINES`` for a label map, else the mask's in ``color``."""
+    if labels2d is not None:
+        outlines = [(np.isin(labels2d, members), colour) for members, colour, _ in OUTLINES]
+    elif mask2d is not None:
+        outlines = [(mask2d > 0, color)]
+    else:
+        return
+    for m, colour in outlines:
+        if m.any() and not m.all():
+            ax.contour(m.astype(float), levels=[0.5], colors=colour, linewidths=linewidth)
 
 
 def agg_pyplot():
@@ -45,37 +79,44 @@ def view_slice(volume: np.ndarray, view: str, index: int) -> np.ndarray:
 
 
 def show_slice(ax, image: np.ndarray, mask: np.ndarray | None, view: str, index: int,
-               title: str | None = None, color: str = "red") -> None:
-    """One view of an (image, mask) pair on ``ax``: image in grey, mask as a contour."""
+               title: str | None = None, color: str = "red", labels: np.ndarray | None = None) -> None:
+    """One view of an (image, mask) pair on ``ax``: image in grey, mask as a contour, or,
+    given a label map ``labels``, the sub-regions outlined in the colours of ``OUTLINES``."""
     ax.imshow(view_slice(image, view, index), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
-    if mask is not None:
-        m = view_slice(mask, view, index)
-        if m.any() and not m.all():
-            ax.contour(m.astype(float), levels=[0.5], colors=color, linewidths=0.8)
+    draw_outlines(ax, None if mask is None else view_slice(mask, view, index),
+                  None if labels is None else view_slice(labels, view, index), color)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
 
 
 def three_views(axes: Sequence, image: np.ndarray, mask: np.ndarray | None,
-                centre: Sequence[int] | None = None, label: str | None = None) -> None:
-    """Axial, coronal and sagittal views through ``centre`` (default: the tumour's centre)."""
+                centre: Sequence[int] | None = None, label: str | None = None,
+                labels: np.ndarray | None = None) -> None:
+    """Axial, coronal and sagittal views through ``centre`` (default: the tumour's centre),
+    the sub-regions outlined where a label map ``labels`` is given."""
     c = tumour_centre(mask if mask is not None else np.zeros_like(image)) if centre is None else centre
     for ax, view, idx in zip(axes, VIEWS, (c[2], c[1], c[0])):
-        show_slice(ax, image, mask, view, idx, title=f"{label} — {view}" if label else view)
+        show_slice(ax, image, mask, view, idx, title=f"{label} — {view}" if label else view, labels=labels)
 
 
 def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                 labels: Sequence[str] | None = None, suptitle: str | None = None):
-    """One row per case, three orthogonal views through the tumour with its outline."""
+                 labels: Sequence[str] | None = None, suptitle: str | None = None,
+                 label_maps: Sequence[np.ndarray] | None = None):
+    """One row per case, three orthogonal views through the tumour with its outline (its
+    sub-regions' outlines where ``label_maps`` are given)."""
     plt = agg_pyplot()
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n + (0.3 if label_maps is not None else 0)), squeeze=False)
     for r in range(n):
-        three_views(axes[r], images[r], masks[r], label=None if labels is None else labels[r])
+        three_views(axes[r], images[r], masks[r], label=None if labels is None else labels[r],
+                    labels=None if label_maps is None else label_maps[r])
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
+    if label_maps is not None:
+        fig.subplots_adjust(bottom=0.3 / (2.6 * n + 0.3) + 0.02)
+        outline_legend(fig)
     return fig
 
 
@@ -140,16 +181,17 @@ def plot_loss_curve(records: Sequence[dict], path=None, title: str = "training l
 
 def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None = None):
     """Axial slices evenly spaced across the whole depth, one row per volume, with mask
-    contours. ``rows``: ``(label, image (x, y, z), mask or None)``, e.g. real then
-    reconstructed."""
+    contours. ``rows``: ``(label, image (x, y, z), mask or None[, label map])``, e.g. real
+    then reconstructed; with a label map the sub-regions are outlined (``OUTLINES``)."""
     plt = agg_pyplot()
     depth = rows[0][1].shape[2]
     idx = np.linspace(0, depth - 1, min(n_slices, depth)).round().astype(int)
     fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.3 * len(idx), 1.45 * len(rows)), squeeze=False)
-    for r, (label, image, mask) in enumerate(rows):
+    for r, (label, image, mask, *maps) in enumerate(rows):
         for c, s in enumerate(idx):
             ax = axes[r, c]
-            show_slice(ax, image, mask, "axial", int(s), title=f"z={s}" if r == 0 else None)
+            show_slice(ax, image, mask, "axial", int(s), title=f"z={s}" if r == 0 else None,
+                       labels=maps[0] if maps else None)
             if c == 0:
                 ax.set_axis_on()
                 ax.set_xticks([])
@@ -162,21 +204,23 @@ def slice_strip(rows: Sequence[tuple], n_slices: int = 8, suptitle: str | None =
 
 
 def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", suptitle: str | None = None):
-    """Figure 2: one row per method (``{name: (images, masks)}``), ``n_volumes`` columns,
-    each a slice through the volume's tumour in ``view`` with the mask outlined."""
+    """Figure 2: one row per method (``{name: (images, masks[, label maps])}``),
+    ``n_volumes`` columns, each a slice through the volume's tumour in ``view`` with the
+    mask outlined (the sub-regions where the row has label maps)."""
     plt = agg_pyplot()
     names = list(methods)
     fig, axes = plt.subplots(len(names), n_volumes, figsize=(2.1 * n_volumes, 2.2 * len(names)), squeeze=False)
     axis = {"axial": 2, "coronal": 1, "sagittal": 0}[view]
     for r, name in enumerate(names):
-        images, masks = methods[name]
+        images, masks, *maps = methods[name]
+        maps = maps[0] if maps else None
         for c in range(n_volumes):
             ax = axes[r, c]
             if c >= len(images):
                 ax.set_axis_off()
                 continue
             centre = tumour_centre(masks[c])
-            show_slice(ax, images[c], masks[c], view, centre[axis])
+            show_slice(ax, images[c], masks[c], view, centre[axis], labels=None if maps is None else maps[c])
         axes[r, 0].set_axis_on()
         axes[r, 0].set_xticks([])
         axes[r, 0].set_yticks([])
@@ -190,9 +234,11 @@ def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", su
 
 
 def sweep_figure(images, masks, labels: Sequence[str], centres: Sequence[Sequence[float]] | None = None,
-                 views: Sequence[str] = ("axial",), suptitle: str | None = None):
+                 views: Sequence[str] = ("axial",), suptitle: str | None = None, label_maps=None):
     """Figure 3: one column per sweep value; per view a row of images (mask outlined in
-    red, the requested centre marked with a cross) and a row of masks. Column ``k`` is cut
+    red, the requested centre marked with a cross) and a row of masks. With ``label_maps``
+    the sub-regions are outlined (``OUTLINES``) and the mask row shows the label map in
+    their colours. Column ``k`` is cut
     through ``centres[k]`` — the centre that column *requested* (default: its own tumour's
     centre of mass, or the volume centre when its mask is empty)."""
     plt = agg_pyplot()
@@ -212,13 +258,19 @@ def sweep_figure(images, masks, labels: Sequence[str], centres: Sequence[Sequenc
         for k in range(n):
             c = [min(max(ci, 0), si - 1) for ci, si in zip(cs[k], np.shape(images[k]))]
             idx = c[axis_of[view]]
-            show_slice(axes[2 * v, k], images[k], masks[k], view, idx, title=labels[k] if v == 0 else None)
+            lab = None if label_maps is None else label_maps[k]
+            show_slice(axes[2 * v, k], images[k], masks[k], view, idx, title=labels[k] if v == 0 else None,
+                       labels=lab)
             # the requested centre in display coordinates (view_slice rotates by 90 degrees)
             u, w = [c[a] for a in range(3) if a != axis_of[view]]
             rows_ = np.shape(view_slice(np.asarray(images[k]), view, idx))[0]
             axes[2 * v, k].plot([u], [rows_ - 1 - w], marker="+", color="yellow", ms=8, mew=1.2)
-            axes[2 * v + 1, k].imshow(view_slice(masks[k], view, idx), cmap="gray", vmin=0, vmax=1,
-                                      interpolation="nearest")
+            if lab is None:
+                axes[2 * v + 1, k].imshow(view_slice(masks[k], view, idx), cmap="gray", vmin=0, vmax=1,
+                                          interpolation="nearest")
+            else:
+                axes[2 * v + 1, k].imshow(view_slice(lab, view, idx), cmap=label_colormap(), vmin=-0.5, vmax=3.5,
+                                          interpolation="nearest")
             axes[2 * v + 1, k].set_axis_off()
         axes[2 * v, 0].text(-0.08, 0.5, view, transform=axes[2 * v, 0].transAxes, rotation=90,
                             va="center", ha="right", fontsize=8)

@@ -247,3 +247,37 @@ def test_the_denoising_probe_summary_names_where_the_core_is_lost():
     # a model that keeps the core all the way draws no such conclusion
     kept = denoising_probe([{"strength": s, "dark_core_share": 0.7} for s in (0.0, 0.5, 1.0)])
     assert "gone" not in kept and "1: 70%" in kept
+
+
+def test_subregion_appearance_reads_each_region_in_units_of_the_normal_brain():
+    """A brain of two tissue values (IQR known) with a tumour of three sub-regions at set
+    intensities: each region's median z is (value - median) / IQR of the brain around it."""
+    from sbldm.evaluation.appearance import subregion_appearance, subregion_summary
+
+    img = -np.ones((1, 24, 24, 24), np.float32)
+    img[0, 2:22, 2:22, 2:22] = 0.0
+    img[0, 2:22, 2:22, 2:12] = -0.2          # normal brain: half at -0.2, half at 0.0 -> median -0.1, IQR 0.2
+    lab = np.zeros(img.shape, np.uint8)
+    lab[0, 8:16, 8:16, 8:16] = 2
+    lab[0, 10:14, 10:14, 10:14] = 3
+    lab[0, 11:13, 11:13, 11:13] = 1
+    img[lab == 2], img[lab == 3], img[lab == 1] = 0.3, 0.5, -0.5
+    (row,) = subregion_appearance(img, lab)
+    assert row["has_core"] and row["share_necrosis"] == pytest.approx(8 / 512)
+    assert row["median_z_oedema"] == pytest.approx((0.3 + 0.1) / 0.2, rel=1e-5)
+    assert row["median_z_enhancing"] == pytest.approx((0.5 + 0.1) / 0.2, rel=1e-5)
+    assert row["median_z_necrosis"] == pytest.approx((-0.5 + 0.1) / 0.2, rel=1e-5)
+    # a tumour without necrosis has NaN there; the summary counts where each region is present
+    no_nec = np.where(lab == 1, 3, lab).astype(np.uint8)
+    rows = subregion_appearance(np.concatenate([img, img]), np.concatenate([lab, no_nec]))
+    assert np.isnan(rows[1]["median_z_necrosis"])
+    s = subregion_summary(rows, rows)
+    assert s["present_necrosis"] == 0.5 and s["core_share"] == 1.0 and s["n"] == 2
+    # Wasserstein over the real spread: real oedema at z 2 and 3 (std 0.5), synthetic at 2 and 2 -> 0.5 / 0.5
+    brighter = img.copy()
+    brighter[lab == 2] = 0.5
+    real = subregion_appearance(np.concatenate([img, brighter]), np.concatenate([lab, lab]))
+    assert [r["median_z_oedema"] for r in real] == pytest.approx([2.0, 3.0], rel=1e-5)
+    synth = subregion_summary(subregion_appearance(np.concatenate([img, img]), np.concatenate([lab, lab])), real)
+    assert synth["w_over_spread_oedema"] == pytest.approx(1.0, rel=1e-5)
+    assert subregion_summary(real, real)["w_over_spread_oedema"] == 0.0

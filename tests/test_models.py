@@ -308,3 +308,34 @@ def test_a_regions_vae_carries_wt_tc_et_and_the_pipeline_returns_label_maps(prep
     assert set(np.unique(out.labels).tolist()) <= {0, 1, 2, 3}
     (img, seg), _ = out.save_nifti(tmp_path / "nifti")
     np.testing.assert_array_equal(np.asarray(nib.load(str(seg)).dataobj), out.labels[0])
+
+
+def test_the_balanced_mask_term_weighs_a_missed_tumour_like_a_painted_background():
+    from sbldm.models.vae import balanced_mask_l1
+
+    x = -torch.ones(2, 3, 10, 10)            # (image, two tumour channels)
+    x[:, 0] = 0.3
+    x[0, 1, 4, 4] = 1.0                      # channel 1: one tumour pixel in 200
+    recon = x.clone()
+    assert balanced_mask_l1(recon, x).item() == 0.0
+    recon[:, 1:] = -1.0                      # a decoder that draws no tumour
+    # channel 1: inside error 2, outside 0 -> 1.0; channel 2 has no region: outside error 0
+    assert balanced_mask_l1(recon, x).item() == pytest.approx(0.5)
+    assert (recon - x)[:, 1].abs().mean().item() == pytest.approx(2 / 200)   # what plain L1 charges for it
+    recon[:, 2] = -0.5                       # a uniformly wrong background on the region-free channel
+    assert balanced_mask_l1(recon, x).item() == pytest.approx(0.5 * (1.0 + 0.5))
+    recon[0, 0] = 5.0                        # the image channel is not part of it
+    assert balanced_mask_l1(recon, x).item() == pytest.approx(0.75)
+
+
+def test_the_vae_loss_adds_the_mask_term_only_when_weighted():
+    from sbldm.models.vae import vae_loss
+
+    vae = _vae()
+    x = -torch.ones(2, 2, 16, 16)
+    x[:, 1, 4:8, 4:8] = 1.0
+    g = lambda: torch.Generator().manual_seed(0)   # noqa: E731
+    plain = vae_loss(vae, x, torch.zeros(2), generator=g())
+    with_mask = vae_loss(vae, x, torch.zeros(2), generator=g(), mask_weight=2.0)
+    assert "mask" not in plain and with_mask["mask"] > 0
+    assert with_mask["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * with_mask["mask"].item(), rel=1e-6)

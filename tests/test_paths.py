@@ -16,8 +16,9 @@ def test_the_slug_rules_give_the_names_runs_already_wrote():
     assert [slug(row, drop="()-", lower=True) for row, _, _ in ROWS] == ["3dlsgan", "3dldm", "sbldm_ddpm", "sbldm_ddim"]
     # the conditioning ablation's row folders (work/<run>/ablation/<row>/, resumable)
     assert [slug(name, strip=True, lower=True, max_len=60) for name in ABLATION_ROWS] == [
-        "paper_route__fp32", "paper_route__bf16_autocast", "z_scored_conditions___spatial_prior",
-        "tumour_weighted_loss__w_4", "ema__0_999"]
+        "paper_route__bf16_autocast", "small_route__z_scored_conditions___spatial_prior",
+        "small_route_without_the_spatial_prior", "min_snr_weighting__gamma_5", "x0_target",
+        "small_route__twice_the_budget"]
     # benchmark files (results/bench/<scale>_<device>_<kind>.json)
     assert device_file_part("CPU (x86_64, 2 threads)") == "cpu-x86-64-2-threads"
     assert device_file_part("NVIDIA H200") == "nvidia-h200"

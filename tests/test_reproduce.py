@@ -214,7 +214,11 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert (tmp_path / "work" / "smoke" / "data" / "nnunet_raw" / "Dataset001_RealTrain" / "dataset.json").is_file()
     from sbldm.tables import read_csv
 
-    assert len(read_csv(out / "tables" / "conditioning_ablation.csv")) == 6       # 5 rows + the real reference
+    ablation = read_csv(out / "tables" / "conditioning_ablation.csv")
+    assert len(ablation) == 7                                   # 6 rows + the real reference
+    # smoke draws label maps: every row carries the sub-region columns beside adherence and realism
+    assert all(r["core_share"] not in ("", None) and r["dark_core_share"] not in ("", None) for r in ablation)
+    assert [r["steps"] for r in ablation[:-1]][-1] == str(2 * int(ablation[0]["steps"]))   # the twice-the-budget row
 
     t1 = read_csv(out / "tables" / "table1.csv")
     assert [r["method"] for r in t1] == ["3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]

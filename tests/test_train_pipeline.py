@@ -375,8 +375,30 @@ def test_velocity_target_matches_diffusers():
     assert torch.equal(idx, idx2) and torch.equal(t, t2) and torch.equal(noisy, noisy2)   # same draws
     torch.testing.assert_close(v, sched.get_velocity(data[idx], eps, t))
     torch.testing.assert_close(noisy, sched.add_noise(data[idx], eps, t))
+    _, noisy3, x0, t3, _ = noise_batch(data, np.random.default_rng(1), 4, sched.alphas_cumprod, "sample")
+    assert torch.equal(noisy3, noisy) and torch.equal(x0, data[idx])        # the x_0 target: the clean latent
     with pytest.raises(ValueError, match="prediction_type"):
-        noise_batch(data, np.random.default_rng(1), 4, sched.alphas_cumprod, "sample")
+        noise_batch(data, np.random.default_rng(1), 4, sched.alphas_cumprod, "x0")
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weights_match_diffusers_compute_snr(kind):
+    """min(SNR, gamma) over SNR (noise), SNR + 1 (velocity) or 1 (x_0), with SNR = (alpha /
+    sigma)^2 as diffusers' compute_snr forms it (its module imports torchvision, which a CPU
+    torch cannot load beside it); a unit sample weight leaves the loss the plain mean."""
+    from sbldm.diffusion.schedule import make_scheduler
+    from sbldm.training.trainer import min_snr_weights, noise_loss
+
+    sched = make_scheduler(tiny_cfg())
+    t = torch.tensor([0, 10, 300, 999])
+    alpha, sigma = sched.alphas_cumprod[t].double().sqrt(), (1 - sched.alphas_cumprod[t].double()).sqrt()
+    snr = (alpha / sigma) ** 2
+    expected = torch.clamp(snr, max=5.0) / {"epsilon": snr, "v_prediction": snr + 1, "sample": torch.ones_like(snr)}[kind]
+    torch.testing.assert_close(min_snr_weights(sched.alphas_cumprod, t, 5.0, kind), expected.float())
+    pred, target = torch.randn(4, 2, 3, 3, 3, generator=_g(2)), torch.randn(4, 2, 3, 3, 3, generator=_g(3))
+    torch.testing.assert_close(noise_loss(pred, target, sample_weight=torch.ones(4)), noise_loss(pred, target))
+    w = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    torch.testing.assert_close(noise_loss(pred, target, sample_weight=w), ((pred[0] - target[0]) ** 2).mean() / 4)
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])

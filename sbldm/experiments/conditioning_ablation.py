@@ -12,7 +12,11 @@ the images with the real test split (realism):
   generated volumes and of the real test volumes, average-pooled to (C, 2, 2, 4) — a
   feature space every row shares and that needs no extra network;
 - ``ms_ssim_pairwise``: mean MS-SSIM among generated volumes (diversity; lower = more
-  diverse).
+  diverse);
+- what the tumours look like inside (``sbldm.evaluation.appearance``): the share with a
+  dark part and of masks in several pieces and, where the pipeline draws label maps, the
+  share with a core and each sub-region's intensity distance to the real training
+  tumours (``w_over_spread_*``).
 
 The real test split's own values (test vs train for the Fréchet distance, test pairs for
 MS-SSIM) and the chance floor of the adherence metrics (``adherence_by_chance``) come with
@@ -31,21 +35,29 @@ from sbldm.evaluation import generation as ev
 from sbldm.evaluation.frechet import frechet_distance
 from sbldm.paths import slug
 
+#: the sub-region columns of a row whose pipeline draws label maps (``subregion_summary``
+#: against the real training tumours)
+APPEARANCE_COLUMNS = ("core_share", "w_over_spread_necrosis", "w_over_spread_oedema", "w_over_spread_enhancing")
+
 #: the paper's route for the condition, every option of the tumour channel off (set
 #: explicitly, so a preset that turns options on leaves this row the paper's)
 PAPER_ROUTE = {"condition_normalization": "max", "unet_spatial_prior": False, "diffusion_tumour_weight": 0.0,
                "diffusion_ema_decay": 0.0, "diffusion_mixed_precision": "no"}
 
-#: the rows: the paper's route, then the options added one at a time (fields beyond PAPER_ROUTE)
+#: the tumour channel the ``small`` preset adopted from the first ablation (README errata table)
+SMALL_ROUTE = {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore", "unet_spatial_prior": True}
+
+#: the rows: the paper's route, the ``small`` route, then the remedies for tumours drawn
+#: without their inside, one at a time (fields beyond PAPER_ROUTE; ``steps_factor``
+#: multiplies the shared budget). The first ablation's other rows (fp32 vs bf16, a
+#: tumour-weighted loss, EMA) and what they measured are in docs/decisions.md.
 ROWS = {
-    "paper route (fp32)": {},
     "paper route (bf16 autocast)": {"diffusion_mixed_precision": "bf16"},
-    "+ z-scored conditions + spatial prior": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
-                                              "unet_spatial_prior": True},
-    "+ tumour-weighted loss (w=4)": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
-                                     "unet_spatial_prior": True, "diffusion_tumour_weight": 4.0},
-    "+ EMA (0.999)": {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore",
-                      "unet_spatial_prior": True, "diffusion_tumour_weight": 4.0, "diffusion_ema_decay": 0.999},
+    "small route (z-scored conditions + spatial prior)": SMALL_ROUTE,
+    "small route without the spatial prior": {**SMALL_ROUTE, "unet_spatial_prior": False},
+    "+ min-SNR weighting (gamma 5)": {**SMALL_ROUTE, "diffusion_snr_gamma": 5.0},
+    "+ x0 target": {**SMALL_ROUTE, "diffusion_prediction_type": "sample"},
+    "small route, twice the budget": {**SMALL_ROUTE, "steps_factor": 2},
 }
 
 
@@ -75,6 +87,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     import torch
 
     from sbldm.data.tumour import FEATURE_NAMES, ConditionSampler
+    from sbldm.evaluation.appearance import subregion_appearance, subregion_summary, tumour_appearance
     from sbldm.runtime import cpu_bf16
     from sbldm.training.trainer import read_log, train_pipeline
 
@@ -83,15 +96,18 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     chance = ev.adherence_by_chance(requested, train.features, seed=cfg.seed)
     real_test = latent_features(vae, test.images, test.labels)
     real_train = pooled(latents.mean)                  # the training latents are already encoded
+    reference = subregion_appearance(train.images, train.labels) if train.labels.max() > 1 else None
     out = []
     for name, fields in rows.items():
-        row_cfg = dataclasses.replace(cfg, diffusion_steps=int(steps), **{**PAPER_ROUTE, **fields})
+        fields = dict(fields)
+        row_steps = int(steps * fields.pop("steps_factor", 1))
+        row_cfg = dataclasses.replace(cfg, diffusion_steps=row_steps, **{**PAPER_ROUTE, **fields})
         folder = Path(work_dir) / slug(name, strip=True, lower=True, max_len=60)
-        log(f"ablation row {name!r}: training {steps} steps -> {folder}")
+        log(f"ablation row {name!r}: training {row_steps} steps -> {folder}")
         pipe = train_pipeline(row_cfg, vae, latents, train, folder, progress=progress)
         log_records = read_log(folder)
         train_time = float(log_records[-1]["time_s"]) if log_records else float("nan")
-        images, masks = [], []
+        images, masks, drew_labels = [], [], False
         t0 = time.perf_counter()
         bf16 = sample_autocast and pipe.device.type == "cpu"
         for start in range(0, len(requested), batch_size):
@@ -102,25 +118,35 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                          generator=torch.Generator().manual_seed(cfg.seed + start))
             images.append(s.images)
             masks.append(s.masks if s.labels is None else s.labels)     # label maps where the model draws them
+            drew_labels = s.labels is not None
         images, labels = np.concatenate(images), np.concatenate(masks)
         masks = (labels > 0).astype(np.uint8)
         adh = ev.conditioning_adherence(requested, masks)
         div = ev.pairwise_ms_ssim(images, max_volumes=20, seed=cfg.seed)
         fd = frechet_distance(real_test, latent_features(vae, images, labels))
-        out.append({"row": name, "steps": int(steps), "train_time_s": train_time,
+        look = tumour_appearance(images, masks)
+        inside = subregion_summary(subregion_appearance(images, labels), reference) if drew_labels else {}
+        out.append({"row": name, "steps": row_steps, "train_time_s": train_time,
                     "final_loss": log_records[-1]["loss"] if log_records else float("nan"),
                     **{k: adh[k] for k in ("empty_fraction", "spearman_volume", "relative_volume_error",
                                            "centre_distance")},
                     "chance_relative_volume_error": chance["relative_volume_error"],
                     "chance_centre_distance": chance["centre_distance"],
-                    "frechet_latent": fd, "ms_ssim_pairwise": div["mean"], "n_requests": int(n_requests),
+                    "frechet_latent": fd, "ms_ssim_pairwise": div["mean"],
+                    "dark_core_share": look["dark_core_share"],
+                    "multi_component_fraction": look["multi_component_fraction"],
+                    **{k: inside[k] for k in APPEARANCE_COLUMNS if k in inside},
+                    "n_requests": int(n_requests),
                     "sample_time_s_per_volume": (time.perf_counter() - t0) / len(requested),
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items()) or "the paper's route"})
         log(f"  -> empty {adh['empty_fraction']:.2f}, spearman {adh['spearman_volume']:.2f}, "
             f"centre {adh['centre_distance']:.1f} vx, rel. volume error {adh['relative_volume_error']:.2f}")
+    look = tumour_appearance(test.images, test.masks)
+    inside = subregion_summary(subregion_appearance(test.images, test.labels), reference) if reference else {}
     ref = {"row": "real test split (reference)", "frechet_latent": frechet_distance(real_test, real_train),
            "ms_ssim_pairwise": ev.pairwise_ms_ssim(test.images, max_volumes=20, seed=cfg.seed)["mean"],
-           "n_requests": len(test.images)}
+           "dark_core_share": look["dark_core_share"], "multi_component_fraction": look["multi_component_fraction"],
+           **{k: inside[k] for k in APPEARANCE_COLUMNS if k in inside}, "n_requests": len(test.images)}
     return out + [ref]
 
 
@@ -144,6 +170,18 @@ def summary(rows: list[dict], scale: str) -> str:
                      f"{best['frechet_latent']:.2f} (best row) against {ref['frechet_latent']:.2f} between the real "
                      f"test and training splits; pairwise MS-SSIM {best['ms_ssim_pairwise']:.3f} against "
                      f"{ref['ms_ssim_pairwise']:.3f} among real test volumes.")
+    if ref.get("dark_core_share") is not None:
+        looks = ", ".join(f"{r['row']} {r['dark_core_share']:.2f}" for r in runs)
+        lines.append(f"- inside the tumour: the share with a dark part is {ref['dark_core_share']:.2f} among real test "
+                     f"tumours and, per row, {looks}; masks in several pieces: real "
+                     f"{ref['multi_component_fraction']:.2f}, rows "
+                     + ", ".join(f"{r['multi_component_fraction']:.2f}" for r in runs) + ".")
+    if all(r.get("w_over_spread_necrosis") is not None for r in runs):
+        closest = min(runs, key=lambda r: np.nanmean([r[f"w_over_spread_{k}"] for k in ("necrosis", "oedema", "enhancing")]))
+        lines.append(f"- sub-region intensities closest to the real training tumours: **{closest['row']}** (Wasserstein "
+                     "over the real spread: " + ", ".join(f"{k} {closest[f'w_over_spread_{k}']:.2f}"
+                                                        for k in ("necrosis", "oedema", "enhancing"))
+                     + f"; tumours with a core {closest['core_share']:.2f}).")
     if scale == "smoke":
         lines.append("- smoke scale: a plumbing check, these numbers mean nothing.")
     return "\n".join(lines)

@@ -13,10 +13,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sbldm.plotting import agg_pyplot, view_slice
+from sbldm.plotting import agg_pyplot, draw_outlines, outline_legend, view_slice
 
 #: (label set, colour, name) of each outline
-OUTLINES = (((1, 2, 3, 4), "#2ca02c", "whole tumour"), ((1,), "#ffd700", "necrosis"), ((3, 4), "#d62728", "enhancing"))
 REGION_COLOURS = {"normal": "0.6", "oedema": "#2ca02c", "necrosis": "#e6b800", "enhancing": "#d62728"}
 SEQUENCE_NAMES = {"t1n": "T1", "t1c": "T1ce", "t2w": "T2", "t2f": "FLAIR"}
 
@@ -52,20 +51,10 @@ def draw_case(ax, image: np.ndarray, seg: np.ndarray, index: int | None = None, 
     img, lab = img[sl], lab[sl]
     ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest", aspect=aspect)
     if outlines:
-        for labels, colour, _ in OUTLINES:
-            m = np.isin(lab, labels).astype(float)
-            if m.any() and not m.all():
-                ax.contour(m, levels=[0.5], colors=colour, linewidths=0.9)
+        draw_outlines(ax, labels2d=lab, linewidth=0.9)
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
-
-
-def _legend(fig) -> None:
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, lw=1.5, label=n) for _, c, n in OUTLINES]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
 
 
 def phantom_cases_figure(cases: Sequence[tuple], suptitle: str | None = None, bins: np.ndarray | None = None):
@@ -98,7 +87,7 @@ def phantom_cases_figure(cases: Sequence[tuple], suptitle: str | None = None, bi
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
-    _legend(fig)
+    outline_legend(fig)
     return fig
 
 
@@ -117,7 +106,7 @@ def sequences_figure(images: Mapping[str, np.ndarray], seg: np.ndarray, label: s
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    _legend(fig)
+    outline_legend(fig)
     return fig
 
 

@@ -137,7 +137,8 @@ class TumourSteering:
         req = self.last_request
         centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
         fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
-        three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre)
+        three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre,
+                    labels=None if self.last.labels is None else self.last.labels[0])
         got = self.obtained()
         axes[3].set_axis_off()
         text = ["feature        requested  obtained"]

@@ -16,8 +16,13 @@ def _generate_one(gen, raw, cfg: Config, seed: int):
     out = gen.generate(1, generator=torch.Generator().manual_seed(int(seed)),
                        conditions=[dict(zip(FEATURE_NAMES, raw))], sampler="ddim",
                        num_inference_steps=cfg.num_inference_steps, eta=0.0)
-    images, masks = (out[0], out[1]) if isinstance(out, tuple) else (out.images, out.masks)
-    return images[0], masks[0]
+    if isinstance(out, tuple):
+        return out[0][0], out[1][0], None
+    return out.images[0], out.masks[0], None if getattr(out, "labels", None) is None else out.labels[0]
+
+
+def _maps(maps: list) -> list | None:
+    return None if any(m is None for m in maps) else maps
 
 
 @dataclass
@@ -27,6 +32,7 @@ class Sweep:
     masks: list
     labels: list
     requested: np.ndarray          # (n, 9) raw features asked for, one row per column
+    label_maps: list | None = None  # the sub-region label maps, where the generator draws them
 
     @property
     def centres(self) -> np.ndarray:
@@ -51,7 +57,7 @@ def volume_sweep(gen, train, cfg: Config, n: int = 6, seed: int = 0):
     sweep = ConditionSampler(train.features, cfg.volume_shape).sweep(base, "voxel_volume", raw_values)
     pairs = [_generate_one(gen, v, cfg, seed) for v in sweep]
     labels = [f"{v:.0f} vx ({v / vols.max():.2f} of max)" for v in sweep[:, 0]]
-    return Sweep([p[0] for p in pairs], [p[1] for p in pairs], labels, np.asarray(sweep))
+    return Sweep([p[0] for p in pairs], [p[1] for p in pairs], labels, np.asarray(sweep), _maps([p[2] for p in pairs]))
 
 
 def position_sweep(gen, train, cfg: Config, n: int = 5, seed: int = 0):
@@ -59,15 +65,16 @@ def position_sweep(gen, train, cfg: Config, n: int = 5, seed: int = 0):
     base = median_tumour(train)
     order = np.argsort(train.features[:, 3])
     picks = order[np.linspace(0, len(order) - 1, n).round().astype(int)]
-    images, masks, labels, requested = [], [], [], []
+    images, masks, labels, requested, maps = [], [], [], [], []
     for i in picks:
         raw = base.copy()
         raw[3:6] = train.features[i, 3:6]
         half = raw[6:9] / 2                       # keep the box inside the volume
         raw[3:6] = np.clip(raw[3:6], half, np.asarray(cfg.volume_shape) - 1 - half)
-        im, m = _generate_one(gen, raw, cfg, seed)
+        im, m, lab = _generate_one(gen, raw, cfg, seed)
         images.append(im)
         masks.append(m)
+        maps.append(lab)
         requested.append(raw)
         labels.append("centre ({:.0f}, {:.0f}, {:.0f})".format(*raw[3:6]))
-    return Sweep(images, masks, labels, np.asarray(requested))
+    return Sweep(images, masks, labels, np.asarray(requested), _maps(maps))

@@ -413,7 +413,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
         eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
         with accelerator.autocast():
             return vae_loss(m, x.to(dev), pos.to(dev), kl_weight=cfg.vae_kl_weight, ssim_weight=cfg.vae_ssim_weight,
-                            ssim_range=cfg.vae_ssim_range,
+                            ssim_range=cfg.vae_ssim_range, mask_weight=cfg.vae_mask_weight,
                             generator=eps_gen)
 
     tumour = ds.labels if ds.tumour_labels == "regions" else (ds.labels > 0).astype(np.uint8)
@@ -426,39 +426,74 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
 # -- stage 2 ----------------------------------------------------------------------------------
 
+#: what the latent UNet may regress (diffusers' ``prediction_type``)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
 def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor,
                 prediction_type: str = "epsilon"):
     """One diffusion training batch drawn by ``rng`` (deterministic in the step's rng):
     (indices, noisy latents x_t, the regression target, timesteps, the torch generator for
     any further draws of the step).
 
-    The target is the noise ``eps`` (``prediction_type="epsilon"``, the paper) or the
-    velocity ``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, Salimans & Ho 2022),
-    with ``a`` the cumulative alpha at the drawn timestep.
+    The target is the noise ``eps`` (``prediction_type="epsilon"``, the paper), the
+    velocity ``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, Salimans & Ho 2022)
+    or the clean latent ``x_0`` (``"sample"``), with ``a`` the cumulative alpha at the
+    drawn timestep.
     """
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
     idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
     gen = step_generator(rng)
     z0 = data[idx]
     noise = torch.randn(z0.shape, generator=gen)
     t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen)
     a = alphas_cumprod[t].reshape(-1, *([1] * (z0.ndim - 1)))
-    target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = a.sqrt() * noise - (1 - a).sqrt() * z0
+    else:
+        target = z0
     return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, target, t, gen
 
 
+def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Per-sample loss weights of min-SNR-gamma (Hang et al., ICCV 2023; diffusers'
+    ``snr_gamma``): with SNR = a / (1 - a) at each timestep, ``min(SNR, gamma)`` expressed
+    for the target the model regresses: / SNR for the noise, / (SNR + 1) for the velocity,
+    as is for x_0. It caps the weight of the low-noise steps, which otherwise dominate."""
+    a = alphas_cumprod[t].double()
+    snr = a / (1 - a)
+    w = torch.clamp(snr, max=float(gamma))
+    if prediction_type == "epsilon":
+        w = w / snr
+    elif prediction_type == "v_prediction":
+        w = w / (snr + 1)
+    return w.float()
+
+
 def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
-               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE (paper) or L1 (authors' code) between the prediction and its target (noise or
-    velocity, see ``noise_batch``), in float32; with ``weight`` (broadcast over the
-    channels) the weighted mean ``sum(w e) / sum(w)``, per element."""
+               weight: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE (paper) or L1 (authors' code) between the prediction and its target (noise,
+    velocity or x_0, see ``noise_batch``), in float32; with ``weight`` (broadcast over the
+    channels) the weighted mean ``sum(w e) / sum(w)``, per element; with ``sample_weight``
+    (B,) each example's mean error is scaled by its weight before the batch mean
+    (``min_snr_weights``)."""
     err = pred.float() - target
     err = err.abs() if kind == "l1" else err ** 2
+    if sample_weight is None:
+        if weight is None:
+            return err.mean()
+        w = weight.float().expand_as(err)
+        return (w * err).sum() / w.sum()
+    dims = tuple(range(1, err.ndim))
     if weight is None:
-        return err.mean()
-    w = weight.float().expand_as(err)
-    return (w * err).sum() / w.sum()
+        per_sample = err.mean(dim=dims)
+    else:
+        w = weight.float().expand_as(err)
+        per_sample = (w * err).sum(dim=dims) / w.sum(dim=dims)
+    return (sample_weight.to(per_sample) * per_sample).mean()
 
 
 def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str | os.PathLike,
@@ -539,11 +574,13 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
         prior = maps["priors"][idx].to(dev) if "priors" in maps else None
         with autocast():
             pred = m(noisy.to(dev), t.to(dev), cond[idx].to(dev), drop_cond=drop.to(dev), prior=prior)
+        snr_w = (min_snr_weights(alphas, t, cfg.diffusion_snr_gamma, cfg.diffusion_prediction_type).to(dev)
+                 if cfg.diffusion_snr_gamma else None)
         if "weights" in maps:
             w = 1.0 + cfg.diffusion_tumour_weight * maps["weights"][idx].to(dev)
-            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss, weight=w)
+            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss, weight=w, sample_weight=snr_w)
         else:
-            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss)
+            loss = noise_loss(pred, target.to(dev), cfg.diffusion_loss, sample_weight=snr_w)
         return {"loss": loss}
 
     spec = StageSpec("diffusion", cfg.diffusion_steps, loss_fn=loss_fn, ema=ema,
