@@ -97,7 +97,7 @@ class Config:
     unet_mid_layers: int = _reads(2, 'diffusion')              # resnet blocks at the bottom (132.1M params at paper)
     diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
     diffusion_snr_gamma: float = _reads(0.0, 'diffusion')      # paper: 0 = off; > 0: min-SNR-gamma loss weights
-    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; or "v_prediction"
+    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; or "v_prediction", "sample" (x0)
                                                  # (docs/decisions.md, "Prediction target")
     # the tumour channel (README errata; the paper's route is the default of each):
     condition_normalization: str = _reads("max", 'diffusion')   # authors: over the training max; "zscore"

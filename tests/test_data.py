@@ -391,3 +391,14 @@ def test_model_space_carries_the_regions_and_decodes_back_to_the_label_map():
     assert w.shape == (2, *labels.shape) and data.from_model_space(w, with_labels=True)[2] is None
     with pytest.raises(ValueError, match="3 model-space channels"):
         data.from_model_space(np.zeros((3, 4, 4, 4)))
+
+
+def test_binary_masks_are_refused_where_sub_region_label_maps_are_needed():
+    """A whole-tumour mask read as a label map would be a tumour of necrosis alone."""
+    images = np.zeros((1, 8, 8, 4), np.float32)
+    mask = np.zeros((1, 8, 8, 4), np.uint8)
+    mask[0, 2:5, 2:5, 1:3] = 1
+    with pytest.raises(ValueError, match=r"binary whole-tumour masks .*Prepared\.labels"):
+        data.SliceDataset(images, mask, tumour_labels="regions")
+    assert len(data.SliceDataset(images, mask, tumour_labels="whole")) == 4          # the paper's mask: fine
+    assert len(data.SliceDataset(images, mask * 2, tumour_labels="regions")) == 4    # oedema: a label map

@@ -339,3 +339,17 @@ def test_the_vae_loss_adds_the_mask_term_only_when_weighted():
     with_mask = vae_loss(vae, x, torch.zeros(2), generator=g(), mask_weight=2.0)
     assert "mask" not in plain and with_mask["mask"] > 0
     assert with_mask["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * with_mask["mask"].item(), rel=1e-6)
+
+
+def test_a_slice_dataset_of_another_tumour_representation_is_refused(prepared, tmp_path):
+    from model_helpers import REGIONS
+    from sbldm.data.cohort import SliceDataset, load_prepared
+    from sbldm.diffusion.latents import encode_volumes
+    from sbldm.training.trainer import train_vae
+
+    train = load_prepared(prepared, "train")
+    ds = SliceDataset(train.images, train.labels, tumour_labels="whole")
+    with pytest.raises(ValueError, match="tumour_labels='whole' but the config asks for 'regions'"):
+        train_vae(tiny_cfg(**REGIONS, vae_steps=1), ds, tmp_path / "vae", progress=False)
+    with pytest.raises(ValueError, match="binary whole-tumour masks"):
+        encode_volumes(_vae(**REGIONS), train.images, train.masks, progress=False)

@@ -190,11 +190,6 @@ def brats_labels(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.n
     return labels
 
 
-def whole_tumour(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
-    """Binary whole-tumour mask (label > 0) of a BraTS segmentation; refuses odd labels."""
-    return (brats_labels(seg, path) > 0).astype(np.uint8)
-
-
 @dataclass
 class LoadedCase:
     image: np.ndarray         # float32 (x, y, z) in [-1, 1]
@@ -387,6 +382,16 @@ def tumour_labels_of(n_channels: int) -> str:
                      f"({', '.join(f'{k}: {1 + len(v)}' for k, v in TUMOUR_CHANNELS.items())})")
 
 
+def check_not_a_mask(labels: np.ndarray, tumour_labels: str) -> None:
+    """Refuse binary masks where the BraTS regions are wanted: a set of label maps holding
+    only 0 and 1 would be read as tumours made of necrosis alone (real and phantom label
+    maps always hold oedema, 2)."""
+    arr = np.asarray(labels)
+    if tumour_labels == "regions" and arr.any() and arr.max() <= 1:
+        raise ValueError("binary whole-tumour masks given where sub-region label maps are needed "
+                         "(tumour_labels='regions'): pass the label maps (Prepared.labels), not the masks")
+
+
 def to_model_space(image: np.ndarray, labels: np.ndarray, tumour_labels: str = "whole") -> np.ndarray:
     """The image ([-1, 1]) and its tumour channels ({0, 1} -> {-1, 1}) stacked channel
     first: ``"whole"`` gives (image, WT) from a label map or a binary mask (WT = labels >
@@ -437,6 +442,7 @@ class SliceDataset:
                  tumour_labels: str = "whole"):
         if images.shape != labels.shape or images.ndim != 4:
             raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
+        check_not_a_mask(labels, tumour_labels)
         self.images, self.labels, self.tumour_labels = images, labels, tumour_labels
         n, _, _, depth = images.shape
         self.depth = depth

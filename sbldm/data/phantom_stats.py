@@ -231,9 +231,9 @@ REAL_CASE = {
 
 
 def read_case(path_image: str | os.PathLike, path_seg: str | os.PathLike):
-    """(image, seg, spacing) of one case's NIfTI files."""
-    from sbldm.data.cohort import read_nifti
+    """(image, label map in sbldm's convention, spacing) of one case's NIfTI files."""
+    from sbldm.data.cohort import brats_labels, read_nifti
 
     image, affine = read_nifti(path_image)
     seg, _ = read_nifti(path_seg)
-    return image, np.rint(seg).astype(np.uint8), spacing_of(affine)
+    return image, brats_labels(seg, path_seg), spacing_of(affine)

@@ -5,7 +5,8 @@ cohort every later stage reads: cache, split, tumour features, normaliser, nnU-N
 
     phantom-v<N>/       the phantom cohort as NIfTI (BraTS 2023 layout), if no BraTS folder;
                         <N> is PHANTOM_VERSION, so a newer phantom never meets an older one's files
-    cache/              images.npy, masks.npy, affines.npy, case_ids.json
+    cache/              images.npy, labels.npy (sub-region label maps; masks = labels > 0),
+                        affines.npy, case_ids.json
     split.json          seeded train/test split, reused by every stage
     features.json       raw tumour features of every case
     normalizer.json     feature normaliser fitted on the training split

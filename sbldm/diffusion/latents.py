@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbldm.data.cohort import from_model_space, to_model_space
+from sbldm.data.cohort import check_not_a_mask, from_model_space, to_model_space
 from sbldm.io import atomic_save_npy, atomic_write_json
 
 
@@ -62,6 +62,7 @@ def encode_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int 
 
     if images.shape != labels.shape or images.ndim != 4:
         raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
+    check_not_a_mask(labels, vae.tumour_labels)
     means, stds = [], []
     with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="encode latents", disable=not progress):

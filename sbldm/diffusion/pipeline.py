@@ -266,7 +266,7 @@ class SBLDMPipeline(DiffusionPipeline):
     def decode_latents(self, latents: torch.Tensor, decode_chunk_size: int = 16) -> torch.Tensor:
         """(N, C_out, x, y, z) decoded volumes from model-space latents (N, C, H', W', D)."""
         z = latents * self.latent_std
-        vols = [self.vae.decode_volume(z[v], chunk=decode_chunk_size) for v in range(len(z))]   # (2, x, y, z) each
+        vols = [self.vae.decode_volume(z[v], chunk=decode_chunk_size) for v in range(len(z))]   # (C_out, x, y, z) each
         return torch.stack(vols)
 
     @torch.no_grad()

@@ -43,7 +43,7 @@ def denoise(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], noise
             eta: float = 0.0, generator: torch.Generator | None = None, progress: bool = False,
             desc: str = "sampling") -> torch.Tensor:
     """Run the reverse process from ``noise`` (already the initial latent, unscaled):
-    ``predict(latents, t)`` returns the model output the scheduler expects (noise or v)."""
+    ``predict(latents, t)`` returns the model output the scheduler expects (noise, v or x0)."""
     from tqdm.auto import tqdm
 
     latents = noise * scheduler.init_noise_sigma

@@ -63,9 +63,10 @@ def subregion_appearance(images, labels) -> list[dict]:
     enhancing), and each present sub-region's median intensity in z units: (x - median)
     / IQR of the normal-appearing brain (``sbldm.data.phantom_stats.z_image``: the brain
     outside the tumour dilated by 3 voxels; images in [-1, 1] are shifted so that the
-    background, -1, sits at 0). A sub-region a volume lacks gets NaN."""
+    background, -1, sits at 0). A sub-region a volume lacks gets NaN, and so does every
+    median z of a volume with too little normal brain left to standardise against."""
     from sbldm.data.phantom_stats import z_image
-    from sbldm.data.tumour import LABEL_NAMES, check_labels
+    from sbldm.data.tumour import LABEL_NAMES, check_labels, region_mask
 
     images = np.asarray(images, np.float32)
     labels = check_labels(labels)
@@ -76,12 +77,15 @@ def subregion_appearance(images, labels) -> list[dict]:
         wt = lab > 0
         if not wt.any():
             continue
-        z, _ = z_image(im + 1.0, lab)
-        row = {"has_core": bool(np.isin(lab, (1, 3)).any())}
+        try:
+            z, _ = z_image(im + 1.0, lab)
+        except ValueError:                  # the tumour and its margin cover the brain: no reference
+            z = None
+        row = {"has_core": bool(region_mask(lab, "TC").any())}
         for value, name in LABEL_NAMES.items():
             region = lab == value
             row[f"share_{name}"] = float(region.sum() / wt.sum())
-            row[f"median_z_{name}"] = float(np.median(z[region])) if region.any() else math.nan
+            row[f"median_z_{name}"] = float(np.median(z[region])) if region.any() and z is not None else math.nan
         rows.append(row)
     return rows
 

@@ -98,7 +98,8 @@ class Upsample3D(nn.Module):
 
 
 class ConditionedUNet3D(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
-    """3D epsilon-prediction UNet conditioned on time and a tumour feature vector."""
+    """3D denoising UNet (it predicts the noise, v or x0 as its scheduler's ``prediction_type``
+    says) conditioned on time and a tumour feature vector."""
 
     @register_to_config
     def __init__(

@@ -3,19 +3,20 @@ every KL autoencoder of the package trains with (``kl_autoencoder_loss``; the 3D
 autoencoder uses it too).
 
 Built from diffusers' blocks (``ResnetBlock2D``, ``Downsample2D``, ``Upsample2D``,
-``DiagonalGaussianDistribution``). Two input/output channels: FLAIR slice and mask
-slice, both in [-1, 1].
+``DiagonalGaussianDistribution``). Input and output channels: the FLAIR slice and its
+tumour channels (``sbldm.data.cohort.TUMOUR_CHANNELS``: the whole-tumour mask, or the
+BraTS regions WT, TC, ET), all in [-1, 1].
 
 Topology (``block_out_channels=(c0, ..., cL)``, ``L`` downsamplings):
 
-- encoder: ``conv_in`` (2 -> c0); for each level ``i = 1..L`` a stride-2 conv
+- encoder: ``conv_in`` (1 + tumour channels -> c0); for each level ``i = 1..L`` a stride-2 conv
   ``c_{i-1} -> c_i`` then ``layers_per_block`` resnet blocks at ``c_i``;
   GroupNorm-SiLU-conv to ``2 * latent_channels`` (mean, log-variance) and a 1x1
   ``quant_conv``;
 - decoder: 1x1 ``post_quant_conv``, an input resnet block latent -> cL, then for each
   level in reverse a nearest-neighbour x2 upsample with a conv ``c_i -> c_{i-1}`` and
   ``layers_per_block`` resnet blocks at ``c_{i-1}``; GroupNorm-SiLU and a
-  zero-initialised ``conv_out`` to 2 channels.
+  zero-initialised ``conv_out`` back to 1 + tumour channels.
 
 This mirrors the authors' medfusion-style VAE (strided-conv down blocks, an input
 resnet block in the decoder, upsample-then-conv up blocks, zero-initialised output).

@@ -13,10 +13,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sbldm.plotting import agg_pyplot, draw_outlines, outline_legend, view_slice
+from sbldm.plotting import OUTLINES, agg_pyplot, draw_outlines, outline_legend, view_slice
 
-#: (label set, colour, name) of each outline
-REGION_COLOURS = {"normal": "0.6", "oedema": "#2ca02c", "necrosis": "#e6b800", "enhancing": "#d62728"}
+#: histogram colours: the outline colours of each sub-region (``sbldm.plotting.OUTLINES``), grey for normal brain
+REGION_COLOURS = {"normal": "0.6", **{name.replace("whole tumour", "oedema"): colour for _, colour, name in OUTLINES}}
 SEQUENCE_NAMES = {"t1n": "T1", "t1c": "T1ce", "t2w": "T2", "t2f": "FLAIR"}
 
 

@@ -61,7 +61,9 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
     trained = nbs.get("02_train_diffusion", {})
     lines = [f"# SBLDM, `{run}` preset — model card", "",
              "A slice-based latent diffusion model (Kebaili et al., ISBI 2024, as implemented by sbldm) that "
-             "generates (FLAIR, whole-tumour mask) volumes conditioned on 9 tumour features.", "",
+             "generates (FLAIR, " + ("tumour sub-region label map: 1 necrosis, 2 oedema, 3 enhancing"
+                                     if cfg.tumour_labels == "regions" else "whole-tumour mask")
+             + ") volumes conditioned on 9 tumour features.", "",
              "## Data", "",
              f"- {record.get('run', {}).get('data', 'phantom cohort')}: the sbldm phantom cohort (MNI152 anatomy with "
              f"synthetic tumours, `sbldm.data.phantom`), seed {cfg.seed}; {cfg.n_train} training volumes (the "

@@ -95,9 +95,10 @@ def _train_step_setup(component: str, cfg, device: str):
 
     if component == "slice_vae":
         model = build_vae(cfg).to(device)
-        x = (torch.rand((cfg.vae_batch_size, 2, x_, y_), generator=g) * 2 - 1).to(device)
+        x = (torch.rand((cfg.vae_batch_size, model.config.in_channels, x_, y_), generator=g) * 2 - 1).to(device)
         pos = relative_positions(z_)[:cfg.vae_batch_size].to(device)
-        loss = lambda: vae_loss(model, x, pos, kl_weight=cfg.vae_kl_weight)["loss"]  # noqa: E731
+        loss = lambda: vae_loss(model, x, pos, kl_weight=cfg.vae_kl_weight,  # noqa: E731
+                                mask_weight=cfg.vae_mask_weight)["loss"]
         unit = f"batch of {cfg.vae_batch_size} slices {x_}x{y_}"
     elif component == "sbldm_unet":
         model = build_unet(cfg).to(device)

@@ -356,6 +356,9 @@ def _slice_dataset(cfg: Config, train):
     from sbldm.data.cohort import Prepared, SliceDataset
 
     if isinstance(train, SliceDataset):
+        if train.tumour_labels != cfg.tumour_labels:
+            raise ValueError(f"the slice dataset carries tumour_labels={train.tumour_labels!r} but the config asks "
+                             f"for {cfg.tumour_labels!r}; build it with SliceDataset(..., tumour_labels=...)")
         return train
     if isinstance(train, Prepared):
         images, labels = train.images, train.labels
@@ -385,7 +388,8 @@ def vae_batch(ds, rng: np.random.Generator, batch_size: int, flip_prob: float = 
 def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
               stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
     """Train the slice VAE on ``train`` (a ``Prepared`` split, a ``SliceDataset`` or an
-    ``(images, masks)`` pair) for ``cfg.vae_steps`` steps; returns the trained ``SliceVAE``.
+    ``(images, label maps)`` pair; whole-tumour masks do for ``tumour_labels="whole"``) for
+    ``cfg.vae_steps`` steps; returns the trained ``SliceVAE``.
 
     ``stop_at`` stops after that many steps (as if killed just after the step), for
     tests and for training in slices; ``resume`` continues from ``out_dir``'s checkpoint.
