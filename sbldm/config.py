@@ -61,10 +61,11 @@ class Config:
     phantom_shape: tuple[int, int, int] = _reads((240, 240, 155), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
     phantom_spacing: tuple[float, float, float] = _reads((1.0, 1.0, 1.0), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
 
-    # the tumour channels the slice VAE (and so SBLDM) carries beside the image: "whole" =
-    # the paper's binary whole-tumour mask; "regions" = the BraTS regions WT, TC, ET, so
-    # that samples come with a sub-region label map (beyond the paper; README errata table)
-    tumour_labels: str = _reads("whole", 'vae')
+    # the tumour channels every generator carries beside the image (the slice VAE and so
+    # SBLDM, the 3D-LDM's autoencoder, the 3D-LSGAN): "whole" = the paper's binary
+    # whole-tumour mask; "regions" = the BraTS regions WT, TC, ET, so that samples come with
+    # a sub-region label map (beyond the paper; README errata table)
+    tumour_labels: str = _reads("whole", 'vae', 'ldm3d_ae', 'lsgan3d')
 
     # -- stage 1: slice VAE ------------------------------------------------------
     vae_channels: tuple[int, ...] = _reads((128, 256, 512, 512), 'vae')  # authors' code; len-1 = log2(downsampling)
@@ -182,6 +183,14 @@ class Config:
     lsgan_batch_size: int = _reads(2, 'lsgan3d')
     lsgan_steps: int = _reads(100_000, 'lsgan3d', extends=True)            # authors: 2000 epochs of 50 steps, sampled at ~1130
     lsgan_flip_prob: float = _reads(0.2, 'lsgan3d')          # random flips of both in-plane axes (authors' rerun)
+    # stabilisers beyond the authors' recipe (README errata table; docs/decisions.md, "Baselines")
+    lsgan_d_lr: float | None = _reads(None, 'lsgan3d')       # the discriminator's own learning rate (None = lsgan_lr)
+    lsgan_instance_noise: float = _reads(0.0, 'lsgan3d')     # std of Gaussian noise on D's inputs, annealed to 0
+    # checkpoint selection on the training split only: every lsgan_select_every steps (0 = off:
+    # the last step is the model) lsgan_select_samples volumes from fixed noise are scored by
+    # their mask-feature distance to the training tumours; the best-scoring generator is kept
+    lsgan_select_every: int = _reads(0, 'lsgan3d')
+    lsgan_select_samples: int = _reads(32, 'lsgan3d')
     # 3D-LDM: a 3D KL autoencoder on whole (image, mask) volumes, then an unconditional 3D
     # UNet (ConditionedUNet3D used without condition) on its latent scaled by 1/std.
     ldm3d_ae_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'ldm3d_ae')   # authors' 3D VAE widths
@@ -192,6 +201,10 @@ class Config:
     ldm3d_ae_kl_weight: float = _reads(1e-6, 'ldm3d_ae')
     ldm3d_ae_ssim_range: str = _reads("signed", 'ldm3d_ae')    # as vae_ssim_range
     ldm3d_ae_ssim_weight: float = _reads(1.0, 'ldm3d_ae')     # L1 + (1 - SSIM) + KL, as the slice VAE
+    ldm3d_ae_mask_weight: float = _reads(0.0, 'ldm3d_ae')     # as vae_mask_weight (authors: no mask term)
+    # reconstruction check before the UNet trains: the autoencoder's decoded whole-tumour Dice
+    # on training volumes (posterior means) must reach this; 0 = report only
+    ldm3d_ae_min_dice: float = 0.0
     ldm3d_ae_lr: float = _reads(1e-5, 'ldm3d_ae')             # authors' 3D VAE
     ldm3d_ae_batch_size: int = _reads(2, 'ldm3d_ae')
     ldm3d_ae_steps: int = _reads(100_000, 'ldm3d_ae', extends=True)
@@ -326,7 +339,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         volume_shape=(64, 64, 32), image_interp_order=1,
         phantom_shape=(120, 120, 78), phantom_spacing=(2.0, 2.0, 2.0),
         vae_channels=(32, 64, 64), vae_latent_channels=4, vae_norm_groups=16,
-        vae_slice_embedding_dim=64, vae_lr=5e-4, vae_batch_size=32, vae_steps=3000,
+        vae_slice_embedding_dim=64, vae_lr=5e-4, vae_batch_size=32, vae_steps=5000,
         vae_empty_slice_keep=0.3,
         unet_channels=(32, 64, 128), unet_layers_per_block=1, unet_norm_groups=16,
         unet_embed_dim=128, unet_time_proj_dim=32, unet_cond_hidden_dim=64, unet_mid_layers=1,
@@ -526,3 +539,12 @@ def _validate_baselines(cfg: Config) -> None:
     for name in ("lsgan_flip_prob", "ldm3d_flip_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
+    for name in ("ldm3d_ae_mask_weight", "lsgan_instance_noise", "lsgan_select_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.ldm3d_ae_min_dice <= 1.0:
+        raise ValueError(f"ldm3d_ae_min_dice must lie in [0, 1] (0 = report only), got {cfg.ldm3d_ae_min_dice}")
+    if cfg.lsgan_d_lr is not None and not cfg.lsgan_d_lr > 0:
+        raise ValueError(f"lsgan_d_lr must be positive or None (= lsgan_lr), got {cfg.lsgan_d_lr}")
+    if cfg.lsgan_select_every and cfg.lsgan_select_samples < 2:
+        raise ValueError(f"lsgan_select_samples must be >= 2 when lsgan_select_every > 0, got {cfg.lsgan_select_samples}")

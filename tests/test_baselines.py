@@ -347,3 +347,161 @@ def test_sbldm_samples_keep_the_requested_tumours_and_an_older_cache_recovers_th
     np.testing.assert_allclose(first.raw_conditions, got["conditions"][:2])
     np.testing.assert_allclose(prepared.normalizer.transform(first.raw_conditions), first.conditions, rtol=1e-5)
     assert not np.allclose(got["conditions"][0], got["conditions"][2])      # each batch its own requests
+
+
+# -- the baselines of issue "Baselines that work": labels, the mask term, the checks ----------
+
+@pytest.mark.parametrize("name", ("ldm3d", "lsgan3d"))
+def test_baselines_of_the_regions_draw_label_maps_like_sbldm(name):
+    from model_helpers import REGIONS
+
+    gen = build(name, **REGIONS)
+    s = sample(gen)
+    assert s.labels is not None and s.labels.shape == (2, 16, 16, 8)
+    assert set(np.unique(s.labels)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(s.masks, (s.labels > 0).astype(np.uint8))
+    whole = sample(build(name))
+    assert whole.labels is None                          # the paper's binary mask: no label map
+    net = gen.autoencoder if name == "ldm3d" else gen.generator
+    assert net.config.out_channels == 4
+
+
+class _StubPosterior:
+    def __init__(self, x):
+        self.mean = x
+
+
+class _StubAutoencoder(torch.nn.Module):
+    """Encodes to the input itself and decodes it back, optionally with the tumour
+    channels wiped (-1): a perfect and a tumour-blind decoder whose check is known."""
+
+    def __init__(self, channels, blind=False):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.blind = blind
+        self.config = type("C", (), {"in_channels": channels})()
+
+    def encode(self, x):
+        return _StubPosterior(x)
+
+    def decode(self, z):
+        z = z.clone()
+        if self.blind:
+            z[:, 1:] = -1
+        return z
+
+
+def test_reconstruction_check_on_decoders_with_known_answers(prepared):
+    from sbldm.generators.ldm3d import check_reconstruction, reconstruction_check
+
+    perfect = reconstruction_check(_StubAutoencoder(4), prepared.images, prepared.labels, n=3)
+    assert perfect["n_volumes"] == 3
+    assert perfect["wt_dice"] == perfect["tc_dice"] == perfect["et_dice"] == 1.0
+    assert perfect["wt_empty_fraction"] == 0.0 and perfect["image_mae"] < 1e-6
+    blind = reconstruction_check(_StubAutoencoder(4, blind=True), prepared.images, prepared.labels, n=3)
+    assert blind["wt_dice"] == blind["tc_dice"] == blind["et_dice"] == 0.0 and blind["wt_empty_fraction"] == 1.0
+    whole = reconstruction_check(_StubAutoencoder(2), prepared.images, prepared.masks, n=3)
+    assert whole["wt_dice"] == 1.0 and "tc_dice" not in whole
+    check_reconstruction(blind, 0.0, "here")                 # 0: report only
+    check_reconstruction(perfect, 0.9, "here")
+    with pytest.raises(RuntimeError, match=r"Dice 0.000 \(100% decoded empty\), below ldm3d_ae_min_dice=0.5"):
+        check_reconstruction(blind, 0.5, "here")
+
+
+def test_3d_ldm_stops_before_its_unet_when_the_autoencoder_draws_no_tumour(prepared, tmp_path):
+    from model_helpers import REGIONS
+    from sbldm.generators.registry import train_generator
+
+    c = cfg(ldm3d_ae_min_dice=1.0, ldm3d_ae_mask_weight=1.0, **REGIONS)
+    with pytest.raises(RuntimeError, match="ldm3d_ae_min_dice=1.0"):
+        train_generator("ldm3d", c, prepared, tmp_path, progress=False)
+    check = json.loads((tmp_path / "autoencoder" / "reconstruction_check.json").read_text())
+    assert check["min_dice"] == 1.0 and 0 <= check["wt_dice"] < 1 and "et_dice" in check
+    assert not (tmp_path / "unet").exists()
+    log = [json.loads(line) for line in (tmp_path / "autoencoder" / "log.jsonl").read_text().splitlines()]
+    assert "mask" in log[0]                                  # the mask term was trained
+    run = json.loads((tmp_path / "autoencoder" / "run.json").read_text())
+    assert "mask_weight" in run["loss_terms"] and run["tumour_labels"] == "regions"
+
+
+def test_selection_score_ranks_collapse_and_empty_masks_behind_the_real_spread():
+    from sbldm.evaluation.generation import mask_features
+    from sbldm.generators.lsgan3d import SELECTION_MAX_EMPTY, selection_score
+
+    grid = np.indices((16, 16, 8)).astype(float)
+    rng = np.random.default_rng(0)
+    masks = []
+    for _ in range(12):
+        c = rng.uniform([5, 5, 3], [11, 11, 5])
+        r = rng.uniform(1.5, 4.0)
+        masks.append((((grid - c[:, None, None, None]) ** 2).sum(0) <= r * r).astype(np.uint8))
+    masks = np.array(masks)
+    real = mask_features(masks)
+    same = selection_score(real, masks)
+    assert same["distance"] == pytest.approx(0.0, abs=1e-9) and same["rank"] == same["distance"]
+    collapsed = selection_score(real, np.repeat(masks[:1], 12, 0))
+    assert collapsed["distance"] > 0.3 and collapsed["rank"] > same["rank"]
+    some_empty = masks.copy()
+    some_empty[:6] = 0
+    empty = selection_score(real, some_empty)
+    assert empty["empty_fraction"] == 0.5 > SELECTION_MAX_EMPTY and empty["rank"] > collapsed["rank"]
+
+
+def test_lsgan_checkpoint_selection_keeps_the_best_generator_and_resumes(prepared, tmp_path):
+    import sbldm
+    from sbldm.generators.lsgan3d import LSGANGenerator3D
+    from sbldm.generators.registry import train_generator
+
+    c = cfg(lsgan_select_every=2, lsgan_select_samples=4, lsgan_steps=6)
+    full = train_generator("lsgan3d", c, prepared, tmp_path / "full", progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "full" / "selection.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    best = min(rows, key=lambda r: (r["rank"], r["step"]))
+    kept = json.loads((tmp_path / "full" / "selected" / "selection.json").read_text())
+    assert kept["step"] == best["step"]
+    chosen = LSGANGenerator3D.from_pretrained(tmp_path / "full" / "selected")
+    saved = sbldm.load_generator(tmp_path / "full").generator
+    for a, b, d in zip(chosen.state_dict().values(), saved.state_dict().values(), full.generator.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, d)
+    # cut after the first score and resumed: the same scores, the same kept generator
+    assert train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False, stop_at=3) is None
+    resumed = train_generator("lsgan3d", c, prepared, tmp_path / "cut", progress=False)
+    assert (tmp_path / "cut" / "selection.jsonl").read_text() == (tmp_path / "full" / "selection.jsonl").read_text()
+    for a, b in zip(full.generator.state_dict().values(), resumed.generator.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_lsgan_stabilisers_change_training_and_the_discriminator_learns_at_its_own_rate(prepared, tmp_path):
+    from sbldm.generators.registry import train_generator
+
+    plain = train_generator("lsgan3d", cfg(), prepared, tmp_path / "plain", progress=False)
+    c = cfg(lsgan_d_lr=1e-5, lsgan_instance_noise=0.3)
+    stable = train_generator("lsgan3d", c, prepared, tmp_path / "stable", progress=False)
+    ckpt = torch.load(tmp_path / "stable" / "checkpoints" / "last.pt", weights_only=False)
+    assert [g["lr"] for g in ckpt["optimizer"]["param_groups"]] == [c.lsgan_lr, 1e-5]
+    assert any(not torch.equal(a, b) for a, b in zip(plain.generator.state_dict().values(),
+                                                     stable.generator.state_dict().values()))
+    with pytest.raises(ValueError, match="lsgan_d_lr"):
+        cfg(lsgan_d_lr=0.0)
+    with pytest.raises(ValueError, match="ldm3d_ae_min_dice"):
+        cfg(ldm3d_ae_min_dice=1.5)
+
+
+def test_baseline_ablation_rows_train_score_and_resume(prepared, tmp_path):
+    from model_helpers import REGIONS
+    from sbldm.experiments.baseline_ablation import autoencoder_rows, lsgan_rows
+
+    c = cfg(lsgan_select_samples=4, **REGIONS)
+    ae_rows = {"plain": {"ldm3d_ae_mask_weight": 0.0}, "masked": {"ldm3d_ae_mask_weight": 1.0}}
+    rows = autoencoder_rows(c, prepared, tmp_path, ae_rows, n_check=3, progress=False)
+    assert [r["row"] for r in rows] == ["plain", "masked"]
+    for r in rows:
+        assert r["n_volumes"] == 3 and 0 <= r["wt_dice"] <= 1 and 0 <= r["et_dice"] <= 1 and r["train_time_s"] > 0
+    assert rows[0]["fields"] == "ldm3d_ae_mask_weight=0.0"
+    gan = lsgan_rows(c, prepared, tmp_path, {"authors": {}, "slow D": {"lsgan_d_lr": 1e-5}}, select_every=2,
+                     progress=False)
+    assert [r["row"] for r in gan] == ["authors", "slow D"]
+    for r in gan:
+        assert r["best_step"] in (2, 4) and r["steps"] == 4 and 0 <= r["last_empty"] <= 1
+    again = lsgan_rows(c, prepared, tmp_path, {"authors": {}}, select_every=2, progress=False)   # resumes: no retraining
+    assert again[0]["best_distance"] == gan[0]["best_distance"]

@@ -242,3 +242,30 @@ def test_the_conditioner_component_keeps_what_it_is_given_and_refuses_a_bad_affi
         TumourConditioner.build((32, 32, 16), affine=np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"\(x, y, z\)"):
         TumourConditioner(volume_shape=[32, 32])
+
+
+def test_a_tumour_requested_where_no_training_brain_has_brain_is_refused_by_name(tmp_path):
+    from sbldm.diffusion.conditioner import TumourConditioner, pack_mask, unpack_mask
+
+    shape = (32, 32, 16)
+    # two "brains": balls of radius 8 around (12, 16, 8) and (20, 16, 8); background -1
+    images = np.full((2, *shape), -1.0, np.float32)
+    for k, cx in enumerate((12, 16)):
+        images[k][ball(shape, (cx + 4 * k, 16, 8), 8.0) > 0] = 0.3
+    support = cond.brain_support(images, 4)
+    assert support.shape == (8, 8, 16)
+    # independent answer: a latent cell is brain if any voxel of its 4x4x1 block is in either ball
+    union = (images > -0.9).any(0)
+    expect = union.reshape(8, 4, 8, 4, 16).any(axis=(1, 3))
+    np.testing.assert_array_equal(support, expect)
+    inside, corner = _raw(x=16, y=16, z=8), _raw(x=1, y=1, z=8)
+    cond.check_conditions(inside, shape, brain=support)
+    with pytest.raises(ValueError, match=r"condition 0: the centre \(1, 1, 8\) lies where none of the training brains"):
+        cond.check_conditions(corner, shape, brain=support)
+    cond.check_conditions(corner, shape)                     # without a brain map: only the volume's bounds
+    # through the conditioner's JSON config and back
+    assert np.array_equal(unpack_mask(json.loads(json.dumps(pack_mask(support)))), support)
+    c = TumourConditioner.build(shape, brain_support=support)
+    c.save_pretrained(tmp_path / "c")
+    np.testing.assert_array_equal(TumourConditioner.from_pretrained(tmp_path, subfolder="c").brain_support, support)
+    assert TumourConditioner.build(shape).brain_support is None

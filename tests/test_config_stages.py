@@ -11,7 +11,8 @@ from sbldm import config
 
 #: fields a training run reads that do not change its trajectory (bookkeeping, the
 #: sampler settings a saved model carries, the step counts that extend a run)
-BOOKKEEPING = {"scale", "checkpoint_every", "log_every", "num_workers", "sampler", "num_inference_steps", "eta"}
+BOOKKEEPING = {"scale", "checkpoint_every", "log_every", "num_workers", "sampler", "num_inference_steps", "eta",
+               "ldm3d_ae_min_dice"}     # a gate before the 3D-LDM's UNet: it stops a run, never changes one
 PROPERTIES = {"vae_downsampling": {"vae_channels"},
               "latent_shape": {"vae_latent_channels", "vae_channels", "volume_shape"}}
 
@@ -53,9 +54,11 @@ def _data(cfg, n=4):
     rng = np.random.default_rng(0)
     x, y, z = cfg.volume_shape
     images = rng.uniform(-1, 1, (n, x, y, z)).astype(np.float32)
-    masks = np.zeros((n, x, y, z), np.uint8)
-    masks[:, x // 3: x // 2, y // 3: y // 2, z // 3: z // 2] = 1
-    return images, masks
+    labels = np.zeros((n, x, y, z), np.uint8)          # label maps: oedema around enhancing around necrosis
+    labels[:, x // 3: x // 2, y // 3: y // 2, z // 3: z // 2] = 2
+    labels[:, x // 3 + 1: x // 2 - 1, y // 3 + 1: y // 2 - 1, z // 3: z // 2] = 3
+    labels[:, x // 3 + 2: x // 2 - 2, y // 3 + 2: y // 2 - 2, z // 3: z // 2] = 1
+    return images, labels
 
 
 def test_the_slice_vae_and_the_latent_unet_read_only_what_they_declare(tmp_path, prepared):

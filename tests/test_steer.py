@@ -91,3 +91,22 @@ def test_every_slider_starts_on_its_grid_and_the_request_is_what_the_panel_shows
     # a value set from Python off the grid moves onto it, and the request follows
     w["sliders"]["sphericity"].value = w["sliders"]["sphericity"].value + 0.0042
     assert abs(round(w["sliders"]["sphericity"].value / 0.01) * 0.01 - w["sliders"]["sphericity"].value) < 1e-9
+
+
+def test_the_panel_says_why_when_a_tumour_is_asked_for_outside_every_training_brain(steer, tmp_path):
+    support = np.ones(steer.pipe.latent_shape()[1:], bool)
+    support[0, 0, :] = False                                   # the corner column is background in every brain
+    steer.pipe.set_metadata(brain_support=support)
+    try:
+        steer.widget(out_dir=tmp_path)
+        w = steer._widgets
+        w["generate"].click()
+        assert "generated in" in w["status"].value
+        before = steer.last
+        w["sliders"]["x"].value, w["sliders"]["y"].value = 1, 1
+        w["generate"].click()
+        assert "not generated" in w["status"].value and "none of the training brains" in w["status"].value
+        assert steer.last is before                            # nothing drawn, the last volume kept
+    finally:
+        steer.pipe.register_modules(conditioner=steer.pipe.conditioner.build(
+            steer.pipe.volume_shape, steer.pipe.normalizer, steer.pipe.train_features, steer.pipe.affine))

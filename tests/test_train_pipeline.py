@@ -265,6 +265,29 @@ def test_pipeline_conditions_from_dicts_and_training_distribution(pipe):
     np.testing.assert_array_equal(c1.images, c2.images)
 
 
+def test_a_pipeline_refuses_a_tumour_centred_outside_every_training_brain(pipe, prepared, tmp_path):
+    from sbldm.data.cohort import load_prepared
+    from sbldm.data.tumour import FEATURE_NAMES
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.diffusion.unet_inputs import brain_support
+
+    train = load_prepared(prepared, "train")
+    images = train.images.copy()
+    images[:, :4, :4] = -1.0                            # no training brain reaches one corner column
+    support = brain_support(images, pipe.vae.downsampling_factor)
+    assert not support[0, 0].any() and support.any()
+    pipe.set_metadata(brain_support=support)
+    request = dict(zip(FEATURE_NAMES, train.features[0]))
+    pipe(conditions=[request], num_inference_steps=2, generator=_g(0))      # a training tumour: inside
+    x, y, z = np.argwhere(~support)[0]
+    f = pipe.vae.downsampling_factor
+    outside = {**request, "x": float(x * f), "y": float(y * f), "z": float(z)}
+    pipe.save_pretrained(tmp_path / "p")
+    for p in (pipe, SBLDMPipeline.from_pretrained(tmp_path / "p")):
+        with pytest.raises(ValueError, match="none of the training brains has brain tissue"):
+            p(conditions=[outside], num_inference_steps=2, generator=_g(0))
+
+
 def test_ddim_eta(pipe):
     cond = np.random.default_rng(1).random((1, 9)).astype(np.float32)
     noise = torch.randn(1, 2, 8, 8, 8, generator=_g(42))

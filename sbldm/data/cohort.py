@@ -168,6 +168,16 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
     return ((2.0 * image - lo - hi) / (hi - lo)).astype(np.float32)
 
 
+#: a voxel of a normalised image ([-1, 1], the skull-stripped background at -1) above this
+#: is brain tissue
+BRAIN_THRESHOLD = -0.9
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Boolean map of brain tissue in normalised image(s): ``image > BRAIN_THRESHOLD``."""
+    return np.asarray(image) > BRAIN_THRESHOLD
+
+
 def brats_labels(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.ndarray:
     """The label map of a BraTS segmentation in sbldm's convention (uint8: 0 background,
     1 necrosis, 2 oedema, 3 enhancing): BraTS 2021's enhancing label 4 becomes 3. A value

@@ -4,8 +4,9 @@ else (``model_index.json`` plus one sub-folder per component).
 
 Its config holds the feature normaliser (``sbldm.data.tumour.FeatureNormalizer``), the
 training tumours' 9 features (the distribution conditions are drawn from when none are
-given), the volume shape the pipeline generates and the training grid's voxel-to-world
-affine. It has no weights: diffusers saves components that are models or schedulers, so
+given), the volume shape the pipeline generates, the training grid's voxel-to-world
+affine and where the training brains have brain tissue (``brain_support`` on the latent
+grid, bit-packed: a requested centre outside it is refused). It has no weights: diffusers saves components that are models or schedulers, so
 it is a parameter-free ``ModelMixin`` that saves and loads its config alone. (What the
 UNet is given from these, and the checks on requested conditions, are
 ``sbldm.diffusion.unet_inputs``.) Saved pipelines name this module in their
@@ -26,6 +27,22 @@ from diffusers.models.modeling_utils import ModelMixin
 from sbldm.data.tumour import FeatureNormalizer, as_matrix
 
 
+def pack_mask(mask) -> dict:
+    """A boolean array as JSON: its shape and its bits (``np.packbits``, base64)."""
+    import base64
+
+    m = np.asarray(mask, bool)
+    return {"shape": [int(s) for s in m.shape], "bits": base64.b64encode(np.packbits(m.ravel())).decode("ascii")}
+
+
+def unpack_mask(packed: dict) -> np.ndarray:
+    import base64
+
+    shape = tuple(int(s) for s in packed["shape"])
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(packed["bits"]), np.uint8))
+    return bits[:int(np.prod(shape))].reshape(shape).astype(bool)
+
+
 def _check_affine(affine) -> np.ndarray:
     a = np.asarray(affine, np.float64)
     if a.shape != (4, 4) or not np.all(np.isfinite(a)) or abs(np.linalg.det(a[:3, :3])) < 1e-12:
@@ -34,12 +51,12 @@ def _check_affine(affine) -> np.ndarray:
 
 
 class TumourConditioner(ModelMixin, ConfigMixin):
-    """Normaliser, training features, volume shape and grid affine of a pipeline (each may
-    be None: an untrained pipeline knows only its shape)."""
+    """Normaliser, training features, volume shape, grid affine and brain support of a
+    pipeline (each may be None: an untrained pipeline knows only its shape)."""
 
     @register_to_config
     def __init__(self, volume_shape: Sequence[int] | None = None, normalizer: dict | None = None,
-                 train_features: list | None = None, affine: list | None = None):
+                 train_features: list | None = None, affine: list | None = None, brain_support: dict | None = None):
         super().__init__()
         # no weights, but diffusers asks every component for its dtype and device: a scalar
         # that moves with the pipeline answers (not saved)
@@ -47,6 +64,7 @@ class TumourConditioner(ModelMixin, ConfigMixin):
         self._normalizer = None if normalizer is None else FeatureNormalizer.from_dict(normalizer)
         self._features = None if train_features is None else as_matrix(np.asarray(train_features, np.float64))
         self._affine = None if affine is None else _check_affine(affine)
+        self._brain = None if brain_support is None else unpack_mask(brain_support)
         if volume_shape is not None and len(volume_shape) != 3:
             raise ValueError(f"volume_shape must be (x, y, z), got {volume_shape}")
 
@@ -64,18 +82,20 @@ class TumourConditioner(ModelMixin, ConfigMixin):
 
     @classmethod
     def build(cls, volume_shape=None, normalizer: FeatureNormalizer | None = None, train_features=None,
-              affine=None) -> "TumourConditioner":
+              affine=None, brain_support=None) -> "TumourConditioner":
         """From Python objects (a ``FeatureNormalizer``, arrays) rather than their JSON forms."""
         return cls(volume_shape=None if volume_shape is None else [int(s) for s in volume_shape],
                    normalizer=None if normalizer is None else normalizer.to_dict(),
                    train_features=None if train_features is None
                    else as_matrix(np.asarray(train_features, np.float64)).tolist(),
-                   affine=None if affine is None else _check_affine(affine).tolist())
+                   affine=None if affine is None else _check_affine(affine).tolist(),
+                   brain_support=None if brain_support is None else pack_mask(brain_support))
 
     def updated(self, **changes) -> "TumourConditioner":
-        """A copy with some of ``volume_shape``, ``normalizer``, ``train_features``, ``affine`` replaced."""
+        """A copy with some of ``volume_shape``, ``normalizer``, ``train_features``, ``affine``,
+        ``brain_support`` replaced."""
         now = {"volume_shape": self.volume_shape, "normalizer": self.normalizer,
-               "train_features": self.train_features, "affine": self.affine}
+               "train_features": self.train_features, "affine": self.affine, "brain_support": self.brain_support}
         now.update({k: v for k, v in changes.items() if v is not None})
         return self.build(**now)
 
@@ -95,3 +115,9 @@ class TumourConditioner(ModelMixin, ConfigMixin):
     @property
     def affine(self) -> np.ndarray | None:
         return self._affine
+
+    @property
+    def brain_support(self) -> np.ndarray | None:
+        """(H', W', D) boolean map of where the training brains have brain tissue
+        (``sbldm.diffusion.unet_inputs.brain_support``), or None."""
+        return self._brain

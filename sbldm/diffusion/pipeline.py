@@ -115,25 +115,28 @@ class SBLDMPipeline(DiffusionPipeline):
 
     def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
                      train_features=None, volume_shape: Sequence[int] | None = None,
-                     affine=None) -> "SBLDMPipeline":
+                     affine=None, brain_support=None) -> "SBLDMPipeline":
         """Set what is given (None keeps the current value): the latent scale goes to
         ``vae.config.scaling_factor``, the rest to the ``conditioner`` component."""
         if latent_std is not None:
             if not latent_std > 0:
                 raise ValueError(f"latent_std must be positive, got {latent_std}")
             self.vae.register_to_config(scaling_factor=1.0 / float(latent_std))
-        if any(v is not None for v in (normalizer, train_features, volume_shape, affine)):
+        if any(v is not None for v in (normalizer, train_features, volume_shape, affine, brain_support)):
             self.register_modules(conditioner=self.conditioner.updated(
-                volume_shape=volume_shape, normalizer=normalizer, train_features=train_features, affine=affine))
+                volume_shape=volume_shape, normalizer=normalizer, train_features=train_features, affine=affine,
+                brain_support=brain_support))
         return self
 
     @classmethod
     def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float | None = None,
-                        affine=None):
+                        affine=None, brain_support=None):
         """``latent_std``: the latents' global std (sets ``vae.config.scaling_factor``; None keeps
-        the VAE's); ``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``)."""
+        the VAE's); ``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``);
+        ``brain_support``: where the training brains have brain
+        (``sbldm.diffusion.unet_inputs.brain_support``; requested centres outside it are refused)."""
         pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg), conditioner=TumourConditioner())
-        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine)
+        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine, brain_support)
 
     @classmethod
     def from_scale(cls, scale: str, **overrides) -> "SBLDMPipeline":
@@ -208,7 +211,8 @@ class SBLDMPipeline(DiffusionPipeline):
 
         Feature dicts must hold exactly the 9 features (a missing or extra key is refused,
         naming it); every condition is checked (``sbldm.diffusion.unet_inputs``): NaN,
-        non-positive sizes or a centre outside the volume are refused, values outside the
+        non-positive sizes, a centre outside the volume or outside every training brain are
+        refused, values outside the
         training range draw a warning. A raw-unit array passed where normalised vectors are
         expected is refused."""
         shape = self.volume_shape
@@ -226,7 +230,7 @@ class SBLDMPipeline(DiffusionPipeline):
                 raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
             raw = as_matrix(conditions)                  # refuses missing and unknown keys
             if shape is not None:
-                check_conditions(raw, shape, self.train_features)
+                check_conditions(raw, shape, self.train_features, self.conditioner.brain_support)
             return self.normalizer.transform(raw).astype(np.float32), raw
         arr = np.asarray(conditions.detach().cpu() if torch.is_tensor(conditions) else conditions, dtype=np.float32)
         if self.normalizer is not None:

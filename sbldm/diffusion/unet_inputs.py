@@ -39,6 +39,26 @@ def latent_grid(volume_shape: Sequence[int], downsampling: int) -> tuple[int, in
     return x // f, y // f, z
 
 
+def brain_support(images, downsampling: int) -> np.ndarray:
+    """(H', W', D) boolean map, on the stacked latent's grid, of where at least one of the
+    training ``images`` (N, x, y, z) has brain tissue (``sbldm.data.cohort.brain_mask``) in
+    the cell's ``downsampling`` x ``downsampling`` block: a tumour centred outside it would
+    be drawn where the model has only ever seen background."""
+    import torch
+    import torch.nn.functional as F
+
+    from sbldm.data.cohort import brain_mask
+
+    images = np.asarray(images)
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"brain_support needs (N, x, y, z) images, N > 0, got shape {images.shape}")
+    latent_grid(images.shape[1:], downsampling)                 # refuses shapes the grid cannot take
+    union = torch.from_numpy(brain_mask(images).any(axis=0).astype(np.float32))
+    f = int(downsampling)
+    pooled = F.max_pool3d(union[None, None], kernel_size=(f, f, 1))[0, 0]
+    return pooled.numpy() > 0
+
+
 def render_prior(raw_features, volume_shape: Sequence[int], downsampling: int) -> np.ndarray:
     """(N, 1, H', W', D) float32 in [0, 1]: each requested tumour as a soft ellipsoid on the
     latent grid.
@@ -82,11 +102,12 @@ def tumour_weight_maps(masks: np.ndarray, downsampling: int, dilate: int = 1) ->
 
 # -- what a user may ask for -----------------------------------------------------------------
 
-def check_conditions(raw, volume_shape: Sequence[int], train_features=None) -> np.ndarray:
+def check_conditions(raw, volume_shape: Sequence[int], train_features=None, brain=None) -> np.ndarray:
     """``raw`` (N, 9) as float64 after refusing what cannot be a tumour: NaN or inf, a
     negative or zero size (volume, area, box), a sphericity outside (0, 1], a centre outside
-    the volume. Values outside the range seen in training get a warning naming the
-    feature, its value and that range (the model has not learnt them)."""
+    the volume and, given ``brain`` (a ``brain_support`` map), a centre where no training
+    brain has brain tissue. Values outside the range seen in training get a warning naming
+    the feature, its value and that range (the model has not learnt them)."""
     arr = as_matrix(raw)
     shape = np.asarray([int(s) for s in volume_shape], dtype=np.float64)
     for i, row in enumerate(arr):
@@ -107,6 +128,14 @@ def check_conditions(raw, volume_shape: Sequence[int], train_features=None) -> n
             if row[k] > shape[axis]:
                 raise ValueError(f"condition {i}: box {FEATURE_NAMES[k]}={row[k]:g} exceeds the volume's "
                                  f"{shape[axis]:g} voxels")
+        if brain is not None:
+            brain = np.asarray(brain, bool)
+            cell = tuple(min(int(row[3 + a] * brain.shape[a] / shape[a]), brain.shape[a] - 1) for a in range(3))
+            if not brain[cell]:
+                raise ValueError(
+                    f"condition {i}: the centre ({row[3]:g}, {row[4]:g}, {row[5]:g}) lies where none of the training "
+                    "brains has brain tissue (background); the model would draw the tumour outside the brain. "
+                    "Move the centre into the brain")
     if train_features is not None:
         ref = as_matrix(train_features)
         lo, hi = np.nanmin(ref, axis=0), np.nanmax(ref, axis=0)

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 
+from sbldm.data.cohort import brain_mask
+
 
 def tumour_appearance(images, masks, dark_core_min: float = 0.05) -> dict:
     """What the tumours look like inside, over the volumes whose mask is not empty.
@@ -38,7 +40,7 @@ def tumour_appearance(images, masks, dark_core_min: float = 0.05) -> dict:
             continue
         comps.append(int(ndimage.label(m)[1]))
         inside = im[m]
-        brain = im[(im > -0.9) & ~m]
+        brain = im[brain_mask(im) & ~m]
         dark.append(float((inside < np.median(brain)).mean()) if brain.size else math.nan)
         ring = ndimage.binary_dilation(m, iterations=2) & ~m
         contrast.append(float(inside.mean() - im[ring].mean()) if ring.any() else math.nan)

@@ -1,5 +1,7 @@
 """Pieces the 3D baselines share: volume batches, the 3D patch discriminator, the
-least-squares GAN losses, the output format and the folder marker."""
+least-squares GAN losses, the output format and the folder marker. The baselines carry the
+same tumour channels as SBLDM (``cfg.tumour_labels``): the whole-tumour mask, or the BraTS
+regions WT, TC, ET decoded back to a label map."""
 
 from __future__ import annotations
 
@@ -56,9 +58,10 @@ class Samples:
 
 
 def to_samples(volumes: torch.Tensor, conditions=None) -> Samples:
-    """(N, 2, x, y, z) model-space volumes -> ``Samples`` (``sbldm.data.cohort.from_model_space``)."""
-    images, masks = from_model_space(volumes)
-    return Samples(images, masks, conditions)
+    """(N, C, x, y, z) model-space volumes -> ``Samples`` (``sbldm.data.cohort.from_model_space``):
+    C = 2 gives whole-tumour masks, C = 4 (the BraTS regions) label maps as well."""
+    images, masks, labels = from_model_space(volumes, with_labels=True)
+    return Samples(images, masks, conditions, labels=labels)
 
 
 def write_marker(directory: str | os.PathLike, kind: str, **info) -> None:
@@ -76,14 +79,15 @@ def read_marker(directory: str | os.PathLike, kind: str | None = None) -> dict:
     return meta
 
 
-def volume_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, batch_size: int,
-                 flip_prob: float = 0.0) -> torch.Tensor:
-    """(B, 2, x, y, z) float32 of one training step drawn by ``rng``: random volumes,
-    each in-plane axis flipped with probability ``flip_prob`` (the authors' augmentation)."""
+def volume_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, batch_size: int,
+                 flip_prob: float = 0.0, tumour_labels: str = "whole") -> torch.Tensor:
+    """(B, C, x, y, z) float32 of one training step drawn by ``rng``: random volumes in
+    model space (``to_model_space`` of ``tumour_labels``: C = 2 or 4), each in-plane axis
+    flipped with probability ``flip_prob`` (the authors' augmentation)."""
     idx = rng.integers(0, len(images), size=batch_size)
     xs = []
     for i in idx:
-        x = to_model_space(images[int(i)], masks[int(i)])
+        x = to_model_space(images[int(i)], labels[int(i)], tumour_labels)
         if flip_prob > 0:
             if rng.random() < flip_prob:
                 x = x[:, ::-1]
@@ -93,15 +97,19 @@ def volume_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator
     return torch.from_numpy(np.stack(xs))
 
 
-def check_training_data(train) -> tuple[np.ndarray, np.ndarray]:
-    """(images, masks) of a ``Prepared`` split or an ``(images, masks)`` pair, checked."""
-    from sbldm.data.cohort import Prepared
+def check_training_data(train, tumour_labels: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+    """(images, tumour maps) of a ``Prepared`` split (its label maps) or an ``(images,
+    label maps or masks)`` pair, checked: the same (N, x, y, z) shapes, N > 0, and label
+    maps, not binary masks, where ``tumour_labels="regions"`` asks for the sub-regions."""
+    from sbldm.data.cohort import Prepared, check_not_a_mask
 
-    images, masks = (train.images, train.masks) if isinstance(train, Prepared) else train
-    images, masks = np.asarray(images), np.asarray(masks)
-    if images.ndim != 4 or images.shape != masks.shape or len(images) == 0:
-        raise ValueError(f"training images {images.shape} and masks {masks.shape} must both be (N, x, y, z), N > 0")
-    return images, masks
+    images, labels = (train.images, train.labels) if isinstance(train, Prepared) else train
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or images.shape != labels.shape or len(images) == 0:
+        raise ValueError(f"training images {images.shape} and label maps {labels.shape} must both be (N, x, y, z), "
+                         "N > 0")
+    check_not_a_mask(labels, tumour_labels)
+    return images, labels
 
 
 def dcgan_init(module: nn.Module) -> None:

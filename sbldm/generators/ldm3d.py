@@ -1,14 +1,19 @@
 """3D-LDM baseline (paper §3.3): a 3D latent diffusion model on whole volumes.
 
-Stage 1, ``AutoencoderKL3D``: a 3D KL autoencoder on (FLAIR, mask) volumes, 2 -> 2
-channels, pre-norm resnet blocks (GroupNorm, SiLU, 3x3x3 convs), strided-conv
+Stage 1, ``AutoencoderKL3D``: a 3D KL autoencoder on (FLAIR, tumour channels) volumes,
+2 -> 2 channels with the whole-tumour mask, 4 -> 4 with the BraTS regions, pre-norm resnet blocks (GroupNorm, SiLU, 3x3x3 convs), strided-conv
 downsampling and nearest-upsampling + conv, no attention. ``block_out_channels`` are
 the widths per level (authors' 3D VAE: 64, 128, 256, 512) and ``downsampling`` the
 spatial factor (paper text: x4, the default; authors' code: x8): the first
 log2(downsampling) levels downsample, deeper levels keep the resolution. Loss
-L1 + (1 - SSIM) + 1e-6 KL like the slice VAE; optionally (``ldm3d_ae_discriminator``)
+L1 + (1 - SSIM) + 1e-6 KL like the slice VAE, with the same optional class-balanced mask
+term (``ldm3d_ae_mask_weight``; the authors had none); optionally (``ldm3d_ae_discriminator``)
 plus a least-squares adversarial term from a 3D patch discriminator, which makes it
 the "VAE-GAN" of the paper's text (the authors' code trained without one, the default).
+Before the UNet trains, ``reconstruction_check`` decodes training volumes through their
+posterior means and reports Dice per tumour region; below ``ldm3d_ae_min_dice`` (whole
+tumour) training stops with a message, since a UNet on such latents can only draw what
+the decoder can.
 
 Stage 2: the package's ``ConditionedUNet3D`` used unconditionally (the condition is
 always the learned null embedding; the unused condition MLP is frozen and left out of
@@ -41,6 +46,8 @@ from sbldm.generators.common import (MODEL_DIR, Discriminator3D, check_discrimin
 from sbldm.models._common import UmaskWeightsMixin, count_parameters
 
 KIND = "ldm3d"
+#: the autoencoder run folder's record of ``reconstruction_check``
+RECONSTRUCTION_CHECK = "reconstruction_check.json"
 
 
 # -- stage 1: the 3D KL autoencoder ---------------------------------------------------------
@@ -152,34 +159,38 @@ class AutoencoderKL3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
 
 
 def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
-                     ssim_range: str = "signed", generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+                     ssim_range: str = "signed", mask_weight: float = 0.0,
+                     generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
     """(terms, the reconstruction) of volumes ``x`` through a posterior sample: the slice
-    VAE's loss, ``sbldm.models.vae.kl_autoencoder_loss``, computed in float32 (the
-    reconstruction is returned as the autoencoder gave it, for the adversarial term)."""
+    VAE's loss, ``sbldm.models.vae.kl_autoencoder_loss`` (with its class-balanced mask term
+    at ``mask_weight`` > 0), computed in float32 (the reconstruction is returned as the
+    autoencoder gave it, for the adversarial term)."""
     from sbldm.models.vae import kl_autoencoder_loss
 
     recon, post = ae(x, sample_posterior=True, generator=generator)
     return kl_autoencoder_loss(recon.float(), x.float(), post, kl_weight=kl_weight, ssim_weight=ssim_weight,
-                               ssim_range=ssim_range), recon
+                               ssim_range=ssim_range, mask_weight=mask_weight), recon
 
 
 # -- the generator ---------------------------------------------------------------------------
 
 def build_networks(cfg):
     """(autoencoder, unet, discriminator or None) of a config's ``ldm3d_*`` fields."""
+    from sbldm.data.cohort import TUMOUR_CHANNELS
     from sbldm.models.unet3d import build_unet
 
+    channels = 1 + len(TUMOUR_CHANNELS[cfg.tumour_labels])
     f = cfg.ldm3d_ae_downsampling
     if any(int(s) % f for s in cfg.volume_shape):
         raise ValueError(f"volume_shape {tuple(cfg.volume_shape)} must be divisible by ldm3d_ae_downsampling={f}")
-    ae = AutoencoderKL3D(block_out_channels=tuple(cfg.ldm3d_ae_channels), downsampling=f,
+    ae = AutoencoderKL3D(in_channels=channels, out_channels=channels, block_out_channels=tuple(cfg.ldm3d_ae_channels), downsampling=f,
                          layers_per_block=cfg.ldm3d_ae_layers_per_block, latent_channels=cfg.ldm3d_ae_latent_channels,
                          norm_num_groups=cfg.ldm3d_ae_norm_groups)
     unet = build_unet(cfg, "ldm3d_unet", in_channels=cfg.ldm3d_ae_latent_channels, prior_channels=0)
     disc = None
     if cfg.ldm3d_ae_discriminator:
         check_discriminator_fits(cfg.volume_shape, cfg.ldm3d_disc_layers, "ldm3d_disc_layers")
-        disc = Discriminator3D(in_channels=2, channels=cfg.ldm3d_disc_channels, layers=cfg.ldm3d_disc_layers)
+        disc = Discriminator3D(in_channels=channels, channels=cfg.ldm3d_disc_channels, layers=cfg.ldm3d_disc_layers)
     return ae, unet, disc
 
 
@@ -303,7 +314,8 @@ class LDM3D(DiffusionPipeline):
             self.autoencoder.train(modes[1])
         if output_type == "latent":
             return torch.cat(lat_out).numpy() if lat_out else np.zeros((0, *self.latent_shape), np.float32)
-        return to_samples(torch.cat(vol_out) if vol_out else torch.zeros(0, 2, *self.volume_shape))
+        return to_samples(torch.cat(vol_out) if vol_out
+                          else torch.zeros(0, self.autoencoder.config.out_channels, *self.volume_shape))
 
     def generate(self, n: int, generator: torch.Generator | None = None, **options):
         """The generator interface's name for ``__call__``."""
@@ -312,49 +324,106 @@ class LDM3D(DiffusionPipeline):
 
 # -- training ----------------------------------------------------------------------------------
 
+def _tumour_representation(ae: AutoencoderKL3D) -> str:
+    from sbldm.data.cohort import tumour_labels_of
+
+    return tumour_labels_of(ae.config.in_channels)
+
+
 @torch.no_grad()
-def encode_means(ae: AutoencoderKL3D, images: np.ndarray, masks: np.ndarray, batch_size: int = 2) -> np.ndarray:
-    """(N, C, x/f, y/f, z/f) posterior means of every volume (the diffusion stage's data)."""
+def encode_means(ae: AutoencoderKL3D, images: np.ndarray, labels: np.ndarray, batch_size: int = 2) -> np.ndarray:
+    """(N, C, x/f, y/f, z/f) posterior means of every volume (the diffusion stage's data);
+    ``labels``: label maps (or whole-tumour masks for a 2-channel autoencoder)."""
     from sbldm.data.cohort import to_model_space
 
+    kind = _tumour_representation(ae)
     was = ae.training
     ae.eval()
     dev = next(ae.parameters()).device
     out = []
     try:
         for s in range(0, len(images), batch_size):
-            x = np.stack([to_model_space(images[i], masks[i]) for i in range(s, min(s + batch_size, len(images)))])
+            x = np.stack([to_model_space(images[i], labels[i], kind) for i in range(s, min(s + batch_size, len(images)))])
             out.append(ae.encode(torch.from_numpy(x).to(dev)).mean.float().cpu())
     finally:
         ae.train(was)
     return torch.cat(out).numpy()
 
 
-def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
-                stop_at: int | None = None, device: str | None = None, model: LDM3D | None = None,
-                step_delay: float = 0.0) -> LDM3D | None:
-    """Train the 3D-LDM on ``train`` (a ``Prepared`` split or ``(images, masks)``) into
-    ``out_dir``: the autoencoder (``cfg.ldm3d_ae_steps``, run folder ``autoencoder/``),
-    the latent std of its posterior means, the UNet (``cfg.ldm3d_diffusion_steps``, run
-    folder ``unet/``), then the whole generator saved in ``out_dir/model``. ``stop_at`` stops
-    a stage after that many of its steps (returns None: resume later)."""
-    from sbldm.diffusion.latents import global_std
+@torch.no_grad()
+def reconstruction_check(ae: AutoencoderKL3D, images: np.ndarray, labels: np.ndarray, n: int = 20,
+                         batch_size: int = 2) -> dict:
+    """How well the autoencoder decodes tumours: the first ``n`` volumes encoded to their
+    posterior means and decoded; per region (WT, and TC and ET for an autoencoder of the
+    regions) the mean volume Dice (``sbldm.metrics.dice``, both empty = 1), the share of
+    decoded volumes without tumour where the input had one, and the image's mean absolute
+    error. Training data only: this is a check of the autoencoder, not a test result."""
+    from sbldm.data.cohort import from_model_space, to_model_space
+    from sbldm.data.tumour import REGIONS
+    from sbldm.metrics import dice
+
+    kind = _tumour_representation(ae)
+    n = min(int(n), len(images))
+    was = ae.training
+    ae.eval()
+    dev = next(ae.parameters()).device
+    rec_images, rec_masks, rec_labels = [], [], []
+    try:
+        for s in range(0, n, batch_size):
+            x = np.stack([to_model_space(images[i], labels[i], kind) for i in range(s, min(s + batch_size, n))])
+            out = ae.decode(ae.encode(torch.from_numpy(x).to(dev)).mean)
+            im, mk, lb = from_model_space(out, with_labels=True)
+            rec_images.append(im)
+            rec_masks.append(mk)
+            if lb is not None:
+                rec_labels.append(lb)
+    finally:
+        ae.train(was)
+    rec_images, rec_masks = np.concatenate(rec_images), np.concatenate(rec_masks)
+    ref = np.asarray(labels[:n])
+    result = {"n_volumes": n, "image_mae": float(np.abs(rec_images - np.asarray(images[:n])).mean()),
+              "wt_dice": float(np.mean([dice(rec_masks[k], ref[k] > 0) for k in range(n)])),
+              "wt_empty_fraction": float(np.mean([not rec_masks[k].any() and (ref[k] > 0).any() for k in range(n)]))}
+    if rec_labels:
+        rec = np.concatenate(rec_labels)
+        for region in ("TC", "ET"):
+            members = REGIONS[region]
+            result[f"{region.lower()}_dice"] = float(np.mean([dice(np.isin(rec[k], members), np.isin(ref[k], members))
+                                                              for k in range(n)]))
+    return result
+
+
+def check_reconstruction(check: dict, min_dice: float, where) -> None:
+    """Stop before the UNet trains when the autoencoder decodes the whole tumour with a Dice
+    below ``min_dice`` (0: report only), saying what to change."""
+    if min_dice > 0 and not check["wt_dice"] >= min_dice:
+        raise RuntimeError(
+            f"{where}: the 3D-LDM autoencoder decodes the whole tumour of {check['n_volumes']} training volumes with "
+            f"Dice {check['wt_dice']:.3f} ({check['wt_empty_fraction']:.0%} decoded empty), below "
+            f"ldm3d_ae_min_dice={min_dice}; a UNet trained on its latents could only draw what it decodes. Train the "
+            "autoencoder longer (ldm3d_ae_steps), give it the mask term (ldm3d_ae_mask_weight) or more width "
+            "(ldm3d_ae_channels), or set ldm3d_ae_min_dice=0 to go on anyway")
+
+
+def train_autoencoder(cfg, train, out_dir: str | os.PathLike, ae: AutoencoderKL3D | None = None,
+                      disc: Discriminator3D | None = None, control=None,
+                      device: str | None = None) -> AutoencoderKL3D | None:
+    """Stage 1 of the 3D-LDM alone: the autoencoder ``ae`` (default: built from ``cfg``, with
+    its discriminator when ``cfg.ldm3d_ae_discriminator``) trained on ``train`` for
+    ``cfg.ldm3d_ae_steps`` steps into the run folder ``out_dir``, as ``control``
+    (``sbldm.training.trainer.RunControl``) says; None when stopped early (resume later)."""
     from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.provenance import fingerprint
-    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, noise_batch,
-                                        noise_loss, run_training, step_generator)
+    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, run_training,
+                                        step_generator)
 
     cpu_setup()
-    seed_everything(cfg.seed)
-    images, masks = check_training_data(train)
-    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
-        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    if ae is None:
+        seed_everything(cfg.seed)
+        ae, _, disc = build_networks(cfg)
+    control = control or RunControl()
+    images, labels = check_training_data(train, cfg.tumour_labels)
     out = Path(out_dir)
-    ldm = model or LDM3D.from_config(cfg)
-    ae, unet, disc = ldm.autoencoder, ldm.unet, ldm.discriminator
     use_disc = disc is not None
-
-    # stage 1: the autoencoder (with the optional adversarial term)
     accelerator = make_accelerator(cfg, device)
     dev = accelerator.device
     if use_disc and accelerator.num_processes > 1:
@@ -365,12 +434,13 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
         gen = step_generator(rng)
         eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
         with accelerator.autocast():
-            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight, ssim_range=cfg.ldm3d_ae_ssim_range,
+            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight,
+                                    ssim_range=cfg.ldm3d_ae_ssim_range, mask_weight=cfg.ldm3d_ae_mask_weight,
                                     generator=eps_gen)
 
     if not use_disc:
         def ae_loss_fn(step, rng, m):
-            x = volume_batch(images, masks, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob).to(dev)
+            x = volume_batch(images, labels, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob, cfg.tumour_labels).to(dev)
             return ae_terms(m, x, rng)[0]
 
         ae_model, ae_opt, ae_step, ae_save = ae, torch.optim.Adam(ae.parameters(), lr=cfg.ldm3d_ae_lr), None, None
@@ -378,7 +448,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
         def ae_step(step, rng, m, opt):
             net = accelerator.unwrap_model(m)
             a, d = net["autoencoder"], net["discriminator"]
-            x = volume_batch(images, masks, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob).to(dev)
+            x = volume_batch(images, labels, rng, cfg.ldm3d_ae_batch_size, cfg.ldm3d_flip_prob, cfg.tumour_labels).to(dev)
             adv_on = step >= cfg.ldm3d_disc_start
             d.requires_grad_(False)
             terms, recon = ae_terms(a, x, rng)
@@ -410,18 +480,56 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
         ae_opt = torch.optim.Adam([{"params": ae.parameters()}, {"params": disc.parameters()}], lr=cfg.ldm3d_ae_lr)
         ae_loss_fn = None
 
-    control = RunControl(resume, progress, stop_at, step_delay)
     ae_spec = StageSpec("ldm3d_ae", cfg.ldm3d_ae_steps, loss_fn=ae_loss_fn, train_step=ae_step, save=ae_save,
-                        inputs={"data": data_fingerprint(images, masks)},
+                        inputs={"data": data_fingerprint(images, labels)},
                         record={"num_volumes": int(len(images)), "discriminator": use_disc,
-                                "downsampling": ae.downsampling_factor},
+                                "downsampling": ae.downsampling_factor, "tumour_labels": cfg.tumour_labels,
+                                "loss_terms": "L1 + ssim_weight (1 - SSIM) + kl_weight KL"
+                                              + (" + mask_weight balanced mask L1" if cfg.ldm3d_ae_mask_weight else "")
+                                              + (" (+ disc_weight LS-GAN)" if use_disc else "")},
                         batch_size=cfg.ldm3d_ae_batch_size)
-    _, done = run_training(ae_spec, cfg, ae_model, ae_opt, accelerator, out / "autoencoder", control)
-    if not done:
-        return None
+    _, done = run_training(ae_spec, cfg, ae_model, ae_opt, accelerator, out, control)
+    return ae if done else None
 
-    # the latent scale: global std of the training posterior means (as SBLDM)
-    means = encode_means(ae, images, masks, batch_size=cfg.ldm3d_ae_batch_size)
+
+def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
+                stop_at: int | None = None, device: str | None = None, model: LDM3D | None = None,
+                step_delay: float = 0.0) -> LDM3D | None:
+    """Train the 3D-LDM on ``train`` (a ``Prepared`` split or ``(images, label maps)``) into
+    ``out_dir``: the autoencoder (``train_autoencoder``, ``cfg.ldm3d_ae_steps``, run folder
+    ``autoencoder/``), the reconstruction check (``reconstruction_check.json`` there), the latent std of its posterior means, the UNet (``cfg.ldm3d_diffusion_steps``, run
+    folder ``unet/``), then the whole generator saved in ``out_dir/model``. ``stop_at`` stops
+    a stage after that many of its steps (returns None: resume later)."""
+    from sbldm.diffusion.latents import global_std
+    from sbldm.runtime import cpu_setup, seed_everything
+    from sbldm.provenance import fingerprint
+    from sbldm.training.trainer import (RunControl, StageSpec, make_accelerator, noise_batch, noise_loss,
+                                        run_training)
+
+    cpu_setup()
+    seed_everything(cfg.seed)
+    images, labels = check_training_data(train, cfg.tumour_labels)
+    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
+        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    out = Path(out_dir)
+    ldm = model or LDM3D.from_config(cfg)
+    ae, unet, disc = ldm.autoencoder, ldm.unet, ldm.discriminator
+    control = RunControl(resume, progress, stop_at, step_delay)
+
+    # stage 1: the autoencoder (with the optional adversarial term)
+    if train_autoencoder(cfg, (images, labels), out / "autoencoder", ae, disc, control, device) is None:
+        return None
+    accelerator = make_accelerator(cfg, device)
+
+    # the reconstruction check, then the latent scale: global std of the training posterior
+    # means (as SBLDM)
+    check = reconstruction_check(ae, images, labels, batch_size=cfg.ldm3d_ae_batch_size)
+    if accelerator.is_main_process:
+        from sbldm.io import atomic_write_json
+
+        atomic_write_json(out / "autoencoder" / RECONSTRUCTION_CHECK, {**check, "min_dice": cfg.ldm3d_ae_min_dice})
+    check_reconstruction(check, cfg.ldm3d_ae_min_dice, out / "autoencoder")
+    means = encode_means(ae, images, labels, batch_size=cfg.ldm3d_ae_batch_size)
     latent_std = global_std(means)
     data = torch.from_numpy(means / np.float32(latent_std))
 
@@ -444,6 +552,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     unet_spec = StageSpec("ldm3d_unet", cfg.ldm3d_diffusion_steps, loss_fn=unet_loss_fn,
                           inputs={"latents": fingerprint(means, float(latent_std))},
                           record={"latent_std": latent_std, "scaling_factor": 1.0 / latent_std,
+                                  "autoencoder_reconstruction_check": check,
                                   "num_volumes": int(len(data)), "latent_shape": list(means.shape[1:])},
                           batch_size=cfg.ldm3d_diffusion_batch_size)
     unet_model, done = run_training(unet_spec, cfg, unet, opt, accelerator, out / "unet", control)

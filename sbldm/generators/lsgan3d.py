@@ -3,8 +3,9 @@
 Generator (DCGAN-style, derived from the volume shape so every preset works): noise
 z in R^latent_dim -> Linear -> (C, x/2^n, y/2^n, z/2^n) -> BN, ReLU -> (n - 1) x
 [nearest upsample x2, conv3, BN, ReLU], halving the width each time -> nearest upsample
-x2, conv3 to 2 channels (FLAIR, mask) -> tanh. At ``paper``: 2048 -> 512 x 6x6x3 ->
-... -> 2 x 192x192x96, as the authors.
+x2, conv3 to the model-space channels (FLAIR and the whole-tumour mask, as the authors;
+or FLAIR and the BraTS regions WT, TC, ET with ``tumour_labels="regions"``) -> tanh. At
+``paper``: 2048 -> 512 x 6x6x3 -> ... -> 2 x 192x192x96, as the authors.
 
 Discriminator: ``Discriminator3D`` (six 3D convs k4 s2, batch norm, LeakyReLU 0.2 at
 ``paper``, widths 64 .. 1024).
@@ -17,6 +18,13 @@ norms clipped at 5, batch 2. One Adam with two parameter groups stands for the
 authors' two (Adam's state is per parameter and parameters without a gradient are
 skipped, so the updates are the same), which lets the package's training loop
 checkpoint and resume it like any other stage.
+
+Stabilisers beyond the authors' recipe, each a config field that is off at ``paper``:
+a slower discriminator (``lsgan_d_lr``, two time-scales), instance noise on the
+discriminator's inputs (``lsgan_instance_noise``, annealed linearly to 0 over the run), and
+checkpoint selection on the training split (``lsgan_select_every``): every so many steps
+the generator draws ``lsgan_select_samples`` volumes from fixed noise and they are scored
+by ``selection_score``; the best generator is what training returns and saves.
 
 Difference to the authors' code: the LS loss averages the patch scores per volume
 before comparing with that volume's label (the authors averaged over the whole batch
@@ -31,6 +39,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,9 +88,12 @@ class LSGANGenerator3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
 def build_networks(cfg) -> tuple[LSGANGenerator3D, Discriminator3D]:
     """(generator, discriminator) of a config's ``lsgan_*`` fields."""
     check_discriminator_fits(cfg.volume_shape, cfg.lsgan_d_layers, "lsgan_d_layers")
+    from sbldm.data.cohort import TUMOUR_CHANNELS
+
+    channels = 1 + len(TUMOUR_CHANNELS[cfg.tumour_labels])
     g = LSGANGenerator3D(volume_shape=tuple(cfg.volume_shape), latent_dim=cfg.lsgan_latent_dim,
-                         channels=cfg.lsgan_g_channels, upsamplings=cfg.lsgan_upsamplings)
-    d = Discriminator3D(in_channels=2, channels=cfg.lsgan_d_channels, layers=cfg.lsgan_d_layers)
+                         channels=cfg.lsgan_g_channels, upsamplings=cfg.lsgan_upsamplings, out_channels=channels)
+    d = Discriminator3D(in_channels=channels, channels=cfg.lsgan_d_channels, layers=cfg.lsgan_d_layers)
     return g, d
 
 
@@ -148,7 +160,7 @@ class LSGAN3D:
             out = [g(noise[s:s + batch_size]).float().cpu() for s in range(0, int(n), max(int(batch_size), 1))]
         finally:
             g.train(was_training)
-        return to_samples(torch.cat(out) if out else torch.zeros(0, 2, *self.volume_shape))
+        return to_samples(torch.cat(out) if out else torch.zeros(0, g.config.out_channels, *self.volume_shape))
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         d = Path(directory)
@@ -166,12 +178,83 @@ class LSGAN3D:
         return cls(g, disc)
 
 
+#: files of checkpoint selection in the run folder: one row per scored step, the kept generator
+SELECTION_LOG = "selection.jsonl"
+SELECTED_DIR = "selected"
+#: a sample set with more empty masks than this is ranked after every set below it
+SELECTION_MAX_EMPTY = 0.1
+
+
+def selection_score(real_features: np.ndarray, masks: np.ndarray) -> dict:
+    """How far a set of generated whole-tumour ``masks`` lies from the training tumours:
+    ``distance``, the mask-feature distance of ``sbldm.evaluation.generation`` (Wasserstein
+    distance per tumour feature in units of the training spread, averaged over the 9
+    features; a collapsed generator scores high because its spread is gone), over the
+    non-empty masks, and ``empty_fraction``. ``rank`` orders sets: those with at most
+    ``SELECTION_MAX_EMPTY`` empty masks by distance, then the others by their empty share."""
+    from sbldm.evaluation.generation import feature_distribution_distance, mask_features
+
+    got = feature_distribution_distance(real_features, mask_features(masks))
+    empty, dist = float(got["empty_fraction"]), float(got["mean"])
+    dist = dist if np.isfinite(dist) else float("inf")
+    rank = dist if empty <= SELECTION_MAX_EMPTY else 1e6 * (1.0 + empty)
+    return {"distance": dist, "empty_fraction": empty, "rank": rank}
+
+
+class _Selection:
+    """Checkpoint selection of one run folder: scores the generator on fixed noise, keeps
+    the best one in ``SELECTED_DIR`` (atomically) and the scores in ``SELECTION_LOG``.
+    Rows from a step at or after the one being scored come from an earlier, abandoned run
+    and are dropped, so a resumed run replays exactly and a restarted one starts clean."""
+
+    def __init__(self, out_dir: Path, real_features: np.ndarray, noise: torch.Tensor):
+        self.dir, self.real, self.noise = out_dir, real_features, noise
+        self.log = out_dir / SELECTION_LOG
+
+    def rows(self) -> list[dict]:
+        import json
+
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def score(self, step: int, generator: LSGANGenerator3D) -> dict:
+        import json
+
+        from sbldm.io import atomic_write_bytes
+
+        masks = LSGAN3D(generator).generate(len(self.noise), noise=self.noise).masks
+        row = {"step": int(step), **selection_score(self.real, masks)}
+        kept = [r for r in self.rows() if r["step"] < step]
+        best = min(kept, key=lambda r: (r["rank"], r["step"]), default=None)
+        if best is None or row["rank"] < best["rank"]:
+            tmp = self.dir / (SELECTED_DIR + ".tmp")
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            generator.save_pretrained(tmp)
+            (tmp / "selection.json").write_text(json.dumps(row))
+            final = self.dir / SELECTED_DIR
+            if final.exists():
+                import shutil
+
+                shutil.rmtree(final)
+            tmp.rename(final)
+        atomic_write_bytes(self.log, "".join(json.dumps(r) + "\n" for r in kept + [row]).encode())
+        return row
+
+    def best(self) -> dict | None:
+        return min(self.rows(), key=lambda r: (r["rank"], r["step"]), default=None)
+
+
 def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
                   stop_at: int | None = None, device: str | None = None, model: LSGAN3D | None = None,
                   step_delay: float = 0.0) -> LSGAN3D | None:
     """Train the 3D-LSGAN on ``train`` (a ``Prepared`` split or ``(images, masks)``) for
     ``cfg.lsgan_steps`` steps into ``out_dir`` (checkpoints, log, loss curve, run record;
-    the trained generator in ``out_dir/model``). ``model`` gives the initial networks (default: built
+    the trained generator in ``out_dir/model``: the last one, or with ``lsgan_select_every``
+    the best-scoring one, ``out_dir/selection.jsonl`` holding the scores). ``model`` gives the initial networks (default: built
     from ``cfg`` under ``cfg.seed``). ``stop_at`` stops after that many steps (returns None:
     resume later)."""
     from sbldm.runtime import cpu_setup, seed_everything
@@ -180,7 +263,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
 
     cpu_setup()
     seed_everything(cfg.seed)
-    images, masks = check_training_data(train)
+    images, labels = check_training_data(train, cfg.tumour_labels)
     if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
         raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
     gan = model or LSGAN3D.from_config(cfg)
@@ -190,22 +273,41 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     if accelerator.num_processes > 1:
         raise NotImplementedError("the 3D-LSGAN trains on one device (its alternating updates are not wrapped for DDP)")
     nets = nn.ModuleDict({"generator": gan.generator, "discriminator": gan.discriminator})
-    optimizer = torch.optim.Adam([{"params": gan.generator.parameters()}, {"params": gan.discriminator.parameters()}],
+    d_lr = cfg.lsgan_lr if cfg.lsgan_d_lr is None else cfg.lsgan_d_lr
+    optimizer = torch.optim.Adam([{"params": gan.generator.parameters()},
+                                  {"params": gan.discriminator.parameters(), "lr": d_lr}],
                                  lr=cfg.lsgan_lr, betas=(cfg.lsgan_beta1, 0.999))
     dev = accelerator.device
     clip = cfg.lsgan_grad_clip
+    out = Path(out_dir)
+    selection = None
+    if cfg.lsgan_select_every:
+        from sbldm.evaluation.generation import mask_features
+
+        noise = torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
+                            generator=torch.Generator().manual_seed(cfg.seed + 1))
+        selection = _Selection(out, mask_features(labels > 0), noise.to(dev))
+
+    def instance_noise(step: int, gen: torch.Generator):
+        """Noise for the discriminator's inputs at ``step`` (None when off)."""
+        sigma = cfg.lsgan_instance_noise * max(0.0, 1.0 - step / max(cfg.lsgan_steps, 1))
+        if sigma <= 0:
+            return None
+        return lambda t: t + sigma * torch.randn(t.shape, generator=gen).to(t.device, t.dtype)
 
     def train_step(step, rng, m, opt):
         net = accelerator.unwrap_model(m)
         g, d = net["generator"], net["discriminator"]
-        x = volume_batch(images, masks, rng, cfg.lsgan_batch_size, cfg.lsgan_flip_prob).to(dev)
+        x = volume_batch(images, labels, rng, cfg.lsgan_batch_size, cfg.lsgan_flip_prob, cfg.tumour_labels).to(dev)
         gen = step_generator(rng)
         real_y, fake_y = (t.to(dev) for t in noisy_labels(len(x), cfg.lsgan_label_noise, gen))
         z = torch.randn(len(x), cfg.lsgan_latent_dim, generator=gen).to(dev)
+        noisy = instance_noise(step, gen)
+        d_in = d if noisy is None else (lambda v: d(noisy(v)))
         # generator update (the discriminator's weights get no gradient)
         d.requires_grad_(False)
         with accelerator.autocast():
-            g_loss, fake = generator_loss(g, d, z, real_y)
+            g_loss, fake = generator_loss(g, d_in, z, real_y)
         accelerator.backward(g_loss)
         d.requires_grad_(True)
         if clip:
@@ -214,26 +316,42 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
         opt.zero_grad(set_to_none=True)
         # discriminator update on the same fake batch, detached
         with accelerator.autocast():
-            terms = discriminator_loss(d, x, fake, real_y, fake_y)
+            terms = discriminator_loss(d_in, x, fake, real_y, fake_y)
         accelerator.backward(terms["d_loss"])
         if clip:
             accelerator.clip_grad_norm_(d.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        out = {k: v.detach() for k, v in terms.items()}
-        return {"loss": g_loss.detach() + out["d_loss"], "g_loss": g_loss.detach(), **out}
+        result = {k: v.detach() for k, v in terms.items()}
+        if selection is not None and (step + 1) % cfg.lsgan_select_every == 0:
+            row = selection.score(step + 1, g)
+            result["select_distance"] = torch.tensor(min(row["distance"], 1e6))
+            result["select_empty"] = torch.tensor(row["empty_fraction"])
+        return {"loss": g_loss.detach() + result["d_loss"], "g_loss": g_loss.detach(), **result}
+
+    def selected(generator: LSGANGenerator3D) -> LSGANGenerator3D:
+        """The kept generator of checkpoint selection (``generator`` itself when off or
+        when nothing was scored)."""
+        if selection is None or not (out / SELECTED_DIR).is_dir():
+            return generator
+        return LSGANGenerator3D.from_pretrained(out / SELECTED_DIR).to(next(generator.parameters()).device)
 
     def save(net, directory):
-        LSGAN3D(net["generator"], net["discriminator"]).save_pretrained(directory / MODEL_DIR)
+        LSGAN3D(selected(net["generator"]), net["discriminator"]).save_pretrained(directory / MODEL_DIR)
 
+    record = {"num_volumes": int(len(images)), "tumour_labels": cfg.tumour_labels,
+              "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"}
+    if selection is not None:
+        record["selection"] = ("the generator kept is the best of those scored every lsgan_select_every steps "
+                               "on the training split (sbldm.generators.lsgan3d.selection_score); scores in "
+                               f"{SELECTION_LOG}")
     spec = StageSpec(KIND, cfg.lsgan_steps, train_step=train_step, save=save,
-                     inputs={"data": data_fingerprint(images, masks)},
-                     record={"num_volumes": int(len(images)),
-                             "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"},
+                     inputs={"data": data_fingerprint(images, labels)}, record=record,
                      batch_size=cfg.lsgan_batch_size)
-    _, done = run_training(spec, cfg, nets, optimizer, accelerator, Path(out_dir),
+    _, done = run_training(spec, cfg, nets, optimizer, accelerator, out,
                            RunControl(resume, progress, stop_at, step_delay))
     if not done:
         return None
+    gan.generator = selected(gan.generator)
     gan.generator.eval()
     return gan

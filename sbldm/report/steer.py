@@ -201,7 +201,13 @@ class TumourSteering:
         def on_generate(_=None):
             self.set(**{k: s.value for k, s in sliders.items()})   # what is shown is what is asked for
             self.guidance_scale, self.steps, self.seed = float(guidance.value), int(steps.value), int(seed.value)
-            self.generate()
+            try:
+                self.generate()
+            except ValueError as e:             # a request the model cannot draw (e.g. outside the brain): say why
+                import html
+
+                status.value = f"<b>not generated</b>: {html.escape(str(e))}"
+                return
             out.clear_output(wait=True)
             with out:
                 from IPython.display import display

@@ -117,9 +117,10 @@ def _train_step_setup(component: str, cfg, device: str):
         if component == "ldm3d_autoencoder":
             model = ae.to(device)
             b = cfg.ldm3d_ae_batch_size
-            x = (torch.rand((b, 2, x_, y_, z_), generator=g) * 2 - 1).to(device)
-            loss = lambda: autoencoder_loss(model, x)[0]["loss"]  # noqa: E731
-            unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
+            c = model.config.in_channels
+            x = (torch.rand((b, c, x_, y_, z_), generator=g) * 2 - 1).to(device)
+            loss = lambda: autoencoder_loss(model, x, mask_weight=cfg.ldm3d_ae_mask_weight)[0]["loss"]  # noqa: E731
+            unit = f"batch of {b} volumes {c}x{x_}x{y_}x{z_}"
         else:
             model = unet.to(device)
             b = cfg.ldm3d_diffusion_batch_size

@@ -611,11 +611,12 @@ def train_pipeline(cfg: Config, vae, latents, train, out_dir: str | os.PathLike,
     split encoded by ``vae``) with the conditions, spatial priors and tumour weights that
     ``sbldm.diffusion.unet_inputs.diffusion_inputs`` computes from ``train`` (a ``Prepared``
     split), then assembled with ``vae`` into an ``SBLDMPipeline`` that knows the feature
-    normaliser, the training features, the latent scale and the training grid's affine.
+    normaliser, the training features, the latent scale, the training grid's affine and
+    where the training brains have brain (``brain_support``).
     Returns None when ``stop_at`` stopped the run before ``cfg.diffusion_steps``; saving the
     pipeline is the caller's."""
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.diffusion.unet_inputs import diffusion_inputs
+    from sbldm.diffusion.unet_inputs import brain_support, diffusion_inputs
 
     inputs = diffusion_inputs(cfg, train)
     unet = train_diffusion(cfg, latents, inputs["conditions"], out_dir, resume=resume, progress=progress,
@@ -625,4 +626,5 @@ def train_pipeline(cfg: Config, vae, latents, train, out_dir: str | os.PathLike,
         return None
     return SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
                                          train_features=train.features, latent_std=latents.latent_std,
-                                         affine=train.grid_affine)
+                                         affine=train.grid_affine,
+                                         brain_support=brain_support(train.images, cfg.vae_downsampling))
