@@ -113,9 +113,13 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", default="small")
     ap.add_argument("--only", choices=("autoencoder", "lsgan"), default=None)
     ap.add_argument("--select-every", type=int, default=100)
+    ap.add_argument("--ae-steps", type=int, default=None, help="every autoencoder row's budget (default: the preset's)")
+    ap.add_argument("--lsgan-steps", type=int, default=None, help="every 3D-LSGAN row's budget (default: the preset's)")
     args = ap.parse_args(argv)
     session = open_session(args.scale)          # the prepared cohort of notebook 00
     cfg, work, train, tables = session.cfg, session.work, session.train, session.out / "tables"
+    budgets = {k: v for k, v in (("ldm3d_ae_steps", args.ae_steps), ("lsgan_steps", args.lsgan_steps)) if v}
+    cfg = dataclasses.replace(cfg, **budgets)
     notes = [f"scale `{cfg.scale}`, seed {cfg.seed}, {len(train.images)} training volumes; training split only "
              "(the test split is never used to choose a setting or a checkpoint)"]
     if args.only in (None, "autoencoder"):
