@@ -324,7 +324,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,
         lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
-        lsgan_d_layers=3, lsgan_steps=10,
+        lsgan_d_layers=3, lsgan_steps=10, lsgan_select_every=5, lsgan_select_samples=4, lsgan_d_lr=5e-5,
+        ldm3d_ae_mask_weight=1.0,
         ldm3d_ae_channels=(8, 16, 16), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
         ldm3d_ae_lr=1e-3, ldm3d_ae_steps=10, ldm3d_disc_channels=16, ldm3d_disc_layers=3,
         ldm3d_unet_channels=(16, 32, 32), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
@@ -361,9 +362,15 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # the conditioning ablation (notebook 07): 5 rows x 400 latent-UNet steps, 50 requests each
         ablation_steps=400, ablation_requests=50,
         lsgan_latent_dim=128, lsgan_g_channels=128, lsgan_upsamplings=4, lsgan_d_channels=128,
-        lsgan_d_layers=5, lsgan_steps=1000,
+        lsgan_d_layers=5, lsgan_steps=3000,
+        # a slower discriminator and checkpoint selection on the training split, from the baseline
+        # ablation (docs/decisions.md, "Baselines")
+        lsgan_d_lr=5e-5, lsgan_select_every=100, lsgan_select_samples=32,
         # the baselines' step counts: docs/decisions.md, "The small preset's sampling and baseline budgets"
-        ldm3d_ae_channels=(4, 16, 32), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
+        # the 3D-LDM autoencoder: mask term, width 16 at full resolution and the reconstruction
+        # gate, from the baseline ablation (docs/decisions.md, "Baselines")
+        ldm3d_ae_channels=(16, 32, 32), ldm3d_ae_latent_channels=4, ldm3d_ae_norm_groups=4,
+        ldm3d_ae_mask_weight=1.0, ldm3d_ae_min_dice=0.5,
         ldm3d_ae_lr=5e-4, ldm3d_ae_steps=500, ldm3d_disc_channels=64, ldm3d_disc_layers=3,
         ldm3d_unet_channels=(16, 32, 64), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=8,
         ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=2e-4, ldm3d_diffusion_batch_size=4,
