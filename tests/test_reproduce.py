@@ -347,3 +347,29 @@ def test_readme_block_flags_results_that_predate_the_data(tmp_path):
     block = results_section(d, "small", link_root=tmp_path)
     assert "**Stale results**: `02_train_diffusion`, `04_evaluate_generation`" in block
     assert "`01_train_vae` | ok |" in block
+
+
+def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_staleness(tmp_path):
+    from sbldm.report import summaries
+    from sbldm.report.readme import results_section
+
+    d = tmp_path / "r"
+    (d / "tables").mkdir(parents=True)
+    run = {"notebooks": {"00_prepare_data": {"status": "ok", "finished_at": "2026-11-28T03:43:00Z"},
+                         "03_train_baselines": {"status": "ok", "finished_at": "2026-11-28T04:00:00Z"},
+                         "06_segmentation_study": {"status": "ok", "finished_at": "2026-11-25T16:11:00Z"}}}
+    (d / "run.json").write_text(json.dumps(run))
+    check = {"n_volumes": 20, "wt_dice": 0.61, "tc_dice": 0.4, "et_dice": 0.2, "wt_empty_fraction": 0.05, "min_dice": 0.5}
+    scores = [{"step": 100, "distance": 3.0, "empty_fraction": 0.0, "rank": 3.0},
+              {"step": 200, "distance": 0.9, "empty_fraction": 0.0, "rank": 0.9},
+              {"step": 300, "distance": 1.5, "empty_fraction": 0.5, "rank": 1.5e6}]
+    text = summaries.baselines("small", check, scores)
+    assert "Dice WT 0.61, TC 0.40, ET 0.20 (5% decoded empty)" in text
+    assert "kept is step 200 of 300: mask-feature distance 0.90" in text and "(last step: 1.50, 50% empty)" in text
+    assert "last step's" in summaries.baselines("small", {**check, "tc_dice": 0.4}, None)
+    assert summaries.save(d, "03_train_baselines", text) == text
+    assert (d / "summaries" / "03_train_baselines.md").read_text() == text + "\n"
+    summaries.save(d, "06_segmentation_study", "- real only 0.9")
+    block = results_section(d, "small", link_root=tmp_path)
+    assert "**03_train_baselines**\n\n" + text in block
+    assert "**06_segmentation_study** — **stale**: ran before the data it should use\n\n- real only 0.9" in block

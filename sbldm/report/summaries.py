@@ -12,6 +12,44 @@ import numpy as np
 
 SMOKE = "- smoke scale: a plumbing check; these numbers mean nothing."
 
+#: the folder under results/<run>/ that keeps each notebook's closing summary (the README's
+#: "What the numbers say" comes from it)
+FOLDER = "summaries"
+
+
+def save(out_dir, notebook: str, markdown: str) -> str:
+    """Write a notebook's closing summary to ``out_dir/summaries/<notebook>.md`` (atomically)
+    and return it, so the notebook shows what the README will quote."""
+    from pathlib import Path
+
+    from sbldm.io import atomic_write_bytes
+
+    path = Path(out_dir) / FOLDER / f"{notebook}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (markdown.rstrip() + "\n").encode())
+    return markdown
+
+
+def baselines(scale: str, check: dict, selection: list[dict] | None) -> str:
+    """Notebook 03: does the 3D-LDM's autoencoder draw tumours, which 3D-LSGAN step was kept."""
+    lines = [f"At `{scale}`:"]
+    regions = ", ".join(f"{k[:2].upper()} {_f(check[k])}" for k in ("wt_dice", "tc_dice", "et_dice") if k in check)
+    lines.append(f"- the 3D-LDM autoencoder decodes {check['n_volumes']} training volumes with Dice {regions} "
+                 f"({_pct(check['wt_empty_fraction'])} decoded empty); its gate is "
+                 f"{_f(check.get('min_dice', 0.0))} (0 = report only).")
+    if selection:
+        kept = min(selection, key=lambda r: (r["rank"], r["step"]))
+        last = selection[-1]
+        lines.append(f"- the 3D-LSGAN generator kept is step {kept['step']} of {last['step']}: mask-feature distance "
+                     f"{_f(kept['distance'])} to the training tumours with {_pct(kept['empty_fraction'])} empty "
+                     f"(last step: {_f(last['distance'])}, {_pct(last['empty_fraction'])} empty); scored on the "
+                     "training split only.")
+    else:
+        lines.append("- the 3D-LSGAN generator is the last step's (no checkpoint selection).")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
+
 
 def _f(v, digits: int = 2) -> str:
     try:
