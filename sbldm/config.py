@@ -32,6 +32,9 @@ FEATURE_NAMES = (
 
 #: training stages whose checkpoints resume; each field declares the stages that read it
 STAGES = ("vae", "diffusion", "ldm3d_ae", "ldm3d_unet", "lsgan3d")
+#: what a diffusion UNet may predict: the noise, the velocity v, or the clean sample x0
+#: (diffusers' names; ``sbldm.training.trainer.noise_batch`` builds each target)
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: a stage's trajectory also depends on what the stages before it produced
 UPSTREAM = {"vae": (), "diffusion": ("vae",), "ldm3d_ae": (), "ldm3d_unet": ("ldm3d_ae",), "lsgan3d": ()}
 
@@ -459,8 +462,8 @@ def _validate(cfg: Config) -> None:
     choices = {
         "unet_cond_fusion": ("scale_shift", "add"),
         "diffusion_loss": ("mse", "l1"),
-        "diffusion_prediction_type": ("epsilon", "v_prediction", "sample"),
-        "ldm3d_diffusion_prediction_type": ("epsilon", "v_prediction", "sample"),
+        "diffusion_prediction_type": PREDICTION_TYPES,
+        "ldm3d_diffusion_prediction_type": PREDICTION_TYPES,
         "ldm3d_diffusion_loss": ("mse", "l1"),
         "ldm3d_unet_cond_fusion": ("scale_shift", "add"),
         "ldm3d_ae_ssim_range": ("signed", "unit"),

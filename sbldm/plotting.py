@@ -10,10 +10,13 @@ from typing import Sequence
 
 import numpy as np
 
+from sbldm.data.tumour import ENHANCING, NECROSIS, OEDEMA, REGIONS
+
 VIEWS = ("axial", "coronal", "sagittal")
-#: outlines of a label map (sbldm's labels 1 necrosis, 2 oedema, 3 enhancing): the labels
-#: each outline encloses, its colour and its name, drawn in this order
-OUTLINES = (((1, 2, 3), "#2ca02c", "whole tumour"), ((1,), "#ffd700", "necrosis"), ((3,), "#d62728", "enhancing"))
+#: outlines of a label map (``sbldm.data.tumour``'s labels): the labels each outline
+#: encloses, its colour and its name, drawn in this order
+OUTLINES = ((REGIONS["WT"], "#2ca02c", "whole tumour"), ((NECROSIS,), "#ffd700", "necrosis"),
+            ((ENHANCING,), "#d62728", "enhancing"))
 
 
 def outline_legend(fig) -> None:
@@ -30,7 +33,9 @@ def label_colormap():
     from matplotlib.colors import ListedColormap
 
     colours = {members: colour for members, colour, _ in OUTLINES}
-    return ListedColormap(["black", colours[(1,)], colours[(1, 2, 3)], colours[(3,)]])
+    by_value = {0: "black", NECROSIS: colours[(NECROSIS,)], OEDEMA: colours[REGIONS["WT"]],
+                ENHANCING: colours[(ENHANCING,)]}
+    return ListedColormap([by_value[v] for v in sorted(by_value)])
 
 
 def draw_outlines(ax, mask2d: np.ndarray | None = None, labels2d: np.ndarray | None = None,

@@ -68,9 +68,9 @@ def z_image(image: np.ndarray, seg: np.ndarray, spacing: Sequence[float] = (1.0,
 
 def _boundary(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one 6-neighbour outside it."""
-    from scipy import ndimage
+    from sbldm.data.tumour import boundary
 
-    return mask & ~ndimage.binary_erosion(mask, structure=_six_neighbours(), border_value=0)
+    return boundary(mask, 1)
 
 
 def oedema_thickness_ratio(seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:

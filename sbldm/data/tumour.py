@@ -95,6 +95,16 @@ def labels_from_regions(wt, tc, et) -> np.ndarray:
     return out
 
 
+def boundary(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
+    """Voxels of the binary ``mask`` with at least one neighbour outside it (or outside the
+    array): ``connectivity`` 1 = face neighbours (6 in 3D), ``mask.ndim`` = all of them."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, bool)
+    structure = ndimage.generate_binary_structure(mask.ndim, connectivity)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
 class EmptyMaskError(ValueError):
     """The mask holds no tumour voxel, so tumour features are undefined."""
 

@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from sbldm.data.tumour import boundary
 from sbldm.data.tumour import REGIONS, VALID_LABELS, check_labels, region_mask  # noqa: F401  (re-exported: the regions scored here)
 
 HD95_PENALTY_MM: float = 374.0
@@ -163,8 +164,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    structure = ndimage.generate_binary_structure(mask.ndim, SURFACE_CONNECTIVITY)
-    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+    return boundary(mask, SURFACE_CONNECTIVITY)
 
 
 def _hd_percentile_nonempty(p: np.ndarray, r: np.ndarray, spacing: tuple[float, ...], percentile: float) -> float:

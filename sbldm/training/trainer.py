@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sbldm.config import Config, resume_conflicts
+from sbldm.config import PREDICTION_TYPES, Config, resume_conflicts  # noqa: F401  (PREDICTION_TYPES re-exported)
 from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
 from sbldm.runtime import cpu_setup, seed_everything
 from sbldm.io import atomic_write_bytes, atomic_write_json
@@ -429,10 +429,6 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
 
 # -- stage 2 ----------------------------------------------------------------------------------
-
-#: what the latent UNet may regress (diffusers' ``prediction_type``)
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
-
 
 def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor,
                 prediction_type: str = "epsilon"):
