@@ -10,7 +10,10 @@ from typing import Sequence
 
 import numpy as np
 
-from sbldm.data.tumour import ENHANCING, NECROSIS, OEDEMA, REGIONS
+#: sbldm.data.tumour's labels and whole-tumour region (plotting sits below the data stage,
+#: so they are repeated here; tests/test_tumour.py checks that they agree)
+NECROSIS, OEDEMA, ENHANCING = 1, 2, 3
+REGIONS = {"WT": (NECROSIS, OEDEMA, ENHANCING)}
 
 VIEWS = ("axial", "coronal", "sagittal")
 #: outlines of a label map (``sbldm.data.tumour``'s labels): the labels each outline

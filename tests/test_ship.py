@@ -50,9 +50,6 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
 
 
 @pytest.mark.skipif(not (ROOT / "pretrained" / "small").is_dir(), reason="no shipped small pipeline")
-@pytest.mark.xfail(strict=True, reason="pretrained/small was trained before the small preset carried the BraTS "
-                                       "regions (tumour_labels='regions'): its VAE has 2 channels, the preset's 4. "
-                                       "It is reshipped after the small rerun; strict, so this mark must go then")
 def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     from sbldm.config import resolve
     from sbldm.diffusion.pipeline import SBLDMPipeline
@@ -70,7 +67,10 @@ def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     meta = json.loads((folder / "conditioner" / "config.json").read_text())
     assert tuple(meta["volume_shape"]) == cfg.volume_shape and meta["normalizer"]["kind"] == cfg.condition_normalization
     assert meta["affine"] is not None and len(meta["train_features"]) == cfg.n_train
+    assert meta["brain_support"]["shape"] == [cfg.volume_shape[0] // cfg.vae_downsampling,
+                                              cfg.volume_shape[1] // cfg.vae_downsampling, cfg.volume_shape[2]]
     pipe = SBLDMPipeline.from_pretrained(folder)
     out = pipe(num_volumes=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.images.shape == (1, *cfg.volume_shape) and np.isfinite(out.images).all()
+    assert out.labels is not None and out.labels.shape == out.images.shape     # the regions: a label map
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 15e6      # the size budget

@@ -88,3 +88,11 @@ def test_sweep_varies_one_feature_and_keeps_position():
     assert np.all(np.diff(sw[:, 1]) > 0) and np.all(np.diff(sw[:, 6]) >= 0)
     with pytest.raises(ValueError, match="unknown feature"):
         sampler.sweep(base, "radius", [1])
+
+
+def test_the_figures_outline_the_labels_of_the_data_stage():
+    from sbldm import plotting
+    from sbldm.data import tumour
+
+    assert (plotting.NECROSIS, plotting.OEDEMA, plotting.ENHANCING) == (tumour.NECROSIS, tumour.OEDEMA, tumour.ENHANCING)
+    assert plotting.REGIONS["WT"] == tumour.REGIONS["WT"]

@@ -318,3 +318,26 @@ def feature_summary(splits: Mapping[str, np.ndarray]) -> list[dict]:
                         f"{split}_min": float(np.nanmin(col)), f"{split}_max": float(np.nanmax(col))})
         rows.append(row)
     return rows
+
+
+def mask_features(masks) -> np.ndarray:
+    """(N, 9) raw tumour features of binary masks; NaN rows for empty masks."""
+    return np.array([[f[k] for k in FEATURE_NAMES] for f in (tumour_features(m, empty="nan") for m in masks)])
+
+
+def feature_distribution_distance(real_features, synthetic_features) -> dict:
+    """Per-feature Wasserstein-1 distance / std of the real feature, plus the mean over
+    features and the fraction of synthetic masks without tumour (excluded)."""
+    from scipy.stats import wasserstein_distance
+
+    real = np.asarray(real_features, np.float64)
+    syn = np.asarray(synthetic_features, np.float64)
+    empty = np.isnan(syn).any(axis=1)
+    syn = syn[~empty]
+    out = {}
+    for j, name in enumerate(FEATURE_NAMES):
+        scale = real[:, j].std() or 1.0
+        out[name] = float(wasserstein_distance(real[:, j], syn[:, j]) / scale) if len(syn) else math.nan
+    out["mean"] = float(np.mean([out[n] for n in FEATURE_NAMES]))
+    out["empty_fraction"] = float(empty.mean()) if len(empty) else math.nan
+    return out

@@ -31,8 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sbldm.config import FEATURE_NAMES
-from sbldm.data.tumour import tumour_features
+from sbldm.data.tumour import feature_distribution_distance, mask_features, tumour_features  # noqa: F401  (re-exported)
 from sbldm.metrics import finite_summary, psnr_volumes, ssim_map, to_unit
 from sbldm.provenance import device_name
 
@@ -129,29 +128,6 @@ def pairwise_ms_ssim(volumes, max_volumes: int = 20, seed: int = 0, kernel_size:
                                     weights=weights).reshape(-1).numpy())
     vals = np.concatenate(vals) if vals else np.array([])
     return {**finite_summary(vals), "kernel_size": k, "scales": len(weights), "volumes": int(len(v))}
-
-
-def mask_features(masks) -> np.ndarray:
-    """(N, 9) raw tumour features of binary masks; NaN rows for empty masks."""
-    return np.array([[f[k] for k in FEATURE_NAMES] for f in (tumour_features(m, empty="nan") for m in masks)])
-
-
-def feature_distribution_distance(real_features, synthetic_features) -> dict:
-    """Per-feature Wasserstein-1 distance / std of the real feature, plus the mean over
-    features and the fraction of synthetic masks without tumour (excluded)."""
-    from scipy.stats import wasserstein_distance
-
-    real = np.asarray(real_features, np.float64)
-    syn = np.asarray(synthetic_features, np.float64)
-    empty = np.isnan(syn).any(axis=1)
-    syn = syn[~empty]
-    out = {}
-    for j, name in enumerate(FEATURE_NAMES):
-        scale = real[:, j].std() or 1.0
-        out[name] = float(wasserstein_distance(real[:, j], syn[:, j]) / scale) if len(syn) else math.nan
-    out["mean"] = float(np.mean([out[n] for n in FEATURE_NAMES]))
-    out["empty_fraction"] = float(empty.mean()) if len(empty) else math.nan
-    return out
 
 
 def conditioning_adherence(requested_features, masks) -> dict:

@@ -106,7 +106,10 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
 
 
 def main(argv=None) -> None:
-    from sbldm.runner.session import open_session
+    from sbldm.config import resolve
+    from sbldm.data.cohort import load_prepared
+    from sbldm.paths import REPO_ROOT
+    from sbldm.runs import run_name
     from sbldm.tables import write_table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -116,8 +119,10 @@ def main(argv=None) -> None:
     ap.add_argument("--ae-steps", type=int, default=None, help="every autoencoder row's budget (default: the preset's)")
     ap.add_argument("--lsgan-steps", type=int, default=None, help="every 3D-LSGAN row's budget (default: the preset's)")
     args = ap.parse_args(argv)
-    session = open_session(args.scale)          # the prepared cohort of notebook 00
-    cfg, work, train, tables = session.cfg, session.work, session.train, session.out / "tables"
+    cfg = resolve(args.scale)
+    run = run_name(args.scale)
+    work, tables = REPO_ROOT / "work" / run, REPO_ROOT / "results" / run / "tables"
+    train = load_prepared(work / "data", "train")          # the prepared cohort of notebook 00
     budgets = {k: v for k, v in (("ldm3d_ae_steps", args.ae_steps), ("lsgan_steps", args.lsgan_steps)) if v}
     cfg = dataclasses.replace(cfg, **budgets)
     notes = [f"scale `{cfg.scale}`, seed {cfg.seed}, {len(train.images)} training volumes; training split only "

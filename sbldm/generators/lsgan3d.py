@@ -187,12 +187,12 @@ SELECTION_MAX_EMPTY = 0.1
 
 def selection_score(real_features: np.ndarray, masks: np.ndarray) -> dict:
     """How far a set of generated whole-tumour ``masks`` lies from the training tumours:
-    ``distance``, the mask-feature distance of ``sbldm.evaluation.generation`` (Wasserstein
+    ``distance``, the mask-feature distance of ``sbldm.data.tumour.feature_distribution_distance`` (Wasserstein
     distance per tumour feature in units of the training spread, averaged over the 9
     features; a collapsed generator scores high because its spread is gone), over the
     non-empty masks, and ``empty_fraction``. ``rank`` orders sets: those with at most
     ``SELECTION_MAX_EMPTY`` empty masks by distance, then the others by their empty share."""
-    from sbldm.evaluation.generation import feature_distribution_distance, mask_features
+    from sbldm.data.tumour import feature_distribution_distance, mask_features
 
     got = feature_distribution_distance(real_features, mask_features(masks))
     empty, dist = float(got["empty_fraction"]), float(got["mean"])
@@ -282,7 +282,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     out = Path(out_dir)
     selection = None
     if cfg.lsgan_select_every:
-        from sbldm.evaluation.generation import mask_features
+        from sbldm.data.tumour import mask_features
 
         noise = torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
                             generator=torch.Generator().manual_seed(cfg.seed + 1))
