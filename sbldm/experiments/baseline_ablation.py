@@ -78,10 +78,8 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
     """One row per 3D-LSGAN setting: the selection score of the last step and of the best
     scored step (mask-feature distance, empty share, and the share of masks in several
     pieces of the best generator's fixed-noise samples), the final losses, the time."""
-    import torch
-
     from sbldm.evaluation.appearance import tumour_appearance
-    from sbldm.generators.lsgan3d import SELECTION_LOG, train_lsgan3d
+    from sbldm.generators.lsgan3d import SELECTION_LOG, best_score, selection_noise, train_lsgan3d
     from sbldm.training.trainer import read_log
 
     out = []
@@ -90,9 +88,8 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
         run_dir = Path(work_dir) / "lsgan" / slug(name)
         gan = train_lsgan3d(row_cfg, train, run_dir, progress=progress)
         scores = [json.loads(line) for line in (run_dir / SELECTION_LOG).read_text().splitlines() if line.strip()]
-        last, best = scores[-1], min(scores, key=lambda r: (r["rank"], r["step"]))
-        noise = torch.randn(row_cfg.lsgan_select_samples, row_cfg.lsgan_latent_dim,
-                            generator=torch.Generator().manual_seed(row_cfg.seed + 1))
+        last, best = scores[-1], best_score(scores)
+        noise = selection_noise(row_cfg)
         s = gan.generate(len(noise), noise=noise)
         look = tumour_appearance(s.images, s.masks)
         end = [r for r in read_log(run_dir) if "d_loss" in r][-1]

@@ -97,10 +97,12 @@ def volume_batch(images: np.ndarray, labels: np.ndarray, rng: np.random.Generato
     return torch.from_numpy(np.stack(xs))
 
 
-def check_training_data(train, tumour_labels: str = "whole") -> tuple[np.ndarray, np.ndarray]:
+def check_training_data(train, tumour_labels: str = "whole",
+                        volume_shape=None) -> tuple[np.ndarray, np.ndarray]:
     """(images, tumour maps) of a ``Prepared`` split (its label maps) or an ``(images,
-    label maps or masks)`` pair, checked: the same (N, x, y, z) shapes, N > 0, and label
-    maps, not binary masks, where ``tumour_labels="regions"`` asks for the sub-regions."""
+    label maps or masks)`` pair, checked: the same (N, x, y, z) shapes, N > 0, (x, y, z)
+    equal to ``volume_shape`` when given, and label maps, not binary masks, where
+    ``tumour_labels="regions"`` asks for the sub-regions."""
     from sbldm.data.cohort import Prepared, check_not_a_mask
 
     images, labels = (train.images, train.labels) if isinstance(train, Prepared) else train
@@ -108,6 +110,8 @@ def check_training_data(train, tumour_labels: str = "whole") -> tuple[np.ndarray
     if images.ndim != 4 or images.shape != labels.shape or len(images) == 0:
         raise ValueError(f"training images {images.shape} and label maps {labels.shape} must both be (N, x, y, z), "
                          "N > 0")
+    if volume_shape is not None and tuple(images.shape[1:]) != tuple(volume_shape):
+        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(volume_shape)}")
     check_not_a_mask(labels, tumour_labels)
     return images, labels
 

@@ -421,7 +421,7 @@ def train_autoencoder(cfg, train, out_dir: str | os.PathLike, ae: AutoencoderKL3
         seed_everything(cfg.seed)
         ae, _, disc = build_networks(cfg)
     control = control or RunControl()
-    images, labels = check_training_data(train, cfg.tumour_labels)
+    images, labels = check_training_data(train, cfg.tumour_labels, cfg.volume_shape)
     out = Path(out_dir)
     use_disc = disc is not None
     accelerator = make_accelerator(cfg, device)
@@ -508,9 +508,7 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
 
     cpu_setup()
     seed_everything(cfg.seed)
-    images, labels = check_training_data(train, cfg.tumour_labels)
-    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
-        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    images, labels = check_training_data(train, cfg.tumour_labels, cfg.volume_shape)
     out = Path(out_dir)
     ldm = model or LDM3D.from_config(cfg)
     ae, unet, disc = ldm.autoencoder, ldm.unet, ldm.discriminator

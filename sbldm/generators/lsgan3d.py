@@ -201,6 +201,17 @@ def selection_score(real_features: np.ndarray, masks: np.ndarray) -> dict:
     return {"distance": dist, "empty_fraction": empty, "rank": rank}
 
 
+def best_score(rows: list[dict]) -> dict | None:
+    """The kept row of a selection log: the lowest ``rank``, the earlier step on a tie."""
+    return min(rows, key=lambda r: (r["rank"], r["step"]), default=None)
+
+
+def selection_noise(cfg) -> torch.Tensor:
+    """The fixed noise (``lsgan_select_samples``, ``lsgan_latent_dim``) the generator is scored on."""
+    return torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
+                       generator=torch.Generator().manual_seed(cfg.seed + 1))
+
+
 class _Selection:
     """Checkpoint selection of one run folder: scores the generator on fixed noise, keeps
     the best one in ``SELECTED_DIR`` (atomically) and the scores in ``SELECTION_LOG``.
@@ -220,32 +231,26 @@ class _Selection:
 
     def score(self, step: int, generator: LSGANGenerator3D) -> dict:
         import json
+        import shutil
 
         from sbldm.io import atomic_write_bytes
 
         masks = LSGAN3D(generator).generate(len(self.noise), noise=self.noise).masks
         row = {"step": int(step), **selection_score(self.real, masks)}
         kept = [r for r in self.rows() if r["step"] < step]
-        best = min(kept, key=lambda r: (r["rank"], r["step"]), default=None)
+        best = best_score(kept)
         if best is None or row["rank"] < best["rank"]:
             tmp = self.dir / (SELECTED_DIR + ".tmp")
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp)
             generator.save_pretrained(tmp)
             (tmp / "selection.json").write_text(json.dumps(row))
             final = self.dir / SELECTED_DIR
             if final.exists():
-                import shutil
-
                 shutil.rmtree(final)
             tmp.rename(final)
         atomic_write_bytes(self.log, "".join(json.dumps(r) + "\n" for r in kept + [row]).encode())
         return row
-
-    def best(self) -> dict | None:
-        return min(self.rows(), key=lambda r: (r["rank"], r["step"]), default=None)
 
 
 def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
@@ -263,9 +268,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
 
     cpu_setup()
     seed_everything(cfg.seed)
-    images, labels = check_training_data(train, cfg.tumour_labels)
-    if tuple(images.shape[1:]) != tuple(cfg.volume_shape):
-        raise ValueError(f"training volumes have shape {images.shape[1:]}, config says {tuple(cfg.volume_shape)}")
+    images, labels = check_training_data(train, cfg.tumour_labels, cfg.volume_shape)
     gan = model or LSGAN3D.from_config(cfg)
     if gan.discriminator is None:
         raise ValueError("training needs the discriminator; this LSGAN3D has none")
@@ -284,9 +287,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     if cfg.lsgan_select_every:
         from sbldm.data.tumour import mask_features
 
-        noise = torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
-                            generator=torch.Generator().manual_seed(cfg.seed + 1))
-        selection = _Selection(out, mask_features(labels > 0), noise.to(dev))
+        selection = _Selection(out, mask_features(labels > 0), selection_noise(cfg).to(dev))
 
     def instance_noise(step: int, gen: torch.Generator):
         """Noise for the discriminator's inputs at ``step`` (None when off)."""
