@@ -168,6 +168,15 @@ class Config:
     seg_filter_max_centre_distance: float = 8.0
     seg_filter_max_volume_error: float = 0.5
     seg_scarce_sizes: tuple[int, ...] = (10, 25, 50, 100)  # real-set sizes of the data-scarce regime
+    # the data-scarce regime without leakage (notebooks 10 and 11): at every size below n_train a latent
+    # UNet of its own is trained on that many real volumes (the slice VAE is shared); the shared VAE is
+    # checked against one trained on the smallest subset, both for scarce_vae_check_steps steps
+    scarce_vae_check_steps: int = 100_000
+    # protocols of using synthetic data (notebook 11): the "other ratio" row mixes this fraction of
+    # the synthetic set with the real volumes; "pre-train, fine-tune" spends this fraction of the
+    # budget on synthetic volumes only, the rest on the real ones (same total budget as every row)
+    seg_protocol_synthetic_fraction: float = 0.5
+    seg_pretrain_fraction: float = 0.5
     seg_nnunet_check: bool = False        # with the fast backend: confirm real vs real + SBLDM with nnU-Net
 
     # -- baselines (paper §3.3; notebook 03) -------------------------------------------
@@ -324,6 +333,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         seg_seeds=(0, 1), seg_curve_every=4, seg_scarce_sizes=(3, 6), seg_nnunet_check=True,
+        scarce_vae_check_steps=10,
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,
         lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
@@ -357,7 +367,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_backend="fast", seg_channels=(16, 32, 64, 128), seg_iterations=1500, seg_roi=(64, 64, 32),
         seg_patch=(32, 32, 32), seg_batch_size=4, seg_lr=3e-3, seg_flip_axes=(0,),
         seg_curve_every=250, seg_plateau_tolerance=0.02, seg_filter_max_centre_distance=4.0,
-        seg_nnunet_check=True,
+        seg_nnunet_check=True, seg_scarce_sizes=(10, 25, 100), scarce_vae_check_steps=1500,
         seg_nnunet_epochs=10, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
         # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"
         eval_n_samples=100, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=10,
@@ -532,6 +542,11 @@ def _validate_segmentation(cfg: Config) -> None:
         raise ValueError(f"seg_seeds must be distinct, got {cfg.seg_seeds}")
     if not cfg.seg_scarce_sizes or any(int(n) < 1 for n in cfg.seg_scarce_sizes):
         raise ValueError(f"seg_scarce_sizes must be positive sizes, got {cfg.seg_scarce_sizes}")
+    if cfg.scarce_vae_check_steps < 1:
+        raise ValueError(f"scarce_vae_check_steps must be >= 1, got {cfg.scarce_vae_check_steps}")
+    for name in ("seg_protocol_synthetic_fraction", "seg_pretrain_fraction"):
+        if not 0.0 < getattr(cfg, name) < 1.0:
+            raise ValueError(f"{name} must lie in (0, 1), got {getattr(cfg, name)}")
     for name in ("seg_plateau_tolerance", "seg_filter_max_centre_distance", "seg_filter_max_volume_error"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")

@@ -69,21 +69,24 @@ def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[
     generator is in ``gens``, cached in the folder ``caches[key]`` names for its generator
     (``Session.sample_dirs()``) and redrawn when the model folder in ``dirs`` (where
     ``gens`` came from) or its files change."""
-    samples = {}
-    for row, key, opts in ROWS:
-        if key not in gens:
-            continue
-        options = opts(cfg)
-        n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
-        gen = gens[key]
-        fn = lambda b, s, gen=gen, options=options: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
-        stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
-        samples[row] = cached_samples(Path(caches[key]) / f"{stem}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
-                                      meta={"options": options, "model": str(dirs[key]),
-                                            "mtime": _mtime(dirs[key])}, progress=progress)
-        if samples[row]["conditions"] is None and key == "sbldm":
-            samples[row]["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
-    return samples
+    return {row: sample_row(row, gens[key], cfg, caches[key], dirs[key], progress=progress)
+            for row, key, _ in ROWS if key in gens}
+
+
+def sample_row(row: str, gen, cfg: Config, cache_dir: Path, model_dir: Path, progress: bool = True) -> dict:
+    """The sample set of one Table 1 row (``ROWS``) drawn from ``gen`` (loaded from
+    ``model_dir``), cached in ``cache_dir`` and redrawn when ``model_dir``'s files change."""
+    key, opts = next((k, o) for r, k, o in ROWS if r == row)
+    options = opts(cfg)
+    n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
+    fn = lambda b, s: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
+    stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
+    out = cached_samples(Path(cache_dir) / f"{stem}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
+                         meta={"options": options, "model": str(model_dir), "mtime": _mtime(model_dir)},
+                         progress=progress)
+    if out["conditions"] is None and key == "sbldm":
+        out["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
+    return out
 
 
 def requested_conditions(gen, n: int, seed: int, batch_size: int) -> np.ndarray:

@@ -157,6 +157,32 @@ def segmentation(scale: str, rows: list[dict], scarce: list[dict] | None = None,
     return "\n".join(lines)
 
 
+def scarce_generators(scale: str, rows: list[dict], vae_check: list[dict]) -> str:
+    """Notebook 10: what each generator of the data-scarce regime saw, how its samples
+    compare with its own real tumours, and what the shared VAE's extra data is worth."""
+    lines = [f"At `{scale}`:"]
+    for r in rows:
+        lines.append(f"- the generator for {r['n_real']} real volumes: latent UNet trained on {r['latent_unet_saw']}, "
+                     f"slice VAE on {r['vae_saw']}; its {r['synthetic_volumes']} synthetic masks are "
+                     f"{_pct(r['empty_masks'])} empty, mask-feature distance {_f(r['mask_feature_distance'])} to its "
+                     f"own real tumours, necrosis drawn in {_pct(r['with_necrosis'])}.")
+    sizes = sorted({int(r["vae_trained_on"]) for r in vae_check})
+    if len(sizes) == 2:
+        small, full = sizes
+        by = {(int(r["vae_trained_on"]), r["metric"]): r for r in vae_check}
+        parts = []
+        for metric in dict.fromkeys(r["metric"] for r in vae_check):
+            a, b = by.get((small, metric)), by.get((full, metric))
+            if a and b:
+                parts.append(f"{metric.split(',')[0]} {_f(a['mean'])} vs {_f(b['mean'])}")
+        lines.append(f"- a slice VAE trained on {small} real volumes vs one trained on {full}, same budget, on the "
+                     f"held-out split: " + "; ".join(parts) + ". The regime's generators share the one trained on "
+                     f"{full}: the difference is what that sharing could add to the smaller sizes' synthetic volumes.")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
+
+
 VAE_ROW = "real (train split) through the slice VAE"
 
 

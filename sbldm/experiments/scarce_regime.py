@@ -1,0 +1,173 @@
+"""The data-scarce regime without leakage (notebooks 10 and 11; beyond the paper's Table 2).
+
+The paper's title claim is that synthetic volumes help when real ones are scarce, and it
+generates them "from the restricted training set". A segmenter trained on ``n`` real
+volumes plus synthetic ones is only a fair test of that claim if the generator of those
+synthetic volumes saw the same ``n`` real volumes, no more. So, at every real-set size
+``n`` below the full training split:
+
+- the ``n`` real volumes are the first ``n`` of one seeded permutation of the training
+  split (``real_subsets``): nested, so the 10 are among the 25; the same subsets serve the
+  generator and the segmenter;
+- a latent UNet of its own is trained on the latents of those ``n`` volumes only, with
+  the condition normaliser, the feature distribution it samples conditions from, the
+  spatial priors and the brain support all fitted on them (``train_scarce_generator``);
+  at the full size the generator is notebook 02's;
+- the slice VAE is shared: it was trained on the whole training split. Its slices carry
+  no sampling distribution of tumours (the UNet and the conditions do), but it did see
+  more real data than ``n``. ``vae_subset_check`` measures what that buys: two VAEs
+  trained with the same budget, one on the smallest subset and one on the whole split,
+  reconstructing the held-out split (a report only: nothing is chosen on it).
+
+Notebook 11 then compares, at every size, real only with the protocols of using the
+synthetic volumes (``sbldm.segmentation.table2``'s rows, same seeds, same test).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sbldm.config import Config
+from sbldm.data.cohort import Prepared
+from sbldm.data.tumour import FeatureNormalizer
+from sbldm.io import atomic_write_json
+
+#: the Table 1 row whose sample settings the per-size generators sample with
+SAMPLE_ROW = "SBLDM (DDIM)"
+
+
+def real_subsets(n_train: int, sizes, seed: int = 0) -> dict[int, np.ndarray]:
+    """``{n: sorted indices into the training split}`` for every size (capped at
+    ``n_train``): the first ``n`` of one permutation drawn with ``seed``, so smaller subsets
+    lie inside larger ones and the full size is the whole split."""
+    if n_train < 1:
+        raise ValueError(f"an empty training split has no subsets (n_train={n_train})")
+    sizes = sorted({min(int(s), n_train) for s in sizes})
+    if not sizes or sizes[0] < 1:
+        raise ValueError(f"subset sizes must be positive, got {sizes}")
+    order = np.random.default_rng(seed).permutation(n_train)
+    return {n: np.sort(order[:n]) for n in sizes}
+
+
+def subset_split(split: Prepared, idx) -> Prepared:
+    """The volumes ``idx`` of a prepared split as a split of their own, with the feature
+    normaliser refitted on them (nothing of the other volumes remains)."""
+    idx = np.asarray(idx, int)
+    if not len(idx):
+        raise ValueError("an empty subset")
+    features = np.asarray(split.features)[idx]
+    return Prepared(case_ids=[split.case_ids[i] for i in idx], images=np.asarray(split.images)[idx],
+                    masks=np.asarray(split.masks)[idx], features=features,
+                    normalizer=FeatureNormalizer.fit(features, split.images.shape[1:]),
+                    affines=np.asarray(split.affines)[idx], labels=np.asarray(split.labels)[idx])
+
+
+def subset_latents(latents, idx):
+    """The latents of the volumes ``idx``, with the global latent scale recomputed on them."""
+    from sbldm.diffusion.latents import Latents, global_std
+
+    idx = np.asarray(idx, int)
+    mean = np.asarray(latents.mean)[idx]
+    ids = None if latents.case_ids is None else [latents.case_ids[i] for i in idx]
+    return Latents(mean, np.asarray(latents.std)[idx], global_std(mean), ids)
+
+
+def generator_dir(work: Path, n: int) -> Path:
+    """Where the generator of real-set size ``n`` lives: ``work/scarce/n<n>``."""
+    return Path(work) / "scarce" / f"n{int(n)}"
+
+
+def train_scarce_generator(cfg: Config, vae, latents, train: Prepared, idx, out_dir, resume: bool = True,
+                           device=None, progress: bool = True):
+    """A latent UNet trained on the volumes ``idx`` of ``train`` only (their latents,
+    conditions, priors and brain support), assembled with the shared ``vae`` into an
+    ``SBLDMPipeline`` saved to ``out_dir/pipeline``; ``out_dir/record.json`` says what it saw.
+    Resumes from ``out_dir/diffusion``'s checkpoint."""
+    from sbldm.training.trainer import train_pipeline
+
+    out_dir = Path(out_dir)
+    if len(latents) != len(train):
+        raise ValueError(f"{len(latents)} latents for {len(train)} training volumes")
+    sub = subset_split(train, idx)
+    if latents.case_ids is not None and list(latents.case_ids) != list(train.case_ids):
+        raise ValueError("the latents were encoded from other volumes than the training split's")
+    pipe = train_pipeline(cfg, vae, subset_latents(latents, idx), sub, out_dir / "diffusion", resume=resume,
+                          device=device, progress=progress)
+    pipe.save_pretrained(out_dir / "pipeline")
+    atomic_write_json(out_dir / "record.json", {
+        "n_real": len(sub), "case_ids": sub.case_ids, "unet_saw": len(sub), "vae_saw": len(train),
+        "diffusion_steps": cfg.diffusion_steps, "config_hash": cfg.hash()})
+    return pipe
+
+
+def generator_record(work: Path, n: int) -> dict:
+    """What the generator of size ``n`` saw (``record.json``); a clear error if it is missing."""
+    path = generator_dir(work, n) / "record.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no generator trained on {n} real volumes; run notebook 10 first")
+    return json.loads(path.read_text())
+
+
+def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True) -> dict:
+    """The synthetic set of the size-``n`` generator: ``cfg.eval_n_samples`` volumes drawn as
+    Table 1's SBLDM (DDIM) row, cached in ``work/scarce/n<n>/samples``."""
+    from sbldm.evaluation.table1 import sample_row
+    from sbldm.generators.registry import load_generator
+
+    d = generator_dir(work, n)
+    generator_record(work, n)
+    return sample_row(SAMPLE_ROW, load_generator(d / "pipeline"), cfg, d / "samples", d / "pipeline",
+                      progress=progress)
+
+
+def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work: Path, seed: int = 0,
+                     resume: bool = True, device=None, progress: bool = True) -> list[dict]:
+    """Does a slice VAE trained on ``n`` real volumes reconstruct the held-out split much
+    worse than one trained on all of ``train``? Both train ``cfg.scarce_vae_check_steps``
+    steps (resumable, in ``work/scarce/vae_check/n<size>``); rows ``{vae_trained_on, metric,
+    mean, std, n}`` of PSNR per volume and the decoded mask's (and regions') Dice per volume."""
+    from sbldm.diffusion.latents import reconstruct_volumes
+    from sbldm.metrics import reconstruction_metrics
+    from sbldm.training.trainer import train_vae
+
+    vcfg = dataclasses.replace(cfg, vae_steps=cfg.scarce_vae_check_steps)
+    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    rows = []
+    for split in (subset_split(train, idx), train):
+        vae = train_vae(vcfg, split, Path(work) / "scarce" / "vae_check" / f"n{len(split)}", resume=resume,
+                        device=device, progress=progress).eval()
+        images, masks, labels = reconstruct_volumes(vae.float().cpu(), test.images, test.labels)
+        m = reconstruction_metrics(test.images, test.masks, images, masks)
+        entry = [("PSNR (dB), per volume", m["psnr_3d"]), ("mask Dice, per volume", m["dice_3d"])]
+        rows += [{"vae_trained_on": len(split), "metric": k, "mean": v["mean"], "std": v["std"], "n": v["n"]}
+                 for k, v in entry]
+        if labels is not None:
+            from sbldm.segmentation.brats_metrics import region_dice_rows
+
+            rows += [{"vae_trained_on": len(split), "metric": f"{r['region']} Dice, per volume", "mean": r["mean"],
+                      "std": r["std"], "n": r["n"]} for r in region_dice_rows(labels, test.labels)]
+    return rows
+
+
+def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict) -> list[dict]:
+    """One row per real-set size: what its latent UNet and VAE saw, and how its synthetic
+    set compares with the real tumours it was trained on (the mask-feature distance of
+    ``sbldm.data.tumour``, empty masks excluded and counted)."""
+    from sbldm.data.tumour import feature_distribution_distance, mask_features
+
+    rows = []
+    for n, idx in subsets.items():
+        s, rec = samples[n], records[n]
+        d = feature_distribution_distance(np.asarray(train.features)[idx], mask_features(s["masks"]))
+        labels = s.get("labels")
+        rows.append({"n_real": n, "latent_unet_saw": rec["unet_saw"], "vae_saw": rec["vae_saw"],
+                     "unet_steps": rec["diffusion_steps"], "synthetic_volumes": len(s["masks"]),
+                     "empty_masks": d["empty_fraction"], "mask_feature_distance": d["mean"],
+                     "with_necrosis": (float(np.mean([(lab == 1).any() for lab in labels]))
+                                       if labels is not None else float("nan")),
+                     "generator": rec.get("generator", f"work/scarce/n{n}")})
+    return rows
