@@ -402,3 +402,19 @@ def test_binary_masks_are_refused_where_sub_region_label_maps_are_needed():
         data.SliceDataset(images, mask, tumour_labels="regions")
     assert len(data.SliceDataset(images, mask, tumour_labels="whole")) == 4          # the paper's mask: fine
     assert len(data.SliceDataset(images, mask * 2, tumour_labels="regions")) == 4    # oedema: a label map
+
+
+def test_export_nnunet_writes_label_maps_as_its_four_classes(tmp_path):
+    m = ball((16, 16, 10), radius=4).astype(np.uint8) * 2
+    m[ball((16, 16, 10), radius=2) > 0] = 3
+    m[8, 8, 5] = 1
+    img = np.zeros(m.shape, np.float32)
+    folder = data.export_nnunet(tmp_path, 3, "Regions", [("a", img, m)], labels="regions")
+    ds = json.loads((folder / "dataset.json").read_text())
+    assert ds["labels"] == {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3}
+    lab = np.rint(nib.load(folder / "labelsTr" / "a.nii.gz").get_fdata())
+    assert np.array_equal(lab, m)                                  # written as they are
+    with pytest.raises(ValueError, match="label map must hold 0-3 only"):
+        data.export_nnunet(tmp_path, 3, "Regions", [("a", img, np.where(m == 3, 4, m))], labels="regions")
+    with pytest.raises(ValueError, match="labels must be one of"):
+        data.export_nnunet(tmp_path, 3, "Regions", [("a", img, m)], labels="sub")

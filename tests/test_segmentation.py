@@ -61,6 +61,42 @@ def test_fast_backend_learns_a_bright_blob_and_is_seeded():
     assert feats.shape == (3, 2 * 16) and np.all(np.isfinite(feats))
 
 
+def test_fast_backend_learns_sub_regions_from_label_maps(tmp_path):
+    """Four classes (background, necrosis, oedema, enhancing) told apart by intensity: the
+    argmax label map recovers each BraTS region; label maps are refused as binary targets,
+    and a class count other than 2 or 4 is refused."""
+    from sbldm.segmentation.brats_metrics import region_dice_rows
+
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        labels = []
+        for _ in range(n):
+            c = rng.uniform(6, 10, 3)
+            lab = ball((16, 16, 16), c, 5).astype(np.uint8) * 2
+            lab[ball((16, 16, 16), c, 3) > 0] = 3
+            lab[ball((16, 16, 16), c, 1.6) > 0] = 1
+            labels.append(lab)
+        labels = np.stack(labels)
+        return (np.choose(labels, [-0.7, 0.1, 0.45, 0.9]) + rng.normal(0, 0.05, labels.shape)).astype(np.float32), labels
+
+    cfg = config.resolve("smoke", seg_channels=(8, 16), seg_lr=1e-2, seg_batch_size=2, seg_roi=(16, 16, 16))
+    images, labels = data(6, 0)
+    model = seg.train_fast(images, labels, cfg, seed=0, iterations=80, classes=4)
+    test_images, test_labels = data(3, 1)
+    pred = model.predict(test_images)
+    assert set(np.unique(pred)) <= {0, 1, 2, 3}
+    dice = {r["region"]: r["mean"] for r in region_dice_rows(pred, test_labels)}
+    assert dice["WT"] > 0.8 and dice["TC"] > 0.7 and dice["ET"] > 0.5, dice
+    assert seg.region_score(pred, test_labels, 4) == pytest.approx(np.mean(list(dice.values())))
+    with pytest.raises(ValueError, match="2 classes expect binary masks"):
+        seg.train_fast(images, labels, cfg, seed=0, iterations=1)
+    with pytest.raises(ValueError, match="classes must be 2"):
+        seg.train_fast(images, labels, cfg, seed=0, iterations=1, classes=3)
+    model.save(tmp_path / "seg.pt")
+    back = seg.Segmenter.load(tmp_path / "seg.pt")
+    assert back.classes == 4 and np.array_equal(back.predict(test_images), pred)
+
+
 def test_segmenter_save_load_round_trip(tmp_path):
     cfg = config.resolve("smoke", seg_channels=(4, 8), seg_iterations=2, seg_roi=(16, 16, 16))
     images, masks = _blob_data(2)

@@ -35,6 +35,7 @@ class _Split:
 
     def __init__(self, n, seed=0):
         self.images, self.masks = _vols(n, seed=seed)
+        self.labels = self.masks * 2                       # oedema only: a label map of the whole tumour
         self.case_ids = [f"case{i}" for i in range(n)]
         self.affines = np.stack([np.diag([2.0, 2.0, 2.0, 1.0])] * n)
 
@@ -45,7 +46,7 @@ class _Split:
 def _samples(n=5, seed=2, conditions=True):
     images, masks = _vols(n, seed=seed)
     cond = np.array([[f[k] for k in config.FEATURE_NAMES] for f in map(tumour_features, masks)])
-    return {k: {"images": images, "masks": masks, "conditions": cond if conditions else None}
+    return {k: {"images": images, "masks": masks, "labels": masks * 2, "conditions": cond if conditions else None}
             for k in table2.SYNTHETIC.values()}
 
 
@@ -59,7 +60,7 @@ def test_training_sets_have_every_row_and_the_papers_ratio():
     # the synthetic masks are exactly the tumours asked for: the filter keeps all of them
     assert report["kept"] == 4 and report["rejection_rate"] == 0
     with pytest.raises(ValueError, match="need 4"):
-        table2.training_sets(_Split(4), {k: {"images": v["images"][:2], "masks": v["masks"][:2]}
+        table2.training_sets(_Split(4), {k: {"images": v["images"][:2], "masks": v["masks"][:2], "labels": None}
                                          for k, v in _samples().items()}, cfg)
     # without the requested tumours there is nothing to filter against: no filtered row, said by an empty report
     sets, report = table2.training_sets(_Split(4), _samples(conditions=False), cfg)
@@ -118,7 +119,7 @@ def test_budget_from_the_learning_curve():
 @pytest.mark.slow
 def test_learning_curve_points_are_the_networks_a_shorter_budget_gives():
     cfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=6, seg_curve_every=4,
-                         seg_val_fraction=0.25, seg_plateau_tolerance=1.0)
+                         seg_val_fraction=0.25, seg_plateau_tolerance=1.0, tumour_labels="whole")
     train = _Split(8)
     result = table2.learning_curve(train, cfg, seed=0, progress=None)
     assert [r["iteration"] for r in result["curve"]] == [4, 6]          # every 4 steps and the last
@@ -177,23 +178,131 @@ def test_evaluate_gives_hd95_in_mm_with_the_spacing():
     assert table2.spacings(_Split(2)) == [(2.0, 2.0, 2.0)] * 2
 
 
-@pytest.mark.slow
-def test_scarce_regime_reuses_the_full_size_rows_and_spreads_across_seeds(tmp_path):
-    cfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=2)
-    train, test = _Split(4), _Split(3, seed=5)
-    reuse = [{"row": r, "seed": s, "dice": d, "seconds": 1.0, "case_id": "x"}
-             for r, d in (("real", 0.25), ("real + SBLDM", 0.75)) for s in (0, 1)]
-    rows = table2.scarce_regime(train, _samples(4), test, cfg, tmp_path, sizes=(2, 4), seeds=(0, 1),
-                                reuse=reuse, progress=None)
-    assert len(rows) == 2 * 2 * 2
-    full = [r for r in rows if r["n_real"] == 4]
-    assert all(r["from_table2"] for r in full) and {r["dice_mean"] for r in full} == {0.25, 0.75}
-    small = [r for r in rows if r["n_real"] == 2]
-    assert not any(r["from_table2"] for r in small)
-    assert {r["n_synthetic"] for r in rows if r["training_set"] == "real + SBLDM"} == {4}   # every synthetic volume
-    assert {r["n_synthetic"] for r in rows if r["training_set"] == "real"} == {0}
-    summary = table2.summarise_scarce(rows)
-    assert len(summary) == 4 and all(r["seeds"] == 2 for r in summary)
-    one = next(r for r in summary if r["n_real"] == 2 and r["training_set"] == "real")
-    d = [r["dice_mean"] for r in small if r["training_set"] == "real"]
-    assert one["dice_mean"] == pytest.approx(np.mean(d)) and one["dice_seed_std"] == pytest.approx(np.std(d, ddof=1))
+def _label_maps(n=3, shape=(16, 16, 12), seed=0):
+    """Blob volumes with sub-regions: oedema shell, enhancing ring, necrotic centre."""
+    rng = np.random.default_rng(seed)
+    labels = []
+    for _ in range(n):
+        c = rng.uniform(6, 9, 3)
+        lab = ball(shape, c, 4).astype(np.uint8) * 2
+        lab[ball(shape, c, 2.5) > 0] = 3
+        lab[ball(shape, c, 1.2) > 0] = 1
+        labels.append(lab)
+    labels = np.stack(labels)
+    images = np.choose(labels, [-0.6, 0.0, 0.5, 0.9]) + rng.normal(0, 0.05, labels.shape)
+    return images.astype(np.float32), labels
+
+
+class _LabelSplit(_Split):
+    def __init__(self, n, seed=0):
+        super().__init__(n, seed)
+        self.images, self.labels = _label_maps(n, seed=seed)
+        self.masks = (self.labels > 0).astype(np.uint8)
+
+
+def test_augment_keeps_label_values():
+    images, labels = _label_maps()
+    _, al = table2.augment(images, labels, 3, seed=0)
+    assert set(np.unique(al)) <= {0, 1, 2, 3} and {1, 2, 3} <= set(np.unique(al[3:]))
+    assert np.array_equal(al[:3], labels)
+
+
+def test_label_maps_are_checked_and_a_set_without_them_is_refused():
+    images, labels = _label_maps(2)
+    table2.check_synthetic("SBLDM", images, labels, labels=True)          # 0-3 accepted
+    with pytest.raises(table2.SyntheticSetError, match="SBLDM: the mask of synthetic volume 0 is not binary"):
+        table2.check_synthetic("SBLDM", images, labels)
+    bad = labels.copy()
+    bad[1, 0, 0, 0] = 4                                                    # an unmapped BraTS 2021 enhancing
+    with pytest.raises(table2.SyntheticSetError, match="label map of synthetic volume 1 .* values"):
+        table2.check_synthetic("3D-LDM", images, bad, labels=True)
+    with pytest.raises(table2.SyntheticSetError, match="3D-LSGAN: the sample set carries no sub-region label maps"):
+        table2.synthetic_set("3D-LSGAN", {"images": images, "masks": labels > 0, "labels": None}, 2, labels=True)
+
+
+def test_score_per_region_on_hand_made_maps():
+    """A perfect prediction scores 1 everywhere; an empty one 0 with the BraTS penalty; a
+    prediction that swaps enhancing for necrosis keeps WT and TC and loses ET."""
+    from sbldm.segmentation import brats_metrics as bm
+
+    cfg = config.resolve("smoke")
+    test = _LabelSplit(2)
+    perfect = table2.score(test.labels, test, cfg)
+    assert all(r[f"{m}_{g}"] == 1.0 for r in perfect for g in ("WT", "TC", "ET") for m in ("dice", "lesion_dice"))
+    assert all(r["dice"] == 1.0 and r["hd95"] == 0.0 and r[f"false_positives_{g}"] == 0
+               for r in perfect for g in ("WT", "TC", "ET"))
+    empty = table2.score(np.zeros_like(test.labels), test, cfg)
+    assert all(r["dice_WT"] == 0 and r["lesion_dice_WT"] == 0 and r["lesion_hd95_WT"] == bm.HD95_PENALTY_MM
+               and r["missed_WT"] == 1 and r["empty_prediction"] for r in empty)
+    swapped = test.labels.copy()
+    swapped[test.labels == 3] = 1
+    rows = table2.score(swapped, test, cfg)
+    assert all(r["dice_WT"] == 1 and r["dice_TC"] == 1 and r["dice_ET"] == 0 for r in rows)
+    # whole-tumour chains score WT only, from the masks
+    whole = table2.score(test.masks, test, config.resolve("smoke", tumour_labels="whole"))
+    assert whole[0]["dice_WT"] == 1.0 and "dice_TC" not in whole[0]
+
+
+def test_rows_are_kept_and_read_back_and_retrained_when_anything_changes(tmp_path, monkeypatch):
+    cfg = config.resolve("smoke")
+    test = _LabelSplit(2, seed=3)
+    train = _LabelSplit(3)
+    calls = []
+
+    def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
+        calls.append((seed, len(images)))
+        return np.asarray(test.labels), {"backend": "fake"}
+
+    monkeypatch.setattr(table2, "train_and_predict", fake)
+    sets = {"real": (train.images, train.labels)}
+    first = table2.run_rows(sets, test, cfg, tmp_path, seeds=(0, 1), iterations=5, progress=None)
+    assert len(calls) == 2 and len(list((tmp_path / "segmentation" / "cases").glob("*.json"))) == 2
+    again = table2.run_rows({"same data, other name": sets["real"]}, test, cfg, tmp_path, seeds=(0, 1),
+                            iterations=5, progress=None)
+    assert len(calls) == 2                                   # read back: the key is the data, not the row's name
+    assert [{k: v for k, v in r.items() if k != "row"} for r in again] == \
+           [{k: v for k, v in r.items() if k != "row"} for r in first]
+    table2.run_rows(sets, test, cfg, tmp_path, seeds=(0,), iterations=6, progress=None)          # another budget
+    other = (train.images.copy(), train.labels.copy())
+    other[1][0, 0, 0, 0] = 2
+    table2.run_rows({"real": other}, test, cfg, tmp_path, seeds=(0,), iterations=5, progress=None)  # one voxel
+    table2.run_rows(sets, test, config.resolve("smoke", seg_lr=0.5), tmp_path, seeds=(0,), iterations=5,
+                    progress=None)                                                                 # a setting
+    assert len(calls) == 5
+
+
+def test_pretrain_then_finetune_is_the_two_runs_it_promises():
+    cfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=4)
+    synth, real = _label_maps(3, seed=1), _label_maps(2, seed=2)
+    test_images = _label_maps(1, seed=4)[0]
+    entry = table2.PretrainFinetune(synth, real, 0.25)
+    assert table2.n_volumes(entry) == 5
+    pred, info = table2.train_and_predict(entry, None, test_images, cfg, 0, None, "t", iterations=4)
+    assert info["pretrain_steps"] == 1
+    pre = fast.train_fast(*synth, cfg, seed=0, iterations=1, classes=4)
+    tuned = fast.train_fast(*real, cfg, seed=0, iterations=3, classes=4, init=pre)
+    assert np.array_equal(pred, tuned.predict(test_images))
+    fresh = fast.train_fast(*real, cfg, seed=0, iterations=3, classes=4)
+    assert not np.allclose(fresh.logits(test_images), tuned.logits(test_images))   # the pre-training mattered
+    with pytest.raises(ValueError, match="fast backend only"):
+        table2.train_and_predict(entry, None, test_images, config.resolve("smoke", seg_backend="nnunet"), 0, None, "t")
+
+
+def test_summarise_tests_each_region_against_real():
+    cases = []
+    for seed in (0, 1):
+        for i in range(8):
+            base = {"seed": seed, "case_id": f"c{i}", "iou": 0.5, "hd95": 2.0, "empty_prediction": False}
+            region = {f"{m}_{g}": 0.0 for g in ("WT", "TC", "ET") for m in ("lesion_hd95", "false_positives", "missed")}
+            cases.append({**base, **region, "row": "real", "n_train_volumes": 4, "dice": 0.6, "dice_WT": 0.6,
+                          "dice_TC": 0.5, "dice_ET": 0.4 + 0.01 * i, "lesion_dice_WT": 0.6, "lesion_dice_TC": 0.5,
+                          "lesion_dice_ET": 0.4})
+            cases.append({**base, **region, "row": "real + SBLDM", "n_train_volumes": 8, "dice": 0.6, "dice_WT": 0.6,
+                          "dice_TC": 0.5, "dice_ET": 0.6 + 0.01 * i + 0.001 * seed, "lesion_dice_WT": 0.6,
+                          "lesion_dice_TC": 0.5, "lesion_dice_ET": 0.6})
+    real, syn = table2.summarise(cases)
+    assert syn["dice_ET_mean"] == pytest.approx(0.6 + 0.035 + 0.0005) and syn["dice_WT_mean"] == pytest.approx(0.6)
+    assert syn["p_vs_real_WT"] == 1.0 and syn["p_vs_real_ET"] < 0.01       # ET differs in every case, WT in none
+    assert syn["p_holm_ET"] == pytest.approx(syn["p_vs_real_ET"]) and math.isnan(real["p_holm_ET"])
+    md = table2.table2_markdown([real, syn], "smoke", "fast", "test", 8)
+    assert "Dice ET" in md and "lesion-wise Dice WT / TC / ET" in md and "BraTS 2023" in md

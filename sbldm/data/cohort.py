@@ -490,14 +490,22 @@ class VolumeDataset:
 
 # -- nnU-Net v2 export ------------------------------------------------------------------
 
+#: the ``labels`` of an exported nnU-Net dataset.json, per kind of target
+NNUNET_LABELS = {"whole": {"background": 0, "tumour": 1},
+                 "regions": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3}}
+
+
 def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
                   cases: Iterable[tuple], test_cases: Iterable[tuple] = (),
-                  channel_name: str = "FLAIR") -> Path:
+                  channel_name: str = "FLAIR", labels: str = "whole") -> Path:
     """Write an nnU-Net v2 raw dataset ``Dataset{id:03d}_{name}`` under ``out_root``.
 
     ``cases`` (and ``test_cases``, written to ``imagesTs``/``labelsTs``) are tuples
     ``(case_id, image, mask)`` or ``(case_id, image, mask, affine)``: real or synthetic
-    volumes in sbldm's convention. Labels are written as 0 (background) / 1 (tumour). The
+    volumes in sbldm's convention. With ``labels="whole"`` the masks are binary and written as
+    0 (background) / 1 (tumour); with ``labels="regions"`` they are sbldm label maps, written as
+    they are (0 background, 1 necrosis, 2 oedema, 3 enhancing: nnU-Net's consecutive
+    multi-class labels; the BraTS regions are derived from its predictions). The
     dataset is rebuilt, never merged: it is written to a temporary sibling folder and
     swapped in whole, so an earlier export of other cases leaves no file behind and a
     failed export leaves the earlier one intact. Returns the dataset folder.
@@ -506,6 +514,9 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
 
     if not (1 <= int(dataset_id) <= 999):
         raise ValueError(f"nnU-Net dataset ids run from 1 to 999, got {dataset_id}")
+    if labels not in NNUNET_LABELS:
+        raise ValueError(f"labels must be one of {', '.join(NNUNET_LABELS)}, got {labels!r}")
+    allowed = set(NNUNET_LABELS[labels].values())
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"dataset name {name!r} may hold letters, digits, '_' and '-' only")
     final = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
@@ -521,9 +532,10 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
                     raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
                 if image.shape != mask.shape:
                     raise ValueError(f"case {case_id}: image shape {image.shape} differs from mask shape {mask.shape}")
-                labels = np.unique(mask)
-                if not set(labels.tolist()) <= {0, 1}:
-                    raise ValueError(f"case {case_id}: mask must be binary (0/1), found labels {labels[:8].tolist()}")
+                found = np.unique(mask)
+                if not set(found.tolist()) <= allowed:
+                    what = "mask must be binary (0/1)" if labels == "whole" else "label map must hold 0-3 only"
+                    raise ValueError(f"case {case_id}: {what}, found labels {found[:8].tolist()}")
                 save_nifti(folder / sub_images / f"{case_id}_0000.nii.gz", np.asarray(image, np.float32), affine)
                 save_nifti(folder / sub_labels / f"{case_id}.nii.gz", np.asarray(mask, np.uint8), affine)
                 n_train += sub_images == "imagesTr"
@@ -531,9 +543,10 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
             raise ValueError("export_nnunet needs at least one training case")
         atomic_write_json(folder / "dataset.json", {
             "name": name,
-            "description": "exported by sbldm (FLAIR in [-1, 1], whole-tumour mask)",
+            "description": "exported by sbldm (FLAIR in [-1, 1], "
+                           + ("whole-tumour mask)" if labels == "whole" else "sub-region label map)"),
             "channel_names": {"0": channel_name},
-            "labels": {"background": 0, "tumour": 1},
+            "labels": NNUNET_LABELS[labels],
             "numTraining": n_train,
             "file_ending": ".nii.gz",
         })

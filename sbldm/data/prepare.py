@@ -67,9 +67,11 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
     if export:
         train = load_prepared(work, "train")
         test = load_prepared(work, "test")
+        regions = cfg.tumour_labels == "regions"      # label maps when the chain carries sub-regions
         folder = export_nnunet(
             work / "nnunet_raw", 1, "RealTrain",
-            list(zip(train.case_ids, train.images, train.masks, train.affines)),
-            test_cases=list(zip(test.case_ids, test.images, test.masks, test.affines)))
+            list(zip(train.case_ids, train.images, train.labels if regions else train.masks, train.affines)),
+            test_cases=list(zip(test.case_ids, test.images, test.labels if regions else test.masks, test.affines)),
+            labels=cfg.tumour_labels)
         summary["nnunet_dataset"] = str(folder)
     return summary

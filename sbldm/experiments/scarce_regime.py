@@ -171,3 +171,147 @@ def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict)
                                        if labels is not None else float("nan")),
                      "generator": rec.get("generator", f"work/scarce/n{n}")})
     return rows
+
+
+# -- notebook 11: segmenters on n real volumes, with and without their generator's volumes --
+
+#: the protocols of using synthetic volumes, beside real only (row names of the tables)
+REAL, MIXING, FILTERED, PRETRAIN = "real", "real + SBLDM", "real + SBLDM (filtered)", "SBLDM pre-train, real fine-tune"
+
+
+def ratio_row(cfg: Config) -> str:
+    """The name of the row that mixes a fraction of the synthetic set with the real volumes."""
+    return f"real + {cfg.seg_protocol_synthetic_fraction:.0%} of SBLDM"
+
+
+def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = True) -> tuple[dict, dict]:
+    """``({row: training set}, filter report)`` at one real-set size: real only and mixing
+    (all the synthetic volumes, the paper's way), and with ``protocols`` the other ways of
+    using them, at the same budget:
+
+    - ``ratio_row``: the real volumes with the first ``seg_protocol_synthetic_fraction`` of
+      the synthetic set (another synthetic : real ratio);
+    - ``FILTERED``: with the synthetic volumes that carry the tumour they were asked for
+      (``sbldm.segmentation.table2.quality_filter``), when the requests are known;
+    - ``PRETRAIN``: ``seg_pretrain_fraction`` of the budget on the synthetic volumes alone,
+      the rest on the real ones, starting from those weights.
+
+    ``real``: (images, targets); ``synthetic``: (images, targets, requested features or None)."""
+    from sbldm.segmentation.table2 import PretrainFinetune, quality_filter
+
+    im, tg, requested = synthetic
+    cat = lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))  # noqa: E731
+    sets = {REAL: real, MIXING: cat(real, (im, tg))}
+    report = {}
+    if protocols:
+        k = max(1, round(len(im) * cfg.seg_protocol_synthetic_fraction))
+        sets[ratio_row(cfg)] = cat(real, (im[:k], tg[:k]))
+        if requested is not None:
+            keep, report = quality_filter(tg > 0, requested, cfg)
+            sets[FILTERED] = cat(real, (im[keep], tg[keep]))
+        sets[PRETRAIN] = PretrainFinetune((im, tg), real, cfg.seg_pretrain_fraction)
+    return sets, report
+
+
+def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subsets: dict, samples: dict,
+                 records: dict, protocol_sizes=(), seeds=None, iterations: int | None = None,
+                 progress=print) -> tuple[list[dict], dict]:
+    """Per-case rows (``sbldm.segmentation.table2.run_rows``' plus ``n_real``,
+    ``n_synthetic``, ``generator_saw``, ``vae_saw``) of every training set at every size of
+    ``subsets`` (``{n: indices}``), its synthetic volumes from ``samples[n]`` (drawn by the
+    generator that saw those ``n``: ``records[n]``), every seed; the protocols at the sizes
+    in ``protocol_sizes``. Returns (cases, {n: filter report})."""
+    from sbldm.segmentation import table2
+
+    labels = cfg.tumour_labels == "regions"
+    images, tg = np.asarray(train.images), table2.targets(train, cfg)
+    cases, reports = [], {}
+    for n, idx in subsets.items():
+        saw = int(records[n]["unet_saw"])
+        if saw != len(idx):
+            raise ValueError(f"the generator for {n} real volumes saw {saw}: its synthetic volumes would leak")
+        synth = table2.synthetic_set("SBLDM", samples[n], len(samples[n]["images"]), labels)
+        sets, reports[n] = protocol_sets((images[idx], tg[idx]), synth, cfg, protocols=n in set(protocol_sizes))
+        rows = table2.run_rows(sets, test, cfg, work, seeds=seeds, iterations=iterations, progress=progress,
+                               tag=f"scarce{n}_")
+        cases += [{**c, "n_real": n, "n_synthetic": int(c["n_train_volumes"]) - n, "generator_saw": saw,
+                   "vae_saw": int(records[n]["vae_saw"])} for c in rows]
+    return cases, reports
+
+
+def summarise_study(cases: list[dict]) -> list[dict]:
+    """Per size, ``sbldm.segmentation.table2.summarise`` of its rows (mean ± std across seeds,
+    per region; paired test against real only at that size, Holm within the size), with
+    ``n_real``, ``n_synthetic``, ``generator_saw`` and ``vae_saw`` in front."""
+    from sbldm.segmentation.table2 import summarise
+
+    out = []
+    for n in dict.fromkeys(c["n_real"] for c in cases):
+        sel = [c for c in cases if c["n_real"] == n]
+        first = {c["row"]: c for c in sel}
+        for r in summarise(sel):
+            c = first[r["row"]]
+            out.append({"n_real": n, "n_synthetic": c["n_synthetic"], "generator_saw": c["generator_saw"],
+                        "vae_saw": c["vae_saw"], **r})
+    return out
+
+
+def sweep_rows(summary: list[dict], regions) -> list[dict]:
+    """The data-scarce sweep table: real only and mixing at every size, Dice per region."""
+    out = []
+    for r in summary:
+        if r["row"] not in (REAL, MIXING):
+            continue
+        row = {"n_real": r["n_real"], "training_set": r["row"], "synthetic_volumes": r["n_synthetic"],
+               "generator_saw_real": r["generator_saw"], "vae_saw_real": r["vae_saw"], "seeds": r["seeds"]}
+        for g in regions:
+            row[f"dice_{g}"] = r[f"dice_{g}_mean"]
+            row[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
+            row[f"p_holm_{g}"] = r[f"p_holm_{g}"]
+        out.append(row)
+    return out
+
+
+def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
+    """The protocol table: every training set at the protocol sizes, Dice and lesion-wise
+    Dice per region, each against real only at its size."""
+    out = []
+    for r in summary:
+        if r["n_real"] not in set(sizes):
+            continue
+        row = {"n_real": r["n_real"], "protocol": r["row"], "volumes": r["n_train_volumes"], "seeds": r["seeds"]}
+        for g in regions:
+            row[f"dice_{g}"] = r[f"dice_{g}_mean"]
+            row[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
+            row[f"lesion_dice_{g}"] = r[f"lesion_dice_{g}_mean"]
+            row[f"p_holm_{g}"] = r[f"p_holm_{g}"]
+        out.append(row)
+    return out
+
+
+def sweep_figure(summary: list[dict], regions, scale: str):
+    """Dice on the real test split against the number of real volumes, one panel per
+    region, real only and real + SBLDM, mean ± std across seeds."""
+    from sbldm.plotting import agg_pyplot
+
+    plt = agg_pyplot()
+    fig, axes = plt.subplots(1, len(regions), figsize=(3.6 * len(regions), 3.2), squeeze=False)
+    sizes = sorted({r["n_real"] for r in summary})
+    for ax, g in zip(axes[0], regions):
+        for name in (REAL, MIXING):
+            rs = sorted((r for r in summary if r["row"] == name), key=lambda r: r["n_real"])
+            ax.errorbar([r["n_real"] for r in rs], [r[f"dice_{g}_mean"] for r in rs],
+                        yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker="o", capsize=3, label=name)
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(n) for n in sizes])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("real training volumes")
+        ax.set_title(f"{g} Dice", fontsize=9)
+    axes[0][0].set_ylabel("Dice on the real test split")
+    axes[0][0].legend(fontsize=8)
+    seeds = max(r["seeds"] for r in summary)
+    fig.suptitle(f"data-scarce regime ({scale}): each size's synthetic volumes from a generator trained on that "
+                 f"size; mean ± std over {seeds} seed(s)", fontsize=9)
+    fig.tight_layout()
+    return fig

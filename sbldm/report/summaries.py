@@ -111,47 +111,92 @@ def _spearman(a, b) -> str:
     return _f(spearmanr(a, b).statistic)
 
 
-def segmentation(scale: str, rows: list[dict], scarce: list[dict] | None = None,
-                 nnunet_rows: list[dict] | None = None, filter_report: dict | None = None) -> str:
-    """Notebook 06: Table 2, the data-scarce regime, the nnU-Net confirmation."""
+def _regions(row: dict) -> list[str]:
+    return [g for g in ("WT", "TC", "ET") if f"dice_{g}_mean" in row]
+
+
+def _dice_text(r: dict, ref: dict | None = None) -> str:
+    """"Dice WT/TC/ET a/b/c (+d/+e/+f vs real, Holm p ...)" of a summarised row, or the
+    whole tumour's Dice when the rows carry no regions."""
+    regions = _regions(r)
+    if len(regions) < 2:
+        text = f"Dice {_f(r['dice_mean'], 3)} ± {_f(r.get('dice_seed_std'), 3)}"
+        if ref is not None:
+            delta = float(r["dice_mean"]) - float(ref["dice_mean"])
+            p = r.get("p_holm")
+            ptxt = f", Holm p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
+            text += f" ({'+' if delta >= 0 else ''}{delta:.3f} vs real{ptxt})"
+        return text
+    text = f"Dice {'/'.join(regions)} " + "/".join(_f(r[f"dice_{g}_mean"], 3) for g in regions)
+    if ref is not None:
+        deltas = "/".join(f"{float(r[f'dice_{g}_mean']) - float(ref[f'dice_{g}_mean']):+.3f}" for g in regions)
+        ps = "/".join(_p(r.get(f"p_holm_{g}")) for g in regions)
+        text += f" ({deltas} vs real; Holm p {ps})"
+    else:
+        text += " (seed std " + "/".join(_f(r[f"dice_{g}_seed_std"], 3) for g in regions) + ")"
+    return text
+
+
+def _p(p) -> str:
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        return "—"
+    return "—" if math.isnan(p) else f"{p:.2g}"
+
+
+def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
+                 filter_report: dict | None = None) -> str:
+    """Notebook 06: Table 2 (per BraTS region when the rows carry them), the nnU-Net confirmation."""
     by = {r["row"]: r for r in rows}
     real = by.get("real")
     lines = [f"At `{scale}`:"]
-
-    def vs_real(r, ref):
-        delta = float(r["dice_mean"]) - float(ref["dice_mean"])
-        p = r.get("p_holm")
-        ptxt = f", Holm p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
-        return f"{'+' if delta >= 0 else ''}{delta:.3f} vs real{ptxt}"
-
     if real is not None:
-        lines.append(f"- real volumes only: Dice {_f(real['dice_mean'], 3)} ± {_f(real.get('dice_seed_std'), 3)} "
-                     f"across {real.get('seeds', 1)} seed(s).")
+        lines.append(f"- real volumes only: {_dice_text(real)} across {real.get('seeds', 1)} seed(s).")
     for name, r in by.items():
         if name == "real" or real is None:
             continue
-        lines.append(f"- {name}: Dice {_f(r['dice_mean'], 3)} ± {_f(r.get('dice_seed_std'), 3)} ({vs_real(r, real)}).")
+        lines.append(f"- {name}: {_dice_text(r, real)}.")
+    if real is not None:
+        regions = _regions(real)
+        better = [name for name, r in by.items() if name != "real" and any(
+            float(r[f"dice_{g}_mean"] if len(regions) > 1 else r["dice_mean"])
+            > float(real[f"dice_{g}_mean"] if len(regions) > 1 else real["dice_mean"])
+            and float(r.get(f"p_holm_{g}" if len(regions) > 1 else "p_holm", 1.0)) < 0.05
+            for g in (regions if len(regions) > 1 else ["WT"]))]
+        lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
+                     + (", ".join(better) if better else "none") + ".")
     if filter_report:
-        lines.append(f"- the quality filter rejected {_f(filter_report.get('rejection_rate'))} of the SBLDM volumes "
+        lines.append(f"- the quality filter rejected {_pct(filter_report.get('rejection_rate'))} of the SBLDM volumes "
                      f"({filter_report.get('rejected_empty', 0)} with an empty mask).")
-    if scarce:
-        at = {}
-        for r in scarce:
-            at.setdefault(int(r["n_real"]), {})[r["training_set"]] = r
-        parts = []
-        for n, d in sorted(at.items()):
-            if "real" in d and "real + SBLDM" in d:
-                delta = float(d["real + SBLDM"]["dice_mean"]) - float(d["real"]["dice_mean"])
-                spread = max(float(d["real"].get("dice_seed_std", 0)), float(d["real + SBLDM"].get("dice_seed_std", 0)))
-                parts.append(f"{n} real: {_f(d['real']['dice_mean'], 3)} -> {_f(d['real + SBLDM']['dice_mean'], 3)} "
-                             f"({'+' if delta >= 0 else ''}{delta:.3f}; seed std up to {spread:.3f})")
-        if parts:
-            lines.append("- data-scarce regime, real only -> real + SBLDM: " + "; ".join(parts) + ".")
     if nnunet_rows:
         nb = {r["row"]: r for r in nnunet_rows}
         if "real" in nb and "real + SBLDM" in nb:
-            lines.append(f"- nnU-Net confirmation (one seed): real {_f(nb['real']['dice_mean'], 3)}, real + SBLDM "
-                         f"{_f(nb['real + SBLDM']['dice_mean'], 3)} ({vs_real(nb['real + SBLDM'], nb['real'])}).")
+            lines.append(f"- nnU-Net confirmation (one seed): real {_dice_text(nb['real'])}; real + SBLDM "
+                         f"{_dice_text(nb['real + SBLDM'], nb['real'])}.")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
+
+
+def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
+    """Notebook 11: at every real-set size, which way of using the synthetic volumes, if any,
+    beats real only, by how much and with what p (Holm within the size)."""
+    lines = [f"At `{scale}` (each size's synthetic volumes from a latent UNet trained on that many real volumes):"]
+    for n in dict.fromkeys(r["n_real"] for r in summary):
+        sel = {r["row"]: r for r in summary if r["n_real"] == n}
+        real = sel.get("real")
+        if real is None:
+            continue
+        lines.append(f"- {n} real volumes, real only: {_dice_text(real)}.")
+        for name, r in sel.items():
+            if name != "real":
+                lines.append(f"  - {name}: {_dice_text(r, real)}.")
+        regions = _regions(real) if len(_regions(real)) > 1 else []
+        keys = [(f"dice_{g}_mean", f"p_holm_{g}", g) for g in regions] or [("dice_mean", "p_holm", "WT")]
+        wins = [f"{name} ({g}, p = {_p(r[pk])})" for name, r in sel.items() if name != "real"
+                for dk, pk, g in keys if float(r[dk]) > float(real[dk]) and float(r[pk]) < 0.05]
+        lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)

@@ -4,7 +4,10 @@ The ``fast`` backend is a MONAI 3D U-Net trained with Dice + cross-entropy for a
 budget of optimiser steps on whole volumes (or random crops of ``seg_roi``), seeded, with
 sliding-window inference. It is the default at ``smoke`` and ``small``; nnU-Net v2 is the
 paper's backend (``sbldm.segmentation.nnunet``). Both take and give sbldm arrays: images (N, x, y, z)
-in [-1, 1], masks (N, x, y, z) binary.
+in [-1, 1], and targets (N, x, y, z) that are either binary whole-tumour masks (``classes=2``,
+the paper's task) or sbldm label maps (``classes=4``: 0 background, 1 necrosis, 2 oedema, 3
+enhancing; multi-class softmax, the BraTS regions WT/TC/ET derived from the predicted map
+where they are scored, ``sbldm.segmentation.brats_metrics``).
 
 The same trained network also serves the evaluation (notebook 04): its Dice on synthetic
 images against the synthetic masks (image-mask agreement), and its pooled bottleneck
@@ -23,20 +26,39 @@ import numpy as np
 from sbldm.config import Config
 
 
-def build_unet(cfg: Config):
-    """A MONAI 3D U-Net: 1 input channel (FLAIR), 2 output classes, widths ``seg_channels``."""
+#: output classes of the two segmentation tasks: the whole tumour, or sbldm's label maps
+CLASSES = {"whole": 2, "regions": 4}
+
+
+def build_unet(cfg: Config, classes: int = 2):
+    """A MONAI 3D U-Net: 1 input channel (FLAIR), ``classes`` outputs, widths ``seg_channels``."""
     from monai.networks.nets import UNet
 
     ch = tuple(cfg.seg_channels)
-    return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=ch, strides=(2,) * (len(ch) - 1),
-                num_res_units=1, norm="instance")
+    return UNet(spatial_dims=3, in_channels=1, out_channels=int(classes), channels=ch,
+                strides=(2,) * (len(ch) - 1), num_res_units=1, norm="instance")
 
 
-def _check(images, masks):
+def _check(images, masks, classes: int = 2):
     images, masks = np.asarray(images), np.asarray(masks)
     if images.shape != masks.shape or images.ndim != 4:
         raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    if classes not in CLASSES.values():
+        raise ValueError(f"classes must be 2 (whole tumour) or 4 (label maps), got {classes}")
+    if masks.size and (masks.min() < 0 or masks.max() >= classes):
+        kind = "binary masks" if classes == 2 else "label maps with values 0-3"
+        raise ValueError(f"targets hold values {np.unique(masks)[:6].tolist()}; {classes} classes expect {kind}")
     return images, masks
+
+
+def region_score(pred, target, classes: int) -> float:
+    """The one number a learning curve follows: mean Dice over the cases of the whole
+    tumour (``classes=2``), or of the mean over WT, TC and ET (``classes=4``, as BraTS ranks)."""
+    if classes == 2:
+        return float(np.mean([r["dice"] for r in evaluate(pred, target)]))
+    from sbldm.segmentation.brats_metrics import region_dice_rows
+
+    return float(np.mean([r["mean"] for r in region_dice_rows(pred, target)]))
 
 
 @dataclass
@@ -47,6 +69,7 @@ class Segmenter:
     cfg: Config
     losses: list
     curve: list = field(default_factory=list)
+    classes: int = 2
 
     def _roi(self, shape):
         return tuple(min(r, s) for r, s in zip(self.cfg.seg_roi, shape))
@@ -66,9 +89,8 @@ class Segmenter:
         return np.stack(out)
 
     def predict(self, images) -> np.ndarray:
-        """Binary masks (N, x, y, z) uint8."""
-        lg = self.logits(images)
-        return (lg[:, 1] > lg[:, 0]).astype(np.uint8)
+        """(N, x, y, z) uint8: binary masks (2 classes) or label maps (4 classes), the argmax."""
+        return self.logits(images).argmax(1).astype(np.uint8)
 
     def features(self, images) -> np.ndarray:
         """(N, F) features: global average and max of the deepest encoder activations."""
@@ -97,7 +119,8 @@ class Segmenter:
         from sbldm.io import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses, "curve": self.curve}, buf)
+        torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses,
+                    "curve": self.curve, "classes": self.classes}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -108,9 +131,10 @@ class Segmenter:
 
         blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = from_dict(blob["config"])
-        model = build_unet(cfg)
+        classes = int(blob.get("classes", 2))
+        model = build_unet(cfg, classes)
         model.load_state_dict(blob["state_dict"])
-        return cls(model, cfg, blob["losses"], blob.get("curve", []))
+        return cls(model, cfg, blob["losses"], blob.get("curve", []), classes)
 
 
 def _deepest_module(model):
@@ -138,8 +162,10 @@ def _pad_to(x, multiple: int):
 
 
 def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None = None,
-               progress: bool = False, val=None, eval_every: int | None = None) -> Segmenter:
-    """Train the fast backend for ``iterations`` (default ``cfg.seg_iterations``) steps.
+               progress: bool = False, val=None, eval_every: int | None = None, classes: int = 2,
+               init: "Segmenter | None" = None) -> Segmenter:
+    """Train the fast backend for ``iterations`` (default ``cfg.seg_iterations``) steps on
+    ``masks``: binary masks (``classes=2``) or label maps (``classes=4``).
 
     Each step draws ``seg_batch_size`` volumes (with replacement, from a seeded generator)
     and, if a volume exceeds ``seg_patch`` (default ``seg_roi``), a random crop of that size,
@@ -147,19 +173,27 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
 
     With ``val=(images, masks)`` and ``eval_every``, the mean Dice on ``val`` is measured
     every ``eval_every`` steps (and at the last) and kept in ``Segmenter.curve`` as
-    ``{"iteration", "val_dice", "train_loss"}`` rows: a learning curve of this very run
-    (evaluation does not touch the random streams, so the network at step k is the one a
-    ``k``-step budget gives).
+    ``{"iteration", "val_dice", "train_loss"}`` rows (``val_dice``: ``region_score``): a
+    learning curve of this very run (evaluation does not touch the random streams, so the
+    network at step k is the one a ``k``-step budget gives).
+
+    ``init``: a trained segmenter of the same widths and classes whose weights this run
+    starts from (fine-tuning; a fresh optimiser, the same schedule).
     """
     import torch
     from monai.losses import DiceCELoss
     from tqdm.auto import tqdm
 
-    images, masks = _check(images, masks)
+    images, masks = _check(images, masks, classes)
     torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_unet(cfg)
+    model = build_unet(cfg, classes)
+    if init is not None:
+        if init.classes != classes or tuple(init.cfg.seg_channels) != tuple(cfg.seg_channels):
+            raise ValueError(f"cannot start from a segmenter of {init.classes} classes and widths "
+                             f"{tuple(init.cfg.seg_channels)}: this run has {classes} and {tuple(cfg.seg_channels)}")
+        model.load_state_dict(init.model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     roi = tuple(min(r, s) for r, s in zip(cfg.seg_patch or cfg.seg_roi, images.shape[1:]))
@@ -167,10 +201,10 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
     losses, curve = [], []
     steps = cfg.seg_iterations if iterations is None else iterations
     if val is not None:
-        val_images, val_masks = _check(*val)
+        val_images, val_masks = _check(*val, classes)
         if not eval_every or eval_every < 1:
             raise ValueError(f"eval_every must be a positive step count with val, got {eval_every!r}")
-    seg = Segmenter(model, cfg, losses, curve)
+    seg = Segmenter(model, cfg, losses, curve, classes)
     autocast = _autocast(cfg)
     model.train()
     for step in tqdm(range(1, steps + 1), desc="segmentation", disable=not progress):
@@ -192,7 +226,7 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
         opt.step()
         losses.append(float(loss.detach()))
         if val is not None and (step % eval_every == 0 or step == steps):
-            dice = float(np.mean([r["dice"] for r in evaluate(seg.predict(val_images), val_masks)]))
+            dice = region_score(seg.predict(val_images), val_masks, classes)
             curve.append({"iteration": step, "val_dice": dice,
                           "train_loss": float(np.mean(losses[-eval_every:]))})
             model.train()

@@ -220,10 +220,12 @@ def _clear_dataset(work_dir, dataset_id: int, overwrite: bool | None) -> None:
 
 def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id: int = DEFAULT_DATASET_ID,
            name: str = DEFAULT_NAME, train_ids=None, test_ids=None, test_masks=None,
-           overwrite: bool | None = None) -> dict:
+           overwrite: bool | None = None, labels: str = "whole") -> dict:
     """Write the nnU-Net raw dataset; returns ``{dataset_folder, test_folder, train_ids, test_ids}``.
 
-    Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given)."""
+    Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given).
+    ``labels``: "whole" (masks written binary) or "regions" (sbldm label maps written as
+    nnU-Net classes 0-3)."""
     from sbldm.data.cohort import export_nnunet
     from sbldm.io import save_nifti
 
@@ -242,10 +244,11 @@ def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id:
             raise ValueError("test_masks must match test_images in shape")
     _clear_dataset(work_dir, dataset_id, overwrite)
     raw = paths(work_dir)["raw"]
-    cases = [(c, img, (m > 0).astype(np.uint8)) for c, img, m in zip(train_ids, train_images, train_masks)]
+    target = (lambda m: np.asarray(m, np.uint8)) if labels == "regions" else (lambda m: (m > 0).astype(np.uint8))
+    cases = [(c, img, target(m)) for c, img, m in zip(train_ids, train_images, train_masks)]
     test_cases = [] if test_masks is None else [
-        (c, img, (m > 0).astype(np.uint8)) for c, img, m in zip(test_ids, test_images, test_masks)]
-    folder = export_nnunet(raw, dataset_id, name, cases, test_cases)
+        (c, img, target(m)) for c, img, m in zip(test_ids, test_images, test_masks)]
+    folder = export_nnunet(raw, dataset_id, name, cases, test_cases, labels=labels)
     if test_images is not None and test_masks is None:
         for c, img in zip(test_ids, test_images):
             save_nifti(folder / "imagesTs" / f"{c}_0000.nii.gz", np.asarray(img, np.float32))
@@ -326,15 +329,18 @@ def predict(work_dir, input_folder, output_folder, dataset_id: int = DEFAULT_DAT
     return run_step("predict", "predict", args, env, paths(work_dir)["logs"] / "predict.log", verbose)
 
 
-def read_predictions(output_folder, case_ids: Sequence[str], shape=None) -> tuple[np.ndarray, list[Path]]:
-    """(N, x, y, z) uint8 masks of ``{case}.nii.gz`` in ``output_folder``, in ``case_ids`` order."""
+def read_predictions(output_folder, case_ids: Sequence[str], shape=None,
+                     labels: str = "whole") -> tuple[np.ndarray, list[Path]]:
+    """(N, x, y, z) uint8 masks (``labels="whole"``) or label maps (``"regions"``) of
+    ``{case}.nii.gz`` in ``output_folder``, in ``case_ids`` order."""
     from sbldm.data.cohort import read_nifti
 
     files = [Path(output_folder) / f"{c}.nii.gz" for c in case_ids]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
         raise NnUNetError(f"nnU-Net wrote no prediction for {len(missing)} case(s), e.g. {missing[0]}")
-    masks = np.stack([(read_nifti(f)[0] > 0).astype(np.uint8) for f in files])
+    read = (lambda a: np.rint(a).astype(np.uint8)) if labels == "regions" else (lambda a: (a > 0).astype(np.uint8))
+    masks = np.stack([read(read_nifti(f)[0]) for f in files])
     if shape is not None and masks.shape[1:] != tuple(shape):
         raise NnUNetError(f"predictions have shape {masks.shape[1:]}, the test images {tuple(shape)}")
     return masks, files
@@ -349,11 +355,13 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                       fold: str | None = None, epochs: int | None = None, iterations: int | None = None,
                       device: str | None = None, threads: int | None = None, tta: bool | None = None,
                       final_validation: bool | None = None, overwrite: bool | None = None,
-                      verbose: bool = False) -> dict:
+                      labels: str | None = None, verbose: bool = False) -> dict:
     """Train nnU-Net v2 on (train_images, train_masks) and segment test_images.
 
     Arrays follow sbldm's convention: images (N, x, y, z) float in [-1, 1], masks
-    (N, x, y, z) binary. Keyword arguments left at None come from ``cfg``:
+    (N, x, y, z) binary, or label maps with ``labels="regions"`` (nnU-Net then trains the
+    four classes and predicts label maps). Keyword arguments left at None come from ``cfg``:
+    ``labels`` (``tumour_labels``),
     ``augmentation`` (``seg_nnunet_augmentation``: nnU-Net's default augmentation, or
     none as ``nnUNetTrainerNoDA``), ``narrow`` (``seg_nnunet_narrow``; None = narrow plans
     on CPU only), ``fold`` (``seg_nnunet_fold``), ``epochs`` / ``iterations``
@@ -380,6 +388,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     train_images = _as_volumes(train_images, "train_images")
     test_images = _as_volumes(test_images, "test_images")
     augmentation = cfg.seg_nnunet_augmentation if augmentation is None else bool(augmentation)
+    labels = cfg.tumour_labels if labels is None else labels
     device = default_device() if device is None else device
     narrow = cfg.seg_nnunet_narrow if narrow is None else narrow
     narrow = (device == "cpu") if narrow is None else bool(narrow)
@@ -403,7 +412,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
 
     t0 = time.perf_counter()
     exported = export(work_dir, train_images, train_masks, test_images, dataset_id=dataset_id, name=name,
-                      train_ids=train_ids, test_ids=test_ids, test_masks=test_masks, overwrite=overwrite)
+                      train_ids=train_ids, test_ids=test_ids, test_masks=test_masks, overwrite=overwrite,
+                      labels=labels)
     timings["export"] = time.perf_counter() - t0
     timings["plan_and_preprocess"] = plan_and_preprocess(work_dir, dataset_id, env=env, verbose=verbose)
     if narrow:
@@ -419,18 +429,18 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
         shutil.rmtree(out)
     timings["predict"] = predict(work_dir, exported["test_folder"], out, dataset_id, folds=folds, trainer=trainer,
                                  plans_name=plans_name, device=device, tta=tta, env=env, verbose=verbose)
-    pred, files = read_predictions(out, exported["test_ids"], test_images.shape[1:])
+    pred, files = read_predictions(out, exported["test_ids"], test_images.shape[1:], labels)
     metrics = None
     if test_masks is not None:
         from sbldm.segmentation.fast import evaluate
 
-        metrics = evaluate(pred, np.asarray(test_masks) > 0, exported["test_ids"])
+        metrics = evaluate(pred > 0, np.asarray(test_masks) > 0, exported["test_ids"])
     timings["total"] = time.perf_counter() - t_start
     p = paths(work_dir)
     return {
         "predictions": pred, "pred_paths": files, "test_ids": exported["test_ids"],
         "train_ids": exported["train_ids"], "metrics": metrics,
-        "trainer": trainer, "stock_trainer": STOCK_TRAINERS[augmentation], "augmentation": augmentation,
+        "labels": labels, "trainer": trainer, "stock_trainer": STOCK_TRAINERS[augmentation], "augmentation": augmentation,
         "plans": plans_name, "narrow": narrow, "configuration": CONFIGURATION, "folds": folds,
         "epochs": 1000 if epochs is None else int(epochs),
         "iterations_per_epoch": 250 if iterations is None else int(iterations),
@@ -447,7 +457,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
 def predict_images(run: dict, images, case_ids: Sequence[str] | None = None, tag: str = "extra",
                    verbose: bool = False) -> np.ndarray:
     """Segment more images with the model of a finished ``train_and_predict`` run
-    (``run`` is its result), e.g. synthetic volumes; (N, x, y, z) uint8 masks."""
+    (``run`` is its result), e.g. synthetic volumes; (N, x, y, z) uint8 masks or label maps,
+    as the run was trained."""
     from sbldm.io import save_nifti
 
     require()
@@ -463,4 +474,4 @@ def predict_images(run: dict, images, case_ids: Sequence[str] | None = None, tag
     env = environment(work_dir, device=run["device"], threads=run["threads"], seed=run["seed"])
     predict(work_dir, inputs, out, run["dataset_id"], folds=run["folds"], trainer=run["trainer"],
             plans_name=run["plans"], device=run["device"], tta=run["tta"], env=env, verbose=verbose)
-    return read_predictions(out, ids, images.shape[1:])[0]
+    return read_predictions(out, ids, images.shape[1:], run.get("labels", "whole"))[0]

@@ -24,23 +24,34 @@ The protocol (issue "Table 2 that can show the paper's effect"):
   "real + SBLDM (filtered)" row, quality-filtered against the tumour each volume was
   asked for, with the rejection rate recorded;
 - HD95 in mm (the resampled grid's spacing) with the number of empty predictions beside it;
-- beyond the paper's table: the data-scarce regime, real-only vs real + 100 SBLDM volumes
-  at several real-set sizes, every point over the same seeds.
+- with sub-region label maps (``tumour_labels="regions"``; the paper scores the whole tumour
+  only) every row trains on label maps and is scored per BraTS region (WT, TC, ET): volume
+  Dice and HD95, and the BraTS 2023 lesion-wise Dice and HD95
+  (``sbldm.segmentation.brats_metrics``, which documents the definition it follows);
+- every (row, seed) result is kept in ``work/<run>/segmentation/cases/`` under a key of its
+  training data, test data and settings, so a killed run resumes and another notebook
+  asking for the same training (notebook 11's full-size rows) reuses it.
+
+The data-scarce regime and the protocols of using synthetic data are notebook 11's
+(``sbldm.experiments.scarce_regime``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sbldm import paper
 from sbldm.config import Config
-from sbldm.data.tumour import tumour_features
-from sbldm.segmentation.fast import evaluate
+from sbldm.data.tumour import REGIONS, VALID_LABELS, tumour_features
+from sbldm.segmentation.fast import CLASSES, evaluate
 
 PAPER_TABLE2 = paper.TABLE2
 
@@ -48,9 +59,16 @@ PAPER_TABLE2 = paper.TABLE2
 SYNTHETIC = {"3D-LSGAN": "3D-LSGAN", "3D-LDM": "3D-LDM", "SBLDM": "SBLDM (DDIM)"}
 
 
+def targets(split, cfg: Config) -> np.ndarray:
+    """What the segmenter learns of a prepared split: its label maps when the chain carries
+    sub-regions (``cfg.tumour_labels == "regions"``), else its whole-tumour masks."""
+    return np.asarray(split.labels if cfg.tumour_labels == "regions" else split.masks)
+
+
 def augment(images, masks, factor: int, seed: int = 0):
-    """``factor - 1`` randomly augmented copies of every (image, mask), appended to the
-    originals: ``factor`` x the input. MONAI transforms, seeded; masks stay binary."""
+    """``factor - 1`` randomly augmented copies of every (image, mask or label map), appended
+    to the originals: ``factor`` x the input. MONAI transforms, seeded; masks and label maps
+    are resampled nearest-neighbour, so they keep their values."""
     from monai.transforms import (Compose, Rand3DElasticd, RandAffined, RandFlipd, RandGaussianNoised,
                                   RandScaleIntensityd, RandShiftIntensityd)
 
@@ -75,7 +93,7 @@ def augment(images, masks, factor: int, seed: int = 0):
         for im, m in zip(images, masks):
             d = t({"image": im[None], "mask": m[None].astype(np.float32)})
             ai.append(np.clip(np.asarray(d["image"][0], np.float32), -1, 1))
-            am.append((np.asarray(d["mask"][0]) > 0.5).astype(np.uint8))
+            am.append(np.rint(np.asarray(d["mask"][0])).astype(np.uint8))
         out_i.append(np.stack(ai))
         out_m.append(np.stack(am))
     return np.concatenate(out_i), np.concatenate(out_m)
@@ -87,19 +105,24 @@ FILTERED = "real + SBLDM (filtered)"
 
 
 class SyntheticSetError(ValueError):
-    """A synthetic training set that cannot be used (shape, NaN, non-binary mask)."""
+    """A synthetic training set that cannot be used (shape, NaN, a mask or label map with
+    values it cannot hold, no label maps where the chain needs them)."""
 
 
-def check_synthetic(name: str, images, masks) -> tuple[np.ndarray, np.ndarray]:
-    """``(images, masks)`` as arrays, or ``SyntheticSetError`` naming ``name`` and the first bad volume."""
+def check_synthetic(name: str, images, masks, labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, masks)`` as arrays, or ``SyntheticSetError`` naming ``name`` and the first
+    bad volume; ``masks`` are binary, or label maps with values 0-3 when ``labels``."""
     images, masks = np.asarray(images), np.asarray(masks)
     if images.ndim != 4 or images.shape != masks.shape:
         raise SyntheticSetError(f"{name}: images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    valid = VALID_LABELS if labels else (0, 1)
     for i, (im, m) in enumerate(zip(images, masks)):
         if not np.all(np.isfinite(im)):
             raise SyntheticSetError(f"{name}: synthetic volume {i} holds NaN or infinite intensities")
-        if not np.all(np.isin(m, (0, 1))):
-            raise SyntheticSetError(f"{name}: the mask of synthetic volume {i} is not binary "
+        if not np.all(np.isin(m, valid)):
+            what = "label map" if labels else "mask"
+            kind = f"label values {list(valid)}" if labels else "binary"
+            raise SyntheticSetError(f"{name}: the {what} of synthetic volume {i} is not {kind} "
                                     f"(values {np.unique(m)[:5].tolist()})")
     return images.astype(np.float32), masks.astype(np.uint8)
 
@@ -116,7 +139,7 @@ def quality_filter(masks, requested, cfg: Config) -> tuple[np.ndarray, dict]:
     keep = np.zeros(len(masks), bool)
     report = {"n": int(len(masks)), "rejected_empty": 0, "rejected_centre": 0, "rejected_volume": 0}
     for i, (m, r) in enumerate(zip(masks, req)):
-        f = tumour_features(m, empty="nan")
+        f = tumour_features(m > 0, empty="nan")
         if math.isnan(f["voxel_volume"]):
             report["rejected_empty"] += 1
             continue
@@ -132,31 +155,35 @@ def quality_filter(masks, requested, cfg: Config) -> tuple[np.ndarray, dict]:
     return keep, report
 
 
-def synthetic_sets(samples: dict, n: int) -> dict:
-    """``{generator: (images, masks, requested features or None)}``: the first ``n`` volumes
-    of each generator's Table 1 sample set, checked (generators without samples, e.g.
-    baselines not trained when a shipped pipeline is evaluated, are left out)."""
-    out = {}
-    for name, key in SYNTHETIC.items():
-        if key not in samples:
-            continue
-        s = samples[key]
-        if len(s["images"]) < n:
-            raise ValueError(f"{key}: {len(s['images'])} synthetic volumes, need {n} (one per real volume); "
-                             f"raise eval_n_samples")
-        im, m = check_synthetic(name, s["images"][:n], s["masks"][:n])
-        cond = s.get("conditions")
-        out[name] = (im, m, None if cond is None else np.asarray(cond)[:n])
-    return out
+def synthetic_set(name: str, s: dict, n: int, labels: bool = False) -> tuple:
+    """``(images, masks or label maps, requested features or None)``: the first ``n`` volumes
+    of one sample set, checked; ``labels`` asks for its sub-region label maps."""
+    if len(s["images"]) < n:
+        raise ValueError(f"{name}: {len(s['images'])} synthetic volumes, need {n}; raise eval_n_samples")
+    if labels and s.get("labels") is None:
+        raise SyntheticSetError(f"{name}: the sample set carries no sub-region label maps, and the segmenter "
+                                "learns label maps (tumour_labels='regions'); resample it with a generator of "
+                                "the regions")
+    im, m = check_synthetic(name, s["images"][:n], (s["labels"] if labels else s["masks"])[:n], labels)
+    cond = s.get("conditions")
+    return im, m, None if cond is None else np.asarray(cond)[:n]
+
+
+def synthetic_sets(samples: dict, n: int, labels: bool = False) -> dict:
+    """``{generator: (images, masks or label maps, requested features or None)}``: the first
+    ``n`` volumes of each generator's Table 1 sample set, checked (generators without
+    samples, e.g. baselines not trained when a shipped pipeline is evaluated, are left out)."""
+    return {name: synthetic_set(name, samples[key], n, labels) for name, key in SYNTHETIC.items() if key in samples}
 
 
 def training_sets(train, samples: dict, cfg: Config, seed: int = 0) -> tuple[dict, dict]:
-    """``({row: (images, masks)}, filter report)`` for every Table 2 row, plus the
-    quality-filtered SBLDM row when SBLDM's requested tumours are known."""
+    """``({row: (images, targets)}, filter report)`` for every Table 2 row, plus the
+    quality-filtered SBLDM row when SBLDM's requested tumours are known; targets are label
+    maps or whole-tumour masks as ``targets`` says."""
     n = len(train)
-    real = (np.asarray(train.images), np.asarray(train.masks))
+    real = (np.asarray(train.images), targets(train, cfg))
     aug = augment(*real, cfg.seg_augment_factor, seed=seed)
-    synth = synthetic_sets(samples, n)
+    synth = synthetic_sets(samples, n, labels=cfg.tumour_labels == "regions")
     sets = {"real": real, f"real + augmentation (x{cfg.seg_augment_factor})": aug}
     for name, (im, m, _) in synth.items():
         sets[f"synthetic only: {name}"] = (im, m)
@@ -192,15 +219,16 @@ def choose_budget(curve: list[dict], tolerance: float) -> int:
 
 def learning_curve(train, cfg: Config, seed: int = 0, progress=print) -> dict:
     """A real-only fast-backend run on the training split minus ``seg_val_fraction`` of it,
-    validated every ``seg_curve_every`` steps up to ``seg_iterations``: ``{"curve", "budget",
+    validated every ``seg_curve_every`` steps up to ``seg_iterations`` (the whole tumour's
+    Dice, or the mean over WT, TC and ET with label maps): ``{"curve", "budget",
     "n_fit", "n_val", "seconds", "seconds_per_iteration"}``."""
     from sbldm.segmentation.fast import train_fast
 
     fit, val = validation_split(len(train), cfg.seg_val_fraction, seed)
-    images, masks = np.asarray(train.images), np.asarray(train.masks)
+    images, masks = np.asarray(train.images), targets(train, cfg)
     t0 = time.time()
     seg = train_fast(images[fit], masks[fit], cfg, seed=seed, val=(images[val], masks[val]),
-                     eval_every=cfg.seg_curve_every)
+                     eval_every=cfg.seg_curve_every, classes=CLASSES[cfg.tumour_labels])
     seconds = time.time() - t0
     budget = choose_budget(seg.curve, cfg.seg_plateau_tolerance)
     if progress:
@@ -208,7 +236,27 @@ def learning_curve(train, cfg: Config, seed: int = 0, progress=print) -> dict:
         progress(f"learning curve: best validation Dice {best:.3f}; budget {budget} iterations "
                  f"(first within {cfg.seg_plateau_tolerance} of the best) in {seconds:.0f} s")
     return {"curve": seg.curve, "budget": budget, "n_fit": int(len(fit)), "n_val": int(len(val)),
-            "seconds": seconds}
+            "seconds": seconds, "regions": cfg.tumour_labels == "regions"}
+
+
+def budget(train, cfg: Config, work: Path, seed: int = 0, progress=print) -> dict:
+    """``learning_curve``'s result, kept in ``work/segmentation/learning_curve.json`` under a
+    key of the training data, the seed and the segmentation settings: notebooks 06 and 11
+    train every row with the same budget, measured once."""
+    from sbldm.io import atomic_write_json
+
+    h = hashlib.sha256()
+    _digest(h, np.asarray(train.images), targets(train, cfg))
+    h.update(json.dumps({"seed": int(seed), "settings": _settings(cfg)}, sort_keys=True, default=str).encode())
+    key = h.hexdigest()[:24]
+    path = Path(work) / "segmentation" / "learning_curve.json"
+    if path.is_file():
+        kept = json.loads(path.read_text())
+        if kept.get("key") == key:
+            return kept["result"]
+    result = learning_curve(train, cfg, seed=seed, progress=progress)
+    atomic_write_json(path, {"key": key, "result": result})
+    return result
 
 
 def curve_figure(result: dict, scale: str):
@@ -217,7 +265,8 @@ def curve_figure(result: dict, scale: str):
     plt = agg_pyplot()
     curve = result["curve"]
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
-    ax.plot([r["iteration"] for r in curve], [r["val_dice"] for r in curve], marker="o", label="validation Dice")
+    what = "validation Dice" + (" (mean of WT, TC, ET)" if result.get("regions") else "")
+    ax.plot([r["iteration"] for r in curve], [r["val_dice"] for r in curve], marker="o", label=what)
     ax.axvline(result["budget"], color="k", ls="--", lw=1, label=f"budget: {result['budget']} iterations")
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("Dice", color="C0")
@@ -235,13 +284,45 @@ def curve_figure(result: dict, scale: str):
 
 # -- training every row ----------------------------------------------------------------
 
+@dataclass(frozen=True)
+class PretrainFinetune:
+    """A training set used in two phases (a protocol of notebook 11): ``pretrain`` (images,
+    targets) for ``fraction`` of the budget, then ``finetune`` for the rest, starting from
+    the pre-trained weights. The total number of optimiser steps is every row's budget."""
+
+    pretrain: tuple
+    finetune: tuple
+    fraction: float
+
+    def __len__(self) -> int:
+        return len(self.pretrain[0]) + len(self.finetune[0])
+
+
+def n_volumes(entry) -> int:
+    """Training volumes of a set: an (images, targets) pair or a ``PretrainFinetune``."""
+    return len(entry) if isinstance(entry, PretrainFinetune) else len(entry[0])
+
+
 def train_and_predict(images, masks, test_images, cfg: Config, seed: int, work: Path, tag: str,
                       iterations: int | None = None):
-    """Train the configured backend on (images, masks) and predict ``test_images``."""
+    """Train the configured backend on (images, targets) — or on a ``PretrainFinetune``
+    passed as ``images`` with ``masks`` None — and predict ``test_images``: (predictions,
+    backend info). Targets are label maps with ``tumour_labels="regions"``, else masks."""
+    classes = CLASSES[cfg.tumour_labels]
     if cfg.seg_backend == "fast":
         from sbldm.segmentation.fast import train_fast
 
-        return train_fast(images, masks, cfg, seed=seed, iterations=iterations).predict(test_images), {"backend": "fast"}
+        if isinstance(images, PretrainFinetune):
+            steps = cfg.seg_iterations if iterations is None else int(iterations)
+            first = min(steps - 1, max(1, round(steps * images.fraction)))
+            pre = train_fast(*images.pretrain, cfg, seed=seed, iterations=first, classes=classes)
+            seg = train_fast(*images.finetune, cfg, seed=seed, iterations=steps - first, classes=classes, init=pre)
+            return seg.predict(test_images), {"backend": "fast", "pretrain_steps": first}
+        return (train_fast(images, masks, cfg, seed=seed, iterations=iterations, classes=classes).predict(test_images),
+                {"backend": "fast"})
+    if isinstance(images, PretrainFinetune):
+        raise ValueError("pre-training on synthetic volumes then fine-tuning on real ones runs with the fast backend "
+                         "only (seg_backend='fast')")
     from sbldm.segmentation import nnunet
 
     res = nnunet.train_and_predict(images, masks, test_images, cfg, work / "nnunet" / f"{tag}_seed{seed}", seed=seed)
@@ -256,23 +337,94 @@ def spacings(split) -> list[tuple[float, float, float]] | None:
     return [tuple(float(v) for v in np.linalg.norm(np.asarray(a)[:3, :3], axis=0)) for a in affines]
 
 
+def score(pred, test, cfg: Config) -> list[dict]:
+    """Per-case rows of one trained network on the test split: ``dice``, ``iou``, ``hd95``
+    (mm; NaN when one side is empty) and ``empty_prediction`` of the whole tumour, and for
+    every region R (WT, TC, ET with label maps; WT alone otherwise) ``dice_R``, ``hd95_R``
+    and the BraTS 2023 lesion-wise ``lesion_dice_R``, ``lesion_hd95_R``, with the lesion
+    counts ``lesions_R``, ``missed_R`` and ``false_positives_R``
+    (``sbldm.segmentation.brats_metrics``; HD95 there with the BraTS penalty for an empty side)."""
+    from sbldm.segmentation import brats_metrics as bm
+
+    pred, ref = np.asarray(pred), targets(test, cfg)
+    sp = spacings(test) or [(1.0, 1.0, 1.0)] * len(ref)
+    rows = evaluate(pred > 0, ref > 0, test.case_ids, spacings=sp)
+    regions = cfg.tumour_labels == "regions"
+    for row, p, r, s in zip(rows, pred, ref, sp):
+        if regions:
+            sc = bm.score_case(p, r, s)
+        else:
+            lw = bm.lesion_wise_scores(p > 0, r > 0, s)
+            sc = {"WT_dice": bm.dice(p > 0, r > 0), "WT_hd95": bm.hd95(p > 0, r > 0, s), "WT_lesion_dice": lw.dice,
+                  "WT_lesion_hd95": lw.hd95, "WT_n_lesions": lw.n_lesions, "WT_n_missed": lw.n_missed,
+                  "WT_n_false_positive": lw.n_false_positive}
+        for region in (REGIONS if regions else ("WT",)):
+            row.update({f"dice_{region}": sc[f"{region}_dice"], f"hd95_{region}": sc[f"{region}_hd95"],
+                        f"lesion_dice_{region}": sc[f"{region}_lesion_dice"],
+                        f"lesion_hd95_{region}": sc[f"{region}_lesion_hd95"],
+                        f"lesions_{region}": sc[f"{region}_n_lesions"], f"missed_{region}": sc[f"{region}_n_missed"],
+                        f"false_positives_{region}": sc[f"{region}_n_false_positive"]})
+    return rows
+
+
+#: config fields a segmentation run's result depends on (besides its data and seed)
+def _settings(cfg: Config) -> dict:
+    return {k: v for k, v in cfg.to_dict().items() if k.startswith("seg_") or k == "tumour_labels"}
+
+
+def _digest(h, *arrays) -> None:
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+
+
+def case_key(entry, test, cfg: Config, seed: int, iterations: int | None) -> str:
+    """The key of one (training set, seed) result: a hash of the training images and
+    targets (both phases of a ``PretrainFinetune``), the test images, targets and spacing,
+    the seed, the budget and every segmentation setting."""
+    h = hashlib.sha256()
+    if isinstance(entry, PretrainFinetune):
+        h.update(f"pretrain-finetune {entry.fraction!r}".encode())
+        _digest(h, *entry.pretrain, *entry.finetune)
+    else:
+        _digest(h, *entry)
+    _digest(h, np.asarray(test.images), targets(test, cfg))
+    h.update(json.dumps({"seed": int(seed), "iterations": iterations, "settings": _settings(cfg),
+                         "spacings": spacings(test), "ids": list(test.case_ids)}, sort_keys=True,
+                        default=str).encode())
+    return h.hexdigest()[:24]
+
+
 def run_rows(sets: dict, test, cfg: Config, work: Path, seeds=None, iterations: int | None = None,
              progress=print, tag: str = "row") -> list[dict]:
     """Per-case metric rows ``{row, seed, n_train_volumes, case_id, dice, iou, hd95,
-    empty_prediction, seconds}`` for every row and seed (``tag`` names the rows' work folders)."""
+    empty_prediction, <region metrics of score>, seconds}`` for every row and seed (``tag``
+    names the rows' nnU-Net work folders). Each (row, seed) result is kept in
+    ``work/segmentation/cases/<case_key>.json`` and read back instead of retrained."""
+    from sbldm.io import atomic_write_json
+
     seeds = tuple(cfg.seg_seeds if seeds is None else seeds)
-    sp = spacings(test)
+    cache = Path(work) / "segmentation" / "cases"
     cases = []
-    for k, (row, (images, masks)) in enumerate(sets.items()):
+    for k, (row, entry) in enumerate(sets.items()):
+        images, masks = (entry, None) if isinstance(entry, PretrainFinetune) else entry
         for seed in seeds:
-            t0 = time.time()
-            pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"{tag}{k}", iterations)
-            seconds = time.time() - t0
-            rows = evaluate(pred, test.masks, test.case_ids, spacings=sp)
-            cases += [{"row": row, "seed": seed, "n_train_volumes": len(images), **r, "seconds": seconds} for r in rows]
+            path = cache / f"{case_key(entry, test, cfg, seed, iterations)}.json"
+            if path.is_file():
+                done = json.loads(path.read_text())
+                rows, seconds, reused = done["rows"], done["seconds"], True
+            else:
+                t0 = time.time()
+                pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"{tag}{k}", iterations)
+                seconds, reused = time.time() - t0, False
+                rows = score(pred, test, cfg)
+                atomic_write_json(path, {"row": row, "seed": seed, "seconds": seconds, "rows": rows})
+            cases += [{"row": row, "seed": seed, "n_train_volumes": n_volumes(entry), **r, "seconds": seconds}
+                      for r in rows]
             if progress:
-                progress(f"{row} (seed {seed}, {len(images)} volumes): Dice {np.mean([r['dice'] for r in rows]):.3f} "
-                         f"in {seconds:.0f} s")
+                progress(f"{row} (seed {seed}, {n_volumes(entry)} volumes): Dice {np.mean([r['dice'] for r in rows]):.3f} "
+                         f"in {seconds:.0f} s" + (" (kept from an earlier run)" if reused else ""))
     return cases
 
 
@@ -301,23 +453,47 @@ def _per_seed(cases, row, metric, reduce=np.mean) -> list[float]:
     return [float(reduce([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == s])) for s in seeds]
 
 
+#: per-region columns ``score`` adds, averaged like Dice in ``summarise``
+REGION_METRICS = ("dice", "lesion_dice", "lesion_hd95", "false_positives", "missed")
+
+
+def regions_of(cases: list[dict]) -> list[str]:
+    """The BraTS regions scored in these per-case rows (WT, TC, ET; or WT alone)."""
+    return [r for r in REGIONS if cases and f"dice_{r}" in cases[0]]
+
+
+def _paired_p(d: dict, ref: dict) -> float:
+    from scipy.stats import wilcoxon
+
+    keys = sorted(set(d) & set(ref))
+    diff = np.array([d[k] - ref[k] for k in keys])
+    diff = diff[~np.isnan(diff)]
+    return float(wilcoxon(diff).pvalue) if np.any(diff != 0) and len(diff) > 1 else 1.0
+
+
 def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
     """Table 2 rows: mean over seeds of the per-seed mean Dice/IoU, their spread across
     seeds (sample std; 0 with one seed), the std across cases of the seed-averaged per-case
     Dice, HD95 over the cases where it is defined with the mean number of empty predictions
     per seed beside it, and the Wilcoxon signed-rank p-value of the seed-averaged per-case
-    Dice against ``reference``, raw and Holm-corrected over the rows compared."""
-    from scipy.stats import wilcoxon
+    Dice against ``reference``, raw and Holm-corrected over the rows compared.
 
+    With region columns (``score``): for every region R, ``dice_R``, ``lesion_dice_R``,
+    ``lesion_hd95_R`` (mean over seeds of the per-seed mean, ``_seed_std`` beside each),
+    false positives and missed lesions per case, and the paired test of ``dice_R``
+    against ``reference`` (``p_vs_real_R``, ``p_holm_R``; Holm within each region)."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
+    regions = regions_of(cases)
     ref = _per_case(cases, reference, "dice") if reference in rows_order else None
+    ref_r = {r: _per_case(cases, reference, f"dice_{r}") for r in regions} if ref is not None else {}
     out = []
     for row in rows_order:
         sel = [c for c in cases if c["row"] == row]
         seeds = sorted({c["seed"] for c in sel})
         entry = {"row": row, "n_train_volumes": sel[0]["n_train_volumes"], "seeds": len(seeds),
                  "n_test": len({c["case_id"] for c in sel})}
-        for metric in ("dice", "iou"):
+        metrics = ["dice", "iou"] + [f"{m}_{r}" for r in regions for m in REGION_METRICS]
+        for metric in metrics:
             per_seed = _per_seed(cases, row, metric)
             entry[f"{metric}_mean"] = float(np.mean(per_seed))
             entry[f"{metric}_seed_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
@@ -327,19 +503,20 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
         entry["hd95_n"] = int(np.sum(~np.isnan(hd)))
         entry["empty_predictions"] = float(np.mean(_per_seed(cases, row, "empty_prediction", reduce=np.sum)))
         entry["seconds_per_training"] = float(np.mean([c.get("seconds", math.nan) for c in sel]))
-        d = _per_case(cases, row, "dice")
-        if ref is not None and row != reference:
-            keys = sorted(set(d) & set(ref))
-            diff = np.array([d[k] - ref[k] for k in keys])
-            entry["p_vs_real"] = float(wilcoxon(diff).pvalue) if np.any(diff != 0) and len(keys) > 1 else 1.0
-        else:
-            entry["p_vs_real"] = math.nan
+        compared = ref is not None and row != reference
+        entry["p_vs_real"] = _paired_p(_per_case(cases, row, "dice"), ref) if compared else math.nan
+        for r in regions:
+            entry[f"p_vs_real_{r}"] = _paired_p(_per_case(cases, row, f"dice_{r}"), ref_r[r]) if compared else math.nan
         paper = PAPER_TABLE2.get(re.sub(r"\(x\d+\)", "(x5)", row), (None, None))
         entry["paper_dice"], entry["paper_iou"] = paper
         out.append(entry)
     adjusted = holm({r["row"]: r["p_vs_real"] for r in out})
     for r in out:
         r["p_holm"] = adjusted[r["row"]]
+    for region in regions:
+        adjusted = holm({r["row"]: r[f"p_vs_real_{region}"] for r in out})
+        for r in out:
+            r[f"p_holm_{region}"] = adjusted[r["row"]]
     return out
 
 
@@ -349,95 +526,61 @@ def _p(p) -> str:
 
 def table2_markdown(rows: list[dict], scale: str, backend: str, data: str, n_test: int,
                     notes: list[str] = ()) -> str:
-    lines = ["| training set | volumes | seeds | DSC (ours) | IoU (ours) | HD95 mm (ours) | empty pred. | "
-             "p vs real (Holm) | DSC (paper) | IoU (paper) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    regions = [r for r in REGIONS if rows and f"dice_{r}_mean" in rows[0]]
+    many = len(regions) > 1
+    head = ["training set", "volumes", "seeds"]
+    if many:
+        head += [f"Dice {r}" for r in regions]
+        head += [f"lesion-wise Dice {' / '.join(regions)}", f"lesion-wise HD95 mm {' / '.join(regions)}",
+                 "IoU WT", "HD95 WT mm", "empty pred.", f"p vs real {' / '.join(regions)} (Holm)"]
+    else:
+        head += ["DSC (ours)", "IoU (ours)", "HD95 mm (ours)"]
+        if regions:
+            head += ["lesion-wise DSC", "lesion-wise HD95 mm"]
+        head += ["empty pred.", "p vs real (Holm)"]
+    head += ["DSC (paper)", "IoU (paper)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['row']} | {r['n_train_volumes']} | {r['seeds']} | {r['dice_mean']:.3f} ± {r['dice_seed_std']:.3f} | "
-                     f"{r['iou_mean']:.3f} ± {r['iou_seed_std']:.3f} | {r['hd95_mean']:.1f} | "
-                     f"{r['empty_predictions']:.1f} / {r['n_test']} | {_p(r['p_holm'])} | "
-                     f"{r['paper_dice'] or '—'} | {r['paper_iou'] or '—'} |")
+        cells = [r["row"], str(r["n_train_volumes"]), str(r["seeds"])]
+        pm = lambda k, d=3: f"{r[k + '_mean']:.{d}f} ± {r[k + '_seed_std']:.{d}f}"  # noqa: E731
+        empty = f"{r['empty_predictions']:.1f} / {r['n_test']}"
+        if many:
+            cells += [pm(f"dice_{g}") for g in regions]
+            cells += [" / ".join(f"{r[f'lesion_dice_{g}_mean']:.3f}" for g in regions),
+                      " / ".join(f"{r[f'lesion_hd95_{g}_mean']:.1f}" for g in regions),
+                      pm("iou"), f"{r['hd95_mean']:.1f}", empty,
+                      " / ".join(_p(r[f"p_holm_{g}"]) for g in regions)]
+        else:
+            cells += [pm("dice"), pm("iou"), f"{r['hd95_mean']:.1f}"]
+            if regions:
+                cells += [f"{r['lesion_dice_WT_mean']:.3f}", f"{r['lesion_hd95_WT_mean']:.1f}"]
+            cells += [empty, _p(r["p_holm"])]
+        cells += [str(r["paper_dice"] or "—"), str(r["paper_iou"] or "—")]
+        lines.append("| " + " | ".join(cells) + " |")
     n_seeds = max(r["seeds"] for r in rows)
     std = ("± the sample std across seeds of the per-seed mean" if n_seeds > 1
            else "one training seed, so no spread across seeds (± 0)")
+    what = (f"Dice per BraTS region ({', '.join(regions)}: whole tumour, tumour core, enhancing tumour)" if many
+            else "DSC and IoU of the whole tumour")
     notes = [
-        f"scale `{scale}`, data: {data}, backend `{backend}`, {n_test} real test volumes; DSC and IoU: mean over "
+        f"scale `{scale}`, data: {data}, backend `{backend}`, {n_test} real test volumes; {what}: mean over "
         f"{n_seeds} training seed(s) of the per-seed mean over test cases, {std}",
         "p vs real: two-sided Wilcoxon signed-rank test, paired by test case, of the per-case Dice averaged over the "
-        "seeds, against the 'real' row; Holm-corrected for the number of rows compared; * p < 0.05. It accounts for "
+        "seeds, against the 'real' row; Holm-corrected for the number of rows compared"
+        + (" (within each region)" if many else "") + "; * p < 0.05. It accounts for "
         "case-to-case variation and multiple comparisons; seed-to-seed variation enters only through the averaging, "
         "and the draw of the synthetic volumes (one sample set per generator) and of the real split not at all",
-        "HD95 in mm on the resampled grid, averaged over the (seed, case) pairs where both masks are non-empty; "
+        "HD95 WT in mm on the resampled grid, averaged over the (seed, case) pairs where both masks are non-empty; "
         "'empty pred.': test cases per seed (mean over seeds) where the network predicted no tumour at all "
         "(Dice 0, HD95 undefined)",
+        *(["lesion-wise Dice and HD95: the BraTS 2023 (BraTS-GLI) definition, sbldm.segmentation.brats_metrics: the "
+           "reference dilated 3 times to group and match lesions, lesions of at most 50 mm³ left out, every missed "
+           "lesion and every false-positive component scored Dice 0 and HD95 374 mm; a case with neither scores 1 and 0"]
+          if regions else []),
         *notes,
-        "the paper's numbers: nnU-Net on BraTS at 192x192x96 with 100 real training volumes, one run",
+        "the paper's numbers: nnU-Net on BraTS at 192x192x96 with 100 real training volumes, one run, whole tumour only",
     ]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
-
-
-# -- the data-scarce regime ------------------------------------------------------------
-
-def scarce_regime(train, samples: dict, test, cfg: Config, work: Path, sizes=None, seeds=None,
-                  iterations: int | None = None, reuse: list[dict] | None = None, progress=print) -> list[dict]:
-    """Per-seed mean Dice of real-only vs real + SBLDM (all ``len(train)`` synthetic volumes,
-    100 as in the paper) with ``n`` real volumes, for each size and seed. The real subset of
-    size ``n`` is drawn with the training seed; at the full size it is the whole split, so
-    the Table 2 cases in ``reuse`` (rows "real" and "real + SBLDM", same seeds) are reused."""
-    sizes = tuple(cfg.seg_scarce_sizes if sizes is None else sizes)
-    seeds = tuple(cfg.seg_seeds if seeds is None else seeds)
-    synth_im, synth_m, _ = synthetic_sets(samples, len(train))["SBLDM"]
-    images, masks = np.asarray(train.images), np.asarray(train.masks)
-    out = []
-    for n in sorted({min(int(s), len(train)) for s in sizes}):
-        for seed in seeds:
-            idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:n])
-            sets = {"real": (images[idx], masks[idx]),
-                    "real + SBLDM": (np.concatenate([images[idx], synth_im]), np.concatenate([masks[idx], synth_m]))}
-            for name, (im, m) in sets.items():
-                prior = [c for c in (reuse or []) if c["row"] == name and c["seed"] == seed]
-                reused = n == len(train) and bool(prior)
-                if not reused:
-                    prior = run_rows({name: (im, m)}, test, cfg, work, seeds=(seed,), iterations=iterations,
-                                     progress=None, tag=f"scarce{n}_{name.replace(' ', '')}")
-                dice, seconds = float(np.mean([c["dice"] for c in prior])), prior[0].get("seconds")
-                out.append({"n_real": n, "n_synthetic": len(im) - n, "training_set": name, "seed": seed,
-                            "dice_mean": dice, "seconds": seconds, "from_table2": reused})
-                if progress:
-                    progress(f"scarce regime: {n} real, {name}, seed {seed}: Dice {dice:.3f}")
-    return out
-
-
-def summarise_scarce(rows: list[dict]) -> list[dict]:
-    """Per (n_real, training set): mean and sample std across seeds of the per-seed mean Dice."""
-    out = []
-    for key in dict.fromkeys((r["n_real"], r["training_set"]) for r in rows):
-        d = [r["dice_mean"] for r in rows if (r["n_real"], r["training_set"]) == key]
-        out.append({"n_real": key[0], "training_set": key[1], "seeds": len(d), "dice_mean": float(np.mean(d)),
-                    "dice_seed_std": float(np.std(d, ddof=1)) if len(d) > 1 else 0.0})
-    return out
-
-
-def scarce_figure(summary: list[dict], scale: str):
-    from sbldm.plotting import agg_pyplot
-
-    plt = agg_pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    for name in dict.fromkeys(r["training_set"] for r in summary):
-        rs = [r for r in summary if r["training_set"] == name]
-        ax.errorbar([r["n_real"] for r in rs], [r["dice_mean"] for r in rs], yerr=[r["dice_seed_std"] for r in rs],
-                    marker="o", capsize=3, label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(sorted({r["n_real"] for r in summary}))
-    ax.set_xticklabels([str(n) for n in sorted({r["n_real"] for r in summary})])
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("real training volumes")
-    ax.set_ylabel("Dice on the real test split")
-    seeds = max(r["seeds"] for r in summary)
-    ax.set_title(f"data-scarce regime ({scale}): mean ± std over {seeds} seed(s)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 # -- the nnU-Net confirmation ---------------------------------------------------------

@@ -1,0 +1,134 @@
+"""The data-scarce regime without leakage: nested subsets, generators that see only their
+subset, and the protocol rows (sbldm.experiments.scarce_regime)."""
+
+import numpy as np
+import pytest
+from conftest import ball
+
+from model_helpers import make_prepared
+from sbldm import config
+from sbldm.data.cohort import load_prepared
+from sbldm.experiments import scarce_regime as sr
+from sbldm.segmentation import table2
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    return make_prepared(tmp_path_factory.mktemp("cohort"))
+
+
+def test_subsets_are_nested_seeded_and_capped():
+    subsets = sr.real_subsets(20, (5, 10, 50), seed=3)
+    assert list(subsets) == [5, 10, 20] and list(subsets[20]) == list(range(20))
+    assert set(subsets[5]) <= set(subsets[10]) and len(set(subsets[10])) == 10
+    assert all(np.array_equal(a, b) for a, b in zip(subsets.values(), sr.real_subsets(20, (5, 10, 50), 3).values()))
+    assert not np.array_equal(sr.real_subsets(20, (5,), 4)[5], subsets[5])
+    with pytest.raises(ValueError, match="positive"):
+        sr.real_subsets(20, (0, 5))
+
+
+def test_a_subset_split_knows_nothing_of_the_other_volumes(prepared):
+    train = load_prepared(prepared, "train")
+    idx = np.array([0, 2])
+    sub = sr.subset_split(train, idx)
+    assert sub.case_ids == [train.case_ids[0], train.case_ids[2]] and np.array_equal(sub.labels, train.labels[idx])
+    # the normaliser is refitted on the subset: its largest volume maps to the subset's maximum
+    assert sub.normalizer.to_dict()["max_volume"] == pytest.approx(train.features[idx, 0].max())
+
+    from sbldm.diffusion.latents import Latents, global_std
+
+    rng = np.random.default_rng(0)
+    mean = rng.normal(0, 1, (len(train), 2, 4, 4, 3)).astype(np.float32)
+    mean[1] *= 10                                                      # one loud volume left out
+    lat = sr.subset_latents(Latents(mean, np.ones_like(mean), global_std(mean), list(train.case_ids)), idx)
+    assert lat.latent_std == pytest.approx(global_std(mean[idx])) and lat.latent_std < global_std(mean) / 2
+    assert lat.case_ids == sub.case_ids
+
+
+def test_protocol_rows_use_the_same_volumes_in_their_own_ways():
+    cfg = config.resolve("smoke", seg_protocol_synthetic_fraction=0.5, seg_pretrain_fraction=0.25)
+    shape = (16, 16, 12)
+    real = (np.zeros((2, *shape), np.float32), np.stack([ball(shape, (8, 8, 6), 3)] * 2) * 2)
+    masks = np.stack([ball(shape, (8, 8, 6), 3), np.zeros(shape, np.uint8), ball(shape, (8, 8, 6), 3),
+                      ball(shape, (8, 8, 6), 3)])
+    from sbldm.data.tumour import tumour_features
+
+    req = np.array([[tumour_features(ball(shape, (8, 8, 6), 3))[k] for k in config.FEATURE_NAMES]] * 4)
+    synth = (np.ones((4, *shape), np.float32), masks * 3, req)
+    sets, report = sr.protocol_sets(real, synth, cfg)
+    assert list(sets) == [sr.REAL, sr.MIXING, "real + 50% of SBLDM", sr.FILTERED, sr.PRETRAIN]
+    assert [table2.n_volumes(v) for v in sets.values()] == [2, 6, 4, 5, 6]
+    assert report["rejected_empty"] == 1 and report["kept"] == 3           # the empty synthetic mask is dropped
+    pre = sets[sr.PRETRAIN]
+    assert pre.fraction == 0.25 and pre.pretrain[0] is synth[0] and pre.finetune[0] is real[0]
+    assert np.array_equal(sets[sr.MIXING][1][2:], synth[1])                 # real first, then every synthetic one
+    only_two, _ = sr.protocol_sets(real, (synth[0], synth[1], None), cfg, protocols=False)
+    assert list(only_two) == [sr.REAL, sr.MIXING]
+    no_requests, report = sr.protocol_sets(real, (synth[0], synth[1], None), cfg)
+    assert sr.FILTERED not in no_requests and report == {}
+
+
+def test_a_generator_that_saw_more_real_volumes_is_refused(tmp_path, monkeypatch):
+    """The study checks each size's record: synthetic volumes of a generator that saw more
+    than n real volumes would leak, and the study says so before training anything."""
+    class Split:
+        def __init__(self, n):
+            self.images = np.zeros((n, 8, 8, 8), np.float32)
+            self.labels = np.zeros((n, 8, 8, 8), np.uint8)
+            self.masks = self.labels
+            self.case_ids = [f"c{i}" for i in range(n)]
+            self.affines = np.stack([np.eye(4)] * n)
+
+        def __len__(self):
+            return len(self.images)
+
+    monkeypatch.setattr(table2, "run_rows", lambda *a, **k: pytest.fail("trained despite the leak"))
+    train, test = Split(6), Split(2)
+    samples = {3: {"images": np.zeros((2, 8, 8, 8), np.float32), "masks": np.zeros((2, 8, 8, 8), np.uint8),
+                   "labels": np.zeros((2, 8, 8, 8), np.uint8), "conditions": None}}
+    with pytest.raises(ValueError, match="the generator for 3 real volumes saw 6"):
+        sr.scarce_study(train, test, config.resolve("smoke"), tmp_path, {3: np.arange(3)}, samples,
+                        {3: {"unet_saw": 6, "vae_saw": 6}})
+
+
+def test_the_summary_names_only_significant_gains():
+    from sbldm.report.summaries import scarce_study
+
+    def row(name, n, et, p):
+        r = {"row": name, "n_real": n, "seeds": 3}
+        for g, v in (("WT", 0.8), ("TC", 0.6), ("ET", et)):
+            r.update({f"dice_{g}_mean": v, f"dice_{g}_seed_std": 0.01, f"p_holm_{g}": float("nan") if name == "real"
+                      else (p if g == "ET" else 1.0)})
+        return r
+
+    summary = [row("real", 10, 0.5, None), row("real + SBLDM", 10, 0.6, 0.01), row(sr.PRETRAIN, 10, 0.7, 0.2),
+               row("real", 100, 0.7, None), row("real + SBLDM", 100, 0.65, 0.001)]
+    text = scarce_study("small", summary, (10, 100))
+    assert "beats real only at 10 (Holm p < 0.05): real + SBLDM (ET, p = 0.01)." in text
+    assert "beats real only at 100 (Holm p < 0.05): no protocol." in text      # significant, but worse
+
+
+def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):
+    """Trained end to end on 2 of 4 training volumes: the pipeline samples conditions from
+    those 2 tumours only, its normaliser and brain support come from them, and its record
+    says what each network saw."""
+    import json
+
+    from model_helpers import tiny_cfg
+    from sbldm.diffusion.latents import encode_dataset
+    from sbldm.models.vae import build_vae
+
+    cfg = tiny_cfg(diffusion_steps=2, checkpoint_every=1)
+    train = load_prepared(prepared, "train")
+    vae = build_vae(cfg).eval()
+    latents = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=False)
+    idx = sr.real_subsets(len(train), [2], seed=0)[2]
+    pipe = sr.train_scarce_generator(cfg, vae, latents, train, idx, tmp_path / "n2", progress=False)
+    assert np.array_equal(pipe.train_features, train.features[idx])
+    assert pipe.normalizer.to_dict()["max_volume"] == pytest.approx(train.features[idx, 0].max())
+    record = json.loads((tmp_path / "n2" / "record.json").read_text())
+    assert (record["n_real"], record["unet_saw"], record["vae_saw"]) == (2, 2, 4)
+    assert record["case_ids"] == [train.case_ids[i] for i in idx]
+    assert (tmp_path / "n2" / "pipeline").is_dir()
+    with pytest.raises(ValueError, match="latents for"):
+        sr.train_scarce_generator(cfg, vae, sr.subset_latents(latents, idx), train, idx, tmp_path / "x")
