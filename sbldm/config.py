@@ -80,6 +80,7 @@ class Config:
     vae_kl_weight: float = _reads(1e-6, 'vae')
     vae_ssim_weight: float = _reads(1.0, 'vae')
     vae_mask_weight: float = _reads(0.0, 'vae')         # authors: no mask term; > 0 adds a class-balanced L1 of the tumour channels
+    vae_mask_nested: bool = _reads(False, 'vae')        # with regions: balance each region channel against the ring its enclosing one leaves
     vae_ssim_range: str = _reads("signed", 'vae')        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
     vae_lpips_weight: float = _reads(0.0, 'vae')         # authors' code: 0.5, needs local LPIPS weights
     vae_lpips_path: str | None = _reads(None, 'vae')

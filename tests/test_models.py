@@ -328,6 +328,31 @@ def test_the_balanced_mask_term_weighs_a_missed_tumour_like_a_painted_background
     assert balanced_mask_l1(recon, x).item() == pytest.approx(0.75)
 
 
+def test_the_nested_mask_term_charges_an_enhancing_channel_that_covers_the_necrosis():
+    """WT, TC, ET channels on a line of 103 voxels: tumour at 0-2, core at 0-1, enhancing at
+    0, so voxel 1 is necrosis. A decoder drawing enhancing over the necrosis errs by 2 at one
+    voxel of ET's 102 outside: balanced per channel that costs 0.5 * 2/102 on ET; nested, the
+    necrosis is ET's ring inside the core, one of three classes: 2/3 on ET."""
+    from sbldm.models.vae import balanced_mask_l1
+
+    x = -torch.ones(1, 4, 103)
+    x[0, 0] = 0.1
+    x[0, 1, :3] = 1.0                        # WT
+    x[0, 2, :2] = 1.0                        # TC
+    x[0, 3, :1] = 1.0                        # ET
+    recon = x.clone()
+    assert balanced_mask_l1(recon, x, nested=True).item() == 0.0
+    recon[0, 3, 1] = 1.0                     # enhancing drawn over the necrosis
+    assert balanced_mask_l1(recon, x).item() == pytest.approx(0.5 * 2 / 102 / 3)
+    assert balanced_mask_l1(recon, x, nested=True).item() == pytest.approx(2 / 3 / 3)
+    recon = x.clone()
+    recon[0, 2, 2] = 1.0                     # the core drawn over the oedema: TC's ring inside WT
+    assert balanced_mask_l1(recon, x, nested=True).item() == pytest.approx(2 / 3 / 3)
+    recon = x.clone()
+    recon[0, 1, 50] = 1.0                    # a stray tumour voxel in the background: WT has no ring
+    assert balanced_mask_l1(recon, x, nested=True).item() == pytest.approx(0.5 * 2 / 100 / 3)
+
+
 def test_the_vae_loss_adds_the_mask_term_only_when_weighted():
     from sbldm.models.vae import vae_loss
 

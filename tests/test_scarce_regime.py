@@ -132,3 +132,19 @@ def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):
     assert (tmp_path / "n2" / "pipeline").is_dir()
     with pytest.raises(ValueError, match="latents for"):
         sr.train_scarce_generator(cfg, vae, sr.subset_latents(latents, idx), train, idx, tmp_path / "x")
+
+
+def test_necrosis_scores_by_hand():
+    from sbldm.experiments.vae_mask_ablation import necrosis_scores
+
+    ref = np.zeros((3, 4, 4, 4), np.uint8)
+    ref[0, :2] = 1                                   # 32 necrosis voxels
+    ref[1, :1] = 1                                   # 16
+    ref[2, :2] = 3                                   # no necrosis: left out
+    pred = np.zeros_like(ref)
+    pred[0, :1] = 1                                  # half of case 0's necrosis: Dice 2*16/(16+32)
+    pred[1] = 3                                      # case 1: enhancing over its necrosis, none decoded
+    s = necrosis_scores(pred, ref)
+    assert s["n_with_necrosis"] == 2 and s["necrosis_decoded"] == 0.5
+    assert s["necrosis_dice"] == pytest.approx((2 * 16 / 48 + 0.0) / 2)
+    assert np.isnan(necrosis_scores(pred, np.zeros_like(ref))["necrosis_dice"])

@@ -74,3 +74,23 @@ def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     assert out.images.shape == (1, *cfg.volume_shape) and np.isfinite(out.images).all()
     assert out.labels is not None and out.labels.shape == out.images.shape     # the regions: a label map
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) < 15e6      # the size budget
+
+
+def test_the_card_quotes_table2_per_region_and_says_when_it_is_stale(tmp_path):
+    from sbldm import config
+    from sbldm.report import ship
+    from sbldm.tables import write_table
+
+    res = tmp_path / "results"
+    rows = [{"row": name, "seeds": 3, "dice_mean": d, "dice_WT_mean": d, "dice_TC_mean": d - 0.1, "dice_ET_mean": d - 0.2}
+            for name, d in (("real", 0.9), ("real + SBLDM", 0.8))]
+    write_table(rows, res / "tables" / "table2")
+    run = {"notebooks": {"00_prepare_data": {"status": "ok", "finished_at": "2026-11-30T10:00:00+00:00"},
+                         "06_segmentation_study": {"status": "ok", "finished_at": "2026-11-30T12:00:00+00:00"}}}
+    (res / "run.json").write_text(json.dumps(run))
+    card = ship.model_card(config.resolve("smoke"), "smoke", res, None)
+    assert "Table 2 (3 segmenter seeds, Dice WT/TC/ET): real 0.900/0.800/0.700, real + SBLDM 0.800/0.700/0.600" in card
+    assert "stale" not in card
+    run["notebooks"]["00_prepare_data"]["finished_at"] = "2026-11-30T13:00:00+00:00"     # the data prepared again after
+    (res / "run.json").write_text(json.dumps(run))
+    assert "stale: from an earlier cohort" in ship.model_card(config.resolve("smoke"), "smoke", res, None)

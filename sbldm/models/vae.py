@@ -237,27 +237,45 @@ def build_vae(cfg) -> SliceVAE:
     )
 
 
-def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False) -> torch.Tensor:
     """Class-balanced L1 of the tumour channels (channels 1.. of model space, {-1, 1}):
     per channel, the mean absolute error inside the region (x > 0) and outside it,
     averaged, then averaged over the channels; a channel whose region is absent from the
     batch counts its outside error only. A tumour covers ~1% of the voxels, so in the
     plain L1 a decoder that draws no tumour at all is close to optimal; here missing the
-    tumour costs as much as painting the background."""
+    tumour costs as much as painting the background.
+
+    ``nested`` (for the nested region channels WT, TC, ET): each channel after the first
+    splits its outside into the part inside the previous channel's region and the rest, and
+    averages three means: inside, that ring, the rest. For ET the ring is the necrosis (TC
+    without ET), for TC the oedema. Without it the necrosis is a sliver of ET's outside,
+    dominated by background, and an ET channel that covers the whole core costs almost
+    nothing: measured at `small`, a 5000-step VAE decoded no necrosis at all
+    (docs/decisions.md, "Necrosis through the slice VAE")."""
     r, t = recon[:, 1:].float(), x[:, 1:].float()
     err = (r - t).abs()
     inside = t > 0
     dims = [0] + list(range(2, t.ndim))                  # all but the channel axis
-    n_in = inside.sum(dim=dims)
-    n_out = (~inside).sum(dim=dims)
-    e_in = (err * inside).sum(dim=dims) / n_in.clamp(min=1)
-    e_out = (err * ~inside).sum(dim=dims) / n_out.clamp(min=1)
-    per_channel = torch.where(n_in > 0, 0.5 * (e_in + e_out), e_out)
-    return per_channel.mean()
+
+    def mean_over(where):
+        n = where.sum(dim=dims)
+        return (err * where).sum(dim=dims) / n.clamp(min=1), n > 0
+
+    e_in, has_in = mean_over(inside)
+    if not nested or t.shape[1] < 2:
+        e_out, _ = mean_over(~inside)
+        return torch.where(has_in, 0.5 * (e_in + e_out), e_out).mean()
+    parent = torch.cat([torch.zeros_like(inside[:, :1]), inside[:, :-1]], dim=1)   # the enclosing region
+    e_ring, has_ring = mean_over(parent & ~inside)
+    e_rest, has_rest = mean_over(~parent & ~inside)
+    terms = torch.stack([e_in, e_ring, e_rest])
+    present = torch.stack([has_in, has_ring, has_rest]).float()
+    return ((terms * present).sum(0) / present.sum(0).clamp(min=1)).mean()
 
 
 def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_weight: float = 1e-6,
-                        ssim_weight: float = 1.0, ssim_range: str = "signed", mask_weight: float = 0.0) -> dict:
+                        ssim_weight: float = 1.0, ssim_range: str = "signed", mask_weight: float = 0.0,
+                        mask_nested: bool = False) -> dict:
     """The loss of every KL autoencoder of the package (the slice VAE here, the 3D-LDM's
     ``AutoencoderKL3D``): L1 + ssim_weight (1 - SSIM) + kl_weight KL, from a
     reconstruction ``recon`` of ``x`` (2D slices or 3D volumes) and the ``posterior`` it was
@@ -273,7 +291,8 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
     (and 27.0 dB with L1 alone). SSIM is computed (and logged) whatever its weight.
 
     ``mask_weight`` > 0 adds that weight times ``balanced_mask_l1`` of the tumour channels
-    (beyond the authors' loss, which has no mask term).
+    (beyond the authors' loss, which has no mask term; ``mask_nested`` balances each region
+    channel against the ring its enclosing region leaves, see there).
 
     Returns a dict of scalar tensors: ``loss`` (with its graph), then the detached terms
     ``l1``, ``ssim`` and ``kl`` (and ``mask`` with a mask term)."""
@@ -290,7 +309,7 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
     loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
     out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
     if mask_weight > 0:
-        mask = balanced_mask_l1(recon, x)
+        mask = balanced_mask_l1(recon, x, nested=mask_nested)
         out["loss"] = loss + mask_weight * mask
         out["mask"] = mask.detach()
     return out
@@ -298,14 +317,14 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
 
 def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
              ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
-             generator: torch.Generator | None = None, mask_weight: float = 0.0) -> dict:
+             generator: torch.Generator | None = None, mask_weight: float = 0.0, mask_nested: bool = False) -> dict:
     """The slice VAE's training loss on slices ``x`` at ``slice_pos``: ``kl_autoencoder_loss``
     of a reconstruction through a posterior sample (SSIM on [-1, 1] by default, see there),
     plus lpips_weight LPIPS on the image channel. Returns a dict of scalar tensors,
     ``loss`` first."""
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     out = kl_autoencoder_loss(recon, x, posterior, kl_weight=kl_weight, ssim_weight=ssim_weight,
-                              ssim_range=ssim_range, mask_weight=mask_weight)
+                              ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested)
     if lpips_weight > 0:
         if lpips is None:
             raise ValueError("vae_lpips_weight > 0 needs an LPIPS network; sbldm downloads nothing: "

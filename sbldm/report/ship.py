@@ -95,8 +95,16 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
                      f"{float(r['time_s_per_volume']):.1f} s per volume on {r['device']}")
     t2 = {r["row"]: r for r in _table(results / "tables" / "table2.csv")}
     if "real" in t2 and "real + SBLDM" in t2:
-        lines.append(f"- Table 2 (fast segmenter, {t2['real']['seeds']} seeds): real {float(t2['real']['dice_mean']):.3f}, "
-                     f"real + SBLDM {float(t2['real + SBLDM']['dice_mean']):.3f} Dice")
+        from sbldm.report.readme import stale_notebooks
+
+        regions = [g for g in ("WT", "TC", "ET") if t2["real"].get(f"dice_{g}_mean") not in (None, "")]
+        keys = [f"dice_{g}_mean" for g in regions] if len(regions) > 1 else ["dice_mean"]
+        dice = lambda r: "/".join(f"{float(r[k]):.3f}" for k in keys)  # noqa: E731
+        what = f"Dice {'/'.join(regions)}" if len(regions) > 1 else "whole-tumour Dice"
+        stale = (" — stale: from an earlier cohort than this model's"
+                 if "06_segmentation_study" in stale_notebooks(record, results) else "")
+        lines.append(f"- Table 2 ({t2['real'].get('seeds', '?')} segmenter seeds, {what}): real {dice(t2['real'])}, "
+                     f"real + SBLDM {dice(t2['real + SBLDM'])}{stale}")
     lines += ["", "## Storage", ""]
     if half:
         lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
