@@ -81,6 +81,7 @@ class Config:
     vae_ssim_weight: float = _reads(1.0, 'vae')
     vae_mask_weight: float = _reads(0.0, 'vae')         # authors: no mask term; > 0 adds a class-balanced L1 of the tumour channels
     vae_mask_nested: bool = _reads(False, 'vae')        # with regions: balance each region channel against the ring its enclosing one leaves
+    vae_mask_band: int = _reads(0, 'vae')               # > 0: a channel without such a ring is balanced against the band of this many pixels around it
     vae_ssim_range: str = _reads("signed", 'vae')        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
     vae_lpips_weight: float = _reads(0.0, 'vae')         # authors' code: 0.5, needs local LPIPS weights
     vae_lpips_path: str | None = _reads(None, 'vae')
@@ -506,6 +507,8 @@ def _validate(cfg: Config) -> None:
                          "None (follow mixed_precision), 'no', 'bf16'")
     if cfg.diffusion_snr_gamma < 0:
         raise ValueError(f"diffusion_snr_gamma must be >= 0 (0 = off), got {cfg.diffusion_snr_gamma}")
+    if cfg.vae_mask_band < 0:
+        raise ValueError(f"vae_mask_band must be >= 0 pixels, got {cfg.vae_mask_band}")
     if cfg.vae_mask_weight < 0:
         raise ValueError(f"vae_mask_weight must be >= 0, got {cfg.vae_mask_weight}")
     if cfg.diffusion_tumour_weight < 0:

@@ -378,3 +378,20 @@ def test_a_slice_dataset_of_another_tumour_representation_is_refused(prepared, t
         train_vae(tiny_cfg(**REGIONS, vae_steps=1), ds, tmp_path / "vae", progress=False)
     with pytest.raises(ValueError, match="binary whole-tumour masks"):
         encode_volumes(_vae(**REGIONS), train.images, train.masks, progress=False)
+
+
+def test_the_band_charges_a_tumour_painted_too_large():
+    """One tumour pixel in a 9x9 slice, painted as a 3x3 square: balanced inside vs outside
+    charges the 8 extra pixels over 80 outside ones; with a 1-pixel band they are all of
+    the band's 8 pixels, one class of three."""
+    from sbldm.models.vae import balanced_mask_l1
+
+    x = -torch.ones(1, 2, 9, 9)
+    x[0, 1, 4, 4] = 1.0
+    recon = x.clone()
+    recon[0, 1, 3:6, 3:6] = 1.0
+    assert balanced_mask_l1(recon, x).item() == pytest.approx(0.5 * 16 / 80)
+    assert balanced_mask_l1(recon, x, band=1).item() == pytest.approx(2 / 3)
+    assert balanced_mask_l1(x, x, band=1).item() == 0.0
+    assert balanced_mask_l1(recon[:, :, :, :, None].expand(1, 2, 9, 9, 1).contiguous(),
+                            x[:, :, :, :, None].contiguous(), band=1).item() == pytest.approx(2 / 3)   # 3D alike

@@ -305,6 +305,7 @@ def sweep_figure(summary: list[dict], regions, scale: str):
         ax.set_xscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
+        ax.minorticks_off()                              # the log axis's own minor labels (4x10^0) add nothing
         ax.set_ylim(0, 1)
         ax.set_xlabel("real training volumes")
         ax.set_title(f"{g} Dice", fontsize=9)

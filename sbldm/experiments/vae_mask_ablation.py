@@ -5,7 +5,8 @@ With the region channels (WT, TC, ET), the class-balanced mask term weighs each 
 inside against its whole outside. The necrosis (TC without ET) is a sliver of ET's outside,
 so an ET channel that covers the whole core costs almost nothing, and a VAE trained that way
 decodes no necrosis label at all. ``vae_mask_nested`` balances each channel against the
-ring its enclosing region leaves as well (``sbldm.models.vae.balanced_mask_l1``).
+ring its enclosing region leaves as well, and ``vae_mask_band`` the whole tumour against a
+band just outside it (``sbldm.models.vae.balanced_mask_l1``).
 
 Rows (``ROWS``): the mask term as it was, and nested; each a slice VAE trained from scratch
 for ``--steps`` steps (default: the preset's ``vae_steps``) in its own resumable folder
@@ -31,6 +32,7 @@ from sbldm.paths import slug
 ROWS = {
     "mask term balanced per channel (inside vs outside)": {"vae_mask_nested": False},
     "mask term nested (inside vs ring of the enclosing region vs rest)": {"vae_mask_nested": True},
+    "nested + a 2-pixel band around the whole tumour": {"vae_mask_nested": True, "vae_mask_band": 2},
 }
 
 

@@ -237,7 +237,7 @@ def build_vae(cfg) -> SliceVAE:
     )
 
 
-def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False) -> torch.Tensor:
+def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False, band: int = 0) -> torch.Tensor:
     """Class-balanced L1 of the tumour channels (channels 1.. of model space, {-1, 1}):
     per channel, the mean absolute error inside the region (x > 0) and outside it,
     averaged, then averaged over the channels; a channel whose region is absent from the
@@ -251,7 +251,13 @@ def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False)
     without ET), for TC the oedema. Without it the necrosis is a sliver of ET's outside,
     dominated by background, and an ET channel that covers the whole core costs almost
     nothing: measured at `small`, a 5000-step VAE decoded no necrosis at all
-    (docs/decisions.md, "Necrosis through the slice VAE")."""
+    (docs/decisions.md, "Necrosis through the slice VAE").
+
+    ``band`` > 0: a channel without such a ring (the first, or every channel when not
+    ``nested``) takes as its ring the ``band``-pixel (or voxel) band just outside its
+    region, so painting the tumour larger than it is costs as much as missing it; without
+    it the balance tolerates over-drawn regions (the background's error is spread over
+    the whole outside)."""
     r, t = recon[:, 1:].float(), x[:, 1:].float()
     err = (r - t).abs()
     inside = t > 0
@@ -262,12 +268,18 @@ def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False)
         return (err * where).sum(dim=dims) / n.clamp(min=1), n > 0
 
     e_in, has_in = mean_over(inside)
-    if not nested or t.shape[1] < 2:
+    if not nested and band <= 0:
         e_out, _ = mean_over(~inside)
         return torch.where(has_in, 0.5 * (e_in + e_out), e_out).mean()
-    parent = torch.cat([torch.zeros_like(inside[:, :1]), inside[:, :-1]], dim=1)   # the enclosing region
-    e_ring, has_ring = mean_over(parent & ~inside)
-    e_rest, has_rest = mean_over(~parent & ~inside)
+    ring = torch.zeros_like(inside)
+    if band > 0:
+        pool = torch.nn.functional.max_pool2d if t.ndim == 4 else torch.nn.functional.max_pool3d
+        ring = pool(inside.float(), 2 * band + 1, stride=1, padding=band) > 0
+    if nested and t.shape[1] > 1:                         # the enclosing region's ring, where there is one
+        parent = torch.cat([torch.zeros_like(inside[:, :1]), inside[:, :-1]], dim=1)
+        ring = torch.cat([ring[:, :1], parent[:, 1:]], dim=1)
+    e_ring, has_ring = mean_over(ring & ~inside)
+    e_rest, has_rest = mean_over(~ring & ~inside)
     terms = torch.stack([e_in, e_ring, e_rest])
     present = torch.stack([has_in, has_ring, has_rest]).float()
     return ((terms * present).sum(0) / present.sum(0).clamp(min=1)).mean()
@@ -275,7 +287,7 @@ def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False)
 
 def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_weight: float = 1e-6,
                         ssim_weight: float = 1.0, ssim_range: str = "signed", mask_weight: float = 0.0,
-                        mask_nested: bool = False) -> dict:
+                        mask_nested: bool = False, mask_band: int = 0) -> dict:
     """The loss of every KL autoencoder of the package (the slice VAE here, the 3D-LDM's
     ``AutoencoderKL3D``): L1 + ssim_weight (1 - SSIM) + kl_weight KL, from a
     reconstruction ``recon`` of ``x`` (2D slices or 3D volumes) and the ``posterior`` it was
@@ -292,7 +304,8 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
 
     ``mask_weight`` > 0 adds that weight times ``balanced_mask_l1`` of the tumour channels
     (beyond the authors' loss, which has no mask term; ``mask_nested`` balances each region
-    channel against the ring its enclosing region leaves, see there).
+    channel against the ring its enclosing region leaves, ``mask_band`` against the band
+    just outside it; see there).
 
     Returns a dict of scalar tensors: ``loss`` (with its graph), then the detached terms
     ``l1``, ``ssim`` and ``kl`` (and ``mask`` with a mask term)."""
@@ -309,7 +322,7 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
     loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
     out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
     if mask_weight > 0:
-        mask = balanced_mask_l1(recon, x, nested=mask_nested)
+        mask = balanced_mask_l1(recon, x, nested=mask_nested, band=mask_band)
         out["loss"] = loss + mask_weight * mask
         out["mask"] = mask.detach()
     return out
@@ -317,14 +330,16 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
 
 def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
              ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
-             generator: torch.Generator | None = None, mask_weight: float = 0.0, mask_nested: bool = False) -> dict:
+             generator: torch.Generator | None = None, mask_weight: float = 0.0, mask_nested: bool = False,
+             mask_band: int = 0) -> dict:
     """The slice VAE's training loss on slices ``x`` at ``slice_pos``: ``kl_autoencoder_loss``
     of a reconstruction through a posterior sample (SSIM on [-1, 1] by default, see there),
     plus lpips_weight LPIPS on the image channel. Returns a dict of scalar tensors,
     ``loss`` first."""
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     out = kl_autoencoder_loss(recon, x, posterior, kl_weight=kl_weight, ssim_weight=ssim_weight,
-                              ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested)
+                              ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested,
+                              mask_band=mask_band)
     if lpips_weight > 0:
         if lpips is None:
             raise ValueError("vae_lpips_weight > 0 needs an LPIPS network; sbldm downloads nothing: "
