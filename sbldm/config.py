@@ -322,7 +322,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # A handful of tiny volumes and a few optimiser steps: the whole chain runs in
     # minutes on 2 CPU cores. Its numbers mean nothing.
     "smoke": dict(
-        n_train=6, n_test=4, tumour_labels="regions", vae_mask_weight=1.0,
+        n_train=6, n_test=4, tumour_labels="regions", vae_mask_weight=1.0, vae_mask_nested=True, vae_mask_band=2,
         volume_shape=(32, 32, 16), image_interp_order=1,
         phantom_shape=(60, 60, 39), phantom_spacing=(4.0, 4.0, 4.0),
         vae_channels=(16, 32, 32), vae_latent_channels=4, vae_norm_groups=8,
@@ -352,6 +352,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(
         n_train=100, n_test=100,
         tumour_labels="regions", vae_mask_weight=1.0,      # docs/decisions.md: no region decoded without it
+        vae_mask_nested=True, vae_mask_band=2,             # docs/decisions.md: no necrosis decoded without them
         volume_shape=(64, 64, 32), image_interp_order=1,
         phantom_shape=(120, 120, 78), phantom_spacing=(2.0, 2.0, 2.0),
         vae_channels=(32, 64, 64), vae_latent_channels=4, vae_norm_groups=16,

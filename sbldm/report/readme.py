@@ -37,6 +37,7 @@ TABLES = (
      "scarce_sweep"),
     ("Protocols of using synthetic volumes — mixing, another ratio, filtering, pre-training", "scarce_protocols"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
+    ("Slice VAE mask term: does the necrosis survive? (training split)", "vae_mask_ablation"),
     ("Baselines: the 3D-LDM autoencoder's remedies (training split)", "baseline_ablation_autoencoder"),
     ("Baselines: the 3D-LSGAN's remedies (training split)", "baseline_ablation_lsgan"),
     ("Baselines: the trained 3D-LDM autoencoder's reconstruction check (training split)",
@@ -45,7 +46,7 @@ TABLES = (
     ("Real tumours noised and denoised by SBLDM — where the inside of a tumour is lost", "tumour_denoising_probe"),
 )
 #: tables written by commands outside the notebook chain: shown when present, never "missing"
-OUTSIDE_THE_CHAIN = {"baseline_ablation_autoencoder", "baseline_ablation_lsgan"}
+OUTSIDE_THE_CHAIN = {"baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation"}
 #: (caption, figure file under figures/)
 FIGURES = (
     ("Figure 2 — real and synthetic volumes, axial", "figure2_axial.png"),
