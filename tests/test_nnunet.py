@@ -134,7 +134,7 @@ def _assert_no_leak(before):
 @pytest.mark.slow
 def test_smoke_run_plan_preprocess_train_predict(tmp_path):
     pytest.importorskip("nnunetv2")
-    cfg = config.resolve("smoke")
+    cfg = config.resolve("smoke", tumour_labels="whole")      # the paper's binary task; label maps: notebook 06
     assert cfg.seg_nnunet_augmentation and cfg.seg_nnunet_fold == "all"
     train_images, train_masks = _blobs(4, seed=0)
     test_images, test_masks = _blobs(2, seed=1)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 from pathlib import Path
 
 
@@ -44,13 +43,6 @@ LSGAN_ROWS = {
 }
 
 
-def _train_time(run_dir: Path) -> float:
-    from sbldm.training.trainer import read_log
-
-    records = [r for r in read_log(run_dir) if "time_s" in r]
-    return float(records[-1]["time_s"]) if records else math.nan
-
-
 def autoencoder_rows(cfg, train, work_dir, rows: dict = AUTOENCODER_ROWS, n_check: int = 20,
                      progress: bool = True) -> list[dict]:
     """One row per autoencoder setting: its reconstruction check on the first ``n_check``
@@ -58,7 +50,7 @@ def autoencoder_rows(cfg, train, work_dir, rows: dict = AUTOENCODER_ROWS, n_chec
     from sbldm.generators.common import check_training_data
     from sbldm.generators.ldm3d import reconstruction_check, train_autoencoder
     from sbldm.models._common import count_parameters
-    from sbldm.training.trainer import RunControl
+    from sbldm.training.trainer import RunControl, training_seconds
 
     images, labels = check_training_data(train, cfg.tumour_labels)
     out = []
@@ -68,7 +60,7 @@ def autoencoder_rows(cfg, train, work_dir, rows: dict = AUTOENCODER_ROWS, n_chec
         ae = train_autoencoder(row_cfg, (images, labels), run_dir, control=RunControl(progress=progress))
         check = reconstruction_check(ae, images, labels, n=n_check, batch_size=row_cfg.ldm3d_ae_batch_size)
         out.append({"row": name, "steps": row_cfg.ldm3d_ae_steps, "params_M": count_parameters(ae) / 1e6,
-                    "train_time_s": _train_time(run_dir), **check,
+                    "train_time_s": training_seconds(run_dir), **check,
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items())})
     return out
 
@@ -80,7 +72,7 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
     pieces of the best generator's fixed-noise samples), the final losses, the time."""
     from sbldm.evaluation.appearance import tumour_appearance
     from sbldm.generators.lsgan3d import SELECTION_LOG, best_score, selection_noise, train_lsgan3d
-    from sbldm.training.trainer import read_log
+    from sbldm.training.trainer import read_log, training_seconds
 
     out = []
     for name, fields in rows.items():
@@ -93,7 +85,7 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
         s = gan.generate(len(noise), noise=noise)
         look = tumour_appearance(s.images, s.masks)
         end = [r for r in read_log(run_dir) if "d_loss" in r][-1]
-        out.append({"row": name, "steps": row_cfg.lsgan_steps, "train_time_s": _train_time(run_dir),
+        out.append({"row": name, "steps": row_cfg.lsgan_steps, "train_time_s": training_seconds(run_dir),
                     "last_distance": last["distance"], "last_empty": last["empty_fraction"],
                     "best_step": best["step"], "best_distance": best["distance"], "best_empty": best["empty_fraction"],
                     "best_multi_component_fraction": look["multi_component_fraction"],

@@ -51,9 +51,8 @@ def necrosis_scores(pred_labels, ref_labels) -> dict:
 
 def rows(cfg, train, work_dir, n_check: int = 20, progress: bool = True) -> list[dict]:
     from sbldm.diffusion.latents import reconstruct_volumes
-    from sbldm.experiments.baseline_ablation import _train_time
     from sbldm.segmentation.brats_metrics import region_dice_rows
-    from sbldm.training.trainer import train_vae
+    from sbldm.training.trainer import train_vae, training_seconds
 
     images, labels = np.asarray(train.images)[:n_check], np.asarray(train.labels)[:n_check]
     out = []
@@ -63,7 +62,7 @@ def rows(cfg, train, work_dir, n_check: int = 20, progress: bool = True) -> list
         vae = train_vae(row_cfg, train, run_dir, progress=progress)
         _, _, rec = reconstruct_volumes(vae.float().cpu(), images, labels)
         regions = {f"{r['region']}_dice": r["mean"] for r in region_dice_rows(rec, labels)}
-        out.append({"row": name, "steps": row_cfg.vae_steps, "train_time_s": _train_time(run_dir), **regions,
+        out.append({"row": name, "steps": row_cfg.vae_steps, "train_time_s": training_seconds(run_dir), **regions,
                     **necrosis_scores(rec, labels), "enhancing_share": float((rec == 3).sum() / max((rec > 0).sum(), 1)),
                     "real_enhancing_share": float((labels == 3).sum() / max((labels > 0).sum(), 1)),
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items())})

@@ -385,6 +385,12 @@ def vae_batch(ds, rng: np.random.Generator, batch_size: int, flip_prob: float = 
     return torch.from_numpy(np.stack(xs)), torch.tensor(pos, dtype=torch.float32)
 
 
+def training_seconds(run_dir) -> float:
+    """The wall time a training run's log recorded at its last step (NaN without a log)."""
+    records = [r for r in read_log(run_dir) if "time_s" in r]
+    return float(records[-1]["time_s"]) if records else float("nan")
+
+
 def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = True, progress: bool = True,
               stop_at: int | None = None, device: str | None = None, step_delay: float = 0.0):
     """Train the slice VAE on ``train`` (a ``Prepared`` split, a ``SliceDataset`` or an
