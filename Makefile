@@ -5,6 +5,7 @@
 #   make test-fast # the inner loop: the suite without the tests marked slow
 #   make browser-check  # notebook 08 in JupyterLab in a real (headless) Chromium, screenshots
 #   make gpu-check      # paper-scale GPU timings and memory in < 8 min (refuses without a CUDA GPU)
+#   make bench-paper-cpu  # the paper-size efficiency claim on this CPU (~1 h; run it with nothing else running)
 #
 # torch: `pip install torch==$(TORCH_VERSION)` takes the CPU build on a CPU-only
 # machine that carries it locally and the CUDA build from PyPI elsewhere. To force a
@@ -23,7 +24,7 @@ SCALE ?= smoke
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sbldm-installed
 
-.PHONY: setup smoke small paper test test-fast kernel browser-check gpu-check
+.PHONY: setup smoke small paper test test-fast kernel browser-check gpu-check bench-paper-cpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,3 +59,11 @@ browser-check: $(STAMP)
 
 gpu-check: $(STAMP)
 	$(BIN)/python -m sbldm.runner.gpu_check
+
+# every training step of the paper's networks at 192x192x96 in its own process, allowed to grow by
+# BENCH_MEMORY_GIB (a network that runs out is measured smaller and extrapolated), and DDIM-50 per
+# volume in fp32 and bf16 -> results/bench/paper_cpu-*_fp32.{json,md}
+BENCH_MEMORY_GIB ?= 16
+bench-paper-cpu: $(STAMP)
+	$(BIN)/python -m sbldm.runner.bench --scale paper --device cpu --dtype fp32 --sampling-dtypes fp32 bf16 \
+		--steps 50 --no-ddpm --repeats 1 --warmup 0 --memory-limit-gib $(BENCH_MEMORY_GIB)

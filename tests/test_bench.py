@@ -29,3 +29,59 @@ def test_peak_increase_ignores_memory_held_before_the_block():
     assert mem.increase < 80 * 2 ** 20             # the 300 MB already held are not counted
     assert mem.baseline >= held.nbytes              # but they are in the baseline
     assert _rss_kib("VmRSS") * 1024 >= held.nbytes
+
+
+def test_extrapolation_is_linear_in_voxels_through_the_two_smaller_sizes():
+    from sbldm.runner.bench import extrapolate
+
+    def row(shape):                                 # memory 100 MiB + 2 MiB per 1000 voxels, time likewise
+        v = float(np.prod(shape))
+        return {"volume_shape": list(shape), "step_s": 0.5 + v / 1e4, "peak_memory_MiB": 100 + 2 * v / 1000}
+
+    est = extrapolate([row((8, 8, 4)), row((16, 16, 8)), {"error": "x"}], (32, 32, 16))
+    v = 32 * 32 * 16
+    assert est["step_s"] == pytest.approx(0.5 + v / 1e4) and est["peak_memory_MiB"] == pytest.approx(100 + 2 * v / 1000)
+    assert est["from_shapes"] == [[8, 8, 4], [16, 16, 8]]
+    with pytest.raises(ValueError, match="two sizes"):
+        extrapolate([row((8, 8, 4))], (32, 32, 16))
+
+
+def test_a_network_that_runs_out_is_measured_smaller_and_scaled_up(monkeypatch):
+    from types import SimpleNamespace
+
+    from sbldm.runner import bench
+
+    def fake(comp, args, device, variant="plain", shape=None):
+        v = float(np.prod(shape))
+        if v > 16 * 16 * 8:
+            return {"component": comp, "error": "can't allocate memory", "out_of_memory": True}
+        return {"component": comp, "unit": f"batch of 1 volumes 2x{'x'.join(map(str, shape))}", "params_M": 1.0,
+                "volume_shape": list(shape), "step_s": v / 1e3, "peak_memory_MiB": 10 + v / 100,
+                "memory_kind": "CPU peak RSS above baseline"}
+
+    monkeypatch.setattr(bench, "train_step_subprocess", fake)
+    row = bench.train_step_or_extrapolate("pixel_ddpm_unet", SimpleNamespace(memory_limit_gib=1.0), "cpu", (32, 32, 16))
+    assert not row["measured"] and row["failed_at_shape"] == [32, 32, 16] and row["volume_shape"] == [32, 32, 16]
+    assert row["step_s"] == pytest.approx(32 * 32 * 16 / 1e3) and row["unit"].endswith("2x32x32x16")
+    assert row["peak_memory_MiB"] == pytest.approx(10 + 32 * 32 * 16 / 100) and "extrapolated" in row["memory_kind"]
+    fits = bench.train_step_or_extrapolate("pixel_ddpm_unet", SimpleNamespace(memory_limit_gib=1.0), "cpu", (16, 16, 8))
+    assert fits["measured"] and fits["step_s"] == pytest.approx(16 * 16 * 8 / 1e3)
+    train = [{"component": "sbldm_unet", "step_s": 2.0, "peak_memory_MiB": 50.0}, row]
+    bench.add_ratios(train)
+    assert train[1]["memory_vs_sbldm"] == pytest.approx(row["peak_memory_MiB"] / 50) and train[0]["time_vs_sbldm"] == 1
+
+
+@pytest.mark.slow
+def test_the_memory_limit_stops_a_step_in_its_own_process(tmp_path):
+    """A real subprocess at `smoke`: under a limit far below what the step needs, the
+    allocation fails in the child and is reported as out of memory; the parent lives on."""
+    from types import SimpleNamespace
+
+    from sbldm.runner import bench
+
+    args = SimpleNamespace(scale="smoke", dtype="fp32", repeats=1, warmup=0, memory_limit_gib=0.001)
+    row = bench.train_step_subprocess("pixel_ddpm_unet", args, "cpu")
+    assert row["out_of_memory"] and "step_s" not in row
+    args.memory_limit_gib = 8.0
+    ok = bench.train_step_subprocess("sbldm_unet", args, "cpu", shape=(16, 16, 8))
+    assert ok["step_s"] > 0 and ok["volume_shape"] == [16, 16, 8]

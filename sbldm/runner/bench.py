@@ -19,6 +19,17 @@ Medians of several runs after a warm-up, ``torch.cuda.synchronize()`` on GPU. Ou
 ``results/bench/<scale>_<device>_<dtype>.json`` and ``.md`` with the device, dtype and
 versions.
 
+Paper size on a CPU (``--scale paper --device cpu``; the paper's efficiency claim measured
+where no GPU is): every training step runs in a subprocess whose address space may grow
+by at most ``--memory-limit-gib`` beyond its loaded baseline (``RLIMIT_AS``), so a network
+that does not fit fails its own allocation instead of taking the machine down. Such a
+network is measured again at half and a quarter of the volume's edge, and its paper-size
+step time and memory are extrapolated from those two sizes, linear in the voxel count
+(``extrapolate``; activations grow with the voxels, the weights and optimiser state do
+not); the table says which rows are measured and which extrapolated. Every row is also
+given as a ratio to the SBLDM latent UNet's. ``--sampling-dtypes fp32 bf16`` times the
+DDIM sampling in each dtype in one run.
+
 ``--fast-paths [VARIANT ...]`` instead compares, in one run, the plain path with bf16
 autocast, channels-last(-3d) memory, ``torch.compile`` of the UNet and their combinations
 (``VARIANTS``): DDIM sampling per volume (with each variant's deviation from the plain
@@ -176,17 +187,36 @@ class cpu_peak_increase:
         return False
 
 
+def limit_memory_growth(gib: float) -> int:
+    """Let this process's address space grow by at most ``gib`` GiB from now on
+    (``RLIMIT_AS``, Linux): an allocation beyond it fails with an out-of-memory error in
+    this process instead of the machine swapping or its OOM killer picking a victim.
+    Returns the limit in bytes."""
+    size = (_rss_kib("VmSize") or 0) * 1024
+    limit = int(size + gib * 2 ** 30)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return limit
+
+
 def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int,
-                       variant: str = "plain") -> dict:
+                       variant: str = "plain", shape=None, memory_limit_gib: float | None = None,
+                       warmup: int = 1) -> dict:
     """One component's training step time and peak memory (run in a fresh process);
-    ``variant`` adds fast paths (``VARIANTS``; its ``bf16`` overrides ``dtype``)."""
+    ``variant`` adds fast paths (``VARIANTS``; its ``bf16`` overrides ``dtype``);
+    ``shape`` replaces the preset's volume shape; ``memory_limit_gib`` caps the growth of
+    the process's address space once its libraries are loaded (``limit_memory_growth``)."""
     import torch
 
     from sbldm.config import resolve
     from sbldm.models._common import count_parameters
 
     torch.set_flush_denormal(True)
-    cfg = resolve(scale)
+    cfg = resolve(scale) if shape is None else resolve(scale, volume_shape=tuple(int(v) for v in shape))
+    if memory_limit_gib is not None and device == "cpu":
+        limit_memory_growth(memory_limit_gib)
     flags = variant_flags(variant)
     dtype = "bf16" if flags["bf16"] else dtype
     model, loss_fn, unit = _train_step_setup(component, cfg, device)
@@ -206,8 +236,8 @@ def measure_train_step(component: str, scale: str, device: str, dtype: str, repe
         opt.step()
 
     with cpu_peak_increase() as mem:       # baseline: libraries, weights and inputs loaded
-        t = _median_time(step, repeats, warmup=2 if flags["compile"] else 1)
-    out = {"component": component, "variant": variant, "unit": unit,
+        t = _median_time(step, repeats, warmup=max(warmup, 2) if flags["compile"] else warmup)
+    out = {"component": component, "variant": variant, "unit": unit, "volume_shape": list(cfg.volume_shape),
            "params_M": count_parameters(model) / 1e6, "step_s": t}
     if device == "cuda":
         out.update(peak_memory_MiB=torch.cuda.max_memory_allocated() / 2 ** 20,
@@ -331,17 +361,24 @@ def markdown(result: dict) -> str:
     ddpm = next((r for r in s if r["sampler"] == "ddpm" and r["batch"] == 1), None)
     lines = [f"### Benchmark — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}, "
              f"{result['dtype']}", "", "Sampling (SBLDM, per volume):", "",
-             to_markdown(s, ["sampler", "steps", "batch", "denoise_s_per_volume", "decode_s_per_volume",
-                             "total_s_per_volume"], digits=4), ""]
+             to_markdown(s, ["sampler", "steps", "batch", *(["dtype"] if any("dtype" in r for r in s) else []),
+                             "denoise_s_per_volume", "decode_s_per_volume", "total_s_per_volume"], digits=4), ""]
     if ddim50 and ddpm:
         lines.append(f"DDPM-{ddpm['steps']} / DDIM-50 wall-time ratio: "
                      f"{ddpm['total_s_per_volume'] / ddim50['total_s_per_volume']:.1f}x "
                      f"(step ratio {ddpm['steps'] / 50:.0f}x; decoding is paid once by both)")
         lines.append("")
     train = result["training"]
-    lines += ["Training step (forward + backward + AdamW):", "",
-              to_markdown(train, ["component", "unit", "params_M", "step_s", "peak_memory_MiB", "peak_rss_MiB", "memory_kind"],
-                          digits=4)]
+    cols = ["component", "unit", "params_M", "step_s", "peak_memory_MiB", "peak_rss_MiB", "memory_kind"]
+    if any("time_vs_sbldm" in r for r in train):
+        cols += ["time_vs_sbldm", "memory_vs_sbldm"]
+    if any("measured" in r for r in train):
+        cols += ["measured", "failed_at_shape", "error"]
+    lines += ["Training step (forward + backward + AdamW):", "", to_markdown(train, cols, digits=4)]
+    if result.get("memory_limit_gib") is not None:
+        lines += ["", f"Each step ran in its own process whose address space could grow by at most "
+                      f"{result['memory_limit_gib']} GiB; a network that ran out was measured at half and a quarter "
+                      "of each edge and extrapolated to the full size, linear in the voxel count (measured = False)."]
     by = {r["component"]: r for r in train if "step_s" in r}
     if "sbldm_unet" in by and "pixel_ddpm_unet" in by:
         a, p = by["sbldm_unet"], by["pixel_ddpm_unet"]
@@ -376,15 +413,78 @@ def fast_paths_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train_step_subprocess(comp: str, args, device: str, variant: str = "plain") -> dict:
-    proc = subprocess.run([sys.executable, "-m", "sbldm.runner.bench", "--one", comp, "--variant", variant,
-                           "--scale", args.scale, "--device", device, "--dtype", args.dtype,
-                           "--repeats", str(args.repeats)], capture_output=True, text=True, cwd=REPO_ROOT)
+#: what an allocation that failed under the memory limit says (torch's CPU allocator, numpy, Python)
+OUT_OF_MEMORY = ("can't allocate memory", "MemoryError", "out of memory", "Cannot allocate memory",
+                 "std::bad_alloc")
+
+
+def train_step_subprocess(comp: str, args, device: str, variant: str = "plain", shape=None) -> dict:
+    cmd = [sys.executable, "-m", "sbldm.runner.bench", "--one", comp, "--variant", variant,
+           "--scale", args.scale, "--device", device, "--dtype", args.dtype, "--repeats", str(args.repeats),
+           "--warmup", str(getattr(args, "warmup", 1))]
+    if shape is not None:
+        cmd += ["--shape", *map(str, shape)]
+    if getattr(args, "memory_limit_gib", None) is not None:
+        cmd += ["--memory-limit-gib", str(args.memory_limit_gib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-        print(f"  {comp} ({variant}): {err}", flush=True)
-        return {"component": comp, "variant": variant, "error": err}
+        oom = proc.returncode in (-9, 137) or any(m in proc.stderr for m in OUT_OF_MEMORY)
+        print(f"  {comp} ({variant}{', ' + 'x'.join(map(str, shape)) if shape else ''}): "
+              f"{'out of memory' if oom else err}", flush=True)
+        return {"component": comp, "variant": variant, "error": err, "out_of_memory": oom,
+                **({"volume_shape": list(shape)} if shape else {})}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def extrapolate(rows: list[dict], shape) -> dict:
+    """Step time and peak memory at ``shape`` from measurements at two smaller shapes, each
+    linear in the voxel count (``a + b * voxels`` through both points; the constant holds
+    the weights and optimiser state, the slope the activations)."""
+    pts = sorted((float(np.prod(r["volume_shape"])), r) for r in rows if "step_s" in r)
+    if len(pts) < 2:
+        raise ValueError("extrapolation needs measurements at two sizes")
+    (v1, r1), (v2, r2) = pts[-2], pts[-1]
+    target = float(np.prod(shape))
+
+    def line(key):
+        b = (r2[key] - r1[key]) / (v2 - v1)
+        return r2[key] + b * (target - v2)
+
+    return {"step_s": line("step_s"), "peak_memory_MiB": line("peak_memory_MiB"),
+            "from_shapes": [r1["volume_shape"], r2["volume_shape"]]}
+
+
+def train_step_or_extrapolate(comp: str, args, device: str, shape) -> dict:
+    """The step measured at ``shape``; if it runs out of memory under the limit, measured at
+    half and a quarter of each edge and extrapolated to ``shape`` (``extrapolate``), with the
+    failed size recorded."""
+    row = train_step_subprocess(comp, args, device, shape=shape)
+    if "step_s" in row or not row.get("out_of_memory"):
+        return {**row, "measured": "step_s" in row}
+    smaller = [train_step_subprocess(comp, args, device, shape=[max(1, s // k) for s in shape]) for k in (2, 4)]
+    out = {"component": comp, "variant": "plain", "measured": False, "failed_at_shape": list(shape),
+           "memory_limit_gib": args.memory_limit_gib, "smaller": smaller}
+    try:
+        est = extrapolate(smaller, shape)
+    except ValueError:
+        out["error"] = (f"out of memory at {'x'.join(map(str, shape))} under {args.memory_limit_gib} GiB, and the "
+                        "smaller sizes did not both run")
+        return out
+    ok = next(r for r in smaller if "step_s" in r)
+    return {**out, "unit": ok["unit"].replace("x".join(map(str, ok["volume_shape"])), "x".join(map(str, shape))),
+            "params_M": ok["params_M"], "step_s": est["step_s"], "peak_memory_MiB": est["peak_memory_MiB"],
+            "memory_kind": ok["memory_kind"] + ", extrapolated", "extrapolated_from": est["from_shapes"],
+            "volume_shape": list(shape)}
+
+
+def add_ratios(train: list[dict], reference: str = "sbldm_unet") -> None:
+    """Each row's step time and peak memory as a ratio to the reference component's."""
+    ref = next((r for r in train if r["component"] == reference and "step_s" in r), None)
+    for r in train:
+        if ref is not None and "step_s" in r:
+            r["time_vs_sbldm"] = r["step_s"] / ref["step_s"]
+            r["memory_vs_sbldm"] = r["peak_memory_MiB"] / max(ref["peak_memory_MiB"], 1e-9)
 
 
 def main(argv=None) -> int:
@@ -407,8 +507,15 @@ def main(argv=None) -> int:
                          f"(default variants: {' '.join(VARIANTS)})")
     ap.add_argument("--pipeline", default=None,
                     help="a trained pipeline folder for --fast-paths (default: untrained networks of the preset)")
+    ap.add_argument("--memory-limit-gib", type=float, default=None,
+                    help="CPU: let each training-step process grow by at most this many GiB; a network that runs "
+                         "out is measured smaller and extrapolated (default: no limit)")
+    ap.add_argument("--sampling-dtypes", nargs="+", default=None, choices=("fp32", "bf16"),
+                    help="time the sampling in each of these dtypes (default: --dtype)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
+    ap.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     import torch
 
@@ -419,11 +526,14 @@ def main(argv=None) -> int:
     if device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA GPU is available here")
     if args.one:
-        print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant)))
+        print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant,
+                                            shape=args.shape, memory_limit_gib=args.memory_limit_gib,
+                                            warmup=args.warmup)))
         return 0
     cfg = resolve(args.scale)
     result = {"scale": args.scale, "volume_shape": list(cfg.volume_shape), "device": device_name(device),
-              "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats}
+              "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats,
+              "memory_limit_gib": args.memory_limit_gib}
     out = Path(args.out)
     if args.fast_paths is not None:
         variants = tuple(args.fast_paths) or VARIANTS
@@ -437,13 +547,19 @@ def main(argv=None) -> int:
         result["training"] = [train_step_subprocess("sbldm_unet", args, device, v) for v in variants]
         _write(out / f"{args.scale}_{device_file_part(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
-    print(f"sampling on {result['device']} ...", flush=True)
-    result["sampling"] = measure_sampling(args.scale, device, args.dtype, args.repeats, tuple(args.steps),
-                                          not args.no_ddpm, tuple(args.batch_sizes))
+    result["sampling"] = []
+    for dtype in args.sampling_dtypes or [args.dtype]:
+        print(f"sampling on {result['device']}, {dtype} ...", flush=True)
+        result["sampling"] += [{**r, "dtype": dtype} for r in measure_sampling(
+            args.scale, device, dtype, args.repeats, tuple(args.steps), not args.no_ddpm, tuple(args.batch_sizes))]
     result["training"] = []
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
-        result["training"].append(train_step_subprocess(comp, args, device))
+        if args.memory_limit_gib is not None and device == "cpu":
+            result["training"].append(train_step_or_extrapolate(comp, args, device, cfg.volume_shape))
+        else:
+            result["training"].append(train_step_subprocess(comp, args, device))
+    add_ratios(result["training"])
     _write(out / f"{args.scale}_{device_file_part(result['device'])}_{args.dtype}", result, markdown(result))
     return 0
 
