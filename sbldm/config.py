@@ -110,6 +110,8 @@ class Config:
     unet_spatial_prior: bool = _reads(False, 'diffusion')       # paper: the 9-vector only; True adds the
                                                                 # rendered tumour as an input channel
     diffusion_tumour_weight: float = _reads(0.0, 'diffusion')    # paper: 0; loss weight 1 + w on the tumour
+    condition_subregions: bool = _reads(False, 'diffusion')     # paper: the 9 features; True (with regions) adds the
+                                                                # necrosis and enhancing shares of the tumour
     diffusion_ema_decay: float = _reads(0.0, 'diffusion')       # paper: 0 (no EMA); EMA weights for sampling
     diffusion_mixed_precision: str | None = _reads(None, 'diffusion')  # None: mixed_precision; "bf16" on CPU too
     diffusion_lr: float = _reads(1e-4, 'diffusion')
@@ -514,6 +516,9 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"vae_mask_weight must be >= 0, got {cfg.vae_mask_weight}")
     if cfg.diffusion_tumour_weight < 0:
         raise ValueError(f"diffusion_tumour_weight must be >= 0, got {cfg.diffusion_tumour_weight}")
+    if cfg.condition_subregions and cfg.tumour_labels != "regions":
+        raise ValueError("condition_subregions conditions on the necrosis and enhancing shares of the tumour, which "
+                         "only label maps carry: it needs tumour_labels='regions'")
     if not 0.0 <= cfg.diffusion_ema_decay < 1.0:
         raise ValueError(f"diffusion_ema_decay must lie in [0, 1), got {cfg.diffusion_ema_decay}")
     if not 0.0 <= cfg.unet_cond_dropout < 1.0:

@@ -95,6 +95,25 @@ def labels_from_regions(wt, tc, et) -> np.ndarray:
     return out
 
 
+#: the optional sub-region condition (beyond the paper; ``condition_subregions``): the shares
+#: of the tumour's voxels that are necrosis and enhancing tumour
+SUBREGION_FEATURES = ("necrosis_share", "enhancing_share")
+
+
+def subregion_shares(labels) -> np.ndarray:
+    """(N, 2) ``SUBREGION_FEATURES`` of label maps (N, x, y, z), or (2,) of one map: the
+    necrosis and enhancing voxels over the tumour's voxels (NaN for a map without tumour)."""
+    arr = check_labels(labels)
+    one = arr.ndim == 3
+    arr = arr[None] if one else arr
+    flat = arr.reshape(len(arr), -1)
+    tumour = (flat > 0).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.stack([(flat == NECROSIS).sum(1) / tumour, (flat == ENHANCING).sum(1) / tumour], axis=1)
+    out[tumour == 0] = np.nan
+    return out[0] if one else out
+
+
 def boundary(mask: np.ndarray, connectivity: int = 1) -> np.ndarray:
     """Voxels of the binary ``mask`` with at least one neighbour outside it (or outside the
     array): ``connectivity`` 1 = face neighbours (6 in 3D), ``mask.ndim`` = all of them."""

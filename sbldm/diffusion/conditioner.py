@@ -5,8 +5,10 @@ else (``model_index.json`` plus one sub-folder per component).
 Its config holds the feature normaliser (``sbldm.data.tumour.FeatureNormalizer``), the
 training tumours' 9 features (the distribution conditions are drawn from when none are
 given), the volume shape the pipeline generates, the training grid's voxel-to-world
-affine and where the training brains have brain tissue (``brain_support`` on the latent
-grid, bit-packed: a requested centre outside it is refused). It has no weights: diffusers saves components that are models or schedulers, so
+affine, where the training brains have brain tissue (``brain_support`` on the latent
+grid, bit-packed: a requested centre outside it is refused) and, for a pipeline trained
+with ``condition_subregions``, the training tumours' sub-region shares with their mean and
+std (``subregions``, ``sbldm.diffusion.unet_inputs.subregion_stats``). It has no weights: diffusers saves components that are models or schedulers, so
 it is a parameter-free ``ModelMixin`` that saves and loads its config alone. (What the
 UNet is given from these, and the checks on requested conditions, are
 ``sbldm.diffusion.unet_inputs``.) Saved pipelines name this module in their
@@ -56,7 +58,8 @@ class TumourConditioner(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, volume_shape: Sequence[int] | None = None, normalizer: dict | None = None,
-                 train_features: list | None = None, affine: list | None = None, brain_support: dict | None = None):
+                 train_features: list | None = None, affine: list | None = None, brain_support: dict | None = None,
+                 subregions: dict | None = None):
         super().__init__()
         # no weights, but diffusers asks every component for its dtype and device: a scalar
         # that moves with the pipeline answers (not saved)
@@ -65,6 +68,11 @@ class TumourConditioner(ModelMixin, ConfigMixin):
         self._features = None if train_features is None else as_matrix(np.asarray(train_features, np.float64))
         self._affine = None if affine is None else _check_affine(affine)
         self._brain = None if brain_support is None else unpack_mask(brain_support)
+        self._subregions = None
+        if subregions is not None:
+            from sbldm.diffusion.unet_inputs import subregion_stats
+
+            self._subregions = subregion_stats(subregions["train"])
         if volume_shape is not None and len(volume_shape) != 3:
             raise ValueError(f"volume_shape must be (x, y, z), got {volume_shape}")
 
@@ -82,20 +90,22 @@ class TumourConditioner(ModelMixin, ConfigMixin):
 
     @classmethod
     def build(cls, volume_shape=None, normalizer: FeatureNormalizer | None = None, train_features=None,
-              affine=None, brain_support=None) -> "TumourConditioner":
+              affine=None, brain_support=None, subregions: dict | None = None) -> "TumourConditioner":
         """From Python objects (a ``FeatureNormalizer``, arrays) rather than their JSON forms."""
         return cls(volume_shape=None if volume_shape is None else [int(s) for s in volume_shape],
                    normalizer=None if normalizer is None else normalizer.to_dict(),
                    train_features=None if train_features is None
                    else as_matrix(np.asarray(train_features, np.float64)).tolist(),
                    affine=None if affine is None else _check_affine(affine).tolist(),
-                   brain_support=None if brain_support is None else pack_mask(brain_support))
+                   brain_support=None if brain_support is None else pack_mask(brain_support),
+                   subregions=None if subregions is None else {"train": np.asarray(subregions["train"]).tolist()})
 
     def updated(self, **changes) -> "TumourConditioner":
         """A copy with some of ``volume_shape``, ``normalizer``, ``train_features``, ``affine``,
-        ``brain_support`` replaced."""
+        ``brain_support``, ``subregions`` replaced."""
         now = {"volume_shape": self.volume_shape, "normalizer": self.normalizer,
-               "train_features": self.train_features, "affine": self.affine, "brain_support": self.brain_support}
+               "train_features": self.train_features, "affine": self.affine, "brain_support": self.brain_support,
+               "subregions": self.subregions}
         now.update({k: v for k, v in changes.items() if v is not None})
         return self.build(**now)
 
@@ -115,6 +125,12 @@ class TumourConditioner(ModelMixin, ConfigMixin):
     @property
     def affine(self) -> np.ndarray | None:
         return self._affine
+
+    @property
+    def subregions(self) -> dict | None:
+        """``{"train", "mean", "std"}`` of the training tumours' necrosis and enhancing shares
+        for a pipeline conditioned on them (``condition_subregions``), else None."""
+        return self._subregions
 
     @property
     def brain_support(self) -> np.ndarray | None:

@@ -34,10 +34,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm.data.cohort import from_model_space
-from sbldm.data.tumour import ConditionSampler, FeatureNormalizer, as_matrix
+from sbldm.data.tumour import SUBREGION_FEATURES, ConditionSampler, FeatureNormalizer, as_matrix
 from sbldm.diffusion.conditioner import TumourConditioner
 from sbldm.diffusion.schedule import SAMPLERS, denoise, make_scheduler, sampling_scheduler
-from sbldm.diffusion.unet_inputs import check_conditions, check_normalised, latent_grid, render_prior
+from sbldm.diffusion.unet_inputs import (check_conditions, check_normalised, check_subregions, latent_grid,
+                                         render_prior, subregion_vectors)
 from sbldm.io import save_samples_nifti
 from sbldm.models._common import count_parameters
 
@@ -52,7 +53,8 @@ class SBLDMOutput(BaseOutput):
     ``affine`` the 4x4 voxel-to-world matrix of the training grid (None if the pipeline
     does not know it), ``labels`` (N, x, y, z) uint8 sub-region label maps (1 necrosis, 2
     oedema, 3 enhancing; ``masks == labels > 0``) from a pipeline whose VAE carries the
-    BraTS regions, else None."""
+    BraTS regions, else None; ``subregions`` (N, 2) the necrosis and enhancing shares asked
+    for, from a pipeline conditioned on them (``condition_subregions``), else None."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -60,6 +62,7 @@ class SBLDMOutput(BaseOutput):
     raw_conditions: np.ndarray | None = None
     affine: np.ndarray | None = None
     labels: np.ndarray | None = None
+    subregions: np.ndarray | None = None
 
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
         """Each volume as NIfTI, on the training grid's geometry unless ``affine`` is given:
@@ -115,28 +118,36 @@ class SBLDMPipeline(DiffusionPipeline):
 
     def set_metadata(self, latent_std: float | None = None, normalizer: FeatureNormalizer | None = None,
                      train_features=None, volume_shape: Sequence[int] | None = None,
-                     affine=None, brain_support=None) -> "SBLDMPipeline":
+                     affine=None, brain_support=None, subregions: dict | None = None) -> "SBLDMPipeline":
         """Set what is given (None keeps the current value): the latent scale goes to
         ``vae.config.scaling_factor``, the rest to the ``conditioner`` component."""
         if latent_std is not None:
             if not latent_std > 0:
                 raise ValueError(f"latent_std must be positive, got {latent_std}")
             self.vae.register_to_config(scaling_factor=1.0 / float(latent_std))
-        if any(v is not None for v in (normalizer, train_features, volume_shape, affine, brain_support)):
+        if any(v is not None for v in (normalizer, train_features, volume_shape, affine, brain_support, subregions)):
             self.register_modules(conditioner=self.conditioner.updated(
                 volume_shape=volume_shape, normalizer=normalizer, train_features=train_features, affine=affine,
-                brain_support=brain_support))
+                brain_support=brain_support, subregions=subregions))
         return self
 
     @classmethod
     def from_components(cls, cfg, vae, unet, normalizer=None, train_features=None, latent_std: float | None = None,
-                        affine=None, brain_support=None):
+                        affine=None, brain_support=None, subregions: dict | None = None):
         """``latent_std``: the latents' global std (sets ``vae.config.scaling_factor``; None keeps
         the VAE's); ``affine``: the training grid's voxel-to-world matrix (``Prepared.grid_affine``);
         ``brain_support``: where the training brains have brain
-        (``sbldm.diffusion.unet_inputs.brain_support``; requested centres outside it are refused)."""
+        (``sbldm.diffusion.unet_inputs.brain_support``; requested centres outside it are refused);
+        ``subregions``: the training tumours' sub-region shares (``subregion_stats``) of a UNet
+        conditioned on them."""
+        expected = 11 if subregions is not None else 9
+        if unet.config.get("cond_dim", 9) != expected:
+            raise ValueError(f"the UNet takes {unet.config.get('cond_dim', 9)} condition values, but the pipeline "
+                             f"would give it {expected} (sub-region shares "
+                             f"{'known' if subregions is not None else 'not known'})")
         pipe = cls(vae=vae, unet=unet, scheduler=make_scheduler(cfg), conditioner=TumourConditioner())
-        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine, brain_support)
+        return pipe.set_metadata(latent_std, normalizer, train_features, cfg.volume_shape, affine, brain_support,
+                                 subregions)
 
     @classmethod
     def from_scale(cls, scale: str, **overrides) -> "SBLDMPipeline":
@@ -228,7 +239,9 @@ class SBLDMPipeline(DiffusionPipeline):
                                                and isinstance(conditions[0], Mapping)):
             if self.normalizer is None:
                 raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
-            raw = as_matrix(conditions)                  # refuses missing and unknown keys
+            rows = [conditions] if isinstance(conditions, Mapping) else list(conditions)
+            raw = as_matrix([{k: v for k, v in r.items() if k not in SUBREGION_FEATURES} for r in rows])
+            # missing and unknown keys are refused there; the sub-region shares are prepare_subregions' business
             if shape is not None:
                 check_conditions(raw, shape, self.train_features, self.conditioner.brain_support)
             return self.normalizer.transform(raw).astype(np.float32), raw
@@ -241,6 +254,40 @@ class SBLDMPipeline(DiffusionPipeline):
                 raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
         raw = self.normalizer.inverse_transform(arr) if self.normalizer is not None else None
         return arr, raw
+
+    def prepare_subregions(self, conditions, subregions, num_volumes: int, generator=None) -> np.ndarray | None:
+        """(N, 2) necrosis and enhancing shares for a pipeline conditioned on them, else None.
+
+        Taken from ``subregions`` ((N, 2) or one row), else from the ``necrosis_share`` and
+        ``enhancing_share`` keys of feature dicts (all or none of the dicts), else drawn from
+        the training tumours (seeded by ``generator``). A pipeline without the condition
+        refuses them, naming the field it was trained without."""
+        rows = [conditions] if isinstance(conditions, Mapping) else (
+            list(conditions) if isinstance(conditions, (list, tuple)) and conditions
+            and isinstance(conditions[0], Mapping) else [])
+        given = [all(k in r for k in SUBREGION_FEATURES) for r in rows]
+        partial = [any(k in r for k in SUBREGION_FEATURES) and not g for r, g in zip(rows, given)]
+        stats = self.conditioner.subregions
+        if stats is None:
+            if subregions is not None or any(given) or any(partial):
+                raise ValueError("this pipeline was trained without the sub-region condition (condition_subregions): "
+                                 f"it cannot take {' or '.join(SUBREGION_FEATURES)}")
+            return None
+        if any(partial) or (any(given) and not all(given)):
+            raise ValueError(f"give both {' and '.join(SUBREGION_FEATURES)} in every condition, or in none")
+        if subregions is not None:
+            shares = check_subregions(subregions)
+        elif rows and all(given):
+            shares = check_subregions([[float(r[k]) for k in SUBREGION_FEATURES] for r in rows])
+        else:
+            seed = generator.initial_seed() if isinstance(generator, torch.Generator) else None
+            train = np.asarray(stats["train"])
+            shares = train[np.random.default_rng([0 if seed is None else seed, 1]).integers(0, len(train), num_volumes)]
+        if len(shares) == 1 and num_volumes > 1:
+            shares = np.repeat(shares, num_volumes, axis=0)
+        if len(shares) != num_volumes:
+            raise ValueError(f"{len(shares)} sub-region share rows for {num_volumes} volumes")
+        return shares
 
     # -- sampling ------------------------------------------------------------------------------
 
@@ -279,7 +326,7 @@ class SBLDMPipeline(DiffusionPipeline):
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
                  decode_chunk_size: int = 16, output_type: str = "np", progress: bool = False,
                  volume_shape: Sequence[int] | None = None, start_latents: torch.Tensor | None = None,
-                 strength: float = 1.0):
+                 strength: float = 1.0, subregions=None):
         """Sample volumes; see the module docstring. ``latents`` fixes the initial noise.
 
         ``start_latents`` (model-space latents of volumes, ``encode``) with ``strength`` in
@@ -290,6 +337,9 @@ class SBLDMPipeline(DiffusionPipeline):
 
         ``output_type``: ``"np"`` (images / masks as numpy) or ``"latent"`` (the denoised
         model-space latents as the ``images`` field, no decoding).
+
+        ``subregions``: (N, 2) necrosis and enhancing shares of the tumour for a pipeline
+        conditioned on them (``prepare_subregions``; feature dicts may carry them as keys).
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
@@ -304,9 +354,12 @@ class SBLDMPipeline(DiffusionPipeline):
                 raw = None if raw is None else np.repeat(raw, num_volumes, axis=0)
             else:
                 raise ValueError(f"{len(cond_np)} conditions for num_volumes={num_volumes}")
+        shares = self.prepare_subregions(conditions, subregions, num_volumes, generator)
+        unet_cond = cond_np if shares is None else np.concatenate(
+            [cond_np, subregion_vectors(shares, self.conditioner.subregions)], axis=1)
         device = self._execution_device
         dtype = next(self.unet.parameters()).dtype
-        cond = torch.from_numpy(cond_np).to(device, dtype)
+        cond = torch.from_numpy(unet_cond).to(device, dtype)
 
         sched = sampling_scheduler(self.scheduler, sampler, num_inference_steps, device)
         shape = (num_volumes, *self.latent_shape(volume_shape))
@@ -344,7 +397,7 @@ class SBLDMPipeline(DiffusionPipeline):
         latents = denoise(lambda x, t: self._predict(x, t, cond, float(guidance_scale), drop, prior), latents, sched,
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
-            return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine)
+            return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine, subregions=shares)
         images, masks, labels = from_model_space(self.decode_latents(latents, decode_chunk_size), with_labels=True)
-        return SBLDMOutput(images, masks, cond_np, raw, self.affine, labels)
+        return SBLDMOutput(images, masks, cond_np, raw, self.affine, labels, shares)
 

@@ -15,6 +15,12 @@ the UNet as an extra input channel (``unet_spatial_prior``). It is computed from
 together with the vector when the condition is dropped (classifier-free guidance).
 The tumour-weighted loss maps (``diffusion_tumour_weight``) weight the diffusion loss
 inside and around the tumour's latent footprint.
+
+Beyond the paper, ``condition_subregions`` appends two numbers to the 9-vector: the shares
+of the tumour's voxels that are necrosis and enhancing tumour
+(``sbldm.data.tumour.SUBREGION_FEATURES``), each z-scored over the training tumours
+(``subregion_stats``, ``subregion_vectors``), so a user can ask for a tumour with or
+without a necrotic core. A request that leaves them out draws them from a training tumour.
 """
 
 from __future__ import annotations
@@ -167,6 +173,43 @@ def check_normalised(vectors, normalizer: FeatureNormalizer) -> np.ndarray:
     return arr
 
 
+# -- the optional sub-region condition -------------------------------------------------------
+
+def subregion_stats(shares) -> dict:
+    """``{"train", "mean", "std"}`` of the training tumours' sub-region shares (N, 2): what a
+    pipeline keeps to z-score requested shares and to draw them when none are asked for."""
+    arr = np.asarray(shares, np.float64)
+    if arr.ndim != 2 or arr.shape[1] != 2 or not len(arr):
+        raise ValueError(f"sub-region shares must be (N, 2) with N >= 1, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("sub-region shares of the training tumours hold NaN (a label map without tumour?)")
+    return {"train": arr.tolist(), "mean": arr.mean(0).tolist(), "std": np.maximum(arr.std(0), 1e-3).tolist()}
+
+
+def check_subregions(shares) -> np.ndarray:
+    """(N, 2) requested shares as float64, after refusing what no tumour has: NaN, a share
+    outside [0, 1], necrosis and enhancing together above the whole tumour."""
+    from sbldm.data.tumour import SUBREGION_FEATURES
+
+    arr = np.atleast_2d(np.asarray(shares, np.float64))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise ValueError(f"sub-region shares must be (N, 2) rows of {', '.join(SUBREGION_FEATURES)}, got shape "
+                         f"{arr.shape}")
+    for i, row in enumerate(arr):
+        if not np.isfinite(row).all() or (row < 0).any() or (row > 1).any():
+            raise ValueError(f"condition {i}: {SUBREGION_FEATURES[0]}={row[0]:g}, {SUBREGION_FEATURES[1]}={row[1]:g}; "
+                             "each share of the tumour lies in [0, 1]")
+        if row.sum() > 1 + 1e-9:
+            raise ValueError(f"condition {i}: necrosis ({row[0]:g}) and enhancing ({row[1]:g}) shares add up to more "
+                             "than the whole tumour")
+    return arr
+
+
+def subregion_vectors(shares, stats: dict) -> np.ndarray:
+    """(N, 2) float32: the shares z-scored with the training ``stats``."""
+    return ((np.asarray(shares, np.float64) - np.asarray(stats["mean"])) / np.asarray(stats["std"])).astype(np.float32)
+
+
 # -- the diffusion stage's inputs ------------------------------------------------------------
 
 def fit_normalizer(cfg, features) -> FeatureNormalizer:
@@ -176,12 +219,20 @@ def fit_normalizer(cfg, features) -> FeatureNormalizer:
 
 def diffusion_inputs(cfg, train, normalizer: FeatureNormalizer | None = None) -> dict:
     """Everything the latent UNet trains on besides the latents, from a prepared split:
-    ``normalizer``, normalised ``conditions`` (N, 9), spatial ``priors`` (N, 1, H', W', D) or
-    None, tumour ``weights`` maps (N, 1, H', W', D) or None — as ``cfg`` asks."""
+    ``normalizer``, normalised ``conditions`` (N, 9; N, 11 with the sub-region shares when
+    ``cfg.condition_subregions``, whose ``subregion_stats`` come as ``subregions``, else
+    None), spatial ``priors`` (N, 1, H', W', D) or None, tumour ``weights`` maps
+    (N, 1, H', W', D) or None — as ``cfg`` asks."""
     normalizer = normalizer or fit_normalizer(cfg, train.features)
     f = cfg.vae_downsampling
-    out = {"normalizer": normalizer,
-           "conditions": normalizer.transform(train.features).astype(np.float32),
+    conditions = normalizer.transform(train.features).astype(np.float32)
+    subregions = None
+    if getattr(cfg, "condition_subregions", False):
+        from sbldm.data.tumour import subregion_shares
+
+        subregions = subregion_stats(subregion_shares(train.labels))
+        conditions = np.concatenate([conditions, subregion_vectors(subregions["train"], subregions)], axis=1)
+    out = {"normalizer": normalizer, "conditions": conditions, "subregions": subregions,
            "priors": render_prior(train.features, cfg.volume_shape, f) if cfg.unet_spatial_prior else None,
            "weights": tumour_weight_maps(train.masks, f) if cfg.diffusion_tumour_weight > 0 else None}
     return out

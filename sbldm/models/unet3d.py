@@ -252,7 +252,8 @@ def build_unet(cfg, prefix: str = "unet", in_channels: int | None = None,
                prior_channels: int | None = None) -> ConditionedUNet3D:
     """The 3D UNet of a ``sbldm.config.Config``'s ``<prefix>_*`` fields (``channels``,
     ``layers_per_block``, ``norm_groups``, ``cond_hidden_dim``, ``time_proj_dim``,
-    ``embed_dim``, ``cond_fusion``, ``mid_layers``): ``"unet"`` is SBLDM's latent UNet,
+    ``embed_dim``, ``cond_fusion``, ``mid_layers``; SBLDM's condition takes the 2 sub-region
+    shares after the 9 features when ``cfg.condition_subregions``): ``"unet"`` is SBLDM's latent UNet,
     ``"ldm3d_unet"`` the 3D-LDM's. ``in_channels`` defaults to the slice VAE's latent
     channels and ``prior_channels`` to one spatial-prior channel when
     ``cfg.unet_spatial_prior`` (SBLDM's latent UNet); other UNets pass both."""
@@ -270,4 +271,5 @@ def build_unet(cfg, prefix: str = "unet", in_channels: int | None = None,
         cond_fusion=field("cond_fusion"),
         mid_layers=field("mid_layers"),
         prior_channels=(1 if cfg.unet_spatial_prior else 0) if prior_channels is None else prior_channels,
+        cond_dim=9 + (2 if prefix == "unet" and getattr(cfg, "condition_subregions", False) else 0),
     )

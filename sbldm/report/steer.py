@@ -12,8 +12,10 @@ the number of DDIM steps and the seed. Changing the volume rescales the box as a
 tumour's would (``ConditionSampler.sweep``); the surface area always follows volume and
 sphericity. ``generate`` samples one volume and draws axial, coronal and sagittal views
 through the requested centre, the mask outlined, with the requested and the obtained
-features side by side. Everything works without a browser (``generate()`` and ``save()``
-are plain methods), which is how the tests and papermill drive it.
+features side by side. A pipeline trained with the sub-region condition
+(``condition_subregions``) gets two more sliders, the necrosis and enhancing shares of the
+tumour. Everything works without a browser (``generate()`` and ``save()`` are plain
+methods), which is how the tests and papermill drive it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES
-from sbldm.data.tumour import ConditionSampler, area_from, tumour_features
+from sbldm.data.tumour import SUBREGION_FEATURES, ConditionSampler, area_from, subregion_shares, tumour_features
 from sbldm.runtime import cpu_bf16
 
 #: the features a user sets; the surface area follows from volume and sphericity
@@ -71,6 +73,10 @@ class TumourSteering:
         self.base = feats[np.argsort(feats[:, 0])[len(feats) // 2]].copy()     # the median-volume tumour
         self.sampler = ConditionSampler(feats, self.shape)
         self.values = dict(zip(FEATURE_NAMES, map(float, self.base)))
+        stats = pipe.conditioner.subregions
+        # a pipeline conditioned on the sub-regions: start from the training tumours' median shares
+        self.subregions = None if stats is None else dict(zip(SUBREGION_FEATURES,
+                                                               map(float, np.median(np.asarray(stats["train"]), 0))))
         self.steps, self.guidance_scale, self.seed, self.bf16 = int(steps), float(guidance_scale), int(seed), bf16
         self.last = None               # the last SBLDMOutput
         self.last_seconds = None
@@ -80,10 +86,15 @@ class TumourSteering:
     # -- the request ----------------------------------------------------------------------
 
     def set(self, **values) -> dict:
-        """Set any of ``CONTROLS``; a new volume rescales the box (and the area) with it."""
-        unknown = set(values) - set(CONTROLS)
+        """Set any of ``CONTROLS`` (and the sub-region shares, for a pipeline conditioned on
+        them); a new volume rescales the box (and the area) with it."""
+        allowed = CONTROLS + (SUBREGION_FEATURES if self.subregions is not None else ())
+        unknown = set(values) - set(allowed)
         if unknown:
-            raise ValueError(f"unknown control(s) {', '.join(sorted(unknown))}; choose from {', '.join(CONTROLS)}")
+            raise ValueError(f"unknown control(s) {', '.join(sorted(unknown))}; choose from {', '.join(allowed)}")
+        for k in SUBREGION_FEATURES:
+            if k in values:
+                self.subregions[k] = float(values.pop(k))
         if "voxel_volume" in values and not any(k in values for k in ("w", "h", "d")):
             current = np.array([self.values[k] for k in FEATURE_NAMES])
             scaled = self.sampler.sweep(current, "voxel_volume", [float(values["voxel_volume"])])[0]
@@ -105,10 +116,11 @@ class TumourSteering:
         import torch
 
         t0 = time.perf_counter()
+        shares = None if self.subregions is None else [[self.subregions[k] for k in SUBREGION_FEATURES]]
         with cpu_bf16(self.bf16 and self.pipe.device.type == "cpu"):
             self.last = self.pipe(conditions=[self.request()], num_inference_steps=self.steps, sampler="ddim",
                                   eta=0.0, guidance_scale=self.guidance_scale,
-                                  generator=torch.Generator().manual_seed(self.seed))
+                                  generator=torch.Generator().manual_seed(self.seed), subregions=shares)
         self.last_seconds = time.perf_counter() - t0
         self.figure = self.draw()
         return self.last
@@ -144,6 +156,9 @@ class TumourSteering:
         text = ["feature        requested  obtained"]
         for k in FEATURE_NAMES:
             text.append(f"{k:<14} {req[k]:>9.2f} {got[k]:>9.2f}")
+        if self.last.subregions is not None and self.last.labels is not None:
+            for k, asked, obtained in zip(SUBREGION_FEATURES, self.last.subregions[0], subregion_shares(self.last.labels[0])):
+                text.append(f"{k[:14]:<14} {asked:>9.2f} {obtained:>9.2f}")
         axes[3].text(0, 1, "\n".join(text), family="monospace", fontsize=7.5, va="top")
         fig.suptitle(f"requested centre ({centre[0]}, {centre[1]}, {centre[2]}); DDIM-{self.steps}, guidance "
                      f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=9)
@@ -181,6 +196,10 @@ class TumourSteering:
                 f_lo, f_hi = np.floor(lo / SPHERICITY_STEP) * SPHERICITY_STEP, np.ceil(hi / SPHERICITY_STEP) * SPHERICITY_STEP
                 sliders[k] = w.FloatSlider(value=_on_grid(self.values[k], f_lo, f_hi, SPHERICITY_STEP), min=f_lo,
                                            max=f_hi, step=SPHERICITY_STEP, description=k)
+        if self.subregions is not None:               # a pipeline conditioned on the sub-regions
+            for k in SUBREGION_FEATURES:
+                sliders[k] = w.FloatSlider(value=_on_grid(self.subregions[k], 0.0, 1.0, SPHERICITY_STEP), min=0.0,
+                                           max=1.0, step=SPHERICITY_STEP, description=k.replace("_", " "))
         for k in ("voxel_volume", "sphericity"):      # a value set from Python lands on the grid the browser shows
             sliders[k].observe(lambda change, s=sliders[k]: _snap_widget(s), names="value")
         # what the panel shows is what it asks for: the request starts from the sliders' own values

@@ -510,7 +510,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
 
     ``latents``: a ``sbldm.diffusion.latents.Latents`` (its means and ``latent_std`` are used) or
     an (N, C, H', W', D) array of posterior means with ``latent_std`` given.
-    ``conditions``: (N, 9) normalised condition vectors; ``priors`` (N, 1, H', W', D): the
+    ``conditions``: (N, 9) normalised condition vectors (N, 11 with the sub-region shares); ``priors`` (N, 1, H', W', D): the
     rendered tumours when ``cfg.unet_spatial_prior``; ``weights`` (N, 1, H', W', D): tumour
     maps when ``cfg.diffusion_tumour_weight > 0`` (all three from
     ``sbldm.diffusion.unet_inputs.diffusion_inputs``).
@@ -533,8 +533,8 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
         if latent_std is None:
             raise ValueError("pass latent_std with a plain latent array (or a sbldm.diffusion.latents.Latents)")
     conditions = np.asarray(conditions, dtype=np.float32)
-    if means.ndim != 5 or len(means) != len(conditions) or conditions.shape[1:] != (9,):
-        raise ValueError(f"latents (N, C, H', W', D) {means.shape} and conditions (N, 9) {conditions.shape} "
+    if means.ndim != 5 or len(means) != len(conditions) or conditions.ndim != 2 or conditions.shape[1] not in (9, 11):
+        raise ValueError(f"latents (N, C, H', W', D) {means.shape} and conditions (N, 9 or 11) {conditions.shape} "
                          "must match")
     if means.shape[1] != cfg.vae_latent_channels:
         raise ValueError(f"latents have {means.shape[1]} channels, config says vae_latent_channels="
@@ -629,4 +629,5 @@ def train_pipeline(cfg: Config, vae, latents, train, out_dir: str | os.PathLike,
     return SBLDMPipeline.from_components(cfg, vae, unet, normalizer=inputs["normalizer"],
                                          train_features=train.features, latent_std=latents.latent_std,
                                          affine=train.grid_affine,
-                                         brain_support=brain_support(train.images, cfg.vae_downsampling))
+                                         brain_support=brain_support(train.images, cfg.vae_downsampling),
+                                         subregions=inputs["subregions"])
