@@ -215,7 +215,9 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     from sbldm.tables import read_csv
 
     ablation = read_csv(out / "tables" / "conditioning_ablation.csv")
-    assert len(ablation) == 7                                   # 6 rows + the real reference
+    assert len(ablation) == 8                                   # 7 rows + the real reference
+    sub = next(r for r in ablation if "sub-region condition" in r["row"])
+    assert float(sub["share_error"]) >= 0                       # asked-for vs drawn shares, measured
     # smoke draws label maps: every row carries the sub-region columns beside adherence and realism
     assert all(r["core_share"] not in ("", None) and r["dark_core_share"] not in ("", None) for r in ablation)
     assert [r["steps"] for r in ablation[:-1]][-1] == str(2 * int(ablation[0]["steps"]))   # the twice-the-budget row

@@ -16,7 +16,10 @@ the images with the real test split (realism):
 - what the tumours look like inside (``sbldm.evaluation.appearance``): the share with a
   dark part and of masks in several pieces and, where the pipeline draws label maps, the
   share with a core and each sub-region's intensity distance to the real training
-  tumours (``w_over_spread_*``).
+  tumours (``w_over_spread_*``);
+- for the row conditioned on the sub-regions (``condition_subregions``; left out of a
+  chain without label maps): ``share_error``, the mean absolute difference between the
+  necrosis and enhancing shares asked for (drawn from training tumours) and those drawn.
 
 The real test split's own values (test vs train for the Fréchet distance, test pairs for
 MS-SSIM) and the chance floor of the adherence metrics (``adherence_by_chance``) come with
@@ -44,7 +47,8 @@ APPEARANCE_COLUMNS = ("core_share", "w_over_spread_necrosis", "w_over_spread_oed
 #: prediction target is the preset's in every row but the x0 one (v at ``small``, where
 #: the noise target left the samples unformed: README errata table)
 PAPER_ROUTE = {"condition_normalization": "max", "unet_spatial_prior": False, "diffusion_tumour_weight": 0.0,
-               "diffusion_ema_decay": 0.0, "diffusion_mixed_precision": "no", "diffusion_snr_gamma": 0.0}
+               "diffusion_ema_decay": 0.0, "diffusion_mixed_precision": "no", "diffusion_snr_gamma": 0.0,
+               "condition_subregions": False}
 
 #: the tumour channel the ``small`` preset adopted from the first ablation (README errata table)
 SMALL_ROUTE = {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore", "unet_spatial_prior": True}
@@ -59,6 +63,7 @@ ROWS = {
     "small route without the spatial prior": {**SMALL_ROUTE, "unet_spatial_prior": False},
     "+ min-SNR weighting (gamma 5)": {**SMALL_ROUTE, "diffusion_snr_gamma": 5.0},
     "+ x0 target": {**SMALL_ROUTE, "diffusion_prediction_type": "sample"},
+    "+ sub-region condition (necrosis and enhancing shares)": {**SMALL_ROUTE, "condition_subregions": True},
     "small route, twice the budget": {**SMALL_ROUTE, "steps_factor": 2},
 }
 
@@ -102,6 +107,9 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     out = []
     for name, fields in rows.items():
         fields = dict(fields)
+        if fields.get("condition_subregions") and cfg.tumour_labels != "regions":
+            log(f"ablation row {name!r} left out: the sub-region condition needs label maps (tumour_labels='regions')")
+            continue
         row_steps = int(steps * fields.pop("steps_factor", 1))
         row_cfg = dataclasses.replace(cfg, diffusion_steps=row_steps, **{**PAPER_ROUTE, **fields})
         folder = Path(work_dir) / slug(name, strip=True, lower=True, max_len=60)
@@ -109,7 +117,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
         pipe = train_pipeline(row_cfg, vae, latents, train, folder, progress=progress)
         log_records = read_log(folder)
         train_time = float(log_records[-1]["time_s"]) if log_records else float("nan")
-        images, masks, drew_labels = [], [], False
+        images, masks, drew_labels, asked = [], [], False, []
         t0 = time.perf_counter()
         bf16 = sample_autocast and pipe.device.type == "cpu"
         for start in range(0, len(requested), batch_size):
@@ -121,6 +129,8 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
             images.append(s.images)
             masks.append(s.masks if s.labels is None else s.labels)     # label maps where the model draws them
             drew_labels = s.labels is not None
+            if s.subregions is not None:
+                asked.append(s.subregions)
         images, labels = np.concatenate(images), np.concatenate(masks)
         masks = (labels > 0).astype(np.uint8)
         adh = ev.conditioning_adherence(requested, masks)
@@ -128,6 +138,12 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
         fd = frechet_distance(real_test, latent_features(vae, images, labels))
         look = tumour_appearance(images, masks)
         inside = subregion_summary(subregion_appearance(images, labels), reference) if drew_labels else {}
+        share_error = float("nan")
+        if asked and drew_labels:
+            from sbldm.data.tumour import subregion_shares
+
+            got = subregion_shares(labels)
+            share_error = float(np.nanmean(np.abs(got - np.concatenate(asked))))
         out.append({"row": name, "steps": row_steps, "train_time_s": train_time,
                     "final_loss": log_records[-1]["loss"] if log_records else float("nan"),
                     **{k: adh[k] for k in ("empty_fraction", "spearman_volume", "relative_volume_error",
@@ -138,7 +154,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                     "dark_core_share": look["dark_core_share"],
                     "multi_component_fraction": look["multi_component_fraction"],
                     **{k: inside[k] for k in APPEARANCE_COLUMNS if k in inside},
-                    "n_requests": int(n_requests),
+                    "share_error": share_error, "n_requests": int(n_requests),
                     "sample_time_s_per_volume": (time.perf_counter() - t0) / len(requested),
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items()) or "the paper's route"})
         log(f"  -> empty {adh['empty_fraction']:.2f}, spearman {adh['spearman_volume']:.2f}, "
