@@ -18,7 +18,7 @@ def test_the_slug_rules_give_the_names_runs_already_wrote():
     assert [slug(name, strip=True, lower=True, max_len=60) for name in ABLATION_ROWS] == [
         "paper_route__bf16_autocast", "small_route__z_scored_conditions___spatial_prior",
         "small_route_without_the_spatial_prior", "min_snr_weighting__gamma_5", "x0_target",
-        "small_route__twice_the_budget"]
+        "sub_region_condition__necrosis_and_enhancing_shares", "small_route__twice_the_budget"]
     # benchmark files (results/bench/<scale>_<device>_<kind>.json)
     assert device_file_part("CPU (x86_64, 2 threads)") == "cpu-x86-64-2-threads"
     assert device_file_part("NVIDIA H200") == "nvidia-h200"
