@@ -82,6 +82,15 @@ def untrained_normalizer(cfg) -> FeatureNormalizer:
     return FeatureNormalizer(n, area, cfg.volume_shape, kind="max")
 
 
+def _feature_dicts(conditions) -> list:
+    """The feature dicts of a request given as one dict or a list of them, else []."""
+    if isinstance(conditions, Mapping):
+        return [conditions]
+    if isinstance(conditions, (list, tuple)) and conditions and isinstance(conditions[0], Mapping):
+        return list(conditions)
+    return []
+
+
 class SBLDMPipeline(DiffusionPipeline):
     model_cpu_offload_seq = "unet->vae"
     _exclude_from_cpu_offload = ["conditioner"]
@@ -235,11 +244,10 @@ class SBLDMPipeline(DiffusionPipeline):
             sampler = ConditionSampler(self.train_features, self.normalizer.shape)
             raw = sampler.sample(num_volumes, np.random.default_rng(seed))
             return self.normalizer.transform(raw).astype(np.float32), raw
-        if isinstance(conditions, Mapping) or (isinstance(conditions, (list, tuple)) and conditions
-                                               and isinstance(conditions[0], Mapping)):
+        rows = _feature_dicts(conditions)
+        if rows:
             if self.normalizer is None:
                 raise ValueError("raw feature dicts need the pipeline's feature normaliser, which it lacks")
-            rows = [conditions] if isinstance(conditions, Mapping) else list(conditions)
             raw = as_matrix([{k: v for k, v in r.items() if k not in SUBREGION_FEATURES} for r in rows])
             # missing and unknown keys are refused there; the sub-region shares are prepare_subregions' business
             if shape is not None:
@@ -262,9 +270,7 @@ class SBLDMPipeline(DiffusionPipeline):
         ``enhancing_share`` keys of feature dicts (all or none of the dicts), else drawn from
         the training tumours (seeded by ``generator``). A pipeline without the condition
         refuses them, naming the field it was trained without."""
-        rows = [conditions] if isinstance(conditions, Mapping) else (
-            list(conditions) if isinstance(conditions, (list, tuple)) and conditions
-            and isinstance(conditions[0], Mapping) else [])
+        rows = _feature_dicts(conditions)
         given = [all(k in r for k in SUBREGION_FEATURES) for r in rows]
         partial = [any(k in r for k in SUBREGION_FEATURES) and not g for r, g in zip(rows, given)]
         stats = self.conditioner.subregions

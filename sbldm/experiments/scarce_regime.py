@@ -35,6 +35,7 @@ from sbldm.config import Config
 from sbldm.data.cohort import Prepared
 from sbldm.data.tumour import FeatureNormalizer
 from sbldm.io import atomic_write_json
+from sbldm.segmentation import table2
 
 #: the Table 1 row whose sample settings the per-size generators sample with
 SAMPLE_ROW = "SBLDM (DDIM)"
@@ -157,7 +158,7 @@ def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict)
     """One row per real-set size: what its latent UNet and VAE saw, and how its synthetic
     set compares with the real tumours it was trained on (the mask-feature distance of
     ``sbldm.data.tumour``, empty masks excluded and counted)."""
-    from sbldm.data.tumour import feature_distribution_distance, mask_features
+    from sbldm.data.tumour import NECROSIS, feature_distribution_distance, mask_features
 
     rows = []
     for n, idx in subsets.items():
@@ -167,7 +168,7 @@ def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict)
         rows.append({"n_real": n, "latent_unet_saw": rec["unet_saw"], "vae_saw": rec["vae_saw"],
                      "unet_steps": rec["diffusion_steps"], "synthetic_volumes": len(s["masks"]),
                      "empty_masks": d["empty_fraction"], "mask_feature_distance": d["mean"],
-                     "with_necrosis": (float(np.mean([(lab == 1).any() for lab in labels]))
+                     "with_necrosis": (float(np.mean([(lab == NECROSIS).any() for lab in labels]))
                                        if labels is not None else float("nan")),
                      "generator": rec.get("generator", f"work/scarce/n{n}")})
     return rows
@@ -175,8 +176,10 @@ def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict)
 
 # -- notebook 11: segmenters on n real volumes, with and without their generator's volumes --
 
-#: the protocols of using synthetic volumes, beside real only (row names of the tables)
-REAL, MIXING, FILTERED, PRETRAIN = "real", "real + SBLDM", "real + SBLDM (filtered)", "SBLDM pre-train, real fine-tune"
+#: the protocols of using synthetic volumes, beside real only (row names of the tables; the
+#: filtered row is Table 2's own)
+REAL, MIXING, PRETRAIN = "real", "real + SBLDM", "SBLDM pre-train, real fine-tune"
+FILTERED = table2.FILTERED
 
 
 def ratio_row(cfg: Config) -> str:
@@ -197,8 +200,6 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
       the rest on the real ones, starting from those weights.
 
     ``real``: (images, targets); ``synthetic``: (images, targets, requested features or None)."""
-    from sbldm.segmentation.table2 import PretrainFinetune, quality_filter
-
     im, tg, requested = synthetic
     cat = lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))  # noqa: E731
     sets = {REAL: real, MIXING: cat(real, (im, tg))}
@@ -207,9 +208,9 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
         k = max(1, round(len(im) * cfg.seg_protocol_synthetic_fraction))
         sets[ratio_row(cfg)] = cat(real, (im[:k], tg[:k]))
         if requested is not None:
-            keep, report = quality_filter(tg > 0, requested, cfg)
+            keep, report = table2.quality_filter(tg > 0, requested, cfg)
             sets[FILTERED] = cat(real, (im[keep], tg[keep]))
-        sets[PRETRAIN] = PretrainFinetune((im, tg), real, cfg.seg_pretrain_fraction)
+        sets[PRETRAIN] = table2.PretrainFinetune((im, tg), real, cfg.seg_pretrain_fraction)
     return sets, report
 
 
@@ -221,8 +222,6 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
     ``subsets`` (``{n: indices}``), its synthetic volumes from ``samples[n]`` (drawn by the
     generator that saw those ``n``: ``records[n]``), every seed; the protocols at the sizes
     in ``protocol_sizes``. Returns (cases, {n: filter report})."""
-    from sbldm.segmentation import table2
-
     labels = cfg.tumour_labels == "regions"
     images, tg = np.asarray(train.images), table2.targets(train, cfg)
     cases, reports = [], {}
@@ -243,50 +242,41 @@ def summarise_study(cases: list[dict]) -> list[dict]:
     """Per size, ``sbldm.segmentation.table2.summarise`` of its rows (mean ± std across seeds,
     per region; paired test against real only at that size, Holm within the size), with
     ``n_real``, ``n_synthetic``, ``generator_saw`` and ``vae_saw`` in front."""
-    from sbldm.segmentation.table2 import summarise
-
     out = []
     for n in dict.fromkeys(c["n_real"] for c in cases):
         sel = [c for c in cases if c["n_real"] == n]
         first = {c["row"]: c for c in sel}
-        for r in summarise(sel):
+        for r in table2.summarise(sel):
             c = first[r["row"]]
             out.append({"n_real": n, "n_synthetic": c["n_synthetic"], "generator_saw": c["generator_saw"],
                         "vae_saw": c["vae_saw"], **r})
     return out
 
 
+def _region_columns(r: dict, regions, lesion: bool = False) -> dict:
+    """Per region of a summarised row: Dice and its seed std (and lesion-wise Dice), Holm p."""
+    out = {}
+    for g in regions:
+        out[f"dice_{g}"] = r[f"dice_{g}_mean"]
+        out[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
+        if lesion:
+            out[f"lesion_dice_{g}"] = r[f"lesion_dice_{g}_mean"]
+        out[f"p_holm_{g}"] = r[f"p_holm_{g}"]
+    return out
+
+
 def sweep_rows(summary: list[dict], regions) -> list[dict]:
     """The data-scarce sweep table: real only and mixing at every size, Dice per region."""
-    out = []
-    for r in summary:
-        if r["row"] not in (REAL, MIXING):
-            continue
-        row = {"n_real": r["n_real"], "training_set": r["row"], "synthetic_volumes": r["n_synthetic"],
-               "generator_saw_real": r["generator_saw"], "vae_saw_real": r["vae_saw"], "seeds": r["seeds"]}
-        for g in regions:
-            row[f"dice_{g}"] = r[f"dice_{g}_mean"]
-            row[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
-            row[f"p_holm_{g}"] = r[f"p_holm_{g}"]
-        out.append(row)
-    return out
+    return [{"n_real": r["n_real"], "training_set": r["row"], "synthetic_volumes": r["n_synthetic"],
+             "generator_saw_real": r["generator_saw"], "vae_saw_real": r["vae_saw"], "seeds": r["seeds"],
+             **_region_columns(r, regions)} for r in summary if r["row"] in (REAL, MIXING)]
 
 
 def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
     """The protocol table: every training set at the protocol sizes, Dice and lesion-wise
     Dice per region, each against real only at its size."""
-    out = []
-    for r in summary:
-        if r["n_real"] not in set(sizes):
-            continue
-        row = {"n_real": r["n_real"], "protocol": r["row"], "volumes": r["n_train_volumes"], "seeds": r["seeds"]}
-        for g in regions:
-            row[f"dice_{g}"] = r[f"dice_{g}_mean"]
-            row[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
-            row[f"lesion_dice_{g}"] = r[f"lesion_dice_{g}_mean"]
-            row[f"p_holm_{g}"] = r[f"p_holm_{g}"]
-        out.append(row)
-    return out
+    return [{"n_real": r["n_real"], "protocol": r["row"], "volumes": r["n_train_volumes"], "seeds": r["seeds"],
+             **_region_columns(r, regions, lesion=True)} for r in summary if r["n_real"] in set(sizes)]
 
 
 def sweep_figure(summary: list[dict], regions, scale: str):

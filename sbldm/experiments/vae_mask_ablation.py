@@ -37,19 +37,21 @@ ROWS = {
 
 
 def necrosis_scores(pred_labels, ref_labels) -> dict:
-    """Dice of the necrosis label (1) over the volumes whose reference has any (mean), and
+    """Dice of the necrosis label over the volumes whose reference has any (mean), and
     the share of those whose prediction decodes any necrosis."""
+    from sbldm.data.tumour import NECROSIS
     from sbldm.segmentation.brats_metrics import dice
 
-    has = [k for k in range(len(ref_labels)) if (ref_labels[k] == 1).any()]
+    has = [k for k in range(len(ref_labels)) if (ref_labels[k] == NECROSIS).any()]
     if not has:
         return {"necrosis_dice": float("nan"), "necrosis_decoded": float("nan"), "n_with_necrosis": 0}
-    return {"necrosis_dice": float(np.mean([dice(pred_labels[k] == 1, ref_labels[k] == 1) for k in has])),
-            "necrosis_decoded": float(np.mean([(pred_labels[k] == 1).any() for k in has])),
+    return {"necrosis_dice": float(np.mean([dice(pred_labels[k] == NECROSIS, ref_labels[k] == NECROSIS) for k in has])),
+            "necrosis_decoded": float(np.mean([(pred_labels[k] == NECROSIS).any() for k in has])),
             "n_with_necrosis": len(has)}
 
 
 def rows(cfg, train, work_dir, n_check: int = 20, progress: bool = True) -> list[dict]:
+    from sbldm.data.tumour import ENHANCING
     from sbldm.diffusion.latents import reconstruct_volumes
     from sbldm.segmentation.brats_metrics import region_dice_rows
     from sbldm.training.trainer import train_vae, training_seconds
@@ -63,8 +65,9 @@ def rows(cfg, train, work_dir, n_check: int = 20, progress: bool = True) -> list
         _, _, rec = reconstruct_volumes(vae.float().cpu(), images, labels)
         regions = {f"{r['region']}_dice": r["mean"] for r in region_dice_rows(rec, labels)}
         out.append({"row": name, "steps": row_cfg.vae_steps, "train_time_s": training_seconds(run_dir), **regions,
-                    **necrosis_scores(rec, labels), "enhancing_share": float((rec == 3).sum() / max((rec > 0).sum(), 1)),
-                    "real_enhancing_share": float((labels == 3).sum() / max((labels > 0).sum(), 1)),
+                    **necrosis_scores(rec, labels),
+                    "enhancing_share": float((rec == ENHANCING).sum() / max((rec > 0).sum(), 1)),
+                    "real_enhancing_share": float((labels == ENHANCING).sum() / max((labels > 0).sum(), 1)),
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items())})
     return out
 

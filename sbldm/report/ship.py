@@ -96,8 +96,9 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
     t2 = {r["row"]: r for r in _table(results / "tables" / "table2.csv")}
     if "real" in t2 and "real + SBLDM" in t2:
         from sbldm.report.readme import stale_notebooks
+        from sbldm.segmentation.table2 import summarised_regions
 
-        regions = [g for g in ("WT", "TC", "ET") if t2["real"].get(f"dice_{g}_mean") not in (None, "")]
+        regions = summarised_regions(t2["real"])
         keys = [f"dice_{g}_mean" for g in regions] if len(regions) > 1 else ["dice_mean"]
         dice = lambda r: "/".join(f"{float(r[k]):.3f}" for k in keys)  # noqa: E731
         what = f"Dice {'/'.join(regions)}" if len(regions) > 1 else "whole-tumour Dice"

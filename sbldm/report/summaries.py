@@ -51,12 +51,17 @@ def baselines(scale: str, check: dict, selection: list[dict] | None) -> str:
     return "\n".join(lines)
 
 
-def _f(v, digits: int = 2) -> str:
+def _number(v, spec: str) -> str:
+    """``v`` formatted with ``spec``, or a dash when it is missing or not a number."""
     try:
         v = float(v)
     except (TypeError, ValueError):
         return "—"
-    return "—" if math.isnan(v) else f"{v:.{digits}f}"
+    return "—" if math.isnan(v) else format(v, spec)
+
+
+def _f(v, digits: int = 2) -> str:
+    return _number(v, f".{digits}f")
 
 
 def generation(scale: str, table1_rows: list[dict], extra_rows: list[dict], adherence_rows: list[dict]) -> str:
@@ -112,7 +117,19 @@ def _spearman(a, b) -> str:
 
 
 def _regions(row: dict) -> list[str]:
-    return [g for g in ("WT", "TC", "ET") if f"dice_{g}_mean" in row]
+    from sbldm.segmentation.table2 import summarised_regions
+
+    return summarised_regions(row)
+
+
+def _significant_gains(r: dict, real: dict) -> list[tuple[str, float]]:
+    """(region, Holm p) of every region where row ``r`` lies above ``real`` with Holm p < 0.05
+    (the whole tumour, named WT, when the rows carry no regions)."""
+    regions = _regions(real)
+    keys = ([(f"dice_{g}_mean", f"p_holm_{g}", g) for g in regions] if len(regions) > 1
+            else [("dice_mean", "p_holm", "WT")])
+    return [(g, float(r[pk])) for dk, pk, g in keys
+            if float(r[dk]) > float(real[dk]) and float(r.get(pk, 1.0)) < 0.05]
 
 
 def _dice_text(r: dict, ref: dict | None = None) -> str:
@@ -138,11 +155,7 @@ def _dice_text(r: dict, ref: dict | None = None) -> str:
 
 
 def _p(p) -> str:
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if math.isnan(p) else f"{p:.2g}"
+    return _number(p, ".2g")
 
 
 def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
@@ -158,12 +171,7 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
             continue
         lines.append(f"- {name}: {_dice_text(r, real)}.")
     if real is not None:
-        regions = _regions(real)
-        better = [name for name, r in by.items() if name != "real" and any(
-            float(r[f"dice_{g}_mean"] if len(regions) > 1 else r["dice_mean"])
-            > float(real[f"dice_{g}_mean"] if len(regions) > 1 else real["dice_mean"])
-            and float(r.get(f"p_holm_{g}" if len(regions) > 1 else "p_holm", 1.0)) < 0.05
-            for g in (regions if len(regions) > 1 else ["WT"]))]
+        better = [name for name, r in by.items() if name != "real" and _significant_gains(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
     if filter_report:
@@ -192,10 +200,8 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         for name, r in sel.items():
             if name != "real":
                 lines.append(f"  - {name}: {_dice_text(r, real)}.")
-        regions = _regions(real) if len(_regions(real)) > 1 else []
-        keys = [(f"dice_{g}_mean", f"p_holm_{g}", g) for g in regions] or [("dice_mean", "p_holm", "WT")]
-        wins = [f"{name} ({g}, p = {_p(r[pk])})" for name, r in sel.items() if name != "real"
-                for dk, pk, g in keys if float(r[dk]) > float(real[dk]) and float(r[pk]) < 0.05]
+        wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
+                for g, p in _significant_gains(r, real)]
         lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
     if scale == "smoke":
         lines.append(SMOKE)
@@ -260,11 +266,7 @@ def appearance(scale: str, rows: list[dict]) -> str:
 
 
 def _pct(v) -> str:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return "—"
-    return "—" if math.isnan(v) else f"{v:.0%}"
+    return _number(v, ".0%")
 
 
 def denoising_probe(rows: list[dict]) -> str:

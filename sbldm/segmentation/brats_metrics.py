@@ -328,12 +328,13 @@ def region_dice_rows(pred_labels, ref_labels) -> list[dict]:
     return rows
 
 
-def score_case(pred_labels, ref_labels, spacing=1.0, **lesion_kwargs) -> dict:
+def score_case(pred_labels, ref_labels, spacing=1.0, regions=tuple(REGIONS), **lesion_kwargs) -> dict:
     """Volume and lesion-wise metrics of one case for WT, TC and ET.
 
     ``pred_labels``/``ref_labels``: 3-D sbldm label maps (values 0-3 only) of one shape;
     ``spacing``: mm per voxel along the array axes. ``lesion_kwargs`` go to
-    ``lesion_wise_scores`` (defaults: BraTS-GLI 2023). Returns, for each region R,
+    ``lesion_wise_scores`` (defaults: BraTS-GLI 2023); ``regions`` names the regions scored
+    (``("WT",)`` scores a binary whole-tumour mask, whose 1 lies in WT). Returns, for each region R,
     ``R_dice``, ``R_hd95``, ``R_lesion_dice``, ``R_lesion_hd95``, ``R_n_lesions``,
     ``R_n_detected``, ``R_n_missed``, ``R_n_false_positive`` and ``R_n_small_ignored``."""
     pred = check_labels(pred_labels, "prediction")
@@ -342,8 +343,8 @@ def score_case(pred_labels, ref_labels, spacing=1.0, **lesion_kwargs) -> dict:
         raise ValueError(f"prediction and reference shapes differ: {pred.shape} vs {ref.shape}")
     penalty = float(lesion_kwargs.get("penalty", HD95_PENALTY_MM))
     out: dict = {}
-    for region, labels in REGIONS.items():
-        p, r = np.isin(pred, labels), np.isin(ref, labels)
+    for region in regions:
+        p, r = np.isin(pred, REGIONS[region]), np.isin(ref, REGIONS[region])
         lw = lesion_wise_scores(p, r, spacing, **lesion_kwargs)
         out[f"{region}_dice"] = dice(p, r)
         out[f"{region}_hd95"] = hd95(p, r, spacing, penalty=penalty)

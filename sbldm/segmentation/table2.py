@@ -349,16 +349,10 @@ def score(pred, test, cfg: Config) -> list[dict]:
     pred, ref = np.asarray(pred), targets(test, cfg)
     sp = spacings(test) or [(1.0, 1.0, 1.0)] * len(ref)
     rows = evaluate(pred > 0, ref > 0, test.case_ids, spacings=sp)
-    regions = cfg.tumour_labels == "regions"
+    regions = tuple(REGIONS) if cfg.tumour_labels == "regions" else ("WT",)      # a binary mask's 1 lies in WT
     for row, p, r, s in zip(rows, pred, ref, sp):
-        if regions:
-            sc = bm.score_case(p, r, s)
-        else:
-            lw = bm.lesion_wise_scores(p > 0, r > 0, s)
-            sc = {"WT_dice": bm.dice(p > 0, r > 0), "WT_hd95": bm.hd95(p > 0, r > 0, s), "WT_lesion_dice": lw.dice,
-                  "WT_lesion_hd95": lw.hd95, "WT_n_lesions": lw.n_lesions, "WT_n_missed": lw.n_missed,
-                  "WT_n_false_positive": lw.n_false_positive}
-        for region in (REGIONS if regions else ("WT",)):
+        sc = bm.score_case(p, r, s, regions=regions)
+        for region in regions:
             row.update({f"dice_{region}": sc[f"{region}_dice"], f"hd95_{region}": sc[f"{region}_hd95"],
                         f"lesion_dice_{region}": sc[f"{region}_lesion_dice"],
                         f"lesion_hd95_{region}": sc[f"{region}_lesion_hd95"],
@@ -367,8 +361,8 @@ def score(pred, test, cfg: Config) -> list[dict]:
     return rows
 
 
-#: config fields a segmentation run's result depends on (besides its data and seed)
 def _settings(cfg: Config) -> dict:
+    """The config fields a segmentation run's result depends on (besides its data and seed)."""
     return {k: v for k, v in cfg.to_dict().items() if k.startswith("seg_") or k == "tumour_labels"}
 
 
@@ -462,6 +456,12 @@ def regions_of(cases: list[dict]) -> list[str]:
     return [r for r in REGIONS if cases and f"dice_{r}" in cases[0]]
 
 
+def summarised_regions(row) -> list[str]:
+    """The BraTS regions a summarised row (``summarise``, or read back from its CSV, where a
+    column may be present but empty) carries Dice for."""
+    return [r for r in REGIONS if row.get(f"dice_{r}_mean") not in (None, "")]
+
+
 def _paired_p(d: dict, ref: dict) -> float:
     from scipy.stats import wilcoxon
 
@@ -526,7 +526,7 @@ def _p(p) -> str:
 
 def table2_markdown(rows: list[dict], scale: str, backend: str, data: str, n_test: int,
                     notes: list[str] = ()) -> str:
-    regions = [r for r in REGIONS if rows and f"dice_{r}_mean" in rows[0]]
+    regions = summarised_regions(rows[0]) if rows else []
     many = len(regions) > 1
     head = ["training set", "volumes", "seeds"]
     if many:
