@@ -168,6 +168,27 @@ def test_volume_dice_sees_false_positive_slices_that_slice_dice_ignores():
     assert m["dice_3d"]["mean"] == pytest.approx(2 * 18 / (18 + 36))
 
 
+def test_reconstruction_rows_name_the_metrics_and_add_one_dice_row_per_region():
+    from sbldm.metrics import reconstruction_rows
+
+    rng = np.random.default_rng(0)
+    img = rng.uniform(-1, 1, (2, 8, 8, 6)).astype(np.float32)
+    labels = np.zeros((2, 8, 8, 6), np.uint8)
+    labels[:, 2:6, 2:6, 1:4] = 2                # oedema around
+    labels[:, 3:5, 3:5, 2] = 3                  # an enhancing core of 4 voxels
+    rec = labels.copy()
+    rec[1][rec[1] == 3] = 2                     # the second volume loses its enhancing core
+    rows = reconstruction_rows(img, labels > 0, img, rec > 0, labels, rec, only=("dice_3d",))
+    by = {r["metric"]: r for r in rows}
+    assert list(by) == ["mask Dice, per volume (false-positive slices count)", "WT Dice, per volume",
+                        "TC Dice, per volume", "ET Dice, per volume"]
+    assert by["WT Dice, per volume"]["mean"] == 1.0 and by["ET Dice, per volume"]["mean"] == 0.5
+    assert by["ET Dice, per volume"]["n"] == 2
+    assert len(reconstruction_rows(img, labels > 0, img, rec > 0)) == 6     # no label maps: no region rows
+    with pytest.raises(ValueError, match="unknown metric"):
+        reconstruction_rows(img, labels > 0, img, rec > 0, only=("fid",))
+
+
 def test_image_mask_agreement_leaves_out_volumes_whose_mask_is_empty():
     from types import SimpleNamespace
 

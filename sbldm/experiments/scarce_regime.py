@@ -132,7 +132,7 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
     steps (resumable, in ``work/scarce/vae_check/n<size>``); rows ``{vae_trained_on, metric,
     mean, std, n}`` of PSNR per volume and the decoded mask's (and regions') Dice per volume."""
     from sbldm.diffusion.latents import reconstruct_volumes
-    from sbldm.metrics import reconstruction_metrics
+    from sbldm.metrics import reconstruction_rows
     from sbldm.training.trainer import train_vae
 
     vcfg = dataclasses.replace(cfg, vae_steps=cfg.scarce_vae_check_steps)
@@ -142,15 +142,9 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
         vae = train_vae(vcfg, split, Path(work) / "scarce" / "vae_check" / f"n{len(split)}", resume=resume,
                         device=device, progress=progress).eval()
         images, masks, labels = reconstruct_volumes(vae.float().cpu(), test.images, test.labels)
-        m = reconstruction_metrics(test.images, test.masks, images, masks)
-        entry = [("PSNR (dB), per volume", m["psnr_3d"]), ("mask Dice, per volume", m["dice_3d"])]
-        rows += [{"vae_trained_on": len(split), "metric": k, "mean": v["mean"], "std": v["std"], "n": v["n"]}
-                 for k, v in entry]
-        if labels is not None:
-            from sbldm.segmentation.brats_metrics import region_dice_rows
-
-            rows += [{"vae_trained_on": len(split), "metric": f"{r['region']} Dice, per volume", "mean": r["mean"],
-                      "std": r["std"], "n": r["n"]} for r in region_dice_rows(labels, test.labels)]
+        rows += [{"vae_trained_on": len(split), **r}
+                 for r in reconstruction_rows(test.images, test.masks, images, masks, test.labels, labels,
+                                              only=("psnr_3d", "dice_3d"))]
     return rows
 
 
