@@ -147,3 +147,22 @@ def test_mirroring_and_training_patches_are_seeded_and_change_what_is_seen(monke
     assert model.predict(images).shape == images.shape                           # whole volumes at inference
     with pytest.raises(ValueError, match="seg_flip_axes"):
         config.resolve("smoke", seg_flip_axes=(3,))
+
+
+def test_tumour_centred_crops_of_a_label_map_centre_on_a_tumour_voxel():
+    """The fast segmenter's crops are centred on a tumour voxel half of the time. A label map
+    (values 1-3) sums to more than its voxel count; the crop must still draw its centre among
+    the tumour voxels, never fail and always hold the tumour when the ROI can."""
+    from sbldm.segmentation.fast import _crop
+
+    image = np.zeros((16, 16, 8), np.float32)
+    labels = np.zeros((16, 16, 8), np.uint8)
+    labels[12:14, 12:14, 6] = 3                 # 4 voxels summing to 12
+    labels[13, 13, 6] = 1
+    rng = np.random.default_rng(0)
+    held = [(_crop(image, labels, (4, 4, 2), rng)[1] > 0).any() for _ in range(200)]
+    assert 0.4 < np.mean(held) <= 1.0           # about half are tumour-centred, and those hold the tumour
+    binary = labels > 0                         # a binary mask: the same draws as before the label maps
+    a = _crop(image, binary, (4, 4, 2), np.random.default_rng(1))[1]
+    b = _crop(image, labels, (4, 4, 2), np.random.default_rng(1))[1]
+    assert np.array_equal(a, b > 0)

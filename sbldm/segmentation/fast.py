@@ -246,8 +246,9 @@ def _autocast(cfg: Config):
 def _crop(image, mask, roi, rng):
     if tuple(image.shape) == tuple(roi):
         return image, mask
-    if mask.any() and rng.random() < 0.5:
-        centre = np.argwhere(mask)[rng.integers(mask.sum())]
+    if mask.any() and rng.random() < 0.5:           # a tumour voxel (any label) as the centre
+        inside = np.argwhere(mask)
+        centre = inside[rng.integers(len(inside))]
     else:
         centre = np.array([rng.integers(0, s) for s in image.shape])
     start = [int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, image.shape)]
