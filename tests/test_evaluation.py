@@ -302,3 +302,8 @@ def test_subregion_appearance_reads_each_region_in_units_of_the_normal_brain():
     synth = subregion_summary(subregion_appearance(np.concatenate([img, img]), np.concatenate([lab, lab])), real)
     assert synth["w_over_spread_oedema"] == pytest.approx(1.0, rel=1e-5)
     assert subregion_summary(real, real)["w_over_spread_oedema"] == 0.0
+    # a decoded volume's background sits a hair above -1: it is not brain, and the z values stay
+    decoded = np.where(img == -1.0, -0.995, img).astype(np.float32)
+    (again,) = subregion_appearance(decoded, lab)
+    assert again["median_z_oedema"] == pytest.approx(row["median_z_oedema"], rel=1e-5)
+    assert again["median_z_necrosis"] == pytest.approx(row["median_z_necrosis"], rel=1e-5)

@@ -64,8 +64,9 @@ def subregion_appearance(images, labels) -> list[dict]:
     oedema, enhancing) in the whole tumour, whether it has a core (TC = necrosis or
     enhancing), and each present sub-region's median intensity in z units: (x - median)
     / IQR of the normal-appearing brain (``sbldm.data.phantom_stats.z_image``: the brain
-    outside the tumour dilated by 3 voxels; images in [-1, 1] are shifted so that the
-    background, -1, sits at 0). A sub-region a volume lacks gets NaN, and so does every
+    outside the tumour dilated by 3 voxels; the brain is ``brain_mask`` of the image in
+    [-1, 1], shifted up by 1, everything else set to 0: a decoded background a hair above
+    -1 is not brain). A sub-region a volume lacks gets NaN, and so does every
     median z of a volume with too little normal brain left to standardise against."""
     from sbldm.data.phantom_stats import z_image
     from sbldm.data.tumour import LABEL_NAMES, check_labels, region_mask
@@ -80,7 +81,7 @@ def subregion_appearance(images, labels) -> list[dict]:
         if not wt.any():
             continue
         try:
-            z, _ = z_image(im + 1.0, lab)
+            z, _ = z_image(np.where(brain_mask(im), im + 1.0, 0.0), lab)
         except ValueError:                  # the tumour and its margin cover the brain: no reference
             z = None
         row = {"has_core": bool(region_mask(lab, "TC").any())}
