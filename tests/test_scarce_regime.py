@@ -106,6 +106,24 @@ def test_the_summary_names_only_significant_gains():
     text = scarce_study("small", summary, (10, 100))
     assert "beats real only at 10 (Holm p < 0.05): real + SBLDM (ET, p = 0.01)." in text
     assert "beats real only at 100 (Holm p < 0.05): no protocol." in text      # significant, but worse
+    assert "below real only at 100 (Holm p < 0.05): real + SBLDM (ET, p = 0.001)." in text
+    assert "below real only at 10 " not in text
+
+
+def test_the_table2_summary_names_rows_above_and_below_real_per_region():
+    from sbldm.report.summaries import segmentation
+
+    def row(name, wt, p_wt, et, p_et):
+        r = {"row": name, "seeds": 3}
+        for g, v, p in (("WT", wt, p_wt), ("TC", 0.5, 1.0), ("ET", et, p_et)):
+            r.update({f"dice_{g}_mean": v, f"dice_{g}_seed_std": 0.01, f"p_holm_{g}": p})
+        return r
+
+    nan = float("nan")
+    text = segmentation("small", [row("real", 0.6, nan, 0.4, nan), row("real + SBLDM", 0.7, 0.001, 0.3, 0.002),
+                                  row("real + 3D-LDM", 0.65, 0.2, 0.35, 0.3)])
+    assert "above real only in at least one region (Holm p < 0.05): real + SBLDM." in text
+    assert "below real only (Holm p < 0.05), in the regions named: real + SBLDM (ET)." in text
 
 
 def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):

@@ -122,14 +122,15 @@ def _regions(row: dict) -> list[str]:
     return summarised_regions(row)
 
 
-def _significant_gains(r: dict, real: dict) -> list[tuple[str, float]]:
-    """(region, Holm p) of every region where row ``r`` lies above ``real`` with Holm p < 0.05
-    (the whole tumour, named WT, when the rows carry no regions)."""
+def _significant_gains(r: dict, real: dict, below: bool = False) -> list[tuple[str, float]]:
+    """(region, Holm p) of every region where row ``r`` lies above ``real`` (``below``: under
+    it) with Holm p < 0.05 (the whole tumour, named WT, when the rows carry no regions)."""
     regions = _regions(real)
     keys = ([(f"dice_{g}_mean", f"p_holm_{g}", g) for g in regions] if len(regions) > 1
             else [("dice_mean", "p_holm", "WT")])
     return [(g, float(r[pk])) for dk, pk, g in keys
-            if float(r[dk]) > float(real[dk]) and float(r.get(pk, 1.0)) < 0.05]
+            if (float(r[dk]) < float(real[dk]) if below else float(r[dk]) > float(real[dk]))
+            and float(r.get(pk, 1.0)) < 0.05]
 
 
 def _dice_text(r: dict, ref: dict | None = None) -> str:
@@ -174,6 +175,10 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         better = [name for name, r in by.items() if name != "real" and _significant_gains(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
+        worse = [f"{name} ({', '.join(g for g, _ in lost)})" for name, r in by.items()
+                 if name != "real" and (lost := _significant_gains(r, real, below=True))]
+        lines.append("- rows significantly below real only (Holm p < 0.05), in the regions named: "
+                     + ("; ".join(worse) if worse else "none") + ".")
     if filter_report:
         lines.append(f"- the quality filter rejected {_pct(filter_report.get('rejection_rate'))} of the SBLDM volumes "
                      f"({filter_report.get('rejected_empty', 0)} with an empty mask).")
@@ -203,6 +208,10 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                 for g, p in _significant_gains(r, real)]
         lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
+        losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
+                  for g, p in _significant_gains(r, real, below=True)]
+        if losses:
+            lines.append(f"  - below real only at {n} (Holm p < 0.05): " + ", ".join(losses) + ".")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)
