@@ -124,6 +124,12 @@ def test_the_table2_summary_names_rows_above_and_below_real_per_region():
                                   row("real + 3D-LDM", 0.65, 0.2, 0.35, 0.3)])
     assert "above real only in at least one region (Holm p < 0.05): real + SBLDM." in text
     assert "below real only (Holm p < 0.05), in the regions named: real + SBLDM (ET)." in text
+    nnunet = [dict(row("real", 0.0, nan, 0.0, nan), empty_predictions=100.0, n_test=100),
+              dict(row("real + SBLDM", 0.0, 1.0, 0.0, 1.0), empty_predictions=100.0, n_test=100)]
+    text = segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
+    assert "predicted no tumour in any test case for real, real + SBLDM; at this budget it confirms nothing" in text
+    nnunet[0]["empty_predictions"] = nnunet[1]["empty_predictions"] = 0.0
+    assert "nnU-Net confirmation (one seed): real Dice" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
 
 
 def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):

@@ -184,7 +184,12 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
                      f"({filter_report.get('rejected_empty', 0)} with an empty mask).")
     if nnunet_rows:
         nb = {r["row"]: r for r in nnunet_rows}
-        if "real" in nb and "real + SBLDM" in nb:
+        empty = [name for name, r in nb.items()
+                 if float(r.get("empty_predictions", 0) or 0) >= float(r.get("n_test", 0) or 0) > 0]
+        if empty:
+            lines.append("- nnU-Net confirmation (one seed): it predicted no tumour in any test case for "
+                         + ", ".join(empty) + "; at this budget it confirms nothing.")
+        elif "real" in nb and "real + SBLDM" in nb:
             lines.append(f"- nnU-Net confirmation (one seed): real {_dice_text(nb['real'])}; real + SBLDM "
                          f"{_dice_text(nb['real + SBLDM'], nb['real'])}.")
     if scale == "smoke":
