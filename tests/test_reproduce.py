@@ -74,6 +74,9 @@ def test_runner_records_skips_and_stops_on_failure(tmp_path):
     assert rec["failures"]["01_step"]["status"] == "failed" and "01_step" not in rec["notebooks"]
     assert (tmp_path / "r2" / "smoke" / "executed" / "01_step.failed.ipynb").is_file()   # kept for inspection
     assert "boom" in (tmp_path / "r2" / "smoke" / "logs" / "01_step.log").read_text()
+    reproduce.run("smoke", {}, notebooks_dir=nbs, results_root=tmp_path / "r2", log=logs.append)   # fixed
+    assert not (tmp_path / "r2" / "smoke" / "logs" / "01_step.log").exists()        # its traceback is gone
+    assert not (tmp_path / "r2" / "smoke" / "executed" / "01_step.failed.ipynb").exists()
 
 
 def test_a_failure_never_replaces_a_successful_run_and_only_runs_exactly_what_it_names(tmp_path):

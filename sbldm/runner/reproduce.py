@@ -263,6 +263,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
                                   f"(traceback: {log_path}; executed copy: {failed})") from None
             os.replace(running, target)
             (executed / f"{path.stem}.failed.ipynb").unlink(missing_ok=True)   # superseded by this success
+            (out_dir / "logs" / f"{path.stem}.log").unlink(missing_ok=True)     # and so is its traceback
             entry.update(status="ok", wall_time_s=round(time.time() - t0, 1),
                          finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             record["notebooks"][name] = entry
