@@ -30,6 +30,31 @@ def _blobs(n, shape=(32, 32, 16), seed=0):
 
 # -- helpers (no nnunetv2 needed) ------------------------------------------------------
 
+def test_the_brats_regions_are_exported_for_nnunets_region_training_and_come_back_as_label_maps(tmp_path):
+    """nnU-Net's own label handling reads the exported dataset.json as the nested regions WT,
+    TC, ET, and turns perfect region outputs back into the very label map that was exported."""
+    pytest.importorskip("nnunetv2")
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    images, _ = _blobs(2)
+    labels = np.zeros(images.shape, np.uint8)
+    labels[:, 8:24, 8:24, 4:12] = 2
+    labels[:, 12:20, 12:20, 6:10] = 3
+    labels[0, 14:18, 14:18, 7:9] = 1                # necrosis in the first case only
+    out = nnunet.export(tmp_path, images, labels, labels="regions")
+    spec = json.loads((out["dataset_folder"] / "dataset.json").read_text())
+    lm = LabelManager(spec["labels"], spec["regions_class_order"])
+    assert lm.has_regions and [set(np.atleast_1d(r)) for r in lm.foreground_regions] == [{1, 2, 3}, {1, 3}, {3}]
+    for lab in labels:
+        probs = np.stack([np.isin(lab, np.atleast_1d(r)) for r in lm.foreground_regions]).astype(np.float32)
+        np.testing.assert_array_equal(lm.convert_probabilities_to_segmentation(probs), lab)
+    whole = json.loads((nnunet.export(tmp_path / "w", images, labels > 0)["dataset_folder"] / "dataset.json")
+                       .read_text())
+    assert whole["labels"] == {"background": 0, "tumour": 1} and "regions_class_order" not in whole
+    with pytest.raises(ValueError, match="label map must hold 0-3 only"):
+        nnunet.export(tmp_path / "bad", images, labels + 1, labels="regions")
+
+
 def test_parse_folds():
     assert nnunet.parse_folds("all") == ["all"]
     assert nnunet.parse_folds(3) == ["3"]

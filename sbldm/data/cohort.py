@@ -491,8 +491,15 @@ class VolumeDataset:
 # -- nnU-Net v2 export ------------------------------------------------------------------
 
 #: the ``labels`` of an exported nnU-Net dataset.json, per kind of target
+#: nnU-Net's classes per ``tumour_labels``. The BraTS regions are trained as nnU-Net trains
+#: BraTS (its region-based training: one sigmoid output per nested region, WT = {1, 2, 3},
+#: TC = {1, 3}, ET = {3}, instead of a softmax over the three labels), and a prediction
+#: is written back as a label map by painting the regions in ``NNUNET_REGIONS_CLASS_ORDER``:
+#: WT as oedema (2), then TC over it as necrosis (1), then ET over that as enhancing (3).
 NNUNET_LABELS = {"whole": {"background": 0, "tumour": 1},
-                 "regions": {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3}}
+                 "regions": {"background": 0, "whole_tumour": [1, 2, 3], "tumour_core": [1, 3],
+                             "enhancing_tumour": 3}}
+NNUNET_REGIONS_CLASS_ORDER = {"regions": [2, 1, 3]}
 
 
 def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
@@ -504,8 +511,9 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
     ``(case_id, image, mask)`` or ``(case_id, image, mask, affine)``: real or synthetic
     volumes in sbldm's convention. With ``labels="whole"`` the masks are binary and written as
     0 (background) / 1 (tumour); with ``labels="regions"`` they are sbldm label maps, written as
-    they are (0 background, 1 necrosis, 2 oedema, 3 enhancing: nnU-Net's consecutive
-    multi-class labels; the BraTS regions are derived from its predictions). The
+    they are (0 background, 1 necrosis, 2 oedema, 3 enhancing) and declared as the nested
+    BraTS regions WT, TC, ET (``NNUNET_LABELS``: nnU-Net's region-based training, as it trains
+    BraTS; its predictions come back as label maps). The
     dataset is rebuilt, never merged: it is written to a temporary sibling folder and
     swapped in whole, so an earlier export of other cases leaves no file behind and a
     failed export leaves the earlier one intact. Returns the dataset folder.
@@ -516,7 +524,7 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
         raise ValueError(f"nnU-Net dataset ids run from 1 to 999, got {dataset_id}")
     if labels not in NNUNET_LABELS:
         raise ValueError(f"labels must be one of {', '.join(NNUNET_LABELS)}, got {labels!r}")
-    allowed = set(NNUNET_LABELS[labels].values())
+    allowed = {int(v) for value in NNUNET_LABELS[labels].values() for v in np.atleast_1d(value)}
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"dataset name {name!r} may hold letters, digits, '_' and '-' only")
     final = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
@@ -547,6 +555,8 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
                            + ("whole-tumour mask)" if labels == "whole" else "sub-region label map)"),
             "channel_names": {"0": channel_name},
             "labels": NNUNET_LABELS[labels],
+            **({"regions_class_order": NNUNET_REGIONS_CLASS_ORDER[labels]} if labels in NNUNET_REGIONS_CLASS_ORDER
+               else {}),
             "numTraining": n_train,
             "file_ending": ".nii.gz",
         })

@@ -224,8 +224,9 @@ def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id:
     """Write the nnU-Net raw dataset; returns ``{dataset_folder, test_folder, train_ids, test_ids}``.
 
     Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given).
-    ``labels``: "whole" (masks written binary) or "regions" (sbldm label maps written as
-    nnU-Net classes 0-3)."""
+    ``labels``: "whole" (masks written binary) or "regions" (sbldm label maps, declared as the
+    nested BraTS regions WT, TC, ET for nnU-Net's region-based training:
+    ``sbldm.data.cohort.NNUNET_LABELS``)."""
     from sbldm.data.cohort import export_nnunet
     from sbldm.io import save_nifti
 
@@ -360,7 +361,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
 
     Arrays follow sbldm's convention: images (N, x, y, z) float in [-1, 1], masks
     (N, x, y, z) binary, or label maps with ``labels="regions"`` (nnU-Net then trains the
-    four classes and predicts label maps). Keyword arguments left at None come from ``cfg``:
+    nested regions WT, TC, ET, as it trains BraTS, and predicts label maps). Keyword arguments left at None come from ``cfg``:
     ``labels`` (``tumour_labels``),
     ``augmentation`` (``seg_nnunet_augmentation``: nnU-Net's default augmentation, or
     none as ``nnUNetTrainerNoDA``), ``narrow`` (``seg_nnunet_narrow``; None = narrow plans
