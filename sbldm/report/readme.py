@@ -43,6 +43,8 @@ TABLES = (
     ("Baselines: the trained 3D-LDM autoencoder's reconstruction check (training split)",
      "baseline_reconstruction_check"),
     ("Inside the tumours — real, through the slice VAE, and each generator's", "tumour_appearance"),
+    ("Inside the tumours, per sub-region — shares, presence and median intensity against the real training "
+     "tumours", "tumour_subregions"),
     ("Real tumours noised and denoised by SBLDM — where the inside of a tumour is lost", "tumour_denoising_probe"),
 )
 #: tables written by commands outside the notebook chain: shown when present, never "missing"
