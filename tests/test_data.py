@@ -404,14 +404,15 @@ def test_binary_masks_are_refused_where_sub_region_label_maps_are_needed():
     assert len(data.SliceDataset(images, mask * 2, tumour_labels="regions")) == 4    # oedema: a label map
 
 
-def test_export_nnunet_writes_label_maps_as_its_four_classes(tmp_path):
+def test_export_nnunet_writes_label_maps_and_declares_the_nested_brats_regions(tmp_path):
     m = ball((16, 16, 10), radius=4).astype(np.uint8) * 2
     m[ball((16, 16, 10), radius=2) > 0] = 3
     m[8, 8, 5] = 1
     img = np.zeros(m.shape, np.float32)
     folder = data.export_nnunet(tmp_path, 3, "Regions", [("a", img, m)], labels="regions")
     ds = json.loads((folder / "dataset.json").read_text())
-    assert ds["labels"] == {"background": 0, "necrosis": 1, "oedema": 2, "enhancing": 3}
+    assert ds["labels"] == {"background": 0, "whole_tumour": [1, 2, 3], "tumour_core": [1, 3], "enhancing_tumour": 3}
+    assert ds["regions_class_order"] == [2, 1, 3]                  # WT painted as oedema, then TC, then ET
     lab = np.rint(nib.load(folder / "labelsTr" / "a.nii.gz").get_fdata())
     assert np.array_equal(lab, m)                                  # written as they are
     with pytest.raises(ValueError, match="label map must hold 0-3 only"):

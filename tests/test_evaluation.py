@@ -169,7 +169,7 @@ def test_volume_dice_sees_false_positive_slices_that_slice_dice_ignores():
 
 
 def test_reconstruction_rows_name_the_metrics_and_add_one_dice_row_per_region():
-    from sbldm.metrics import reconstruction_rows
+    from sbldm.evaluation.reconstruction import reconstruction_rows
 
     rng = np.random.default_rng(0)
     img = rng.uniform(-1, 1, (2, 8, 8, 6)).astype(np.float32)

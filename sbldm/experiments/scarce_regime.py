@@ -132,7 +132,7 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
     steps (resumable, in ``work/scarce/vae_check/n<size>``); rows ``{vae_trained_on, metric,
     mean, std, n}`` of PSNR per volume and the decoded mask's (and regions') Dice per volume."""
     from sbldm.diffusion.latents import reconstruct_volumes
-    from sbldm.metrics import reconstruction_rows
+    from sbldm.evaluation.reconstruction import reconstruction_rows
     from sbldm.training.trainer import train_vae
 
     vcfg = dataclasses.replace(cfg, vae_steps=cfg.scarce_vae_check_steps)
