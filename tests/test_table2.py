@@ -306,3 +306,25 @@ def test_summarise_tests_each_region_against_real():
     assert syn["p_holm_ET"] == pytest.approx(syn["p_vs_real_ET"]) and math.isnan(real["p_holm_ET"])
     md = table2.table2_markdown([real, syn], "smoke", "fast", "test", 8)
     assert "Dice ET" in md and "lesion-wise Dice WT / TC / ET" in md and "BraTS 2023" in md
+
+
+def test_a_cached_result_is_keyed_on_its_data_seed_settings_and_for_nnunet_its_label_declaration(monkeypatch):
+    """The per-(row, seed) cache: the same inputs give the same key; another seed, budget or
+    training image another; and nnU-Net's key, not the fast backend's, follows how the
+    export declares the labels (a cached nnU-Net result of another declaration is not reused)."""
+    from sbldm.data import cohort
+
+    cfg = config.resolve("smoke")
+    test, train = _Split(2, seed=1), _Split(3)
+    entry = (train.images, train.labels)
+    key = table2.case_key(entry, test, cfg, 0, 10)
+    assert key == table2.case_key((train.images.copy(), train.labels.copy()), test, cfg, 0, 10)
+    other = train.images.copy()
+    other[0, 0, 0, 0] += 0.5
+    assert len({key, table2.case_key(entry, test, cfg, 1, 10), table2.case_key(entry, test, cfg, 0, 20),
+                table2.case_key((other, train.labels), test, cfg, 0, 10)}) == 4
+    ncfg = config.resolve("smoke", seg_backend="nnunet")
+    nkey = table2.case_key(entry, test, ncfg, 0, 10)
+    monkeypatch.setitem(cohort.NNUNET_LABELS, cfg.tumour_labels, {"background": 0, "tumour": [1, 2, 3]})
+    assert table2.case_key(entry, test, ncfg, 0, 10) != nkey
+    assert table2.case_key(entry, test, cfg, 0, 10) == key

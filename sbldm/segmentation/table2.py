@@ -376,7 +376,8 @@ def _digest(h, *arrays) -> None:
 def case_key(entry, test, cfg: Config, seed: int, iterations: int | None) -> str:
     """The key of one (training set, seed) result: a hash of the training images and
     targets (both phases of a ``PretrainFinetune``), the test images, targets and spacing,
-    the seed, the budget and every segmentation setting."""
+    the seed, the budget and every segmentation setting (for nnU-Net also how its export
+    declares the labels)."""
     h = hashlib.sha256()
     if isinstance(entry, PretrainFinetune):
         h.update(f"pretrain-finetune {entry.fraction!r}".encode())
@@ -387,6 +388,12 @@ def case_key(entry, test, cfg: Config, seed: int, iterations: int | None) -> str
     h.update(json.dumps({"seed": int(seed), "iterations": iterations, "settings": _settings(cfg),
                          "spacings": spacings(test), "ids": list(test.case_ids)}, sort_keys=True,
                         default=str).encode())
+    if cfg.seg_backend == "nnunet":     # how the export declares the labels changes what nnU-Net learns
+        from sbldm.data.cohort import NNUNET_LABELS, NNUNET_REGIONS_CLASS_ORDER
+
+        h.update(json.dumps({"nnunet_labels": NNUNET_LABELS[cfg.tumour_labels],
+                             "regions_class_order": NNUNET_REGIONS_CLASS_ORDER.get(cfg.tumour_labels)},
+                            sort_keys=True).encode())
     return h.hexdigest()[:24]
 
 
