@@ -167,4 +167,3 @@ def reconstruction_metrics(images, masks, rec_images, rec_masks) -> dict:
         summary = finite_summary(v)
         out[k] = {"mean": summary["mean"], "std": summary["std"], "n": summary["n"] + summary["n_nonfinite"]}
     return out
-

@@ -490,12 +490,12 @@ class VolumeDataset:
 
 # -- nnU-Net v2 export ------------------------------------------------------------------
 
-#: the ``labels`` of an exported nnU-Net dataset.json, per kind of target
-#: nnU-Net's classes per ``tumour_labels``. The BraTS regions are trained as nnU-Net trains
-#: BraTS (its region-based training: one sigmoid output per nested region, WT = {1, 2, 3},
-#: TC = {1, 3}, ET = {3}, instead of a softmax over the three labels), and a prediction
-#: is written back as a label map by painting the regions in ``NNUNET_REGIONS_CLASS_ORDER``:
-#: WT as oedema (2), then TC over it as necrosis (1), then ET over that as enhancing (3).
+#: the ``labels`` of an exported nnU-Net dataset.json, per ``tumour_labels``. The BraTS
+#: regions are trained as nnU-Net trains BraTS (its region-based training: one sigmoid
+#: output per nested region, WT = {1, 2, 3}, TC = {1, 3}, ET = {3}, instead of a softmax
+#: over the three labels), and a prediction is written back as a label map by painting the
+#: regions in ``NNUNET_REGIONS_CLASS_ORDER``: WT as oedema (2), then TC over it as necrosis
+#: (1), then ET over that as enhancing (3).
 NNUNET_LABELS = {"whole": {"background": 0, "tumour": 1},
                  "regions": {"background": 0, "whole_tumour": [1, 2, 3], "tumour_core": [1, 3],
                              "enhancing_tumour": 3}}

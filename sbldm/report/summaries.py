@@ -122,7 +122,7 @@ def _regions(row: dict) -> list[str]:
     return summarised_regions(row)
 
 
-def _significant_gains(r: dict, real: dict, below: bool = False) -> list[tuple[str, float]]:
+def _significant_regions(r: dict, real: dict, below: bool = False) -> list[tuple[str, float]]:
     """(region, Holm p) of every region where row ``r`` lies above ``real`` (``below``: under
     it) with Holm p < 0.05 (the whole tumour, named WT, when the rows carry no regions)."""
     regions = _regions(real)
@@ -172,11 +172,11 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
             continue
         lines.append(f"- {name}: {_dice_text(r, real)}.")
     if real is not None:
-        better = [name for name, r in by.items() if name != "real" and _significant_gains(r, real)]
+        better = [name for name, r in by.items() if name != "real" and _significant_regions(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
         worse = [f"{name} ({', '.join(g for g, _ in lost)})" for name, r in by.items()
-                 if name != "real" and (lost := _significant_gains(r, real, below=True))]
+                 if name != "real" and (lost := _significant_regions(r, real, below=True))]
         lines.append("- rows significantly below real only (Holm p < 0.05), in the regions named: "
                      + ("; ".join(worse) if worse else "none") + ".")
     if filter_report:
@@ -211,10 +211,10 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
             if name != "real":
                 lines.append(f"  - {name}: {_dice_text(r, real)}.")
         wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
-                for g, p in _significant_gains(r, real)]
+                for g, p in _significant_regions(r, real)]
         lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
         losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
-                  for g, p in _significant_gains(r, real, below=True)]
+                  for g, p in _significant_regions(r, real, below=True)]
         if losses:
             lines.append(f"  - below real only at {n} (Holm p < 0.05): " + ", ".join(losses) + ".")
     if scale == "smoke":

@@ -361,8 +361,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
 
     Arrays follow sbldm's convention: images (N, x, y, z) float in [-1, 1], masks
     (N, x, y, z) binary, or label maps with ``labels="regions"`` (nnU-Net then trains the
-    nested regions WT, TC, ET, as it trains BraTS, and predicts label maps). Keyword arguments left at None come from ``cfg``:
-    ``labels`` (``tumour_labels``),
+    nested regions WT, TC, ET, as it trains BraTS, and predicts label maps). Keyword
+    arguments left at None come from ``cfg``: ``labels`` (``tumour_labels``),
     ``augmentation`` (``seg_nnunet_augmentation``: nnU-Net's default augmentation, or
     none as ``nnUNetTrainerNoDA``), ``narrow`` (``seg_nnunet_narrow``; None = narrow plans
     on CPU only), ``fold`` (``seg_nnunet_fold``), ``epochs`` / ``iterations``
