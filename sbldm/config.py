@@ -218,6 +218,8 @@ class Config:
     ldm3d_ae_ssim_range: str = _reads("signed", 'ldm3d_ae')    # as vae_ssim_range
     ldm3d_ae_ssim_weight: float = _reads(1.0, 'ldm3d_ae')     # L1 + (1 - SSIM) + KL, as the slice VAE
     ldm3d_ae_mask_weight: float = _reads(0.0, 'ldm3d_ae')     # as vae_mask_weight (authors: no mask term)
+    ldm3d_ae_mask_nested: bool = _reads(False, 'ldm3d_ae')    # as vae_mask_nested, on the volume's region channels
+    ldm3d_ae_mask_band: int = _reads(0, 'ldm3d_ae')           # as vae_mask_band, in voxels
     # reconstruction check before the UNet trains: the autoencoder's decoded whole-tumour Dice
     # on training volumes (posterior means) must reach this; 0 = report only
     ldm3d_ae_min_dice: float = 0.0
@@ -574,7 +576,7 @@ def _validate_baselines(cfg: Config) -> None:
     for name in ("lsgan_flip_prob", "ldm3d_flip_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {getattr(cfg, name)}")
-    for name in ("ldm3d_ae_mask_weight", "lsgan_instance_noise", "lsgan_select_every"):
+    for name in ("ldm3d_ae_mask_weight", "ldm3d_ae_mask_band", "lsgan_instance_noise", "lsgan_select_every"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.ldm3d_ae_min_dice <= 1.0:

@@ -507,3 +507,41 @@ def test_baseline_ablation_rows_train_score_and_resume(prepared, tmp_path):
         assert r["best_step"] in (2, 4) and r["steps"] == 4 and 0 <= r["last_empty"] <= 1
     again = lsgan_rows(c, prepared, tmp_path, {"authors": {}}, select_every=2, progress=False)   # resumes: no retraining
     assert again[0]["best_distance"] == gan[0]["best_distance"]
+
+
+class _FixedReconstruction(torch.nn.Module):
+    """An autoencoder whose reconstruction is given: the loss's mask options are then the
+    only thing that changes its mask term."""
+
+    def __init__(self, recon):
+        super().__init__()
+        self.recon = recon
+
+    def forward(self, x, sample_posterior=True, generator=None):
+        return self.recon, type("P", (), {"kl": lambda self: torch.zeros(1)})()
+
+
+def test_3d_ldm_autoencoder_loss_takes_the_nested_and_banded_mask_term_from_the_config():
+    from sbldm.generators.ldm3d import autoencoder_loss, autoencoder_loss_options, autoencoder_loss_words
+
+    x = -torch.ones(1, 4, 16, 16, 16)                          # image + WT, TC, ET
+    x[:, 1, 4:12, 4:12, 4:12] = 1                             # 512 voxels of tumour, oedema around a core
+    x[:, 2, 6:10, 6:10, 6:10] = 1                             # a core of 64: half necrosis,
+    x[:, 3, 6:10, 6:10, 6:8] = 1                              # half enhancing
+    recon = x.clone()
+    recon[:, 3] = x[:, 2]                                     # enhancing painted over the necrosis (32 voxels)
+    recon[:, 1, 3:13, 3:13, 3:13] = 1                         # the whole tumour one voxel too large (488)
+    plain = cfg(ldm3d_ae_mask_weight=1.0)
+    nested = cfg(ldm3d_ae_mask_weight=1.0, ldm3d_ae_mask_nested=True, ldm3d_ae_mask_band=2)
+    terms = {name: autoencoder_loss(_FixedReconstruction(recon), x, **autoencoder_loss_options(c))[0]["mask"].item()
+             for name, c in (("plain", plain), ("nested", nested))}
+    # by hand, errors of 2 per wrong voxel. Plain: per channel (inside + outside) / 2, the
+    # outside being everything else: WT 488 wrong of 4096 - 512, TC none, ET 32 of 4096 - 32.
+    assert terms["plain"] == pytest.approx((2 * 488 / 3584 / 2 + 0 + 2 * 32 / 4064 / 2) / 3)
+    # nested with a 2-voxel band: WT (inside, its band of 12^3 - 8^3, the rest) / 3; TC's
+    # ring (the oedema) is right; ET's ring is the necrosis, all 32 wrong.
+    assert terms["nested"] == pytest.approx((2 * 488 / 1216 / 3 + 0 + 2 / 3) / 3)
+    assert autoencoder_loss_words(nested).endswith("balanced mask L1 (nested, 2-voxel band)")
+    assert "mask" not in autoencoder_loss_words(cfg(ldm3d_ae_mask_weight=0.0))
+    with pytest.raises(ValueError, match="ldm3d_ae_mask_band"):
+        cfg(ldm3d_ae_mask_band=-1)

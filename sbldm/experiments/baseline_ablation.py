@@ -33,6 +33,8 @@ AUTOENCODER_ROWS = {
     "authors' loss (L1 + SSIM + KL), widths 4-16-32": {"ldm3d_ae_mask_weight": 0.0, "ldm3d_ae_channels": (4, 16, 32)},
     "+ class-balanced mask term": {"ldm3d_ae_mask_weight": 1.0, "ldm3d_ae_channels": (4, 16, 32)},
     "+ mask term, widths 16-32-32": {"ldm3d_ae_mask_weight": 1.0, "ldm3d_ae_channels": (16, 32, 32)},
+    "+ mask term nested, 2-voxel band, widths 16-32-32": {"ldm3d_ae_mask_weight": 1.0, "ldm3d_ae_channels": (16, 32, 32),
+                                                           "ldm3d_ae_mask_nested": True, "ldm3d_ae_mask_band": 2},
 }
 
 #: the 3D-LSGAN rows (the first is the authors' recipe; every row is scored for selection)

@@ -159,17 +159,35 @@ class AutoencoderKL3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
 
 
 def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
-                     ssim_range: str = "signed", mask_weight: float = 0.0,
-                     generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+                     ssim_range: str = "signed", mask_weight: float = 0.0, mask_nested: bool = False,
+                     mask_band: int = 0, generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
     """(terms, the reconstruction) of volumes ``x`` through a posterior sample: the slice
     VAE's loss, ``sbldm.models.vae.kl_autoencoder_loss`` (with its class-balanced mask term
-    at ``mask_weight`` > 0), computed in float32 (the reconstruction is returned as the
-    autoencoder gave it, for the adversarial term)."""
+    at ``mask_weight`` > 0, nested and banded as there), computed in float32 (the
+    reconstruction is returned as the autoencoder gave it, for the adversarial term)."""
     from sbldm.models.vae import kl_autoencoder_loss
 
     recon, post = ae(x, sample_posterior=True, generator=generator)
     return kl_autoencoder_loss(recon.float(), x.float(), post, kl_weight=kl_weight, ssim_weight=ssim_weight,
-                               ssim_range=ssim_range, mask_weight=mask_weight), recon
+                               ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested,
+                               mask_band=mask_band), recon
+
+
+def autoencoder_loss_options(cfg) -> dict:
+    """``autoencoder_loss``'s weights and mask-term options from a config's ``ldm3d_ae_*`` fields."""
+    return {"kl_weight": cfg.ldm3d_ae_kl_weight, "ssim_weight": cfg.ldm3d_ae_ssim_weight,
+            "ssim_range": cfg.ldm3d_ae_ssim_range, "mask_weight": cfg.ldm3d_ae_mask_weight,
+            "mask_nested": cfg.ldm3d_ae_mask_nested, "mask_band": cfg.ldm3d_ae_mask_band}
+
+
+def autoencoder_loss_words(cfg) -> str:
+    """The autoencoder's loss terms in words, as its training record names them."""
+    mask = ""
+    if cfg.ldm3d_ae_mask_weight:
+        how = [w for w, on in (("nested", cfg.ldm3d_ae_mask_nested),
+                               (f"{cfg.ldm3d_ae_mask_band}-voxel band", cfg.ldm3d_ae_mask_band)) if on]
+        mask = " + mask_weight balanced mask L1" + (f" ({', '.join(how)})" if how else "")
+    return "L1 + ssim_weight (1 - SSIM) + kl_weight KL" + mask
 
 
 # -- the generator ---------------------------------------------------------------------------
@@ -434,9 +452,7 @@ def train_autoencoder(cfg, train, out_dir: str | os.PathLike, ae: AutoencoderKL3
         gen = step_generator(rng)
         eps_gen = torch.Generator(device=dev).manual_seed(int(gen.initial_seed())) if dev.type != "cpu" else gen
         with accelerator.autocast():
-            return autoencoder_loss(m, x, kl_weight=cfg.ldm3d_ae_kl_weight, ssim_weight=cfg.ldm3d_ae_ssim_weight,
-                                    ssim_range=cfg.ldm3d_ae_ssim_range, mask_weight=cfg.ldm3d_ae_mask_weight,
-                                    generator=eps_gen)
+            return autoencoder_loss(m, x, **autoencoder_loss_options(cfg), generator=eps_gen)
 
     if not use_disc:
         def ae_loss_fn(step, rng, m):
@@ -484,9 +500,7 @@ def train_autoencoder(cfg, train, out_dir: str | os.PathLike, ae: AutoencoderKL3
                         inputs={"data": data_fingerprint(images, labels)},
                         record={"num_volumes": int(len(images)), "discriminator": use_disc,
                                 "downsampling": ae.downsampling_factor, "tumour_labels": cfg.tumour_labels,
-                                "loss_terms": "L1 + ssim_weight (1 - SSIM) + kl_weight KL"
-                                              + (" + mask_weight balanced mask L1" if cfg.ldm3d_ae_mask_weight else "")
-                                              + (" (+ disc_weight LS-GAN)" if use_disc else "")},
+                                "loss_terms": autoencoder_loss_words(cfg) + (" (+ disc_weight LS-GAN)" if use_disc else "")},
                         batch_size=cfg.ldm3d_ae_batch_size)
     _, done = run_training(ae_spec, cfg, ae_model, ae_opt, accelerator, out, control)
     return ae if done else None

@@ -122,7 +122,7 @@ def _train_step_setup(component: str, cfg, device: str):
         loss = noise_step(model, (b, 2, x_, y_, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
     elif component in ("ldm3d_autoencoder", "ldm3d_unet"):
-        from sbldm.generators.ldm3d import autoencoder_loss, build_networks
+        from sbldm.generators.ldm3d import autoencoder_loss, autoencoder_loss_options, build_networks
 
         ae, unet, _ = build_networks(cfg)
         if component == "ldm3d_autoencoder":
@@ -130,7 +130,7 @@ def _train_step_setup(component: str, cfg, device: str):
             b = cfg.ldm3d_ae_batch_size
             c = model.config.in_channels
             x = (torch.rand((b, c, x_, y_, z_), generator=g) * 2 - 1).to(device)
-            loss = lambda: autoencoder_loss(model, x, mask_weight=cfg.ldm3d_ae_mask_weight)[0]["loss"]  # noqa: E731
+            loss = lambda: autoencoder_loss(model, x, **autoencoder_loss_options(cfg))[0]["loss"]  # noqa: E731
             unit = f"batch of {b} volumes {c}x{x_}x{y_}x{z_}"
         else:
             model = unet.to(device)
