@@ -115,13 +115,15 @@ def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     sub-regions' outlines where ``label_maps`` are given)."""
     plt = agg_pyplot()
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n + (0.3 if label_maps is not None else 0)), squeeze=False)
+    height = 2.6 * n + (0.3 if label_maps is not None else 0)
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, height), squeeze=False)
     for r in range(n):
         three_views(axes[r], images[r], masks[r], label=None if labels is None else labels[r],
                     labels=None if label_maps is None else label_maps[r])
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    # tight_layout leaves the suptitle out: keep a strip of 0.3 inch for it above the first row's titles
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height) if suptitle else None)
     if label_maps is not None:
         fig.subplots_adjust(bottom=0.3 / (2.6 * n + 0.3) + 0.02)
         outline_legend(fig)
