@@ -108,6 +108,22 @@ def test_the_summary_names_only_significant_gains():
     assert "beats real only at 100 (Holm p < 0.05): no protocol." in text      # significant, but worse
     assert "below real only at 100 (Holm p < 0.05): real + SBLDM (ET, p = 0.001)." in text
     assert "below real only at 10 " not in text
+    assert "lesion-wise" not in text                      # no lesion columns, no line
+
+
+def test_the_scarce_summary_quotes_lesion_wise_dice_where_the_rows_have_it():
+    from sbldm.report.summaries import scarce_study
+
+    def row(name, lesion_wt):
+        r = {"row": name, "n_real": 10, "seeds": 3}
+        for g in ("WT", "TC", "ET"):
+            r.update({f"dice_{g}_mean": 0.6, f"dice_{g}_seed_std": 0.01, f"p_holm_{g}": 1.0,
+                      f"lesion_dice_{g}_mean": lesion_wt if g == "WT" else 0.2})
+        return r
+
+    text = scarce_study("small", [row("real", 0.275), row("real + SBLDM", 0.157)], (10,))
+    assert "lesion-wise Dice WT/TC/ET" in text
+    assert "real 0.275/0.200/0.200; real + SBLDM 0.157/0.200/0.200." in text
 
 
 def test_the_table2_summary_names_rows_above_and_below_real_per_region():
