@@ -125,7 +125,7 @@ def cases_figure(images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
     # tight_layout leaves the suptitle out: keep a strip of 0.3 inch for it above the first row's titles
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height) if suptitle else None)
     if label_maps is not None:
-        fig.subplots_adjust(bottom=0.3 / (2.6 * n + 0.3) + 0.02)
+        fig.subplots_adjust(bottom=0.3 / height + 0.02)
         outline_legend(fig)
     return fig
 

@@ -217,7 +217,7 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
                   for g, p in _significant_regions(r, real, below=True)]
         if losses:
             lines.append(f"  - below real only at {n} (Holm p < 0.05): " + ", ".join(losses) + ".")
-        regions = [g for g in ("WT", "TC", "ET") if f"lesion_dice_{g}_mean" in real]
+        regions = [g for g in _regions(real) if f"lesion_dice_{g}_mean" in real]
         if regions:                                       # the protocol sizes: lesion-wise Dice, no test
             lesion = lambda r: "/".join(_f(r[f"lesion_dice_{g}_mean"], 3) for g in regions)  # noqa: E731
             lines.append(f"  - lesion-wise Dice {'/'.join(regions)} (BraTS 2023: missed and false-positive lesions "
