@@ -375,7 +375,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_patch=(32, 32, 32), seg_batch_size=4, seg_lr=3e-3, seg_flip_axes=(0,),
         seg_curve_every=250, seg_plateau_tolerance=0.02, seg_filter_max_centre_distance=4.0,
         seg_nnunet_check=True, seg_scarce_sizes=(10, 25, 100), scarce_vae_check_steps=1500,
-        seg_nnunet_epochs=10, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
+        seg_nnunet_epochs=40, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
         # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"
         eval_n_samples=100, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=10,
         eval_n_adherence=50, eval_adherence_bf16=True,

@@ -311,29 +311,63 @@ def loss_curves(logs: dict, suptitle: str | None = None):
 
 
 def ablation_figure(rows: Sequence[dict], suptitle: str | None = None):
-    """Bars per ablation row: empty-mask fraction, Spearman of requested vs obtained volume,
-    median centre distance and relative volume error (dashed: the chance floor)."""
+    """Bars per ablation row. Top: empty-mask fraction, Spearman of requested vs obtained
+    volume, median centre distance and relative volume error (dashed: the chance floor).
+    Bottom, when the rows carry them: realism and the tumours' insides, each beside the
+    real test split's own value (the reference row without ``empty_fraction``): Fréchet
+    latent distance, share of tumours with a dark part, share of masks in several pieces,
+    and the mean over sub-regions of the intensity distance over the real spread."""
     plt = agg_pyplot()
+    reference = next((r for r in rows if r.get("empty_fraction") in (None, "")), {})
     rows = [r for r in rows if r.get("empty_fraction") not in (None, "")]
     names = [str(r["row"]) for r in rows]
-    panels = [("empty_fraction", "empty masks (fraction)", None, 0.05),
-              ("spearman_volume", "Spearman, requested vs obtained volume", None, 0.9),
-              ("centre_distance", "median centre distance (voxels)", "chance_centre_distance", 4.0),
-              ("relative_volume_error", "median relative volume error", "chance_relative_volume_error", 0.35)]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 0.5 * len(names) + 2.2), sharey=True)
+
+    def value(r, key):
+        if key == "w_over_spread_mean":
+            vals = [r.get(f"w_over_spread_{k}") for k in ("necrosis", "oedema", "enhancing")]
+            vals = [float(v) for v in vals if v not in (None, "")]
+            return float(np.mean(vals)) if vals else float("nan")
+        v = r.get(key)
+        return float("nan") if v in (None, "") else float(v)
+
+    # (key, title, line from the first row's chance key or None, target, real reference key or None)
+    panels = [("empty_fraction", "empty masks (fraction)", None, 0.05, None),
+              ("spearman_volume", "Spearman, requested vs obtained volume", None, 0.9, None),
+              ("centre_distance", "median centre distance (voxels)", "chance_centre_distance", 4.0, None),
+              ("relative_volume_error", "median relative volume error", "chance_relative_volume_error", 0.35, None)]
+    looks = [("frechet_latent", "Fréchet latent distance", None, None, "frechet_latent"),
+             ("dark_core_share", "tumours with a dark part (share)", None, None, "dark_core_share"),
+             ("multi_component_fraction", "masks in several pieces (share)", None, None, "multi_component_fraction"),
+             ("w_over_spread_mean", "sub-region intensity distance / real spread", None, 0.5, "w_over_spread_mean")]
+    looks = [p for p in looks if any(np.isfinite(value(r, p[0])) for r in rows)]
+    n_rows = 2 if looks else 1
+    fig, axes = plt.subplots(n_rows, 4, figsize=(16, n_rows * (0.5 * len(names) + 1.6) + 0.6), sharey=True,
+                             squeeze=False)
     y = np.arange(len(names))
-    for ax, (key, title, chance, target) in zip(axes, panels):
-        vals = [float(r[key]) for r in rows]
+    for ax, (key, title, chance, target, ref_key) in zip(
+            [*axes[0], *(axes[1] if looks else [])], panels + looks):
+        vals = [value(r, key) for r in rows]
         ax.barh(y, vals, color="tab:blue")
+        lines = []
         if chance:
-            ax.axvline(float(rows[0][chance]), color="k", ls="--", lw=1, label="random pairing")
-        ax.axvline(target, color="tab:green", ls=":", lw=1.5, label="target")
-        top = max([v for v in vals if np.isfinite(v)] + [target] + ([float(rows[0][chance])] if chance else []))
+            lines.append(float(rows[0][chance]))
+            ax.axvline(lines[-1], color="k", ls="--", lw=1, label="random pairing")
+        if ref_key and np.isfinite(value(reference, ref_key)):
+            lines.append(value(reference, ref_key))
+            ax.axvline(lines[-1], color="tab:red", ls="--", lw=1.5, label="real test split")
+        if target is not None:
+            lines.append(target)
+            ax.axvline(target, color="tab:green", ls=":", lw=1.5, label="target")
+        top = max([v for v in vals + lines if np.isfinite(v)] + [1e-6])
         ax.set_xlim(0, 1.1 * top)
         ax.set_title(title, fontsize=9)
-        ax.legend(fontsize=7, loc="lower right")
-    axes[0].set_yticks(y, names, fontsize=8)
-    axes[0].invert_yaxis()
+        if lines:
+            ax.legend(fontsize=7, loc="lower right")
+    for ax in axes[1][len(looks):] if looks else []:
+        ax.set_visible(False)
+    for row_axes in axes:
+        row_axes[0].set_yticks(y, names, fontsize=8)
+    axes[0][0].invert_yaxis()                          # shared: every panel lists the rows top down
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()

@@ -5,7 +5,8 @@ training budget shared by every row, on one trained slice VAE and one latent cac
 Per row: the latent UNet is trained for ``steps`` steps with the row's config fields
 (``work/<run>/ablation/<row>/``, resumable), then asked for ``n_requests`` tumours drawn
 from the training distribution (``ConditionSampler``, one fixed draw for every row) with
-DDIM; the decoded masks are compared with the request (``conditioning_adherence``) and
+DDIM (the scores are kept in ``<row>/evaluation.json`` and read back while the weights,
+the requests and the data are unchanged); the decoded masks are compared with the request (``conditioning_adherence``) and
 the images with the real test split (realism):
 
 - ``frechet_latent``: Fréchet distance between the slice-VAE posterior means of the
@@ -29,6 +30,8 @@ the table.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,12 @@ import numpy as np
 from sbldm.config import Config
 from sbldm.evaluation import generation as ev
 from sbldm.evaluation.frechet import frechet_distance
+from sbldm.io import atomic_write_json
 from sbldm.paths import slug
+
+#: a row's sampled-and-scored result, kept beside its weights so that a rerun (a new
+#: figure, a new row) does not sample the rows that did not change
+EVALUATION_FILE = "evaluation.json"
 
 #: the sub-region columns of a row whose pipeline draws label maps (``subregion_summary``
 #: against the real training tumours)
@@ -104,6 +112,11 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
     real_test = latent_features(vae, test.images, test.labels)
     real_train = pooled(latents.mean)                  # the training latents are already encoded
     reference = subregion_appearance(train.images, train.labels) if train.labels.max() > 1 else None
+    # what a row's kept evaluation must have been computed from to be read back
+    evaluation_key = {"requests": _array_digest(requested), "test": _array_digest(test.images, test.labels),
+                      "train": _array_digest(train.images, train.labels), "num_inference_steps": num_inference_steps,
+                      "guidance_scale": float(guidance_scale), "sample_autocast": bool(sample_autocast),
+                      "batch_size": int(batch_size), "seed": int(cfg.seed)}
     out = []
     for name, fields in rows.items():
         fields = dict(fields)
@@ -115,6 +128,13 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
         folder = Path(work_dir) / slug(name, strip=True, lower=True, max_len=60)
         log(f"ablation row {name!r}: training {row_steps} steps -> {folder}")
         pipe = train_pipeline(row_cfg, vae, latents, train, folder, progress=progress)
+        key = {**evaluation_key, "row": name, "steps": row_steps, "fields": fields,
+               "weights": _file_digest(folder / "diffusion_pytorch_model.safetensors")}
+        kept = _read_evaluation(folder, key)
+        if kept is not None:                           # sampled and scored before, with these very inputs
+            log(f"  -> read back from {folder / EVALUATION_FILE}")
+            out.append(kept)
+            continue
         log_records = read_log(folder)
         train_time = float(log_records[-1]["time_s"]) if log_records else float("nan")
         images, masks, drew_labels, asked = [], [], False, []
@@ -157,6 +177,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
                     "share_error": share_error, "n_requests": int(n_requests),
                     "sample_time_s_per_volume": (time.perf_counter() - t0) / len(requested),
                     "fields": ", ".join(f"{k}={v}" for k, v in fields.items()) or "the paper's route"})
+        atomic_write_json(folder / EVALUATION_FILE, {"key": json.loads(json.dumps(key, default=str)), "row": out[-1]})
         log(f"  -> empty {adh['empty_fraction']:.2f}, spearman {adh['spearman_volume']:.2f}, "
             f"centre {adh['centre_distance']:.1f} vx, rel. volume error {adh['relative_volume_error']:.2f}")
     look = tumour_appearance(test.images, test.masks)
@@ -166,6 +187,38 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
            "dark_core_share": look["dark_core_share"], "multi_component_fraction": look["multi_component_fraction"],
            **{k: inside[k] for k in APPEARANCE_COLUMNS if k in inside}, "n_requests": len(test.images)}
     return out + [ref]
+
+
+def _array_digest(*arrays) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    if not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _read_evaluation(folder: Path, key: dict) -> dict | None:
+    """A row's kept evaluation when it was computed from ``key``'s inputs, else None (a
+    missing, unreadable or outdated file is simply recomputed)."""
+    path = folder / EVALUATION_FILE
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(kept, dict) or kept.get("key") != json.loads(json.dumps(key, default=str)):
+        return None
+    return kept.get("row")
 
 
 def summary(rows: list[dict], scale: str) -> str:
@@ -200,9 +253,44 @@ def summary(rows: list[dict], scale: str) -> str:
                      "over the real spread: " + ", ".join(f"{k} {closest[f'w_over_spread_{k}']:.2f}"
                                                         for k in ("necrosis", "oedema", "enhancing"))
                      + f"; tumours with a core {closest['core_share']:.2f}).")
+    bought = remedies_bought(rows)
+    if bought:
+        lines.append("- what each remedy bought against the small route (change in Fréchet distance, in the gap "
+                     "to the real share of tumours with a dark part, in the mean sub-region intensity distance; "
+                     "negative is better; and its training time):")
+        for b in bought:
+            lines.append(f"  - {b['row']}: Fréchet {b['frechet']:+.3f}, dark-part gap {b['dark_gap']:+.2f}, "
+                         f"intensity distance {b['w_mean']:+.2f}, {b['train_time_s']:.0f} s "
+                         f"(small route {b['base_train_time_s']:.0f} s)")
     if scale == "smoke":
         lines.append("- smoke scale: a plumbing check, these numbers mean nothing.")
     return "\n".join(lines)
+
+
+def remedies_bought(rows: list[dict]) -> list[dict]:
+    """Per remedy row (those after the small route), its change against the small route in
+    the Fréchet distance, in the absolute gap to the real test split's share of tumours with
+    a dark part, and in the mean over sub-regions of ``w_over_spread_*`` (nan where a row
+    has no sub-regions), with its training time; [] without a small route or a reference."""
+    runs = [r for r in rows if r.get("empty_fraction") is not None]
+    ref = next((r for r in rows if r.get("empty_fraction") is None), None)
+    base = next((r for r in runs if r["row"].startswith("small route (")), None)
+    if ref is None or base is None or ref.get("dark_core_share") is None:
+        return []
+
+    def w_mean(r):
+        vals = [r.get(f"w_over_spread_{k}") for k in ("necrosis", "oedema", "enhancing")]
+        vals = [float(v) for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def gap(r):
+        return abs(float(r["dark_core_share"]) - float(ref["dark_core_share"]))
+
+    return [{"row": r["row"], "frechet": float(r["frechet_latent"]) - float(base["frechet_latent"]),
+             "dark_gap": gap(r) - gap(base), "w_mean": w_mean(r) - w_mean(base),
+             "train_time_s": float(r.get("train_time_s") or float("nan")),
+             "base_train_time_s": float(base.get("train_time_s") or float("nan"))}
+            for r in runs[runs.index(base) + 1:]]
 
 
 def latent_channel_diagnostic(vae, latents, images, labels, n: int = 20) -> list[dict]:
