@@ -1,6 +1,7 @@
 """The benchmark's CPU memory measurement counts what the measured block allocates, not
 the libraries loaded before it."""
 
+import json
 import sys
 
 import numpy as np
@@ -64,6 +65,11 @@ def test_a_network_that_runs_out_is_measured_smaller_and_scaled_up(monkeypatch):
     assert not row["measured"] and row["failed_at_shape"] == [32, 32, 16] and row["volume_shape"] == [32, 32, 16]
     assert row["step_s"] == pytest.approx(32 * 32 * 16 / 1e3) and row["unit"].endswith("2x32x32x16")
     assert row["peak_memory_MiB"] == pytest.approx(10 + 32 * 32 * 16 / 100) and "extrapolated" in row["memory_kind"]
+    assert [r["volume_shape"] for r in row["smaller"]] == [[16, 16, 8], [8, 8, 4]]     # two ran: no eighth
+    # a network that runs out at half the size too is measured at a quarter and an eighth
+    far = bench.train_step_or_extrapolate("pixel_ddpm_unet", SimpleNamespace(memory_limit_gib=1.0), "cpu", (64, 64, 32))
+    assert far["extrapolated_from"] == [[8, 8, 4], [16, 16, 8]] and len(far["smaller"]) == 3
+    assert far["peak_memory_MiB"] == pytest.approx(10 + 64 * 64 * 32 / 100)
     fits = bench.train_step_or_extrapolate("pixel_ddpm_unet", SimpleNamespace(memory_limit_gib=1.0), "cpu", (16, 16, 8))
     assert fits["measured"] and fits["step_s"] == pytest.approx(16 * 16 * 8 / 1e3)
     train = [{"component": "sbldm_unet", "step_s": 2.0, "peak_memory_MiB": 50.0}, row]
@@ -85,3 +91,27 @@ def test_the_memory_limit_stops_a_step_in_its_own_process(tmp_path):
     args.memory_limit_gib = 8.0
     ok = bench.train_step_subprocess("sbldm_unet", args, "cpu", shape=(16, 16, 8))
     assert ok["step_s"] > 0 and ok["volume_shape"] == [16, 16, 8]
+
+
+def test_sampling_times_from_an_earlier_run_must_match_its_scale_and_device(tmp_path):
+    from sbldm.runner.bench import earlier_sampling, markdown
+
+    this = {"scale": "paper", "device": "CPU (x86_64, 2 threads)"}
+    rows = [{"sampler": "ddim", "steps": 50, "batch": 1, "dtype": "fp32", "denoise_s_per_volume": 1.0,
+             "decode_s_per_volume": 2.0, "total_s_per_volume": 3.0}]
+    good = tmp_path / "paper_cpu_fp32.json"
+    good.write_text(json.dumps({**this, "sampling": rows}))
+    got, note = earlier_sampling(good, this)
+    assert got == rows and "paper_cpu_fp32.json" in note
+    text = markdown({**this, "volume_shape": [192, 192, 96], "dtype": "fp32", "sampling": got, "sampling_from": note,
+                     "training": [], "versions": {}})
+    assert "times from paper_cpu_fp32.json" in text
+    other = tmp_path / "small.json"
+    other.write_text(json.dumps({**this, "scale": "small", "sampling": rows}))
+    with pytest.raises(SystemExit, match="scale 'small'"):
+        earlier_sampling(other, this)
+    (tmp_path / "torn.json").write_text("{")
+    with pytest.raises(SystemExit, match="torn.json.*invalid JSON"):
+        earlier_sampling(tmp_path / "torn.json", this)
+    with pytest.raises(SystemExit, match="missing.json.*cannot read"):
+        earlier_sampling(tmp_path / "missing.json", this)

@@ -23,12 +23,14 @@ Paper size on a CPU (``--scale paper --device cpu``; the paper's efficiency clai
 where no GPU is): every training step runs in a subprocess whose address space may grow
 by at most ``--memory-limit-gib`` beyond its loaded baseline (``RLIMIT_AS``), so a network
 that does not fit fails its own allocation instead of taking the machine down. Such a
-network is measured again at half and a quarter of the volume's edge, and its paper-size
-step time and memory are extrapolated from those two sizes, linear in the voxel count
-(``extrapolate``; activations grow with the voxels, the weights and optimiser state do
-not); the table says which rows are measured and which extrapolated. Every row is also
-given as a ratio to the SBLDM latent UNet's. ``--sampling-dtypes fp32 bf16`` times the
-DDIM sampling in each dtype in one run.
+network is measured again at a half, a quarter and if need be an eighth of the volume's
+edge, and its paper-size step time and memory are extrapolated from the two largest
+sizes that ran, linear in the voxel count (``extrapolate``; activations grow with the
+voxels, the weights and optimiser state do not); the table says which rows are measured
+and which extrapolated. Every row is also given as a ratio to the SBLDM latent UNet's.
+``--sampling-dtypes fp32 bf16`` times the DDIM sampling in each dtype in one run;
+``--sampling-from <earlier .json>`` reuses an earlier run's sampling times (same scale
+and device) and measures only the training steps.
 
 ``--fast-paths [VARIANT ...]`` instead compares, in one run, the plain path with bf16
 autocast, channels-last(-3d) memory, ``torch.compile`` of the UNet and their combinations
@@ -201,20 +203,29 @@ def limit_memory_growth(gib: float) -> int:
     return limit
 
 
+#: the batch sizes ``--train-batch`` sets: every 3D network's (the slice VAE trains on slices)
+TRAIN_BATCH_FIELDS = ("diffusion_batch_size", "ldm3d_ae_batch_size", "ldm3d_diffusion_batch_size")
+
+
 def measure_train_step(component: str, scale: str, device: str, dtype: str, repeats: int,
                        variant: str = "plain", shape=None, memory_limit_gib: float | None = None,
-                       warmup: int = 1) -> dict:
+                       warmup: int = 1, train_batch: int | None = None) -> dict:
     """One component's training step time and peak memory (run in a fresh process);
     ``variant`` adds fast paths (``VARIANTS``; its ``bf16`` overrides ``dtype``);
-    ``shape`` replaces the preset's volume shape; ``memory_limit_gib`` caps the growth of
-    the process's address space once its libraries are loaded (``limit_memory_growth``)."""
+    ``shape`` replaces the preset's volume shape; ``train_batch`` the batch of the 3D
+    networks (``TRAIN_BATCH_FIELDS``; the slice VAE keeps its batch of slices);
+    ``memory_limit_gib`` caps the growth of the process's address space once its libraries
+    are loaded (``limit_memory_growth``)."""
     import torch
 
     from sbldm.config import resolve
     from sbldm.models._common import count_parameters
 
     torch.set_flush_denormal(True)
-    cfg = resolve(scale) if shape is None else resolve(scale, volume_shape=tuple(int(v) for v in shape))
+    fields = {} if shape is None else {"volume_shape": tuple(int(v) for v in shape)}
+    if train_batch is not None:
+        fields.update(dict.fromkeys(TRAIN_BATCH_FIELDS, int(train_batch)))
+    cfg = resolve(scale, **fields)
     if memory_limit_gib is not None and device == "cpu":
         limit_memory_growth(memory_limit_gib)
     flags = variant_flags(variant)
@@ -360,7 +371,8 @@ def markdown(result: dict) -> str:
     ddim50 = next((r for r in s if r["sampler"] == "ddim" and r["steps"] == 50 and r["batch"] == 1), None)
     ddpm = next((r for r in s if r["sampler"] == "ddpm" and r["batch"] == 1), None)
     lines = [f"### Benchmark — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}, "
-             f"{result['dtype']}", "", "Sampling (SBLDM, per volume):", "",
+             f"{result['dtype']}", "", "Sampling (SBLDM, per volume"
+             + (f"; times from {result['sampling_from']}" if result.get("sampling_from") else "") + "):", "",
              to_markdown(s, ["sampler", "steps", "batch", *(["dtype"] if any("dtype" in r for r in s) else []),
                              "denoise_s_per_volume", "decode_s_per_volume", "total_s_per_volume"], digits=4), ""]
     if ddim50 and ddpm:
@@ -377,8 +389,9 @@ def markdown(result: dict) -> str:
     lines += ["Training step (forward + backward + AdamW):", "", to_markdown(train, cols, digits=4)]
     if result.get("memory_limit_gib") is not None:
         lines += ["", f"Each step ran in its own process whose address space could grow by at most "
-                      f"{result['memory_limit_gib']} GiB; a network that ran out was measured at half and a quarter "
-                      "of each edge and extrapolated to the full size, linear in the voxel count (measured = False)."]
+                      f"{result['memory_limit_gib']} GiB; a network that ran out was measured at a half, a quarter and "
+                      "if need be an eighth of each edge and extrapolated to the full size from the two largest that "
+                      "ran, linear in the voxel count (measured = False)."]
     by = {r["component"]: r for r in train if "step_s" in r}
     if "sbldm_unet" in by and "pixel_ddpm_unet" in by:
         a, p = by["sbldm_unet"], by["pixel_ddpm_unet"]
@@ -426,6 +439,8 @@ def train_step_subprocess(comp: str, args, device: str, variant: str = "plain", 
         cmd += ["--shape", *map(str, shape)]
     if getattr(args, "memory_limit_gib", None) is not None:
         cmd += ["--memory-limit-gib", str(args.memory_limit_gib)]
+    if getattr(args, "train_batch", None) is not None:
+        cmd += ["--train-batch", str(args.train_batch)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["failed"])[-1]
@@ -455,14 +470,23 @@ def extrapolate(rows: list[dict], shape) -> dict:
             "from_shapes": [r1["volume_shape"], r2["volume_shape"]]}
 
 
+#: the edge divisors tried, in order, when a network runs out of memory at the full size
+SMALLER_EDGE_DIVISORS = (2, 4, 8)
+
+
 def train_step_or_extrapolate(comp: str, args, device: str, shape) -> dict:
     """The step measured at ``shape``; if it runs out of memory under the limit, measured at
-    half and a quarter of each edge and extrapolated to ``shape`` (``extrapolate``), with the
+    a half, a quarter and, while fewer than two of those ran, an eighth of each edge, and
+    extrapolated to ``shape`` from the two largest that ran (``extrapolate``), with the
     failed size recorded."""
     row = train_step_subprocess(comp, args, device, shape=shape)
     if "step_s" in row or not row.get("out_of_memory"):
         return {**row, "measured": "step_s" in row}
-    smaller = [train_step_subprocess(comp, args, device, shape=[max(1, s // k) for s in shape]) for k in (2, 4)]
+    smaller = []
+    for k in SMALLER_EDGE_DIVISORS:
+        if sum("step_s" in r for r in smaller) >= 2:
+            break
+        smaller.append(train_step_subprocess(comp, args, device, shape=[max(1, s // k) for s in shape]))
     out = {"component": comp, "variant": "plain", "measured": False, "failed_at_shape": list(shape),
            "memory_limit_gib": args.memory_limit_gib, "smaller": smaller}
     try:
@@ -513,10 +537,18 @@ def main(argv=None) -> int:
     ap.add_argument("--sampling-dtypes", nargs="+", default=None, choices=("fp32", "bf16"),
                     help="time the sampling in each of these dtypes (default: --dtype)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed calls before the timed ones")
+    ap.add_argument("--train-batch", type=int, default=None, metavar="N",
+                    help="batch of the 3D networks' training steps (default: each preset's; the slice VAE keeps "
+                         "its batch of slices)")
+    ap.add_argument("--sampling-from", default=None, metavar="JSON",
+                    help="take the sampling times from this earlier result of the same scale and device instead "
+                         "of timing them again (the training steps are measured, all in this run)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
     ap.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.train_batch is not None and args.train_batch < 1:
+        ap.error(f"--train-batch must be at least 1, got {args.train_batch}")
     import torch
 
     from sbldm.config import resolve
@@ -528,12 +560,12 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure_train_step(args.one, args.scale, device, args.dtype, args.repeats, args.variant,
                                             shape=args.shape, memory_limit_gib=args.memory_limit_gib,
-                                            warmup=args.warmup)))
+                                            warmup=args.warmup, train_batch=args.train_batch)))
         return 0
     cfg = resolve(args.scale)
     result = {"scale": args.scale, "volume_shape": list(cfg.volume_shape), "device": device_name(device),
               "dtype": args.dtype, "versions": library_versions(), "repeats": args.repeats,
-              "memory_limit_gib": args.memory_limit_gib}
+              "memory_limit_gib": args.memory_limit_gib, "train_batch": args.train_batch}
     out = Path(args.out)
     if args.fast_paths is not None:
         variants = tuple(args.fast_paths) or VARIANTS
@@ -548,7 +580,9 @@ def main(argv=None) -> int:
         _write(out / f"{args.scale}_{device_file_part(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
     result["sampling"] = []
-    for dtype in args.sampling_dtypes or [args.dtype]:
+    if args.sampling_from:
+        result["sampling"], result["sampling_from"] = earlier_sampling(args.sampling_from, result)
+    for dtype in [] if args.sampling_from else args.sampling_dtypes or [args.dtype]:
         print(f"sampling on {result['device']}, {dtype} ...", flush=True)
         result["sampling"] += [{**r, "dtype": dtype} for r in measure_sampling(
             args.scale, device, dtype, args.repeats, tuple(args.steps), not args.no_ddpm, tuple(args.batch_sizes))]
@@ -562,6 +596,26 @@ def main(argv=None) -> int:
     add_ratios(result["training"])
     _write(out / f"{args.scale}_{device_file_part(result['device'])}_{args.dtype}", result, markdown(result))
     return 0
+
+
+def earlier_sampling(path, result: dict) -> tuple[list[dict], str]:
+    """The sampling rows of an earlier benchmark result at ``path`` and a note naming it;
+    refused with a clear message when it is missing, unreadable, or of another scale or
+    device than ``result``."""
+    path = Path(path)
+    try:
+        earlier = json.loads(path.read_text())
+    except OSError as e:
+        raise SystemExit(f"--sampling-from {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:
+        raise SystemExit(f"--sampling-from {path}: not a benchmark result (invalid JSON: {e})") from None
+    if not isinstance(earlier, dict) or not earlier.get("sampling"):
+        raise SystemExit(f"--sampling-from {path}: it holds no sampling times")
+    for key in ("scale", "device"):
+        if earlier.get(key) != result[key]:
+            raise SystemExit(f"--sampling-from {path}: measured with {key} {earlier.get(key)!r}, "
+                             f"this run is {result[key]!r}")
+    return earlier["sampling"], f"{path.name} (an earlier run on the same device)"
 
 
 def _write(stem: Path, result: dict, md: str) -> None:
