@@ -307,6 +307,69 @@ def test_readme_results_block_is_generated_from_the_committed_small_results():
         "README.md is out of date with results/small: run python -m sbldm.report.readme --scale small"
 
 
+def test_readme_efficiency_block_is_generated_from_the_committed_paper_cpu_bench():
+    """The README's efficiency numbers are what the generator makes of results/bench/."""
+    from sbldm.report.readme import update_efficiency
+
+    assert "<!-- bench:paper_cpu:start -->" in (ROOT / "README.md").read_text()
+    assert update_efficiency(ROOT / "README.md", ROOT / "results" / "bench", check=True), \
+        "README.md's efficiency block is out of date: run python -m sbldm.report.readme --scale small"
+
+
+def _bench_row(comp, mem_mib, step_s, measured=True, **extra):
+    return {"component": comp, "variant": "plain", "unit": f"unit of {comp}", "params_M": 10.0, "step_s": step_s,
+            "peak_memory_MiB": mem_mib, "measured": measured, "memory_vs_sbldm": mem_mib / 1024.0,
+            "time_vs_sbldm": step_s / 2.0, **extra}
+
+
+def test_efficiency_block_reads_every_network_and_the_wait_from_the_bench_json(tmp_path):
+    from sbldm.report.readme import efficiency_section, paper_cpu_bench, update_efficiency
+
+    bench = tmp_path / "results" / "bench"
+    bench.mkdir(parents=True)
+    result = {"scale": "paper", "volume_shape": [192, 192, 96], "device": "CPU (test)", "dtype": "fp32",
+              "memory_limit_gib": 16.0, "train_batch": 1,
+              "sampling": [{"sampler": "ddim", "steps": 50, "dtype": "fp32", "denoise_s_per_volume": 300.0,
+                            "decode_s_per_volume": 70.0, "total_s_per_volume": 370.0},
+                           {"sampler": "ddim", "steps": 50, "dtype": "bf16", "denoise_s_per_volume": 120.0,
+                            "decode_s_per_volume": 40.0, "total_s_per_volume": 160.0}],
+              "training": [_bench_row("sbldm_unet", 1024.0, 2.0), _bench_row("slice_vae", 2048.0, 4.0),
+                           _bench_row("ldm3d_autoencoder", 5120.0, 20.0, measured=False,
+                                      extrapolated_from=[[48, 48, 24], [96, 96, 48]]),
+                           _bench_row("ldm3d_unet", 512.0, 1.0),
+                           {"component": "pixel_ddpm_unet", "variant": "plain", "measured": False,
+                            "error": "out of memory at 192x192x96"}]}
+    (bench / "paper_cpu-test_fp32_paper-batches.json").write_text(json.dumps({**result, "device": "other"}))
+    assert paper_cpu_bench(bench) is None                      # variants are not quoted
+    (bench / "paper_cpu-test_fp32.json").write_text(json.dumps(result))
+    assert paper_cpu_bench(bench).name == "paper_cpu-test_fp32.json"
+    md = efficiency_section(paper_cpu_bench(bench), tmp_path)
+    assert "| SBLDM latent UNet | unit of sbldm_unet | 10.0 | 1.0 | 1.00 | 2.0 | 1.00 | measured |" in md
+    assert "| 3D-LDM autoencoder | unit of ldm3d_autoencoder | 10.0 | 5.0 | 5.00 | 20.0 | 10.00 " \
+           "| extrapolated from 48x48x24, 96x96x48 |" in md
+    assert "did not run: out of memory at 192x192x96" in md
+    # memory ratios of the diffusion routes (the slice VAE is shared by SBLDM and left out)
+    assert "routes, SBLDM latent UNet : 3D-LDM autoencoder : 3D-LDM UNet = 1.00 : 5.00 : 0.50." in md
+    assert "(unit of ldm3d_autoencoder) : slice VAE (unit of slice_vae) = 2.50 : 1." in md
+    assert "Beyond" not in md                                  # nothing above 48 GB here
+    big = {**result, "training": result["training"][:2] + [_bench_row("ldm3d_autoencoder", 50_000.0, 20.0)]}
+    (bench / "big.json").write_text(json.dumps(big))
+    assert "Beyond the 48 GB of the paper's GPU in training memory alone, at this batch: 3D-LDM autoencoder." \
+        in efficiency_section(bench / "big.json")
+    assert "fp32: 370 s (denoising 300 s, slice decoding 70 s); bf16 autocast: 160 s" in md
+    assert "CPU (test)" in md and "other" not in md and "at batch 1" in md
+    assert "Not measured" in efficiency_section(None)
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:paper_cpu:start -->\nstale\n<!-- bench:paper_cpu:end -->\noutro\n")
+    assert not update_efficiency(readme, bench, check=True)
+    assert update_efficiency(readme, bench) and update_efficiency(readme, bench, check=True)
+    assert "stale" not in readme.read_text() and readme.read_text().endswith("outro\n")
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert update_efficiency(plain, bench) and plain.read_text() == "no markers\n"
+
+
 def test_readme_block_lists_what_is_missing_and_needs_its_markers(tmp_path):
     from sbldm.report.readme import results_section, update_readme
 
