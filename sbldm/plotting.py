@@ -6,6 +6,7 @@ point up, as radiologists look at them.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -300,7 +301,8 @@ def loss_curves(logs: dict, suptitle: str | None = None):
         if len(losses) > 10:
             k = max(len(losses) // 20, 2)
             ax.plot(steps[k - 1:], np.convolve(losses, np.ones(k) / k, mode="valid"), lw=1.2)
-        ax.set_title(name, fontsize=9)
+        # long titles (a loss's terms) are wrapped to the panel's width, never run into a neighbour
+        ax.set_title("\n".join(textwrap.fill(line, 48) for line in str(name).split("\n")), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.set_yscale("log")
         ax.tick_params(labelsize=7)

@@ -545,3 +545,32 @@ def test_3d_ldm_autoencoder_loss_takes_the_nested_and_banded_mask_term_from_the_
     assert "mask" not in autoencoder_loss_words(cfg(ldm3d_ae_mask_weight=0.0))
     with pytest.raises(ValueError, match="ldm3d_ae_mask_band"):
         cfg(ldm3d_ae_mask_band=-1)
+
+
+def test_ablation_rows_are_chosen_by_name_and_merged_with_the_earlier_table(tmp_path):
+    """`--rows` trains a subset; the table keeps the other rows it had, in the defined order,
+    numbers read back as numbers, and rows no longer defined dropped."""
+    from sbldm.experiments.baseline_ablation import AUTOENCODER_ROWS, merge_rows, select_rows
+    from sbldm.tables import write_table
+
+    chosen = select_rows(AUTOENCODER_ROWS, ["1000 steps"])
+    assert list(chosen) == ["+ mask term nested, 2-voxel band, widths 16-32-32, 1000 steps"]
+    assert chosen[next(iter(chosen))]["ldm3d_ae_steps"] == 1000
+    assert select_rows(AUTOENCODER_ROWS, None) == AUTOENCODER_ROWS
+    with pytest.raises(SystemExit, match="no such row"):
+        select_rows(AUTOENCODER_ROWS, ["no row has this"])
+    # every mask row states its own nested / band choice, so the preset's cannot leak in
+    assert all("ldm3d_ae_mask_nested" in f for f in AUTOENCODER_ROWS.values() if f["ldm3d_ae_mask_weight"] > 0)
+
+    order = list(AUTOENCODER_ROWS)
+    old = [{"row": order[0], "steps": 300, "wt_dice": 0.0, "fields": "a"},
+           {"row": order[2], "steps": 300, "wt_dice": 0.59, "fields": "b"},
+           {"row": "a row since removed", "steps": 300, "wt_dice": 0.9, "fields": "c"}]
+    write_table(old, tmp_path / "t")
+    new = [{"row": order[2], "steps": 500, "wt_dice": 0.58, "fields": "b"},
+           {"row": order[-1], "steps": 1000, "wt_dice": 0.71, "fields": "d"}]
+    merged = merge_rows(tmp_path / "t.csv", new, order)
+    assert [r["row"] for r in merged] == [order[0], order[2], order[-1]]
+    assert merged[0]["steps"] == 300.0 and merged[0]["wt_dice"] == 0.0 and merged[0]["fields"] == "a"
+    assert merged[1]["steps"] == 500 and merged[1]["wt_dice"] == 0.58
+    assert merge_rows(tmp_path / "missing.csv", new, order) == new
