@@ -400,11 +400,14 @@ def tumour_volume_histogram(volumes_ml: dict, reference: tuple[float, float] | N
     return fig
 
 
-def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | None = None):
+def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | None = None,
+                            label_maps: dict | None = None):
     """Left: histograms of the intensities inside the tumour masks, one line per set
     (``{name: (images, masks)}``), the first set drawn filled as the reference. Right: the
     axial slice through the largest tumour of the first ``n_examples`` volumes of each set,
-    the mask outlined, cropped around the tumour. Sets whose masks are all empty are left out."""
+    cropped around the tumour, its sub-regions outlined in the colours of ``OUTLINES`` where
+    ``label_maps`` has the set's label maps (``{name: labels}``), else its mask in red. Sets
+    whose masks are all empty are left out."""
     plt = agg_pyplot()
     names = [k for k in sets if np.asarray(sets[k][1]).any()]       # a set without any tumour has nothing to show
     fig = plt.figure(figsize=(4.5 + 1.6 * n_examples, 1.7 * len(names) + 0.8))
@@ -413,6 +416,9 @@ def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | Non
     bins = np.linspace(-1, 1, 41)
     for k, name in enumerate(names):
         images, masks = (np.asarray(a) for a in sets[name])
+        labels = (label_maps or {}).get(name)
+        if labels is not None and np.shape(labels) != masks.shape:
+            raise ValueError(f"label maps of {name!r} have shape {np.shape(labels)}, its masks {masks.shape}")
         values = images[masks.astype(bool)]
         if values.size:
             ax_h.hist(values, bins=bins, density=True, histtype="stepfilled" if k == 0 else "step",
@@ -429,7 +435,8 @@ def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | Non
             pad = 6
             x0, x1 = max(xs.min() - pad, 0), min(xs.max() + pad + 1, m.shape[0])
             y0, y1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, m.shape[1])
-            show_slice(ax, im[x0:x1, y0:y1, :], m[x0:x1, y0:y1, :], "axial", z)
+            lab = None if labels is None else np.asarray(labels[shown[j]])[x0:x1, y0:y1, :]
+            show_slice(ax, im[x0:x1, y0:y1, :], m[x0:x1, y0:y1, :], "axial", z, labels=lab)
             if j == 0:
                 ax.set_title(name, fontsize=8, loc="left")
     ax_h.set_xlabel("intensity inside the tumour mask")
@@ -437,5 +444,9 @@ def tumour_intensity_figure(sets: dict, n_examples: int = 4, suptitle: str | Non
     ax_h.legend(fontsize=7, loc="upper left")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
+    if any(n in (label_maps or {}) for n in names):
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        outline_legend(fig)
+    else:
+        fig.tight_layout()
     return fig

@@ -146,6 +146,12 @@ def test_the_table2_summary_names_rows_above_and_below_real_per_region():
     assert "predicted no tumour in any test case for real, real + SBLDM; at this budget it confirms nothing" in text
     nnunet[0]["empty_predictions"] = nnunet[1]["empty_predictions"] = 0.0
     assert "nnU-Net confirmation (one seed): real Dice" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
+    # a one-seed row has no spread across seeds to state; a three-seed row states it
+    for r in nnunet:
+        r["seeds"] = 1
+    one_seed = segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet).splitlines()[-1]
+    assert "seed std" not in one_seed and "real Dice WT/TC/ET 0.000/0.500/0.000;" in one_seed
+    assert "(seed std 0.010/0.010/0.010)" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)])
 
 
 def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):

@@ -96,3 +96,37 @@ def test_the_figures_outline_the_labels_of_the_data_stage():
 
     assert (plotting.NECROSIS, plotting.OEDEMA, plotting.ENHANCING) == (tumour.NECROSIS, tumour.OEDEMA, tumour.ENHANCING)
     assert plotting.REGIONS["WT"] == tumour.REGIONS["WT"]
+
+
+def test_the_appearance_figure_outlines_sub_regions_where_a_set_has_label_maps():
+    """Notebook 09's examples: a set given label maps shows necrosis, enhancing and whole
+    tumour in their own colours; a set with masks only shows its mask in red; label maps of
+    another shape are refused, naming the set."""
+    import matplotlib.colors as mcolors
+
+    from sbldm import plotting
+
+    labels = np.zeros((2, 16, 16, 8), np.uint8)
+    labels[:, 4:12, 4:12, 2:6] = plotting.OEDEMA
+    labels[:, 6:10, 6:10, 2:6] = plotting.ENHANCING
+    labels[:, 7:9, 7:9, 2:6] = plotting.NECROSIS
+    images = np.random.default_rng(0).uniform(-1, 1, labels.shape).astype(np.float32)
+    masks = labels > 0
+
+    def colours(fig):
+        found = set()
+        for ax in fig.axes:
+            for coll in ax.collections:
+                for c in np.atleast_2d(coll.get_edgecolor()):
+                    if len(c):
+                        found.add(mcolors.to_hex(c))
+        return found
+
+    outlined = {mcolors.to_hex(c) for _, c, _ in plotting.OUTLINES}
+    fig = plotting.tumour_intensity_figure({"real": (images, masks)}, n_examples=2,
+                                           label_maps={"real": labels})
+    assert outlined <= colours(fig)
+    fig = plotting.tumour_intensity_figure({"real": (images, masks)}, n_examples=2)
+    assert colours(fig) == {mcolors.to_hex("red")}
+    with pytest.raises(ValueError, match="'real'"):
+        plotting.tumour_intensity_figure({"real": (images, masks)}, n_examples=2, label_maps={"real": labels[:1]})

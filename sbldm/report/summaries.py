@@ -150,7 +150,7 @@ def _dice_text(r: dict, ref: dict | None = None) -> str:
         deltas = "/".join(f"{float(r[f'dice_{g}_mean']) - float(ref[f'dice_{g}_mean']):+.3f}" for g in regions)
         ps = "/".join(_p(r.get(f"p_holm_{g}")) for g in regions)
         text += f" ({deltas} vs real; Holm p {ps})"
-    else:
+    elif int(r.get("seeds") or 2) > 1:   # one seed has no spread to state
         text += " (seed std " + "/".join(_f(r[f"dice_{g}_seed_std"], 3) for g in regions) + ")"
     return text
 
