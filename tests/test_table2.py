@@ -306,6 +306,42 @@ def test_summarise_tests_each_region_against_real():
     assert syn["p_holm_ET"] == pytest.approx(syn["p_vs_real_ET"]) and math.isnan(real["p_holm_ET"])
     md = table2.table2_markdown([real, syn], "smoke", "fast", "test", 8)
     assert "Dice ET" in md and "lesion-wise Dice WT / TC / ET" in md and "BraTS 2023" in md
+    assert syn["seeds_above_real_ET"] == 2 and syn["seeds_above_real_WT"] == 0 and "seeds_above_real_ET" not in real
+
+
+def test_seeds_above_counts_seeds_not_cases_in_both_directions():
+    """One weak reference seed makes a significant-looking mean gain; the seed count shows
+    that the row beat the reference with only that seed. Seeds pair by their value."""
+    def case(row, seed, i, dice):
+        return {"row": row, "seed": seed, "case_id": f"c{i}", "dice_WT": dice}
+
+    cases = []
+    for i in range(6):
+        cases += [case("real", 0, i, 0.70), case("real", 1, i, 0.70), case("real", 2, i, 0.40),
+                  case("real + SBLDM", 0, i, 0.68), case("real + SBLDM", 1, i, 0.69), case("real + SBLDM", 2, i, 0.66),
+                  case("real + SBLDM", 7, i, 0.99)]        # seed 7 has no real-only partner: not counted
+    assert table2.seeds_above(cases, "real + SBLDM", "real", "dice_WT") == 1
+    assert table2.seeds_above(cases, "real", "real + SBLDM", "dice_WT") == 2
+    assert table2.seeds_above(cases, "real", "real", "dice_WT") == 0   # equal is not above
+
+
+def test_the_table2_summary_counts_the_seeds_behind_each_significant_gain():
+    from sbldm.report.summaries import segmentation
+
+    def row(name, wt, p_wt, above=None):
+        r = {"row": name, "seeds": 3}
+        for g, v, p in (("WT", wt, p_wt), ("TC", 0.5, 1.0), ("ET", 0.4, 1.0)):
+            r.update({f"dice_{g}_mean": v, f"dice_{g}_seed_std": 0.01, f"p_holm_{g}": p})
+        if above is not None:
+            r.update(seeds_above_real_WT=above, seeds_above_real_TC=0, seeds_above_real_ET=0)
+        return r
+
+    nan = float("nan")
+    text = segmentation("small", [row("real", 0.6, nan), row("real + SBLDM", 0.7, 0.001, 1),
+                                  row("real + 3D-LDM", 0.5, 0.001, 0)])
+    assert "beats real only's with the same seed (the test above pairs cases, not seeds): real + SBLDM WT 1/3." in text
+    assert "3D-LDM WT" not in text              # significantly below, so not a gain to count
+    assert "same seed" not in segmentation("small", [row("real", 0.6, nan), row("real + SBLDM", 0.7, 0.001)])
 
 
 def test_a_cached_result_is_keyed_on_its_data_seed_settings_and_for_nnunet_its_label_declaration(monkeypatch):

@@ -133,6 +133,14 @@ def _significant_regions(r: dict, real: dict, below: bool = False) -> list[tuple
             and float(r.get(pk, 1.0)) < 0.05]
 
 
+def _seeds_above_text(r: dict, real: dict) -> str:
+    """"ROW WT 2/3, TC 3/3": per region where ``r`` is significantly above ``real``, the
+    seeds where it beat real only (``table2.seeds_above``); '' when the row has no count."""
+    parts = [f"{g} {int(float(r[k]))}/{r['seeds']}" for g, _ in _significant_regions(r, real)
+             if r.get(k := f"seeds_above_real_{g}") not in (None, "")]
+    return f"{r['row']} {', '.join(parts)}" if parts else ""
+
+
 def _dice_text(r: dict, ref: dict | None = None) -> str:
     """"Dice WT/TC/ET a/b/c (+d/+e/+f vs real, Holm p ...)" of a summarised row, or the
     whole tumour's Dice when the rows carry no regions."""
@@ -175,6 +183,10 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         better = [name for name, r in by.items() if name != "real" and _significant_regions(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
+        seedwise = [text for name in better if (text := _seeds_above_text(by[name], real))]
+        if seedwise and int(real.get("seeds") or 1) > 1:
+            lines.append("- of those gains, the seeds where the row's mean Dice beats real only's with the same "
+                         "seed (the test above pairs cases, not seeds): " + "; ".join(seedwise) + ".")
         worse = [f"{name} ({', '.join(g for g, _ in lost)})" for name, r in by.items()
                  if name != "real" and (lost := _significant_regions(r, real, below=True))]
         lines.append("- rows significantly below real only (Holm p < 0.05), in the regions named: "

@@ -454,6 +454,21 @@ def _per_seed(cases, row, metric, reduce=np.mean) -> list[float]:
     return [float(reduce([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == s])) for s in seeds]
 
 
+def seeds_above(cases, row, reference, metric) -> int:
+    """Training seeds where ``row``'s mean ``metric`` over the test cases is above
+    ``reference``'s with the same seed. The paired test of ``summarise`` runs on per-case
+    values averaged over seeds, so it cannot tell a gain that every seed shows from one that
+    a single weak reference seed makes; this count can."""
+    mine = {c["seed"] for c in cases if c["row"] == row}
+    theirs = {c["seed"] for c in cases if c["row"] == reference}
+    count = 0
+    for seed in sorted(mine & theirs):
+        a = np.mean([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == seed])
+        b = np.mean([float(c[metric]) for c in cases if c["row"] == reference and c["seed"] == seed])
+        count += int(a > b)
+    return count
+
+
 #: per-region columns ``score`` adds, averaged like Dice in ``summarise``
 REGION_METRICS = ("dice", "lesion_dice", "lesion_hd95", "false_positives", "missed")
 
@@ -487,8 +502,10 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
 
     With region columns (``score``): for every region R, ``dice_R``, ``lesion_dice_R``,
     ``lesion_hd95_R`` (mean over seeds of the per-seed mean, ``_seed_std`` beside each),
-    false positives and missed lesions per case, and the paired test of ``dice_R``
-    against ``reference`` (``p_vs_real_R``, ``p_holm_R``; Holm within each region)."""
+    false positives and missed lesions per case, the paired test of ``dice_R`` against
+    ``reference`` (``p_vs_real_R``, ``p_holm_R``; Holm within each region), and the number
+    of seeds where the row's mean ``dice_R`` beats the reference's with the same seed
+    (``seeds_above_real_R``, ``seeds_above``)."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
     regions = regions_of(cases)
     ref = _per_case(cases, reference, "dice") if reference in rows_order else None
@@ -514,6 +531,8 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
         entry["p_vs_real"] = _paired_p(_per_case(cases, row, "dice"), ref) if compared else math.nan
         for r in regions:
             entry[f"p_vs_real_{r}"] = _paired_p(_per_case(cases, row, f"dice_{r}"), ref_r[r]) if compared else math.nan
+            if compared:
+                entry[f"seeds_above_real_{r}"] = seeds_above(cases, row, reference, f"dice_{r}")
         paper = PAPER_TABLE2.get(re.sub(r"\(x\d+\)", "(x5)", row), (None, None))
         entry["paper_dice"], entry["paper_iou"] = paper
         out.append(entry)
