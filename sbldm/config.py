@@ -157,6 +157,10 @@ class Config:
     seg_nnunet_epochs: int | None = None      # None: nnU-Net's 1000 epochs (paper); smoke/small shorten it
     seg_nnunet_iterations: int | None = None  # None: nnU-Net's 250 iterations per epoch
     seg_nnunet_narrow: bool | None = None     # narrow CPU plan (features 8..80); None: on CPU only
+    # None: nnU-Net's planned batch, which grows with the data set (5 for 100 volumes at small's size,
+    # 10 for 200), so a row with synthetic volumes would also train on more patches; a number fixes it
+    # for every row (small: docs/decisions.md, "nnU-Net on CPU")
+    seg_nnunet_batch_size: int | None = None
     seg_seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of every row: mean and spread across seeds
     seg_mixed_precision: str | None = None  # fast backend: None/"no" fp32; "bf16" autocast (convolutions only)
     # the fast backend's budget comes from a learning curve: a real-only run on the training split minus
@@ -376,6 +380,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_curve_every=250, seg_plateau_tolerance=0.02, seg_filter_max_centre_distance=4.0,
         seg_nnunet_check=True, seg_scarce_sizes=(10, 25, 100), scarce_vae_check_steps=1500,
         seg_nnunet_epochs=40, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
+        seg_nnunet_batch_size=5,                         # the batch nnU-Net plans for the 100 real volumes
         # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"
         eval_n_samples=100, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=10,
         eval_n_adherence=50, eval_adherence_bf16=True,
@@ -550,6 +555,8 @@ def _validate_segmentation(cfg: Config) -> None:
         raise ValueError(f"seg_flip_axes must name axes 0, 1 or 2, got {cfg.seg_flip_axes}")
     if cfg.seg_patch is not None and (len(cfg.seg_patch) != 3 or any(int(v) < 1 for v in cfg.seg_patch)):
         raise ValueError(f"seg_patch must be three positive sizes or None, got {cfg.seg_patch}")
+    if cfg.seg_nnunet_batch_size is not None and int(cfg.seg_nnunet_batch_size) < 1:
+        raise ValueError(f"seg_nnunet_batch_size must be >= 1 or None (nnU-Net's plan), got {cfg.seg_nnunet_batch_size}")
     if not cfg.seg_seeds:
         raise ValueError("seg_seeds must name at least one training seed")
     if len(set(cfg.seg_seeds)) != len(cfg.seg_seeds):

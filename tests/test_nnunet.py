@@ -141,6 +141,16 @@ def test_narrow_plans_copy(tmp_path):
     assert conf["data_identifier"] == "nnUNetPlans_3d_fullres"    # reads the same preprocessed data
     assert nnunet.read_plan(tmp_path, 7, "T", nnunet.NARROW_PLANS)["patch_size"] == [16, 32, 32]
     assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans    # the stock plan is left alone
+    assert nnunet.read_plan(tmp_path, 7, "T", nnunet.NARROW_PLANS)["batch_size"] == 2     # nnU-Net's batch kept
+    # a fixed batch, with the narrow widths or with nnU-Net's own
+    nnunet.write_narrow_plans(tmp_path, 7, "T", batch_size=5)
+    assert nnunet.read_plan(tmp_path, 7, "T", nnunet.NARROW_PLANS)["batch_size"] == 5
+    nnunet.write_narrow_plans(tmp_path, 7, "T", plans_name=nnunet.FIXED_BATCH_PLANS, batch_size=4, narrow=False)
+    fixed = nnunet.read_plan(tmp_path, 7, "T", nnunet.FIXED_BATCH_PLANS)
+    assert fixed["batch_size"] == 4 and fixed["features_per_stage"] == [32, 64, 128, 256, 320]
+    with pytest.raises(ValueError, match="batch_size"):
+        nnunet.write_narrow_plans(tmp_path, 7, "T", batch_size=0)
+    assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans
 
 
 # -- the real thing --------------------------------------------------------------------

@@ -364,3 +364,18 @@ def test_a_cached_result_is_keyed_on_its_data_seed_settings_and_for_nnunet_its_l
     monkeypatch.setitem(cohort.NNUNET_LABELS, cfg.tumour_labels, {"background": 0, "tumour": [1, 2, 3]})
     assert table2.case_key(entry, test, ncfg, 0, 10) != nkey
     assert table2.case_key(entry, test, cfg, 0, 10) == key
+
+
+def test_the_nnunet_batch_is_in_nnunet_keys_only_so_kept_fast_results_stay_found():
+    """``seg_nnunet_batch_size`` retrains an nnU-Net row when it changes, and leaves the
+    fast backend's key exactly what it was before the field existed."""
+    cfg = config.resolve("smoke")
+    test, train = _Split(2, seed=1), _Split(3)
+    entry = (train.images, train.labels)
+    fast = table2.case_key(entry, test, cfg, 0, 10)
+    assert table2.case_key(entry, test, config.resolve("smoke", seg_nnunet_batch_size=3), 0, 10) == fast
+    settings = table2._settings(cfg)
+    assert "seg_nnunet_batch_size" not in settings and "seg_nnunet_epochs" in settings
+    nnunet_keys = {table2.case_key(entry, test, config.resolve("smoke", seg_backend="nnunet", seg_nnunet_batch_size=b),
+                                   0, 10) for b in (None, 3, 5)}
+    assert len(nnunet_keys) == 3

@@ -51,6 +51,8 @@ INSTALL_HINT = "install the nnunet extra: pip install -e .[nnunet]"
 CONFIGURATION = "3d_fullres"
 STOCK_PLANS = "nnUNetPlans"
 NARROW_PLANS = "sbldmNarrowPlans"
+#: nnU-Net's widths with the batch fixed by ``seg_nnunet_batch_size`` (the narrow plan takes it too)
+FIXED_BATCH_PLANS = "sbldmFixedBatchPlans"
 TRAINERS = {True: "sbldmTrainer", False: "sbldmTrainerNoDA"}          # keyed by augmentation
 STOCK_TRAINERS = {True: "nnUNetTrainer", False: "nnUNetTrainerNoDA"}  # what they equal when not shortened
 DEFAULT_DATASET_ID = 211   # the authors' id for 100 real + 100 synthetic
@@ -275,9 +277,12 @@ def narrow_features(n_stages: int, base: int = 8, cap: int = 80) -> list[int]:
 
 
 def write_narrow_plans(work_dir, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
-                       base: int = 8, cap: int = 80, plans_name: str = NARROW_PLANS) -> Path:
+                       base: int = 8, cap: int = 80, plans_name: str = NARROW_PLANS,
+                       batch_size: int | None = None, narrow: bool = True) -> Path:
     """Copy ``nnUNetPlans.json`` to ``{plans_name}.json`` with narrow ``features_per_stage``
-    in every configuration (same patch / batch size, same preprocessed data)."""
+    in every configuration (``narrow=False`` keeps nnU-Net's widths) and, given
+    ``batch_size``, that batch for ``3d_fullres`` instead of the planned one (same patch
+    size, same preprocessed data)."""
     from sbldm.io import atomic_write_json
 
     folder = paths(work_dir)["preprocessed"] / dataset_folder_name(dataset_id, name)
@@ -288,8 +293,12 @@ def write_narrow_plans(work_dir, dataset_id: int = DEFAULT_DATASET_ID, name: str
     plans["plans_name"] = plans_name
     for conf in plans["configurations"].values():
         kwargs = conf.get("architecture", {}).get("arch_kwargs", {})
-        if "features_per_stage" in kwargs:
+        if narrow and "features_per_stage" in kwargs:
             kwargs["features_per_stage"] = narrow_features(len(kwargs["features_per_stage"]), base, cap)
+    if batch_size is not None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        plans["configurations"][CONFIGURATION]["batch_size"] = int(batch_size)
     dst = folder / f"{plans_name}.json"
     atomic_write_json(dst, plans)
     return dst
@@ -354,6 +363,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                       dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
                       augmentation: bool | None = None, narrow: bool | None = None,
                       fold: str | None = None, epochs: int | None = None, iterations: int | None = None,
+                      batch_size: int | None = None,
                       device: str | None = None, threads: int | None = None, tta: bool | None = None,
                       final_validation: bool | None = None, overwrite: bool | None = None,
                       labels: str | None = None, verbose: bool = False) -> dict:
@@ -367,6 +377,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     none as ``nnUNetTrainerNoDA``), ``narrow`` (``seg_nnunet_narrow``; None = narrow plans
     on CPU only), ``fold`` (``seg_nnunet_fold``), ``epochs`` / ``iterations``
     (``seg_nnunet_epochs`` / ``seg_nnunet_iterations``; None = nnU-Net's 1000 x 250).
+    ``batch_size`` (default ``cfg.seg_nnunet_batch_size``; None = nnU-Net's plan, which
+    grows with the number of training volumes) fixes the ``3d_fullres`` batch.
     ``device`` defaults to cuda when available; ``threads`` (torch threads of the nnU-Net
     processes) to this process's torch thread count. ``final_validation`` (nnU-Net's
     prediction of the validation cases after training) defaults to off for fold ``all``,
@@ -405,7 +417,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
         threads = torch.get_num_threads()
     tta = (device != "cpu") if tta is None else bool(tta)
     trainer = TRAINERS[augmentation]
-    plans_name = NARROW_PLANS if narrow else STOCK_PLANS
+    batch_size = cfg.seg_nnunet_batch_size if batch_size is None else batch_size
+    plans_name = NARROW_PLANS if narrow else (FIXED_BATCH_PLANS if batch_size is not None else STOCK_PLANS)
     env = environment(work_dir, device=device, threads=threads, seed=seed, epochs=epochs,
                       iterations=iterations, val_iterations=val_iterations,
                       final_validation=final_validation)
@@ -417,8 +430,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                       labels=labels)
     timings["export"] = time.perf_counter() - t0
     timings["plan_and_preprocess"] = plan_and_preprocess(work_dir, dataset_id, env=env, verbose=verbose)
-    if narrow:
-        write_narrow_plans(work_dir, dataset_id, name)
+    if plans_name != STOCK_PLANS:
+        write_narrow_plans(work_dir, dataset_id, name, plans_name=plans_name, batch_size=batch_size, narrow=narrow)
     plan = read_plan(work_dir, dataset_id, name, plans_name)
     timings["train"] = 0.0
     for f in folds:

@@ -361,9 +361,17 @@ def score(pred, test, cfg: Config) -> list[dict]:
     return rows
 
 
+#: nnU-Net settings the fast backend never reads, left out of its results' keys so that a
+#: fast-backend result kept before the field existed is still found (the older nnU-Net
+#: fields stay in every key: leaving them out now would orphan every kept result)
+NNUNET_ONLY = ("seg_nnunet_batch_size",)
+
+
 def _settings(cfg: Config) -> dict:
     """The config fields a segmentation run's result depends on (besides its data and seed)."""
-    return {k: v for k, v in cfg.to_dict().items() if k.startswith("seg_") or k == "tumour_labels"}
+    skip = NNUNET_ONLY if cfg.seg_backend == "fast" else ()
+    return {k: v for k, v in cfg.to_dict().items()
+            if (k.startswith("seg_") or k == "tumour_labels") and k not in skip}
 
 
 def _digest(h, *arrays) -> None:
