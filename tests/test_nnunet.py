@@ -133,7 +133,7 @@ def test_narrow_plans_copy(tmp_path):
                        "spacing": [1, 1, 1], "architecture": arch},
         "3d_lowres": {"inherits_from": "3d_fullres"}}}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
-    path = nnunet.write_narrow_plans(tmp_path, 7, "T")
+    path = nnunet.write_plan_copy(tmp_path, 7, "T")
     narrow = json.loads(path.read_text())
     assert narrow["plans_name"] == nnunet.NARROW_PLANS
     conf = narrow["configurations"]["3d_fullres"]
@@ -143,13 +143,13 @@ def test_narrow_plans_copy(tmp_path):
     assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans    # the stock plan is left alone
     assert nnunet.read_plan(tmp_path, 7, "T", nnunet.NARROW_PLANS)["batch_size"] == 2     # nnU-Net's batch kept
     # a fixed batch, with the narrow widths or with nnU-Net's own
-    nnunet.write_narrow_plans(tmp_path, 7, "T", batch_size=5)
+    nnunet.write_plan_copy(tmp_path, 7, "T", batch_size=5)
     assert nnunet.read_plan(tmp_path, 7, "T", nnunet.NARROW_PLANS)["batch_size"] == 5
-    nnunet.write_narrow_plans(tmp_path, 7, "T", plans_name=nnunet.FIXED_BATCH_PLANS, batch_size=4, narrow=False)
+    nnunet.write_plan_copy(tmp_path, 7, "T", plans_name=nnunet.FIXED_BATCH_PLANS, batch_size=4, narrow=False)
     fixed = nnunet.read_plan(tmp_path, 7, "T", nnunet.FIXED_BATCH_PLANS)
     assert fixed["batch_size"] == 4 and fixed["features_per_stage"] == [32, 64, 128, 256, 320]
     with pytest.raises(ValueError, match="batch_size"):
-        nnunet.write_narrow_plans(tmp_path, 7, "T", batch_size=0)
+        nnunet.write_plan_copy(tmp_path, 7, "T", batch_size=0)
     assert json.loads((folder / "nnUNetPlans.json").read_text()) == plans
 
 

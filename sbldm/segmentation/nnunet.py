@@ -276,7 +276,7 @@ def narrow_features(n_stages: int, base: int = 8, cap: int = 80) -> list[int]:
     return [min(base * 2 ** i, cap) for i in range(n_stages)]
 
 
-def write_narrow_plans(work_dir, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
+def write_plan_copy(work_dir, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
                        base: int = 8, cap: int = 80, plans_name: str = NARROW_PLANS,
                        batch_size: int | None = None, narrow: bool = True) -> Path:
     """Copy ``nnUNetPlans.json`` to ``{plans_name}.json`` with narrow ``features_per_stage``
@@ -431,7 +431,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     timings["export"] = time.perf_counter() - t0
     timings["plan_and_preprocess"] = plan_and_preprocess(work_dir, dataset_id, env=env, verbose=verbose)
     if plans_name != STOCK_PLANS:
-        write_narrow_plans(work_dir, dataset_id, name, plans_name=plans_name, batch_size=batch_size, narrow=narrow)
+        write_plan_copy(work_dir, dataset_id, name, plans_name=plans_name, batch_size=batch_size, narrow=narrow)
     plan = read_plan(work_dir, dataset_id, name, plans_name)
     timings["train"] = 0.0
     for f in folds:

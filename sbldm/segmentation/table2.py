@@ -457,9 +457,14 @@ def _per_case(cases, row, metric) -> dict:
     return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in by_case.items()}
 
 
-def _per_seed(cases, row, metric, reduce=np.mean) -> list[float]:
+def _by_seed(cases, row, metric, reduce=np.mean) -> dict:
+    """{seed: ``reduce`` of ``metric`` over ``row``'s test cases with that seed}, seeds in order."""
     seeds = sorted({c["seed"] for c in cases if c["row"] == row})
-    return [float(reduce([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == s])) for s in seeds]
+    return {s: float(reduce([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == s])) for s in seeds}
+
+
+def _per_seed(cases, row, metric, reduce=np.mean) -> list[float]:
+    return list(_by_seed(cases, row, metric, reduce).values())
 
 
 def seeds_above(cases, row, reference, metric) -> int:
@@ -467,14 +472,8 @@ def seeds_above(cases, row, reference, metric) -> int:
     ``reference``'s with the same seed. The paired test of ``summarise`` runs on per-case
     values averaged over seeds, so it cannot tell a gain that every seed shows from one that
     a single weak reference seed makes; this count can."""
-    mine = {c["seed"] for c in cases if c["row"] == row}
-    theirs = {c["seed"] for c in cases if c["row"] == reference}
-    count = 0
-    for seed in sorted(mine & theirs):
-        a = np.mean([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == seed])
-        b = np.mean([float(c[metric]) for c in cases if c["row"] == reference and c["seed"] == seed])
-        count += int(a > b)
-    return count
+    mine, theirs = _by_seed(cases, row, metric), _by_seed(cases, reference, metric)
+    return sum(int(mine[s] > theirs[s]) for s in mine.keys() & theirs.keys())
 
 
 #: per-region columns ``score`` adds, averaged like Dice in ``summarise``
