@@ -109,6 +109,12 @@ def test_the_summary_names_only_significant_gains():
     assert "below real only at 100 (Holm p < 0.05): real + SBLDM (ET, p = 0.001)." in text
     assert "below real only at 10 " not in text
     assert "lesion-wise" not in text                      # no lesion columns, no line
+    assert "of those gains" not in text                   # rows without a per-seed count: no line
+    summary[1]["seeds_above_real_ET"] = 2                 # the gain at 10 holds in 2 of 3 seeds
+    summary[4]["seeds_above_real_ET"] = 0                 # a significant loss is not a gain to count
+    text = scarce_study("small", summary, (10, 100))
+    assert "seed (the test pairs cases, not seeds): real + SBLDM ET 2/3." in text
+    assert text.count("of those gains") == 1
 
 
 def test_the_scarce_summary_quotes_lesion_wise_dice_where_the_rows_have_it():

@@ -225,6 +225,10 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                 for g, p in _significant_regions(r, real)]
         lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
+        seedwise = [text for name, r in sel.items() if name != "real" and (text := _seeds_above_text(r, real))]
+        if seedwise and int(real.get("seeds") or 1) > 1:
+            lines.append("  - of those gains, the seeds where the row's mean Dice beats real only's with the same "
+                         "seed (the test pairs cases, not seeds): " + "; ".join(seedwise) + ".")
         losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                   for g, p in _significant_regions(r, real, below=True)]
         if losses:
