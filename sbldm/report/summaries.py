@@ -141,6 +141,13 @@ def _seeds_above_text(r: dict, real: dict) -> str:
     return f"{r['row']} {', '.join(parts)}" if parts else ""
 
 
+def _seeds_above_rows(rows: dict, real: dict) -> str:
+    """``_seeds_above_text`` of every row but real only, joined with "; "; '' when none
+    has a count or real only ran with one seed (no seeds to compare)."""
+    parts = [text for name, r in rows.items() if name != "real" and (text := _seeds_above_text(r, real))]
+    return "; ".join(parts) if parts and int(real.get("seeds") or 1) > 1 else ""
+
+
 def _dice_text(r: dict, ref: dict | None = None) -> str:
     """"Dice WT/TC/ET a/b/c (+d/+e/+f vs real, Holm p ...)" of a summarised row, or the
     whole tumour's Dice when the rows carry no regions."""
@@ -183,10 +190,9 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         better = [name for name, r in by.items() if name != "real" and _significant_regions(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
-        seedwise = [text for name in better if (text := _seeds_above_text(by[name], real))]
-        if seedwise and int(real.get("seeds") or 1) > 1:
+        if seedwise := _seeds_above_rows(by, real):
             lines.append("- of those gains, the seeds where the row's mean Dice beats real only's with the same "
-                         "seed (the test above pairs cases, not seeds): " + "; ".join(seedwise) + ".")
+                         "seed (the test above pairs cases, not seeds): " + seedwise + ".")
         worse = [f"{name} ({', '.join(g for g, _ in lost)})" for name, r in by.items()
                  if name != "real" and (lost := _significant_regions(r, real, below=True))]
         lines.append("- rows significantly below real only (Holm p < 0.05), in the regions named: "
@@ -225,10 +231,9 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                 for g, p in _significant_regions(r, real)]
         lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
-        seedwise = [text for name, r in sel.items() if name != "real" and (text := _seeds_above_text(r, real))]
-        if seedwise and int(real.get("seeds") or 1) > 1:
+        if seedwise := _seeds_above_rows(sel, real):
             lines.append("  - of those gains, the seeds where the row's mean Dice beats real only's with the same "
-                         "seed (the test pairs cases, not seeds): " + "; ".join(seedwise) + ".")
+                         "seed (the test pairs cases, not seeds): " + seedwise + ".")
         losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                   for g, p in _significant_regions(r, real, below=True)]
         if losses:

@@ -277,8 +277,8 @@ def narrow_features(n_stages: int, base: int = 8, cap: int = 80) -> list[int]:
 
 
 def write_plan_copy(work_dir, dataset_id: int = DEFAULT_DATASET_ID, name: str = DEFAULT_NAME,
-                       base: int = 8, cap: int = 80, plans_name: str = NARROW_PLANS,
-                       batch_size: int | None = None, narrow: bool = True) -> Path:
+                    base: int = 8, cap: int = 80, plans_name: str = NARROW_PLANS,
+                    batch_size: int | None = None, narrow: bool = True) -> Path:
     """Copy ``nnUNetPlans.json`` to ``{plans_name}.json`` with narrow ``features_per_stage``
     in every configuration (``narrow=False`` keeps nnU-Net's widths) and, given
     ``batch_size``, that batch for ``3d_fullres`` instead of the planned one (same patch
