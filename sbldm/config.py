@@ -1,18 +1,42 @@
 """Scale presets: ``smoke`` (CI plumbing), ``small`` (a real CPU experiment), ``paper``.
 
-One frozen dataclass holds every knob of every stage, flat and prefixed by stage
-(``data_``, ``vae_``, ``unet_``, ``diffusion_``, ``sample_``) so that a notebook's
-papermill parameters and ``resolve(scale, **overrides)`` speak the same names.
+A ``Config`` is a frozen dataclass of sections, one per stage of the method, and the
+sections reuse their types: SBLDM's latent UNet and the 3D-LDM's are both a ``UNetConfig``,
+the slice VAE and the 3D-LDM's autoencoder both extend ``AutoencoderConfig``. A builder
+takes its section (``build_unet(cfg.ldm3d.unet, ...)``).
+
+=================  ======================  ==============================================
+section            type                    flat names (``prefix``)
+=================  ======================  ==============================================
+``data``           ``DataConfig``          ``n_train``, ``volume_shape``, ``tumour_labels`` ...
+``vae``            ``SliceVAEConfig``      ``vae_*``
+``unet``           ``UNetConfig``          ``unet_*`` (SBLDM's latent UNet)
+``condition``      ``ConditionConfig``     ``condition_*``, ``unet_cond_dropout``, ``unet_spatial_prior``
+``diffusion``      ``SBLDMDiffusionConfig````diffusion_*`` (objective and optimiser)
+``schedule``       ``ScheduleConfig``      ``num_train_timesteps``, ``beta_*``
+``sampling``       ``SamplingConfig``      ``sampler``, ``num_inference_steps``, ``eta``, ``guidance_scale``
+``evaluation``     ``EvaluationConfig``    ``eval_*``, ``ablation_*``
+``segmentation``   ``SegmentationConfig``  ``seg_*`` (``.nnunet``: ``seg_nnunet_*``), ``scarce_vae_check_steps``
+``lsgan``          ``LSGANConfig``         ``lsgan_*``
+``ldm3d``          ``LDM3DConfig``         ``.ae``: ``ldm3d_ae_*``, ``ldm3d_disc_*``, ``ldm3d_flip_prob``;
+                                           ``.unet``: ``ldm3d_unet_*``; ``.diffusion``: ``ldm3d_diffusion_*``
+``precision``      ``PrecisionConfig``     ``mixed_precision``, ``diffusion_/seg_mixed_precision``, ``eval_adherence_bf16``
+``training``       ``TrainingLoopConfig``  ``checkpoint_every``, ``log_every``
+=================  ======================  ==============================================
+
+Every leaf also has a flat name, so that a notebook's papermill parameters, the runner's
+``-p`` and ``resolve(scale, **overrides)`` speak one language, and ``cfg.vae_lr`` is
+``cfg.vae.lr``. ``to_dict`` and ``hash`` are over the flat names: run names, checkpoints and
+saved run records do not depend on how the sections are laid out.
 
 >>> cfg = resolve("small", vae_lr=2e-4)
->>> cfg.volume_shape
-(64, 64, 32)
+>>> cfg.vae.lr, cfg.volume_shape
+(0.0002, (64, 64, 32))
 
-Where the paper and the authors' code disagree (the README's errata table,
-``docs/paper_vs_code.md``) the default follows the paper and the other choice is a field;
-the comment says which is which. Why a preset holds the values it holds (what was
-measured) is in ``docs/decisions.md``. Run folder names and the identity of a saved
-pipeline are in ``sbldm.runs``.
+Where the paper and the authors' code disagree (``docs/paper_vs_code.md``) the default
+follows the paper and the other choice is a field; the comment says which is which. Why a
+preset holds the values it holds (what was measured) is in ``docs/decisions.md``. Run folder
+names and the identity of a saved pipeline are in ``sbldm.runs``.
 """
 
 from __future__ import annotations
@@ -20,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,149 +58,221 @@ FEATURE_NAMES = (
 #: training stages whose checkpoints resume; each field declares the stages that read it
 STAGES = ("vae", "diffusion", "ldm3d_ae", "ldm3d_unet", "lsgan3d")
 #: what a diffusion UNet may predict: the noise, the velocity v, or the clean sample x0
-#: (diffusers' names; ``sbldm.training.trainer.noise_batch`` builds each target)
+#: (diffusers' names; ``sbldm.training.objectives.noise_batch`` builds each target)
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 #: a stage's trajectory also depends on what the stages before it produced
 UPSTREAM = {"vae": (), "diffusion": ("vae",), "ldm3d_ae": (), "ldm3d_unet": ("ldm3d_ae",), "lsgan3d": ()}
+_ALL = STAGES
 
 
-def _reads(default, *stages: str, extends: bool = False):
-    """A config field read by the training ``stages`` (dataclass metadata). ``extends``:
-    a larger value continues a run rather than changing it (the step counts)."""
+def _check_stages(stages) -> tuple[str, ...]:
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}")
-    return field(default=default, metadata={"stages": tuple(stages), "extends": extends})
+    return tuple(stages)
 
 
+def _reads(default, *stages: str, extends: bool = False):
+    """A leaf read by exactly the training ``stages`` (dataclass metadata), whatever its
+    section declares. ``extends``: a larger value continues a run rather than changing it
+    (the step counts)."""
+    return field(default=default, metadata={"stages": _check_stages(stages), "extends": extends})
+
+
+def _steps(default):
+    """A step count: read by its section's stages, and a larger one extends a run."""
+    return field(default=default, metadata={"extends": True})
+
+
+def _section(factory, *stages: str, prefix: str = "", rename: dict[str, str] | None = None):
+    """A section of the config: its leaves are read by the training ``stages`` (unless a
+    leaf declares its own), and are named ``prefix + leaf`` in the flat view, or
+    ``rename[leaf]`` where the historical flat name differs. Nested sections add their
+    prefix to their parent's."""
+    return field(default_factory=factory,
+                 metadata={"section": True, "stages": _check_stages(stages), "prefix": prefix,
+                           "rename": dict(rename or {})})
+
+
+# -- data ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Config:
-    scale: str
-    seed: int = _reads(0, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
-
-    # -- data ------------------------------------------------------------------
-    n_train: int = _reads(100, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')                    # paper §3.2: 100 training volumes
-    n_test: int = 100                     # ... and 100 held-out volumes
-    volume_shape: tuple[int, int, int] = _reads((192, 192, 96), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # (x, y, z) after resampling
-    data_skip_unlabelled: bool = False    # BraTS folders: leave out (and list) cases without a segmentation
-    image_interp_order: int = _reads(0, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')           # 0 = nearest, as the authors' code; 1 = linear
-    clip_percentiles: tuple[float, float] | None = _reads(None, 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')   # None = plain min-max (reference)
+class DataConfig:
+    n_train: int = _reads(100, *_ALL)                 # paper §3.2: 100 training volumes
+    n_test: int = _reads(100)                         # ... and 100 held-out volumes
+    volume_shape: tuple[int, int, int] = _reads((192, 192, 96), *_ALL)   # (x, y, z) after resampling
+    skip_unlabelled: bool = _reads(False)             # BraTS folders: leave out (and list) cases without a segmentation
+    image_interp_order: int = _reads(0, *_ALL)        # 0 = nearest, as the authors' code; 1 = linear
+    clip_percentiles: tuple[float, float] | None = _reads(None, *_ALL)   # None = plain min-max (reference)
     # phantom cohort geometry on disk (BraTS: 240x240x155 at 1 mm)
-    phantom_shape: tuple[int, int, int] = _reads((240, 240, 155), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
-    phantom_spacing: tuple[float, float, float] = _reads((1.0, 1.0, 1.0), 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')
-
+    phantom_shape: tuple[int, int, int] = _reads((240, 240, 155), *_ALL)
+    phantom_spacing: tuple[float, float, float] = _reads((1.0, 1.0, 1.0), *_ALL)
     # the tumour channels every generator carries beside the image (the slice VAE and so
     # SBLDM, the 3D-LDM's autoencoder, the 3D-LSGAN): "whole" = the paper's binary
     # whole-tumour mask; "regions" = the BraTS regions WT, TC, ET, so that samples come with
-    # a sub-region label map (beyond the paper; README errata table)
-    tumour_labels: str = _reads("whole", 'vae', 'ldm3d_ae', 'lsgan3d')
+    # a sub-region label map (beyond the paper; docs/paper_vs_code.md)
+    tumour_labels: str = _reads("whole", "vae", "ldm3d_ae", "lsgan3d")
 
-    # -- stage 1: slice VAE ------------------------------------------------------
-    vae_channels: tuple[int, ...] = _reads((128, 256, 512, 512), 'vae')  # authors' code; len-1 = log2(downsampling)
-    vae_latent_channels: int = _reads(6, 'vae')
-    vae_layers_per_block: int = _reads(1, 'vae')
-    vae_norm_groups: int = _reads(32, 'vae')
-    vae_slice_embedding: bool = _reads(True, 'vae')      # paper: l(i) on; authors' code: off (ablation)
-    vae_slice_embedding_dim: int = _reads(128, 'vae')
-    vae_kl_weight: float = _reads(1e-6, 'vae')
-    vae_ssim_weight: float = _reads(1.0, 'vae')
-    vae_mask_weight: float = _reads(0.0, 'vae')         # authors: no mask term; > 0 adds a class-balanced L1 of the tumour channels
-    vae_mask_nested: bool = _reads(False, 'vae')        # with regions: balance each region channel against the ring its enclosing one leaves
-    vae_mask_band: int = _reads(0, 'vae')               # > 0: a channel without such a ring is balanced against the band of this many pixels around it
-    vae_ssim_range: str = _reads("signed", 'vae')        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
-    vae_lpips_weight: float = _reads(0.0, 'vae')         # authors' code: 0.5, needs local LPIPS weights
-    vae_lpips_path: str | None = _reads(None, 'vae')
-    vae_lr: float = _reads(1e-5, 'vae')                  # paper §3.2 / authors' code
-    vae_batch_size: int = _reads(32, 'vae')
-    vae_steps: int = _reads(100_000, 'vae', extends=True)
-    vae_empty_slice_keep: float = _reads(0.1, 'vae')     # authors' code keeps 10% of background-only slices
-    vae_flip_prob: float = _reads(0.2, 'vae')            # authors' code: horizontal/vertical flips
 
-    # -- stage 2: conditioned 3D latent diffusion -------------------------------
-    unet_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'diffusion')
-    unet_layers_per_block: int = _reads(2, 'diffusion')        # authors' code: 2 (paper text: 1)
-    unet_norm_groups: int = _reads(32, 'diffusion')
-    unet_cond_fusion: str = _reads("scale_shift", 'diffusion')  # paper; "add" = authors' code
-    unet_cond_dropout: float = _reads(0.1, 'diffusion')        # classifier-free guidance (reference: 0, none)
-    unet_embed_dim: int = _reads(512, 'diffusion')             # time / condition embedding width (authors' code)
-    unet_time_proj_dim: int = _reads(128, 'diffusion')         # sinusoid size of the time embedding
-    unet_cond_hidden_dim: int = _reads(256, 'diffusion')       # tau: 9 -> 256 -> 512 (authors' code)
-    unet_mid_layers: int = _reads(2, 'diffusion')              # resnet blocks at the bottom (132.1M params at paper)
-    diffusion_loss: str = _reads("mse", 'diffusion')           # paper; "l1" = authors' code
-    diffusion_snr_gamma: float = _reads(0.0, 'diffusion')      # paper: 0 = off; > 0: min-SNR-gamma loss weights
-    diffusion_prediction_type: str = _reads("epsilon", 'diffusion')   # paper and authors; or "v_prediction", "sample" (x0)
-                                                 # (docs/decisions.md, "Prediction target")
-    # the tumour channel (README errata; the paper's route is the default of each):
-    condition_normalization: str = _reads("max", 'diffusion')   # authors: over the training max; "zscore"
-    unet_spatial_prior: bool = _reads(False, 'diffusion')       # paper: the 9-vector only; True adds the
-                                                                # rendered tumour as an input channel
-    diffusion_tumour_weight: float = _reads(0.0, 'diffusion')    # paper: 0; loss weight 1 + w on the tumour
-    condition_subregions: bool = _reads(False, 'diffusion')     # paper: the 9 features; True (with regions) adds the
-                                                                # necrosis and enhancing shares of the tumour
-    diffusion_ema_decay: float = _reads(0.0, 'diffusion')       # paper: 0 (no EMA); EMA weights for sampling
-    diffusion_mixed_precision: str | None = _reads(None, 'diffusion')  # None: mixed_precision; "bf16" on CPU too
-    diffusion_lr: float = _reads(1e-4, 'diffusion')
-    diffusion_weight_decay: float = _reads(0.01, 'diffusion')  # AdamW default, as the authors' code
-    diffusion_batch_size: int = _reads(8, 'diffusion')
-    diffusion_steps: int = _reads(200_000, 'diffusion', extends=True)
-    num_train_timesteps: int = _reads(1000, 'diffusion', 'ldm3d_unet')
-    beta_schedule: str = _reads("scaled_linear", 'diffusion', 'ldm3d_unet')
-    beta_start: float = _reads(0.002, 'diffusion', 'ldm3d_unet')
-    beta_end: float = _reads(0.02, 'diffusion', 'ldm3d_unet')
+# -- autoencoders: the slice VAE (stage 1) and the 3D-LDM's volume autoencoder ----------
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """What both autoencoders share: widths, latent, the loss L1 + (1 - SSIM) + KL [+ mask
+    term] and the optimiser."""
+    channels: tuple[int, ...] = (128, 256, 512, 512)  # authors' slice VAE; len-1 = log2(downsampling)
+    latent_channels: int = 6
+    layers_per_block: int = 1
+    norm_groups: int = 32
+    kl_weight: float = 1e-6
+    ssim_weight: float = 1.0
+    ssim_range: str = "signed"        # SSIM on [-1, 1] (range 2); "unit" = authors' [0, 1] (collapses, see vae_loss)
+    mask_weight: float = 0.0          # authors: no mask term; > 0 adds a class-balanced L1 of the tumour channels
+    mask_nested: bool = False         # with regions: balance each region channel against the ring its enclosing one leaves
+    mask_band: int = 0                # > 0: a channel without such a ring is balanced against the band of this many pixels around it
+    lr: float = 1e-5                  # paper §3.2 / authors' code
+    batch_size: int = 32
+    steps: int = _steps(100_000)
+    flip_prob: float = 0.2            # authors' code: horizontal/vertical flips
 
-    # -- sampling ----------------------------------------------------------------
-    sampler: str = "ddim"                 # "ddpm" (1000 steps) | "ddim"
+
+@dataclass(frozen=True)
+class SliceVAEConfig(AutoencoderConfig):
+    slice_embedding: bool = True      # paper: l(i) on; authors' code: off (ablation)
+    slice_embedding_dim: int = 128
+    lpips_weight: float = 0.0         # authors' code: 0.5, needs local LPIPS weights
+    lpips_path: str | None = None
+    empty_slice_keep: float = 0.1     # authors' code keeps 10% of background-only slices
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+
+@dataclass(frozen=True)
+class VolumeAEConfig(AutoencoderConfig):
+    downsampling: int = 4             # paper text (x4); authors' code 8 (192 -> 24)
+    # reconstruction check before the UNet trains: the autoencoder's decoded whole-tumour Dice
+    # on training volumes (posterior means) must reach this; 0 = report only
+    min_dice: float = _reads(0.0)
+    discriminator: bool = False       # paper says VAE-GAN; the authors' code had none
+    disc_channels: int = 512          # patch discriminator, widest conv
+    disc_layers: int = 4
+    disc_weight: float = 0.1          # weight of the autoencoder's LS-GAN term
+    disc_start: int = 0               # step at which the adversarial term switches on
+
+
+# -- stage 2: the conditioned 3D latent diffusion model ---------------------------------
+@dataclass(frozen=True)
+class UNetConfig:
+    """A conditioned 3D denoising UNet (``sbldm.models.unet3d``): SBLDM's and the 3D-LDM's."""
+    channels: tuple[int, ...] = (64, 128, 256, 512)
+    layers_per_block: int = 2         # authors' code: 2 (paper text: 1)
+    norm_groups: int = 32
+    cond_fusion: str = "scale_shift"  # paper; "add" = authors' code
+    embed_dim: int = 512              # time / condition embedding width (authors' code)
+    time_proj_dim: int = 128          # sinusoid size of the time embedding
+    cond_hidden_dim: int = 256        # tau: 9 -> 256 -> 512 (authors' code)
+    mid_layers: int = 2               # resnet blocks at the bottom (132.1M params at paper)
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """The tumour condition of SBLDM's latent UNet (the paper's route is each default)."""
+    normalization: str = "max"        # authors: over the training max; "zscore"
+    subregions: bool = False          # paper: the 9 features; True (with regions) adds the necrosis and enhancing shares
+    dropout: float = 0.1              # classifier-free guidance (reference: 0, none)
+    spatial_prior: bool = False       # paper: the 9-vector only; True adds the rendered tumour as an input channel
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """A diffusion objective and its optimiser (SBLDM's latent UNet, the 3D-LDM's)."""
+    loss: str = "mse"                 # paper; "l1" = authors' code
+    prediction_type: str = "epsilon"  # paper and authors; or "v_prediction", "sample" (x0)
+                                      # (docs/decisions.md, "Prediction target")
+    lr: float = 1e-4
+    weight_decay: float = 0.01        # AdamW default, as the authors' code
+    batch_size: int = 8
+    steps: int = _steps(200_000)
+
+
+@dataclass(frozen=True)
+class SBLDMDiffusionConfig(DiffusionConfig):
+    snr_gamma: float = 0.0            # paper: 0 = off; > 0: min-SNR-gamma loss weights
+    tumour_weight: float = 0.0        # paper: 0; loss weight 1 + w on the tumour
+    ema_decay: float = 0.0            # paper: 0 (no EMA); EMA weights for sampling
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "scaled_linear"
+    beta_start: float = 0.002
+    beta_end: float = 0.02
+
+
+# -- sampling and evaluation (Table 1 and beyond) ---------------------------------------
+@dataclass(frozen=True)
+class SamplingConfig:
+    sampler: str = "ddim"             # "ddpm" (1000 steps) | "ddim"
     num_inference_steps: int = 50
-    eta: float = 0.0                      # true DDIM; the authors' code was stuck at 1
-    guidance_scale: float = 1.0           # 1.0 = no classifier-free guidance
+    eta: float = 0.0                  # true DDIM; the authors' code was stuck at 1
+    guidance_scale: float = 1.0       # 1.0 = no classifier-free guidance
 
-    # -- evaluation (Table 1 and beyond) -------------------------------------------
-    eval_n_samples: int = 100             # synthetic volumes per method (Table 1, Table 2)
-    eval_n_samples_ddpm: int = 100        # SBLDM with 1000 DDPM steps (slow on CPU)
-    eval_ddpm_steps: int | None = None    # None = every training timestep (the paper's DDPM-1000)
-    eval_timing_volumes: int = 3          # timed volumes per method, after one warm-up
-    eval_batch_size: int = 4              # volumes sampled at once
-    eval_guidance_scale: float = 3.0      # the classifier-free guidance compared with none
-    eval_n_adherence: int = 50            # requested feature vectors for conditioning adherence
-    eval_n_diversity: int = 20            # volumes in the pairwise MS-SSIM
-    eval_adherence_bf16: bool = False     # sample the adherence requests under bf16 autocast on CPU
-    ablation_steps: int = 500             # latent-UNet steps of every row of the conditioning ablation (notebook 07)
-    ablation_requests: int = 50           # requested tumours per ablation row
 
-    # -- segmentation study (Table 2) ---------------------------------------------
-    seg_backend: str = "nnunet"           # "nnunet" (paper) | "fast" (MONAI 3D U-Net, smoke/small)
-    seg_channels: tuple[int, ...] = (16, 32, 64, 128)   # fast backend U-Net widths
-    seg_iterations: int = 2000            # fast backend: fixed optimiser-step budget
-    seg_batch_size: int = 2
-    seg_lr: float = 1e-3
-    seg_roi: tuple[int, int, int] = (96, 96, 96)        # sliding-window size at inference
-    seg_patch: tuple[int, int, int] | None = None       # fast backend training crop; None: seg_roi
-    seg_flip_axes: tuple[int, ...] = ()   # fast backend: random mirroring along these axes (0 = left-right)
-    seg_augment_factor: int = 5           # "augmented volumes (x5)" rows
-    seg_nnunet_augmentation: bool = True  # paper: nnU-Net default augmentation; authors' code: NoDA
-    seg_nnunet_fold: str = "all"          # authors' code: fold "all"; "0".."4" one fold; "5fold" all five
-    seg_nnunet_epochs: int | None = None      # None: nnU-Net's 1000 epochs (paper); smoke/small shorten it
-    seg_nnunet_iterations: int | None = None  # None: nnU-Net's 250 iterations per epoch
-    seg_nnunet_narrow: bool | None = None     # narrow CPU plan (features 8..80); None: on CPU only
+@dataclass(frozen=True)
+class EvaluationConfig:
+    n_samples: int = 100              # synthetic volumes per method (Table 1, Table 2)
+    n_samples_ddpm: int = 100         # SBLDM with 1000 DDPM steps (slow on CPU)
+    ddpm_steps: int | None = None     # None = every training timestep (the paper's DDPM-1000)
+    timing_volumes: int = 3           # timed volumes per method, after one warm-up
+    batch_size: int = 4               # volumes sampled at once
+    guidance_scale: float = 3.0       # the classifier-free guidance compared with none
+    n_adherence: int = 50             # requested feature vectors for conditioning adherence
+    n_diversity: int = 20             # volumes in the pairwise MS-SSIM
+    ablation_steps: int = 500         # latent-UNet steps of every row of the conditioning ablation (notebook 07)
+    ablation_requests: int = 50       # requested tumours per ablation row
+
+
+# -- segmentation study (Table 2) ---------------------------------------------------------
+@dataclass(frozen=True)
+class NnUNetConfig:
+    augmentation: bool = True         # paper: nnU-Net default augmentation; authors' code: NoDA
+    fold: str = "all"                 # authors' code: fold "all"; "0".."4" one fold; "5fold" all five
+    epochs: int | None = None         # None: nnU-Net's 1000 epochs (paper); smoke/small shorten it
+    iterations: int | None = None     # None: nnU-Net's 250 iterations per epoch
+    narrow: bool | None = None        # narrow CPU plan (features 8..80); None: on CPU only
     # None: nnU-Net's planned batch, which grows with the data set (5 for 100 volumes at small's size,
     # 10 for 200), so a row with synthetic volumes would also train on more patches; a number fixes it
     # for every row (small: docs/decisions.md, "nnU-Net on CPU")
-    seg_nnunet_batch_size: int | None = None
-    seg_seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of every row: mean and spread across seeds
-    seg_mixed_precision: str | None = None  # fast backend: None/"no" fp32; "bf16" autocast (convolutions only)
+    batch_size: int | None = None
+    check: bool = False               # with the fast backend: confirm real vs real + SBLDM with nnU-Net
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    backend: str = "nnunet"           # "nnunet" (paper) | "fast" (MONAI 3D U-Net, smoke/small)
+    channels: tuple[int, ...] = (16, 32, 64, 128)   # fast backend U-Net widths
+    iterations: int = 2000            # fast backend: fixed optimiser-step budget
+    batch_size: int = 2
+    lr: float = 1e-3
+    roi: tuple[int, int, int] = (96, 96, 96)        # sliding-window size at inference
+    patch: tuple[int, int, int] | None = None       # fast backend training crop; None: roi
+    flip_axes: tuple[int, ...] = ()   # fast backend: random mirroring along these axes (0 = left-right)
+    augment_factor: int = 5           # "augmented volumes (x5)" rows
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of every row: mean and spread across seeds
     # the fast backend's budget comes from a learning curve: a real-only run on the training split minus
-    # a validation part (seg_val_fraction), validated every seg_curve_every steps up to seg_iterations;
-    # the budget is the first step within seg_plateau_tolerance of the best validation Dice, applied to
-    # every row (all of whose sets include the whole real training split)
-    seg_val_fraction: float = 0.2
-    seg_curve_every: int = 250
-    seg_plateau_tolerance: float = 0.01
+    # a validation part (val_fraction), validated every curve_every steps up to iterations; the budget
+    # is the first step within plateau_tolerance of the best validation Dice, applied to every row
+    # (all of whose sets include the whole real training split)
+    val_fraction: float = 0.2
+    curve_every: int = 250
+    plateau_tolerance: float = 0.01
     # the quality-filtered SBLDM row keeps a synthetic volume only if its mask is non-empty, its
-    # centre lies within seg_filter_max_centre_distance voxels of the requested one, and its volume
-    # within seg_filter_max_volume_error (relative) of the requested volume
-    seg_filter_max_centre_distance: float = 8.0
-    seg_filter_max_volume_error: float = 0.5
-    seg_scarce_sizes: tuple[int, ...] = (10, 25, 50, 100)  # real-set sizes of the data-scarce regime
+    # centre lies within filter_max_centre_distance voxels of the requested one, and its volume
+    # within filter_max_volume_error (relative) of the requested volume
+    filter_max_centre_distance: float = 8.0
+    filter_max_volume_error: float = 0.5
+    scarce_sizes: tuple[int, ...] = (10, 25, 50, 100)  # real-set sizes of the data-scarce regime
     # the data-scarce regime without leakage (notebooks 10 and 11): at every size below n_train a latent
     # UNet of its own is trained on that many real volumes (the slice VAE is shared); the shared VAE is
     # checked against one trained on the smallest subset, both for scarce_vae_check_steps steps
@@ -183,121 +280,226 @@ class Config:
     # protocols of using synthetic data (notebook 11): the "other ratio" row mixes this fraction of
     # the synthetic set with the real volumes; "pre-train, fine-tune" spends this fraction of the
     # budget on synthetic volumes only, the rest on the real ones (same total budget as every row)
-    seg_protocol_synthetic_fraction: float = 0.5
-    seg_pretrain_fraction: float = 0.5
-    seg_nnunet_check: bool = False        # with the fast backend: confirm real vs real + SBLDM with nnU-Net
+    protocol_synthetic_fraction: float = 0.5
+    pretrain_fraction: float = 0.5
+    nnunet: NnUNetConfig = _section(NnUNetConfig, prefix="nnunet_")
 
-    # -- baselines (paper §3.3; notebook 03) -------------------------------------------
-    # 3D-LSGAN, as the authors' train_lsgan.py: z -> FC -> (lsgan_g_channels, shape / 2**n)
-    # -> n x (nearest up x2, conv3 [, BN, ReLU]) halving the width, the last conv to 2
-    # channels + tanh; discriminator of lsgan_d_layers 3D convs k4 s2 (BN, LeakyReLU 0.2).
-    lsgan_latent_dim: int = _reads(2048, 'lsgan3d')
-    lsgan_g_channels: int = _reads(512, 'lsgan3d')
-    lsgan_upsamplings: int = _reads(5, 'lsgan3d')            # 192x192x96 / 2**5 = 6x6x3 after the FC layer
-    lsgan_d_channels: int = _reads(1024, 'lsgan3d')          # widest discriminator conv (authors' code: 1024)
-    lsgan_d_layers: int = _reads(6, 'lsgan3d')               # convs k4 s2, widths d/2**(L-2) .. d, then d -> 1
-    lsgan_lr: float = _reads(2e-4, 'lsgan3d')
-    lsgan_beta1: float = _reads(0.5, 'lsgan3d')              # Adam betas (0.5, 0.999), as the authors
-    lsgan_grad_clip: float = _reads(5.0, 'lsgan3d')          # gradient-norm clip of G and D (0 = off)
-    lsgan_label_noise: float = _reads(0.05, 'lsgan3d')       # real labels 1 - 0.05 n, fake labels 0.05 n (authors)
-    lsgan_batch_size: int = _reads(2, 'lsgan3d')
-    lsgan_steps: int = _reads(100_000, 'lsgan3d', extends=True)            # authors: 2000 epochs of 50 steps, sampled at ~1130
-    lsgan_flip_prob: float = _reads(0.2, 'lsgan3d')          # random flips of both in-plane axes (authors' rerun)
-    # stabilisers beyond the authors' recipe (README errata table; docs/decisions.md, "Baselines")
-    lsgan_d_lr: float | None = _reads(None, 'lsgan3d')       # the discriminator's own learning rate (None = lsgan_lr)
-    lsgan_instance_noise: float = _reads(0.0, 'lsgan3d')     # std of Gaussian noise on D's inputs, annealed to 0
-    # checkpoint selection on the training split only: every lsgan_select_every steps (0 = off:
-    # the last step is the model) lsgan_select_samples volumes from fixed noise are scored by
-    # their mask-feature distance to the training tumours; the best-scoring generator is kept
-    lsgan_select_every: int = _reads(0, 'lsgan3d')
-    lsgan_select_samples: int = _reads(32, 'lsgan3d')
-    # 3D-LDM: a 3D KL autoencoder on whole (image, mask) volumes, then an unconditional 3D
-    # UNet (ConditionedUNet3D used without condition) on its latent scaled by 1/std.
-    ldm3d_ae_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'ldm3d_ae')   # authors' 3D VAE widths
-    ldm3d_ae_downsampling: int = _reads(4, 'ldm3d_ae')        # paper text (x4); authors' code 8 (192 -> 24)
-    ldm3d_ae_layers_per_block: int = _reads(1, 'ldm3d_ae')
-    ldm3d_ae_latent_channels: int = _reads(6, 'ldm3d_ae')
-    ldm3d_ae_norm_groups: int = _reads(32, 'ldm3d_ae')
-    ldm3d_ae_kl_weight: float = _reads(1e-6, 'ldm3d_ae')
-    ldm3d_ae_ssim_range: str = _reads("signed", 'ldm3d_ae')    # as vae_ssim_range
-    ldm3d_ae_ssim_weight: float = _reads(1.0, 'ldm3d_ae')     # L1 + (1 - SSIM) + KL, as the slice VAE
-    ldm3d_ae_mask_weight: float = _reads(0.0, 'ldm3d_ae')     # as vae_mask_weight (authors: no mask term)
-    ldm3d_ae_mask_nested: bool = _reads(False, 'ldm3d_ae')    # as vae_mask_nested, on the volume's region channels
-    ldm3d_ae_mask_band: int = _reads(0, 'ldm3d_ae')           # as vae_mask_band, in voxels
-    # reconstruction check before the UNet trains: the autoencoder's decoded whole-tumour Dice
-    # on training volumes (posterior means) must reach this; 0 = report only
-    ldm3d_ae_min_dice: float = 0.0
-    ldm3d_ae_lr: float = _reads(1e-5, 'ldm3d_ae')             # authors' 3D VAE
-    ldm3d_ae_batch_size: int = _reads(2, 'ldm3d_ae')
-    ldm3d_ae_steps: int = _reads(100_000, 'ldm3d_ae', extends=True)
-    ldm3d_ae_discriminator: bool = _reads(False, 'ldm3d_ae')  # paper says VAE-GAN; the authors' code had none
-    ldm3d_disc_channels: int = _reads(512, 'ldm3d_ae')        # patch discriminator, widest conv
-    ldm3d_disc_layers: int = _reads(4, 'ldm3d_ae')
-    ldm3d_disc_weight: float = _reads(0.1, 'ldm3d_ae')        # weight of the autoencoder's LS-GAN term
-    ldm3d_disc_start: int = _reads(0, 'ldm3d_ae')             # step at which the adversarial term switches on
-    ldm3d_unet_channels: tuple[int, ...] = _reads((64, 128, 256, 512), 'ldm3d_unet')  # authors' trained baseline; Table 1's 728M counts 128..1024
-    ldm3d_unet_layers_per_block: int = _reads(2, 'ldm3d_unet')
-    ldm3d_unet_norm_groups: int = _reads(32, 'ldm3d_unet')
-    ldm3d_unet_mid_layers: int = _reads(2, 'ldm3d_unet')
-    # the 3D-LDM's own time/condition-embedding sizes and diffusion objective (independent of
-    # SBLDM's unet_*/diffusion_* fields)
-    ldm3d_unet_embed_dim: int = _reads(512, 'ldm3d_unet')
-    ldm3d_unet_time_proj_dim: int = _reads(128, 'ldm3d_unet')
-    ldm3d_unet_cond_hidden_dim: int = _reads(256, 'ldm3d_unet')   # its condition MLP is unused (unconditional)
-    ldm3d_unet_cond_fusion: str = _reads("scale_shift", 'ldm3d_unet')
-    ldm3d_diffusion_loss: str = _reads("mse", 'ldm3d_unet')
-    ldm3d_diffusion_prediction_type: str = _reads("epsilon", 'ldm3d_unet')
-    ldm3d_diffusion_weight_decay: float = _reads(0.01, 'ldm3d_unet')
-    ldm3d_diffusion_lr: float = _reads(1e-4, 'ldm3d_unet')
-    ldm3d_diffusion_batch_size: int = _reads(2, 'ldm3d_unet')
-    ldm3d_diffusion_steps: int = _reads(200_000, 'ldm3d_unet', extends=True)
-    ldm3d_flip_prob: float = _reads(0.2, 'ldm3d_ae')          # autoencoder augmentation (authors: flips 0.2)
 
-    # -- training loop -------------------------------------------------------------
+# -- baselines (paper §3.3; notebook 03) ----------------------------------------------------
+@dataclass(frozen=True)
+class LSGANConfig:
+    """3D-LSGAN, as the authors' train_lsgan.py: z -> FC -> (g_channels, shape / 2**n) -> n x
+    (nearest up x2, conv3 [, BN, ReLU]) halving the width, the last conv to 2 channels + tanh;
+    discriminator of d_layers 3D convs k4 s2 (BN, LeakyReLU 0.2)."""
+    latent_dim: int = 2048
+    g_channels: int = 512
+    upsamplings: int = 5              # 192x192x96 / 2**5 = 6x6x3 after the FC layer
+    d_channels: int = 1024            # widest discriminator conv (authors' code: 1024)
+    d_layers: int = 6                 # convs k4 s2, widths d/2**(L-2) .. d, then d -> 1
+    lr: float = 2e-4
+    beta1: float = 0.5                # Adam betas (0.5, 0.999), as the authors
+    grad_clip: float = 5.0            # gradient-norm clip of G and D (0 = off)
+    label_noise: float = 0.05         # real labels 1 - 0.05 n, fake labels 0.05 n (authors)
+    batch_size: int = 2
+    steps: int = _steps(100_000)      # authors: 2000 epochs of 50 steps, sampled at ~1130
+    flip_prob: float = 0.2            # random flips of both in-plane axes (authors' rerun)
+    # stabilisers beyond the authors' recipe (docs/paper_vs_code.md; docs/decisions.md, "Baselines")
+    d_lr: float | None = None         # the discriminator's own learning rate (None = lr)
+    instance_noise: float = 0.0       # std of Gaussian noise on D's inputs, annealed to 0
+    # checkpoint selection on the training split only: every select_every steps (0 = off: the last
+    # step is the model) select_samples volumes from fixed noise are scored by their mask-feature
+    # distance to the training tumours; the best-scoring generator is kept
+    select_every: int = 0
+    select_samples: int = 32
+
+
+@dataclass(frozen=True)
+class LDM3DConfig:
+    """3D-LDM: a 3D KL autoencoder on whole (image, mask) volumes, then an unconditional 3D
+    UNet (``ConditionedUNet3D`` used without condition) on its latent scaled by 1/std."""
+    ae: VolumeAEConfig = _section(lambda: VolumeAEConfig(channels=(64, 128, 256, 512), batch_size=2),
+                                  "ldm3d_ae", prefix="ae_",
+                                  rename={"flip_prob": "flip_prob", "disc_channels": "disc_channels",
+                                          "disc_layers": "disc_layers", "disc_weight": "disc_weight",
+                                          "disc_start": "disc_start"})
+    # authors' trained baseline; Table 1's 728M counts 128..1024
+    unet: UNetConfig = _section(UNetConfig, "ldm3d_unet", prefix="unet_")
+    diffusion: DiffusionConfig = _section(lambda: DiffusionConfig(batch_size=2), "ldm3d_unet", prefix="diffusion_")
+
+
+# -- how the training loops run -------------------------------------------------------------
+@dataclass(frozen=True)
+class PrecisionConfig:
+    """Every mixed-precision choice in one place."""
+    training: str = _reads("no", *_ALL)               # "no" | "bf16" | "fp16" (GPU only): every training stage
+    diffusion: str | None = _reads(None, "diffusion")  # SBLDM's latent UNet: None = training; "bf16" on CPU too
+    segmentation: str | None = _reads(None)           # fast backend: None/"no" fp32; "bf16" autocast (convolutions only)
+    adherence_bf16: bool = _reads(False)              # sample the adherence requests under bf16 autocast on CPU
+
+
+@dataclass(frozen=True)
+class TrainingLoopConfig:
     checkpoint_every: int = 1000
     log_every: int = 50
-    mixed_precision: str = _reads("no", 'vae', 'diffusion', 'ldm3d_ae', 'ldm3d_unet', 'lsgan3d')           # "no" | "bf16" | "fp16" (GPU only)
-    num_workers: int = 0
 
+
+@dataclass(frozen=True)
+class Config:
+    scale: str
+    seed: int = _reads(0, *_ALL)
+    data: DataConfig = _section(DataConfig, rename={"skip_unlabelled": "data_skip_unlabelled"})
+    vae: SliceVAEConfig = _section(SliceVAEConfig, "vae", prefix="vae_")
+    unet: UNetConfig = _section(UNetConfig, "diffusion", prefix="unet_")
+    condition: ConditionConfig = _section(ConditionConfig, "diffusion", prefix="condition_",
+                                          rename={"dropout": "unet_cond_dropout",
+                                                  "spatial_prior": "unet_spatial_prior"})
+    diffusion: SBLDMDiffusionConfig = _section(SBLDMDiffusionConfig, "diffusion", prefix="diffusion_")
+    schedule: ScheduleConfig = _section(ScheduleConfig, "diffusion", "ldm3d_unet")
+    sampling: SamplingConfig = _section(SamplingConfig)
+    evaluation: EvaluationConfig = _section(EvaluationConfig, prefix="eval_",
+                                            rename={"ablation_steps": "ablation_steps",
+                                                    "ablation_requests": "ablation_requests"})
+    segmentation: SegmentationConfig = _section(SegmentationConfig, prefix="seg_",
+                                                rename={"scarce_vae_check_steps": "scarce_vae_check_steps"})
+    lsgan: LSGANConfig = _section(LSGANConfig, "lsgan3d", prefix="lsgan_")
+    ldm3d: LDM3DConfig = _section(LDM3DConfig, prefix="ldm3d_")
+    precision: PrecisionConfig = _section(PrecisionConfig,
+                                          rename={"training": "mixed_precision",
+                                                  "diffusion": "diffusion_mixed_precision",
+                                                  "segmentation": "seg_mixed_precision",
+                                                  "adherence_bf16": "eval_adherence_bf16"})
+    training: TrainingLoopConfig = _section(TrainingLoopConfig)
+
+    def __getattr__(self, name: str):
+        # called only when ``name`` is not a section or a property: the flat name of a leaf
+        path = _FLAT.get(name)
+        if path is None:
+            raise AttributeError(f"{type(self).__name__!r} has no field {name!r}")
+        value = self
+        for part in path:
+            value = getattr(value, part)
+        return value
 
     @property
     def vae_downsampling(self) -> int:
-        return 2 ** (len(self.vae_channels) - 1)
+        return self.vae.downsampling
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
-        f = self.vae_downsampling
-        x, y, z = self.volume_shape
-        return (self.vae_latent_channels, x // f, y // f, z)
+        f = self.vae.downsampling
+        x, y, z = self.data.volume_shape
+        return (self.vae.latent_channels, x // f, y // f, z)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        return d
+        """``{"scale": ..., <flat name>: value}`` for every leaf."""
+        return {"scale": self.scale, **{name: getattr(self, name) for name in _FLAT}}
 
     def hash(self) -> str:
         """Short stable hash of every field: identifies the configuration in run records."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, default=list)
+        blob = json.dumps({**REMOVED_FIELDS, **self.to_dict()}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` (flat names) applied and checked, as ``resolve`` checks them."""
+        values = self.to_dict()
+        scale = values.pop("scale")
+        return _make(scale, {**values, **changes})
+
+
+@dataclass(frozen=True)
+class FlatField:
+    """One leaf of the config under its flat name: where it lives, who reads it."""
+    name: str
+    path: tuple[str, ...]
+    stages: tuple[str, ...]
+    extends: bool
+    default: Any
+    hint: Any
+
+
+def _walk(cls, path: tuple[str, ...], outer: str, prefix: str, stages: tuple[str, ...],
+          rename: dict[str, str], default_obj) -> list[FlatField]:
+    """The leaves of section ``cls`` at ``path``: named ``outer + prefix + leaf``, or
+    ``outer + rename[leaf]`` (``outer``: the prefixes of the sections around it)."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name == "scale":
+            continue
+        meta = f.metadata
+        value = getattr(default_obj, f.name)
+        if meta.get("section"):
+            out += _walk(hints[f.name], path + (f.name,), outer + prefix, meta["prefix"],
+                         stages + meta["stages"], meta["rename"], value)
+        else:
+            out.append(FlatField(name=outer + rename.get(f.name, prefix + f.name), path=path + (f.name,),
+                                 stages=meta["stages"] if "stages" in meta else stages,
+                                 extends=bool(meta.get("extends")), default=value, hint=hints[f.name]))
+    return out
+
+
+_FIELDS: tuple[FlatField, ...] = tuple(_walk(Config, (), "", "", (), {}, Config(scale="paper")))
+_FLAT: dict[str, tuple[str, ...]] = {f.name: f.path for f in _FIELDS}
+assert len(_FLAT) == len(_FIELDS), "two config leaves share a flat name"
+
+#: fields removed because nothing read them: hashed at the only value they ever had, so a
+#: configuration's hash (and every run record naming it) stays what it was
+REMOVED_FIELDS = {"num_workers": 0}
+
+
+def fields() -> tuple[FlatField, ...]:
+    """Every leaf of ``Config`` under its flat name, in section order."""
+    return _FIELDS
+
+
+def flat_name(path: tuple[str, ...] | str) -> str:
+    """The flat name of the leaf at ``path`` (``("ldm3d", "ae", "lr")`` -> ``ldm3d_ae_lr``)."""
+    path = tuple(path.split(".")) if isinstance(path, str) else tuple(path)
+    for f in _FIELDS:
+        if f.path == path:
+            return f.name
+    raise ValueError(f"no config leaf at {'.'.join(path)!r}")
+
+
+def _make(scale: str, values: dict[str, Any]) -> Config:
+    """A checked ``Config`` from flat ``values`` (lists become tuples)."""
+    nested: dict = {}
+    for name, value in values.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        *parents, leaf = _FLAT[name]
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+
+    def build(obj, changes: dict):
+        kwargs = {k: build(getattr(obj, k), v) if isinstance(v, dict) else v for k, v in changes.items()}
+        return dataclasses.replace(obj, **kwargs)
+
+    base = Config(scale=scale)
+    cfg = build(base, nested)
+    _validate(cfg)
+    return cfg
 
 
 def stage_fields(stage: str) -> tuple[str, ...]:
     """The config fields a training stage's checkpoint must agree on to be resumed: those
-    declared as read by the stage or by a stage upstream of it (``_reads`` metadata),
-    except the step counts (a larger count extends a run). Everything about sampling,
-    evaluation and segmentation is left out."""
+    declared as read by the stage or by a stage upstream of it (``_reads`` and ``_section``
+    metadata), except the step counts (a larger count extends a run). Everything about
+    sampling, evaluation and segmentation is left out."""
     if stage not in STAGES:
         raise ValueError(f"unknown training stage {stage!r}; stages: {', '.join(STAGES)}")
     wanted = {stage, *UPSTREAM[stage]}
-    return tuple(f.name for f in dataclasses.fields(Config)
-                 if wanted & set(f.metadata.get("stages", ())) and not f.metadata.get("extends"))
+    return tuple(f.name for f in _FIELDS if wanted & set(f.stages) and not f.extends)
 
 
 def stages_reading(name: str) -> tuple[str, ...]:
     """The training stages that declare ``name`` as one of their fields."""
-    fields = {f.name: f for f in dataclasses.fields(Config)}
-    if name not in fields:
-        raise ValueError(f"unknown config field {name!r}")
-    return tuple(fields[name].metadata.get("stages", ()))
+    for f in _FIELDS:
+        if f.name == name:
+            return f.stages
+    raise ValueError(f"unknown config field {name!r}")
 
 
 #: fields renamed since a run record or checkpoint may have been written: old -> new name
@@ -305,16 +507,16 @@ RENAMED_FIELDS = {"diffusion_tumor_weight": "diffusion_tumour_weight"}
 
 
 def current_names(saved: dict) -> dict:
-    """A saved config dict with fields renamed since (``RENAMED_FIELDS``) under their new names."""
-    return {RENAMED_FIELDS.get(k, k): v for k, v in saved.items()}
+    """A saved config dict with fields renamed since (``RENAMED_FIELDS``) under their new
+    names, and fields removed since (``REMOVED_FIELDS``) left out."""
+    return {RENAMED_FIELDS.get(k, k): v for k, v in saved.items() if k not in REMOVED_FIELDS}
 
 
 def resume_conflicts(stage: str, saved: dict, cfg: "Config") -> list[str]:
     """``field: saved -> now`` for every stage field where a checkpoint's saved config and
     ``cfg`` differ; a field the checkpoint predates counts as its default value."""
     saved = current_names(saved)
-    defaults = {f.name: f.default for f in dataclasses.fields(Config)
-                if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default for f in _FIELDS}
     now = cfg.to_dict()
     out = []
     for name in stage_fields(stage):
@@ -417,31 +619,22 @@ def resolve(scale: str, **overrides: Any) -> Config:
     """
     if scale not in _PRESETS:
         raise ValueError(f"unknown scale {scale!r}; valid scales: {', '.join(SCALES)}")
-    valid = {f.name for f in dataclasses.fields(Config)} - {"scale"}
+    valid = set(_FLAT)
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(
             f"unknown config parameter(s) {', '.join(map(repr, unknown))}; "
             f"valid parameters: {', '.join(sorted(valid))}"
         )
-    values = {**_PRESETS[scale], **overrides}
-    # JSON / papermill hand lists where the dataclass keeps tuples.
-    for k, v in values.items():
-        if isinstance(v, list):
-            values[k] = tuple(v)
-    cfg = Config(scale=scale, **values)
-    _validate(cfg)
-    return cfg
+    # JSON / papermill hand lists where the dataclass keeps tuples (``_make`` converts them).
+    return _make(scale, {**_PRESETS[scale], **overrides})
 
 
 def _check_types(cfg: Config) -> None:
     """Every field has the type its declaration says (ints stay ints, a float field takes
     an int), step counts and batch sizes are positive, learning rates too."""
-    import typing
-
-    hints = typing.get_type_hints(Config)
-    for f in dataclasses.fields(Config):
-        value, hint = getattr(cfg, f.name), hints[f.name]
+    for f in _FIELDS:
+        value, hint = getattr(cfg, f.name), f.hint
         args = typing.get_args(hint)
         optional = type(None) in args
         if value is None:
@@ -461,10 +654,6 @@ def _check_types(cfg: Config) -> None:
             raise ValueError(f"{f.name}={value!r} is not valid; expected {_type_name(hint)}")
         if base is float and not np_isfinite(value):
             raise ValueError(f"{f.name}={value!r} is not a finite number")
-    for f in dataclasses.fields(Config):
-        value = getattr(cfg, f.name)
-        if value is None:
-            continue
         if (f.name.endswith("_steps") or f.name.endswith("_batch_size")) and value < 1:
             raise ValueError(f"{f.name}={value!r} is not valid; expected a positive integer")
         if f.name.endswith("_lr") and not value > 0:

@@ -55,9 +55,9 @@ def test_tumour_weight_maps_mark_the_patch_and_its_dilated_rim():
 
 
 def test_a_unet_with_a_prior_ignores_it_where_the_condition_is_dropped():
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
-    unet = build_unet(tiny_cfg(unet_spatial_prior=True)).eval()
+    unet = latent_unet(tiny_cfg(unet_spatial_prior=True)).eval()
     randomise_output(unet)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 2, 8, 8, 8, generator=g)
@@ -70,7 +70,7 @@ def test_a_unet_with_a_prior_ignores_it_where_the_condition_is_dropped():
         unconditional = unet(x, 10, None)
     assert (with_prior - no_prior).abs().max() > 1e-4              # the prior reaches the output
     torch.testing.assert_close(dropped, unconditional)               # ... and is dropped with c
-    plain = build_unet(tiny_cfg())
+    plain = latent_unet(tiny_cfg())
     with pytest.raises(ValueError, match="no spatial prior"):
         plain(x, 10, c, prior=prior)
 
@@ -172,13 +172,13 @@ def prior_pipe(tmp_path_factory):
     from model_helpers import make_prepared
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
 
     cfg = tiny_cfg(unet_spatial_prior=True, condition_normalization="zscore")
     train = load_prepared(make_prepared(tmp_path_factory.mktemp("cohort")), "train")
     torch.manual_seed(0)
-    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
     randomise_output(vae)
     randomise_output(unet, std=0.3)
     inputs = cond.diffusion_inputs(cfg, train)

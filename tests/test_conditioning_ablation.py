@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
     cfg = tiny_cfg(**REGIONS, diffusion_steps=2, checkpoint_every=1)
     torch.manual_seed(0)
-    vae = build_vae(cfg).eval()
+    vae = build_vae(cfg.vae, cfg.tumour_labels).eval()
     latents = encode_dataset(vae, train.images, train.labels, progress=False)
     return cfg, train, test, vae, latents, root
 

@@ -11,26 +11,33 @@ from sbldm import config
 
 #: fields a training run reads that do not change its trajectory (bookkeeping, the
 #: sampler settings a saved model carries, the step counts that extend a run)
-BOOKKEEPING = {"scale", "checkpoint_every", "log_every", "num_workers", "sampler", "num_inference_steps", "eta",
+BOOKKEEPING = {"scale", "checkpoint_every", "log_every", "sampler", "num_inference_steps", "eta",
                "ldm3d_ae_min_dice"}     # a gate before the 3D-LDM's UNet: it stops a run, never changes one
-PROPERTIES = {"vae_downsampling": {"vae_channels"},
-              "latent_shape": {"vae_latent_channels", "vae_channels", "volume_shape"}}
+#: properties (of the config or of a section, by path) and the fields they read
+PROPERTIES = {("vae_downsampling",): {"vae_channels"}, ("vae", "downsampling"): {"vae_channels"},
+              ("latent_shape",): {"vae_latent_channels", "vae_channels", "volume_shape"}}
 
 
 class Recording:
-    """A Config stand-in that records every field read through it."""
+    """A Config (or section) stand-in that records, under its flat name, every field read
+    through it: ``cfg.vae_lr`` and ``cfg.vae.lr`` both record ``vae_lr``."""
 
-    def __init__(self, cfg):
-        object.__setattr__(self, "_cfg", cfg)
-        object.__setattr__(self, "read", set())
+    def __init__(self, obj, path=(), read=None):
+        object.__setattr__(self, "_obj", obj)
+        object.__setattr__(self, "_path", tuple(path))
+        object.__setattr__(self, "read", set() if read is None else read)
 
     def __getattr__(self, name):
-        value = getattr(self._cfg, name)
-        if name in PROPERTIES:
-            self.read.update(PROPERTIES[name])
+        value = getattr(self._obj, name)
+        path = self._path + (name,)
+        if path in PROPERTIES:
+            self.read.update(PROPERTIES[path])
+        elif dataclasses.is_dataclass(value):
+            return Recording(value, path, self.read)
         elif not callable(value):
-            self.read.add(name)
+            self.read.add(config.flat_name(path) if self._path else name)
         return value
+
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,7 @@ def prepared(tmp_path_factory):
 
 def _steps(stage):
     wanted = {stage, *config.UPSTREAM[stage]}
-    return {f.name for f in dataclasses.fields(config.Config)
-            if wanted & set(f.metadata.get("stages", ())) and f.metadata.get("extends")}
+    return {f.name for f in config.fields() if wanted & set(f.stages) and f.extends}
 
 
 def _check(stage, rec):
@@ -90,7 +96,7 @@ def test_the_baselines_read_only_what_they_declare(tmp_path):
     _check("ldm3d_unet", rec)     # the 3D-LDM's UNet stage includes its autoencoder upstream
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(config.Config) if f.name != "scale"])
+@pytest.mark.parametrize("name", [f.name for f in config.fields()])
 def test_changing_a_field_refuses_resume_in_exactly_the_stages_that_read_it(name):
     cfg = config.resolve("smoke")
     saved = cfg.to_dict()
@@ -99,8 +105,7 @@ def test_changing_a_field_refuses_resume_in_exactly_the_stages_that_read_it(name
     for stage in config.STAGES:
         reads = stage in config.stages_reading(name) or any(
             up in config.stages_reading(name) for up in config.UPSTREAM[stage])
-        extends = dataclasses.fields(config.Config)[[f.name for f in dataclasses.fields(config.Config)].index(name)
-                                                    ].metadata.get("extends", False)
+        extends = next(f.extends for f in config.fields() if f.name == name)
         conflicts = config.resume_conflicts(stage, changed, cfg)
         assert bool(conflicts) == (reads and not extends), (name, stage, conflicts)
 

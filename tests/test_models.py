@@ -16,16 +16,17 @@ def _vae(**kw):
     from sbldm.models.vae import build_vae
 
     torch.manual_seed(0)
-    m = build_vae(tiny_cfg(**kw))
+    cfg = tiny_cfg(**kw)
+    m = build_vae(cfg.vae, cfg.tumour_labels)
     randomise_output(m)
     return m.eval()
 
 
 def _unet(**kw):
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
     torch.manual_seed(0)
-    m = build_unet(tiny_cfg(**kw))
+    m = latent_unet(tiny_cfg(**kw))
     randomise_output(m)
     return m.eval()
 
@@ -80,7 +81,8 @@ def test_vae_loss_decreases_on_a_tiny_overfit_case():
     from sbldm.models.vae import build_vae, vae_loss
 
     torch.manual_seed(0)
-    vae = build_vae(tiny_cfg())
+    cfg = tiny_cfg()
+    vae = build_vae(cfg.vae, cfg.tumour_labels)
     x = torch.rand(4, 2, 16, 16) * 2 - 1
     pos = torch.linspace(0, 1, 4)
     opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
@@ -128,9 +130,9 @@ def test_unet_odd_sizes_are_padded_and_cropped():
 
 
 def test_unet_zero_initialised_output():
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
-    unet = build_unet(tiny_cfg())
+    unet = latent_unet(tiny_cfg())
     assert torch.count_nonzero(unet(torch.randn(1, 2, 8, 8, 8), 5, torch.rand(1, 9))) == 0
 
 
@@ -146,10 +148,10 @@ def test_unet_save_load_roundtrip(tmp_path):
 
 
 def test_unet_loss_decreases_on_a_tiny_overfit_case():
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
     torch.manual_seed(0)
-    unet = build_unet(tiny_cfg())
+    unet = latent_unet(tiny_cfg())
     g = torch.Generator().manual_seed(0)
     z, noise, c = torch.randn(2, 2, 8, 8, 8, generator=g), torch.randn(2, 2, 8, 8, 8, generator=g), torch.rand(2, 9)
     t = torch.tensor([100, 600])
@@ -171,21 +173,21 @@ def test_paper_parameter_counts():
     embedding MLPs and projections, 135.2M with them (additive fusion)."""
     from sbldm.config import resolve
     from sbldm.models._common import count_parameters as n
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
     from sbldm.paper import SBLDM_PARAMETERS as authors
 
-    vae = build_vae(resolve("paper", vae_slice_embedding=False))
+    vae = build_vae(resolve("paper", vae_slice_embedding=False).vae, "whole")
     assert abs(n(vae) - authors["vae"]) / authors["vae"] < 0.02
     assert vae.downsampling_factor == 8 and vae.config.latent_channels == 6
     del vae
-    unet = build_unet(resolve("paper", unet_cond_fusion="add"))
+    unet = latent_unet(resolve("paper", unet_cond_fusion="add"))
     total = n(unet)
     assert abs(total - authors["unet_with_embeddings"]) / authors["unet_with_embeddings"] < 0.01
     assert abs(total - unet.embedding_parameters() - authors["unet"]) / authors["unet"] < 0.01
     del unet
     # the paper's scale-shift fusion only doubles the per-block projections
-    unet = build_unet(resolve("paper"))
+    unet = latent_unet(resolve("paper"))
     assert authors["unet_with_embeddings"] < n(unet) < 140e6
 
 

@@ -172,7 +172,7 @@ def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):
 
     cfg = tiny_cfg(diffusion_steps=2, checkpoint_every=1)
     train = load_prepared(prepared, "train")
-    vae = build_vae(cfg).eval()
+    vae = build_vae(cfg.vae, cfg.tumour_labels).eval()
     latents = encode_dataset(vae, train.images, train.masks, case_ids=train.case_ids, progress=False)
     idx = sr.real_subsets(len(train), [2], seed=0)[2]
     pipe = sr.train_scarce_generator(cfg, vae, latents, train, idx, tmp_path / "n2", progress=False)

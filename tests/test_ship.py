@@ -17,7 +17,7 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
 
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
     from sbldm.report import ship
 
@@ -26,7 +26,7 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
     train = load_prepared(work / "data", "train")
     cfg = tiny_cfg()
     torch.manual_seed(0)
-    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
     randomise_output(vae)
     randomise_output(unet, std=0.3)
     pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
@@ -53,12 +53,12 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
 def test_the_shipped_small_pipeline_is_the_small_preset_and_samples():
     from sbldm.config import resolve
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
 
     folder = ROOT / "pretrained" / "small"
     cfg = resolve("small")
-    for name, built in (("unet", build_unet(cfg)), ("vae", build_vae(cfg))):
+    for name, built in (("unet", latent_unet(cfg)), ("vae", build_vae(cfg.vae, cfg.tumour_labels))):
         saved = json.loads((folder / name / "config.json").read_text())
         expected = {k: (list(v) if isinstance(v, tuple) else v) for k, v in built.config.items()
                     if not k.startswith("_") and k != "scaling_factor"}        # learnt from the latents, not preset

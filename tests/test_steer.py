@@ -10,14 +10,14 @@ from model_helpers import make_prepared, randomise_output, tiny_cfg
 def steer(tmp_path_factory):
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
     from sbldm.report.steer import TumourSteering
 
     train = load_prepared(make_prepared(tmp_path_factory.mktemp("cohort")), "train")
     cfg = tiny_cfg()
     torch.manual_seed(0)
-    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
     randomise_output(vae)
     randomise_output(unet, std=0.3)
     pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features,

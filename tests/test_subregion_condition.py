@@ -24,7 +24,7 @@ def trained(tmp_path_factory):
     train = load_prepared(make_prepared(root), "train")
     cfg = tiny_cfg(**REGIONS, condition_subregions=True, diffusion_steps=2, checkpoint_every=1)
     torch.manual_seed(0)
-    vae = build_vae(cfg).eval()
+    vae = build_vae(cfg.vae, cfg.tumour_labels).eval()
     latents = encode_dataset(vae, train.images, train.labels, progress=False)
     return train_pipeline(cfg, vae, latents, train, root / "diffusion", progress=False), train
 
@@ -52,7 +52,7 @@ def test_requests_no_tumour_could_have_are_refused():
 
 
 def test_the_unet_learns_from_eleven_values_with_the_shares_z_scored(tmp_path):
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
     train = load_prepared(make_prepared(tmp_path), "train")
     cfg = tiny_cfg(**REGIONS, condition_subregions=True)
@@ -61,7 +61,7 @@ def test_the_unet_learns_from_eleven_values_with_the_shares_z_scored(tmp_path):
     assert inputs["conditions"].shape == (len(train), 11)
     np.testing.assert_allclose(inputs["conditions"][:, 9:], (shares - shares.mean(0)) / np.maximum(shares.std(0), 1e-3),
                                rtol=1e-5)
-    assert build_unet(cfg).config.cond_dim == 11 and build_unet(tiny_cfg(**REGIONS)).config.cond_dim == 9
+    assert latent_unet(cfg).config.cond_dim == 11 and latent_unet(tiny_cfg(**REGIONS)).config.cond_dim == 9
     assert unet_inputs.diffusion_inputs(tiny_cfg(**REGIONS), train)["subregions"] is None
 
 
@@ -104,11 +104,11 @@ def test_the_pipeline_takes_draws_and_keeps_the_shares(trained, tmp_path):
 
 def test_a_pipeline_without_the_condition_refuses_the_shares(trained):
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
     pipe, train = trained
     cfg = tiny_cfg(**REGIONS)
-    plain = SBLDMPipeline.from_components(cfg, pipe.vae, build_unet(cfg), normalizer=train.normalizer,
+    plain = SBLDMPipeline.from_components(cfg, pipe.vae, latent_unet(cfg), normalizer=train.normalizer,
                                           train_features=train.features)
     assert plain.conditioner.subregions is None
     with pytest.raises(ValueError, match="trained without the sub-region condition"):

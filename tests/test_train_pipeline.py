@@ -165,13 +165,13 @@ def test_kill_and_resume_through_the_cli(prepared, tmp_path):
 @pytest.fixture
 def pipe(prepared):
     from sbldm.data.cohort import load_prepared
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
     from sbldm.diffusion.pipeline import SBLDMPipeline
 
     cfg = tiny_cfg()
     torch.manual_seed(0)
-    vae, unet = build_vae(cfg).eval(), build_unet(cfg).eval()
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
     randomise_output(vae)
     randomise_output(unet, std=0.3)
     with torch.no_grad():
@@ -220,14 +220,14 @@ def test_samples_carry_the_training_grid_geometry_into_nifti(tmp_path):
 
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
 
     affine = np.array([[-1.2, 0, 0, 90.0], [0, -1.2, 0, 110.0], [0, 0, 2.5, -60.0], [0, 0, 0, 1]])
     train = load_prepared(make_prepared(tmp_path / "cohort", affine=affine), "train")
     np.testing.assert_allclose(train.grid_affine, affine)      # same shape, so the grid is the source's
     cfg = tiny_cfg()
-    pipe = SBLDMPipeline.from_components(cfg, build_vae(cfg).eval(), build_unet(cfg).eval(),
+    pipe = SBLDMPipeline.from_components(cfg, build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval(),
                                          normalizer=train.normalizer, train_features=train.features,
                                          affine=train.grid_affine)
     pipe.save_pretrained(tmp_path / "pipe")
@@ -428,13 +428,13 @@ def test_min_snr_weights_match_diffusers_compute_snr(kind):
 def test_sampler_follows_the_prediction_type(prepared, kind, monkeypatch):
     """An oracle denoiser of a one-point data set, written in either parameterisation, leads
     DDIM (eta 0) to that point; the same oracle read with the other parameterisation does not."""
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
     from sbldm.diffusion.pipeline import SBLDMPipeline
 
     def build(k):
         cfg = tiny_cfg(diffusion_prediction_type=k)
-        return SBLDMPipeline.from_components(cfg, build_vae(cfg).eval(), build_unet(cfg).eval(), latent_std=1.0)
+        return SBLDMPipeline.from_components(cfg, build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval(), latent_std=1.0)
 
     pipe = build(kind)
     ac = pipe.scheduler.alphas_cumprod

@@ -162,11 +162,12 @@ class SBLDMPipeline(DiffusionPipeline):
     def from_scale(cls, scale: str, **overrides) -> "SBLDMPipeline":
         """An untrained pipeline of a preset (``overrides`` are config fields)."""
         from sbldm.config import resolve
-        from sbldm.models.unet3d import build_unet
+        from sbldm.models.unet3d import latent_unet
         from sbldm.models.vae import build_vae
 
         cfg = resolve(scale, **overrides)
-        return cls.from_components(cfg, build_vae(cfg), build_unet(cfg), normalizer=untrained_normalizer(cfg))
+        return cls.from_components(cfg, build_vae(cfg.vae, cfg.tumour_labels), latent_unet(cfg),
+                                   normalizer=untrained_normalizer(cfg))
 
     # -- persistence: diffusers' own (model_index.json and one folder per component) -----
 

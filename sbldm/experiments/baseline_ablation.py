@@ -21,7 +21,6 @@ Every row trains in its own resumable run folder, ``work/<run>/baseline_ablation
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def autoencoder_rows(cfg, train, work_dir, rows: dict = AUTOENCODER_ROWS, n_chec
     images, labels = check_training_data(train, cfg.tumour_labels)
     out = []
     for name, fields in rows.items():
-        row_cfg = dataclasses.replace(cfg, **fields)
+        row_cfg = cfg.replace(**fields)
         run_dir = Path(work_dir) / "autoencoder" / slug(name)
         ae = train_autoencoder(row_cfg, (images, labels), run_dir, control=RunControl(progress=progress))
         check = reconstruction_check(ae, images, labels, n=n_check, batch_size=row_cfg.ldm3d_ae_batch_size)
@@ -91,7 +90,7 @@ def lsgan_rows(cfg, train, work_dir, rows: dict = LSGAN_ROWS, select_every: int 
 
     out = []
     for name, fields in rows.items():
-        row_cfg = dataclasses.replace(cfg, lsgan_select_every=select_every, **fields)
+        row_cfg = cfg.replace(lsgan_select_every=select_every, **fields)
         run_dir = Path(work_dir) / "lsgan" / slug(name)
         gan = train_lsgan3d(row_cfg, train, run_dir, progress=progress)
         scores = [json.loads(line) for line in (run_dir / SELECTION_LOG).read_text().splitlines() if line.strip()]
@@ -163,7 +162,7 @@ def main(argv=None) -> None:
     work, tables = REPO_ROOT / "work" / run, REPO_ROOT / "results" / run / "tables"
     train = load_prepared(work / "data", "train")          # the prepared cohort of notebook 00
     budgets = {k: v for k, v in (("ldm3d_ae_steps", args.ae_steps), ("lsgan_steps", args.lsgan_steps)) if v}
-    cfg = dataclasses.replace(cfg, **budgets)
+    cfg = cfg.replace(**budgets)
     notes = [f"scale `{cfg.scale}`, seed {cfg.seed}, {len(train.images)} training volumes; training split only "
              "(the test split is never used to choose a setting or a checkpoint)"]
     if args.only in (None, "autoencoder"):

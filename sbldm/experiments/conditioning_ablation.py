@@ -29,7 +29,6 @@ the table.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -124,7 +123,7 @@ def run(cfg: Config, train, test, vae, latents, work_dir, rows: dict | None = No
             log(f"ablation row {name!r} left out: the sub-region condition needs label maps (tumour_labels='regions')")
             continue
         row_steps = int(steps * fields.pop("steps_factor", 1))
-        row_cfg = dataclasses.replace(cfg, diffusion_steps=row_steps, **{**PAPER_ROUTE, **fields})
+        row_cfg = cfg.replace(diffusion_steps=row_steps, **{**PAPER_ROUTE, **fields})
         folder = Path(work_dir) / slug(name, strip=True, lower=True, max_len=60)
         log(f"ablation row {name!r}: training {row_steps} steps -> {folder}")
         pipe = train_pipeline(row_cfg, vae, latents, train, folder, progress=progress)

@@ -25,7 +25,6 @@ synthetic volumes (``sbldm.segmentation.table2``'s rows, same seeds, same test).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -135,7 +134,7 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
     from sbldm.evaluation.reconstruction import reconstruction_rows
     from sbldm.training.trainer import train_vae
 
-    vcfg = dataclasses.replace(cfg, vae_steps=cfg.scarce_vae_check_steps)
+    vcfg = cfg.replace(vae_steps=cfg.scarce_vae_check_steps)
     idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
     rows = []
     for split in (subset_split(train, idx), train):

@@ -21,7 +21,6 @@ label, and the share of volumes with necrosis whose reconstruction decodes any.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,7 @@ def rows(cfg, train, work_dir, n_check: int = 20, progress: bool = True) -> list
     images, labels = np.asarray(train.images)[:n_check], np.asarray(train.labels)[:n_check]
     out = []
     for name, fields in ROWS.items():
-        row_cfg = dataclasses.replace(cfg, **fields)
+        row_cfg = cfg.replace(**fields)
         run_dir = Path(work_dir) / slug(name)
         vae = train_vae(row_cfg, train, run_dir, progress=progress)
         _, _, rec = reconstruct_volumes(vae.float().cpu(), images, labels)
@@ -89,7 +88,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"scale {args.scale!r} carries the whole tumour only (tumour_labels={cfg.tumour_labels!r}): "
                          "there is no necrosis to decode")
     if args.steps:
-        cfg = dataclasses.replace(cfg, vae_steps=args.steps)
+        cfg = cfg.replace(vae_steps=args.steps)
     run = run_name(args.scale)
     work, tables = REPO_ROOT / "work" / run, REPO_ROOT / "results" / run / "tables"
     train = load_prepared(work / "data", "train")          # the prepared cohort of notebook 00

@@ -193,22 +193,23 @@ def autoencoder_loss_words(cfg) -> str:
 # -- the generator ---------------------------------------------------------------------------
 
 def build_networks(cfg):
-    """(autoencoder, unet, discriminator or None) of a config's ``ldm3d_*`` fields."""
+    """(autoencoder, unet, discriminator or None) of a config's ``ldm3d`` section."""
     from sbldm.data.cohort import TUMOUR_CHANNELS
     from sbldm.models.unet3d import build_unet
 
     channels = 1 + len(TUMOUR_CHANNELS[cfg.tumour_labels])
-    f = cfg.ldm3d_ae_downsampling
+    sec = cfg.ldm3d.ae
+    f = sec.downsampling
     if any(int(s) % f for s in cfg.volume_shape):
         raise ValueError(f"volume_shape {tuple(cfg.volume_shape)} must be divisible by ldm3d_ae_downsampling={f}")
-    ae = AutoencoderKL3D(in_channels=channels, out_channels=channels, block_out_channels=tuple(cfg.ldm3d_ae_channels), downsampling=f,
-                         layers_per_block=cfg.ldm3d_ae_layers_per_block, latent_channels=cfg.ldm3d_ae_latent_channels,
-                         norm_num_groups=cfg.ldm3d_ae_norm_groups)
-    unet = build_unet(cfg, "ldm3d_unet", in_channels=cfg.ldm3d_ae_latent_channels, prior_channels=0)
+    ae = AutoencoderKL3D(in_channels=channels, out_channels=channels, block_out_channels=tuple(sec.channels),
+                         downsampling=f, layers_per_block=sec.layers_per_block, latent_channels=sec.latent_channels,
+                         norm_num_groups=sec.norm_groups)
+    unet = build_unet(cfg.ldm3d.unet, in_channels=sec.latent_channels)
     disc = None
-    if cfg.ldm3d_ae_discriminator:
-        check_discriminator_fits(cfg.volume_shape, cfg.ldm3d_disc_layers, "ldm3d_disc_layers")
-        disc = Discriminator3D(in_channels=channels, channels=cfg.ldm3d_disc_channels, layers=cfg.ldm3d_disc_layers)
+    if sec.discriminator:
+        check_discriminator_fits(cfg.volume_shape, sec.disc_layers, "ldm3d_disc_layers")
+        disc = Discriminator3D(in_channels=channels, channels=sec.disc_channels, layers=sec.disc_layers)
     return ae, unet, disc
 
 

@@ -27,17 +27,17 @@ def sbldm_parameter_rows(scales: Sequence[str] = ("paper",), **overrides) -> lis
     the authors' count for ``paper`` (``paper.SBLDM_PARAMETERS``; builds untrained models on
     the CPU, no forward pass)."""
     from sbldm.config import resolve
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
 
     rows = []
     for scale in dict.fromkeys(scales):
         cfg = resolve(scale, **overrides)
-        vae = build_vae(cfg)
+        vae = build_vae(cfg.vae, cfg.tumour_labels)
         n_vae = count_parameters(vae)
         n_pos = count_parameters(vae, where=lambda name: "pos_embedding" in name or "time_emb_proj" in name)
         del vae
-        unet = build_unet(cfg)
+        unet = latent_unet(cfg)
         n_unet = count_parameters(unet)
         n_emb = unet.embedding_parameters()
         del unet

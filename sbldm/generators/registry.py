@@ -59,11 +59,11 @@ class SBLDMGenerator:
 
     @classmethod
     def from_config(cls, cfg) -> "SBLDMGenerator":
-        from sbldm.models.unet3d import build_unet
+        from sbldm.models.unet3d import latent_unet
         from sbldm.models.vae import build_vae
         from sbldm.diffusion.pipeline import SBLDMPipeline
 
-        pipe = SBLDMPipeline.from_components(cfg, build_vae(cfg), build_unet(cfg))
+        pipe = SBLDMPipeline.from_components(cfg, build_vae(cfg.vae, cfg.tumour_labels), latent_unet(cfg))
         return cls(pipe, cfg.sampler, cfg.num_inference_steps, cfg.eta, cfg.guidance_scale)
 
     @property

@@ -36,7 +36,7 @@ each axis before the network and cropped after.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,9 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 
 from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin, count_parameters
+
+if TYPE_CHECKING:
+    from sbldm.config import Config, UNetConfig
 
 
 class ResnetBlock3D(nn.Module):
@@ -248,28 +251,30 @@ class ConditionedUNet3D(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, Config
         return h
 
 
-def build_unet(cfg, prefix: str = "unet", in_channels: int | None = None,
-               prior_channels: int | None = None) -> ConditionedUNet3D:
-    """The 3D UNet of a ``sbldm.config.Config``'s ``<prefix>_*`` fields (``channels``,
-    ``layers_per_block``, ``norm_groups``, ``cond_hidden_dim``, ``time_proj_dim``,
-    ``embed_dim``, ``cond_fusion``, ``mid_layers``; SBLDM's condition takes the 2 sub-region
-    shares after the 9 features when ``cfg.condition_subregions``): ``"unet"`` is SBLDM's latent UNet,
-    ``"ldm3d_unet"`` the 3D-LDM's. ``in_channels`` defaults to the slice VAE's latent
-    channels and ``prior_channels`` to one spatial-prior channel when
-    ``cfg.unet_spatial_prior`` (SBLDM's latent UNet); other UNets pass both."""
-    def field(name):
-        return getattr(cfg, f"{prefix}_{name}")
-
+def build_unet(unet: "UNetConfig", *, in_channels: int, prior_channels: int = 0,
+               cond_dim: int = 9) -> ConditionedUNet3D:
+    """The 3D UNet of a ``sbldm.config.UNetConfig`` section (SBLDM's ``cfg.unet``, the
+    3D-LDM's ``cfg.ldm3d.unet``) taking ``in_channels`` latent channels plus
+    ``prior_channels`` spatial-prior channels, conditioned on a ``cond_dim``-vector."""
     return ConditionedUNet3D(
-        in_channels=cfg.vae_latent_channels if in_channels is None else in_channels,
-        block_out_channels=tuple(field("channels")),
-        layers_per_block=field("layers_per_block"),
-        norm_num_groups=field("norm_groups"),
-        cond_hidden_dim=field("cond_hidden_dim"),
-        time_proj_dim=field("time_proj_dim"),
-        embed_dim=field("embed_dim"),
-        cond_fusion=field("cond_fusion"),
-        mid_layers=field("mid_layers"),
-        prior_channels=(1 if cfg.unet_spatial_prior else 0) if prior_channels is None else prior_channels,
-        cond_dim=9 + (2 if prefix == "unet" and getattr(cfg, "condition_subregions", False) else 0),
+        in_channels=in_channels,
+        block_out_channels=tuple(unet.channels),
+        layers_per_block=unet.layers_per_block,
+        norm_num_groups=unet.norm_groups,
+        cond_hidden_dim=unet.cond_hidden_dim,
+        time_proj_dim=unet.time_proj_dim,
+        embed_dim=unet.embed_dim,
+        cond_fusion=unet.cond_fusion,
+        mid_layers=unet.mid_layers,
+        prior_channels=prior_channels,
+        cond_dim=cond_dim,
     )
+
+
+def latent_unet(cfg: "Config") -> ConditionedUNet3D:
+    """SBLDM's latent UNet: ``cfg.unet`` over the slice VAE's latent channels, one
+    spatial-prior channel when ``cfg.condition.spatial_prior``, and the 9 tumour features
+    (+ the 2 sub-region shares when ``cfg.condition.subregions``)."""
+    return build_unet(cfg.unet, in_channels=cfg.vae.latent_channels,
+                      prior_channels=1 if cfg.condition.spatial_prior else 0,
+                      cond_dim=9 + (2 if cfg.condition.subregions else 0))

@@ -36,7 +36,7 @@ weights (the authors' configuration).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,9 @@ from diffusers.models.upsampling import Upsample2D
 
 from sbldm.data.cohort import TUMOUR_CHANNELS, tumour_labels_of
 from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin
+
+if TYPE_CHECKING:
+    from sbldm.config import SliceVAEConfig
 
 
 def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
@@ -222,18 +225,19 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
         return self.decode(z, slice_pos), posterior
 
 
-def build_vae(cfg) -> SliceVAE:
-    """The slice VAE described by a ``sbldm.config.Config``."""
-    channels = 1 + len(TUMOUR_CHANNELS[cfg.tumour_labels])
+def build_vae(vae: "SliceVAEConfig", tumour_labels: str) -> SliceVAE:
+    """The slice VAE of a ``sbldm.config.SliceVAEConfig`` section (``cfg.vae``) for an
+    image channel and the tumour channels of ``tumour_labels`` (``cfg.tumour_labels``)."""
+    channels = 1 + len(TUMOUR_CHANNELS[tumour_labels])
     return SliceVAE(
         in_channels=channels,
         out_channels=channels,
-        block_out_channels=tuple(cfg.vae_channels),
-        latent_channels=cfg.vae_latent_channels,
-        layers_per_block=cfg.vae_layers_per_block,
-        norm_num_groups=cfg.vae_norm_groups,
-        slice_embedding=cfg.vae_slice_embedding,
-        slice_embedding_dim=cfg.vae_slice_embedding_dim,
+        block_out_channels=tuple(vae.channels),
+        latent_channels=vae.latent_channels,
+        layers_per_block=vae.layers_per_block,
+        norm_num_groups=vae.norm_groups,
+        slice_embedding=vae.slice_embedding,
+        slice_embedding_dim=vae.slice_embedding_dim,
     )
 
 

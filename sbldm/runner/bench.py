@@ -90,7 +90,7 @@ def _train_step_setup(component: str, cfg, device: str):
     """(model, step function) for one training step of ``component`` at ``cfg``'s sizes."""
     import torch
 
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import build_unet, latent_unet
     from sbldm.models.vae import build_vae, relative_positions, vae_loss
 
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -107,19 +107,19 @@ def _train_step_setup(component: str, cfg, device: str):
         return loss
 
     if component == "slice_vae":
-        model = build_vae(cfg).to(device)
+        model = build_vae(cfg.vae, cfg.tumour_labels).to(device)
         x = (torch.rand((cfg.vae_batch_size, model.config.in_channels, x_, y_), generator=g) * 2 - 1).to(device)
         pos = relative_positions(z_)[:cfg.vae_batch_size].to(device)
         loss = lambda: vae_loss(model, x, pos, kl_weight=cfg.vae_kl_weight,  # noqa: E731
                                 mask_weight=cfg.vae_mask_weight)["loss"]
         unit = f"batch of {cfg.vae_batch_size} slices {x_}x{y_}"
     elif component == "sbldm_unet":
-        model = build_unet(cfg).to(device)
+        model = latent_unet(cfg).to(device)
         b = cfg.diffusion_batch_size
         loss = noise_step(model, (b, cfg.vae_latent_channels, x_ // f, y_ // f, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} latents {cfg.vae_latent_channels}x{x_ // f}x{y_ // f}x{z_}"
     elif component == "pixel_ddpm_unet":
-        model = build_unet(cfg, in_channels=2, prior_channels=0).to(device)     # the SBLDM UNet's widths
+        model = build_unet(cfg.unet, in_channels=2).to(device)     # the SBLDM UNet's widths
         b = cfg.diffusion_batch_size
         loss = noise_step(model, (b, 2, x_, y_, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"

@@ -23,18 +23,19 @@ from typing import Sequence
 
 import numpy as np
 
-from sbldm.config import Config
+from sbldm.config import Config, SegmentationConfig
 
 
 #: output classes of the two segmentation tasks: the whole tumour, or sbldm's label maps
 CLASSES = {"whole": 2, "regions": 4}
 
 
-def build_unet(cfg: Config, classes: int = 2):
-    """A MONAI 3D U-Net: 1 input channel (FLAIR), ``classes`` outputs, widths ``seg_channels``."""
+def build_unet(seg: SegmentationConfig, classes: int = 2):
+    """A MONAI 3D U-Net: 1 input channel (FLAIR), ``classes`` outputs, widths
+    ``seg.channels`` (``cfg.segmentation``)."""
     from monai.networks.nets import UNet
 
-    ch = tuple(cfg.seg_channels)
+    ch = tuple(seg.channels)
     return UNet(spatial_dims=3, in_channels=1, out_channels=int(classes), channels=ch,
                 strides=(2,) * (len(ch) - 1), num_res_units=1, norm="instance")
 
@@ -132,7 +133,7 @@ class Segmenter:
         blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = from_dict(blob["config"])
         classes = int(blob.get("classes", 2))
-        model = build_unet(cfg, classes)
+        model = build_unet(cfg.segmentation, classes)
         model.load_state_dict(blob["state_dict"])
         return cls(model, cfg, blob["losses"], blob.get("curve", []), classes)
 
@@ -188,7 +189,7 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
     torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_unet(cfg, classes)
+    model = build_unet(cfg.segmentation, classes)
     if init is not None:
         if init.classes != classes or tuple(init.cfg.seg_channels) != tuple(cfg.seg_channels):
             raise ValueError(f"cannot start from a segmenter of {init.classes} classes and widths "

@@ -622,9 +622,8 @@ def nnunet_check(sets: dict, test, cfg: Config, work: Path, seed: int = 0, rows=
                  progress=print) -> list[dict]:
     """The rows ``rows`` trained once more with the nnU-Net backend (one seed): does the fast
     backend's conclusion hold under the paper's segmenter?"""
-    import dataclasses
 
-    ncfg = dataclasses.replace(cfg, seg_backend="nnunet")
+    ncfg = cfg.replace(seg_backend="nnunet")
     chosen = {r: sets[r] for r in rows}
     cases = run_rows(chosen, test, ncfg, work / "nnunet_check", seeds=(seed,), progress=progress)
     return summarise(cases)

@@ -413,7 +413,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
     if len(ds) == 0:
         raise ValueError("the slice dataset is empty")
     accelerator = make_accelerator(cfg, device)
-    model = build_vae(cfg)
+    model = build_vae(cfg.vae, cfg.tumour_labels)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
     dev = accelerator.device
 
@@ -521,7 +521,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
 
     from sbldm.diffusion.latents import Latents
     from sbldm.diffusion.schedule import make_scheduler
-    from sbldm.models.unet3d import build_unet
+    from sbldm.models.unet3d import latent_unet
 
     cpu_setup()
     seed_everything(cfg.seed)
@@ -554,7 +554,7 @@ def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str |
     cond = torch.from_numpy(conditions)
     scheduler = make_scheduler(cfg)
     accelerator = make_accelerator(cfg, device)
-    model = build_unet(cfg)
+    model = latent_unet(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.diffusion_lr, weight_decay=cfg.diffusion_weight_decay)
     dev = accelerator.device
     alphas = scheduler.alphas_cumprod
