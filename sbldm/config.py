@@ -84,6 +84,16 @@ def _steps(default):
     return field(default=default, metadata={"extends": True})
 
 
+def _added(default, *stages: str):
+    """A leaf added after presets' hashes were first recorded: it enters ``Config.hash``
+    only when set away from ``default``, so every configuration that predates it keeps its
+    hash (and the run records and checkpoints naming it stay valid)."""
+    meta = {"added": True}
+    if stages:
+        meta["stages"] = _check_stages(stages)
+    return field(default=default, metadata=meta)
+
+
 def _section(factory, *stages: str, prefix: str = "", rename: dict[str, str] | None = None):
     """A section of the config: its leaves are read by the training ``stages`` (unless a
     leaf declares its own), and are named ``prefix + leaf`` in the flat view, or
@@ -216,7 +226,8 @@ class SamplingConfig:
     sampler: str = "ddim"             # "ddpm" (1000 steps) | "ddim"
     num_inference_steps: int = 50
     eta: float = 0.0                  # true DDIM; the authors' code was stuck at 1
-    guidance_scale: float = 1.0       # 1.0 = no classifier-free guidance
+    guidance_scale: float = 1.0       # 1.0 = no classifier-free guidance (also notebook 07's requests)
+    steer_steps: int = _added(20)     # DDIM steps of each generation in the steering panel (notebook 08)
 
 
 @dataclass(frozen=True)
@@ -231,6 +242,14 @@ class EvaluationConfig:
     n_diversity: int = 20             # volumes in the pairwise MS-SSIM
     ablation_steps: int = 500         # latent-UNet steps of every row of the conditioning ablation (notebook 07)
     ablation_requests: int = 50       # requested tumours per ablation row
+    # local MedicalNet weights (.pth) for the Fréchet distance (notebook 04); None -> a
+    # project-trained network; and the depth of that MedicalNet ResNet
+    medicalnet_path: str | None = _added(None)
+    medicalnet_depth: int = _added(10)
+    figure_volumes: int = _added(4)   # volumes per row in Figure 2 (notebook 05)
+    appearance_examples: int = _added(4)   # tumours shown per set (notebook 09)
+    probe_volumes: int = _added(12)   # training volumes noised and denoised in notebook 09's probe
+    probe_strengths: tuple[float, ...] = _added((0.1, 0.3, 0.5, 0.7, 1.0))   # how far into the schedule
 
 
 # -- segmentation study (Table 2) ---------------------------------------------------------
@@ -395,8 +414,11 @@ class Config:
         return {"scale": self.scale, **{name: getattr(self, name) for name in _FLAT}}
 
     def hash(self) -> str:
-        """Short stable hash of every field: identifies the configuration in run records."""
-        blob = json.dumps({**REMOVED_FIELDS, **self.to_dict()}, sort_keys=True, default=list)
+        """Short stable hash of every field: identifies the configuration in run records.
+        Fields added later (``_added``) count only when set away from their default; fields
+        removed (``REMOVED_FIELDS``) count at the value they always had."""
+        values = {k: v for k, v in self.to_dict().items() if k not in _ADDED_AT_DEFAULT or v != _ADDED_AT_DEFAULT[k]}
+        blob = json.dumps({**REMOVED_FIELDS, **values}, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> "Config":
@@ -415,6 +437,7 @@ class FlatField:
     extends: bool
     default: Any
     hint: Any
+    added: bool = False
 
 
 def _walk(cls, path: tuple[str, ...], outer: str, prefix: str, stages: tuple[str, ...],
@@ -434,12 +457,14 @@ def _walk(cls, path: tuple[str, ...], outer: str, prefix: str, stages: tuple[str
         else:
             out.append(FlatField(name=outer + rename.get(f.name, prefix + f.name), path=path + (f.name,),
                                  stages=meta["stages"] if "stages" in meta else stages,
-                                 extends=bool(meta.get("extends")), default=value, hint=hints[f.name]))
+                                 extends=bool(meta.get("extends")), default=value, hint=hints[f.name],
+                                 added=bool(meta.get("added"))))
     return out
 
 
 _FIELDS: tuple[FlatField, ...] = tuple(_walk(Config, (), "", "", (), {}, Config(scale="paper")))
 _FLAT: dict[str, tuple[str, ...]] = {f.name: f.path for f in _FIELDS}
+_ADDED_AT_DEFAULT = {f.name: f.default for f in _FIELDS if f.added}
 assert len(_FLAT) == len(_FIELDS), "two config leaves share a flat name"
 
 #: fields removed because nothing read them: hashed at the only value they ever had, so a

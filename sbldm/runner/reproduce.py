@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sbldm.config import SCALES, resolve
+from sbldm.config import fields as config_fields
 from sbldm.io import atomic_write_bytes, atomic_write_json
 from sbldm.paths import REPO_ROOT
 from sbldm.provenance import device_name, git_commit, library_versions
@@ -35,6 +36,18 @@ RESULTS = REPO_ROOT / "results"
 
 class RunnerError(RuntimeError):
     pass
+
+
+#: what a notebook's ``parameters`` cell may declare: what names the run (``scale``, ``seed``,
+#: ``overrides``, ``data``, ``pipeline``: ``sbldm.runs.run_name``) or leaves every number as it
+#: is (where files go, the device, resuming). Anything that changes a result is a config field,
+#: set through ``overrides``, so that it names the run's folder and can never write into another's.
+RUN_PARAMETERS = ("scale", "seed", "results_root", "work_root", "overrides", "data", "device", "pipeline", "resume")
+#: notebook parameters that became config fields: old name -> the field to set in ``overrides``
+RETIRED_PARAMETERS = {"guidance_scale": "guidance_scale", "steps": "steer_steps", "n_volumes": "eval_figure_volumes",
+                      "medicalnet_path": "eval_medicalnet_path", "medicalnet_depth": "eval_medicalnet_depth",
+                      "n_examples": "eval_appearance_examples", "n_probe": "eval_probe_volumes",
+                      "probe_strengths": "eval_probe_strengths"}
 
 
 def notebook_paths(notebooks_dir: Path = NOTEBOOKS) -> list[Path]:
@@ -118,7 +131,22 @@ def plan(scale: str, params: dict[str, Any], only: list[str] | None = None,
         raise RunnerError(f"no numbered notebooks in {notebooks_dir}")
     paths = select(all_paths, only)
     declared = {p: declared_parameters(p) for p in all_paths}
+    local = {p.name: sorted(set(d) - set(RUN_PARAMETERS)) for p, d in declared.items() if set(d) - set(RUN_PARAMETERS)}
+    if local:
+        raise RunnerError(f"notebook parameters that are neither run parameters nor config fields: {local}; "
+                          "a parameter that changes a result must be a config field (sbldm.config), so that it "
+                          "names the run's folder")
     known = set().union(*declared.values())
+    fields = {f.name for f in config_fields()}
+    as_fields = {k: RETIRED_PARAMETERS.get(k, k) for k in params
+                 if k not in known and (k in fields or k in RETIRED_PARAMETERS)}
+    if as_fields:
+        moved = {f: params[k] for k, f in as_fields.items()}
+        named = "; ".join(f"{k!r} is the config field {f!r}" if k == f else f"{k!r} is now the config field {f!r}"
+                          for k, f in as_fields.items())
+        raise RunnerError(f"{named}: set it through overrides, -p overrides='{json.dumps(moved)}', so that the run "
+                          f"gets a folder of its own (results/{run_name(scale, params.get('seed', 0), moved)}/) "
+                          "instead of writing over another run's results")
     unknown = sorted(set(params) - known)
     if unknown:
         raise RunnerError(f"unknown parameter(s) {', '.join(map(repr, unknown))}; the notebooks "
