@@ -134,12 +134,14 @@ def test_package_tests_and_notebooks_pass_the_linter():
 
 
 def test_the_readme_layout_table_matches_the_tree():
-    """Every subpackage of ``sbldm/`` has a row in the README's layout table, and each row
-    lists exactly the public modules the folder holds (a module added, renamed or removed
-    without the table following fails here); the shared top-level modules are named too."""
+    """Every subpackage of ``sbldm/`` has a row in the layout table (``docs/layout.md``, which
+    the README links), and each row lists exactly the public modules the folder holds (a
+    module added, renamed or removed without the table following fails here); the shared
+    top-level modules are named too."""
     import re
 
-    layout = (ROOT / "README.md").read_text().split("\n## Layout")[1].split("\n## ")[0]
+    assert "(docs/layout.md)" in (ROOT / "README.md").read_text(), "the README must link the layout table"
+    layout = (ROOT / "docs" / "layout.md").read_text()
     rows = {}
     for line in layout.splitlines():
         m = re.match(r"\| `sbldm/([a-z_]+)/` \|.*\| (.+) \|$", line)
@@ -150,8 +152,39 @@ def test_the_readme_layout_table_matches_the_tree():
     assert set(rows) == folders, f"layout rows {sorted(rows)} vs subpackages {sorted(folders)}"
     for folder, listed in rows.items():
         public = {p.stem for p in (pkg / folder).glob("*.py") if not p.stem.startswith("_")}
-        assert listed == public, f"sbldm/{folder}/: README lists {sorted(listed)}, the folder holds {sorted(public)}"
+        assert listed == public, \
+            f"sbldm/{folder}/: docs/layout.md lists {sorted(listed)}, the folder holds {sorted(public)}"
     shared_text = layout.split("small top-level modules")[1]
     shared = {p.stem for p in pkg.glob("*.py") if not p.stem.startswith("_")}
     missing = sorted(m for m in shared if f"`{m}`" not in shared_text)
-    assert not missing, f"shared modules missing from the README's layout paragraph: {missing}"
+    assert not missing, f"shared modules missing from docs/layout.md's paragraph: {missing}"
+
+
+# -- the documentation: a short README, pages that link to files that exist -----------------
+
+#: the pages a reader follows from the README
+PAGES = ("README.md", "results/README.md", "results/*/README.md", "docs/*.md")
+
+
+def test_the_readme_reads_in_ten_minutes():
+    """At most 300 lines: everything longer lives on its own page, which the README links."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 300, f"README.md has {len(lines)} lines; move a section to docs/ and link it"
+
+
+def test_every_relative_link_of_the_readme_and_docs_resolves():
+    """Links and images on README.md, the results pages and docs/*.md point at files that exist
+    (a page moved or renamed without its links following fails here)."""
+    import re
+
+    link = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+    broken = []
+    for pattern in PAGES:
+        for page in sorted(ROOT.glob(pattern)):
+            text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+            for target in link.findall(text):
+                if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                    continue
+                if not (page.parent / target.split("#")[0]).exists():
+                    broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, "broken links:\n" + "\n".join(broken)

@@ -143,6 +143,35 @@ def test_runs_with_overrides_seeds_or_other_data_get_their_own_folders(tmp_path)
         reproduce.plan("smoke", {"data": str(tmp_path / "missing")})
 
 
+def test_a_result_changing_parameter_can_never_write_into_the_committed_run(tmp_path):
+    """``-p guidance_scale=3.0`` on notebook 07 used to be a notebook-local parameter that
+    left the run named ``small``: the committed table would have been overwritten. It is a
+    config field now; the runner refuses it as a notebook parameter, naming the override
+    that gives the run its own folder, and every notebook declares run parameters only."""
+    for name, field in (("guidance_scale", "guidance_scale"), ("n_volumes", "eval_figure_volumes"),
+                        ("medicalnet_path", "eval_medicalnet_path"), ("steps", "steer_steps")):
+        with pytest.raises(reproduce.RunnerError, match=f"'{name}' is.*config field '{field}'.*overrides="):
+            reproduce.plan("small", {name: 3.0}, only=["07"])
+    with pytest.raises(reproduce.RunnerError, match="'eval_n_samples' is the config field"):
+        reproduce.plan("small", {"eval_n_samples": 3})
+    steps = reproduce.plan("small", {"overrides": {"guidance_scale": 3.0}}, only=["07"])
+    assert [p.name for p, _ in steps] == ["07_conditioning_ablation.ipynb"]
+    folder = reproduce.run_folder("small", steps[0][1], tmp_path)
+    assert folder != tmp_path / "small" and folder.name.startswith("small+")
+    assert reproduce.run_folder("small", {"overrides": {}}, tmp_path) == tmp_path / "small"   # the other way
+    for nb in reproduce.notebook_paths():
+        assert set(reproduce.declared_parameters(nb)) <= set(reproduce.RUN_PARAMETERS), nb.name
+    # what the runner accepts as notebook-local goes into no number: a notebook that declares
+    # something else is refused before anything runs
+    nbs = tmp_path / "nbs"
+    _copy_notebooks(nbs)
+    nb = nbs / "07_conditioning_ablation.ipynb"
+    nb.write_text(nb.read_text().replace('"overrides = {}', '"n_rows = 3\\n",\n    "overrides = {}', 1))
+    assert "n_rows" in reproduce.declared_parameters(nb)
+    with pytest.raises(reproduce.RunnerError, match="neither run parameters nor config fields.*n_rows"):
+        reproduce.plan("small", {}, notebooks_dir=nbs)
+
+
 def _copy_notebooks(dest: Path) -> None:
     """The numbered notebooks only (not checkpoints or a running kernel's files)."""
     dest.mkdir(parents=True)
@@ -299,21 +328,23 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
 
 
 def test_readme_results_block_is_generated_from_the_committed_small_results():
-    """The README's small results are what `python -m sbldm.report.readme --scale small` makes of
-    results/small/ — never typed by hand, never stale."""
-    from sbldm.report.readme import update_readme
+    """The small results page and the README's claims block are what `python -m
+    sbldm.report.readme --scale small` makes of results/small/ — never typed by hand, never stale."""
+    from sbldm.report.readme import update_claims, update_results_page
 
-    assert update_readme(ROOT / "README.md", ROOT / "results" / "small", "small", check=True), \
-        "README.md is out of date with results/small: run python -m sbldm.report.readme --scale small"
+    assert update_results_page(ROOT / "results" / "small", "small", check=True, readme=ROOT / "README.md"), \
+        "results/small/README.md is out of date with results/small: run python -m sbldm.report.readme --scale small"
+    assert update_claims(ROOT / "README.md", ROOT / "results" / "small", "small", check=True), \
+        "README.md's claims block is out of date with results/small: run python -m sbldm.report.readme --scale small"
 
 
 def test_readme_efficiency_block_is_generated_from_the_committed_paper_cpu_bench():
-    """The README's efficiency numbers are what the generator makes of results/bench/."""
+    """The efficiency numbers of docs/benchmarks.md are what the generator makes of results/bench/."""
     from sbldm.report.readme import update_efficiency
 
-    assert "<!-- bench:paper_cpu:start -->" in (ROOT / "README.md").read_text()
-    assert update_efficiency(ROOT / "README.md", ROOT / "results" / "bench", check=True), \
-        "README.md's efficiency block is out of date: run python -m sbldm.report.readme --scale small"
+    assert "<!-- bench:paper_cpu:start -->" in (ROOT / "docs" / "benchmarks.md").read_text()
+    assert update_efficiency(ROOT / "docs" / "benchmarks.md", ROOT / "results" / "bench", check=True, link_root=ROOT), \
+        "docs/benchmarks.md's efficiency block is out of date: run python -m sbldm.report.readme --scale small"
 
 
 def _bench_row(comp, mem_mib, step_s, measured=True, **extra):

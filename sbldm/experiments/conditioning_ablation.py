@@ -52,12 +52,12 @@ APPEARANCE_COLUMNS = ("core_share", "w_over_spread_necrosis", "w_over_spread_oed
 #: the paper's route for the condition, every option of the tumour channel off (set
 #: explicitly, so a preset that turns options on leaves this row the paper's). The
 #: prediction target is the preset's in every row but the x0 one (v at ``small``, where
-#: the noise target left the samples unformed: README errata table)
+#: the noise target left the samples unformed: docs/paper_vs_code.md)
 PAPER_ROUTE = {"condition_normalization": "max", "unet_spatial_prior": False, "diffusion_tumour_weight": 0.0,
                "diffusion_ema_decay": 0.0, "diffusion_mixed_precision": "no", "diffusion_snr_gamma": 0.0,
                "condition_subregions": False}
 
-#: the tumour channel the ``small`` preset adopted from the first ablation (README errata table)
+#: the tumour channel the ``small`` preset adopted from the first ablation (docs/paper_vs_code.md)
 SMALL_ROUTE = {"diffusion_mixed_precision": "bf16", "condition_normalization": "zscore", "unet_spatial_prior": True}
 
 #: the rows: the paper's route, the ``small`` route, then the remedies for tumours drawn

@@ -1,1 +1,1 @@
-"""Turning results into what a reader sees: the tumour-size and position sweeps of Figure 3 (``sweeps``) and the README results block (``readme``)."""
+"""Turning results into what a reader sees: the tumour-size and position sweeps of Figure 3 (``sweeps``) and the generated pages: the results page, the README's claims block and the efficiency block (``readme``)."""

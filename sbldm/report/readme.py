@@ -1,31 +1,45 @@
-"""The README's results section, generated from ``results/<scale>/``: nothing in it is typed.
+"""The pages that quote results, generated from ``results/<scale>/`` and ``results/bench/``:
+nothing in them is typed.
 
-    python -m sbldm.report.readme --scale small            # rewrite the block in README.md
-    python -m sbldm.report.readme --scale small --check    # exit 1 if README.md is out of date
+    python -m sbldm.report.readme --scale small            # rewrite every generated page and block
+    python -m sbldm.report.readme --scale small --check    # exit 1 if any of them is out of date
 
-The block sits between ``<!-- results:<scale>:start -->`` and ``<!-- results:<scale>:end -->``.
-A second block, between ``<!-- bench:paper_cpu:start -->`` and ``<!-- bench:paper_cpu:end -->``,
-sets the paper's efficiency claim beside the paper-size CPU benchmark
-(``results/bench/paper_cpu-*_fp32.json``, written by ``make bench-paper-cpu``).
-It states where the numbers come from (scale, data, hardware, run time and commit of
-each notebook, from ``run.json``), then includes the tables notebooks 01-06 wrote (Table 1,
-Table 2 and the metrics beyond them) and links the figures (Figure 2, Figure 3 and the
-others). A table or figure that a notebook has not written yet is listed as missing,
-never filled in.
+It writes three things:
+
+- ``results/<scale>/README.md``, the results page, whole: where the numbers come from
+  (scale, data, hardware, run time and commit of each notebook, from ``run.json``), each
+  notebook's closing summary (``summaries/``), the tables notebooks 01-11 wrote (Table 1,
+  Table 2 and the metrics beyond them) and the figures (Figure 2, Figure 3 and the
+  others). A table or figure that a notebook has not written yet is listed as missing,
+  never filled in.
+- the claims block of ``README.md``, between ``<!-- claims:<scale>:start -->`` and
+  ``<!-- claims:<scale>:end -->``: one row per claim of the paper, the paper's number
+  (``sbldm.paper``) beside ours (``tables/table1.csv``, ``table2.csv``,
+  ``table2_nnunet_check.csv``, ``scarce_sweep.csv``) and whether the claim holds, decided here.
+- the efficiency block of ``docs/benchmarks.md``, between ``<!-- bench:paper_cpu:start -->``
+  and ``<!-- bench:paper_cpu:end -->``: the paper's efficiency claim beside the paper-size
+  CPU benchmark (``results/bench/paper_cpu-*_fp32.json``, written by ``make bench-paper-cpu``).
+
+``results_section`` and ``update_readme`` put the results block between
+``<!-- results:<scale>:start -->`` and ``<!-- results:<scale>:end -->`` of any other page.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
+from sbldm import paper
 from sbldm.paths import REPO_ROOT
 from sbldm.provenance import data_source
 from sbldm.report.summaries import FOLDER
 
-#: (title, table stem under tables/) in the order the README shows them
+#: (title, table stem under tables/) in the order the results page shows them
 TABLES = (
     ("Table 1 — generation quality, size and speed", "table1"),
     ("Beyond Table 1 — diversity, realism, mask realism, memorisation", "generation_extra"),
@@ -76,7 +90,7 @@ def markers(scale: str) -> tuple[str, str]:
 
 
 def _demote(md: str) -> str:
-    """A table file's own ``###`` title becomes a bold line under the README's heading."""
+    """A table file's own ``###`` title becomes a bold line under the page's heading."""
     lines = md.strip().splitlines()
     if lines and lines[0].startswith("#"):
         lines[0] = f"**{lines[0].lstrip('#').strip()}**"
@@ -161,7 +175,8 @@ def _fill_block(readme: Path, start: str, end: str, body: str, check: bool) -> b
 
 
 def _link(path: Path, link_root: str | Path) -> str:
-    """``path`` as the README links it: relative to ``link_root`` where it lies inside it."""
+    """``path`` as a page links it: relative to ``link_root`` (the page's folder) where it
+    lies inside it, ``.`` for the folder itself."""
     try:
         return Path(path).resolve().relative_to(Path(link_root).resolve()).as_posix()
     except ValueError:
@@ -169,7 +184,7 @@ def _link(path: Path, link_root: str | Path) -> str:
 
 
 def paper_cpu_bench(bench_dir: str | Path) -> Path | None:
-    """The paper-size CPU benchmark the README quotes: ``paper_cpu-<device>_fp32.json``
+    """The paper-size CPU benchmark the efficiency block quotes: ``paper_cpu-<device>_fp32.json``
     (variants such as ``..._fp32_paper-batches.json`` are kept beside it, not quoted)."""
     found = sorted(Path(bench_dir).glob("paper_cpu-*_fp32.json"))
     return found[-1] if found else None
@@ -241,26 +256,34 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
     return "\n".join(out).rstrip() + "\n"
 
 
-def update_efficiency(readme: str | Path, bench_dir: str | Path, check: bool = False) -> bool:
-    """Replace the efficiency block (when the README has its markers); with ``check``,
-    only report whether it is up to date. Returns True when it is (now) up to date."""
+def update_efficiency(readme: str | Path, bench_dir: str | Path, check: bool = False,
+                      link_root: str | Path | None = None) -> bool:
+    """Replace the efficiency block (when the page ``readme`` has its markers); with ``check``,
+    only report whether it is up to date. Returns True when it is (now) up to date. The
+    block names its source relative to ``link_root`` (default: the page's folder)."""
     readme = Path(readme)
     if not _has_block(readme.read_text(), *BENCH_MARKERS):
         return True
-    return _fill_block(readme, *BENCH_MARKERS, efficiency_section(paper_cpu_bench(bench_dir), readme.parent), check)
+    body = efficiency_section(paper_cpu_bench(bench_dir), readme.parent if link_root is None else link_root)
+    return _fill_block(readme, *BENCH_MARKERS, body, check)
 
 
-def results_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT) -> str:
-    """The generated Markdown block (without its markers) for ``results_dir`` (= results/<scale>)."""
+def results_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT,
+                    heading: str = "####") -> str:
+    """The generated Markdown block (without its markers) for ``results_dir`` (= results/<scale>),
+    its links relative to ``link_root`` (the folder of the page that shows it) and its
+    sections under ``heading``."""
     d = Path(results_dir)
     run_path = d / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     rel = _link(d, link_root)
-    out = ["_Generated by `python -m sbldm.report.readme --scale " + scale + "` from `" + rel + "/`; do not edit by hand._", ""]
+    prefix = "" if rel == "." else f"{rel}/"
+    source = "this folder" if rel == "." else f"`{rel}/`"
+    out = [f"_Generated by `python -m sbldm.report.readme --scale {scale}` from {source}; do not edit by hand._", ""]
     out += _provenance(run, data_source(d), scale, d)
     said = sorted((d / FOLDER).glob("*.md")) if (d / FOLDER).is_dir() else []
     if said:
-        out += ["", "#### What the numbers say (each notebook's closing cell, `summaries/`)", ""]
+        out += ["", f"{heading} What the numbers say (each notebook's closing cell, `summaries/`)", ""]
         for path in said:
             stale = " — **stale**: ran before the data it should use" if path.stem in stale_notebooks(run, d) else ""
             out += [f"**{path.stem}**{stale}", "", path.read_text().rstrip(), ""]
@@ -271,16 +294,248 @@ def results_section(results_dir: str | Path, scale: str, link_root: str | Path =
             if stem not in OUTSIDE_THE_CHAIN:
                 missing.append(f"`tables/{stem}.md`")
             continue
-        out += ["", f"#### {title}", "", _demote(path.read_text())]
+        out += ["", f"{heading} {title}", "", _demote(path.read_text())]
     figs = [(cap, name) for cap, name in FIGURES if (d / "figures" / name).is_file()]
     missing += [f"`figures/{name}`" for _, name in FIGURES if not (d / "figures" / name).is_file()]
     if figs:
-        out += ["", "#### Figures", ""]
+        out += ["", f"{heading} Figures", ""]
         for cap, name in figs:
-            out += [f"**{cap}**", "", f"![{cap}]({rel}/figures/{name})", ""]
+            out += [f"**{cap}**", "", f"![{cap}]({prefix}figures/{name})", ""]
     if missing:
         out += [""] * (out[-1] != "") + [f"Not produced yet at `{scale}`: {', '.join(missing)}."]
     return "\n".join(out).rstrip() + "\n"
+
+
+def results_page(results_dir: str | Path, scale: str, readme: str | Path | None = None) -> str:
+    """``results/<scale>/README.md`` whole: a title, links back to ``readme`` (the project's
+    README, when given) and to the index of results pages beside it, then the results block
+    with its links relative to the page."""
+    d = Path(results_dir)
+    links = []
+    if readme is not None:
+        links.append(f"[The README]({_relpath(readme, d)}) sets the paper's claims against these numbers.")
+    if (d.parent / "README.md").is_file():
+        links.append("[The index of results](../README.md) says how each run was made.")
+    out = [f"# Results at `{scale}`", ""]
+    if links:
+        out += [" ".join(links), ""]
+    return "\n".join(out) + "\n" + results_section(d, scale, link_root=d, heading="##")
+
+
+def update_results_page(results_dir: str | Path, scale: str, check: bool = False,
+                        readme: str | Path | None = None) -> bool:
+    """Write ``results/<scale>/README.md``; with ``check``, only report whether it is up to date
+    (a missing page, a hand edit and results newer than the page all count as out of date).
+    Returns True when the page is (now) up to date."""
+    from sbldm.io import atomic_write_bytes
+
+    page = Path(results_dir) / "README.md"
+    new = results_page(results_dir, scale, readme)
+    if page.is_file() and page.read_text() == new:
+        return True
+    if check:
+        return False
+    atomic_write_bytes(page, new.encode())
+    return True
+
+
+def _relpath(path: str | Path, start: str | Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+
+
+# -- the claims block: the paper's claims against this project's numbers --------------------
+
+def claims_markers(scale: str) -> tuple[str, str]:
+    return f"<!-- claims:{scale}:start -->", f"<!-- claims:{scale}:end -->"
+
+
+def _rows(path: Path, key: str) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return {r[key]: r for r in csv.DictReader(f)}
+
+
+def _num(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _p(value: float) -> str:
+    return f"{value:.2g}"
+
+
+#: Table 1's claims: (claim, column, the paper's index in ``paper.TABLE1``, format, unit)
+_T1_QUALITY = (("SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's", "psnr", 0, ".2f", "PSNR (dB)"),
+               ("SBLDM's SSIM is above the 3D-LDM's and the 3D-LSGAN's", "ssim", 1, ".3f", "SSIM"))
+_SBLDM_ROWS = ("SBLDM (DDPM)", "SBLDM (DDIM)")
+_BASELINES = ("3D-LDM", "3D-LSGAN")
+#: Table 2's claims on whole-tumour Dice (the paper's measure): (claim, row, the rows it beats)
+_T2_CLAIMS = (
+    ("real + SBLDM beats real only", "real + SBLDM", ("real",)),
+    ("real + SBLDM beats real + the 3D-LDM and real + the 3D-LSGAN", "real + SBLDM",
+     ("real + 3D-LDM", "real + 3D-LSGAN")),
+    ("synthetic-only SBLDM beats synthetic-only 3D-LDM and 3D-LSGAN", "synthetic only: SBLDM",
+     ("synthetic only: 3D-LDM", "synthetic only: 3D-LSGAN")),
+    ("real + SBLDM beats real + augmentation (x5)", "real + SBLDM", ("real + augmentation (x5)",)),
+    ("real + SBLDM + augmentation is the best training set", "real + SBLDM + augmentation", None),
+)
+
+
+def _short(method: str) -> str:
+    return method.replace("SBLDM (", "").rstrip(")") if method.startswith("SBLDM (") else method
+
+
+def _table1_claims(t1: dict[str, dict]) -> list[tuple]:
+    rows = []
+    ours_sbldm = [m for m in _SBLDM_ROWS if m in t1]
+    ours_base = [m for m in _BASELINES if m in t1]
+    if not ours_sbldm or not ours_base:
+        return [("Table 1's claims", "—", "—", "Table 1 not produced yet", "—")]
+    n_max = max(int(float(t1[m].get("n_samples") or 0)) for m in t1)
+
+    def n_note(m):
+        n = int(float(t1[m].get("n_samples") or 0))
+        return f" ({n} volumes)" if n < n_max else ""
+
+    for claim, col, i, fmt, unit in _T1_QUALITY:
+        theirs = (", ".join(f"{_short(m)} {paper.TABLE1[m][i]:{fmt}}" for m in _SBLDM_ROWS) + " vs "
+                  + ", ".join(f"{m} {paper.TABLE1[m][i]:{fmt}}" for m in _BASELINES))
+        ours = (", ".join(f"{_short(m)} {float(t1[m][col]):{fmt}}{n_note(m)}" for m in ours_sbldm) + " vs "
+                + ", ".join(f"{m} {float(t1[m][col]):{fmt}}" for m in ours_base))
+        best_base = max(float(t1[m][col]) for m in ours_base)
+        above = [m for m in ours_sbldm if float(t1[m][col]) > best_base]
+        holds = "yes" if len(above) == len(ours_sbldm) else "no" if not above else \
+            f"{', '.join(_short(m) for m in above)} only"
+        rows.append((claim + " (Table 1)", unit, theirs, ours, holds))
+    if "SBLDM (DDIM)" in t1 and "3D-LDM" in t1:
+        ddim, ldm = float(t1["SBLDM (DDIM)"]["time_s_per_volume"]), float(t1["3D-LDM"]["time_s_per_volume"])
+        rows.append(("SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)", "s / volume",
+                     f"{paper.TABLE1['SBLDM (DDIM)'][3]:.3g} vs {paper.TABLE1['3D-LDM'][3]:.3g}",
+                     f"{ddim:.3g} vs {ldm:.3g}", "yes" if ddim < ldm else "no"))
+        pd, pl = float(t1["SBLDM (DDIM)"]["params_M"]), float(t1["3D-LDM"]["params_M"])
+        rows.append(("SBLDM has fewer parameters than the 3D-LDM (Table 1)", "parameters",
+                     f"{paper.TABLE1['SBLDM (DDIM)'][2] / 1e6:.0f}M vs {paper.TABLE1['3D-LDM'][2] / 1e6:.0f}M",
+                     f"{pd:.1f}M vs {pl:.1f}M", "yes" if pd < pl else "no"))
+    return rows
+
+
+def _dice(row: dict) -> float | None:
+    return _num(row.get("dice_WT_mean", row.get("dice_mean")))
+
+
+def _p_vs_real(row: dict) -> float | None:
+    return _num(row.get("p_holm_WT", row.get("p_holm")))
+
+
+def _verdict(ours: float, others: list[float], p: float | None) -> str:
+    """Whether ``ours`` beats every one of ``others``; with ``p`` (Holm, against real only),
+    whether the paired test agrees."""
+    above = ours > max(others)
+    if p is None:
+        return "yes (untested)" if above else "no (untested)"
+    if above:
+        return f"yes (Holm p {_p(p)})" if p < 0.05 else f"not significant (Holm p {_p(p)})"
+    return f"no: lower (Holm p {_p(p)})" if p < 0.05 else f"no (Holm p {_p(p)})"
+
+
+def _table2_claims(t2: dict[str, dict], check: dict[str, dict]) -> list[tuple]:
+    rows = []
+    for claim, row, others in _T2_CLAIMS:
+        if others is None:
+            others = tuple(r for r in paper.TABLE2 if r != row)
+        ours_others = [r for r in others if r in t2 and _dice(t2[r]) is not None]
+        if row not in t2 or _dice(t2[row]) is None or not ours_others:
+            rows.append((claim + " (Table 2)", "Dice (WT)", "—", "not produced yet", "—"))
+            continue
+        if len(others) > 2:     # "the best row": against the best of the others
+            best = max(others, key=lambda r: paper.TABLE2[r][0])
+            theirs = f"{paper.TABLE2[row][0]:.3f} vs next best {paper.TABLE2[best][0]:.3f} ({best})"
+            ours_best = max(ours_others, key=lambda r: _dice(t2[r]))
+            ours = f"{_dice(t2[row]):.3f} vs best other {_dice(t2[ours_best]):.3f} ({ours_best})"
+        else:
+            theirs = f"{paper.TABLE2[row][0]:.3f} vs " + ", ".join(f"{paper.TABLE2[r][0]:.3f}" for r in others)
+            ours = f"{_dice(t2[row]):.3f} vs " + ", ".join(f"{_dice(t2[r]):.3f}" for r in ours_others)
+        p = _p_vs_real(t2[row]) if others == ("real",) else None
+        rows.append((claim + " (Table 2)", "Dice (WT)", theirs, ours,
+                     _verdict(_dice(t2[row]), [_dice(t2[r]) for r in ours_others], p)))
+        if others == ("real",) and "real" in check and row in check and _dice(check[row]) is not None:
+            seeds = check[row].get("seeds", "?")
+            rows.append((f"{claim}, with nnU-Net as in the paper ({seeds} seed{'s' * (seeds != '1')})",
+                         "Dice (WT)", f"{paper.TABLE2[row][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}",
+                         f"{_dice(check[row]):.3f} vs {_dice(check['real']):.3f}",
+                         _verdict(_dice(check[row]), [_dice(check["real"])], _p_vs_real(check[row]))))
+    return rows
+
+
+def _scarce_claim(sweep: list[dict]) -> list[tuple]:
+    """The title's claim at the smallest real-set size of notebook 11's sweep, per BraTS region
+    where the sweep has them (the paper gives no number for it)."""
+    claim = "the title: real + SBLDM beats real only when real volumes are scarce"
+    for n in sorted({int(r["n_real"]) for r in sweep}):
+        at = {r["training_set"]: r for r in sweep if int(r["n_real"]) == n}
+        if "real" not in at or "real + SBLDM" not in at:
+            continue
+        mix, real = at["real + SBLDM"], at["real"]
+        regions = [g for g in ("WT", "TC", "ET") if _num(mix.get(f"dice_{g}")) is not None]
+        ours = (" / ".join(f"{_num(mix[f'dice_{g}']):.3f}" for g in regions) + " vs "
+                + " / ".join(f"{_num(real[f'dice_{g}']):.3f}" for g in regions))
+        holds = "; ".join(f"{g} " + _verdict(_num(mix[f"dice_{g}"]), [_num(real[f"dice_{g}"])],
+                                             _num(mix.get(f"p_holm_{g}"))) for g in regions)
+        return [(f"{claim} ({n} real volumes, the fewest here)", f"Dice ({' / '.join(regions)})",
+                 "no number in its tables", ours, holds)]
+    return [(claim, "Dice", "no number in its tables", "not produced yet", "—")]
+
+
+def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT) -> str:
+    """The claims block (without its markers): one row per claim of the paper, the paper's
+    number, ours at ``scale`` and whether the claim holds there, all from ``results_dir``."""
+    d = Path(results_dir)
+    run_path = d / "run.json"
+    run = json.loads(run_path.read_text()) if run_path.is_file() else {}
+    nbs = run.get("notebooks", {})
+    hardware = ", ".join(sorted({e.get("device", "?") for e in nbs.values()})) or "not recorded"
+    rel = _link(d, link_root)
+    t1 = _rows(d / "tables" / "table1.csv", "method")
+    t2 = _rows(d / "tables" / "table2.csv", "row")
+    check = _rows(d / "tables" / "table2_nnunet_check.csv", "row")
+    sweep_path = d / "tables" / "scarce_sweep.csv"
+    sweep = list(csv.DictReader(sweep_path.open(newline=""))) if sweep_path.is_file() else []
+    seeds = next((r.get("seeds") for r in t2.values() if r.get("seeds")), "?")
+    sizes = [row[2] for row in paper.TABLE1.values()]
+    out = [f"_Generated by `python -m sbldm.report.readme --scale {scale}` from `{rel}/tables/`; do not edit by "
+           "hand._", "",
+           f"Scale `{scale}`; data: {data_source(d)}; hardware: {hardware}. The paper's numbers (`sbldm.paper`) "
+           f"come from BraTS at 192x192x96 and networks of {min(sizes) / 1e6:.0f}M-{max(sizes) / 1e6:.0f}M "
+           "parameters on one RTX A6000.", "",
+           f"| the paper's claim | measure | the paper | `{scale}` | holds at `{scale}` |", "|---|---|---|---|---|"]
+    for row in _table1_claims(t1) + _table2_claims(t2, check) + _scarce_claim(sweep):
+        out.append("| " + " | ".join(row) + " |")
+    stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
+    out += ["", f"Holds: our mean lies on the paper's side; against real only, the paired test (Wilcoxon over "
+                f"test cases, Holm-corrected) must agree at p < 0.05; the other comparisons are untested. Dice is "
+                f"whole-tumour (WT, the paper's measure) unless the row names the regions, from the fast segmenter "
+                f"unless it names nnU-Net, mean over {seeds} training seeds. "
+                f"These seed comparisons at `{scale}` are being redone with the training run, not the test case, "
+                "as the unit: read their p-values as provisional."]
+    if stale:
+        out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
+                    "prepared."]
+    out += ["", f"Every table, figure and notebook summary: [`{rel}/README.md`]({rel}/README.md)."]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def update_claims(readme: str | Path, results_dir: str | Path, scale: str, check: bool = False) -> bool:
+    """Replace the claims block of ``readme``; with ``check``, only report whether it is up to
+    date. Returns True when it is (now) up to date."""
+    readme = Path(readme)
+    start, end = claims_markers(scale)
+    if not _has_block(readme.read_text(), start, end):
+        raise ValueError(f"{readme}: no '{start}' ... '{end}' block to fill")
+    return _fill_block(readme, start, end, claims_section(results_dir, scale, readme.parent), check)
 
 
 def update_readme(readme: str | Path, results_dir: str | Path, scale: str, check: bool = False) -> bool:
@@ -296,16 +551,32 @@ def update_readme(readme: str | Path, results_dir: str | Path, scale: str, check
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.report.readme", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="small")
-    ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"))
+    ap.add_argument("--readme", default=str(REPO_ROOT / "README.md"),
+                    help="the README with the claims block (its folder is the repository root)")
     ap.add_argument("--results", default=None, help="results/<scale> folder (default: next to the README)")
-    ap.add_argument("--check", action="store_true", help="exit 1 if the README block is out of date")
+    ap.add_argument("--bench-page", default=None,
+                    help="the page with the efficiency block (default: docs/benchmarks.md next to the README)")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a generated page or block is out of date")
     args = ap.parse_args(argv)
-    results = Path(args.results) if args.results else Path(args.readme).parent / "results" / args.scale
-    ok = update_readme(args.readme, results, args.scale, check=args.check)
-    ok = update_efficiency(args.readme, Path(args.readme).parent / "results" / "bench", check=args.check) and ok
-    if args.check and not ok:
-        print(f"{args.readme}: the {args.scale} results or the efficiency block is out of date; run python -m sbldm.report.readme "
-              f"--scale {args.scale}", file=sys.stderr)
+    root = Path(args.readme).parent
+    results = Path(args.results) if args.results else root / "results" / args.scale
+    bench_page = Path(args.bench_page) if args.bench_page else root / "docs" / "benchmarks.md"
+    if not bench_page.is_file() or not _has_block(bench_page.read_text(), *BENCH_MARKERS):
+        print(f"{bench_page}: no '{BENCH_MARKERS[0]}' ... '{BENCH_MARKERS[1]}' block to fill", file=sys.stderr)
+        return 1
+    try:
+        stale = [] if update_claims(args.readme, results, args.scale, check=args.check) else \
+            [f"{args.readme} (the claims block)"]
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    if not update_results_page(results, args.scale, check=args.check, readme=args.readme):
+        stale.append(str(results / "README.md"))
+    if not update_efficiency(bench_page, root / "results" / "bench", check=args.check, link_root=root):
+        stale.append(f"{bench_page} (the efficiency block)")
+    if args.check and stale:
+        print(f"out of date: {'; '.join(stale)}; run python -m sbldm.report.readme --scale {args.scale}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -12,14 +12,14 @@ import numpy as np
 
 SMOKE = "- smoke scale: a plumbing check; these numbers mean nothing."
 
-#: the folder under results/<run>/ that keeps each notebook's closing summary (the README's
-#: "What the numbers say" comes from it)
+#: the folder under results/<run>/ that keeps each notebook's closing summary (the results
+#: page's "What the numbers say", results/<run>/README.md, comes from it)
 FOLDER = "summaries"
 
 
 def save(out_dir, notebook: str, markdown: str) -> str:
     """Write a notebook's closing summary to ``out_dir/summaries/<notebook>.md`` (atomically)
-    and return it, so the notebook shows what the README will quote."""
+    and return it, so the notebook shows what the results page will quote."""
     from pathlib import Path
 
     from sbldm.io import atomic_write_bytes

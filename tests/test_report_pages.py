@@ -1,0 +1,161 @@
+"""The generated pages: the README's claims block, results/<scale>/README.md and the
+efficiency block of docs/benchmarks.md are written from the results, and the check fails
+whenever one of them and the results disagree."""
+
+import csv
+import json
+from pathlib import Path
+
+from sbldm import paper
+from sbldm.report import readme as gen
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _t1(method, psnr, ssim, params_m, time_s, n=100):
+    return {"method": method, "psnr": psnr, "psnr_std": 0.1, "ssim": ssim, "ssim_std": 0.01, "n_samples": n,
+            "params_M": params_m, "time_s_per_volume": time_s, "device": "CPU (test)"}
+
+
+def _t2(row, dice, p="nan", seeds=3):
+    return {"row": row, "seeds": seeds, "dice_mean": dice, "dice_WT_mean": dice, "p_holm": p, "p_holm_WT": p}
+
+
+def _results(d: Path) -> Path:
+    """A results/<scale> folder with the four tables the claims read, a run record and one
+    Markdown table for the results page."""
+    tables = d / "tables"
+    _write_csv(tables / "table1.csv", [_t1("3D-LSGAN", 17.0, 0.40, 1.5, 0.01), _t1("3D-LDM", 18.0, 0.60, 1.7, 1.2),
+                                       _t1("SBLDM (DDPM)", 18.5, 0.65, 5.0, 200.0, n=2),
+                                       _t1("SBLDM (DDIM)", 18.4, 0.55, 5.0, 0.9)])
+    _write_csv(tables / "table2.csv", [
+        _t2("real", 0.60), _t2("real + augmentation (x5)", 0.70, 0.01), _t2("synthetic only: 3D-LSGAN", 0.10, 1e-9),
+        _t2("synthetic only: 3D-LDM", 0.40, 1e-9), _t2("synthetic only: SBLDM", 0.50, 1e-5),
+        _t2("real + 3D-LSGAN", 0.58, 0.5), _t2("real + 3D-LDM", 0.66, 0.03), _t2("real + SBLDM", 0.65, 0.2),
+        _t2("real + SBLDM + augmentation", 0.72, 0.001)])
+    _write_csv(tables / "table2_nnunet_check.csv", [_t2("real", 0.70, seeds=1), _t2("real + SBLDM", 0.60, 1e-6, 1)])
+    sweep = [{"n_real": n, "training_set": ts, "dice_WT": wt, "p_holm_WT": p, "dice_TC": tc, "p_holm_TC": q}
+             for n, ts, wt, p, tc, q in ((10, "real", 0.50, "nan", 0.20, "nan"),
+                                         (10, "real + SBLDM", 0.55, 0.001, 0.19, 0.6),
+                                         (100, "real", 0.60, "nan", 0.40, "nan"),
+                                         (100, "real + SBLDM", 0.65, 0.2, 0.41, 0.3))]
+    _write_csv(tables / "scarce_sweep.csv", sweep)
+    (tables / "table1.md").write_text("### Table 1 (test)\n\n| a |\n|---|\n| 1 |\n")
+    (d / "run.json").write_text(json.dumps({"notebooks": {
+        "04_evaluate_generation": {"status": "ok", "device": "CPU (test)", "wall_time_s": 60.0}}}))
+    return d
+
+
+def test_the_claims_block_decides_every_claim_from_the_tables(tmp_path):
+    d = _results(tmp_path / "results" / "small")
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in block.splitlines()
+            if line.startswith("| ") and "---" not in line}
+    holds = {claim: cells[-1].rstrip(" |") for claim, cells in rows.items()}
+    assert holds["SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"] == "yes"
+    assert holds["SBLDM's SSIM is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"] == "DDPM only"
+    assert holds["SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)"] == "yes"
+    assert holds["SBLDM has fewer parameters than the 3D-LDM (Table 1)"] == "no"
+    # against real only the paired test decides; elsewhere the means, marked untested
+    assert holds["real + SBLDM beats real only (Table 2)"] == "not significant (Holm p 0.2)"
+    assert holds["real + SBLDM beats real only, with nnU-Net as in the paper (1 seed)"] == "no: lower (Holm p 1e-06)"
+    assert holds["real + SBLDM beats real + the 3D-LDM and real + the 3D-LSGAN (Table 2)"] == "no (untested)"
+    assert holds["synthetic-only SBLDM beats synthetic-only 3D-LDM and 3D-LSGAN (Table 2)"] == "yes (untested)"
+    assert holds["real + SBLDM + augmentation is the best training set (Table 2)"] == "yes (untested)"
+    scarce = next(c for c in holds if c.startswith("the title"))
+    assert "(10 real volumes, the fewest here)" in scarce
+    assert holds[scarce] == "WT yes (Holm p 0.001); TC no (Holm p 0.6)"
+    # the paper's numbers come from sbldm.paper, ours from the tables, with the sample count where it is small
+    psnr = rows["SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"]
+    assert f"DDIM {paper.TABLE1['SBLDM (DDIM)'][0]:.2f}" in psnr[2] and "DDPM 18.50 (2 volumes)" in psnr[3]
+    assert f"{paper.TABLE2['real + SBLDM'][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}" in \
+        rows["real + SBLDM beats real only (Table 2)"][2]
+    # provenance, the caveat on seed comparisons and the link to the results page
+    assert "hardware: CPU (test)" in block and "training run" in block
+    assert "](results/small/README.md)" in block
+
+
+def test_the_claims_block_says_what_is_not_produced_yet(tmp_path):
+    d = tmp_path / "results" / "small"
+    d.mkdir(parents=True)
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    assert "Table 1 not produced yet" in block and block.count("not produced yet") >= 6
+    verdicts = [line.rstrip(" |").rsplit(" | ", 1)[-1] for line in block.splitlines()
+                if line.startswith("| ") and "---" not in line][1:]
+    assert verdicts and set(verdicts) == {"—"}                  # nothing decided without a table
+
+
+def _repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    _results(root / "results" / "small")
+    (root / "README.md").write_text("# x\n\n<!-- claims:small:start -->\n<!-- claims:small:end -->\n\nend\n")
+    (root / "docs").mkdir()
+    (root / "docs" / "benchmarks.md").write_text("# cost\n\n<!-- bench:paper_cpu:start -->\n"
+                                                 "<!-- bench:paper_cpu:end -->\n")
+    return root
+
+
+def test_the_check_fails_whenever_a_generated_page_and_the_results_disagree(tmp_path, capsys):
+    root = _repo(tmp_path)
+    args = ["--scale", "small", "--readme", str(root / "README.md")]
+    page = root / "results" / "small" / "README.md"
+    assert gen.main(args + ["--check"]) == 1                     # nothing generated yet
+    assert gen.main(args) == 0 and gen.main(args + ["--check"]) == 0
+    assert "**Table 1 (test)**" in page.read_text() and "](../../README.md)" in page.read_text()
+    assert "<!-- claims:small:start -->\n_Generated" in (root / "README.md").read_text()
+    assert "Not measured here yet" in (root / "docs" / "benchmarks.md").read_text()
+    generated = page.read_text()
+
+    # results newer than the page: a table changed, the page not regenerated
+    (root / "results" / "small" / "tables" / "table1.md").write_text("### Table 1 (test)\n\n| a |\n|---|\n| 2 |\n")
+    assert gen.main(args + ["--check"]) == 1 and "results/small/README.md" in capsys.readouterr().err
+    assert gen.main(args) == 0 and gen.main(args + ["--check"]) == 0 and "| 2 |" in page.read_text()
+    # the page edited by hand, the results unchanged
+    page.write_text(page.read_text().replace("| 2 |", "| 3 |"))
+    assert gen.main(args + ["--check"]) == 1
+    assert gen.main(args) == 0 and "| 3 |" not in page.read_text()
+    # the page missing
+    page.unlink()
+    assert gen.main(args + ["--check"]) == 1
+    assert gen.main(args) == 0 and page.read_text() != generated
+
+    # the README's claims: a table the claims read changed, or the block edited by hand
+    t2 = root / "results" / "small" / "tables" / "table2.csv"
+    t2.write_text(t2.read_text().replace("real + SBLDM,3,0.65,0.65,", "real + SBLDM,3,0.75,0.75,", 1))
+    assert gen.main(args + ["--check"]) == 1 and "claims block" in capsys.readouterr().err
+    assert gen.main(args) == 0 and gen.main(args + ["--check"]) == 0
+    readme = root / "README.md"
+    readme.write_text(readme.read_text().replace("| yes", "| no", 1))
+    assert gen.main(args + ["--check"]) == 1
+    assert gen.main(args) == 0 and readme.read_text().endswith("\n\nend\n")
+
+    # the efficiency block of docs/benchmarks.md
+    bench = root / "docs" / "benchmarks.md"
+    bench.write_text(bench.read_text().replace("Not measured", "Measured"))
+    assert gen.main(args + ["--check"]) == 1 and "efficiency block" in capsys.readouterr().err
+    assert gen.main(args) == 0 and gen.main(args + ["--check"]) == 0
+
+    # a page without its markers is an error, not a pass
+    bench.write_text("# cost\n")
+    assert gen.main(args + ["--check"]) == 1 and "bench:paper_cpu:start" in capsys.readouterr().err
+    readme.write_text("# x\n")
+    bench.write_text("<!-- bench:paper_cpu:start -->\n<!-- bench:paper_cpu:end -->\n")
+    assert gen.main(args) == 1 and "claims:small:start" in capsys.readouterr().err
+
+
+def test_the_results_page_links_its_figures_from_where_it_lies(tmp_path):
+    d = _results(tmp_path / "results" / "small")
+    (d / "figures").mkdir()
+    (d / "figures" / "figure2_axial.png").write_bytes(b"png")
+    page = gen.results_page(d, "small", readme=tmp_path / "README.md")
+    assert page.startswith("# Results at `small`\n") and "](figures/figure2_axial.png)" in page
+    assert "](results/small/figures" not in page and "## Table 1 — generation quality" in page
+    assert "from this folder" in page
+    # the same block on a page at the repository root keeps its links from there
+    assert "](results/small/figures/figure2_axial.png)" in gen.results_section(d, "small", link_root=tmp_path)
