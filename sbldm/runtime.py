@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_setup(threads: int | None = None) -> None:
@@ -54,3 +58,15 @@ def pick_device(device: str | None = None) -> str:
             raise ValueError(f"device {device!r} requested but this machine has "
                              f"{torch.cuda.device_count()} CUDA device(s)")
     return str(dev)
+
+
+def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
+    """The numpy generator of one training step: a function of (seed, step, rank) only."""
+    return np.random.default_rng([int(seed), int(step), int(rank)])
+
+
+def step_generator(rng: np.random.Generator) -> torch.Generator:
+    """A CPU torch generator seeded from a step's numpy generator."""
+    import torch
+
+    return torch.Generator().manual_seed(int(rng.integers(0, 2 ** 63 - 1)))

@@ -146,7 +146,7 @@ def _fixed_batch(seed=0):
 
 
 def test_lsgan_discriminator_and_generator_objectives_decrease():
-    from sbldm.generators.lsgan3d import discriminator_loss, generator_loss
+    from sbldm.training.objectives import discriminator_loss, generator_loss
 
     gan = build("lsgan3d")
     g, d = gan.generator, gan.discriminator
@@ -178,7 +178,7 @@ def test_lsgan_discriminator_and_generator_objectives_decrease():
 
 
 def test_ldm3d_autoencoder_and_diffusion_losses_decrease():
-    from sbldm.generators.ldm3d import autoencoder_loss
+    from sbldm.training.objectives import autoencoder_loss
 
     ldm = build("ldm3d")
     ae, unet = ldm.autoencoder, ldm.unet
@@ -451,7 +451,7 @@ def test_selection_score_ranks_collapse_and_empty_masks_behind_the_real_spread()
 
 def test_lsgan_checkpoint_selection_keeps_the_best_generator_and_resumes(prepared, tmp_path):
     import sbldm
-    from sbldm.generators.lsgan3d import LSGANGenerator3D
+    from sbldm.models.gan3d import LSGANGenerator3D
     from sbldm.generators.registry import train_generator
 
     c = cfg(lsgan_select_every=2, lsgan_select_samples=4, lsgan_steps=6)
@@ -522,7 +522,7 @@ class _FixedReconstruction(torch.nn.Module):
 
 
 def test_3d_ldm_autoencoder_loss_takes_the_nested_and_banded_mask_term_from_the_config():
-    from sbldm.generators.ldm3d import autoencoder_loss, autoencoder_loss_options, autoencoder_loss_words
+    from sbldm.training.objectives import autoencoder_loss, autoencoder_loss_options, autoencoder_loss_words
 
     x = -torch.ones(1, 4, 16, 16, 16)                          # image + WT, TC, ET
     x[:, 1, 4:12, 4:12, 4:12] = 1                             # 512 voxels of tumour, oedema around a core

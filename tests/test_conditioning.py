@@ -116,7 +116,7 @@ def test_requested_conditions_are_checked_with_clear_errors():
 
 
 def test_weighted_noise_loss_is_the_weighted_mean():
-    from sbldm.training.trainer import noise_loss
+    from sbldm.training.objectives import noise_loss
 
     g = torch.Generator().manual_seed(0)
     pred, target = torch.randn(2, 3, 4, 4, 4, generator=g), torch.randn(2, 3, 4, 4, 4, generator=g)

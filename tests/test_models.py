@@ -78,7 +78,8 @@ def test_vae_save_load_roundtrip(tmp_path):
 
 
 def test_vae_loss_decreases_on_a_tiny_overfit_case():
-    from sbldm.models.vae import build_vae, vae_loss
+    from sbldm.models.vae import build_vae
+    from sbldm.training.objectives import vae_loss
 
     torch.manual_seed(0)
     cfg = tiny_cfg()
@@ -313,7 +314,7 @@ def test_a_regions_vae_carries_wt_tc_et_and_the_pipeline_returns_label_maps(prep
 
 
 def test_the_balanced_mask_term_weighs_a_missed_tumour_like_a_painted_background():
-    from sbldm.models.vae import balanced_mask_l1
+    from sbldm.training.objectives import balanced_mask_l1
 
     x = -torch.ones(2, 3, 10, 10)            # (image, two tumour channels)
     x[:, 0] = 0.3
@@ -335,7 +336,7 @@ def test_the_nested_mask_term_charges_an_enhancing_channel_that_covers_the_necro
     0, so voxel 1 is necrosis. A decoder drawing enhancing over the necrosis errs by 2 at one
     voxel of ET's 102 outside: balanced per channel that costs 0.5 * 2/102 on ET; nested, the
     necrosis is ET's ring inside the core, one of three classes: 2/3 on ET."""
-    from sbldm.models.vae import balanced_mask_l1
+    from sbldm.training.objectives import balanced_mask_l1
 
     x = -torch.ones(1, 4, 103)
     x[0, 0] = 0.1
@@ -356,7 +357,7 @@ def test_the_nested_mask_term_charges_an_enhancing_channel_that_covers_the_necro
 
 
 def test_the_vae_loss_adds_the_mask_term_only_when_weighted():
-    from sbldm.models.vae import vae_loss
+    from sbldm.training.objectives import vae_loss
 
     vae = _vae()
     x = -torch.ones(2, 2, 16, 16)
@@ -386,7 +387,7 @@ def test_the_band_charges_a_tumour_painted_too_large():
     """One tumour pixel in a 9x9 slice, painted as a 3x3 square: balanced inside vs outside
     charges the 8 extra pixels over 80 outside ones; with a 1-pixel band they are all of
     the band's 8 pixels, one class of three."""
-    from sbldm.models.vae import balanced_mask_l1
+    from sbldm.training.objectives import balanced_mask_l1
 
     x = -torch.ones(1, 2, 9, 9)
     x[0, 1, 4, 4] = 1.0

@@ -188,3 +188,19 @@ def test_every_relative_link_of_the_readme_and_docs_resolves():
                 if not (page.parent / target.split("#")[0]).exists():
                     broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_every_package_docstring_names_each_of_its_modules():
+    """A reader opening ``sbldm/<package>/__init__.py`` sees every module the package holds."""
+    import ast
+
+    missing = []
+    for init in sorted((ROOT / "sbldm").glob("*/__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        for module in sorted(init.parent.glob("*.py")):
+            name = module.stem
+            if name in ("__init__", "__main__"):
+                continue
+            if f"``{name}``" not in doc:
+                missing.append(f"{init.parent.name}.{name}")
+    assert not missing, f"package docstrings do not name: {missing}"

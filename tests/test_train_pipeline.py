@@ -389,7 +389,7 @@ def test_an_untrained_pipeline_with_a_spatial_prior_samples_from_normalised_cond
 def test_velocity_target_matches_diffusers():
     """noise_batch's v target equals diffusers' own get_velocity; its eps target is the noise."""
     from sbldm.diffusion.schedule import make_scheduler
-    from sbldm.training.trainer import noise_batch
+    from sbldm.training.objectives import noise_batch
 
     sched = make_scheduler(tiny_cfg(diffusion_prediction_type="v_prediction"))
     data = torch.randn(5, 2, 4, 4, 3, generator=_g(0))
@@ -410,7 +410,7 @@ def test_min_snr_weights_match_diffusers_compute_snr(kind):
     sigma)^2 as diffusers' compute_snr forms it (its module imports torchvision, which a CPU
     torch cannot load beside it); a unit sample weight leaves the loss the plain mean."""
     from sbldm.diffusion.schedule import make_scheduler
-    from sbldm.training.trainer import min_snr_weights, noise_loss
+    from sbldm.training.objectives import min_snr_weights, noise_loss
 
     sched = make_scheduler(tiny_cfg())
     t = torch.tensor([0, 10, 300, 999])

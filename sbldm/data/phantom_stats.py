@@ -20,7 +20,10 @@ import numpy as np
 
 from sbldm.data.tumour import tumour_features
 
-REGIONS = {"necrosis": (1,), "oedema": (2,), "enhancing": (3, 4)}
+#: the label values of each sub-region in the maps these statistics read: sbldm's labels,
+#: and a raw BraTS 2021 map's enhancing tumour 4 with them (the BraTS regions WT, TC, ET
+#: built from these are ``sbldm.data.tumour.REGIONS``)
+SUBREGION_LABELS = {"necrosis": (1,), "oedema": (2,), "enhancing": (3, 4)}
 #: every measure ``phantom_statistics`` returns, in table order
 MEASURES = (
     "volume_ml", "share_necrosis", "share_oedema", "share_enhancing",
@@ -85,7 +88,7 @@ def oedema_thickness_ratio(seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0
     from scipy import ndimage
 
     seg = np.asarray(seg)
-    wt, core = seg > 0, np.isin(seg, REGIONS["necrosis"] + REGIONS["enhancing"])
+    wt, core = seg > 0, np.isin(seg, SUBREGION_LABELS["necrosis"] + SUBREGION_LABELS["enhancing"])
     if not core.any():
         return float("nan")
     shell = _boundary(wt) & ~core
@@ -105,7 +108,7 @@ def core_touching_normal(seg: np.ndarray, brain: np.ndarray) -> float:
     the core, NaN without core.
     """
     seg = np.asarray(seg)
-    wt, core = seg > 0, np.isin(seg, REGIONS["necrosis"] + REGIONS["enhancing"])
+    wt, core = seg > 0, np.isin(seg, SUBREGION_LABELS["necrosis"] + SUBREGION_LABELS["enhancing"])
     if not core.any():
         return float("nan")
     normal = np.asarray(brain, bool) & ~wt
@@ -166,7 +169,7 @@ def phantom_statistics(image: np.ndarray, seg: np.ndarray, spacing: Sequence[flo
     brain = image > 0
     out: dict[str, float] = {"volume_ml": float(wt.sum()) * float(np.prod(spacing)) / 1000.0}
     n_wt = float(wt.sum())
-    for name, labels in REGIONS.items():
+    for name, labels in SUBREGION_LABELS.items():
         region = np.isin(seg, labels)
         out[f"share_{name}"] = float(region.sum()) / n_wt
         out[f"median_z_{name}"] = float(np.median(z[region])) if region.any() else float("nan")
@@ -188,7 +191,7 @@ def region_z_values(image: np.ndarray, seg: np.ndarray, spacing: Sequence[float]
     """z values of each region and of the normal-appearing brain (``normal``), for histograms."""
     z, nb = z_image(image, seg, spacing, margin_mm)
     seg = np.asarray(seg)
-    values = {name: z[np.isin(seg, labels)] for name, labels in REGIONS.items()}
+    values = {name: z[np.isin(seg, labels)] for name, labels in SUBREGION_LABELS.items()}
     values["normal"] = z[nb]
     return values
 

@@ -1,1 +1,10 @@
-"""Measuring generation: the generation metrics (``generation``: unpaired PSNR/SSIM, diversity, mask realism, conditioning adherence, memorisation, time per volume), the Fréchet distance and its features (``frechet``), tumour appearance (``appearance``), cached sample sets (``sample_cache``) and Table 1 (``table1``)."""
+"""Measuring generation (Table 1 and beyond).
+
+- ``generation``: unpaired PSNR/SSIM, diversity, mask realism, conditioning adherence,
+  memorisation, time per volume;
+- ``frechet``: the Fréchet distance and its feature extractors;
+- ``appearance``: what the tumours look like inside (dark cores, spread, sub-regions);
+- ``reconstruction``: the slice VAE's reconstruction metrics;
+- ``sample_cache``: the cached sample sets notebooks 04-06 and 09 share;
+- ``table1``: Table 1 and the metrics beyond it.
+"""

@@ -1,1 +1,12 @@
-"""Experiments beyond the paper that train or run models to answer one question: the conditioning ablation of notebook 07 (``conditioning_ablation``) and the denoising probe of notebook 09 (``denoising_probe``)."""
+"""Experiments beyond the paper that train or run models to answer one question.
+
+- ``conditioning_ablation``: the paper's conditioning route against the tumour-channel
+  options, one training budget (notebook 07);
+- ``denoising_probe``: real tumours noised and denoised by SBLDM (notebook 09);
+- ``scarce_regime``: one latent UNet per real-set size and the data-scarce sweep
+  (notebooks 10 and 11);
+- ``baseline_ablation``: the 3D-LDM autoencoder's and the 3D-LSGAN's remedies
+  (``python -m sbldm.experiments.baseline_ablation``);
+- ``vae_mask_ablation``: does the necrosis survive the slice VAE's mask term
+  (``python -m sbldm.experiments.vae_mask_ablation``).
+"""

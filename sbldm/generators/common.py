@@ -12,15 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 
 from sbldm.data.cohort import from_model_space, to_model_space
 from sbldm.io import atomic_write_json
-from sbldm.models._common import UmaskWeightsMixin
 
 #: the file that tells ``sbldm.load_generator`` which kind of generator a folder holds
 MARKER = "generator.json"
@@ -116,60 +111,3 @@ def check_training_data(train, tumour_labels: str = "whole",
     return images, labels
 
 
-def dcgan_init(module: nn.Module) -> None:
-    """DCGAN initialisation, as the authors' ``weights_init_normal``: conv weights
-    N(0, 0.02), batch-norm scales N(1, 0.02) and shifts 0 (linear layers keep torch's)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
-def discriminator_widths(channels: int, layers: int) -> list[int]:
-    """Widths of the ``layers - 1`` hidden convs: channels / 2**(layers-2), ..., channels."""
-    return [max(channels // 2 ** (layers - 2 - i), 1) for i in range(layers - 1)]
-
-
-def check_discriminator_fits(shape, layers: int, what: str) -> None:
-    need = 2 ** layers
-    if min(shape) < need:
-        raise ValueError(f"{what}: {layers} stride-2 convs need every side of volume_shape {tuple(shape)} >= {need}")
-
-
-class Discriminator3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
-    """3D convolutional discriminator of the authors' LSGAN: ``layers`` convs k4 s2 p1;
-    the first without normalisation, the others with batch norm, all but the last
-    followed by LeakyReLU(0.2); the last maps to one channel. The output is a patch map
-    (B, 1, x', y', z'); the LS-GAN losses average it per volume."""
-
-    @register_to_config
-    def __init__(self, in_channels: int = 2, channels: int = 1024, layers: int = 6):
-        super().__init__()
-        if layers < 2:
-            raise ValueError(f"a discriminator needs at least 2 layers, got {layers}")
-        widths = discriminator_widths(channels, layers)
-        mods: list[nn.Module] = [nn.Conv3d(in_channels, widths[0], 4, 2, 1), nn.LeakyReLU(0.2)]
-        for a, b in zip(widths[:-1], widths[1:]):
-            mods += [nn.Conv3d(a, b, 4, 2, 1), nn.BatchNorm3d(b), nn.LeakyReLU(0.2)]
-        mods.append(nn.Conv3d(widths[-1], 1, 4, 2, 1))
-        self.net = nn.Sequential(*mods)
-        dcgan_init(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-def ls_loss(d_out: torch.Tensor, target: torch.Tensor | float) -> torch.Tensor:
-    """Least-squares GAN loss: mean over the batch of (mean patch score - target)^2."""
-    score = d_out.flatten(1).mean(1)
-    target = torch.as_tensor(target, dtype=score.dtype, device=score.device).expand_as(score)
-    return F.mse_loss(score, target)
-
-
-def noisy_labels(batch: int, noise: float, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(real, fake) targets as the authors drew them: 1 - noise * n and noise * n, n ~ N(0, 1)."""
-    real = 1.0 - noise * torch.randn(batch, generator=generator)
-    fake = noise * torch.randn(batch, generator=generator)
-    return real, fake

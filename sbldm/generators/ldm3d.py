@@ -1,12 +1,7 @@
 """3D-LDM baseline (paper §3.3): a 3D latent diffusion model on whole volumes.
 
-Stage 1, ``AutoencoderKL3D``: a 3D KL autoencoder on (FLAIR, tumour channels) volumes,
-2 -> 2 channels with the whole-tumour mask, 4 -> 4 with the BraTS regions, pre-norm resnet blocks (GroupNorm, SiLU, 3x3x3 convs), strided-conv
-downsampling and nearest-upsampling + conv, no attention. ``block_out_channels`` are
-the widths per level (authors' 3D VAE: 64, 128, 256, 512) and ``downsampling`` the
-spatial factor (paper text: x4, the default; authors' code: x8): the first
-log2(downsampling) levels downsample, deeper levels keep the resolution. Loss
-L1 + (1 - SSIM) + 1e-6 KL like the slice VAE, with the same optional class-balanced mask
+Stage 1, ``sbldm.models.autoencoder3d.AutoencoderKL3D``: a 3D KL autoencoder on
+(FLAIR, tumour channels) volumes. Loss L1 + (1 - SSIM) + 1e-6 KL like the slice VAE, with the same optional class-balanced mask
 term (``ldm3d_ae_mask_weight``; the authors had none); optionally (``ldm3d_ae_discriminator``)
 plus a least-squares adversarial term from a 3D patch discriminator, which makes it
 the "VAE-GAN" of the paper's text (the authors' code trained without one, the default).
@@ -25,25 +20,23 @@ decoding the whole volume at once.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
 from diffusers import DiffusionPipeline
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from sbldm.diffusion.schedule import denoise, make_scheduler, sampling_scheduler
-from sbldm.generators.common import (MODEL_DIR, Discriminator3D, check_discriminator_fits, check_training_data,
-                                     ls_loss, read_marker, to_samples, volume_batch, write_marker)
-from sbldm.models._common import UmaskWeightsMixin, count_parameters
+from sbldm.generators.common import (MODEL_DIR, check_training_data, read_marker, to_samples, volume_batch,
+                                     write_marker)
+from sbldm.models.autoencoder3d import AutoencoderKL3D, VolumePosterior  # noqa: F401  (saved pipelines name this module)
+from sbldm.models.gan3d import Discriminator3D, check_discriminator_fits
+from sbldm.models._common import count_parameters
+from sbldm.training.objectives import autoencoder_loss, autoencoder_loss_options, autoencoder_loss_words, ls_loss
 
 KIND = "ldm3d"
 #: the autoencoder run folder's record of ``reconstruction_check``
@@ -51,143 +44,6 @@ RECONSTRUCTION_CHECK = "reconstruction_check.json"
 
 
 # -- stage 1: the 3D KL autoencoder ---------------------------------------------------------
-
-class ResBlock3D(nn.Module):
-    def __init__(self, cin: int, cout: int, groups: int):
-        super().__init__()
-        self.block = nn.Sequential(nn.GroupNorm(groups, cin, eps=1e-6), nn.SiLU(), nn.Conv3d(cin, cout, 3, padding=1),
-                                   nn.GroupNorm(groups, cout, eps=1e-6), nn.SiLU(), nn.Conv3d(cout, cout, 3, padding=1))
-        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x):
-        return self.skip(x) + self.block(x)
-
-
-class VolumePosterior(DiagonalGaussianDistribution):
-    """diffusers' diagonal Gaussian q(z | x) (mean, log-variance clamped to [-30, 20],
-    ``sample``, ``mode``) over (B, C, x', y', z') volume latents. Only ``kl`` differs:
-    diffusers sums over dims 1-3, which are all of a 2D latent but leave a volume's depth
-    axis unsummed; here it sums over every latent element, per volume, with the variance
-    as ``std ** 2`` (how the 3D-LDMs were trained, so their results stay bit-identical)."""
-
-    def kl(self, other: DiagonalGaussianDistribution | None = None) -> torch.Tensor:
-        if other is not None:
-            raise NotImplementedError("VolumePosterior.kl is against the standard normal only")
-        return 0.5 * (self.mean ** 2 + self.std ** 2 - 1.0 - self.logvar).flatten(1).sum(1)
-
-
-class AutoencoderKL3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
-    """3D KL autoencoder: (B, 2, x, y, z) <-> (B, latent_channels, x/f, y/f, z/f)."""
-
-    @register_to_config
-    def __init__(self, in_channels: int = 2, out_channels: int = 2,
-                 block_out_channels: Sequence[int] = (64, 128, 256, 512), downsampling: int = 4,
-                 layers_per_block: int = 1, latent_channels: int = 6, norm_num_groups: int = 32,
-                 scaling_factor: float = 1.0):
-        super().__init__()
-        ch = list(block_out_channels)
-        n_down = int(round(math.log2(downsampling)))
-        if downsampling < 1 or 2 ** n_down != downsampling or n_down > len(ch) - 1:
-            raise ValueError(f"downsampling={downsampling} must be a power of two <= 2**(levels - 1) = "
-                             f"{2 ** (len(ch) - 1)}")
-        g = norm_num_groups
-        self.n_down = n_down
-        # encoder
-        self.conv_in = nn.Conv3d(in_channels, ch[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        prev = ch[0]
-        for i, c in enumerate(ch):
-            level = nn.ModuleList()
-            for _ in range(layers_per_block):
-                level.append(ResBlock3D(prev, c, g))
-                prev = c
-            level.append(nn.Conv3d(c, c, 3, stride=2, padding=1) if i < n_down else nn.Identity())
-            self.down.append(level)
-        self.enc_mid = ResBlock3D(prev, prev, g)
-        self.enc_out = nn.Sequential(nn.GroupNorm(g, prev, eps=1e-6), nn.SiLU(),
-                                     nn.Conv3d(prev, 2 * latent_channels, 3, padding=1))
-        self.quant_conv = nn.Conv3d(2 * latent_channels, 2 * latent_channels, 1)
-        # decoder
-        self.post_quant_conv = nn.Conv3d(latent_channels, latent_channels, 1)
-        self.dec_in = nn.Conv3d(latent_channels, prev, 3, padding=1)
-        self.dec_mid = ResBlock3D(prev, prev, g)
-        self.up = nn.ModuleList()
-        for i in reversed(range(len(ch))):
-            level = nn.ModuleList()
-            for _ in range(layers_per_block + 1):
-                level.append(ResBlock3D(prev, ch[i], g))
-                prev = ch[i]
-            if 1 <= i <= n_down:
-                level.append(nn.Sequential(nn.Upsample(scale_factor=2.0, mode="nearest"),
-                                           nn.Conv3d(prev, prev, 3, padding=1)))
-            self.up.append(level)
-        self.dec_out = nn.Sequential(nn.GroupNorm(g, prev, eps=1e-6), nn.SiLU(),
-                                     nn.Conv3d(prev, out_channels, 3, padding=1))
-
-    @property
-    def downsampling_factor(self) -> int:
-        return 2 ** self.n_down
-
-    def latent_shape(self, volume_shape: Sequence[int]) -> tuple[int, int, int, int]:
-        f = self.downsampling_factor
-        if any(int(s) % f for s in volume_shape):
-            raise ValueError(f"volume shape {tuple(volume_shape)} must be divisible by the downsampling factor {f}")
-        return (self.config.latent_channels, *(int(s) // f for s in volume_shape))
-
-    def encode(self, x: torch.Tensor) -> VolumePosterior:
-        if x.ndim != 5:
-            raise ValueError(f"AutoencoderKL3D needs (B, C, x, y, z) input, got {tuple(x.shape)}")
-        self.latent_shape(x.shape[2:])
-        h = self.conv_in(x)
-        for level in self.down:
-            for m in level:
-                h = m(h)
-        h = self.enc_out(self.enc_mid(h))
-        return VolumePosterior(self.quant_conv(h))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.dec_mid(self.dec_in(self.post_quant_conv(z)))
-        for level in self.up:
-            for m in level:
-                h = m(h)
-        return self.dec_out(h)
-
-    def forward(self, x: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None):
-        post = self.encode(x)
-        z = post.sample(generator) if sample_posterior else post.mean
-        return self.decode(z), post
-
-
-def autoencoder_loss(ae: AutoencoderKL3D, x: torch.Tensor, *, kl_weight: float = 1e-6, ssim_weight: float = 1.0,
-                     ssim_range: str = "signed", mask_weight: float = 0.0, mask_nested: bool = False,
-                     mask_band: int = 0, generator: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
-    """(terms, the reconstruction) of volumes ``x`` through a posterior sample: the slice
-    VAE's loss, ``sbldm.models.vae.kl_autoencoder_loss`` (with its class-balanced mask term
-    at ``mask_weight`` > 0, nested and banded as there), computed in float32 (the
-    reconstruction is returned as the autoencoder gave it, for the adversarial term)."""
-    from sbldm.models.vae import kl_autoencoder_loss
-
-    recon, post = ae(x, sample_posterior=True, generator=generator)
-    return kl_autoencoder_loss(recon.float(), x.float(), post, kl_weight=kl_weight, ssim_weight=ssim_weight,
-                               ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested,
-                               mask_band=mask_band), recon
-
-
-def autoencoder_loss_options(cfg) -> dict:
-    """``autoencoder_loss``'s weights and mask-term options from a config's ``ldm3d_ae_*`` fields."""
-    return {"kl_weight": cfg.ldm3d_ae_kl_weight, "ssim_weight": cfg.ldm3d_ae_ssim_weight,
-            "ssim_range": cfg.ldm3d_ae_ssim_range, "mask_weight": cfg.ldm3d_ae_mask_weight,
-            "mask_nested": cfg.ldm3d_ae_mask_nested, "mask_band": cfg.ldm3d_ae_mask_band}
-
-
-def autoencoder_loss_words(cfg) -> str:
-    """The autoencoder's loss terms in words, as its training record names them."""
-    mask = ""
-    if cfg.ldm3d_ae_mask_weight:
-        how = [w for w, on in (("nested", cfg.ldm3d_ae_mask_nested),
-                               (f"{cfg.ldm3d_ae_mask_band}-voxel band", cfg.ldm3d_ae_mask_band)) if on]
-        mask = " + mask_weight balanced mask L1" + (f" ({', '.join(how)})" if how else "")
-    return "L1 + ssim_weight (1 - SSIM) + kl_weight KL" + mask
 
 
 # -- the generator ---------------------------------------------------------------------------
@@ -431,9 +287,8 @@ def train_autoencoder(cfg, train, out_dir: str | os.PathLike, ae: AutoencoderKL3
     its discriminator when ``cfg.ldm3d_ae_discriminator``) trained on ``train`` for
     ``cfg.ldm3d_ae_steps`` steps into the run folder ``out_dir``, as ``control``
     (``sbldm.training.trainer.RunControl``) says; None when stopped early (resume later)."""
-    from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, run_training,
-                                        step_generator)
+    from sbldm.runtime import cpu_setup, seed_everything, step_generator
+    from sbldm.training.trainer import RunControl, StageSpec, data_fingerprint, make_accelerator, run_training
 
     cpu_setup()
     if ae is None:
@@ -518,8 +373,8 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     from sbldm.diffusion.latents import global_std
     from sbldm.runtime import cpu_setup, seed_everything
     from sbldm.provenance import fingerprint
-    from sbldm.training.trainer import (RunControl, StageSpec, make_accelerator, noise_batch, noise_loss,
-                                        run_training)
+    from sbldm.training.objectives import noise_batch, noise_loss
+    from sbldm.training.trainer import RunControl, StageSpec, make_accelerator, run_training
 
     cpu_setup()
     seed_everything(cfg.seed)

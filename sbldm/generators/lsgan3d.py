@@ -1,14 +1,8 @@
 """3D-LSGAN baseline (paper §3.3; the authors' ``train_lsgan.py``).
 
-Generator (DCGAN-style, derived from the volume shape so every preset works): noise
-z in R^latent_dim -> Linear -> (C, x/2^n, y/2^n, z/2^n) -> BN, ReLU -> (n - 1) x
-[nearest upsample x2, conv3, BN, ReLU], halving the width each time -> nearest upsample
-x2, conv3 to the model-space channels (FLAIR and the whole-tumour mask, as the authors;
-or FLAIR and the BraTS regions WT, TC, ET with ``tumour_labels="regions"``) -> tanh. At
-``paper``: 2048 -> 512 x 6x6x3 -> ... -> 2 x 192x192x96, as the authors.
-
-Discriminator: ``Discriminator3D`` (six 3D convs k4 s2, batch norm, LeakyReLU 0.2 at
-``paper``, widths 64 .. 1024).
+Networks: ``sbldm.models.gan3d`` (``LSGANGenerator3D``, ``Discriminator3D``); the
+generator outputs FLAIR and the whole-tumour mask, as the authors, or FLAIR and the BraTS
+regions WT, TC, ET with ``tumour_labels="regions"``.
 
 Training (least-squares GAN, Mao et al. 2017), per step as the authors: a generator
 update on ``(mean D(G(z)) - real_label)^2``, then a discriminator update on
@@ -34,55 +28,22 @@ volume does not depend on the others drawn with it.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision out)
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 
-from sbldm.generators.common import (MODEL_DIR, Discriminator3D, Samples, check_discriminator_fits, check_training_data,
-                                     dcgan_init, ls_loss, noisy_labels, read_marker, to_samples, volume_batch,
-                                     write_marker)
-from sbldm.models._common import UmaskWeightsMixin, count_parameters
+from sbldm.generators.common import (MODEL_DIR, Samples, check_training_data, read_marker,
+                                     to_samples, volume_batch, write_marker)
+from sbldm.models.gan3d import Discriminator3D, LSGANGenerator3D, check_discriminator_fits
+from sbldm.training.objectives import discriminator_loss, generator_loss, noisy_labels
+from sbldm.models._common import count_parameters
 
 KIND = "lsgan3d"
-
-
-class LSGANGenerator3D(UmaskWeightsMixin, ModelMixin, ConfigMixin):
-    """Noise (B, latent_dim) -> (B, 2, x, y, z) in [-1, 1]."""
-
-    @register_to_config
-    def __init__(self, volume_shape: Sequence[int] = (192, 192, 96), latent_dim: int = 2048,
-                 channels: int = 512, upsamplings: int = 5, out_channels: int = 2):
-        super().__init__()
-        f = 2 ** upsamplings
-        if upsamplings < 1 or any(int(s) % f for s in volume_shape):
-            raise ValueError(f"volume_shape {tuple(volume_shape)} must be divisible by 2**upsamplings = {f}")
-        if channels // 2 ** (upsamplings - 1) < 1:
-            raise ValueError(f"channels={channels} cannot be halved {upsamplings - 1} times")
-        self.base_shape = tuple(int(s) // f for s in volume_shape)
-        self.fc = nn.Linear(latent_dim, channels * math.prod(self.base_shape))
-        self.bn_in = nn.BatchNorm3d(channels)
-        widths = [channels // 2 ** k for k in range(upsamplings)]       # 512, 256, 128, 64, 32
-        self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, padding=1) for a, b in zip(widths[:-1], widths[1:]))
-        self.norms = nn.ModuleList(nn.BatchNorm3d(b) for b in widths[1:])
-        self.conv_out = nn.Conv3d(widths[-1], out_channels, 3, padding=1)
-        dcgan_init(self)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z).view(z.shape[0], self.config.channels, *self.base_shape)
-        h = F.relu(self.bn_in(h))
-        for conv, norm in zip(self.convs, self.norms):
-            h = F.relu(norm(conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))))
-        return torch.tanh(self.conv_out(F.interpolate(h, scale_factor=2.0, mode="nearest")))
 
 
 def build_networks(cfg) -> tuple[LSGANGenerator3D, Discriminator3D]:
@@ -95,18 +56,6 @@ def build_networks(cfg) -> tuple[LSGANGenerator3D, Discriminator3D]:
                          channels=cfg.lsgan_g_channels, upsamplings=cfg.lsgan_upsamplings, out_channels=channels)
     d = Discriminator3D(in_channels=channels, channels=cfg.lsgan_d_channels, layers=cfg.lsgan_d_layers)
     return g, d
-
-
-def generator_loss(g, d, z: torch.Tensor, real_label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(LS loss of the generator, the fake batch)."""
-    fake = g(z)
-    return ls_loss(d(fake), real_label), fake
-
-
-def discriminator_loss(d, real: torch.Tensor, fake: torch.Tensor, real_label, fake_label) -> dict:
-    d_real = ls_loss(d(real), real_label)
-    d_fake = ls_loss(d(fake.detach()), fake_label)
-    return {"d_loss": 0.5 * (d_real + d_fake), "d_real": d_real, "d_fake": d_fake}
 
 
 class LSGAN3D:
@@ -263,8 +212,8 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
     from ``cfg`` under ``cfg.seed``). ``stop_at`` stops after that many steps (returns None:
     resume later)."""
     from sbldm.runtime import cpu_setup, seed_everything
-    from sbldm.training.trainer import (RunControl, StageSpec, data_fingerprint, make_accelerator, run_training,
-                                        step_generator)
+    from sbldm.runtime import step_generator
+    from sbldm.training.trainer import RunControl, StageSpec, data_fingerprint, make_accelerator, run_training
 
     cpu_setup()
     seed_everything(cfg.seed)

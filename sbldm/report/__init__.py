@@ -1,1 +1,11 @@
-"""Turning results into what a reader sees: the tumour-size and position sweeps of Figure 3 (``sweeps``) and the generated pages: the results page, the README's claims block and the efficiency block (``readme``)."""
+"""Turning results into what a reader sees.
+
+- ``readme``: the generated pages: the README's claims block, ``results/<scale>/README.md``
+  and the efficiency block of ``docs/benchmarks.md``;
+- ``summaries``: each notebook's closing summary, saved and quoted on the results page;
+- ``sweeps``: the tumour-size and position sweeps of Figure 3;
+- ``phantom_figures``: the phantom cohort against real tumours;
+- ``steer``: the interactive steering panel of notebook 08;
+- ``ship``: ships a trained pipeline as ``pretrained/<scale>`` with its model card;
+- ``browser_check``: notebook 08 in JupyterLab in a headless Chromium, screenshots.
+"""

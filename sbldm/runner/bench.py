@@ -91,7 +91,8 @@ def _train_step_setup(component: str, cfg, device: str):
     import torch
 
     from sbldm.models.unet3d import build_unet, latent_unet
-    from sbldm.models.vae import build_vae, relative_positions, vae_loss
+    from sbldm.models.vae import build_vae, relative_positions
+    from sbldm.training.objectives import vae_loss
 
     g = torch.Generator(device="cpu").manual_seed(0)
     x_, y_, z_ = cfg.volume_shape
@@ -124,7 +125,8 @@ def _train_step_setup(component: str, cfg, device: str):
         loss = noise_step(model, (b, 2, x_, y_, z_), torch.rand(b, 9).to(device))
         unit = f"batch of {b} volumes 2x{x_}x{y_}x{z_}"
     elif component in ("ldm3d_autoencoder", "ldm3d_unet"):
-        from sbldm.generators.ldm3d import autoencoder_loss, autoencoder_loss_options, build_networks
+        from sbldm.generators.ldm3d import build_networks
+        from sbldm.training.objectives import autoencoder_loss, autoencoder_loss_options
 
         ae, unet, _ = build_networks(cfg)
         if component == "ldm3d_autoencoder":

@@ -1,1 +1,9 @@
-"""The downstream task of paper §3.4: tumour segmentation trained on real and synthetic volumes — the fast MONAI backend (``fast``), nnU-Net v2 (``nnunet``), and Table 2 (``table2``)."""
+"""The downstream task of paper §3.4: tumour segmentation trained on real and synthetic
+volumes.
+
+- ``fast``: the fast backend, a MONAI 3D U-Net for ``smoke``/``small``;
+- ``nnunet``: nnU-Net v2, the paper's segmenter (``_nnunet_launch`` starts its entry
+  points on a machine without timm);
+- ``brats_metrics``: BraTS region metrics and the BraTS 2023 lesion-wise metrics;
+- ``table2``: Table 2: the training sets, the budget, the runs and their results.
+"""

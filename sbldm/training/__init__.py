@@ -1,1 +1,6 @@
-"""Training loops for the slice VAE and the latent UNet: one resumable, seeded, accelerate-driven loop (``trainer``)."""
+"""Training.
+
+- ``objectives``: every generator's loss (diffusion, autoencoders, least-squares GAN);
+- ``trainer``: one resumable, seeded, accelerate-driven loop, and SBLDM's two stages
+  (the slice VAE, the latent UNet) on it.
+"""

@@ -32,25 +32,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from sbldm.config import PREDICTION_TYPES, Config, resume_conflicts  # noqa: F401  (PREDICTION_TYPES re-exported)
+from sbldm.config import Config, resume_conflicts
 from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
-from sbldm.runtime import cpu_setup, seed_everything
+from sbldm.runtime import cpu_setup, seed_everything, step_generator, step_rng
 from sbldm.io import atomic_write_bytes, atomic_write_json
 from sbldm.models._common import count_parameters
+from sbldm.training.objectives import min_snr_weights, noise_batch, noise_loss, vae_loss
 
 CHECKPOINT = "checkpoints/last.pt"
 
 
 # -- reproducibility helpers --------------------------------------------------------------
-
-def step_rng(seed: int, step: int, rank: int = 0) -> np.random.Generator:
-    """The numpy generator of one training step: a function of (seed, step, rank) only."""
-    return np.random.default_rng([int(seed), int(step), int(rank)])
-
-
-def step_generator(rng: np.random.Generator) -> torch.Generator:
-    """A CPU torch generator seeded from a step's numpy generator."""
-    return torch.Generator().manual_seed(int(rng.integers(0, 2 ** 63 - 1)))
 
 
 def run_record(cfg: Config, stage: str, **extra) -> dict:
@@ -400,7 +392,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
     ``stop_at`` stops after that many steps (as if killed just after the step), for
     tests and for training in slices; ``resume`` continues from ``out_dir``'s checkpoint.
     """
-    from sbldm.models.vae import build_vae, vae_loss
+    from sbldm.models.vae import build_vae
 
     cpu_setup()
     if cfg.vae_lpips_weight > 0:
@@ -435,71 +427,6 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
 
 
 # -- stage 2 ----------------------------------------------------------------------------------
-
-def noise_batch(data: torch.Tensor, rng: np.random.Generator, batch_size: int, alphas_cumprod: torch.Tensor,
-                prediction_type: str = "epsilon"):
-    """One diffusion training batch drawn by ``rng`` (deterministic in the step's rng):
-    (indices, noisy latents x_t, the regression target, timesteps, the torch generator for
-    any further draws of the step).
-
-    The target is the noise ``eps`` (``prediction_type="epsilon"``, the paper), the
-    velocity ``v = sqrt(a) eps - sqrt(1 - a) x_0`` (``"v_prediction"``, Salimans & Ho 2022)
-    or the clean latent ``x_0`` (``"sample"``), with ``a`` the cumulative alpha at the
-    drawn timestep.
-    """
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got {prediction_type!r}")
-    idx = torch.from_numpy(rng.integers(0, len(data), size=batch_size))
-    gen = step_generator(rng)
-    z0 = data[idx]
-    noise = torch.randn(z0.shape, generator=gen)
-    t = torch.randint(0, len(alphas_cumprod), (len(idx),), generator=gen)
-    a = alphas_cumprod[t].reshape(-1, *([1] * (z0.ndim - 1)))
-    if prediction_type == "epsilon":
-        target = noise
-    elif prediction_type == "v_prediction":
-        target = a.sqrt() * noise - (1 - a).sqrt() * z0
-    else:
-        target = z0
-    return idx, a.sqrt() * z0 + (1 - a).sqrt() * noise, target, t, gen
-
-
-def min_snr_weights(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Per-sample loss weights of min-SNR-gamma (Hang et al., ICCV 2023; diffusers'
-    ``snr_gamma``): with SNR = a / (1 - a) at each timestep, ``min(SNR, gamma)`` expressed
-    for the target the model regresses: / SNR for the noise, / (SNR + 1) for the velocity,
-    as is for x_0. It caps the weight of the low-noise steps, which otherwise dominate."""
-    a = alphas_cumprod[t].double()
-    snr = a / (1 - a)
-    w = torch.clamp(snr, max=float(gamma))
-    if prediction_type == "epsilon":
-        w = w / snr
-    elif prediction_type == "v_prediction":
-        w = w / (snr + 1)
-    return w.float()
-
-
-def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
-               weight: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE (paper) or L1 (authors' code) between the prediction and its target (noise,
-    velocity or x_0, see ``noise_batch``), in float32; with ``weight`` (broadcast over the
-    channels) the weighted mean ``sum(w e) / sum(w)``, per element; with ``sample_weight``
-    (B,) each example's mean error is scaled by its weight before the batch mean
-    (``min_snr_weights``)."""
-    err = pred.float() - target
-    err = err.abs() if kind == "l1" else err ** 2
-    if sample_weight is None:
-        if weight is None:
-            return err.mean()
-        w = weight.float().expand_as(err)
-        return (w * err).sum() / w.sum()
-    dims = tuple(range(1, err.ndim))
-    if weight is None:
-        per_sample = err.mean(dim=dims)
-    else:
-        w = weight.float().expand_as(err)
-        per_sample = (w * err).sum(dim=dims) / w.sum(dim=dims)
-    return (sample_weight.to(per_sample) * per_sample).mean()
 
 
 def train_diffusion(cfg: Config, latents, conditions: np.ndarray, out_dir: str | os.PathLike,
