@@ -100,8 +100,8 @@ def test_the_figures_outline_the_labels_of_the_data_stage():
 
 def test_the_appearance_figure_outlines_sub_regions_where_a_set_has_label_maps():
     """Notebook 09's examples: a set given label maps shows necrosis, enhancing and whole
-    tumour in their own colours; a set with masks only shows its mask in red; label maps of
-    another shape are refused, naming the set."""
+    tumour in their own colours; a set with masks only shows its mask in the whole tumour's
+    colour; label maps of another shape are refused, naming the set."""
     import matplotlib.colors as mcolors
 
     from sbldm import plotting
@@ -127,6 +127,6 @@ def test_the_appearance_figure_outlines_sub_regions_where_a_set_has_label_maps()
                                            label_maps={"real": labels})
     assert outlined <= colours(fig)
     fig = plotting.tumour_intensity_figure({"real": (images, masks)}, n_examples=2)
-    assert colours(fig) == {mcolors.to_hex("red")}
+    assert colours(fig) == {mcolors.to_hex(plotting.REGION_COLOURS["whole tumour"])}
     with pytest.raises(ValueError, match="'real'"):
         plotting.tumour_intensity_figure({"real": (images, masks)}, n_examples=2, label_maps={"real": labels[:1]})

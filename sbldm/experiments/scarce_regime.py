@@ -275,16 +275,19 @@ def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
 def sweep_figure(summary: list[dict], regions, scale: str):
     """Dice on the real test split against the number of real volumes, one panel per
     region, real only and real + SBLDM, mean ± std across seeds."""
-    from sbldm.plotting import agg_pyplot
+    from sbldm.plotting import agg_pyplot, method_styles
 
     plt = agg_pyplot()
     fig, axes = plt.subplots(1, len(regions), figsize=(3.6 * len(regions), 3.2), squeeze=False)
     sizes = sorted({r["n_real"] for r in summary})
+    styles = method_styles([REAL, MIXING])           # the methods' palette: real in black, SBLDM in purple
+    legend = {REAL: "real only (training subset)", MIXING: "real + SBLDM"}
     for ax, g in zip(axes[0], regions):
-        for name in (REAL, MIXING):
+        for name, marker in ((REAL, "o"), (MIXING, "s")):
             rs = sorted((r for r in summary if r["row"] == name), key=lambda r: r["n_real"])
             ax.errorbar([r["n_real"] for r in rs], [r[f"dice_{g}_mean"] for r in rs],
-                        yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker="o", capsize=3, label=name)
+                        yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker=marker, capsize=3, label=legend[name],
+                        color=styles[name]["color"], ls=styles[name]["linestyle"])
         ax.set_xscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])

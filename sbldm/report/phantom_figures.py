@@ -2,9 +2,10 @@
 to the histograms of their intensities, the four sequences of one case, and the cohort's
 tumour shapes.
 
-Sub-regions are outlined in fixed colours: necrosis yellow, enhancing tumour red, the
-whole tumour (oedema's outer edge) green. Intensities are z values relative to the
-normal-appearing brain (``sbldm.data.phantom_stats``).
+Sub-regions are outlined in the regions' palette (``sbldm.plotting.REGION_COLOURS``):
+necrosis yellow, enhancing tumour vermillion, the whole tumour (oedema's outer edge)
+bluish green. Intensities are z values relative to the normal-appearing brain
+(``sbldm.data.phantom_stats``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from sbldm.plotting import OUTLINES, agg_pyplot, draw_outlines, outline_legend, view_slice
+from sbldm import plotting
+from sbldm.plotting import agg_pyplot, draw_outlines, outline_legend, view_slice
 
-#: histogram colours: the outline colours of each sub-region (``sbldm.plotting.OUTLINES``), grey for normal brain
-REGION_COLOURS = {"normal": "0.6", **{name.replace("whole tumour", "oedema"): colour for _, colour, name in OUTLINES}}
+#: histogram colours: each sub-region in its ``sbldm.plotting.REGION_COLOURS`` colour (oedema
+#: as the whole tumour's outline), grey for normal brain
+REGION_COLOURS = {"normal": "0.6", **{k: plotting.REGION_COLOURS[k] for k in ("oedema", "enhancing", "necrosis")}}
 SEQUENCE_NAMES = {"t1n": "T1", "t1c": "T1ce", "t2w": "T2", "t2f": "FLAIR"}
 
 
@@ -59,7 +62,7 @@ def draw_case(ax, image: np.ndarray, seg: np.ndarray, index: int | None = None, 
 
 def phantom_cases_figure(cases: Sequence[tuple], suptitle: str | None = None, bins: np.ndarray | None = None):
     """One row per case: the axial FLAIR slice through the tumour's largest extent, a
-    zoom onto the tumour (outlines: necrosis yellow, enhancing red, whole tumour green),
+    zoom onto the tumour (outlines in ``sbldm.plotting.REGION_COLOURS``, legend below),
     and histograms of the z values of the normal-appearing brain and of each sub-region.
 
     ``cases``: tuples ``(image, seg, spacing, label)``.
@@ -69,8 +72,8 @@ def phantom_cases_figure(cases: Sequence[tuple], suptitle: str | None = None, bi
     plt = agg_pyplot()
     bins = np.linspace(-4, 6, 61) if bins is None else bins
     n = len(cases)
-    fig, axes = plt.subplots(n, 3, figsize=(9.5, 2.7 * n + 0.4), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1, 1.5]})
+    fig, axes = plt.subplots(n, 3, figsize=(9.5, 2.7 * n + 0.7), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1, 1.5]}, layout="constrained")
     for r, (image, seg, spacing, label) in enumerate(cases):
         draw_case(axes[r, 0], image, seg, title=f"{label} — FLAIR, axial")
         draw_case(axes[r, 1], image, seg, crop=True, title="tumour")
@@ -86,7 +89,6 @@ def phantom_cases_figure(cases: Sequence[tuple], suptitle: str | None = None, bi
         ax.legend(fontsize=6.5, frameon=False)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
     outline_legend(fig)
     return fig
 
@@ -97,7 +99,7 @@ def sequences_figure(images: Mapping[str, np.ndarray], seg: np.ndarray, label: s
     tumour's largest extent (top) and a zoom onto the tumour with the outlines (bottom)."""
     plt = agg_pyplot()
     names = [k for k in SEQUENCE_NAMES if k in images] or list(images)
-    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.6), squeeze=False)
+    fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.9), squeeze=False, layout="constrained")
     k = tumour_slice(seg)
     for j, name in enumerate(names):
         title = SEQUENCE_NAMES.get(name, name) + (f" — {label}" if label and j == 0 else "")
@@ -105,7 +107,6 @@ def sequences_figure(images: Mapping[str, np.ndarray], seg: np.ndarray, label: s
         draw_case(axes[1, j], images[name], seg, index=k, crop=True, title="tumour")
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
     outline_legend(fig)
     return fig
 

@@ -141,16 +141,21 @@ class TumourSteering:
         return dict(zip(FEATURE_NAMES, map(float, np.asarray(self.last.raw_conditions)[0])))
 
     def draw(self):
-        """Axial, coronal and sagittal views through the requested centre, the mask outlined,
-        and the requested vs obtained features."""
-        from sbldm.plotting import agg_pyplot, three_views
+        """Axial, coronal and sagittal views through the requested centre (marked with a
+        white cross), the mask or its sub-regions outlined, the legend below, and the
+        requested vs obtained features."""
+        from sbldm.plotting import (VIEWS, agg_pyplot, centre_handle, mark_centre, outline_legend, three_views,
+                                    view_slice)
 
         plt = agg_pyplot()
         req = self.last_request
         centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
-        fig, axes = plt.subplots(1, 4, figsize=(12, 3.2), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
+        fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
         three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre,
                     labels=None if self.last.labels is None else self.last.labels[0])
+        for ax, view, axis in zip(axes[:3], VIEWS, (2, 1, 0)):      # the requested centre in display coordinates
+            u, w = [centre[a] for a in range(3) if a != axis]
+            mark_centre(ax, u, view_slice(self.last.images[0], view, centre[axis]).shape[0] - 1 - w)
         got = self.obtained()
         axes[3].set_axis_off()
         text = ["feature        requested  obtained"]
@@ -162,7 +167,8 @@ class TumourSteering:
         axes[3].text(0, 1, "\n".join(text), family="monospace", fontsize=7.5, va="top")
         fig.suptitle(f"requested centre ({centre[0]}, {centre[1]}, {centre[2]}); DDIM-{self.steps}, guidance "
                      f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.3 / 3.6, 1, 1))
+        outline_legend(fig, label_maps=self.last.labels is not None, extra=[centre_handle()])
         return fig
 
     def save(self, out_dir, prefix: str = "steered") -> list[tuple[Path, Path]]:

@@ -266,19 +266,23 @@ def curve_figure(result: dict, scale: str):
     curve = result["curve"]
     fig, ax = plt.subplots(figsize=(4.8, 3.2))
     what = "validation Dice" + (" (mean of WT, TC, ET)" if result.get("regions") else "")
-    ax.plot([r["iteration"] for r in curve], [r["val_dice"] for r in curve], marker="o", label=what)
+    # neither colour is a region's or a method's (sbldm.plotting's palettes): a blue Dice, a grey loss
+    dice_colour, loss_colour = "#1F4E9C", "0.45"
+    ax.plot([r["iteration"] for r in curve], [r["val_dice"] for r in curve], marker="o", color=dice_colour, label=what)
     ax.axvline(result["budget"], color="k", ls="--", lw=1, label=f"budget: {result['budget']} iterations")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("Dice", color="C0")
+    ax.set_ylabel("Dice", color=dice_colour)
     ax.set_ylim(0, 1)
     ax2 = ax.twinx()
-    ax2.plot([r["iteration"] for r in curve], [r["train_loss"] for r in curve], color="C1", marker=".",
-             label="training loss (Dice + CE)")
-    ax2.set_ylabel("training loss", color="C1")
+    ax2.plot([r["iteration"] for r in curve], [r["train_loss"] for r in curve], color=loss_colour, marker=".",
+             ls=(0, (4, 2)), label="training loss (Dice + CE), right axis")
+    ax2.set_ylabel("training loss", color=loss_colour)
     ax.set_title(f"segmenter learning curve ({scale}): {result['n_fit']} real volumes, "
                  f"{result['n_val']} validation", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # one legend for the lines of both axes, below the panel where it hides no point
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=2, fontsize=7.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
