@@ -17,10 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-#: sbldm.data.tumour's labels and whole-tumour region (plotting sits below the data stage,
-#: so they are repeated here; tests/test_tumour.py checks that they agree)
-NECROSIS, OEDEMA, ENHANCING = 1, 2, 3
-REGIONS = {"WT": (NECROSIS, OEDEMA, ENHANCING)}
+from sbldm.labels import ENHANCING, LABEL_NAMES, NECROSIS, OEDEMA, REGIONS  # noqa: F401  (OEDEMA: the labels figures draw)
 
 VIEWS = ("axial", "coronal", "sagittal")
 
@@ -30,7 +27,7 @@ VIEWS = ("axial", "coronal", "sagittal")
 #: the whole-tumour outline is oedema's outer edge, and a label map fills oedema out to it.
 REGION_COLOURS = {"whole tumour": "#009E73", "oedema": "#009E73", "necrosis": "#F0E442", "enhancing": "#D55E00"}
 #: the label value of each sub-region
-LABEL_REGIONS = {NECROSIS: "necrosis", OEDEMA: "oedema", ENHANCING: "enhancing"}
+LABEL_REGIONS = LABEL_NAMES
 #: a tumour drawn as a binary mask is the whole tumour
 MASK_COLOUR = REGION_COLOURS["whole tumour"]
 

@@ -68,7 +68,7 @@ def test_ci_runs_the_readme_test_command():
 
 #: shared modules first, then the stages in the order of the method's data flow
 LAYERS = [
-    {"config", "io", "provenance", "runtime", "metrics", "paper", "plotting", "tables", "_compat", "paths", "runs"},
+    {"config", "io", "provenance", "runtime", "metrics", "paper", "plotting", "tables", "_compat", "paths", "runs", "labels"},
     {"data"}, {"models"}, {"diffusion"}, {"training"}, {"generators"},
     {"segmentation"}, {"evaluation"}, {"experiments"}, {"report"}, {"runner"},
 ]
@@ -204,3 +204,39 @@ def test_every_package_docstring_names_each_of_its_modules():
             if f"``{name}``" not in doc:
                 missing.append(f"{init.parent.name}.{name}")
     assert not missing, f"package docstrings do not name: {missing}"
+
+
+def test_no_import_circles_not_even_through_imports_inside_functions():
+    """The package's modules import one another without a circle, counting imports made
+    inside functions too: a reader can follow any module's dependencies to their end."""
+    import ast
+
+    pkg = ROOT / "sbldm"
+    mods = {}
+    for p in pkg.rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = p
+    graph = {}
+    for name, p in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sbldm"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+        graph[name] = {d for d in deps if d in mods and d != name}
+    circles, done = [], set()
+
+    def visit(node, path):
+        for nxt in graph[node]:
+            if nxt in path:
+                circles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in done:
+                visit(nxt, path + [nxt])
+        done.add(node)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name, [name])
+    assert not circles, circles[:3]

@@ -6,7 +6,7 @@ from conftest import ball
 
 from sbldm import config
 from sbldm.data.tumour import tumour_features
-from sbldm.segmentation import fast, table2
+from sbldm.segmentation import fast, statistics, table2
 
 
 def _vols(n=3, shape=(16, 16, 12), seed=0):
@@ -131,12 +131,12 @@ def test_learning_curve_points_are_the_networks_a_shorter_budget_gives():
 
 
 def test_holm_by_hand():
-    adj = table2.holm({"a": 0.01, "b": 0.04, "c": 0.03, "ref": math.nan})
+    adj = statistics.holm({"a": 0.01, "b": 0.04, "c": 0.03, "ref": math.nan})
     assert adj["a"] == pytest.approx(0.03) and adj["c"] == pytest.approx(0.06) and adj["b"] == pytest.approx(0.06)
     assert math.isnan(adj["ref"])
     # capped at 1, and never smaller than a smaller raw p's adjusted value (step-down monotonicity)
-    assert table2.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
-    assert table2.holm({"a": 0.001, "b": 0.3}) == {"a": pytest.approx(0.002), "b": pytest.approx(0.3)}
+    assert statistics.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}
+    assert statistics.holm({"a": 0.001, "b": 0.3}) == {"a": pytest.approx(0.002), "b": pytest.approx(0.3)}
 
 
 def test_summarise_means_seeds_and_paired_test():
@@ -148,7 +148,7 @@ def test_summarise_means_seeds_and_paired_test():
             cases.append({"row": "real + SBLDM", "seed": seed, "n_train_volumes": 8, "case_id": f"c{i}",
                           "dice": 0.0 if i == 0 else 0.7 + 0.01 * i + 0.02 * seed, "iou": 0.6,
                           "hd95": math.nan if i == 0 else 2.0, "empty_prediction": i == 0})
-    rows = table2.summarise(cases)
+    rows = statistics.summarise(cases)
     real, syn = rows
     assert real["dice_mean"] == pytest.approx(0.535) and math.isnan(real["p_vs_real"])
     per_seed = [np.mean([0.0] + [0.7 + 0.01 * i + 0.02 * s for i in range(1, 8)]) for s in (0, 1)]
@@ -300,7 +300,7 @@ def test_summarise_tests_each_region_against_real():
             cases.append({**base, **region, "row": "real + SBLDM", "n_train_volumes": 8, "dice": 0.6, "dice_WT": 0.6,
                           "dice_TC": 0.5, "dice_ET": 0.6 + 0.01 * i + 0.001 * seed, "lesion_dice_WT": 0.6,
                           "lesion_dice_TC": 0.5, "lesion_dice_ET": 0.6})
-    real, syn = table2.summarise(cases)
+    real, syn = statistics.summarise(cases)
     assert syn["dice_ET_mean"] == pytest.approx(0.6 + 0.035 + 0.0005) and syn["dice_WT_mean"] == pytest.approx(0.6)
     assert syn["p_vs_real_WT"] == 1.0 and syn["p_vs_real_ET"] < 0.01       # ET differs in every case, WT in none
     assert syn["p_holm_ET"] == pytest.approx(syn["p_vs_real_ET"]) and math.isnan(real["p_holm_ET"])
@@ -320,9 +320,9 @@ def test_seeds_above_counts_seeds_not_cases_in_both_directions():
         cases += [case("real", 0, i, 0.70), case("real", 1, i, 0.70), case("real", 2, i, 0.40),
                   case("real + SBLDM", 0, i, 0.68), case("real + SBLDM", 1, i, 0.69), case("real + SBLDM", 2, i, 0.66),
                   case("real + SBLDM", 7, i, 0.99)]        # seed 7 has no real-only partner: not counted
-    assert table2.seeds_above(cases, "real + SBLDM", "real", "dice_WT") == 1
-    assert table2.seeds_above(cases, "real", "real + SBLDM", "dice_WT") == 2
-    assert table2.seeds_above(cases, "real", "real", "dice_WT") == 0   # equal is not above
+    assert statistics.seeds_above(cases, "real + SBLDM", "real", "dice_WT") == 1
+    assert statistics.seeds_above(cases, "real", "real + SBLDM", "dice_WT") == 2
+    assert statistics.seeds_above(cases, "real", "real", "dice_WT") == 0   # equal is not above
 
 
 def test_the_table2_summary_counts_the_seeds_behind_each_significant_gain():

@@ -91,11 +91,21 @@ def test_sweep_varies_one_feature_and_keeps_position():
 
 
 def test_the_figures_outline_the_labels_of_the_data_stage():
-    from sbldm import plotting
-    from sbldm.data import tumour
+    """One definition of the labels and regions (``sbldm.labels``) serves the data stage,
+    the metrics and the figures: no module defines a ``REGIONS`` of its own."""
+    import re
+    from pathlib import Path
 
-    assert (plotting.NECROSIS, plotting.OEDEMA, plotting.ENHANCING) == (tumour.NECROSIS, tumour.OEDEMA, tumour.ENHANCING)
-    assert plotting.REGIONS["WT"] == tumour.REGIONS["WT"]
+    from sbldm import labels, plotting
+    from sbldm.data import tumour
+    from sbldm.segmentation import brats_metrics
+
+    assert plotting.REGIONS is tumour.REGIONS is brats_metrics.REGIONS is labels.REGIONS
+    assert (plotting.NECROSIS, plotting.ENHANCING) == (tumour.NECROSIS, tumour.ENHANCING) == (1, 3)
+    assert plotting.LABEL_REGIONS is labels.LABEL_NAMES
+    defining = [str(p) for p in Path(labels.__file__).parent.rglob("*.py")
+                if re.search(r"^REGIONS\s*[:=]", p.read_text(), re.M)]
+    assert defining == [labels.__file__], defining
 
 
 def test_the_appearance_figure_outlines_sub_regions_where_a_set_has_label_maps():

@@ -36,17 +36,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sbldm.config import FEATURE_NAMES
-
-
-#: sub-region labels of sbldm's label maps (BraTS 2023 values)
-NECROSIS, OEDEMA, ENHANCING = 1, 2, 3
-LABEL_NAMES = {NECROSIS: "necrosis", OEDEMA: "oedema", ENHANCING: "enhancing"}
-#: BraTS evaluation regions: the labels each one holds (nested: ET within TC within WT)
-REGIONS = {"WT": (NECROSIS, OEDEMA, ENHANCING), "TC": (NECROSIS, ENHANCING), "ET": (ENHANCING,)}
-
-
-#: label values a label map may hold in sbldm's convention
-VALID_LABELS = (0, NECROSIS, OEDEMA, ENHANCING)
+# the labels and BraTS regions, defined in sbldm.labels, are part of this module's interface
+from sbldm.labels import ENHANCING, LABEL_NAMES, NECROSIS, OEDEMA, REGIONS, VALID_LABELS  # noqa: F401
 
 
 def check_labels(labels, name: str = "labels") -> np.ndarray:

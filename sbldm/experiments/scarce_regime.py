@@ -34,7 +34,7 @@ from sbldm.config import Config
 from sbldm.data.cohort import Prepared
 from sbldm.data.tumour import FeatureNormalizer
 from sbldm.io import atomic_write_json
-from sbldm.segmentation import table2
+from sbldm.segmentation import statistics, table2
 
 #: the Table 1 row whose sample settings the per-size generators sample with
 SAMPLE_ROW = "SBLDM (DDIM)"
@@ -232,14 +232,14 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
 
 
 def summarise_study(cases: list[dict]) -> list[dict]:
-    """Per size, ``sbldm.segmentation.table2.summarise`` of its rows (mean ± std across seeds,
+    """Per size, ``sbldm.segmentation.statistics.summarise`` of its rows (mean ± std across seeds,
     per region; paired test against real only at that size, Holm within the size), with
     ``n_real``, ``n_synthetic``, ``generator_saw`` and ``vae_saw`` in front."""
     out = []
     for n in dict.fromkeys(c["n_real"] for c in cases):
         sel = [c for c in cases if c["n_real"] == n]
         first = {c["row"]: c for c in sel}
-        for r in table2.summarise(sel):
+        for r in statistics.summarise(sel):
             c = first[r["row"]]
             out.append({"n_real": n, "n_synthetic": c["n_synthetic"], "generator_saw": c["generator_saw"],
                         "vae_saw": c["vae_saw"], **r})

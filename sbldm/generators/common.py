@@ -1,5 +1,6 @@
-"""Pieces the 3D baselines share: volume batches, the 3D patch discriminator, the
-least-squares GAN losses, the output format and the folder marker. The baselines carry the
+"""Pieces the 3D baselines share: volume batches, the training-data check, the output
+format and the folder marker (their networks are in ``sbldm.models``, their losses in
+``sbldm.training.objectives``). The baselines carry the
 same tumour channels as SBLDM (``cfg.tumour_labels``): the whole-tumour mask, or the BraTS
 regions WT, TC, ET decoded back to a label map."""
 
@@ -16,6 +17,8 @@ from sbldm import _compat  # noqa: F401  (before diffusers: keeps torchvision ou
 
 from sbldm.data.cohort import from_model_space, to_model_space
 from sbldm.io import atomic_write_json
+# 3D-LDM folders saved before the networks moved to sbldm.models name the discriminator's class here
+from sbldm.models.gan3d import Discriminator3D  # noqa: F401
 
 #: the file that tells ``sbldm.load_generator`` which kind of generator a folder holds
 MARKER = "generator.json"

@@ -115,8 +115,7 @@ class LDM3D(DiffusionPipeline):
             raise ValueError(f"{path}: a 3D-LDM saved in the older layout that kept the latent scale in "
                              "generator.json (no model_index.json); a 3D-LDM folder is a diffusers pipeline now. "
                              "Retrain it (notebook 03) or re-save it")
-        from sbldm.models import unet3d  # noqa: F401  (diffusers loads classes from imported modules)
-        from sbldm.generators import common  # noqa: F401
+        from sbldm.models import gan3d, unet3d  # noqa: F401  (diffusers loads classes from imported modules)
 
         pipe = super().from_pretrained(str(path), **kwargs)
         pipe.autoencoder.eval()

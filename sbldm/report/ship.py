@@ -96,7 +96,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
     t2 = {r["row"]: r for r in _table(results / "tables" / "table2.csv")}
     if "real" in t2 and "real + SBLDM" in t2:
         from sbldm.report.readme import stale_notebooks
-        from sbldm.segmentation.table2 import summarised_regions
+        from sbldm.segmentation.statistics import summarised_regions
 
         regions = summarised_regions(t2["real"])
         keys = [f"dice_{g}_mean" for g in regions] if len(regions) > 1 else ["dice_mean"]

@@ -150,7 +150,10 @@ class TumourSteering:
         plt = agg_pyplot()
         req = self.last_request
         centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
-        fig, axes = plt.subplots(1, 4, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1, 1, 1, 1.1]})
+        # two by two, so that the panel beside the sliders shows the views and the table at a
+        # size whose text reads at the output area's width (about 700 px)
+        fig, axes = plt.subplots(2, 2, figsize=(7.6, 6.8))
+        axes = axes.ravel()
         three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre,
                     labels=None if self.last.labels is None else self.last.labels[0])
         for ax, view, axis in zip(axes[:3], VIEWS, (2, 1, 0)):      # the requested centre in display coordinates
@@ -164,10 +167,12 @@ class TumourSteering:
         if self.last.subregions is not None and self.last.labels is not None:
             for k, asked, obtained in zip(SUBREGION_FEATURES, self.last.subregions[0], subregion_shares(self.last.labels[0])):
                 text.append(f"{k[:14]:<14} {asked:>9.2f} {obtained:>9.2f}")
-        axes[3].text(0, 1, "\n".join(text), family="monospace", fontsize=7.5, va="top")
+        axes[3].text(0, 1, "\n".join(text), family="monospace", fontsize=9.5, va="top")
         fig.suptitle(f"requested centre ({centre[0]}, {centre[1]}, {centre[2]}); DDIM-{self.steps}, guidance "
-                     f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=9)
-        fig.tight_layout(rect=(0, 0.3 / 3.6, 1, 1))
+                     f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=11)
+        for ax in axes[:3]:
+            ax.title.set_fontsize(11)
+        fig.tight_layout(rect=(0, 0.45 / 6.8, 1, 1))
         outline_legend(fig, label_maps=self.last.labels is not None, extra=[centre_handle()])
         return fig
 

@@ -117,7 +117,7 @@ def _spearman(a, b) -> str:
 
 
 def _regions(row: dict) -> list[str]:
-    from sbldm.segmentation.table2 import summarised_regions
+    from sbldm.segmentation.statistics import summarised_regions
 
     return summarised_regions(row)
 
@@ -135,7 +135,7 @@ def _significant_regions(r: dict, real: dict, below: bool = False) -> list[tuple
 
 def _seeds_above_text(r: dict, real: dict) -> str:
     """"ROW WT 2/3, TC 3/3": per region where ``r`` is significantly above ``real``, the
-    seeds where it beat real only (``table2.seeds_above``); '' when the row has no count."""
+    seeds where it beat real only (``sbldm.segmentation.statistics.seeds_above``); '' when the row has no count."""
     parts = [f"{g} {int(float(r[k]))}/{r['seeds']}" for g, _ in _significant_regions(r, real)
              if r.get(k := f"seeds_above_real_{g}") not in (None, "")]
     return f"{r['row']} {', '.join(parts)}" if parts else ""

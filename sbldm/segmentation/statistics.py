@@ -1,0 +1,136 @@
+"""Table 2's statistics: how the per-case scores of every (row, seed) training become a
+row of the table.
+
+- ``summarise``: per row, the mean over training seeds of the per-seed mean score with its
+  spread across seeds, and a paired test against the reference row (Wilcoxon signed-rank
+  on the per-case scores averaged over seeds, Holm-corrected over the rows compared,
+  ``holm``);
+- ``seeds_above``: in how many seeds a row beat the reference trained with the same seed;
+- ``regions_of``, ``summarised_regions``: the BraTS regions a set of rows was scored on.
+
+The rows come from ``sbldm.segmentation.table2.run_rows``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+from sbldm.data.tumour import REGIONS
+from sbldm.paper import TABLE2 as PAPER_TABLE2
+
+
+def holm(pvalues: dict) -> dict:
+    """Holm-Bonferroni adjusted p-values of a family ``{name: p}`` (NaN entries left out)."""
+    items = sorted(((p, k) for k, p in pvalues.items() if not math.isnan(p)))
+    m, out, running = len(items), {}, 0.0
+    for i, (p, k) in enumerate(items):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return {k: out.get(k, math.nan) for k in pvalues}
+
+
+def _per_case(cases, row, metric) -> dict:
+    by_case = {}
+    for c in cases:
+        if c["row"] == row:
+            by_case.setdefault(c["case_id"], []).append(float(c[metric]))
+    return {k: float(np.nanmean(v)) if not all(math.isnan(x) for x in v) else math.nan for k, v in by_case.items()}
+
+
+def _by_seed(cases, row, metric, reduce=np.mean) -> dict:
+    """{seed: ``reduce`` of ``metric`` over ``row``'s test cases with that seed}, seeds in order."""
+    seeds = sorted({c["seed"] for c in cases if c["row"] == row})
+    return {s: float(reduce([float(c[metric]) for c in cases if c["row"] == row and c["seed"] == s])) for s in seeds}
+
+
+def _per_seed(cases, row, metric, reduce=np.mean) -> list[float]:
+    return list(_by_seed(cases, row, metric, reduce).values())
+
+
+def seeds_above(cases, row, reference, metric) -> int:
+    """Training seeds where ``row``'s mean ``metric`` over the test cases is above
+    ``reference``'s with the same seed. The paired test of ``summarise`` runs on per-case
+    values averaged over seeds, so it cannot tell a gain that every seed shows from one that
+    a single weak reference seed makes; this count can."""
+    mine, theirs = _by_seed(cases, row, metric), _by_seed(cases, reference, metric)
+    return sum(int(mine[s] > theirs[s]) for s in mine.keys() & theirs.keys())
+
+
+#: per-region columns ``score`` adds, averaged like Dice in ``summarise``
+REGION_METRICS = ("dice", "lesion_dice", "lesion_hd95", "false_positives", "missed")
+
+
+def regions_of(cases: list[dict]) -> list[str]:
+    """The BraTS regions scored in these per-case rows (WT, TC, ET; or WT alone)."""
+    return [r for r in REGIONS if cases and f"dice_{r}" in cases[0]]
+
+
+def summarised_regions(row) -> list[str]:
+    """The BraTS regions a summarised row (``summarise``, or read back from its CSV, where a
+    column may be present but empty) carries Dice for."""
+    return [r for r in REGIONS if row.get(f"dice_{r}_mean") not in (None, "")]
+
+
+def _paired_p(d: dict, ref: dict) -> float:
+    from scipy.stats import wilcoxon
+
+    keys = sorted(set(d) & set(ref))
+    diff = np.array([d[k] - ref[k] for k in keys])
+    diff = diff[~np.isnan(diff)]
+    return float(wilcoxon(diff).pvalue) if np.any(diff != 0) and len(diff) > 1 else 1.0
+
+
+def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
+    """Table 2 rows: mean over seeds of the per-seed mean Dice/IoU, their spread across
+    seeds (sample std; 0 with one seed), the std across cases of the seed-averaged per-case
+    Dice, HD95 over the cases where it is defined with the mean number of empty predictions
+    per seed beside it, and the Wilcoxon signed-rank p-value of the seed-averaged per-case
+    Dice against ``reference``, raw and Holm-corrected over the rows compared.
+
+    With region columns (``score``): for every region R, ``dice_R``, ``lesion_dice_R``,
+    ``lesion_hd95_R`` (mean over seeds of the per-seed mean, ``_seed_std`` beside each),
+    false positives and missed lesions per case, the paired test of ``dice_R`` against
+    ``reference`` (``p_vs_real_R``, ``p_holm_R``; Holm within each region), and the number
+    of seeds where the row's mean ``dice_R`` beats the reference's with the same seed
+    (``seeds_above_real_R``, ``seeds_above``)."""
+    rows_order = list(dict.fromkeys(c["row"] for c in cases))
+    regions = regions_of(cases)
+    ref = _per_case(cases, reference, "dice") if reference in rows_order else None
+    ref_r = {r: _per_case(cases, reference, f"dice_{r}") for r in regions} if ref is not None else {}
+    out = []
+    for row in rows_order:
+        sel = [c for c in cases if c["row"] == row]
+        seeds = sorted({c["seed"] for c in sel})
+        entry = {"row": row, "n_train_volumes": sel[0]["n_train_volumes"], "seeds": len(seeds),
+                 "n_test": len({c["case_id"] for c in sel})}
+        metrics = ["dice", "iou"] + [f"{m}_{r}" for r in regions for m in REGION_METRICS]
+        for metric in metrics:
+            per_seed = _per_seed(cases, row, metric)
+            entry[f"{metric}_mean"] = float(np.mean(per_seed))
+            entry[f"{metric}_seed_std"] = float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0
+        entry["dice_case_std"] = float(np.nanstd(list(_per_case(cases, row, "dice").values())))
+        hd = np.array([float(c["hd95"]) for c in sel])
+        entry["hd95_mean"] = float(np.nanmean(hd)) if np.any(~np.isnan(hd)) else math.nan
+        entry["hd95_n"] = int(np.sum(~np.isnan(hd)))
+        entry["empty_predictions"] = float(np.mean(_per_seed(cases, row, "empty_prediction", reduce=np.sum)))
+        entry["seconds_per_training"] = float(np.mean([c.get("seconds", math.nan) for c in sel]))
+        compared = ref is not None and row != reference
+        entry["p_vs_real"] = _paired_p(_per_case(cases, row, "dice"), ref) if compared else math.nan
+        for r in regions:
+            entry[f"p_vs_real_{r}"] = _paired_p(_per_case(cases, row, f"dice_{r}"), ref_r[r]) if compared else math.nan
+            if compared:
+                entry[f"seeds_above_real_{r}"] = seeds_above(cases, row, reference, f"dice_{r}")
+        paper = PAPER_TABLE2.get(re.sub(r"\(x\d+\)", "(x5)", row), (None, None))
+        entry["paper_dice"], entry["paper_iou"] = paper
+        out.append(entry)
+    adjusted = holm({r["row"]: r["p_vs_real"] for r in out})
+    for r in out:
+        r["p_holm"] = adjusted[r["row"]]
+    for region in regions:
+        adjusted = holm({r["row"]: r[f"p_vs_real_{region}"] for r in out})
+        for r in out:
+            r[f"p_holm_{region}"] = adjusted[r["row"]]
+    return out
