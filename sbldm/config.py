@@ -5,24 +5,29 @@ sections reuse their types: SBLDM's latent UNet and the 3D-LDM's are both a ``UN
 the slice VAE and the 3D-LDM's autoencoder both extend ``AutoencoderConfig``. A builder
 takes its section (``build_unet(cfg.ldm3d.unet, ...)``).
 
-=================  ======================  ==============================================
-section            type                    flat names (``prefix``)
-=================  ======================  ==============================================
-``data``           ``DataConfig``          ``n_train``, ``volume_shape``, ``tumour_labels`` ...
-``vae``            ``SliceVAEConfig``      ``vae_*``
-``unet``           ``UNetConfig``          ``unet_*`` (SBLDM's latent UNet)
-``condition``      ``ConditionConfig``     ``condition_*``, ``unet_cond_dropout``, ``unet_spatial_prior``
-``diffusion``      ``SBLDMDiffusionConfig````diffusion_*`` (objective and optimiser)
-``schedule``       ``ScheduleConfig``      ``num_train_timesteps``, ``beta_*``
-``sampling``       ``SamplingConfig``      ``sampler``, ``num_inference_steps``, ``eta``, ``guidance_scale``
-``evaluation``     ``EvaluationConfig``    ``eval_*``, ``ablation_*``
-``segmentation``   ``SegmentationConfig``  ``seg_*`` (``.nnunet``: ``seg_nnunet_*``), ``scarce_vae_check_steps``
-``lsgan``          ``LSGANConfig``         ``lsgan_*``
-``ldm3d``          ``LDM3DConfig``         ``.ae``: ``ldm3d_ae_*``, ``ldm3d_disc_*``, ``ldm3d_flip_prob``;
-                                           ``.unet``: ``ldm3d_unet_*``; ``.diffusion``: ``ldm3d_diffusion_*``
-``precision``      ``PrecisionConfig``     ``mixed_precision``, ``diffusion_/seg_mixed_precision``, ``eval_adherence_bf16``
-``training``       ``TrainingLoopConfig``  ``checkpoint_every``, ``log_every``
-=================  ======================  ==============================================
+========================  ==========================  ===========================================
+section                   type                        flat names
+========================  ==========================  ===========================================
+``data``                  ``DataConfig``              ``n_train``, ``volume_shape``, ``tumour_labels``, ...
+``vae``                   ``SliceVAEConfig``          ``vae_*``
+``unet``                  ``UNetConfig``              ``unet_*`` (SBLDM's latent UNet)
+``condition``             ``ConditionConfig``         ``condition_*``, ``unet_cond_dropout``,
+                                                      ``unet_spatial_prior``
+``diffusion``             ``SBLDMDiffusionConfig``    ``diffusion_*`` (objective and optimiser)
+``schedule``              ``ScheduleConfig``          ``num_train_timesteps``, ``beta_*``
+``sampling``              ``SamplingConfig``          ``sampler``, ``num_inference_steps``, ``eta``,
+                                                      ``guidance_scale``, ``steer_steps``
+``evaluation``            ``EvaluationConfig``        ``eval_*``, ``ablation_*``
+``segmentation``          ``SegmentationConfig``      ``seg_*``, ``scarce_vae_check_steps``
+``segmentation.nnunet``   ``NnUNetConfig``            ``seg_nnunet_*``
+``lsgan``                 ``LSGANConfig``             ``lsgan_*``
+``ldm3d.ae``              ``VolumeAEConfig``          ``ldm3d_ae_*``, ``ldm3d_disc_*``, ``ldm3d_flip_prob``
+``ldm3d.unet``            ``UNetConfig``              ``ldm3d_unet_*``
+``ldm3d.diffusion``       ``DiffusionConfig``         ``ldm3d_diffusion_*``
+``precision``             ``PrecisionConfig``         ``mixed_precision``, ``diffusion_mixed_precision``,
+                                                      ``seg_mixed_precision``, ``eval_adherence_bf16``
+``training``              ``TrainingLoopConfig``      ``checkpoint_every``, ``log_every``
+========================  ==========================  ===========================================
 
 Every leaf also has a flat name, so that a notebook's papermill parameters, the runner's
 ``-p`` and ``resolve(scale, **overrides)`` speak one language, and ``cfg.vae_lr`` is
