@@ -126,6 +126,10 @@ class DataConfig:
     # whole-tumour mask; "regions" = the BraTS regions WT, TC, ET, so that samples come with
     # a sub-region label map (beyond the paper; docs/paper_vs_code.md)
     tumour_labels: str = _reads("whole", "vae", "ldm3d_ae", "lsgan3d")
+    # the MRI sequences read from each case: ("flair",) = the paper's FLAIR only; the four BraTS
+    # sequences ("t1n", "t1c", "t2w", "t2f") = T1, T1ce, T2, FLAIR, each normalised on its own
+    # within the brain (sbldm.data.cohort). The generators and segmenters read FLAIR only for now.
+    modalities: tuple[str, ...] = _added(("flair",), *_ALL)
 
 
 # -- autoencoders: the slice VAE (stage 1) and the 3D-LDM's volume autoencoder ----------
@@ -723,6 +727,7 @@ def _validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value not in allowed:
             raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(allowed)}")
+    _validate_modalities(cfg.modalities)
     if len(cfg.volume_shape) != 3 or any(int(s) <= 0 for s in cfg.volume_shape):
         raise ValueError(f"volume_shape must be three positive sizes, got {cfg.volume_shape}")
     f = cfg.vae_downsampling
@@ -762,6 +767,22 @@ def from_dict(d: dict[str, Any]) -> Config:
     d = current_names(d)
     scale = d.pop("scale")
     return resolve(scale, **d)
+
+
+#: the sequences a case may hold, by their BraTS 2023 names (T1, T1ce, T2, FLAIR); "flair" is
+#: the paper's name for "t2f"
+SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
+SEQUENCE_ALIASES = {"flair": "t2f"}
+
+
+def _validate_modalities(modalities) -> None:
+    names = [SEQUENCE_ALIASES.get(m, m) for m in modalities]
+    unknown = [m for m in modalities if SEQUENCE_ALIASES.get(m, m) not in SEQUENCES]
+    if not modalities or unknown:
+        raise ValueError(f"modalities={tuple(modalities)!r} is not valid: name one or more of "
+                         f"{', '.join(SEQUENCES)} (T1, T1ce, T2, FLAIR; 'flair' is 't2f')")
+    if len(set(names)) != len(names):
+        raise ValueError(f"modalities={tuple(modalities)!r} names a sequence twice ('flair' is 't2f')")
 
 
 def _validate_segmentation(cfg: Config) -> None:

@@ -31,17 +31,39 @@ BRATS_LABELS = frozenset({0, 1, 2, 3, 4})
 BRATS2021_ENHANCING = 4
 
 LAYOUTS = {
-    "BraTS 2020": "BraTS20_Training_XXX/BraTS20_Training_XXX_flair.nii.gz + BraTS20_Training_XXX_seg.nii.gz",
-    "BraTS 2021": "BraTS2021_XXXXX/BraTS2021_XXXXX_flair.nii.gz + BraTS2021_XXXXX_seg.nii.gz",
-    "BraTS 2023": "BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-t2f.nii.gz + BraTS-GLI-XXXXX-XXX-seg.nii.gz",
+    "BraTS 2020": "BraTS20_Training_XXX/BraTS20_Training_XXX_{t1,t1ce,t2,flair}.nii.gz + BraTS20_Training_XXX_seg.nii.gz",
+    "BraTS 2021": "BraTS2021_XXXXX/BraTS2021_XXXXX_{t1,t1ce,t2,flair}.nii.gz + BraTS2021_XXXXX_seg.nii.gz",
+    "BraTS 2023": "BraTS-GLI-XXXXX-XXX/BraTS-GLI-XXXXX-XXX-{t1n,t1c,t2w,t2f}.nii.gz + BraTS-GLI-XXXXX-XXX-seg.nii.gz",
+}
+#: the readers' names of the four sequences (sbldm names them as BraTS 2023 does)
+SEQUENCE_NAMES = {"t1n": "T1", "t1c": "T1ce", "t2w": "T2", "t2f": "FLAIR"}
+#: each naming scheme's file suffix of every sequence and of the segmentation
+_SUFFIXES = {
+    "BraTS 2020": {"t1n": "_t1", "t1c": "_t1ce", "t2w": "_t2", "t2f": "_flair", "seg": "_seg"},
+    "BraTS 2021": {"t1n": "_t1", "t1c": "_t1ce", "t2w": "_t2", "t2f": "_flair", "seg": "_seg"},
+    "BraTS 2023": {"t1n": "-t1n", "t1c": "-t1c", "t2w": "-t2w", "t2f": "-t2f", "seg": "-seg"},
 }
 _PATTERNS = (
-    # (folder-name regex, image suffix, mask suffix); each file as .nii.gz or .nii
-    (re.compile(r"^BraTS20_(Training|Validation)_\d+$"), "_flair", "_seg"),
-    (re.compile(r"^BraTS20\d\d_\d+$"), "_flair", "_seg"),
-    (re.compile(r"^BraTS-[A-Z]+-\d+-\d+$"), "-t2f", "-seg"),
+    # (folder-name regex, naming scheme); each file as .nii.gz or .nii
+    (re.compile(r"^BraTS20_(Training|Validation)_\d+$"), "BraTS 2020"),
+    (re.compile(r"^BraTS20\d\d_\d+$"), "BraTS 2021"),
+    (re.compile(r"^BraTS-[A-Z]+-\d+-\d+$"), "BraTS 2023"),
 )
 _EXTENSIONS = (".nii.gz", ".nii")
+
+
+def sequence_names(modalities: Sequence[str]) -> tuple[str, ...]:
+    """``modalities`` (``cfg.modalities``) by their BraTS 2023 names: "flair" is "t2f"."""
+    from sbldm.config import SEQUENCE_ALIASES
+
+    return tuple(SEQUENCE_ALIASES.get(m, m) for m in modalities)
+
+
+def primary_sequence(modalities: Sequence[str]) -> str:
+    """The sequence the FLAIR-reading stages take from a multi-sequence case: FLAIR when it
+    was loaded (the paper's sequence), else the first."""
+    names = sequence_names(modalities)
+    return "t2f" if "t2f" in names else names[0]
 
 
 def _nifti(folder: Path, stem: str) -> Path:
@@ -64,16 +86,22 @@ class DataError(ValueError):
 @dataclass(frozen=True)
 class Case:
     case_id: str
-    image_path: Path
+    image_path: Path                 # the primary sequence's file (FLAIR unless it was not asked for)
     mask_path: Path
+    scheme: str = ""                 # the naming scheme: "BraTS 2020", "BraTS 2021" or "BraTS 2023"
+    #: every requested sequence's file, ((BraTS 2023 name, path), ...) in the requested order;
+    #: empty: the primary image only
+    sequences: tuple[tuple[str, Path], ...] = ()
 
 
-def find_cases(root: str | os.PathLike, skip_unlabelled: bool = False) -> list[Case]:
+def find_cases(root: str | os.PathLike, skip_unlabelled: bool = False,
+               modalities: Sequence[str] = ("flair",)) -> list[Case]:
     """All cases under ``root`` laid out as BraTS 2020, 2021 or 2023 (``.nii.gz`` or
-    ``.nii``), sorted by ``case_id``.
+    ``.nii``), sorted by ``case_id``; the schemes may be mixed in one folder. Each case
+    holds the files of the sequences in ``modalities`` (``cfg.modalities``).
 
-    A case folder whose FLAIR image is missing raises ``DataError`` naming it; so does
-    one without a segmentation, unless ``skip_unlabelled`` (validation folders ship
+    A case folder missing a requested sequence raises ``DataError`` naming the file; so
+    does one without a segmentation, unless ``skip_unlabelled`` (validation folders ship
     without labels): those cases are left out and listed in a warning. A folder holding
     no case at all raises ``DataError`` listing the layouts looked for.
     """
@@ -82,21 +110,26 @@ def find_cases(root: str | os.PathLike, skip_unlabelled: bool = False) -> list[C
     root = Path(root)
     if not root.is_dir():
         raise DataError(root, "not a directory")
+    wanted = sequence_names(modalities)
+    primary = primary_sequence(modalities)
     cases, skipped = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        for pattern, image_suffix, mask_suffix in _PATTERNS:
+        for pattern, scheme in _PATTERNS:
             if pattern.match(folder.name):
-                image = _nifti(folder, f"{folder.name}{image_suffix}")
-                mask = _nifti(folder, f"{folder.name}{mask_suffix}")
-                if not image.is_file():
-                    raise DataError(image, f"missing FLAIR image file of case {folder.name}")
+                suffix = _SUFFIXES[scheme]
+                files = {m: _nifti(folder, f"{folder.name}{suffix[m]}") for m in wanted}
+                mask = _nifti(folder, f"{folder.name}{suffix['seg']}")
+                for m in wanted:
+                    if not files[m].is_file():
+                        raise DataError(files[m], f"missing {SEQUENCE_NAMES[m]} image file of case {folder.name}")
                 if not mask.is_file():
                     if skip_unlabelled:
                         skipped.append(folder.name)
                         break
                     raise DataError(mask, f"missing segmentation file of case {folder.name} "
                                           "(skip_unlabelled=True leaves such cases out)")
-                cases.append(Case(folder.name, image, mask))
+                sequences = tuple((m, files[m]) for m in wanted) if len(wanted) > 1 else ()
+                cases.append(Case(folder.name, files[primary], mask, scheme, sequences))
                 break
     if skipped:
         warnings.warn(f"{len(skipped)} case(s) without a segmentation left out: {', '.join(skipped)}",
@@ -168,6 +201,32 @@ def normalize_intensity(image: np.ndarray, clip_percentiles: tuple[float, float]
     return ((2.0 * image - lo - hi) / (hi - lo)).astype(np.float32)
 
 
+def normalize_sequence(image: np.ndarray, brain: np.ndarray, clip_percentiles: tuple[float, float] | None = None,
+                       path: str | os.PathLike | None = None) -> np.ndarray:
+    """One sequence of a multi-sequence case, normalised on its own within the brain, as
+    BraTS-style preprocessing does (each sequence's intensities mean something only
+    relative to that sequence's brain): min-max over the ``brain`` voxels (after clipping
+    to the given percentiles of those voxels) to [-1, 1]; the background is -1. Raises on
+    NaN/Inf, an empty brain or a sequence constant over the brain."""
+    if not np.all(np.isfinite(image)):
+        n = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        raise DataError(path, f"image holds {n} NaN or Inf voxel(s)")
+    brain = np.asarray(brain, bool)
+    if brain.shape != image.shape:
+        raise DataError(path, f"brain mask shape {brain.shape} differs from image shape {image.shape}")
+    if not brain.any():
+        raise DataError(path, "no brain voxel (every voxel of every sequence is 0)")
+    values = image[brain].astype(np.float64)
+    if clip_percentiles is not None:
+        values = np.clip(values, *np.percentile(values, clip_percentiles))
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo <= 0:
+        raise DataError(path, f"image is constant within the brain (every voxel = {lo}); cannot scale to [-1, 1]")
+    out = np.full(image.shape, -1.0, np.float32)
+    out[brain] = (2.0 * values - lo - hi) / (hi - lo)
+    return out
+
+
 #: a voxel of a normalised image ([-1, 1], the skull-stripped background at -1) above this
 #: is brain tissue
 BRAIN_THRESHOLD = -0.9
@@ -202,12 +261,15 @@ def brats_labels(seg: np.ndarray, path: str | os.PathLike | None = None) -> np.n
 
 @dataclass
 class LoadedCase:
-    image: np.ndarray         # float32 (x, y, z) in [-1, 1]
+    image: np.ndarray         # float32 (x, y, z) in [-1, 1]: the primary sequence (FLAIR)
     mask: np.ndarray          # uint8 (x, y, z) in {0, 1}
     affine: np.ndarray        # affine of the resampled grid
     source_affine: np.ndarray
     source_shape: tuple[int, int, int]
     labels: np.ndarray | None = None   # uint8 (x, y, z): 0, 1 necrosis, 2 oedema, 3 enhancing
+    #: float32 (C, x, y, z) in [-1, 1], the case's sequences in ``modalities`` order (None: one sequence)
+    sequences: np.ndarray | None = None
+    modalities: tuple[str, ...] = ()
 
     def __iter__(self):  # ``image, mask = load_case(...)``
         return iter((self.image, self.mask))
@@ -223,6 +285,8 @@ def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: in
     mask, so ``labels > 0`` is the mask), ``affine`` (of the resampled grid) and
     ``source_affine`` for writing NIfTI back out.
     """
+    if case.sequences:
+        return _load_sequences(case, shape, image_order, clip_percentiles, require_tumour)
     image, affine = read_nifti(case.image_path)
     seg, seg_affine = read_nifti(case.mask_path)
     if image.shape != seg.shape:
@@ -232,11 +296,53 @@ def load_case(case: Case, shape: Sequence[int] = (192, 192, 96), image_order: in
     if require_tumour and not labels.any():
         raise DataError(case.mask_path, "segmentation is empty (no tumour voxel)")
     image = normalize_intensity(image, clip_percentiles, case.image_path)
-    out_image = resample(image, shape, order=image_order).astype(np.float32)
-    np.clip(out_image, -1.0, 1.0, out=out_image)       # spline overshoot
+    out_image = _resample_image(image, shape, image_order)
     out_labels = resample(labels, shape, order=0).astype(np.uint8)
     return LoadedCase(out_image, (out_labels > 0).astype(np.uint8), resampled_affine(affine, image.shape, shape),
                       affine, tuple(image.shape), out_labels)
+
+
+def _resample_image(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
+    out = resample(image, shape, order=order).astype(np.float32)
+    np.clip(out, -1.0, 1.0, out=out)       # spline overshoot
+    return out
+
+
+#: how far two files' affines may differ (mm, or the matrix's unit) and still be one grid
+AFFINE_TOLERANCE = 1e-3
+
+
+def _load_sequences(case: Case, shape, image_order: int, clip_percentiles, require_tumour: bool) -> LoadedCase:
+    """``load_case`` of a multi-sequence case: every sequence on the segmentation's grid
+    (shape and affine, else ``DataError`` naming the file), the brain = the voxels any
+    sequence marks (skull-stripped BraTS is 0 outside it), each sequence normalised on its
+    own within it (``normalize_sequence``)."""
+    seg, seg_affine = read_nifti(case.mask_path)
+    raw = {}
+    for name, path in case.sequences:
+        image, affine = read_nifti(path)
+        if image.shape != seg.shape:
+            raise DataError(path, f"{SEQUENCE_NAMES[name]} shape {image.shape} differs from the segmentation's "
+                                  f"{seg.shape} ({case.mask_path.name})")
+        if not np.allclose(affine, seg_affine, atol=AFFINE_TOLERANCE):
+            raise DataError(path, f"{SEQUENCE_NAMES[name]} lies on another grid than the segmentation "
+                                  f"({case.mask_path.name}): affines differ by up to "
+                                  f"{float(np.abs(affine - seg_affine).max()):.4g}")
+        raw[name] = image
+    labels = brats_labels(seg, case.mask_path)
+    if require_tumour and not labels.any():
+        raise DataError(case.mask_path, "segmentation is empty (no tumour voxel)")
+    brain = np.zeros(seg.shape, bool)
+    for image in raw.values():
+        brain |= np.nan_to_num(image) != 0
+    paths = dict(case.sequences)
+    stack = np.stack([_resample_image(normalize_sequence(raw[name], brain, clip_percentiles, paths[name]), shape,
+                                      image_order) for name, _ in case.sequences])
+    names = tuple(name for name, _ in case.sequences)
+    primary = stack[names.index(primary_sequence(names))].copy()
+    out_labels = resample(labels, shape, order=0).astype(np.uint8)
+    return LoadedCase(primary, (out_labels > 0).astype(np.uint8), resampled_affine(seg_affine, seg.shape, shape),
+                      seg_affine, tuple(seg.shape), out_labels, sequences=stack, modalities=names)
 
 
 # -- splits ---------------------------------------------------------------------------
@@ -279,6 +385,10 @@ class Prepared:
     normalizer: FeatureNormalizer
     affines: np.ndarray           # (N, 4, 4)
     labels: np.ndarray            # (N, x, y, z) uint8: 0, 1 necrosis, 2 oedema, 3 enhancing
+    #: (N, C, x, y, z) float32 in [-1, 1], every loaded sequence in ``modalities`` order; None
+    #: when one sequence was loaded (it is ``images``)
+    sequences: np.ndarray | None = None
+    modalities: tuple[str, ...] = ()
 
     @property
     def conditions(self) -> np.ndarray:
@@ -306,8 +416,10 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
     feature normaliser (fitted on the training split) under ``out_dir``.
 
     Layout: ``cache/{images,labels,affines}.npy`` (the masks are ``labels > 0``), ``cache/case_ids.json``,
-    ``split.json``, ``features.json`` (raw), ``normalizer.json``. Returns the split.
-    Cases without tumour are refused (the model is conditioned on tumour features).
+    ``split.json``, ``features.json`` (raw), ``normalizer.json``; for multi-sequence cases
+    (``find_cases(..., modalities=...)``) also ``cache/sequences.npy`` (N, C, x, y, z) and
+    ``cache/modalities.json``, with ``images.npy`` the primary sequence (FLAIR). Returns the
+    split. Cases without tumour are refused (the model is conditioned on tumour features).
     """
     from tqdm.auto import tqdm
 
@@ -319,14 +431,27 @@ def prepare_cohort(cases: Sequence[Case], out_dir: str | os.PathLike, shape: Seq
     images = np.empty((len(chosen), *shape), np.float32)
     labels = np.empty((len(chosen), *shape), np.uint8)
     affines = np.empty((len(chosen), 4, 4), np.float64)
+    names = {tuple(m for m, _ in c.sequences) for c in chosen}
+    if len(names) > 1:
+        raise ValueError(f"the cases hold different sequences {sorted(names)}; find them with one modalities")
+    modalities = names.pop() if names else ()
+    sequences = np.empty((len(chosen), len(modalities), *shape), np.float32) if modalities else None
     feats = {}
     for i, case in enumerate(tqdm(chosen, desc="load cases", disable=not progress)):
         lc = load_case(case, shape, image_order=image_order, clip_percentiles=clip_percentiles)
         if not lc.mask.any():
             raise DataError(case.mask_path, f"no tumour voxel left after resampling to {shape}")
         images[i], labels[i], affines[i] = lc.image, lc.labels, lc.affine
+        if sequences is not None:
+            sequences[i] = lc.sequences
         feats[case.case_id] = tumour_features(lc.mask)
     cache = out / "cache"
+    if sequences is not None:
+        atomic_save_npy(cache / "sequences.npy", sequences)
+        atomic_write_json(cache / "modalities.json", list(modalities))
+    else:               # a cache rebuilt with one sequence keeps no stale multi-sequence arrays
+        for stale in (cache / "sequences.npy", cache / "modalities.json"):
+            stale.unlink(missing_ok=True)
     atomic_save_npy(cache / "images.npy", images)
     atomic_save_npy(cache / "labels.npy", labels)
     atomic_save_npy(cache / "affines.npy", affines)
@@ -365,6 +490,10 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prep
     labels = np.ascontiguousarray(np.load(cache / "labels.npy", mmap_mode="r")[rows])
     affines = np.load(cache / "affines.npy")
     feats = json.loads((d / "features.json").read_text())
+    sequences, modalities = None, ()
+    if (cache / "sequences.npy").is_file():
+        modalities = tuple(json.loads((cache / "modalities.json").read_text()))
+        sequences = np.ascontiguousarray(np.load(cache / "sequences.npy", mmap_mode="r")[rows])
     return Prepared(
         case_ids=list(wanted),
         images=np.ascontiguousarray(images[rows]),
@@ -373,6 +502,8 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prep
         normalizer=FeatureNormalizer.load(d / "normalizer.json"),
         affines=affines[rows],
         labels=labels,
+        sequences=sequences,
+        modalities=modalities,
     )
 
 
@@ -504,12 +635,14 @@ NNUNET_REGIONS_CLASS_ORDER = {"regions": [2, 1, 3]}
 
 def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
                   cases: Iterable[tuple], test_cases: Iterable[tuple] = (),
-                  channel_name: str = "FLAIR", labels: str = "whole") -> Path:
+                  channel_name: str | Sequence[str] = "FLAIR", labels: str = "whole") -> Path:
     """Write an nnU-Net v2 raw dataset ``Dataset{id:03d}_{name}`` under ``out_root``.
 
     ``cases`` (and ``test_cases``, written to ``imagesTs``/``labelsTs``) are tuples
     ``(case_id, image, mask)`` or ``(case_id, image, mask, affine)``: real or synthetic
-    volumes in sbldm's convention. With ``labels="whole"`` the masks are binary and written as
+    volumes in sbldm's convention. An image of shape (C, x, y, z) holds C sequences, written
+    as ``{case}_0000`` .. ``{case}_000{C-1}`` and named by ``channel_name`` (one name each,
+    e.g. T1, T1ce, T2, FLAIR: ``dataset.json``'s ``channel_names``). With ``labels="whole"`` the masks are binary and written as
     0 (background) / 1 (tumour); with ``labels="regions"`` they are sbldm label maps, written as
     they are (0 background, 1 necrosis, 2 oedema, 3 enhancing) and declared as the nested
     BraTS regions WT, TC, ET (``NNUNET_LABELS``: nnU-Net's region-based training, as it trains
@@ -527,6 +660,7 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
     allowed = {int(v) for value in NNUNET_LABELS[labels].values() for v in np.atleast_1d(value)}
     if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         raise ValueError(f"dataset name {name!r} may hold letters, digits, '_' and '-' only")
+    channels = [channel_name] if isinstance(channel_name, str) else list(channel_name)
     final = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
     folder = final.with_name(f".{final.name}.building-{os.getpid()}")
     shutil.rmtree(folder, ignore_errors=True)
@@ -538,22 +672,28 @@ def export_nnunet(out_root: str | os.PathLike, dataset_id: int, name: str,
                 affine = item[3] if len(item) > 3 else None
                 if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(case_id)):
                     raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
-                if image.shape != mask.shape:
+                image = np.asarray(image, np.float32)
+                stack = image if image.ndim == 4 else image[None]
+                if stack.shape[1:] != np.shape(mask):
                     raise ValueError(f"case {case_id}: image shape {image.shape} differs from mask shape {mask.shape}")
+                if len(stack) != len(channels):
+                    raise ValueError(f"case {case_id}: {len(stack)} image channel(s) for the {len(channels)} "
+                                     f"channel name(s) {channels}")
                 found = np.unique(mask)
                 if not set(found.tolist()) <= allowed:
                     what = "mask must be binary (0/1)" if labels == "whole" else "label map must hold 0-3 only"
                     raise ValueError(f"case {case_id}: {what}, found labels {found[:8].tolist()}")
-                save_nifti(folder / sub_images / f"{case_id}_0000.nii.gz", np.asarray(image, np.float32), affine)
+                for k, channel in enumerate(stack):
+                    save_nifti(folder / sub_images / f"{case_id}_{k:04d}.nii.gz", channel, affine)
                 save_nifti(folder / sub_labels / f"{case_id}.nii.gz", np.asarray(mask, np.uint8), affine)
                 n_train += sub_images == "imagesTr"
         if n_train == 0:
             raise ValueError("export_nnunet needs at least one training case")
         atomic_write_json(folder / "dataset.json", {
             "name": name,
-            "description": "exported by sbldm (FLAIR in [-1, 1], "
+            "description": f"exported by sbldm ({', '.join(channels)} in [-1, 1], "
                            + ("whole-tumour mask)" if labels == "whole" else "sub-region label map)"),
-            "channel_names": {"0": channel_name},
+            "channel_names": {str(k): c for k, c in enumerate(channels)},
             "labels": NNUNET_LABELS[labels],
             **({"regions_class_order": NNUNET_REGIONS_CLASS_ORDER[labels]} if labels in NNUNET_REGIONS_CLASS_ORDER
                else {}),

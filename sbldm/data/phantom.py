@@ -588,9 +588,9 @@ def make_phantom_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0,
                         shape: Sequence[int] = (240, 240, 155),
                         spacing: Sequence[float] = (1.0, 1.0, 1.0),
                         tumour_volume_range: tuple[float, float] | None = None,
-                        progress: bool = True, **params) -> list[Case]:
+                        progress: bool = True, modalities: Sequence[str] = ("flair",), **params) -> list[Case]:
     """Write ``n_cases`` phantom subjects to ``out_dir`` (BraTS 2023 layout, four
-    sequences and the labels); return the cases.
+    sequences and the labels); return the cases, holding the sequences of ``modalities``.
 
     Resumable: a case counts as finished when all five of its files exist (the FLAIR is
     written last); finished cases made with the same parameters are kept. A folder
@@ -633,4 +633,4 @@ def make_phantom_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0,
     n_total = max(n_cases, int(json.loads(manifest.read_text()).get("n_cases", 0)) if manifest.exists() else 0)
     atomic_write_json(manifest, {**record, "n_cases": n_total})
     wanted = {phantom_case_id(i) for i in range(n_cases)}
-    return [c for c in find_cases(out) if c.case_id in wanted]
+    return [c for c in find_cases(out, modalities=modalities) if c.case_id in wanted]

@@ -6,7 +6,8 @@ cohort every later stage reads: cache, split, tumour features, normaliser, nnU-N
     phantom-v<N>/       the phantom cohort as NIfTI (BraTS 2023 layout), if no BraTS folder;
                         <N> is PHANTOM_VERSION, so a newer phantom never meets an older one's files
     cache/              images.npy, labels.npy (sub-region label maps; masks = labels > 0),
-                        affines.npy, case_ids.json
+                        affines.npy, case_ids.json; with several ``cfg.modalities`` also
+                        sequences.npy (every sequence) and modalities.json
     split.json          seeded train/test split, reused by every stage
     features.json       raw tumour features of every case
     normalizer.json     feature normaliser fitted on the training split
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import Config
-from sbldm.data.cohort import export_nnunet, find_cases, load_prepared, prepare_cohort
+from sbldm.data.cohort import SEQUENCE_NAMES, export_nnunet, find_cases, load_prepared, prepare_cohort
 
 
 def phantom_tumour_volume_range(cfg: Config, min_voxels: int = 30,
@@ -46,7 +47,7 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
     """
     work = Path(work_dir)
     if brats_dir:
-        cases = find_cases(brats_dir, skip_unlabelled=cfg.data_skip_unlabelled)
+        cases = find_cases(brats_dir, skip_unlabelled=cfg.data_skip_unlabelled, modalities=cfg.modalities)
         source = f"BraTS folder {brats_dir}"
     else:
         from sbldm.data.phantom import PHANTOM_VERSION, make_phantom_cohort
@@ -55,7 +56,7 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
         cases = make_phantom_cohort(
             phantom_dir, cfg.n_train + cfg.n_test, seed=cfg.seed,
             shape=cfg.phantom_shape, spacing=cfg.phantom_spacing,
-            tumour_volume_range=phantom_tumour_volume_range(cfg), progress=progress)
+            tumour_volume_range=phantom_tumour_volume_range(cfg), progress=progress, modalities=cfg.modalities)
         source = "phantom cohort (MNI152 anatomy, sbldm.data.phantom)"
     split = prepare_cohort(cases, work, cfg.volume_shape, cfg.n_train, cfg.n_test, seed=cfg.seed,
                            image_order=cfg.image_interp_order, clip_percentiles=cfg.clip_percentiles,
@@ -68,10 +69,13 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
         train = load_prepared(work, "train")
         test = load_prepared(work, "test")
         regions = cfg.tumour_labels == "regions"      # label maps when the chain carries sub-regions
-        folder = export_nnunet(
-            work / "nnunet_raw", 1, "RealTrain",
-            list(zip(train.case_ids, train.images, train.labels if regions else train.masks, train.affines)),
-            test_cases=list(zip(test.case_ids, test.images, test.labels if regions else test.masks, test.affines)),
-            labels=cfg.tumour_labels)
+
+        def rows(s):         # every loaded sequence goes to nnU-Net, one channel each
+            images = s.images if s.sequences is None else s.sequences
+            return list(zip(s.case_ids, images, s.labels if regions else s.masks, s.affines))
+
+        channels = [SEQUENCE_NAMES[m] for m in train.modalities] if train.modalities else "FLAIR"
+        folder = export_nnunet(work / "nnunet_raw", 1, "RealTrain", rows(train), test_cases=rows(test),
+                               labels=cfg.tumour_labels, channel_name=channels)
         summary["nnunet_dataset"] = str(folder)
     return summary

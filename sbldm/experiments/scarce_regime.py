@@ -63,7 +63,9 @@ def subset_split(split: Prepared, idx) -> Prepared:
     return Prepared(case_ids=[split.case_ids[i] for i in idx], images=np.asarray(split.images)[idx],
                     masks=np.asarray(split.masks)[idx], features=features,
                     normalizer=FeatureNormalizer.fit(features, split.images.shape[1:]),
-                    affines=np.asarray(split.affines)[idx], labels=np.asarray(split.labels)[idx])
+                    affines=np.asarray(split.affines)[idx], labels=np.asarray(split.labels)[idx],
+                    sequences=None if split.sequences is None else np.asarray(split.sequences)[idx],
+                    modalities=split.modalities)
 
 
 def subset_latents(latents, idx):

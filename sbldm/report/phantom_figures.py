@@ -30,7 +30,9 @@ def tumour_slice(seg: np.ndarray) -> int:
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:
-    values = image[image > 0]
+    """The 0.5-99.5 percentile window of the brain: the voxels above the background, which
+    is 0 in raw skull-stripped images and -1 in normalised ones."""
+    values = image[image > min(0.0, float(image.min()))]
     return (float(np.percentile(values, 0.5)), float(np.percentile(values, 99.5))) if values.size else (0.0, 1.0)
 
 
