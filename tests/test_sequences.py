@@ -187,3 +187,23 @@ def test_modalities_is_a_checked_config_field_that_leaves_the_presets_hash_alone
         config.resolve("small", modalities=["flair", "t2f"])
     with pytest.raises(ValueError, match="modalities=.*'t1'.*not valid"):
         config.resolve("small", modalities=["t1"])
+
+
+def test_a_case_saved_in_the_brats_2023_layout_reads_back_with_every_sequence(tmp_path):
+    rng = np.random.default_rng(0)
+    brain = _brain()
+    images = {m: np.where(brain, s * rng.uniform(0.5, 1.5, SHAPE), 0).astype(np.float32) for m, s in zip(FOUR, SCALES)}
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[6:12, 8:14, 4:8] = 2
+    labels[8:11, 10:13, 5:7] = 3
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = cohort.save_case(tmp_path, "BraTS-GLI-00009-000", images, labels, affine)
+    assert sorted(p.name for p in paths.values()) == sorted(
+        f"BraTS-GLI-00009-000-{s}.nii.gz" for s in ("seg", *FOUR))
+    (case,) = cohort.find_cases(tmp_path, modalities=FOUR)
+    lc = cohort.load_case(case, SHAPE)
+    assert np.array_equal(lc.labels, labels) and np.allclose(lc.source_affine, affine)
+    for k, m in enumerate(FOUR):
+        assert np.allclose(lc.sequences[k], _by_hand(images[m], brain), atol=1e-6)
+    with pytest.raises(ValueError, match="T1ce shape"):
+        cohort.save_case(tmp_path, "BraTS-GLI-00010-000", {"t1c": images["t1c"][:-1]}, labels)

@@ -140,6 +140,38 @@ def find_cases(root: str | os.PathLike, skip_unlabelled: bool = False,
     return sorted(cases, key=lambda c: c.case_id)
 
 
+def case_files(root: str | os.PathLike, case_id: str, modalities: Sequence[str] = ("t1n", "t1c", "t2w", "t2f")
+               ) -> dict[str, Path]:
+    """The files of case ``case_id`` in the BraTS 2023 layout under ``root``: ``seg`` and
+    one per sequence (``<root>/<id>/<id>-<sequence>.nii.gz``)."""
+    folder = Path(root) / case_id
+    suffix = _SUFFIXES["BraTS 2023"]
+    return {"seg": folder / f"{case_id}{suffix['seg']}.nii.gz",
+            **{m: folder / f"{case_id}{suffix[m]}.nii.gz" for m in sequence_names(modalities)}}
+
+
+def save_case(root: str | os.PathLike, case_id: str, images: dict, labels: np.ndarray,
+              affine: np.ndarray | None = None) -> dict[str, Path]:
+    """Write one case in the BraTS 2023 layout (``case_files``): every sequence of ``images``
+    (keyed by BraTS 2023 name or "flair") and the label map (sbldm's labels are BraTS
+    2023's), each atomically, the FLAIR last so that a case with its FLAIR is complete.
+    ``find_cases`` and ``load_case`` read it back. Returns the paths written."""
+    if not re.fullmatch(r"[A-Za-z0-9_\-]+", str(case_id)):
+        raise ValueError(f"case id {case_id!r} may hold letters, digits, '_' and '-' only")
+    names = sequence_names(list(images))
+    paths = case_files(root, case_id, names)
+    labels = np.asarray(labels)
+    for name, image in zip(names, images.values()):
+        if np.shape(image) != labels.shape:
+            raise ValueError(f"case {case_id}: {SEQUENCE_NAMES[name]} shape {np.shape(image)} differs from the "
+                             f"label map's {labels.shape}")
+    save_nifti(paths["seg"], labels.astype(np.uint8), affine)
+    order = sorted(zip(names, images.values()), key=lambda item: item[0] == "t2f")
+    for name, image in order:
+        save_nifti(paths[name], np.asarray(image), affine)
+    return paths
+
+
 def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(data as float64 array, affine) of a 3D NIfTI; clear ``DataError`` on anything else."""
     import nibabel as nib

@@ -48,9 +48,9 @@ from typing import Sequence
 
 import numpy as np
 
-from sbldm.data.cohort import Case, find_cases
+from sbldm.data.cohort import Case, case_files, find_cases, save_case
 from sbldm.data.tumour import ENHANCING, NECROSIS, OEDEMA
-from sbldm.io import atomic_write_json, save_nifti
+from sbldm.io import atomic_write_json
 
 # 3: lobulated tumours with oedema of uneven thickness along white matter, eccentric cores
 #    that may touch normal brain, per-case tumour contrasts (necrosis dark to bright),
@@ -579,9 +579,7 @@ def phantom_case_id(index: int) -> str:
 
 def case_paths(folder: str | os.PathLike, case_id: str) -> dict[str, Path]:
     """Paths of a case's files in the BraTS 2023 layout: ``seg`` and one per sequence."""
-    folder = Path(folder) / case_id
-    return {"seg": folder / f"{case_id}-seg.nii.gz",
-            **{name: folder / f"{case_id}-{name}.nii.gz" for name in SEQUENCES}}
+    return case_files(folder, case_id, SEQUENCES)
 
 
 def make_phantom_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0,
@@ -625,11 +623,7 @@ def make_phantom_cohort(out_dir: str | os.PathLike, n_cases: int, seed: int = 0,
         if all(pth.is_file() for pth in paths.values()):
             continue
         s = make_phantom_subject(i, seed, p)
-        save_nifti(paths["seg"], s.seg, s.affine)
-        for name in SEQUENCES:
-            if name != FLAIR:
-                save_nifti(paths[name], s.images[name], s.affine)
-        save_nifti(paths[FLAIR], s.flair, s.affine)     # FLAIR last: with it, the case is finished
+        save_case(out, cid, s.images, s.seg, s.affine)     # FLAIR last: with it, the case is finished
     n_total = max(n_cases, int(json.loads(manifest.read_text()).get("n_cases", 0)) if manifest.exists() else 0)
     atomic_write_json(manifest, {**record, "n_cases": n_total})
     wanted = {phantom_case_id(i) for i in range(n_cases)}
