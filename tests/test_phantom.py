@@ -230,3 +230,105 @@ def test_laplacian_and_gradient_in_physical_units():
     assert st["edge_gradient_z"] == pytest.approx(c / (q3 - q1) / 2.0, rel=1e-5)
     assert st["laplacian_z_normal"] == pytest.approx(0.0, abs=1e-4)
     assert st["std_z_tumour"] == pytest.approx(np.std(c * np.arange(14, 26)) / (q3 - q1), rel=1e-4)
+
+
+# -- version 4: sequences, placement, satellites -------------------------------------------------
+
+def test_placement_depth_cortex_share_and_pieces_against_hand_counts():
+    brain = np.ones((40, 40, 40), bool)                       # a cube of brain: depth = distance to its faces
+    x = np.arange(40)
+    g = np.stack(np.meshgrid(x, x, x, indexing="ij")).astype(float)
+    ball = ((g - np.array([12.0, 20, 20])[:, None, None, None]) ** 2).sum(0) <= 25
+    seg = np.where(ball, 2, 0).astype(np.uint8)
+    seg[((g - np.array([12.0, 20, 20])[:, None, None, None]) ** 2).sum(0) <= 4] = 3
+    st = ps.placement_statistics(brain, seg)
+    assert st["depth_mm"] == pytest.approx(13.0)             # voxel 12 lies 13 voxels from the outside at -1
+    assert st["cortex_share_5mm"] == 0.0 and st["n_components"] == 1
+    assert st["core_sphericity"] > 0.7
+    near = (((g - np.array([3.0, 20, 20])[:, None, None, None]) ** 2).sum(0) <= 25).astype(np.uint8) * 2
+    expected = np.mean(np.nonzero(near > 0)[0] <= 4)          # centre at x = 3: voxels x <= 4 lie within 5 mm
+    assert ps.placement_statistics(brain, near)["cortex_share_5mm"] == pytest.approx(expected)
+    assert 0.3 < expected < 0.9
+    two = seg.copy()
+    two[30:33, 30:33, 30:33] = 2                              # a satellite, apart from the tumour
+    assert ps.placement_statistics(brain, two)["n_components"] == 2
+    two[30, 30, 30] = 0
+    two[18, 21, 21] = 2                                       # touching the ball only at a corner, it joins it
+    assert ps.placement_statistics(brain, two)["n_components"] == 2
+    with pytest.raises(ValueError, match="no tumour"):
+        ps.placement_statistics(brain, np.zeros_like(seg))
+
+
+def test_sequence_measures_against_regions_set_in_iqr_units():
+    rng = np.random.default_rng(0)
+    g = _grid()
+    r = np.sqrt((g ** 2).sum(0))
+    seg = np.zeros(r.shape, np.uint8)
+    seg[r <= 3] = 1
+    seg[(r > 3) & (r <= 5)] = 3
+    seg[(r > 5) & (r <= 8)] = 2
+    images = {}
+    for name, (enh, oed, nec) in {"t1c": (2.5, 1.0, -0.5), "t2f": (1.0, 1.2, 2.0), "t1n": (0.5, 0.5, 0.5)}.items():
+        img = np.where(r <= 22, rng.uniform(50, 150, r.shape), 0.0)
+        normal = ps.normal_brain(img, seg)
+        q1, med, q3 = np.percentile(img[normal], [25, 50, 75])
+        for label, z in ((3, enh), (2, oed), (1, nec)):
+            img[seg == label] = med + z * (q3 - q1)
+        images[name] = img
+    st = ps.sequence_statistics(images, seg)
+    assert st["enhancing_minus_oedema_z_t1c"] == pytest.approx(1.5, abs=1e-4)
+    assert st["median_z_necrosis_t1c"] == pytest.approx(-0.5, abs=1e-4)
+    assert st["median_z_necrosis_t2f"] == pytest.approx(2.0, abs=1e-4)
+    assert st["median_z_tumour_t1n"] == pytest.approx(0.5, abs=1e-4)
+    assert st["std_z_enhancing_t1c"] == pytest.approx(0.0, abs=1e-4)         # set to one value
+    assert np.isnan(st["laplacian_z_normal_t2w"]) and np.isfinite(st["laplacian_z_normal_t1c"])   # no T2 given
+
+
+def test_the_summary_counts_case_shares_and_checks_targets_both_ways():
+    rows = [{"n_components": 1.0, "cortex_share_5mm": 0.0, "core_sphericity": 0.6},
+            {"n_components": 3.0, "cortex_share_5mm": 0.1, "core_sphericity": 0.8},
+            {"n_components": 1.0, "cortex_share_5mm": 0.2, "core_sphericity": float("nan")}]
+    out = {r["measure"]: r for r in ps.summarise(rows, ("n_components", "cortex_share_5mm", "core_sphericity"),
+                                                  reference=ps.REAL_PANEL, targets=ps.PHANTOM_TARGETS)}
+    assert out["cases_with_satellites"]["median"] == pytest.approx(1 / 3)
+    assert out["cases_reaching_cortex"]["median"] == pytest.approx(2 / 3)
+    assert out["core_sphericity"]["median"] == pytest.approx(0.7) and out["core_sphericity"]["n"] == 2
+    assert out["core_sphericity"]["target"] == "<= 0.7" and out["core_sphericity"]["meets"] == "yes"
+    assert out["cases_with_satellites"]["meets"] == "yes" and out["cases_reaching_cortex"]["meets"] == "yes"
+    rows[1]["n_components"] = 1.0
+    rows[0]["core_sphericity"] = 0.9
+    out = {r["measure"]: r for r in ps.summarise(rows, ("n_components", "core_sphericity"), targets=ps.PHANTOM_TARGETS)}
+    assert out["cases_with_satellites"]["meets"] == "no" and out["core_sphericity"]["meets"] == "no"
+    assert out["n_components"]["meets"] == ""                                      # no target
+
+
+def test_satellites_are_small_separate_lesions_and_some_cases_have_them():
+    pieces = []
+    for i in range(12):
+        s = phantom.make_phantom_subject(i, seed=0, params=SMOKE)
+        lab, n = ndimage.label(s.seg > 0, structure=np.ones((3, 3, 3), bool))
+        sizes = np.sort(np.bincount(lab.ravel())[1:])[::-1]
+        pieces.append(n)
+        assert sizes[0] >= 0.8 * sizes.sum()                  # one main tumour; satellites are small
+    assert sum(p > 1 for p in pieces) >= 2 and sum(p == 1 for p in pieces) >= 2
+
+
+@pytest.mark.slow
+def test_version_4_meets_its_targets_at_the_small_grid():
+    """12 cases at the ``small`` preset's phantom geometry (120x120x78 at 2 mm): the medians
+    and shares that phantom version 4 was calibrated to (``PHANTOM_TARGETS``)."""
+    from sbldm import config
+    from sbldm.data.prepare import phantom_tumour_volume_range
+
+    cfg = config.resolve("small")
+    params = phantom.PhantomParams(shape=cfg.phantom_shape, spacing=cfg.phantom_spacing,
+                                   tumour_volume_range=phantom_tumour_volume_range(cfg))
+    rows = []
+    for i in range(12):
+        s = phantom.make_phantom_subject(i, seed=0, params=params)
+        rows.append(ps.case_statistics(s.images, s.seg, params.spacing))
+    measures = (*ps.MEASURES, *ps.SEQUENCE_MEASURES, *ps.PLACEMENT_MEASURES)
+    summary = {r["measure"]: r for r in ps.summarise(rows, measures, targets=ps.PHANTOM_TARGETS)}
+    for measure in ps.PHANTOM_TARGETS:
+        assert summary[measure]["meets"] == "yes", (measure, summary[measure])
+    assert summary["median_z_tumour_t1n"]["median"] == pytest.approx(0.0, abs=0.6)     # T1 near isointense

@@ -22,7 +22,7 @@ white-matter probability maps):
 
 Cases are written in the BraTS 2023 layout (``BraTS-GLI-XXXXX-000/...-{t1n,t1c,t2w,t2f}
 .nii.gz`` and ``...-seg.nii.gz`` with labels 0 background, 1 necrosis, 2 oedema, 3
-enhancing), so the real BraTS loader reads them (it reads the FLAIR, ``-t2f``). Case
+enhancing), so the real BraTS loader reads them (the sequences ``cfg.modalities`` names). Case
 ``i`` depends only on ``(seed, i, PHANTOM_VERSION)`` and the parameters: the same seed
 gives the same volumes, and a larger cohort extends a smaller one.
 
@@ -34,7 +34,16 @@ brain; std z inside the tumour 0.77; normal-brain mean |Laplacian| 0.59 z/mm^2; 
 gradient 0.56 z/mm; numbers from a comparison made during development, the case itself
 does not ship with sbldm; ``sbldm.data.phantom_stats`` measures the same quantities on
 any case) and a second real label map (shares 0.16/0.60/0.24, sphericity 0.51, p90/p10 32, 22% of the core touching
-normal brain), it says so: these are not statistics fitted to BraTS.
+normal brain), it says so: these are not statistics fitted to BraTS. Version 4 was
+recalibrated against the medians of a panel of real BraTS gliomas
+(``sbldm.data.phantom_stats.REAL_PANEL``); the constants it changed say so. Measured with
+``sbldm.data.phantom_stats`` on 30 cases at the ``small`` preset's geometry (120x120x78 at
+2 mm; medians): FLAIR necrosis z 2.05 (4 of 30 cystic, dark), T1ce enhancing minus oedema
+1.44 z, std of z inside the enhancing tumour on T1ce 0.85, T1ce necrosis -0.58, T1 tumour
+-0.14; core sphericity 0.56, whole tumour 0.57; centroid depth 28 mm, 29 of 30 tumours within
+5 mm of the brain's surface; 15 of 30 with satellites. At 1 mm (3 cases) the normal brain's
+mean |Laplacian of z| is 0.46-0.73 on FLAIR, 0.63-0.84 on T1ce and 0.41-0.81 on T2 (real
+panel 0.59, 0.71 and 1.55: the phantom's T2 stays smoother, see ``NOISE_FACTOR``).
 """
 
 from __future__ import annotations
@@ -52,11 +61,16 @@ from sbldm.data.cohort import Case, case_files, find_cases, save_case
 from sbldm.data.tumour import ENHANCING, NECROSIS, OEDEMA
 from sbldm.io import atomic_write_json
 
+# 4: recalibrated against a panel of real BraTS gliomas (below, "the real panel"): FLAIR
+#    necrosis mostly bright (a dark cystic minority), a gentler, textured T1ce enhancement
+#    with gaps in the wall, T1 tumour near isointense, per-sequence noise and blur, tumours
+#    placed in lobar white matter so that they reach towards the cortex, rougher cores and
+#    occasional satellite lesions.
 # 3: lobulated tumours with oedema of uneven thickness along white matter, eccentric cores
 #    that may touch normal brain, per-case tumour contrasts (necrosis dark to bright),
 #    smooth texture, thick-slice PSF, adult brain volume, all four BraTS sequences.
 # 2: whole-tumour volumes log-normal around 60 ml (BraTS-like), was log-uniform 0.4-150 ml
-PHANTOM_VERSION = 3
+PHANTOM_VERSION = 4
 
 #: BraTS 2023 file suffixes: T1 (native), T1 post-contrast, T2, T2-FLAIR; the chain reads FLAIR
 SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
@@ -90,28 +104,39 @@ ADULT_BRAIN_TISSUE_ML = 1200.0
 
 # -- tumour shape ----------------------------------------------------------------------
 # The shape ranges are design choices checked against the real case and the second
-# label map (module docstring), not fitted. With them, 24 cases at 1 mm gave whole-tumour
-# sphericity median 0.61 (range 0.41-0.79; real 0.63 and 0.51), oedema thickness p90/p10
-# median 6.3 (2.9-16; real 8.3 and 32) and the core touching normal brain in 58% of
-# cases (7% of its surface at the median; real 8% and 22%). Bakas et al. 2017 (above)
+# label map (module docstring), not fitted. With version 3's ranges, 24 cases at 1 mm gave
+# whole-tumour sphericity median 0.61 (range 0.41-0.79; real 0.63 and 0.51), oedema
+# thickness p90/p10 median 6.3 (2.9-16; real 8.3 and 32) and the core touching normal
+# brain in 58% of cases (7% of its surface at the median; real 8% and 22%); version 4's
+# at the small grid: sphericity 0.57 (0.40-0.73), p90/p10 5.3, the core touching normal
+# brain in 53% of cases. Bakas et al. 2017 (above)
 # released pyradiomics shape features (sphericity among them) of the TCGA-GBM/LGG
 # segmentations: with a BraTS folder, ``sbldm.data.phantom_stats`` measures the same.
 
 #: share of the whole tumour that is core (necrosis + enhancing); real: 0.14 and 0.40
 CORE_SHARE_RANGE = (0.12, 0.5)
 #: lobes of the core (sum of Gaussians) and their spread (std of the lobe offsets and
-#: the range of lobe widths, both over the core's equivalent-sphere radius)
-CORE_LOBES_RANGE = (2, 6)
-CORE_LOBE_OFFSET = 0.5
-CORE_LOBE_WIDTH_RANGE = (0.4, 0.8)
-#: relative roughness of the core's blob field (smooth noise at ~half the core radius)
-CORE_ROUGHNESS_RANGE = (0.2, 0.45)
+#: the range of lobe widths, both over the core's equivalent-sphere radius); v4 spreads
+#: them further: the real panel's cores have sphericity 0.62 at the median, v3's 0.76
+CORE_LOBES_RANGE = (3, 7)
+CORE_LOBE_OFFSET = 0.75
+CORE_LOBE_WIDTH_RANGE = (0.35, 0.75)
+#: relative roughness of the core's blob field, smooth noise at CORE_ROUGHNESS_LENGTH times
+#: the core radius (v3: 0.2-0.45 at half the radius, too round against the real panel)
+CORE_ROUGHNESS_RANGE = (0.35, 0.75)
+CORE_ROUGHNESS_LENGTH = 0.35
 #: share of cases with a necrotic part, and its share of the core (real: 0 and 0.4)
 NECROSIS_PROBABILITY = 0.75
 NECROSIS_SHARE_RANGE = (0.15, 0.65)
 #: enhancing rim: log-std of its thickness along the core's border (patchiness) and how
-#: strongly it is pushed to one side (off-centre), exp(k * cos(angle))
-ENHANCING_PATCHINESS_RANGE = (0.4, 1.0)
+#: strongly it is pushed to one side (off-centre), exp(k * cos(angle)); v4 crenellates it
+#: more (the real panel's walls are thick, crenellated, with gaps)
+ENHANCING_PATCHINESS_RANGE = (0.6, 1.3)
+#: gaps in the enhancing wall: this share of the enhancing rim, where smooth noise (at
+#: ENHANCING_GAP_LENGTH_MM) is highest, does not enhance and is labelled non-enhancing core
+#: (label 1) instead; design choice after the real panel's walls
+ENHANCING_GAP_SHARE_RANGE = (0.05, 0.3)
+ENHANCING_GAP_LENGTH_MM = 6.0
 ENHANCING_ECCENTRICITY_RANGE = (0.3, 1.5)
 #: oedema reach (distance from the core) relative to its reach in white matter, in pure
 #: grey matter / CSF: oedema spreads along white-matter tracts and spares cortex
@@ -129,6 +154,26 @@ CORE_EXPOSED_PROBABILITY = 0.5
 CORE_EXPOSED_SHARE_RANGE = (0.05, 0.3)
 #: mass effect: share of the displacement at the tumour centre
 MASS_EFFECT_RANGE = (0.2, 0.45)
+#: where the tumour centre sits: white matter at a depth below the brain's surface drawn
+#: from this range, in units of the tumour's equivalent-sphere radius (at least
+#: TUMOUR_DEPTH_MIN_MM), so that large tumours reach towards the cortex. The real panel's
+#: gliomas are lobar (frontal, temporal, parietal, occipital) at a median depth of 26 mm,
+#: every one reaching within 5 mm of the cortex (median share of the whole tumour there
+#: 0.06); v3's centres sat deep, at 35 mm, none reaching it. Gliomas arise in the
+#: cerebral hemispheres' white matter, mostly frontal and temporal (Louis et al., WHO
+#: Classification of Tumours of the CNS, 2021); the depth range is a design choice.
+TUMOUR_DEPTH_RANGE = (0.6, 1.2)
+TUMOUR_DEPTH_MIN_MM = 10.0
+#: satellite lesions: 7 of the real panel's 10 label maps have more than one 26-connected
+#: whole-tumour component; v3 had none. Per case, with this probability, 1-3 small lesions
+#: (this share of the whole tumour's volume each, oedema around a core in half of them) at
+#: this gap (mm) beyond the main tumour's equivalent-sphere radius. Design choices; at the
+#: coarser grids a satellite may merge with the tumour or fall below a voxel.
+SATELLITE_PROBABILITY = 0.55
+SATELLITE_COUNT_RANGE = (1, 3)
+SATELLITE_VOLUME_SHARE_RANGE = (0.01, 0.06)
+SATELLITE_GAP_MM_RANGE = (4.0, 14.0)
+SATELLITE_CORE_PROBABILITY = 0.5
 
 # -- contrast --------------------------------------------------------------------------
 #: tissue signal per sequence relative to white matter (= 1): (low, high) of CSF and of
@@ -142,18 +187,27 @@ TISSUE_CONTRAST = {
     "t2f": {"csf": (0.2, 0.35), "gm": (1.15, 1.35)},
 }
 #: tumour sub-region signal per sequence in z units (interquartile ranges of the normal
-#: brain above its median), each drawn uniformly per case and region. Standard glioma
-#: appearances: oedema bright on T2 and FLAIR, dark-ish on T1; enhancing tumour bright on
-#: T1ce only; necrosis fluid-like: dark on T1/T1ce, bright on T2, anywhere from dark to
-#: bright on FLAIR (it varies in real gliomas). The FLAIR ranges contain the real case's
-#: +1.3 (oedema), +1.6 (enhancing) and +1.5 (necrosis) — set before noise, bias and
-#: blurring, which pull the measured z towards 0 a little.
+#: brain above its median), each drawn uniformly per case and region, set before noise,
+#: bias and blurring, which pull the measured z towards 0. Standard glioma appearances:
+#: oedema bright on T2 and FLAIR; enhancing tumour bright on T1ce only; necrosis bright on
+#: T2. v4 moves them towards the real panel's medians (measured with
+#: ``sbldm.data.phantom_stats``): necrosis on FLAIR bright (z 2.2; 7 of 8 cases), on T1ce
+#: -0.6 (v3 measured -1.8); T1ce enhancing 1.5 above oedema (v3: 3.1); T1 tumour iso- to
+#: slightly hyperintense in the few real T1 scans (weak evidence), so near 0 here.
 TUMOUR_Z_RANGES = {
-    "t1n": {"necrosis": (-2.6, -1.0), "oedema": (-1.4, -0.3), "enhancing": (-1.2, 0.0)},
-    "t1c": {"necrosis": (-2.6, -1.0), "oedema": (-1.4, -0.3), "enhancing": (1.8, 4.0)},
+    "t1n": {"necrosis": (-1.0, 0.4), "oedema": (-0.6, 0.4), "enhancing": (-0.4, 0.8)},
+    "t1c": {"necrosis": (-1.3, 0.1), "oedema": (-1.0, 0.0), "enhancing": (0.6, 2.0)},
     "t2w": {"necrosis": (1.5, 4.5), "oedema": (1.0, 3.0), "enhancing": (0.3, 2.0)},
-    "t2f": {"necrosis": (-2.0, 2.4), "oedema": (1.1, 3.0), "enhancing": (1.0, 3.0)},
+    "t2f": {"necrosis": (1.6, 3.6), "oedema": (1.1, 3.0), "enhancing": (1.0, 3.0)},
 }
+#: the minority of necrotic cores that is cystic, fluid-filled: dark on FLAIR, T1 and
+#: T1ce, very bright on T2 (1 of the real panel's 8 necrotic cases was dark on FLAIR)
+NECROSIS_CYSTIC_PROBABILITY = 0.15
+NECROSIS_CYSTIC_Z_RANGES = {"t1n": (-2.6, -1.2), "t1c": (-2.6, -1.2), "t2w": (3.0, 5.0), "t2f": (-2.0, -0.4)}
+#: speckle of the enhancing tumour on T1ce: std (z units) of fine texture at this length
+#: (mm): the real panel's enhancing tumour varies inside by a std of 0.87 z on T1ce, v3's 0.64
+ENHANCING_SPECKLE_Z_RANGE = (0.4, 0.9)
+ENHANCING_SPECKLE_LENGTH_MM = 2.0
 #: std (z units) of the smooth texture inside the tumour (3 and 8 mm correlation lengths)
 TUMOUR_TEXTURE_Z_RANGE = (0.25, 0.55)
 TUMOUR_TEXTURE_LENGTH_MM = (3.0, 8.0)
@@ -182,6 +236,16 @@ BRAIN_TEXTURE_LENGTH_MM = 4.0
 #: pixels of ~1 mm give ~0.4-0.6 mm. Design choices in those ranges.
 PSF_SIGMA_XY_MM_RANGE = (0.4, 0.6)
 PSF_SIGMA_Z_MM_RANGE = (0.9, 1.6)
+#: T1 and T1ce are usually 3D acquisitions of ~1 mm: their slice profile is thin
+PSF_SIGMA_Z_3D_MM_RANGE = (0.4, 0.7)
+PSF_3D_SEQUENCES = ("t1n", "t1c")
+#: noise of each sequence relative to ``PhantomParams.noise`` (FLAIR's). The real panel's
+#: normal brain is rougher on T1ce and much rougher on T2 (mean |Laplacian of z| 0.71 and
+#: 1.55 z/mm^2 at 1 mm against FLAIR's 0.59; v3 gave 0.41 and 0.30). T1ce reaches it with
+#: the thin 3D slice profile alone; on T2 noise that reached it (x9-11) made a salt-and-
+#: pepper image no scanner gives, since the real T2's roughness is sharp anatomy (sulcal
+#: CSF) that the smooth template lacks: x3 is a compromise, and T2 stays smoother than real
+NOISE_FACTOR = {"t1n": 1.0, "t1c": 1.0, "t2w": 3.0, "t2f": 1.0}
 #: correlation length (mm) of the bias field and of the random deformation
 BIAS_LENGTH_MM = 90.0
 DEFORMATION_LENGTH_MM = 40.0
@@ -386,7 +450,7 @@ def _tumour(rng: np.random.Generator, shape, spacing, centre_vox, volume_mm3, br
     for off, wd, wt in zip(offsets, widths, weights):
         blob += np.float32(wt) * np.exp(-((rx - off[0]) ** 2 + (ry - off[1]) ** 2 + (rz - off[2]) ** 2)
                                         / np.float32(2 * wd ** 2))
-    rough = _SmoothNoise(rng, shape, spacing, max(0.5 * r_core, 3.0))
+    rough = _SmoothNoise(rng, shape, spacing, max(CORE_ROUGHNESS_LENGTH * r_core, 3.0))
     blob *= 1 + np.float32(rng.uniform(*CORE_ROUGHNESS_RANGE)) * rough(box)
     n_core = max(1, int(round(core_mm3 / voxel_mm3)))
     vals = blob[inside]
@@ -441,13 +505,52 @@ def _tumour(rng: np.random.Generator, shape, spacing, centre_vox, volume_mm3, br
             cv = score[core]
             thr_n = np.partition(cv, len(cv) - n_nec)[len(cv) - n_nec]
             necrosis = core & (score >= thr_n)
+    # gaps in the enhancing wall: where smooth noise is highest, the rim does not enhance
+    enhancing = core & ~necrosis
+    gap_noise = _SmoothNoise(rng, shape, spacing, ENHANCING_GAP_LENGTH_MM)(box)
+    n_gap = int(round(rng.uniform(*ENHANCING_GAP_SHARE_RANGE) * enhancing.sum()))
+    if 0 < n_gap < enhancing.sum():
+        gv = gap_noise[enhancing]
+        necrosis |= enhancing & (gap_noise >= np.partition(gv, len(gv) - n_gap)[len(gv) - n_gap])
 
     seg_box = np.zeros(dist.shape, np.uint8)
     seg_box[wt] = OEDEMA
     seg_box[core] = ENHANCING
     seg_box[necrosis] = NECROSIS
-    fields = {"d_core": d_core, "reach": reach, "rx": rx, "ry": ry, "rz": rz, "dist": dist}
+    satellites = _satellites(rng, seg_box, inside, (rx, ry, rz), radius, spacing)
+    fields = {"d_core": d_core, "reach": reach, "rx": rx, "ry": ry, "rz": rz, "dist": dist,
+              "satellites": satellites}
     return box, seg_box, fields
+
+
+def _satellites(rng: np.random.Generator, seg_box: np.ndarray, inside: np.ndarray, r, radius: float,
+                spacing) -> np.ndarray:
+    """Add satellite lesions to ``seg_box`` in place (``SATELLITE_*``): small roughly round
+    lesions of oedema, around an enhancing core in some, beyond the main tumour and apart
+    from it (no 26-neighbour of it), inside the brain. Returns their whole-tumour mask."""
+    from scipy import ndimage
+
+    out = np.zeros(seg_box.shape, bool)
+    if rng.random() >= SATELLITE_PROBABILITY:
+        return out
+    voxel_mm3 = float(np.prod(spacing))
+    main = seg_box > 0
+    near_main = ndimage.binary_dilation(main, structure=np.ones((3, 3, 3), bool), iterations=2)
+    volume = float(main.sum()) * voxel_mm3
+    for _ in range(int(rng.integers(SATELLITE_COUNT_RANGE[0], SATELLITE_COUNT_RANGE[1] + 1))):
+        r_sat = (3 * rng.uniform(*SATELLITE_VOLUME_SHARE_RANGE) * volume / (4 * np.pi)) ** (1 / 3)
+        r_sat = max(r_sat, 1.0 * float(max(spacing)))
+        u = _unit_vector(rng)
+        c = u * (radius + rng.uniform(*SATELLITE_GAP_MM_RANGE) + r_sat)
+        d2 = (r[0] - np.float32(c[0])) ** 2 + (r[1] - np.float32(c[1])) ** 2 + (r[2] - np.float32(c[2])) ** 2
+        lesion = (d2 <= np.float32(r_sat ** 2)) & inside & ~near_main
+        if lesion.sum() < 2:
+            continue
+        out |= lesion
+        seg_box[lesion] = OEDEMA
+        if rng.random() < SATELLITE_CORE_PROBABILITY:
+            seg_box[lesion & (d2 <= np.float32((0.5 * r_sat) ** 2))] = ENHANCING
+    return out
 
 
 def make_phantom_subject(index: int, seed: int = 0, params: PhantomParams = PhantomParams(),
@@ -487,13 +590,18 @@ def make_phantom_subject(index: int, seed: int = 0, params: PhantomParams = Phan
         return [ndimage.map_coordinates(mp, coords, order=1, mode="constant", cval=0.0, prefilter=False)
                 for mp in maps]
 
-    # tumour centre: white matter away from the brain's edge, found on a ~4 mm grid
+    # tumour centre: white matter at a depth that lets the tumour reach towards the cortex
+    # (TUMOUR_DEPTH_RANGE), found on a ~4 mm grid; the deepest white matter if none is there
     step = max(1, int(round(4.0 / float(spacing.min()))))
     brain_c, wm_c = sample((brain_t, wm_t), world_coords(step))
     depth_mm = ndimage.distance_transform_edt(brain_c > 0.5, sampling=spacing * step)
     volume_mm3 = draw_tumour_volume_mm3(rng, params)
     radius = (3 * volume_mm3 / (4 * np.pi)) ** (1 / 3)
-    ok = (wm_c > 0.5) & (depth_mm > min(0.6 * radius + 6.0, 0.5 * depth_mm.max()))
+    want = max(TUMOUR_DEPTH_MIN_MM, rng.uniform(*TUMOUR_DEPTH_RANGE) * radius)
+    tol = max(3.0, float(spacing.max()) * step)
+    ok = (wm_c > 0.5) & (np.abs(depth_mm - min(want, 0.8 * depth_mm.max())) <= tol)
+    if not ok.any():
+        ok = (wm_c > 0.5) & (depth_mm > min(0.6 * radius + 6.0, 0.5 * depth_mm.max()))
     if not ok.any():
         ok = brain_c > 0.5
     candidates = np.argwhere(ok)
@@ -527,6 +635,7 @@ def make_phantom_subject(index: int, seed: int = 0, params: PhantomParams = Phan
     edge = np.float32(rng.uniform(*EDGE_WIDTH_MM_RANGE))
     soft = expit((f["reach"] - f["d_core"]) / edge).astype(np.float32)
     soft[brain[box] <= 0.5] = 0.0
+    soft = np.maximum(soft, ndimage.gaussian_filter(f["satellites"].astype(np.float32), edge / spacing))
     w_oed = soft * (1 - w_core)
     alpha = w_core + w_oed * (1 - np.float32(rng.uniform(*CSF_SPARING_RANGE)) * csf[box])
     near = 1 - OEDEMA_NEAR_CORE_GAIN / 2 + OEDEMA_NEAR_CORE_GAIN * np.exp(-f["d_core"] / OEDEMA_NEAR_CORE_MM)
@@ -534,8 +643,13 @@ def make_phantom_subject(index: int, seed: int = 0, params: PhantomParams = Phan
     tex_z = rng.uniform(*TUMOUR_TEXTURE_Z_RANGE)
     vessel = np.exp(-(_SmoothNoise(rng, shape, spacing, VESSEL_LENGTH_MM)(box) / VESSEL_WIDTH) ** 2)
     vessel_z = rng.uniform(*VESSEL_Z_RANGE)
-    psf = (rng.uniform(*PSF_SIGMA_XY_MM_RANGE),) * 2 + (rng.uniform(*PSF_SIGMA_Z_MM_RANGE),)
-    psf_vox = np.asarray(psf) / spacing
+    psf_xy, psf_z, psf_z3d = (rng.uniform(*r) for r in (PSF_SIGMA_XY_MM_RANGE, PSF_SIGMA_Z_MM_RANGE,
+                                                          PSF_SIGMA_Z_3D_MM_RANGE))
+    # drawn from a stream of its own (seeded like the case's): late in the case's main stream
+    # the draw came out far from uniform over the cases (15 of 40 below 0.2 at the small grid)
+    cystic = np.random.default_rng([int(seed), int(index), PHANTOM_VERSION, 1]).random() < NECROSIS_CYSTIC_PROBABILITY
+    speckle = _SmoothNoise(rng, shape, spacing, ENHANCING_SPECKLE_LENGTH_MM)(box)
+    speckle_z = rng.uniform(*ENHANCING_SPECKLE_Z_RANGE)
     # white noise on a voxel of V mm^3 averages V voxels of 1 mm^3
     noise_std = params.noise / np.sqrt(float(np.prod(spacing)))
     sub = tuple(slice(None, None, 2) for _ in shape)
@@ -548,16 +662,21 @@ def make_phantom_subject(index: int, seed: int = 0, params: PhantomParams = Phan
         med, q1, q3 = np.percentile(ref, [50, 25, 75]) if len(ref) else (1.0, 0.75, 1.25)
         iqr = np.float32(max(q3 - q1, 1e-3))
         z = {r: rng.uniform(*TUMOUR_Z_RANGES[name][r]) for r in ("necrosis", "oedema", "enhancing")}
+        if cystic:
+            z["necrosis"] = rng.uniform(*NECROSIS_CYSTIC_Z_RANGES[name])
         level = (z["necrosis"] * w_nec + z["enhancing"] * w_enh + z["oedema"] * near * w_oed) / (w_core + w_oed + 1e-6)
         level = np.where(w_core + w_oed > 1e-4, level, z["oedema"] * near)
         tex = np.float32(tex_z) * (np.float32(0.8) * tex_fields[0](box, k) + np.float32(0.6) * tex_fields[1](box, k))
         streak = (1.0 if name == "t1c" else -1.0) * vessel_z * vessel
+        if name == "t1c":                 # the enhancing tumour's speckle
+            tex = tex + np.float32(speckle_z) * speckle * (w_enh / np.maximum(w_core + w_oed, 1e-6))
         tumour_signal = np.float32(med) + iqr * (level + tex + np.float32(streak))
         img[box] = (1 - alpha) * img[box] + alpha * tumour_signal
         img *= np.exp(np.float32(params.bias) * _SmoothNoise(rng, shape, spacing, BIAS_LENGTH_MM)())
         if noise_std > 0:
-            img += np.float32(noise_std) * rng.standard_normal(shape, dtype=np.float32)
-        img = ndimage.gaussian_filter(img, psf_vox, truncate=3.0)
+            img += np.float32(noise_std * NOISE_FACTOR[name]) * rng.standard_normal(shape, dtype=np.float32)
+        psf = (psf_xy, psf_xy, psf_z3d if name in PSF_3D_SEQUENCES else psf_z)
+        img = ndimage.gaussian_filter(img, np.asarray(psf) / spacing, truncate=3.0)
         gain = rng.uniform(*WM_GAIN_RANGE)
         out = np.clip(np.round(img * np.float32(gain)), 1, 32767).astype(np.int16)
         out[~in_brain] = 0          # skull-stripped; every brain voxel >= 1

@@ -177,13 +177,102 @@ def phantom_statistics(image: np.ndarray, seg: np.ndarray, spacing: Sequence[flo
     out["oedema_thickness_ratio"] = oedema_thickness_ratio(seg, spacing)
     out["core_touching_normal"] = core_touching_normal(seg, brain)
     out["std_z_tumour"] = float(np.std(z[wt]))
-    inner = ndimage.binary_erosion(brain, structure=_six_neighbours(), iterations=2)
-    sel = nb & inner
-    out["laplacian_z_normal"] = float(np.mean(np.abs(laplacian(z, spacing)[sel]))) if sel.any() else float("nan")
+    out["laplacian_z_normal"] = _laplacian_normal(z, nb, brain, spacing)
     grad = np.sqrt(sum(g ** 2 for g in np.gradient(z, *spacing)))
     border = _boundary(wt) & ~ndimage.binary_dilation(~brain, structure=_six_neighbours())
     out["edge_gradient_z"] = float(np.mean(grad[border])) if border.any() else float("nan")
     return {k: out[k] for k in MEASURES}
+
+
+def _laplacian_normal(z: np.ndarray, normal: np.ndarray, brain: np.ndarray, spacing: Sequence[float]) -> float:
+    """Mean |Laplacian of z| (z/mm^2) over the normal-appearing brain at least two voxels
+    inside the brain (the skull-stripping edge left out)."""
+    from scipy import ndimage
+
+    inner = ndimage.binary_erosion(brain, structure=_six_neighbours(), iterations=2)
+    sel = normal & inner
+    return float(np.mean(np.abs(laplacian(z, spacing)[sel]))) if sel.any() else float("nan")
+
+
+#: the measures of ``sequence_statistics``, per case, over the four sequences
+SEQUENCE_MEASURES = (
+    "median_z_necrosis_t2f", "median_z_necrosis_t1c", "enhancing_minus_oedema_z_t1c", "std_z_enhancing_t1c",
+    "median_z_tumour_t1n", "laplacian_z_normal_t1c", "laplacian_z_normal_t2w",
+)
+#: the measures of ``placement_statistics``: where the tumour sits and in how many pieces
+PLACEMENT_MEASURES = ("core_sphericity", "n_components", "depth_mm", "cortex_share_5mm")
+
+
+def brain_depth(brain: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Distance (mm) of every brain voxel to the brain's surface (the nearest voxel outside it)."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(np.pad(np.asarray(brain, bool), 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+
+
+def placement_statistics(brain: np.ndarray, seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                         cortex_mm: float = 5.0) -> dict[str, float]:
+    """Where the tumour sits and its shape beyond the whole tumour's.
+
+    - ``core_sphericity``: sphericity of the core (necrosis + enhancing), as ``sphericity``;
+    - ``n_components``: 26-connected components of the whole tumour (satellites count);
+    - ``depth_mm``: the distance from the whole tumour's centroid to the brain's surface
+      (``brain_depth`` at the nearest brain voxel);
+    - ``cortex_share_5mm``: the share of the whole tumour within ``cortex_mm`` of the
+      brain's surface (the cortex lies there).
+    """
+    from scipy import ndimage
+
+    seg = np.asarray(seg)
+    wt = seg > 0
+    if not wt.any():
+        raise ValueError("the segmentation holds no tumour")
+    core = np.isin(seg, SUBREGION_LABELS["necrosis"] + SUBREGION_LABELS["enhancing"])
+    depth = brain_depth(np.asarray(brain, bool) | wt, spacing)
+    centre = np.round(np.argwhere(wt).mean(axis=0)).astype(int)
+    inside = np.argwhere(depth > 0)
+    nearest = inside[np.argmin(((inside - centre) ** 2).sum(axis=1))] if depth[tuple(centre)] == 0 else centre
+    _, n = ndimage.label(wt, structure=np.ones((3, 3, 3), bool))
+    return {"core_sphericity": tumour_features(core, spacing)["sphericity"] if core.any() else float("nan"),
+            "n_components": float(n), "depth_mm": float(depth[tuple(nearest)]),
+            "cortex_share_5mm": float(np.mean(depth[wt] <= cortex_mm))}
+
+
+def sequence_statistics(images: Mapping[str, np.ndarray], seg: np.ndarray,
+                        spacing: Sequence[float] = (1.0, 1.0, 1.0), margin_mm: float = 3.0) -> dict[str, float]:
+    """The measures of ``SEQUENCE_MEASURES`` from a case's sequences (keys ``t1n``, ``t1c``,
+    ``t2w``, ``t2f``; a missing sequence gives NaN for its measures), z per sequence as in
+    ``z_image``:
+
+    - ``median_z_necrosis_t2f``, ``median_z_necrosis_t1c``: necrosis on FLAIR and on T1ce;
+    - ``enhancing_minus_oedema_z_t1c``: median z of the enhancing tumour minus that of the
+      oedema, on T1ce (how much the enhancing tumour enhances);
+    - ``std_z_enhancing_t1c``: std of z inside the enhancing tumour on T1ce (its texture);
+    - ``median_z_tumour_t1n``: median z of the whole tumour on T1;
+    - ``laplacian_z_normal_<seq>``: ``laplacian_z_normal`` of T1ce and T2.
+    """
+    seg = np.asarray(seg)
+    region = {name: np.isin(seg, labels) for name, labels in SUBREGION_LABELS.items()}
+    out = {m: float("nan") for m in SEQUENCE_MEASURES}
+
+    def med(z, mask):
+        return float(np.median(z[mask])) if mask.any() else float("nan")
+
+    z = {name: z_image(img, seg, spacing, margin_mm) for name, img in images.items()}
+    if "t2f" in z:
+        out["median_z_necrosis_t2f"] = med(z["t2f"][0], region["necrosis"])
+    if "t1c" in z:
+        zc = z["t1c"][0]
+        out["median_z_necrosis_t1c"] = med(zc, region["necrosis"])
+        out["enhancing_minus_oedema_z_t1c"] = med(zc, region["enhancing"]) - med(zc, region["oedema"])
+        out["std_z_enhancing_t1c"] = float(np.std(zc[region["enhancing"]])) if region["enhancing"].any() else float("nan")
+    if "t1n" in z:
+        out["median_z_tumour_t1n"] = med(z["t1n"][0], seg > 0)
+    for name in ("t1c", "t2w"):
+        if name in images:
+            out[f"laplacian_z_normal_{name}"] = _laplacian_normal(z[name][0], z[name][1], np.asarray(images[name]) > 0,
+                                                                  spacing)
+    return out
 
 
 def region_z_values(image: np.ndarray, seg: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
@@ -201,26 +290,55 @@ def spacing_of(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+#: shares of cases (the ``median`` column of ``summarise``): the measure and the condition a case meets
+CASE_SHARES = {"cases_with_core_touching_normal": ("core_touching_normal", lambda v: v > 0),
+               "cases_reaching_cortex": ("cortex_share_5mm", lambda v: v > 0),
+               "cases_with_satellites": ("n_components", lambda v: v > 1)}
+
+
 def summarise(rows: Sequence[Mapping], measures: Sequence[str] = MEASURES,
-              reference: Mapping[str, float] | None = None) -> list[dict]:
+              reference: Mapping[str, float] | None = None,
+              targets: Mapping[str, tuple[float, float]] | None = None) -> list[dict]:
     """One row per measure: median, min and max over ``rows`` (NaN left out), the number
-    of cases it was defined for, and the ``reference`` value if given (e.g. a real case)."""
+    of cases it was defined for, and the ``reference`` value if given (e.g. real cases);
+    then the shares of cases of ``CASE_SHARES`` whose measure is among ``measures`` (in the
+    median column). With ``targets`` ({measure: (low, high)}), a row with a target states
+    it and whether the median lies within it (``meets``)."""
     out = []
-    for m in measures:
+
+    def finite(m):
         v = np.array([r[m] for r in rows], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        row = {"measure": m, "median": float(np.median(v)) if v.size else float("nan"),
-               "min": float(v.min()) if v.size else float("nan"), "max": float(v.max()) if v.size else float("nan"),
-               "n": int(v.size)}
+        return v[np.isfinite(v)]
+
+    for m in measures:
+        v = finite(m)
+        out.append({"measure": m, "median": float(np.median(v)) if v.size else float("nan"),
+                    "min": float(v.min()) if v.size else float("nan"),
+                    "max": float(v.max()) if v.size else float("nan"), "n": int(v.size)})
+    for name, (m, condition) in CASE_SHARES.items():
+        if rows and m in measures:
+            v = finite(m)
+            out.append({"measure": name, "median": float(np.mean(condition(v))) if v.size else float("nan"),
+                        "min": float("nan"), "max": float("nan"), "n": int(v.size)})
+    for row in out:
         if reference is not None:
-            row["real case"] = reference.get(m, float("nan"))
-        out.append(row)
-    if rows and "core_touching_normal" in measures:
-        v = np.array([r["core_touching_normal"] for r in rows], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        out.append({"measure": "cases_with_core_touching_normal", "median": float(np.mean(v > 0)) if v.size else float("nan"),
-                    "min": float("nan"), "max": float("nan"), "n": int(v.size)})
+            row["real case"] = reference.get(row["measure"], float("nan"))
+        if targets is not None:
+            lo, hi = targets.get(row["measure"], (None, None))
+            row["target"] = _target_words(lo, hi)
+            row["meets"] = "" if lo is None and hi is None else (
+                "yes" if (lo is None or row["median"] >= lo) and (hi is None or row["median"] <= hi) else "no")
     return out
+
+
+def _target_words(lo, hi) -> str:
+    if lo is None and hi is None:
+        return ""
+    if hi is None:
+        return f">= {lo:g}"
+    if lo is None:
+        return f"<= {hi:g}"
+    return f"{lo:g} to {hi:g}"
 
 
 #: the one real BraTS 2021 case the phantom was checked against (FLAIR, 1 mm), as reported
@@ -231,6 +349,37 @@ REAL_CASE = {
     "oedema_thickness_ratio": 8.3, "core_touching_normal": 0.08, "std_z_tumour": 0.77,
     "laplacian_z_normal": 0.59, "edge_gradient_z": 0.56,
 }
+
+
+#: medians of a panel of real BraTS glioma cases (BraTS 2013-2023 releases, expert labels;
+#: nine cases with images, three with all four sequences), measured with the definitions
+#: of this module at 1 mm when phantom version 4 was designed; not shipped data. The
+#: grid-dependent ones (Laplacian, sphericity) compare only at 1 mm.
+REAL_PANEL = {
+    "median_z_necrosis": 2.2, "median_z_necrosis_t2f": 2.2, "median_z_necrosis_t1c": -0.6,
+    "enhancing_minus_oedema_z_t1c": 1.5, "std_z_enhancing_t1c": 0.87,
+    "laplacian_z_normal_t1c": 0.71, "laplacian_z_normal_t2w": 1.55, "core_sphericity": 0.62,
+    "depth_mm": 26.0, "cortex_share_5mm": 0.06, "cases_reaching_cortex": 1.0, "cases_with_satellites": 0.7,
+}
+#: what phantom version 4 is calibrated to show (medians over the cohort, shares for the
+#: ``cases_*`` rows): (low, high), None for an open end
+PHANTOM_TARGETS = {
+    "median_z_necrosis_t2f": (1.0, None), "enhancing_minus_oedema_z_t1c": (1.0, 2.0),
+    "core_sphericity": (None, 0.70), "cases_reaching_cortex": (0.5, None), "cases_with_satellites": (0.25, None),
+}
+
+
+def case_statistics(images: Mapping[str, np.ndarray], seg: np.ndarray,
+                    spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, float]:
+    """Every measure of one case: ``phantom_statistics`` of its FLAIR (``t2f``, or the first
+    sequence given), ``sequence_statistics`` and ``placement_statistics`` (the brain: the
+    voxels any sequence marks)."""
+    first = images["t2f"] if "t2f" in images else next(iter(images.values()))
+    brain = np.zeros(np.shape(first), bool)
+    for image in images.values():
+        brain |= np.asarray(image) > 0
+    return {**phantom_statistics(first, seg, spacing), **sequence_statistics(images, seg, spacing),
+            **placement_statistics(brain, seg, spacing)}
 
 
 def read_case(path_image: str | os.PathLike, path_seg: str | os.PathLike):
