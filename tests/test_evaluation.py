@@ -307,3 +307,26 @@ def test_subregion_appearance_reads_each_region_in_units_of_the_normal_brain():
     (again,) = subregion_appearance(decoded, lab)
     assert again["median_z_oedema"] == pytest.approx(row["median_z_oedema"], rel=1e-5)
     assert again["median_z_necrosis"] == pytest.approx(row["median_z_necrosis"], rel=1e-5)
+
+
+def test_shape_adherence_tells_a_round_tumour_from_a_flat_one():
+    """Spearman of sphericity and surface area, and the box error, against masks whose shape
+    is known: the same masks score 1 and 0; swapping round and flat tumours scores -1."""
+    shape = (32, 32, 32)
+    round_ = [ball(shape, radius=r) for r in (4, 5, 6)]
+    flat = []
+    for w in (6, 9, 12):
+        m = np.zeros(shape, np.uint8)
+        m[16 - w // 2: 16 + w // 2, 16 - w // 2: 16 + w // 2, 15:17] = 1
+        flat.append(m)
+    masks = round_ + flat
+    req = ev.mask_features(masks)
+    a = ev.conditioning_adherence(req, masks)
+    assert a["spearman_sphericity"] == pytest.approx(1.0) and a["spearman_surface_area"] == pytest.approx(1.0)
+    assert a["box_error"] == 0 and a["sphericity_error"] == 0
+    swapped = flat + round_                       # a flat tumour drawn where a round one was asked, and back
+    b = ev.conditioning_adherence(req, swapped)
+    assert b["spearman_sphericity"] < -0.5 and b["sphericity_error"] > 0.2 and b["box_error"] > 0.2
+    with_empty = ev.conditioning_adherence(req, masks[:5] + [np.zeros(shape, np.uint8)])
+    assert with_empty["empty_fraction"] == pytest.approx(1 / 6)
+    assert with_empty["spearman_sphericity"] == pytest.approx(1.0)       # over the non-empty masks

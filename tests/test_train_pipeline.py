@@ -76,7 +76,7 @@ def test_diffusion_resume_is_bit_identical(tmp_path):
     cfg = tiny_cfg(diffusion_steps=6, checkpoint_every=2, log_every=1, unet_cond_dropout=0.5)
     rng = np.random.default_rng(0)
     lat = rng.normal(0, 2, (3, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((3, 9)).astype(np.float32)
+    cond = rng.uniform(0.2, 0.8, (3, 9)).astype(np.float32)
     train_diffusion(cfg, lat, cond, tmp_path / "full", latent_std=2.0, progress=False)
     train_diffusion(cfg, lat, cond, tmp_path / "part", latent_std=2.0, progress=False, stop_at=3)
     assert not (tmp_path / "part" / "run.json").exists()
@@ -99,7 +99,7 @@ def test_diffusion_l1_loss_and_seed_change_the_result(tmp_path):
 
     rng = np.random.default_rng(0)
     lat = rng.normal(0, 1, (2, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((2, 9)).astype(np.float32)
+    cond = rng.uniform(0.2, 0.8, (2, 9)).astype(np.float32)
     for name, kw in (("a", {}), ("b", {"seed": 1}), ("c", {"diffusion_loss": "l1"})):
         train_diffusion(tiny_cfg(diffusion_steps=2, **kw), lat, cond, tmp_path / name, latent_std=1.0, progress=False)
     wa, wb, wc = (_weights(tmp_path / n) for n in "abc")
@@ -186,7 +186,7 @@ def _g(seed):
 
 
 def test_pipeline_outputs_and_determinism(pipe, tmp_path):
-    cond = np.random.default_rng(0).random((2, 9)).astype(np.float32)
+    cond = np.random.default_rng(0).uniform(0.2, 0.8, (2, 9)).astype(np.float32)
     a = pipe(conditions=cond, num_inference_steps=3, generator=_g(0))
     assert a.images.shape == (2, 16, 16, 8) and a.images.dtype == np.float32
     assert a.masks.shape == (2, 16, 16, 8) and a.masks.dtype == np.uint8
@@ -286,10 +286,17 @@ def test_a_pipeline_refuses_a_tumour_centred_outside_every_training_brain(pipe, 
     for p in (pipe, SBLDMPipeline.from_pretrained(tmp_path / "p")):
         with pytest.raises(ValueError, match="none of the training brains has brain tissue"):
             p(conditions=[outside], num_inference_steps=2, generator=_g(0))
+        # the same tumour as a normalised (N, 9) vector gets the same verdict; the inside one passes
+        as_vector = p.normalizer.transform(np.array([[outside[k] for k in FEATURE_NAMES]])).astype(np.float32)
+        with pytest.raises(ValueError, match="none of the training brains has brain tissue"):
+            p(conditions=as_vector, num_inference_steps=2, generator=_g(0))
+        inside = p.normalizer.transform(train.features[:1]).astype(np.float32)
+        p(conditions=inside, num_inference_steps=2, generator=_g(0))
+    pipe.set_metadata(brain_support=np.ones_like(support))     # the module's pipe: every centre allowed again
 
 
 def test_ddim_eta(pipe):
-    cond = np.random.default_rng(1).random((1, 9)).astype(np.float32)
+    cond = np.random.default_rng(1).uniform(0.2, 0.8, (1, 9)).astype(np.float32)
     noise = torch.randn(1, 2, 8, 8, 8, generator=_g(42))
     kw = dict(conditions=cond, num_inference_steps=4, latents=noise, output_type="latent")
     a0 = pipe(eta=0.0, generator=_g(0), **kw).images
@@ -304,7 +311,7 @@ def test_ddim_eta(pipe):
 def test_guidance_scale_one_is_the_conditional_sampler(pipe):
     from diffusers import DDIMScheduler
 
-    cond = np.random.default_rng(2).random((2, 9)).astype(np.float32)
+    cond = np.random.default_rng(2).uniform(0.2, 0.8, (2, 9)).astype(np.float32)
     noise = torch.randn(2, 2, 8, 8, 8, generator=_g(3))
     kw = dict(conditions=cond, num_inference_steps=4, latents=noise, output_type="latent")
     guided1 = pipe(guidance_scale=1.0, **kw).images
@@ -465,7 +472,7 @@ def test_resume_checks_only_what_the_stage_depends_on(tmp_path):
 
     rng = np.random.default_rng(0)
     lat = rng.normal(0, 1, (3, 2, 8, 8, 8)).astype(np.float32)
-    cond = rng.random((3, 9)).astype(np.float32)
+    cond = rng.uniform(0.2, 0.8, (3, 9)).astype(np.float32)
     kw = dict(latent_std=1.0, progress=False)
     train_diffusion(tiny_cfg(diffusion_steps=5), lat, cond, tmp_path / "full", **kw)
     train_diffusion(tiny_cfg(diffusion_steps=3, checkpoint_every=3), lat, cond, tmp_path / "ext", **kw)

@@ -233,9 +233,9 @@ class SBLDMPipeline(DiffusionPipeline):
         Feature dicts must hold exactly the 9 features (a missing or extra key is refused,
         naming it); every condition is checked (``sbldm.diffusion.unet_inputs``): NaN,
         non-positive sizes, a centre outside the volume or outside every training brain are
-        refused, values outside the
-        training range draw a warning. A raw-unit array passed where normalised vectors are
-        expected is refused."""
+        refused, values outside the training range draw a warning; normalised vectors are
+        mapped back to features and checked the same way. A raw-unit array passed where
+        normalised vectors are expected is refused."""
         shape = self.volume_shape
         if conditions is None:
             if self.train_features is None or self.normalizer is None:
@@ -262,6 +262,8 @@ class SBLDMPipeline(DiffusionPipeline):
             if arr.shape[1] != 9:
                 raise ValueError(f"conditions must be (N, 9) normalised vectors, got shape {arr.shape}")
         raw = self.normalizer.inverse_transform(arr) if self.normalizer is not None else None
+        if raw is not None and shape is not None:      # judged like feature dicts: the same tumour, the same verdict
+            check_conditions(raw, shape, self.train_features, self.conditioner.brain_support)
         return arr, raw
 
     def prepare_subregions(self, conditions, subregions, num_volumes: int, generator=None) -> np.ndarray | None:

@@ -108,13 +108,21 @@ def tumour_weight_maps(masks: np.ndarray, downsampling: int, dilate: int = 1) ->
 
 # -- what a user may ask for -----------------------------------------------------------------
 
+#: round-off allowed at the bounds of ``check_conditions``: 1e-3 voxels for centres and boxes,
+#: 1e-3 for sphericity, and 1e-3 of the value for the training range
+ROUND_OFF = 1e-3
+
+
 def check_conditions(raw, volume_shape: Sequence[int], train_features=None, brain=None) -> np.ndarray:
     """``raw`` (N, 9) as float64 after refusing what cannot be a tumour: NaN or inf, a
     negative or zero size (volume, area, box), a sphericity outside (0, 1], a centre outside
     the volume and, given ``brain`` (a ``brain_support`` map), a centre where no training
     brain has brain tissue. Values outside the range seen in training get a warning naming
-    the feature, its value and that range (the model has not learnt them)."""
+    the feature, its value and that range (the model has not learnt them). The bounds allow
+    ``ROUND_OFF`` (voxels; relative for the training range), so that features that went
+    through a float32 normalisation and back are judged like the raw ones."""
     arr = as_matrix(raw)
+    eps = ROUND_OFF
     shape = np.asarray([int(s) for s in volume_shape], dtype=np.float64)
     for i, row in enumerate(arr):
         bad = [FEATURE_NAMES[k] for k in range(9) if not np.isfinite(row[k])]
@@ -124,19 +132,20 @@ def check_conditions(raw, volume_shape: Sequence[int], train_features=None, brai
             if row[k] <= 0:
                 raise ValueError(f"condition {i}: {FEATURE_NAMES[k]}={row[k]:g} must be positive "
                                  f"(a tumour has a size)")
-        if not 0 < row[2] <= 1.0 + 1e-6:
+        if not 0 < row[2] <= 1.0 + eps:
             raise ValueError(f"condition {i}: sphericity={row[2]:g} must lie in (0, 1]")
         for k, axis in zip((3, 4, 5), range(3)):
-            if not 0 <= row[k] <= shape[axis] - 1:
+            if not -eps <= row[k] <= shape[axis] - 1 + eps:
                 raise ValueError(f"condition {i}: centre {FEATURE_NAMES[k]}={row[k]:g} lies outside the volume "
                                  f"(valid: 0 .. {shape[axis] - 1:g} voxels)")
         for k, axis in zip((6, 7, 8), range(3)):
-            if row[k] > shape[axis]:
+            if row[k] > shape[axis] + eps:
                 raise ValueError(f"condition {i}: box {FEATURE_NAMES[k]}={row[k]:g} exceeds the volume's "
                                  f"{shape[axis]:g} voxels")
         if brain is not None:
             brain = np.asarray(brain, bool)
-            cell = tuple(min(int(row[3 + a] * brain.shape[a] / shape[a]), brain.shape[a] - 1) for a in range(3))
+            cell = tuple(min(max(int(row[3 + a] * brain.shape[a] / shape[a]), 0), brain.shape[a] - 1)
+                         for a in range(3))
             if not brain[cell]:
                 raise ValueError(
                     f"condition {i}: the centre ({row[3]:g}, {row[4]:g}, {row[5]:g}) lies where none of the training "
@@ -145,6 +154,8 @@ def check_conditions(raw, volume_shape: Sequence[int], train_features=None, brai
     if train_features is not None:
         ref = as_matrix(train_features)
         lo, hi = np.nanmin(ref, axis=0), np.nanmax(ref, axis=0)
+        slack = eps * np.maximum(np.abs(lo), np.abs(hi))
+        lo, hi = lo - slack, hi + slack
         for k, name in enumerate(FEATURE_NAMES):
             out = (arr[:, k] < lo[k]) | (arr[:, k] > hi[k])
             if out.any():

@@ -137,8 +137,16 @@ def conditioning_adherence(requested_features, masks) -> dict:
     ``centre_distance``: median distance in voxels between requested and obtained centre
     of mass; ``spearman_volume`` / ``pearson_volume``: correlation between requested and
     obtained volume; ``empty_fraction``: masks with no tumour (counted as errors of 100%).
+    Shape and the rest of the request: ``spearman_<feature>`` for each of the 9 features
+    (requested against obtained over the non-empty masks; ``spearman_voxel_volume`` is
+    ``spearman_volume`` without the empty masks), so ``spearman_sphericity`` and
+    ``spearman_surface_area`` say whether the shape asked for is the shape drawn;
+    ``sphericity_error``: median |obtained - requested| sphericity; ``box_error``: median
+    relative error of the bounding box's three extents (w, h, d), over the non-empty masks.
     """
     from scipy.stats import pearsonr, spearmanr
+
+    from sbldm.config import FEATURE_NAMES
 
     req = np.asarray(requested_features, np.float64)
     got = mask_features(masks)
@@ -147,6 +155,13 @@ def conditioning_adherence(requested_features, masks) -> dict:
     rel = np.abs(got_vol - req[:, 0]) / np.maximum(req[:, 0], 1e-9)
     dist = np.linalg.norm(got[~empty, 3:6] - req[~empty, 3:6], axis=1)
     ok = len(req) > 2 and np.ptp(req[:, 0]) > 0 and np.ptp(got_vol) > 0
+    full, drawn = req[~empty], got[~empty]
+
+    def rank_corr(k):
+        a, b = full[:, k], drawn[:, k]
+        return float(spearmanr(a, b).statistic) if len(a) > 2 and np.ptp(a) > 0 and np.ptp(b) > 0 else math.nan
+
+    box = np.abs(drawn[:, 6:9] - full[:, 6:9]) / np.maximum(full[:, 6:9], 1e-9)
     return {
         "relative_volume_error": float(np.median(rel)),
         "centre_distance": float(np.median(dist)) if len(dist) else math.nan,
@@ -154,6 +169,9 @@ def conditioning_adherence(requested_features, masks) -> dict:
         "pearson_volume": float(pearsonr(req[:, 0], got_vol).statistic) if ok else math.nan,
         "empty_fraction": float(empty.mean()),
         "n": int(len(req)),
+        **{f"spearman_{name}": rank_corr(k) for k, name in enumerate(FEATURE_NAMES)},
+        "sphericity_error": float(np.median(np.abs(drawn[:, 2] - full[:, 2]))) if len(full) else math.nan,
+        "box_error": float(np.median(box)) if len(box) else math.nan,
     }
 
 

@@ -83,7 +83,11 @@ def generation(scale: str, table1_rows: list[dict], extra_rows: list[dict], adhe
                      f"{_f(r['empty_fraction'])} empty, volume Spearman {_f(r['spearman_volume'])}, centre "
                      f"{_f(r['centre_distance'], 1)} voxels off (random pairing: {_f(r.get('chance_centre_distance'), 1)}), "
                      f"relative volume error {_f(r['relative_volume_error'])} (random pairing: "
-                     f"{_f(r.get('chance_relative_volume_error'))}).")
+                     f"{_f(r.get('chance_relative_volume_error'))})"
+                     + (f"; shape: sphericity Spearman {_f(r['spearman_sphericity'])} (median error "
+                        f"{_f(r.get('sphericity_error'))}), surface-area Spearman {_f(r['spearman_surface_area'])}, "
+                        f"box error {_f(r.get('box_error'))}" if r.get("spearman_sphericity") not in (None, "") else "")
+                     + ".")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)
