@@ -160,6 +160,9 @@ class SliceVAEConfig(AutoencoderConfig):
     lpips_weight: float = 0.0         # authors' code: 0.5, needs local LPIPS weights
     lpips_path: str | None = None
     empty_slice_keep: float = 0.1     # authors' code keeps 10% of background-only slices
+    # beyond the paper and the authors: > 0 adds a weight-free sharpening term, the L1 of the
+    # image channel's 2D spectra weighted towards high frequencies (objectives.frequency_loss)
+    frequency_weight: float = _added(0.0)
 
     @property
     def downsampling(self) -> int:
@@ -745,6 +748,8 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"diffusion_snr_gamma must be >= 0 (0 = off), got {cfg.diffusion_snr_gamma}")
     if cfg.vae_mask_band < 0:
         raise ValueError(f"vae_mask_band must be >= 0 pixels, got {cfg.vae_mask_band}")
+    if cfg.vae_frequency_weight < 0:
+        raise ValueError(f"vae_frequency_weight must be >= 0, got {cfg.vae_frequency_weight}")
     if cfg.vae_mask_weight < 0:
         raise ValueError(f"vae_mask_weight must be >= 0, got {cfg.vae_mask_weight}")
     if cfg.diffusion_tumour_weight < 0:

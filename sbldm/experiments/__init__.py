@@ -8,5 +8,7 @@
 - ``baseline_ablation``: the 3D-LDM autoencoder's and the 3D-LSGAN's remedies
   (``python -m sbldm.experiments.baseline_ablation``);
 - ``vae_mask_ablation``: does the necrosis survive the slice VAE's mask term
-  (``python -m sbldm.experiments.vae_mask_ablation``).
+  (``python -m sbldm.experiments.vae_mask_ablation``);
+- ``vae_sharpness``: a weight-free sharpening term for the slice VAE
+  (``python -m sbldm.experiments.vae_sharpness``).
 """
