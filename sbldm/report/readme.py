@@ -55,6 +55,7 @@ TABLES = (
     ("Protocols of using synthetic volumes — mixing, another ratio, filtering, pre-training", "scarce_protocols"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
     ("Slice VAE mask term: does the necrosis survive? (training split)", "vae_mask_ablation"),
+    ("Slice VAE: a weight-free sharpening term (training split)", "vae_sharpness"),
     ("Baselines: the 3D-LDM autoencoder's remedies (training split)", "baseline_ablation_autoencoder"),
     ("Baselines: the 3D-LSGAN's remedies (training split)", "baseline_ablation_lsgan"),
     ("Baselines: the trained 3D-LDM autoencoder's reconstruction check (training split)",
@@ -65,7 +66,7 @@ TABLES = (
     ("Real tumours noised and denoised by SBLDM — where the inside of a tumour is lost", "tumour_denoising_probe"),
 )
 #: tables written by commands outside the notebook chain: shown when present, never "missing"
-OUTSIDE_THE_CHAIN = {"baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation"}
+OUTSIDE_THE_CHAIN = {"baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation", "vae_sharpness"}
 #: (caption, figure file under figures/)
 FIGURES = (
     ("Figure 2 — real and synthetic volumes, axial", "figure2_axial.png"),
