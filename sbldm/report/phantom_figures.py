@@ -162,25 +162,25 @@ def phantom_cohort_report(folder, out, n_show: int = 3, max_cases: int | None = 
     from sbldm import tables
     from sbldm.data import phantom_stats
     from sbldm.data.cohort import find_cases, read_nifti
-    from sbldm.data.phantom import SEQUENCES, case_paths
+    from sbldm.data.phantom import SEQUENCES
     from sbldm.plotting import save_figure
 
     out = Path(out)
     cases = find_cases(folder, modalities=SEQUENCES)
     if max_cases is not None:
         cases = cases[:max_cases]
-    rows, shown = [], []
+    rows, shown, first_images = [], [], None
     for case in cases:
         image, seg, spacing = phantom_stats.read_case(case.image_path, case.mask_path)
-        images = {name: read_nifti(path)[0] for name, path in case.sequences}
+        # every sequence read once: the FLAIR read_case already holds, the others from their files
+        images = {name: image if path == case.image_path else read_nifti(path)[0] for name, path in case.sequences}
         rows.append({"case_id": case.case_id, **phantom_stats.case_statistics(images, seg, spacing)})
         if len(shown) < n_show:
             shown.append((image, seg, spacing, case.case_id))
+        first_images = images if first_images is None else first_images
     save_figure(phantom_cases_figure(shown, suptitle=f"phantom cases — {title}"), out / "figures" / "data_phantom_cases.png")
-    first = cases[0]
-    paths = case_paths(folder, first.case_id)
-    images = {k: read_nifti(p)[0] for k, p in paths.items() if k != "seg" and p.is_file()}
-    save_figure(sequences_figure(images, shown[0][1], label=first.case_id, suptitle=f"the four sequences — {title}"),
+    save_figure(sequences_figure(first_images, shown[0][1], label=cases[0].case_id,
+                                 suptitle=f"the four sequences — {title}"),
                 out / "figures" / "data_phantom_sequences.png")
     save_figure(shape_figure(rows, phantom_stats.REAL_CASE, suptitle=f"whole-tumour shape — {title}"),
                 out / "figures" / "data_phantom_shapes.png")
