@@ -6,21 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from model_helpers import TINY, make_prepared, randomise_output
+from model_helpers import BASELINES, make_prepared, randomise_output
 
 NAMES = ("sbldm", "ldm3d", "lsgan3d")
-BASE = dict(
-    TINY,
-    lsgan_latent_dim=16, lsgan_g_channels=16, lsgan_upsamplings=2, lsgan_d_channels=16, lsgan_d_layers=3,
-    lsgan_batch_size=2, lsgan_steps=4,
-    # the authors' recipe unless a test asks for a remedy (the smoke preset turns them on)
-    lsgan_d_lr=None, lsgan_instance_noise=0.0, lsgan_select_every=0, ldm3d_ae_mask_weight=0.0,
-    ldm3d_ae_channels=(4, 8, 8), ldm3d_ae_latent_channels=2, ldm3d_ae_norm_groups=4, ldm3d_ae_lr=1e-3,
-    ldm3d_ae_steps=3, ldm3d_disc_channels=8, ldm3d_disc_layers=3,
-    ldm3d_unet_channels=(8, 16, 16), ldm3d_unet_layers_per_block=1, ldm3d_unet_norm_groups=4,
-    ldm3d_unet_mid_layers=1, ldm3d_diffusion_lr=1e-3, ldm3d_diffusion_steps=3,
-    vae_steps=2, diffusion_steps=2, checkpoint_every=2, log_every=1,
-)
+BASE = BASELINES
 
 
 def cfg(**kw):

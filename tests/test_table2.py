@@ -379,3 +379,89 @@ def test_the_nnunet_batch_is_in_nnunet_keys_only_so_kept_fast_results_stay_found
     nnunet_keys = {table2.case_key(entry, test, config.resolve("smoke", seg_backend="nnunet", seg_nnunet_batch_size=b),
                                    0, 10) for b in (None, 3, 5)}
     assert len(nnunet_keys) == 3
+
+
+def _seed_cases(effects, n_cases=20, noise=0.0, seed_noise=None, rng=0):
+    """Per-case rows of ``real`` and ``real + SBLDM`` trained with seeds 0..k-1: the row is
+    the reference plus ``effects[s]`` in seed s (+ case noise); ``seed_noise[s]`` shifts
+    both rows of seed s alike (a run that went well or badly)."""
+    rng = np.random.default_rng(rng)
+    cases = []
+    for s, e in enumerate(effects):
+        base = 0.6 + (seed_noise[s] if seed_noise is not None else 0.0)
+        for i in range(n_cases):
+            ref = base + rng.normal(0, 0.05)
+            cases += [{"row": "real", "seed": s, "case_id": f"c{i}", "dice_WT": ref},
+                      {"row": "real + SBLDM", "seed": s, "case_id": f"c{i}", "dice_WT": ref + e + rng.normal(0, noise)}]
+    return cases
+
+
+def test_seed_paired_difference_interval_and_test_against_independent_values():
+    from scipy.stats import wilcoxon
+
+    effects = [0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.04, 0.06, 0.05]
+    cases = _seed_cases(effects, seed_noise=np.linspace(-0.01, 0.01, 10))
+    r = statistics.seed_paired(cases, "real + SBLDM", "real", "dice_WT")
+    assert r["diff"] == pytest.approx(np.mean(effects)) and r["seeds"] == 10 and r["seeds_above"] == 10
+    # without case noise the interval is the bootstrap of the seed means alone: about
+    # mean +- 1.96 sd / sqrt(k), inside the range of the effects
+    sd = np.std(effects, ddof=1) / np.sqrt(len(effects))
+    assert r["lo"] == pytest.approx(np.mean(effects) - 1.96 * sd, abs=0.6 * sd)
+    assert r["hi"] == pytest.approx(np.mean(effects) + 1.96 * sd, abs=0.6 * sd)
+    assert min(effects) <= r["lo"] < r["hi"] <= max(effects)
+    assert r["p_seeds"] == pytest.approx(wilcoxon(effects).pvalue)
+    assert r["verdict"] == statistics.GAIN
+    # the mirror image is a loss with the same p
+    back = statistics.seed_paired(cases, "real", "real + SBLDM", "dice_WT")
+    assert back["diff"] == pytest.approx(-r["diff"]) and back["verdict"] == statistics.LOSS
+    assert back["p_seeds"] == pytest.approx(r["p_seeds"])
+
+
+def test_an_effect_one_seed_carries_or_below_the_seed_spread_is_no_detectable_effect():
+    # one seed's large gain, nine seeds of nothing: the mean is positive, the seeds are not
+    one_seed = _seed_cases([0.3] + [0.0] * 9, noise=0.01)
+    r = statistics.seed_paired(one_seed, "real + SBLDM", "real", "dice_WT")
+    assert r["diff"] > 0.02 and r["seeds_above"] <= 6 and r["verdict"] == statistics.NO_EFFECT
+    # a consistent gain of 0.01 while the baseline's runs spread by 0.08: not detectable
+    spread = _seed_cases([0.01] * 10, seed_noise=np.random.default_rng(3).normal(0, 0.08, 10))
+    r = statistics.seed_paired(spread, "real + SBLDM", "real", "dice_WT")
+    assert r["lo"] > 0 and r["seed_spread"] > 0.04 and r["verdict"] == statistics.NO_EFFECT
+    # a gain of 0.03 against a steady baseline (its seeds differ by case noise alone, ~0.011) is detected
+    steady = statistics.seed_paired(_seed_cases([0.03] * 10), "real + SBLDM", "real", "dice_WT")
+    assert steady["seed_spread"] < 0.02 and steady["verdict"] == statistics.GAIN
+    # one seed: never a verdict
+    assert statistics.seed_paired(_seed_cases([0.2]), "real + SBLDM", "real", "dice_WT")["verdict"] == \
+        statistics.NO_EFFECT
+
+
+def test_verdicts_apply_holm_over_the_whole_family():
+    gain = _seed_cases([0.05] * 6)                          # six seeds: exact signed-rank p = 2 / 64
+    r = statistics.seed_paired(gain, "real + SBLDM", "real", "dice_WT")
+    assert r["verdict"] == statistics.GAIN and r["p_seeds"] == pytest.approx(2 / 64)
+    alone = statistics.verdicts({"a": r})
+    assert alone["a"]["p_holm"] == pytest.approx(2 / 64) and alone["a"]["verdict"] == statistics.GAIN
+    family = statistics.verdicts({"a": r, "b": r, "c": r})  # three such comparisons: 3 x 2/64 > 0.05
+    assert family["a"]["p_holm"] == pytest.approx(6 / 64) and family["a"]["verdict"] == statistics.NO_EFFECT
+    assert r["verdict"] == statistics.GAIN                  # the input is left as it was
+
+
+def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regions():
+    cases = []
+    for c in _seed_cases([0.05] * 8) + [{**c, "row": "real + noise"} for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
+                                         if c["row"] == "real + SBLDM"]:
+        full = {"n_train_volumes": 10, "dice": c["dice_WT"], "iou": c["dice_WT"] / 2, "hd95": 3.0,
+                "empty_prediction": 0, **c}
+        for region in ("WT", "TC", "ET"):
+            full.update({f"dice_{region}": c["dice_WT"], f"lesion_dice_{region}": c["dice_WT"],
+                         f"lesion_hd95_{region}": 2.0, f"false_positives_{region}": 0, f"missed_{region}": 0})
+        cases.append(full)
+    rows = {r["row"]: r for r in statistics.summarise(cases)}
+    direct = statistics.seed_paired(cases, "real + SBLDM", "real", "dice_WT")
+    sb, noise = rows["real + SBLDM"], rows["real + noise"]
+    assert sb["diff_WT"] == pytest.approx(direct["diff"]) and sb["diff_WT_lo"] == pytest.approx(direct["lo"])
+    # 2 rows x 3 regions compared: the three equal smallest p values (8 seeds, all above:
+    # exact 2 / 256) are multiplied by 6, 5 and 4, and Holm keeps the running maximum
+    assert direct["p_seeds"] == pytest.approx(2 / 256)
+    assert [sb[f"p_seeds_holm_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * 2 / 256] * 3)
+    assert sb["verdict_WT"] == statistics.GAIN and noise["verdict_WT"] == statistics.NO_EFFECT
+    assert rows["real"]["verdict_WT"] == "" and math.isnan(rows["real"]["diff_WT"])

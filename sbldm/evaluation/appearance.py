@@ -66,8 +66,9 @@ def subregion_appearance(images, labels) -> list[dict]:
     / IQR of the normal-appearing brain (``sbldm.data.phantom_stats.z_image``: the brain
     outside the tumour dilated by 3 voxels; the brain is ``brain_mask`` of the image in
     [-1, 1], shifted up by 1, everything else set to 0: a decoded background a hair above
-    -1 is not brain). A sub-region a volume lacks gets NaN, and so does every
-    median z of a volume with too little normal brain left to standardise against."""
+    -1 is not brain). ``std_z_tumour`` is the spread of z over the whole tumour (its
+    texture: a flat, even lesion scores low). A sub-region a volume lacks gets NaN, and so
+    does every z measure of a volume with too little normal brain left to standardise against."""
     from sbldm.data.phantom_stats import z_image
     from sbldm.data.tumour import LABEL_NAMES, check_labels, region_mask
 
@@ -84,7 +85,8 @@ def subregion_appearance(images, labels) -> list[dict]:
             z, _ = z_image(np.where(brain_mask(im), im + 1.0, 0.0), lab)
         except ValueError:                  # the tumour and its margin cover the brain: no reference
             z = None
-        row = {"has_core": bool(region_mask(lab, "TC").any())}
+        row = {"has_core": bool(region_mask(lab, "TC").any()),
+               "std_z_tumour": float(np.std(z[wt])) if z is not None else math.nan}
         for value, name in LABEL_NAMES.items():
             region = lab == value
             row[f"share_{name}"] = float(region.sum() / wt.sum())

@@ -6,7 +6,10 @@ row of the table.
   on the per-case scores averaged over seeds, Holm-corrected over the rows compared,
   ``holm``);
 - ``seeds_above``: in how many seeds a row beat the reference trained with the same seed;
-- ``regions_of``, ``summarised_regions``: the BraTS regions a set of rows was scored on.
+- ``regions_of``, ``summarised_regions``: the BraTS regions a set of rows was scored on;
+- ``seed_paired``, ``verdicts``: a row against the reference with the training run as the
+  unit (per-seed paired differences, a hierarchical bootstrap interval, a signed-rank test
+  over seeds, Holm over a whole family, "no detectable effect" below the seed spread).
 
 The rows come from ``sbldm.segmentation.table2.run_rows``.
 """
@@ -95,12 +98,19 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
     false positives and missed lesions per case, the paired test of ``dice_R`` against
     ``reference`` (``p_vs_real_R``, ``p_holm_R``; Holm within each region), and the number
     of seeds where the row's mean ``dice_R`` beats the reference's with the same seed
-    (``seeds_above_real_R``, ``seeds_above``)."""
+    (``seeds_above_real_R``, ``seeds_above``).
+
+    The training run as the unit (``seed_paired``; the per-case Wilcoxon above is the
+    secondary test): per region ``diff_R`` with its 95% interval ``diff_R_lo`` /
+    ``diff_R_hi``, ``p_seeds_R`` (signed-rank over the per-seed differences),
+    ``p_seeds_holm_R`` (Holm over every row x region of this table), ``seed_spread_R`` and
+    ``verdict_R`` (gain, loss or no detectable effect); without regions the suffix is
+    ``all``."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
     regions = regions_of(cases)
     ref = _per_case(cases, reference, "dice") if reference in rows_order else None
     ref_r = {r: _per_case(cases, reference, f"dice_{r}") for r in regions} if ref is not None else {}
-    out = []
+    out, family = [], {}
     for row in rows_order:
         sel = [c for c in cases if c["row"] == row]
         seeds = sorted({c["seed"] for c in sel})
@@ -123,6 +133,10 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
             entry[f"p_vs_real_{r}"] = _paired_p(_per_case(cases, row, f"dice_{r}"), ref_r[r]) if compared else math.nan
             if compared:
                 entry[f"seeds_above_real_{r}"] = seeds_above(cases, row, reference, f"dice_{r}")
+        if compared:
+            for r in regions or ["dice"]:
+                metric = f"dice_{r}" if regions else "dice"
+                family[(row, r)] = seed_paired(cases, row, reference, metric)
         paper = PAPER_TABLE2.get(re.sub(r"\(x\d+\)", "(x5)", row), (None, None))
         entry["paper_dice"], entry["paper_iou"] = paper
         out.append(entry)
@@ -133,4 +147,104 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
         adjusted = holm({r["row"]: r[f"p_vs_real_{region}"] for r in out})
         for r in out:
             r[f"p_holm_{region}"] = adjusted[r["row"]]
+    judged = verdicts(family)
+    for r in out:
+        for region in regions or ["dice"]:
+            v = judged.get((r["row"], region))
+            suffix = region if regions else "all"
+            for key in ("diff", "lo", "hi", "p_seeds", "p_holm", "seed_spread"):
+                name = {"diff": f"diff_{suffix}", "lo": f"diff_{suffix}_lo", "hi": f"diff_{suffix}_hi",
+                        "p_seeds": f"p_seeds_{suffix}", "p_holm": f"p_seeds_holm_{suffix}",
+                        "seed_spread": f"seed_spread_{suffix}"}[key]
+                r[name] = v[key] if v else math.nan
+            r[f"verdict_{suffix}"] = v["verdict"] if v else ""
+    return out
+
+
+# -- the training run as the unit ----------------------------------------------------------
+
+#: verdict words of ``seed_paired``
+GAIN, LOSS, NO_EFFECT = "gain", "loss", "no detectable effect"
+
+
+def paired_differences(cases, row, reference, metric) -> dict:
+    """``{seed: (case_ids, row - reference)}`` over the seeds both rows were trained with and
+    the test cases both scored (NaN pairs dropped): the unit is the (seed, case) pair of
+    two trainings that share their seed."""
+    mine, theirs = {}, {}
+    for c in cases:
+        if c["row"] in (row, reference):
+            (mine if c["row"] == row else theirs)[(c["seed"], c["case_id"])] = float(c[metric])
+    out = {}
+    for seed in sorted({s for s, _ in mine} & {s for s, _ in theirs}):
+        ids = sorted(k for s, k in mine if s == seed and (s, k) in theirs)
+        d = np.array([mine[(seed, k)] - theirs[(seed, k)] for k in ids])
+        keep = ~np.isnan(d)
+        if keep.any():
+            out[seed] = ([k for k, ok in zip(ids, keep) if ok], d[keep])
+    return out
+
+
+def hierarchical_bootstrap(per_seed: list[np.ndarray], n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float]:
+    """A ``level`` percentile interval for the mean over seeds of the per-seed mean of
+    ``per_seed`` (one array of case-level values per training seed): each replicate draws
+    the seeds with replacement, then the cases within each drawn seed with replacement, so
+    both the run-to-run and the case-to-case variance are in the interval."""
+    rng = np.random.default_rng(seed)
+    k = len(per_seed)
+    if k == 0:
+        return math.nan, math.nan
+    stats = np.empty(n_boot)
+    for b in range(n_boot):
+        picks = rng.integers(0, k, k)
+        stats[b] = np.mean([per_seed[i][rng.integers(0, len(per_seed[i]), len(per_seed[i]))].mean()
+                            for i in picks])
+    alpha = (1 - level) / 2
+    return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
+
+
+def seed_paired(cases, row, reference, metric, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``row`` against ``reference`` with the training run as the unit.
+
+    Per training seed, the mean over test cases of ``row - reference`` (both trained with
+    that seed). Returns ``diff`` (their mean over seeds), ``lo``/``hi`` (the 95%
+    ``hierarchical_bootstrap`` interval), ``p_seeds`` (Wilcoxon signed-rank over the
+    per-seed differences; exact for few seeds, 1.0 with fewer than 2 seeds or none
+    non-zero), ``seed_spread`` (the std over seeds of ``reference``'s per-seed mean: the
+    run-to-run noise of the baseline), ``seeds`` and ``seeds_above`` (seeds where the
+    difference is positive), and ``verdict``: ``"gain"`` or ``"loss"`` only when the
+    interval excludes 0 and the effect is at least the seed spread, else ``"no detectable
+    effect"`` (the p value is adjusted over a family later, ``holm``, and can demote a
+    verdict there: ``verdicts``)."""
+    from scipy.stats import wilcoxon
+
+    paired = paired_differences(cases, row, reference, metric)
+    per_seed = [d for _, d in paired.values()]
+    if not per_seed:
+        return {"diff": math.nan, "lo": math.nan, "hi": math.nan, "p_seeds": math.nan, "seed_spread": math.nan,
+                "seeds": 0, "seeds_above": 0, "verdict": NO_EFFECT}
+    means = np.array([d.mean() for d in per_seed])
+    lo, hi = hierarchical_bootstrap(per_seed, n_boot, seed)
+    p = float(wilcoxon(means).pvalue) if len(means) > 1 and np.any(means != 0) else 1.0
+    ref_means = [v for s, v in _by_seed(cases, reference, metric, reduce=np.nanmean).items() if s in paired]
+    spread = float(np.std(ref_means, ddof=1)) if len(ref_means) > 1 else math.nan
+    diff = float(means.mean())
+    detected = (lo > 0 or hi < 0) and (math.isnan(spread) or abs(diff) >= spread) and len(means) > 1
+    return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": p, "seed_spread": spread, "seeds": int(len(means)),
+            "seeds_above": int((means > 0).sum()),
+            "verdict": (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT}
+
+
+def verdicts(comparisons: dict, alpha: float = 0.05) -> dict:
+    """``seed_paired`` results of one family (``{name: result}``, e.g. every row x region x
+    size a headline states) with ``p_holm`` (Holm over the whole family) added, and a
+    ``verdict`` kept only where ``p_holm`` < ``alpha`` as well."""
+    adjusted = holm({k: r["p_seeds"] for k, r in comparisons.items()})
+    out = {}
+    for k, r in comparisons.items():
+        r = {**r, "p_holm": adjusted[k]}
+        if r["verdict"] != NO_EFFECT and not (r["p_holm"] < alpha):
+            r["verdict"] = NO_EFFECT
+        out[k] = r
     return out

@@ -1,0 +1,374 @@
+"""Quality against training compute for SBLDM, the 3D-LDM and the 3D-LSGAN: is a gap a
+budget gap or a method gap?
+
+Each generator trains once, extended by resuming: a *point* is the same run stopped at a
+larger step count (the per-step random streams, the optimiser and the EMA continue, so
+the point at 900 steps is the run at 1,800 seen halfway). At each point the generator is
+saved under ``work/<run>/generator_budget/<generator>/points/<steps>/`` and scored
+(``sbldm.evaluation.budget.score``) against the real training split of the same grid;
+its row goes to ``rows/<generator>-<steps>.json`` beside it, so an interrupted sweep
+resumes at the first point without a row.
+
+- ``sbldm``: the slice VAE at ``--vae-steps`` (one run), the latent UNet at ``--sbldm``
+  steps; its compute is the VAE's training time plus the UNet's.
+- ``ldm3d``: the 3D autoencoder at the preset's ``ldm3d_ae_steps``, its UNet at
+  ``--ldm3d`` steps; compute = both.
+- ``lsgan3d``: ``--lsgan`` steps, with the preset's checkpoint selection on the training
+  split (the point's generator is the best one scored up to that step).
+
+``cpu_hours`` is the training's wall-clock time, in hours, on the machine that ran it
+(``run.json``'s device; the committed table: a 2-core CPU), read from the runs' logs: it
+counts training, not sampling or scoring.
+
+``python -m sbldm.experiments.generator_budget --scale small`` trains and scores every
+point not yet scored, then writes ``results/<run>/tables/generator_budget.{csv,md}`` and
+``figures/generator_budget.png``; ``--train-only`` trains the points without scoring them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from sbldm.io import atomic_write_json
+
+GENERATORS = ("sbldm", "ldm3d", "lsgan3d")
+#: default points at ``small``: SBLDM's latent UNet over 8x and beyond (the preset trains 1,800)
+DEFAULT_POINTS = {"sbldm": (450, 900, 1800, 3600, 7200), "ldm3d": (750, 1500, 3000), "lsgan3d": (1500, 3000, 6000)}
+DEFAULT_VAE_STEPS = 1500
+
+
+def point_dir(root: Path, generator: str, steps: int) -> Path:
+    return Path(root) / generator / "points" / str(int(steps))
+
+
+def row_path(root: Path, generator: str, steps: int) -> Path:
+    return Path(root) / "rows" / f"{generator}-{int(steps)}.json"
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    """``src`` copied to ``dst`` through a temporary sibling, so a killed copy leaves no
+    half-written point behind."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
+
+
+class SBLDMRun:
+    """The slice VAE (trained once) and the latent UNet extended point by point."""
+
+    def __init__(self, cfg, train, root: Path, vae_steps: int, progress: bool = True):
+        self.cfg = cfg.replace(vae_steps=int(vae_steps))
+        self.train, self.root, self.progress = train, Path(root) / "sbldm", progress
+        self._vae = self._latents = None
+
+    def vae(self):
+        from sbldm.training.trainer import train_vae
+
+        if self._vae is None:
+            self._vae = train_vae(self.cfg, self.train, self.root / "vae", progress=self.progress)
+        return self._vae
+
+    def latents(self):
+        from sbldm.diffusion.latents import encode_dataset
+
+        if self._latents is None:
+            self._latents = encode_dataset(self.vae(), self.train.images, self.train.labels,
+                                           case_ids=self.train.case_ids, progress=self.progress)
+        return self._latents
+
+    def train_to(self, steps: int) -> Path:
+        from sbldm.generators.registry import SBLDMGenerator
+        from sbldm.training.trainer import train_pipeline
+
+        cfg = self.cfg.replace(diffusion_steps=int(steps))
+        dst = point_dir(self.root.parent, "sbldm", steps)
+        if not (dst / "budget.json").is_file():
+            pipe = train_pipeline(cfg, self.vae(), self.latents(), self.train, self.root / "unet",
+                                  progress=self.progress)
+            tmp = self.root / "model.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            SBLDMGenerator(pipe, cfg.sampler, cfg.num_inference_steps, cfg.eta, cfg.guidance_scale).save_pretrained(tmp)
+            _copy_model(tmp, dst)
+            shutil.rmtree(tmp)
+            atomic_write_json(dst / "budget.json", {"steps": int(steps), "vae_steps": self.cfg.vae_steps,
+                                                    "train_seconds": self.seconds()})
+        return dst
+
+    def seconds(self) -> float:
+        from sbldm.training.trainer import training_seconds
+
+        return training_seconds(self.root / "vae") + training_seconds(self.root / "unet")
+
+
+class LDM3DRun:
+    """The 3D autoencoder at the preset's budget, the UNet extended point by point."""
+
+    def __init__(self, cfg, train, root: Path, progress: bool = True):
+        self.cfg, self.train, self.root, self.progress = cfg, train, Path(root) / "ldm3d", progress
+
+    def train_to(self, steps: int) -> Path:
+        from sbldm.generators.ldm3d import train_ldm3d
+
+        cfg = self.cfg.replace(ldm3d_diffusion_steps=int(steps))
+        dst = point_dir(self.root.parent, "ldm3d", steps)
+        if not (dst / "budget.json").is_file():
+            train_ldm3d(cfg, self.train, self.root / "run", progress=self.progress)
+            _copy_model(self.root / "run" / "model", dst)
+            atomic_write_json(dst / "budget.json", {"steps": int(steps), "ae_steps": cfg.ldm3d_ae_steps,
+                                                    "train_seconds": self.seconds()})
+        return dst
+
+    def seconds(self) -> float:
+        from sbldm.training.trainer import training_seconds
+
+        return training_seconds(self.root / "run" / "autoencoder") + training_seconds(self.root / "run" / "unet")
+
+
+class LSGANRun:
+    """The 3D-LSGAN extended point by point (its kept generator: the best scored so far)."""
+
+    def __init__(self, cfg, train, root: Path, progress: bool = True):
+        self.cfg, self.train, self.root, self.progress = cfg, train, Path(root) / "lsgan3d", progress
+
+    def train_to(self, steps: int) -> Path:
+        from sbldm.generators.lsgan3d import train_lsgan3d
+
+        cfg = self.cfg.replace(lsgan_steps=int(steps))
+        dst = point_dir(self.root.parent, "lsgan3d", steps)
+        if not (dst / "budget.json").is_file():
+            train_lsgan3d(cfg, self.train, self.root / "run", progress=self.progress)
+            _copy_model(self.root / "run" / "model", dst)
+            atomic_write_json(dst / "budget.json", {"steps": int(steps), "train_seconds": self.seconds()})
+        return dst
+
+    def seconds(self) -> float:
+        from sbldm.training.trainer import training_seconds
+
+        return training_seconds(self.root / "run")
+
+
+def runs(cfg, train, root: Path, vae_steps: int = DEFAULT_VAE_STEPS, progress: bool = True) -> dict:
+    return {"sbldm": SBLDMRun(cfg, train, root, vae_steps, progress), "ldm3d": LDM3DRun(cfg, train, root, progress),
+            "lsgan3d": LSGANRun(cfg, train, root, progress)}
+
+
+def read_budget(point: Path) -> dict:
+    return json.loads((Path(point) / "budget.json").read_text())
+
+
+#: display names (the method palette's keys)
+NAMES = {"sbldm": "SBLDM (DDIM)", "ldm3d": "3D-LDM", "lsgan3d": "3D-LSGAN", "real": "real (test split)"}
+
+
+def eval_segmenter(cfg, train, path: Path):
+    """The real-data segmenter whose bottleneck is the Fréchet feature space (notebook
+    04's, trained on the training split when its file is missing)."""
+    from sbldm.segmentation import fast
+
+    if Path(path).is_file():
+        return fast.Segmenter.load(path)
+    seg = fast.train_fast(train.images, train.masks, cfg, seed=cfg.seed)
+    seg.save(path)
+    return seg
+
+
+def score_point(cfg, root: Path, generator: str, steps: int, ref: dict, n: int, progress: bool = True) -> dict:
+    """The row of one trained point (read back when it was scored before)."""
+    from sbldm.evaluation.budget import score
+    from sbldm.generators.registry import load_generator
+
+    out = row_path(root, generator, steps)
+    if out.is_file():
+        return json.loads(out.read_text())
+    point = point_dir(root, generator, steps)
+    budget = read_budget(point)
+    gen = load_generator(point)
+    row = {"generator": generator, "steps": int(steps), "cpu_hours": budget["train_seconds"] / 3600,
+           **{k: v for k, v in budget.items() if k.endswith("_steps")},
+           **score(gen, generator, ref, n, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+                   cache=point / "samples.npz", progress=progress)}
+    row["generator"] = generator
+    atomic_write_json(out, row)
+    return row
+
+
+def real_row(test, ref: dict) -> dict:
+    from sbldm.evaluation.budget import set_measures
+
+    return {"generator": "real", "steps": None, "cpu_hours": None,
+            **set_measures(test.images, test.masks, test.labels, ref)}
+
+
+#: the columns of the committed table, in this order (the rows hold a few more)
+COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "n", "empty_share", "core_share",
+           "w_over_spread_necrosis", "w_over_spread_oedema", "w_over_spread_enhancing", "interior_w_over_spread",
+           "median_z_necrosis", "median_z_oedema", "median_z_enhancing",
+           "dark_part_share", "dark_part_share_real", "texture_std_z", "texture_std_z_real",
+           "laplacian_ratio", "high_frequency_ratio",
+           "pieces_6", "multi_piece_6", "pieces_26", "multi_piece_26", "multi_piece_26_real",
+           "psnr", "ssim", "frechet", "frechet_ratio", "ms_ssim_pairwise",
+           "nearest_train_ssim_median", "nearest_train_ssim_max", "nearest_train_ssim_vs_test",
+           "relative_volume_error", "centre_distance", "empty_fraction",
+           "spearman_voxel_volume", "spearman_surface_area", "spearman_sphericity", "spearman_x", "spearman_y",
+           "spearman_z", "spearman_w", "spearman_h", "spearman_d", "sphericity_error", "box_error",
+           "smallest_requested_voxels", "smallest_empty", "smallest_volume_ratio", "seconds_per_volume")
+
+
+def table_notes(cfg, n: int, vae_steps: int) -> list[str]:
+    from sbldm.evaluation.budget import DARK_Z, SMALLEST_SEEDS
+
+    return [
+        f"scale `{cfg.scale}`, seed {cfg.seed}; one training run per generator extended by resuming, scored at each "
+        f"point on {n} volumes (DDIM {cfg.num_inference_steps} under bf16 autocast for the diffusion models); "
+        "every comparison is against the real training split (the test split chose nothing); the `real` row is the "
+        "real test split scored the same way (the target)",
+        f"cpu_hours: training wall-clock hours on the machine that ran it (2-core CPU for the committed table): "
+        f"SBLDM = slice VAE ({vae_steps} steps) + latent UNet; 3D-LDM = autoencoder + UNet; sampling not counted",
+        "w_over_spread_*: Wasserstein distance between the per-tumour median z of a sub-region and the real "
+        "training tumours', over their std; interior_w_over_spread: the worst of the three",
+        f"dark_part_share: tumours with a sub-region whose median z is below {DARK_Z} (darker than normal brain); "
+        "texture_std_z: median std of z inside the whole tumour",
+        "laplacian_ratio / high_frequency_ratio: the normal brain's mean |in-plane Laplacian| and the share of "
+        "spectral energy above half Nyquist, over the real training split's (1 = as sharp)",
+        "pieces_6/26: mean connected pieces of the whole tumour; multi_piece_*: share in more than one piece",
+        "psnr, ssim: Table 1's unpaired measures (volume k against a random training volume), so Table 1 can be "
+        "read at matched compute",
+        "frechet: Fréchet distance in the real-data segmenter's bottleneck features to the training split; "
+        "frechet_ratio: over the real test split's",
+        "nearest_train_ssim_*: SSIM of each volume to its nearest training volume (memorisation); _vs_test: the "
+        "median over the real test split's",
+        "SBLDM only (the baselines cannot be asked for a tumour): spearman_* requested against drawn per feature, "
+        "sphericity_error, box_error, relative_volume_error, centre_distance (voxels), empty_fraction; "
+        f"smallest_*: the smallest training tumour requested with {SMALLEST_SEEDS} noise seeds",
+    ]
+
+
+def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
+    """Quality against training hours, the three generators on one axis per measure, the
+    real test split (and the target, where one is set) as horizontal lines."""
+    import math
+
+    from sbldm.evaluation.budget import TARGETS
+    from sbldm.plotting import agg_pyplot, figure_legend, layout, method_styles, save_figure
+
+    plt = agg_pyplot()
+    panels = [("frechet_ratio", "Fréchet distance / real test split's", TARGETS["frechet_ratio"], None),
+              ("interior_w_over_spread", "worst interior W / spread", TARGETS["interior_w_over_spread"], None),
+              ("dark_part_share", "share of tumours with a dark part", None, "dark_part_share_real"),
+              ("multi_piece_26", "share in >1 piece (26-conn.)", None, "multi_piece_26_real"),
+              ("laplacian_ratio", "normal-brain |Laplacian| / real", None, None),
+              ("spearman_sphericity", "Spearman, sphericity asked vs drawn", None, None)]
+    real = next((r for r in rows if r["generator"] == "real"), None)
+    gens = [g for g in GENERATORS if any(r["generator"] == g for r in rows)]
+    styles = method_styles([NAMES[g] for g in gens] + [NAMES["real"]])
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.6))
+    handles = []
+    for ax, (key, title, target, real_key) in zip(axes.flat, panels):
+        for g in gens:
+            pts = sorted((r for r in rows if r["generator"] == g), key=lambda r: r["cpu_hours"])
+            xs = [r["cpu_hours"] for r in pts]
+            ys = [r.get(key, math.nan) for r in pts]
+            st = styles[NAMES[g]]
+            (h,) = ax.plot(xs, ys, marker="o", ms=4, label=NAMES[g], **st)
+            if ax is axes.flat[0]:
+                handles.append(h)
+            for x, y, r in zip(xs, ys, pts):
+                if y is not None and math.isfinite(y):
+                    ax.annotate(str(r["steps"]), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                                color=st["color"])
+        ref_value = real.get(real_key or key) if real else None
+        if real_key:
+            ref_value = next((r[real_key] for r in rows if r.get(real_key) is not None), None)
+        if ref_value is not None and math.isfinite(ref_value):
+            h = ax.axhline(ref_value, color=styles[NAMES["real"]]["color"], lw=1, ls="--",
+                           label="real (training split)" if real_key else NAMES["real"])
+        if target is not None:
+            ax.axhline(target, color="0.4", lw=0.8, ls=":")
+            ax.text(1.0, target, " target", transform=ax.get_yaxis_transform(), fontsize=7, va="center",
+                    color="0.3", clip_on=False)
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training hours (this CPU)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color=styles[NAMES["real"]]["color"], ls="--", lw=1,
+                          label="real (dashed: the panel's real reference)"))
+    handles.append(Line2D([], [], color="0.4", ls=":", lw=0.8, label="target"))
+    layout(fig, suptitle, legend=True)
+    figure_legend(fig, handles)
+    save_figure(fig, path)
+
+
+def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n: int, vae_steps: int) -> str:
+    from sbldm.tables import write_table
+
+    order = {g: i for i, g in enumerate(("real", *GENERATORS))}
+    rows = sorted(rows, key=lambda r: (order[r["generator"]], r["steps"] or 0))
+    md = write_table(rows, Path(tables_dir) / "generator_budget", columns=COLUMNS,
+                     title=f"Generators: quality against training compute ({cfg.scale})",
+                     notes=table_notes(cfg, n, vae_steps))
+    budget_figure(rows, Path(figures_dir) / "generator_budget.png",
+                  suptitle=f"Quality against training compute ({cfg.scale}; each point one run, extended)")
+    return md
+
+
+def main(argv=None) -> None:
+    from sbldm.config import resolve
+    from sbldm.data.cohort import load_prepared
+    from sbldm.paths import REPO_ROOT
+    from sbldm.runs import run_name
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="small")
+    ap.add_argument("--generators", nargs="+", default=list(GENERATORS), choices=GENERATORS)
+    for g in GENERATORS:
+        ap.add_argument(f"--{g}", type=int, nargs="+", default=None, help=f"{g}'s points (training steps)")
+    ap.add_argument("--vae-steps", type=int, default=DEFAULT_VAE_STEPS, help="the slice VAE's budget")
+    ap.add_argument("--n", type=int, default=None,
+                    help="volumes scored per point (default: eval_n_samples, Table 1's count; at small the test "
+                         "split's size, so the Fréchet distances share their small-sample bias)")
+    ap.add_argument("--train-only", action="store_true", help="train the points, score nothing")
+    ap.add_argument("--table-only", action="store_true", help="write the table and figure from the scored rows")
+    args = ap.parse_args(argv)
+    cfg = resolve(args.scale)
+    n = args.n or cfg.eval_n_samples
+    run = run_name(args.scale)
+    work = REPO_ROOT / "work" / run
+    root = work / "generator_budget"
+    train = load_prepared(work / "data", "train")
+    wanted = {g: getattr(args, g) or DEFAULT_POINTS[g] for g in args.generators}
+    if not args.table_only:
+        gens = runs(cfg, train, root, args.vae_steps)
+        for g, points in wanted.items():
+            for steps in points:
+                gens[g].train_to(steps)
+                print(f"{g} at {steps} steps: {read_budget(point_dir(root, g, steps))}", flush=True)
+    if args.train_only:
+        return
+    test = load_prepared(work / "data", "test")
+    from sbldm.evaluation.budget import reference
+
+    seg = eval_segmenter(cfg, train, root / "eval_segmenter.pt")
+    ref = reference(train, test, seg.features)
+    rows = [real_row(test, ref)]
+    for g in GENERATORS:
+        for steps in sorted(int(p.name) for p in (root / g / "points").glob("*") if (p / "budget.json").is_file()):
+            if args.table_only and not row_path(root, g, steps).is_file():
+                continue
+            rows.append(score_point(cfg, root, g, steps, ref, n))
+            print(f"scored {g} at {steps} steps", flush=True)
+    results = REPO_ROOT / "results" / run
+    print(write_outputs(rows, results / "tables", results / "figures", cfg, n, args.vae_steps))
+
+
+if __name__ == "__main__":
+    main()

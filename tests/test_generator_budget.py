@@ -1,0 +1,150 @@
+"""The generators' budget curves: the measures against independent counts, a point
+extended by resuming is the longer run, and the sweep writes its table and figure."""
+
+import json
+
+import numpy as np
+import pytest
+
+from model_helpers import BASELINES, make_prepared
+
+
+def test_pieces_count_corner_touching_cubes_once_at_26_and_twice_at_6():
+    from sbldm.evaluation.budget import pieces
+
+    m = np.zeros((3, 12, 12, 12), bool)
+    m[0, 2:5, 2:5, 2:5] = True
+    m[0, 5:8, 5:8, 5:8] = True          # touches the first only at a corner
+    m[1, 1:4, 1:4, 1:4] = True
+    m[1, 8:11, 8:11, 8:11] = True       # apart
+    # volume 2 is empty: left out
+    assert pieces(m, 6) == {"mean": 2.0, "multi_share": 1.0}
+    assert pieces(m, 26) == {"mean": 1.5, "multi_share": 0.5}
+    with pytest.raises(ValueError, match="6 or 26"):
+        pieces(m, 18)
+    assert np.isnan(pieces(np.zeros((2, 4, 4, 4)), 26)["mean"])
+
+
+def test_pieces_agree_with_scikit_image_on_random_masks():
+    from skimage.measure import label
+
+    from sbldm.evaluation.budget import pieces
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((6, 10, 10, 10)) > 0.8
+    for conn, sk in ((6, 1), (26, 3)):
+        counts = [label(m, connectivity=sk).max() for m in masks]
+        assert pieces(masks, conn)["mean"] == pytest.approx(np.mean(counts))
+    # random specks are many pieces at 6-connectivity and fewer at 26
+    assert pieces(masks, 6)["mean"] > pieces(masks, 26)["mean"] > 1
+
+
+def _brain_with_tumour(inside: float, texture: float = 0.0, seed: int = 0):
+    """A brain of intensity 0 (+ small noise) with a ball tumour of ``inside`` (+ texture)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((1, 24, 24, 12), -1.0, np.float32)
+    img[0, 2:22, 2:22, 1:11] = rng.normal(0.0, 0.05, (20, 20, 10))
+    lab = np.zeros(img.shape, np.uint8)
+    zz, yy, xx = np.ogrid[:24, :24, :12]
+    ball = (zz - 12) ** 2 + (yy - 12) ** 2 + ((xx - 6) * 2) ** 2 <= 16
+    lab[0][ball] = 2
+    img[0][ball] = inside + rng.normal(0.0, texture, ball.sum()) if texture else inside
+    return img, lab
+
+
+def test_dark_part_share_and_texture_follow_the_interior():
+    from sbldm.evaluation.appearance import subregion_appearance
+    from sbldm.evaluation.budget import dark_part_share
+
+    bright, lab = _brain_with_tumour(0.5)
+    dark, _ = _brain_with_tumour(-0.5)
+    rows = subregion_appearance(np.concatenate([bright, dark]), np.concatenate([lab, lab]))
+    assert [r["median_z_oedema"] > 0 for r in rows] == [True, False]
+    assert dark_part_share(rows) == 0.5
+    assert dark_part_share(rows[:1]) == 0.0 and np.isnan(dark_part_share([]))
+    # an even lesion has no texture; a textured one its spread in z units (the brain's IQR)
+    assert rows[0]["std_z_tumour"] == pytest.approx(0.0, abs=1e-6)
+    textured, _ = _brain_with_tumour(0.5, texture=0.1, seed=1)
+    (row,) = subregion_appearance(textured, lab)
+    brain = textured[0][(textured[0] > -1) & ~(lab[0] > 0)]
+    iqr = np.subtract(*np.percentile(brain, [75, 25]))
+    assert row["std_z_tumour"] == pytest.approx(0.1 / iqr, rel=0.25)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    from sbldm.data.cohort import load_prepared
+
+    root = make_prepared(tmp_path_factory.mktemp("cohort"))
+    return load_prepared(root, "train"), load_prepared(root, "test")
+
+
+def cfg(**kw):
+    from sbldm.config import resolve
+
+    return resolve("smoke", **{**BASELINES, "eval_batch_size": 2, **kw})
+
+
+@pytest.mark.slow
+def test_a_point_extended_by_resuming_is_the_longer_run(cohort, tmp_path):
+    import torch
+
+    from sbldm.experiments import generator_budget as gb
+    from sbldm.generators.registry import load_generator
+
+    train, _ = cohort
+    run = gb.SBLDMRun(cfg(), train, tmp_path / "a", vae_steps=2, progress=False)
+    for steps in (2, 4):
+        run.train_to(steps)
+    straight = gb.SBLDMRun(cfg(), train, tmp_path / "b", vae_steps=2, progress=False)
+    straight.train_to(4)
+    a = load_generator(gb.point_dir(tmp_path / "a", "sbldm", 4)).pipeline.unet.state_dict()
+    b = load_generator(gb.point_dir(tmp_path / "b", "sbldm", 4)).pipeline.unet.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the short point is another network, and each point records its training time
+    c = load_generator(gb.point_dir(tmp_path / "a", "sbldm", 2)).pipeline.unet.state_dict()
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    budgets = [gb.read_budget(gb.point_dir(tmp_path / "a", "sbldm", s)) for s in (2, 4)]
+    assert 0 < budgets[0]["train_seconds"] < budgets[1]["train_seconds"]
+    assert budgets[1]["vae_steps"] == 2
+
+
+@pytest.mark.slow
+def test_the_sweep_scores_every_generator_and_writes_its_table_and_figure(cohort, tmp_path):
+    from sbldm.experiments import generator_budget as gb
+    from sbldm.evaluation.budget import reference
+    from sbldm.tables import read_csv
+
+    train, test = cohort
+    c = cfg()
+    runs = gb.runs(c, train, tmp_path / "work", vae_steps=2, progress=False)
+    points = {"sbldm": (2,), "ldm3d": (3,), "lsgan3d": (2, 4)}
+    for g, steps in points.items():
+        for s in steps:
+            runs[g].train_to(s)
+    seg = gb.eval_segmenter(c.replace(seg_iterations=2), train, tmp_path / "work" / "seg.pt")
+    ref = reference(train, test, seg.features)
+    rows = [gb.real_row(test, ref)]
+    rows += [gb.score_point(c, tmp_path / "work", g, s, ref, n=3, progress=False)
+             for g, steps in points.items() for s in steps]
+    # the real test split against the training split: as far off as a new draw of real data
+    real = rows[0]
+    assert real["frechet_ratio"] == pytest.approx(1.0) and real["nearest_train_ssim_vs_test"] == pytest.approx(1.0)
+    for r in rows[1:]:
+        assert r["n"] == 3 and r["cpu_hours"] > 0 and np.isfinite(r["frechet"])
+        assert 0 <= r["empty_share"] <= 1
+    sb = rows[1]
+    assert sb["generator"] == "sbldm" and 0 <= sb["smallest_empty"] <= 8
+    assert {"spearman_sphericity", "spearman_surface_area", "box_error"} <= set(sb)
+    assert "spearman_sphericity" not in rows[2]           # the 3D-LDM cannot be asked for a tumour
+    # a scored point is read back, not drawn again
+    before = gb.row_path(tmp_path / "work", "sbldm", 2).stat().st_mtime_ns
+    assert gb.score_point(c, tmp_path / "work", "sbldm", 2, ref, n=3) == json.loads(
+        gb.row_path(tmp_path / "work", "sbldm", 2).read_text())
+    assert gb.row_path(tmp_path / "work", "sbldm", 2).stat().st_mtime_ns == before
+    gb.write_outputs(rows, tmp_path / "tables", tmp_path / "figures", c, 3, 2)
+    table = read_csv(tmp_path / "tables" / "generator_budget.csv")
+    assert [r["generator"] for r in table] == ["real", "sbldm", "ldm3d", "lsgan3d", "lsgan3d"]
+    assert list(table[0]) == list(gb.COLUMNS)
+    assert (tmp_path / "figures" / "generator_budget.png").stat().st_size > 10_000
