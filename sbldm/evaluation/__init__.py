@@ -6,5 +6,7 @@
 - ``appearance``: what the tumours look like inside (dark cores, spread, sub-regions);
 - ``reconstruction``: the slice VAE's reconstruction metrics;
 - ``sample_cache``: the cached sample sets notebooks 04-06 and 09 share;
-- ``table1``: Table 1 and the metrics beyond it.
+- ``table1``: Table 1 and the metrics beyond it;
+- ``budget``: one sample set scored for the generators' budget curves (interiors, pieces,
+  sharpness, realism, adherence, the smallest request, memorisation).
 """

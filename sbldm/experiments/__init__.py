@@ -10,5 +10,7 @@
 - ``vae_mask_ablation``: does the necrosis survive the slice VAE's mask term
   (``python -m sbldm.experiments.vae_mask_ablation``);
 - ``vae_sharpness``: a weight-free sharpening term for the slice VAE
-  (``python -m sbldm.experiments.vae_sharpness``).
+  (``python -m sbldm.experiments.vae_sharpness``);
+- ``generator_budget``: quality against training compute for SBLDM, the 3D-LDM and the
+  3D-LSGAN (``python -m sbldm.experiments.generator_budget``).
 """
