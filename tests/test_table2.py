@@ -465,3 +465,20 @@ def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regio
     assert [sb[f"p_seeds_holm_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * 2 / 256] * 3)
     assert sb["verdict_WT"] == statistics.GAIN and noise["verdict_WT"] == statistics.NO_EFFECT
     assert rows["real"]["verdict_WT"] == "" and math.isnan(rows["real"]["diff_WT"])
+
+
+def test_the_table2_summary_leads_with_the_seed_paired_verdicts():
+    from sbldm.report import summaries
+
+    cases = []
+    for c in _seed_cases([0.05] * 8) + [{**c, "row": "real + noise"} for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
+                                         if c["row"] == "real + SBLDM"]:
+        whole = {k: v for k, v in c.items() if k != "dice_WT"}        # rows without regions: "dice" alone
+        cases.append({"n_train_volumes": 10, "dice": c["dice_WT"], "iou": c["dice_WT"] / 2, "hd95": 3.0,
+                      "empty_prediction": 0, **whole})
+    text = summaries.segmentation("small", statistics.summarise(cases))
+    assert "rows with a detected gain over real only (the training run as the unit" in text
+    gain = next(line for line in text.splitlines() if "detected gain" in line)
+    assert "real + SBLDM (WT)" in gain and "real + noise" not in gain
+    assert "real + noise minus real only, per training seed" in text and "no detectable effect" in text
+    assert "secondary (pairs test cases" in text

@@ -178,6 +178,48 @@ def _p(p) -> str:
     return _number(p, ".2g")
 
 
+def _has_verdicts(r: dict) -> bool:
+    return any(k.startswith("verdict_") for k in r)
+
+
+def _verdict_suffixes(r: dict) -> list[str]:
+    regions = _regions(r)
+    return regions if len(regions) > 1 else ["all"]
+
+
+def _verdict_text(r: dict) -> str:
+    """"WT +0.051 [-0.012, +0.110], 2/3 seeds above, no detectable effect; ..." of a row
+    summarised with the training run as the unit (``statistics.seed_paired``)."""
+    parts = []
+    for g in _verdict_suffixes(r):
+        if r.get(f"diff_{g}") in (None, "") or math.isnan(float(r[f"diff_{g}"])):
+            continue
+        name = "WT" if g == "all" else g
+        above = r.get(f"seeds_above_real_{g}", "")
+        seeds = f", {int(float(above))}/{r['seeds']} seeds above" if above not in (None, "") else ""
+        parts.append(f"{name} {float(r[f'diff_{g}']):+.3f} [{float(r[f'diff_{g}_lo']):+.3f}, "
+                     f"{float(r[f'diff_{g}_hi']):+.3f}]{seeds}, {r[f'verdict_{g}']}")
+    return "; ".join(parts)
+
+
+def _verdict_lines(rows: dict, real: dict, indent: str = "") -> list[str]:
+    """The seed-paired verdict of every row against real only, and the rows with a detected
+    gain or loss (interval clear of 0, effect at least the seed spread, Holm over the table)."""
+    from sbldm.segmentation.statistics import GAIN, LOSS
+
+    lines = []
+    for name, r in rows.items():
+        if name != "real" and (text := _verdict_text(r)):
+            lines.append(f"{indent}- {name} minus real only, per training seed (mean, 95% interval): {text}.")
+    for word, label in ((GAIN, "a detected gain"), (LOSS, "a detected loss")):
+        hit = [f"{name} ({', '.join('WT' if g == 'all' else g for g in _verdict_suffixes(r) if r.get(f'verdict_{g}') == word)})"
+               for name, r in rows.items() if name != "real"
+               and any(r.get(f"verdict_{g}") == word for g in _verdict_suffixes(r))]
+        lines.append(f"{indent}- rows with {label} over real only (the training run as the unit, Holm over rows x "
+                     f"regions): " + ("; ".join(hit) if hit else "none") + ".")
+    return lines
+
+
 def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
                  filter_report: dict | None = None) -> str:
     """Notebook 06: Table 2 (per BraTS region when the rows carry them), the nnU-Net confirmation."""
@@ -190,7 +232,12 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         if name == "real" or real is None:
             continue
         lines.append(f"- {name}: {_dice_text(r, real)}.")
-    if real is not None:
+    if real is not None and _has_verdicts(real):
+        lines += _verdict_lines(by, real)
+        better = [name for name, r in by.items() if name != "real" and _significant_regions(r, real)]
+        lines.append("- secondary (pairs test cases averaged over seeds, so it ignores the run-to-run variance): rows "
+                     "above real only with per-case Holm p < 0.05: " + (", ".join(better) if better else "none") + ".")
+    elif real is not None:
         better = [name for name, r in by.items() if name != "real" and _significant_regions(r, real)]
         lines.append("- rows significantly above real only in at least one region (Holm p < 0.05): "
                      + (", ".join(better) if better else "none") + ".")
@@ -232,16 +279,19 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         for name, r in sel.items():
             if name != "real":
                 lines.append(f"  - {name}: {_dice_text(r, real)}.")
-        wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
-                for g, p in _significant_regions(r, real)]
-        lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
-        if seedwise := _seeds_above_rows(sel, real):
-            lines.append("  - of those gains, the seeds where the row's mean Dice beats real only's with the same "
-                         "seed (the test pairs cases, not seeds): " + seedwise + ".")
-        losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
-                  for g, p in _significant_regions(r, real, below=True)]
-        if losses:
-            lines.append(f"  - below real only at {n} (Holm p < 0.05): " + ", ".join(losses) + ".")
+        if _has_verdicts(real):
+            lines += _verdict_lines(sel, real, indent="  ")
+        else:
+            wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
+                    for g, p in _significant_regions(r, real)]
+            lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
+            if seedwise := _seeds_above_rows(sel, real):
+                lines.append("  - of those gains, the seeds where the row's mean Dice beats real only's with the same "
+                             "seed (the test pairs cases, not seeds): " + seedwise + ".")
+            losses = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
+                      for g, p in _significant_regions(r, real, below=True)]
+            if losses:
+                lines.append(f"  - below real only at {n} (Holm p < 0.05): " + ", ".join(losses) + ".")
         regions = [g for g in _regions(real) if f"lesion_dice_{g}_mean" in real]
         if regions:                                       # the protocol sizes: lesion-wise Dice, no test
             lesion = lambda r: "/".join(_f(r[f"lesion_dice_{g}_mean"], 3) for g in regions)  # noqa: E731
