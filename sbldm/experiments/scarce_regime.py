@@ -174,6 +174,8 @@ def generator_rows(train: Prepared, subsets: dict, samples: dict, records: dict)
 #: the protocols of using synthetic volumes, beside real only (row names of the tables; the
 #: filtered row is Table 2's own)
 REAL, MIXING, PRETRAIN = "real", "real + SBLDM", "SBLDM pre-train, real fine-tune"
+#: the real volumes with augmented copies: what real data alone can do with the same budget
+REAL_AUG = "real + augmentation"
 FILTERED = table2.FILTERED
 
 
@@ -183,9 +185,10 @@ def ratio_row(cfg: Config) -> str:
 
 
 def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = True) -> tuple[dict, dict]:
-    """``({row: training set}, filter report)`` at one real-set size: real only and mixing
-    (all the synthetic volumes, the paper's way), and with ``protocols`` the other ways of
-    using them, at the same budget:
+    """``({row: training set}, filter report)`` at one real-set size: real only, real with
+    ``seg_augment_factor`` x augmentation (``REAL_AUG``: what the real volumes alone give
+    beyond themselves) and mixing (all the synthetic volumes, the paper's way), and with
+    ``protocols`` the other ways of using them, at the same budget:
 
     - ``ratio_row``: the real volumes with the first ``seg_protocol_synthetic_fraction`` of
       the synthetic set (another synthetic : real ratio);
@@ -197,7 +200,8 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
     ``real``: (images, targets); ``synthetic``: (images, targets, requested features or None)."""
     im, tg, requested = synthetic
     cat = lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))  # noqa: E731
-    sets = {REAL: real, MIXING: cat(real, (im, tg))}
+    sets = {REAL: real, REAL_AUG: table2.augment(*real, cfg.seg_augment_factor, seed=cfg.seed),
+            MIXING: cat(real, (im, tg))}
     report = {}
     if protocols:
         k = max(1, round(len(im) * cfg.seg_protocol_synthetic_fraction))
@@ -209,14 +213,31 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
     return sets, report
 
 
+def size_budgets(train: Prepared, subsets: dict, cfg: Config, work: Path, seed: int = 0,
+                 progress=print) -> dict[int, int]:
+    """``{n: segmenter budget}``: at every real-set size, the budget chosen by the learning
+    curve (``sbldm.segmentation.table2.budget``) on a validation part of that size's own
+    real volumes, so that real only trains as long as suits its own data (a budget chosen
+    on 100 volumes means hundreds of epochs on 10, where added synthetic volumes could win
+    as a brake on over-training rather than as data). Every row at that size uses it."""
+    out = {}
+    for n, idx in subsets.items():
+        if len(idx) < 2:
+            raise ValueError(f"a budget for {n} real volume(s) needs a validation part: use sizes of at least 2")
+        out[n] = int(table2.budget(subset_split(train, idx), cfg, work, seed=seed, progress=progress,
+                                   name=f"learning_curve_n{n}")["budget"])
+    return out
+
+
 def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subsets: dict, samples: dict,
-                 records: dict, protocol_sizes=(), seeds=None, iterations: int | None = None,
+                 records: dict, protocol_sizes=(), seeds=None, iterations: int | dict | None = None,
                  progress=print) -> tuple[list[dict], dict]:
     """Per-case rows (``sbldm.segmentation.table2.run_rows``' plus ``n_real``,
-    ``n_synthetic``, ``generator_saw``, ``vae_saw``) of every training set at every size of
-    ``subsets`` (``{n: indices}``), its synthetic volumes from ``samples[n]`` (drawn by the
-    generator that saw those ``n``: ``records[n]``), every seed; the protocols at the sizes
-    in ``protocol_sizes``. Returns (cases, {n: filter report})."""
+    ``n_synthetic``, ``generator_saw``, ``vae_saw``, ``iterations``) of every training set
+    at every size of ``subsets`` (``{n: indices}``), its synthetic volumes from
+    ``samples[n]`` (drawn by the generator that saw those ``n``: ``records[n]``), every
+    seed; the protocols at the sizes in ``protocol_sizes``. ``iterations``: one budget for
+    every size, or ``{n: budget}`` (``size_budgets``). Returns (cases, {n: filter report})."""
     labels = cfg.tumour_labels == "regions"
     images, tg = np.asarray(train.images), table2.targets(train, cfg)
     cases, reports = [], {}
@@ -226,10 +247,12 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
             raise ValueError(f"the generator for {n} real volumes saw {saw}: its synthetic volumes would leak")
         synth = table2.synthetic_set("SBLDM", samples[n], len(samples[n]["images"]), labels)
         sets, reports[n] = protocol_sets((images[idx], tg[idx]), synth, cfg, protocols=n in set(protocol_sizes))
-        rows = table2.run_rows(sets, test, cfg, work, seeds=seeds, iterations=iterations, progress=progress,
+        steps = iterations.get(n) if isinstance(iterations, dict) else iterations
+        rows = table2.run_rows(sets, test, cfg, work, seeds=seeds, iterations=steps, progress=progress,
                                tag=f"scarce{n}_")
-        cases += [{**c, "n_real": n, "n_synthetic": int(c["n_train_volumes"]) - n, "generator_saw": saw,
-                   "vae_saw": int(records[n]["vae_saw"])} for c in rows]
+        cases += [{**c, "n_real": n, "n_synthetic": 0 if c["row"] == REAL_AUG else int(c["n_train_volumes"]) - n,
+                   "generator_saw": saw,
+                   "vae_saw": int(records[n]["vae_saw"]), "iterations": steps} for c in rows]
     return cases, reports
 
 
@@ -249,22 +272,28 @@ def summarise_study(cases: list[dict]) -> list[dict]:
 
 
 def _region_columns(r: dict, regions, lesion: bool = False) -> dict:
-    """Per region of a summarised row: Dice and its seed std (and lesion-wise Dice), Holm p."""
+    """Per region of a summarised row: Dice and its seed std (and lesion-wise Dice); the
+    seed-paired difference to real only with its 95% interval and verdict
+    (``statistics.seed_paired``); the per-case Holm p as the secondary test."""
     out = {}
     for g in regions:
         out[f"dice_{g}"] = r[f"dice_{g}_mean"]
         out[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
         if lesion:
             out[f"lesion_dice_{g}"] = r[f"lesion_dice_{g}_mean"]
+        for key in (f"diff_{g}", f"diff_{g}_lo", f"diff_{g}_hi", f"p_seeds_holm_{g}", f"verdict_{g}"):
+            if key in r:
+                out[key] = r[key]
         out[f"p_holm_{g}"] = r[f"p_holm_{g}"]
     return out
 
 
 def sweep_rows(summary: list[dict], regions) -> list[dict]:
-    """The data-scarce sweep table: real only and mixing at every size, Dice per region."""
+    """The data-scarce sweep table: real only, real + augmentation and mixing at every size,
+    Dice per region."""
     return [{"n_real": r["n_real"], "training_set": r["row"], "synthetic_volumes": r["n_synthetic"],
              "generator_saw_real": r["generator_saw"], "vae_saw_real": r["vae_saw"], "seeds": r["seeds"],
-             **_region_columns(r, regions)} for r in summary if r["row"] in (REAL, MIXING)]
+             **_region_columns(r, regions)} for r in summary if r["row"] in (REAL, REAL_AUG, MIXING)]
 
 
 def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
@@ -276,17 +305,20 @@ def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
 
 def sweep_figure(summary: list[dict], regions, scale: str):
     """Dice on the real test split against the number of real volumes, one panel per
-    region, real only and real + SBLDM, mean ± std across seeds."""
+    region, real only, real + augmentation and real + SBLDM, mean ± std across seeds."""
     from sbldm.plotting import agg_pyplot, method_styles
 
     plt = agg_pyplot()
     fig, axes = plt.subplots(1, len(regions), figsize=(3.6 * len(regions), 3.2), squeeze=False)
     sizes = sorted({r["n_real"] for r in summary})
     styles = method_styles([REAL, MIXING])           # the methods' palette: real in black, SBLDM in purple
-    legend = {REAL: "real only (training subset)", MIXING: "real + SBLDM"}
+    styles[REAL_AUG] = {"color": styles[REAL]["color"], "linestyle": ":"}
+    legend = {REAL: "real only (training subset)", REAL_AUG: "real + augmentation", MIXING: "real + SBLDM"}
     for ax, g in zip(axes[0], regions):
-        for name, marker in ((REAL, "o"), (MIXING, "s")):
+        for name, marker in ((REAL, "o"), (REAL_AUG, "^"), (MIXING, "s")):
             rs = sorted((r for r in summary if r["row"] == name), key=lambda r: r["n_real"])
+            if not rs:
+                continue
             ax.errorbar([r["n_real"] for r in rs], [r[f"dice_{g}_mean"] for r in rs],
                         yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker=marker, capsize=3, label=legend[name],
                         color=styles[name]["color"], ls=styles[name]["linestyle"])

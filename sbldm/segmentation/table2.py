@@ -237,17 +237,18 @@ def learning_curve(train, cfg: Config, seed: int = 0, progress=print) -> dict:
             "seconds": seconds, "regions": cfg.tumour_labels == "regions"}
 
 
-def budget(train, cfg: Config, work: Path, seed: int = 0, progress=print) -> dict:
-    """``learning_curve``'s result, kept in ``work/segmentation/learning_curve.json`` under a
-    key of the training data, the seed and the segmentation settings: notebooks 06 and 11
-    train every row with the same budget, measured once."""
+def budget(train, cfg: Config, work: Path, seed: int = 0, progress=print, name: str = "learning_curve") -> dict:
+    """``learning_curve``'s result, kept in ``work/segmentation/<name>.json`` under a
+    key of the training data, the seed and the segmentation settings: notebook 06 trains
+    every row with the same budget, measured once; notebook 11 measures one per real-set
+    size (``sbldm.experiments.scarce_regime.size_budgets``)."""
     from sbldm.io import atomic_write_json
 
     h = hashlib.sha256()
     _digest(h, np.asarray(train.images), targets(train, cfg))
     h.update(json.dumps({"seed": int(seed), "settings": _settings(cfg)}, sort_keys=True, default=str).encode())
     key = h.hexdigest()[:24]
-    path = Path(work) / "segmentation" / "learning_curve.json"
+    path = Path(work) / "segmentation" / f"{name}.json"
     if path.is_file():
         kept = json.loads(path.read_text())
         if kept.get("key") == key:
