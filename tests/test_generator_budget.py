@@ -148,3 +148,25 @@ def test_the_sweep_scores_every_generator_and_writes_its_table_and_figure(cohort
     assert [r["generator"] for r in table] == ["real", "sbldm", "ldm3d", "lsgan3d", "lsgan3d"]
     assert list(table[0]) == list(gb.COLUMNS)
     assert (tmp_path / "figures" / "generator_budget.png").stat().st_size > 10_000
+    targets = read_csv(tmp_path / "tables" / "generator_budget_targets.csv")
+    assert {r["measure"] for r in targets} == {"multi_piece_26_gap", "dark_part_share_gap", "interior_w_over_spread",
+                                               "frechet_ratio", "smallest_empty"}
+
+
+def test_extrapolation_of_a_curve_in_doublings_of_the_budget():
+    from sbldm.evaluation.budget import extrapolate, target_report
+
+    falling = [(h, 2.0 - 0.2 * np.log2(h)) for h in (1, 2, 4, 8)]      # 1.4 at 8 hours, 0.2 lower per doubling
+    ex = extrapolate(falling, target=1.0)
+    assert ex["per_doubling"] == pytest.approx(-0.2) and ex["doublings"] == pytest.approx(2.0)
+    assert ex["hours_to_target"] == pytest.approx(32.0) and not ex["met"]
+    assert extrapolate(falling, target=1.5)["met"] and extrapolate(falling, target=1.5)["hours_to_target"] == 8
+    flat = [(h, 1.4 + 0.01 * (h % 2)) for h in (1, 2, 4, 8)]
+    assert np.isnan(extrapolate(flat, target=1.0)["hours_to_target"])    # not falling: budget alone does not do it
+    rising = [(h, 1.0 + 0.1 * np.log2(h)) for h in (1, 2, 4, 8)]
+    assert np.isnan(extrapolate(rising, target=0.5)["hours_to_target"])
+    assert np.isnan(extrapolate([(1.0, 2.0)], target=1.0)["per_doubling"])
+    rows = [{"generator": "sbldm", "cpu_hours": h, "frechet_ratio": v} for h, v in falling]
+    rep = {r["measure"]: r for r in target_report(rows)}
+    assert rep["frechet_ratio"]["value"] == pytest.approx(1.4) and rep["frechet_ratio"]["target"] == 1.5
+    assert rep["frechet_ratio"]["met"] and not rep["interior_w_over_spread"]["met"]

@@ -208,3 +208,55 @@ def score(generator, kind: str, ref: dict, n: int, seed: int = 0, batch_size: in
         row.update({k: v for k, v in adh.items() if k not in ("n",)})
         row.update(smallest_request(generator, train.features, seed=seed))
     return row
+
+
+
+
+#: a target further than this many doublings of the budget away counts as out of reach
+MAX_DOUBLINGS = 20
+
+
+def extrapolate(points: list[tuple[float, float]], target: float, last: int = 3) -> dict:
+    """Where a curve of (training hours, measure) heads, for a measure that must fall to
+    ``target``: a straight line through the last ``last`` points in log2(hours) (the change
+    per doubling of the budget) and the hours at which it would reach the target.
+
+    Returns ``met`` (the last point already meets it), ``per_doubling`` (the fitted change
+    per doubling; NaN with fewer than 2 points), ``hours_to_target`` (the last point's hours
+    when met; NaN when the line does not fall towards the target, or reaches it only
+    beyond ``MAX_DOUBLINGS`` doublings: budget alone does not get there on this evidence)
+    and ``doublings`` (how many doublings past the last point)."""
+    pts = sorted((float(h), float(v)) for h, v in points if math.isfinite(h) and h > 0 and math.isfinite(v))
+    if not pts:
+        return {"met": False, "per_doubling": math.nan, "hours_to_target": math.nan, "doublings": math.nan}
+    h_last, v_last = pts[-1]
+    if v_last <= target:
+        return {"met": True, "per_doubling": _slope(pts[-last:]), "hours_to_target": h_last, "doublings": 0.0}
+    slope = _slope(pts[-last:])
+    doublings = (target - v_last) / slope if slope < 0 else math.inf
+    if doublings > MAX_DOUBLINGS:           # flat or rising: budget alone does not get there
+        return {"met": False, "per_doubling": slope, "hours_to_target": math.nan, "doublings": math.nan}
+    return {"met": False, "per_doubling": slope, "hours_to_target": h_last * 2 ** doublings, "doublings": doublings}
+
+
+def _slope(pts) -> float:
+    if len(pts) < 2:
+        return math.nan
+    x = np.log2([h for h, _ in pts])
+    y = np.array([v for _, v in pts])
+    if np.ptp(x) == 0:
+        return math.nan
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def target_report(rows: list[dict], generator: str = "sbldm") -> list[dict]:
+    """Per target measure (``TARGETS``): ``generator``'s value at its largest budget, the
+    target, whether it is met, and ``extrapolate``'s verdict on its curve."""
+    pts = sorted((r for r in rows if r["generator"] == generator and r.get("cpu_hours")), key=lambda r: r["cpu_hours"])
+    out = []
+    for key, target in TARGETS.items():
+        curve = [(r["cpu_hours"], float(r.get(key, math.nan))) for r in pts]
+        ex = extrapolate(curve, target)
+        out.append({"measure": key, "target": target, "value": curve[-1][1] if curve else math.nan,
+                    "hours": curve[-1][0] if curve else math.nan, **ex})
+    return out

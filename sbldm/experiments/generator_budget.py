@@ -318,6 +318,18 @@ def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n:
                      notes=table_notes(cfg, n, vae_steps))
     budget_figure(rows, Path(figures_dir) / "generator_budget.png",
                   suptitle=f"Quality against training compute ({cfg.scale}; each point one run, extended)")
+    from sbldm.evaluation.budget import MAX_DOUBLINGS, target_report
+
+    write_table(target_report(rows), Path(tables_dir) / "generator_budget_targets",
+                title=f"SBLDM's targets at its largest budget, and where its curve heads ({cfg.scale})",
+                notes=["value: SBLDM at its largest budget (hours: its training hours); met: value <= target",
+                       "per_doubling: the change per doubling of the training hours, a straight line through the "
+                       "last three points in log2(hours); hours_to_target: where that line reaches the target, NaN "
+                       f"when it does not fall or needs more than {MAX_DOUBLINGS} doublings (out of reach of "
+                       "budget alone on this evidence); an extrapolation, not a measurement",
+                       "*_gap: |SBLDM - real training split|; interior_w_over_spread: the worst sub-region's "
+                       "Wasserstein distance over the real spread; frechet_ratio: over the real test split's; "
+                       "smallest_empty: of 8 requests of the smallest training tumour"])
     return md
 
 
