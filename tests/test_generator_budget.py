@@ -170,3 +170,18 @@ def test_extrapolation_of_a_curve_in_doublings_of_the_budget():
     rep = {r["measure"]: r for r in target_report(rows)}
     assert rep["frechet_ratio"]["value"] == pytest.approx(1.4) and rep["frechet_ratio"]["target"] == 1.5
     assert rep["frechet_ratio"]["met"] and not rep["interior_w_over_spread"]["met"]
+
+
+def test_table1_at_matched_compute_pairs_the_nearest_budget_and_names_the_winner():
+    from sbldm.evaluation.budget import matched_table1
+
+    rows = [{"generator": "real", "steps": None, "cpu_hours": None, "psnr": 20.0},
+            {"generator": "sbldm", "steps": 900, "cpu_hours": 0.4, "psnr": 17.0, "ssim": 0.6, "seconds_per_volume": 2.0},
+            {"generator": "sbldm", "steps": 3600, "cpu_hours": 1.0, "psnr": 18.0, "ssim": 0.7, "seconds_per_volume": 2.0},
+            {"generator": "ldm3d", "steps": 1500, "cpu_hours": 0.9, "psnr": 18.5, "ssim": 0.65, "seconds_per_volume": 1.0},
+            {"generator": "lsgan3d", "steps": 1500, "cpu_hours": 0.3, "psnr": 16.0, "ssim": 0.7, "seconds_per_volume": 0.1}]
+    by = {r["baseline"]: r for r in matched_table1(rows)}
+    assert by["ldm3d"]["sbldm_steps"] == 3600 and by["lsgan3d"]["sbldm_steps"] == 900
+    assert by["ldm3d"]["psnr_winner"] == "ldm3d" and by["ldm3d"]["ssim_winner"] == "sbldm"
+    assert by["ldm3d"]["seconds_per_volume_winner"] == "ldm3d"             # lower is better
+    assert by["lsgan3d"]["psnr_winner"] == "sbldm" and by["lsgan3d"]["ssim_winner"] == "tie"

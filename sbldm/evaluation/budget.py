@@ -260,3 +260,30 @@ def target_report(rows: list[dict], generator: str = "sbldm") -> list[dict]:
         out.append({"measure": key, "target": target, "value": curve[-1][1] if curve else math.nan,
                     "hours": curve[-1][0] if curve else math.nan, **ex})
     return out
+
+
+#: Table 1's columns read from the budget rows, and which way is better
+TABLE1_COLUMNS = {"psnr": "higher", "ssim": "higher", "seconds_per_volume": "lower"}
+
+
+def matched_table1(rows: list[dict], generator: str = "sbldm") -> list[dict]:
+    """Table 1 at matched compute: for every point of every other generator, ``generator``'s
+    point with the nearest training hours (ratio in log scale), both points' Table 1
+    measures and the winner of each (``TABLE1_COLUMNS``)."""
+    mine = [r for r in rows if r["generator"] == generator and r.get("cpu_hours")]
+    out = []
+    for other in rows:
+        if other["generator"] in (generator, "real") or not other.get("cpu_hours") or not mine:
+            continue
+        near = min(mine, key=lambda r: abs(math.log(r["cpu_hours"] / other["cpu_hours"])))
+        row = {"baseline": other["generator"], "baseline_steps": other["steps"], "baseline_hours": other["cpu_hours"],
+               f"{generator}_steps": near["steps"], f"{generator}_hours": near["cpu_hours"]}
+        for col, better in TABLE1_COLUMNS.items():
+            a, b = float(near.get(col, math.nan)), float(other.get(col, math.nan))
+            row[f"{col}_{generator}"], row[f"{col}_baseline"] = a, b
+            if math.isfinite(a) and math.isfinite(b) and a != b:
+                row[f"{col}_winner"] = generator if (a > b) == (better == "higher") else other["generator"]
+            else:
+                row[f"{col}_winner"] = "tie" if a == b else ""
+        out.append(row)
+    return out
