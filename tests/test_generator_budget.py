@@ -176,7 +176,7 @@ def test_table1_at_matched_compute_pairs_the_nearest_budget_and_names_the_winner
     from sbldm.evaluation.budget import matched_table1
 
     rows = [{"generator": "real", "steps": None, "cpu_hours": None, "psnr": 20.0},
-            {"generator": "sbldm", "steps": 900, "cpu_hours": 0.4, "psnr": 17.0, "ssim": 0.6, "seconds_per_volume": 2.0},
+            {"generator": "sbldm", "steps": 900, "cpu_hours": 0.4, "psnr": 17.0, "ssim": 0.7, "seconds_per_volume": 2.0},
             {"generator": "sbldm", "steps": 3600, "cpu_hours": 1.0, "psnr": 18.0, "ssim": 0.7, "seconds_per_volume": 2.0},
             {"generator": "ldm3d", "steps": 1500, "cpu_hours": 0.9, "psnr": 18.5, "ssim": 0.65, "seconds_per_volume": 1.0},
             {"generator": "lsgan3d", "steps": 1500, "cpu_hours": 0.3, "psnr": 16.0, "ssim": 0.7, "seconds_per_volume": 0.1}]
