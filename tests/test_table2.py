@@ -458,11 +458,11 @@ def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regio
     rows = {r["row"]: r for r in statistics.summarise(cases)}
     direct = statistics.seed_paired(cases, "real + SBLDM", "real", "dice_WT")
     sb, noise = rows["real + SBLDM"], rows["real + noise"]
-    assert sb["diff_WT"] == pytest.approx(direct["diff"]) and sb["diff_WT_lo"] == pytest.approx(direct["lo"])
+    assert sb["diff_WT"] == pytest.approx(direct["diff"]) and sb["ci95_low_WT"] == pytest.approx(direct["lo"])
     # 2 rows x 3 regions compared: the three equal smallest p values (8 seeds, all above:
     # exact 2 / 256) are multiplied by 6, 5 and 4, and Holm keeps the running maximum
     assert direct["p_seeds"] == pytest.approx(2 / 256)
-    assert [sb[f"p_seeds_holm_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * 2 / 256] * 3)
+    assert [sb[f"p_seeds_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * 2 / 256] * 3)
     assert sb["verdict_WT"] == statistics.GAIN and noise["verdict_WT"] == statistics.NO_EFFECT
     assert rows["real"]["verdict_WT"] == "" and math.isnan(rows["real"]["diff_WT"])
 

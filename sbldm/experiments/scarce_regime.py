@@ -281,7 +281,7 @@ def _region_columns(r: dict, regions, lesion: bool = False) -> dict:
         out[f"dice_{g}_seed_std"] = r[f"dice_{g}_seed_std"]
         if lesion:
             out[f"lesion_dice_{g}"] = r[f"lesion_dice_{g}_mean"]
-        for key in (f"diff_{g}", f"diff_{g}_lo", f"diff_{g}_hi", f"p_seeds_holm_{g}", f"verdict_{g}"):
+        for key in (f"diff_{g}", f"ci95_low_{g}", f"ci95_high_{g}", f"p_seeds_{g}", f"verdict_{g}"):
             if key in r:
                 out[key] = r[key]
         out[f"p_holm_{g}"] = r[f"p_holm_{g}"]

@@ -197,8 +197,8 @@ def _verdict_text(r: dict) -> str:
         name = "WT" if g == "all" else g
         above = r.get(f"seeds_above_real_{g}", "")
         seeds = f", {int(float(above))}/{r['seeds']} seeds above" if above not in (None, "") else ""
-        parts.append(f"{name} {float(r[f'diff_{g}']):+.3f} [{float(r[f'diff_{g}_lo']):+.3f}, "
-                     f"{float(r[f'diff_{g}_hi']):+.3f}]{seeds}, {r[f'verdict_{g}']}")
+        parts.append(f"{name} {float(r[f'diff_{g}']):+.3f} [{float(r[f'ci95_low_{g}']):+.3f}, "
+                     f"{float(r[f'ci95_high_{g}']):+.3f}]{seeds}, {r[f'verdict_{g}']}")
     return "; ".join(parts)
 
 

@@ -101,9 +101,10 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
     (``seeds_above_real_R``, ``seeds_above``).
 
     The training run as the unit (``seed_paired``; the per-case Wilcoxon above is the
-    secondary test): per region ``diff_R`` with its 95% interval ``diff_R_lo`` /
-    ``diff_R_hi``, ``p_seeds_R`` (signed-rank over the per-seed differences),
-    ``p_seeds_holm_R`` (Holm over every row x region of this table), ``seed_spread_R`` and
+    secondary test): per region ``diff_R`` with its 95% interval ``ci95_low_R`` /
+    ``ci95_high_R``, the signed-rank test over the per-seed differences
+    ``p_seeds_R`` (Holm over every row x region of this table; the unadjusted one is
+    ``p_seeds_raw_R``), ``seed_spread_R`` and
     ``verdict_R`` (gain, loss or no detectable effect); without regions the suffix is
     ``all``."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
@@ -153,8 +154,8 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
             v = judged.get((r["row"], region))
             suffix = region if regions else "all"
             for key in ("diff", "lo", "hi", "p_seeds", "p_holm", "seed_spread"):
-                name = {"diff": f"diff_{suffix}", "lo": f"diff_{suffix}_lo", "hi": f"diff_{suffix}_hi",
-                        "p_seeds": f"p_seeds_{suffix}", "p_holm": f"p_seeds_holm_{suffix}",
+                name = {"diff": f"diff_{suffix}", "lo": f"ci95_low_{suffix}", "hi": f"ci95_high_{suffix}",
+                        "p_seeds": f"p_seeds_raw_{suffix}", "p_holm": f"p_seeds_{suffix}",
                         "seed_spread": f"seed_spread_{suffix}"}[key]
                 r[name] = v[key] if v else math.nan
             r[f"verdict_{suffix}"] = v["verdict"] if v else ""
