@@ -159,3 +159,30 @@ def test_the_results_page_links_its_figures_from_where_it_lies(tmp_path):
     assert "from this folder" in page
     # the same block on a page at the repository root keeps its links from there
     assert "](results/small/figures/figure2_axial.png)" in gen.results_section(d, "small", link_root=tmp_path)
+
+
+def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbldm_misses_its_targets(tmp_path):
+    from sbldm.evaluation.budget import matched_table1, target_report
+    from sbldm.tables import write_table
+
+    d = _results(tmp_path / "results" / "small")
+    assert "matched training compute" not in gen.claims_section(d, "small", link_root=tmp_path)
+    rows = [{"generator": "sbldm", "steps": s, "cpu_hours": h, "psnr": p, "ssim": 0.6, "seconds_per_volume": 2.0,
+             "frechet_ratio": f, "interior_w_over_spread": 0.4, "multi_piece_26_gap": 0.3, "dark_part_share_gap": 0.1,
+             "smallest_empty": 0}
+            for s, h, p, f in ((900, 0.5, 17.0, 8.0), (1800, 0.7, 18.0, 4.0), (3600, 1.0, 18.5, 2.0))]
+    rows.append({"generator": "ldm3d", "steps": 1500, "cpu_hours": 0.9, "psnr": 19.0, "ssim": 0.5,
+                 "seconds_per_volume": 1.0})
+    write_table(matched_table1(rows), d / "tables" / "generator_budget_table1")
+    write_table(target_report(rows), d / "tables" / "generator_budget_targets")
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    matched = next(line for line in block.splitlines() if line.startswith("Table 1 at matched training compute"))
+    assert "the 3D-LDM at 1500 steps (0.90 h) against SBLDM at 3600 steps (1.00 h)" in matched
+    assert "PSNR: the 3D-LDM, SSIM: SBLDM, time per volume: the 3D-LDM" in matched
+    targets = next(line for line in block.splitlines() if line.startswith("SBLDM's targets"))
+    assert "(1.00 training hours" in targets
+    assert "met: dark_part_share_gap, interior_w_over_spread, smallest_empty;" in targets
+    # the Fréchet ratio halves per doubling: the line meets 1.5 within one more doubling
+    assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
+    # the pieces gap is flat: out of reach of budget alone
+    assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not head there" in targets

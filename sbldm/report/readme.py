@@ -531,8 +531,51 @@ def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = 
     if stale:
         out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
                     "prepared."]
+    out += _budget_lines(d, rel)
     out += ["", f"Every table, figure and notebook summary: [`{rel}/README.md`]({rel}/README.md)."]
     return "\n".join(out).rstrip() + "\n"
+
+
+_GENERATOR_NAMES = {"sbldm": "SBLDM", "ldm3d": "the 3D-LDM", "lsgan3d": "the 3D-LSGAN"}
+_TABLE1_WORDS = {"psnr": "PSNR", "ssim": "SSIM", "seconds_per_volume": "time per volume"}
+
+
+def _budget_lines(d: Path, rel: str) -> list[str]:
+    """Sentences from the budget curves' tables (``sbldm.experiments.generator_budget``):
+    who wins each Table 1 column at matched training compute, and where SBLDM stands on its
+    targets. Nothing when the tables are absent."""
+    out = []
+    matched_path = d / "tables" / "generator_budget_table1.csv"
+    if matched_path.is_file():
+        rows = list(csv.DictReader(matched_path.open(newline="")))
+        parts = []
+        for r in rows:
+            wins = ", ".join(f"{_TABLE1_WORDS[c]}: {_GENERATOR_NAMES.get(r[f'{c}_winner'], r[f'{c}_winner'] or '—')}"
+                             for c in _TABLE1_WORDS)
+            parts.append(f"{_GENERATOR_NAMES[r['baseline']]} at {r['baseline_steps']} steps "
+                         f"({float(r['baseline_hours']):.2f} h) against SBLDM at {r['sbldm_steps']} steps "
+                         f"({float(r['sbldm_hours']):.2f} h) — {wins}")
+        out += ["", f"Table 1 at matched training compute on this hardware ([table]({rel}/tables/"
+                    "generator_budget_table1.md), [curves](" + rel + "/figures/generator_budget.png)): "
+                + "; ".join(parts) + ". The paper ranks SBLDM first on PSNR and SSIM and faster than the 3D-LDM."]
+    targets_path = d / "tables" / "generator_budget_targets.csv"
+    if targets_path.is_file():
+        rows = list(csv.DictReader(targets_path.open(newline="")))
+        met = [r["measure"] for r in rows if r["met"] == "True"]
+        missed = []
+        for r in rows:
+            if r["met"] == "True":
+                continue
+            hours = _num(r["hours_to_target"])
+            where = (f"the curve reaches it near {hours:.1f} h by extrapolation" if hours is not None
+                     else "the curve does not head there: out of reach of budget alone on this evidence")
+            missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
+        hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
+        out += ["", f"SBLDM's targets at its largest budget ({'?' if hours is None else f'{hours:.2f}'} training hours"
+                    f"; [table]({rel}/tables/generator_budget_targets.md)): met: "
+                + (", ".join(met) if met else "none") + "; not met: " + ("; ".join(missed) if missed else "none")
+                + "."]
+    return out
 
 
 def update_claims(readme: str | Path, results_dir: str | Path, scale: str, check: bool = False) -> bool:
