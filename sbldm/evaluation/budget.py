@@ -122,7 +122,8 @@ def _realism(images, ref: dict) -> dict:
     div = pairwise_ms_ssim(images, max_volumes=20, seed=0)
     near = nearest_ssim(images, ref["train"].images)
     table1 = unpaired_psnr_ssim(images, ref["train"].images, seed=0)
-    out = {"psnr": table1["psnr"]["mean"], "ssim": table1["ssim"]["mean"], "ms_ssim_pairwise": div["mean"], "nearest_train_ssim_median": float(np.median(near)),
+    out = {"psnr": table1["psnr"]["mean"], "ssim": table1["ssim"]["mean"], "ms_ssim_pairwise": div["mean"],
+           "nearest_train_ssim_median": float(np.median(near)),
            "nearest_train_ssim_max": float(np.max(near)),
            "nearest_train_ssim_vs_test": float(np.median(near)) / ref["test_nearest"]}
     if ref.get("features") is not None and len(images) > 2:

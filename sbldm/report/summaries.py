@@ -212,9 +212,11 @@ def _verdict_lines(rows: dict, real: dict, indent: str = "") -> list[str]:
         if name != "real" and (text := _verdict_text(r)):
             lines.append(f"{indent}- {name} minus real only, per training seed (mean, 95% interval): {text}.")
     for word, label in ((GAIN, "a detected gain"), (LOSS, "a detected loss")):
-        hit = [f"{name} ({', '.join('WT' if g == 'all' else g for g in _verdict_suffixes(r) if r.get(f'verdict_{g}') == word)})"
-               for name, r in rows.items() if name != "real"
-               and any(r.get(f"verdict_{g}") == word for g in _verdict_suffixes(r))]
+        hit = []
+        for name, r in rows.items():
+            regions = ["WT" if g == "all" else g for g in _verdict_suffixes(r) if r.get(f"verdict_{g}") == word]
+            if name != "real" and regions:
+                hit.append(f"{name} ({', '.join(regions)})")
         lines.append(f"{indent}- rows with {label} over real only (the training run as the unit, Holm over rows x "
                      f"regions): " + ("; ".join(hit) if hit else "none") + ".")
     return lines
@@ -284,7 +286,8 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
         else:
             wins = [f"{name} ({g}, p = {_p(p)})" for name, r in sel.items() if name != "real"
                     for g, p in _significant_regions(r, real)]
-            lines.append(f"  - beats real only at {n} (Holm p < 0.05): " + (", ".join(wins) if wins else "no protocol") + ".")
+            lines.append(f"  - beats real only at {n} (Holm p < 0.05): "
+                         + (", ".join(wins) if wins else "no protocol") + ".")
             if seedwise := _seeds_above_rows(sel, real):
                 lines.append("  - of those gains, the seeds where the row's mean Dice beats real only's with the same "
                              "seed (the test pairs cases, not seeds): " + seedwise + ".")
