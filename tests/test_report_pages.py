@@ -186,3 +186,27 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
     # the pieces gap is flat: out of reach of budget alone
     assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not head there" in targets
+
+
+def test_a_table2_with_seed_paired_verdicts_decides_the_claims_by_them(tmp_path):
+    d = _results(tmp_path / "results" / "small")
+    before = gen.claims_section(d, "small", link_root=tmp_path)
+    assert "Wilcoxon over test cases" in before and "provisional" in before
+    rows = list(csv.DictReader((d / "tables" / "table2.csv").open()))
+    for r in rows:
+        r.update({"verdict_WT": "", "ci95_low_WT": "nan", "ci95_high_WT": "nan"})
+        if r["row"] == "real + SBLDM":       # a mean gain whose interval crosses 0: no detectable effect
+            r.update({"verdict_WT": "no detectable effect", "ci95_low_WT": -0.02, "ci95_high_WT": 0.09})
+    _write_csv(d / "tables" / "table2.csv", rows)
+    sweep = list(csv.DictReader((d / "tables" / "scarce_sweep.csv").open()))
+    for r in sweep:
+        r.update({"verdict_WT": "gain" if r["training_set"] == "real + SBLDM" else "",
+                  "ci95_low_WT": 0.01, "ci95_high_WT": 0.08, "verdict_TC": "", "ci95_low_TC": "", "ci95_high_TC": ""})
+    _write_csv(d / "tables" / "scarce_sweep.csv", sweep)
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    line = next(x for x in block.splitlines() if x.startswith("| real + SBLDM beats real only (Table 2)"))
+    assert line.endswith("| no detectable effect (-0.020 to +0.090 per seed, 95%) |")
+    title = next(x for x in block.splitlines() if x.startswith("| the title"))
+    assert "WT yes (+0.010 to +0.080 per seed, 95%)" in title
+    assert "TC not significant" in title or "TC no" in title or "TC yes" in title     # no verdict: the old test
+    assert "the training run is the unit" in block and "provisional" not in block

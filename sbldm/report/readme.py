@@ -449,6 +449,18 @@ def _verdict(ours: float, others: list[float], p: float | None) -> str:
     return f"no: lower (Holm p {_p(p)})" if p < 0.05 else f"no (Holm p {_p(p)})"
 
 
+def _seed_verdict(row: dict, region: str = "WT") -> str | None:
+    """The seed-paired verdict of a row against real only (``statistics.seed_paired``: the
+    training run as the unit) with its interval, or None for a table written before it."""
+    verdict = row.get(f"verdict_{region}") or (row.get("verdict_all") if region == "WT" else None)
+    suffix = region if row.get(f"verdict_{region}") else "all"
+    lo, hi = _num(row.get(f"ci95_low_{suffix}")), _num(row.get(f"ci95_high_{suffix}"))
+    if not verdict or lo is None or hi is None:
+        return None
+    word = {"gain": "yes", "loss": "no: lower"}.get(verdict, "no detectable effect")
+    return f"{word} ({lo:+.3f} to {hi:+.3f} per seed, 95%)"
+
+
 def _table2_claims(t2: dict[str, dict], check: dict[str, dict]) -> list[tuple]:
     rows = []
     for claim, row, others in _T2_CLAIMS:
@@ -467,8 +479,9 @@ def _table2_claims(t2: dict[str, dict], check: dict[str, dict]) -> list[tuple]:
             theirs = f"{paper.TABLE2[row][0]:.3f} vs " + ", ".join(f"{paper.TABLE2[r][0]:.3f}" for r in others)
             ours = f"{_dice(t2[row]):.3f} vs " + ", ".join(f"{_dice(t2[r]):.3f}" for r in ours_others)
         p = _p_vs_real(t2[row]) if others == ("real",) else None
+        seedwise = _seed_verdict(t2[row]) if others == ("real",) else None
         rows.append((claim + " (Table 2)", "Dice (WT)", theirs, ours,
-                     _verdict(_dice(t2[row]), [_dice(t2[r]) for r in ours_others], p)))
+                     seedwise or _verdict(_dice(t2[row]), [_dice(t2[r]) for r in ours_others], p)))
         if others == ("real",) and "real" in check and row in check and _dice(check[row]) is not None:
             seeds = check[row].get("seeds", "?")
             rows.append((f"{claim}, with nnU-Net as in the paper ({seeds} seed{'s' * (seeds != '1')})",
@@ -490,8 +503,9 @@ def _scarce_claim(sweep: list[dict]) -> list[tuple]:
         regions = [g for g in ("WT", "TC", "ET") if _num(mix.get(f"dice_{g}")) is not None]
         ours = (" / ".join(f"{_num(mix[f'dice_{g}']):.3f}" for g in regions) + " vs "
                 + " / ".join(f"{_num(real[f'dice_{g}']):.3f}" for g in regions))
-        holds = "; ".join(f"{g} " + _verdict(_num(mix[f"dice_{g}"]), [_num(real[f"dice_{g}"])],
-                                             _num(mix.get(f"p_holm_{g}"))) for g in regions)
+        holds = "; ".join(f"{g} " + (_seed_verdict(mix, g) or _verdict(_num(mix[f"dice_{g}"]), [_num(real[f"dice_{g}"])],
+                                                                        _num(mix.get(f"p_holm_{g}"))))
+                          for g in regions)
         return [(f"{claim} ({n} real volumes, the fewest here)", f"Dice ({' / '.join(regions)})",
                  "no number in its tables", ours, holds)]
     return [(claim, "Dice", "no number in its tables", "not produced yet", "—")]
@@ -522,12 +536,16 @@ def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = 
     for row in _table1_claims(t1) + _table2_claims(t2, check) + _scarce_claim(sweep):
         out.append("| " + " | ".join(row) + " |")
     stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
-    out += ["", f"Holds: our mean lies on the paper's side; against real only, the paired test (Wilcoxon over "
-                f"test cases, Holm-corrected) must agree at p < 0.05; the other comparisons are untested. Dice is "
+    seedwise = any(k.startswith("verdict_") and v for r in t2.values() for k, v in r.items())
+    rule = ("against real only, the training run is the unit: the row minus real only per training seed, its 95% "
+            "interval, and a gain only when the interval excludes 0, the effect is at least the seed spread and the "
+            "signed-rank test over seeds survives Holm over the table's rows and regions" if seedwise else
+            "against real only, the paired test (Wilcoxon over test cases, Holm-corrected) must agree at p < 0.05")
+    out += ["", f"Holds: our mean lies on the paper's side; {rule}; the other comparisons are untested. Dice is "
                 f"whole-tumour (WT, the paper's measure) unless the row names the regions, from the fast segmenter "
-                f"unless it names nnU-Net, mean over {seeds} training seeds. "
-                f"These seed comparisons at `{scale}` are being redone with the training run, not the test case, "
-                "as the unit: read their p-values as provisional."]
+                f"unless it names nnU-Net, mean over {seeds} training seeds."
+            + ("" if seedwise else f" These seed comparisons at `{scale}` are being redone with the training run, "
+               "not the test case, as the unit: read their p-values as provisional.")]
     if stale:
         out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
                     "prepared."]
