@@ -163,6 +163,11 @@ def test_extrapolation_of_a_curve_in_doublings_of_the_budget():
     assert extrapolate(falling, target=1.5)["met"] and extrapolate(falling, target=1.5)["hours_to_target"] == 8
     flat = [(h, 1.4 + 0.01 * (h % 2)) for h in (1, 2, 4, 8)]
     assert np.isnan(extrapolate(flat, target=1.0)["hours_to_target"])    # not falling: budget alone does not do it
+    # a drop then a rise at the end: the line through the last three still falls, but the
+    # curve does not fall steadily, so nothing is extrapolated from it
+    bumpy = [(1, 30.0), (2, 27.0), (4, 4.3), (8, 6.5)]
+    assert np.isnan(extrapolate(bumpy, target=1.5)["hours_to_target"])
+    assert extrapolate(bumpy, target=1.5)["per_doubling"] < 0
     rising = [(h, 1.0 + 0.1 * np.log2(h)) for h in (1, 2, 4, 8)]
     assert np.isnan(extrapolate(rising, target=0.5)["hours_to_target"])
     assert np.isnan(extrapolate([(1.0, 2.0)], target=1.0)["per_doubling"])

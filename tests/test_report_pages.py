@@ -185,7 +185,7 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     # the Fréchet ratio halves per doubling: the line meets 1.5 within one more doubling
     assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
     # the pieces gap is flat: out of reach of budget alone
-    assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not head there" in targets
+    assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not fall steadily towards it" in targets
 
 
 def test_a_table2_with_seed_paired_verdicts_decides_the_claims_by_them(tmp_path):

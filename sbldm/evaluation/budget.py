@@ -224,9 +224,10 @@ def extrapolate(points: list[tuple[float, float]], target: float, last: int = 3)
 
     Returns ``met`` (the last point already meets it), ``per_doubling`` (the fitted change
     per doubling; NaN with fewer than 2 points), ``hours_to_target`` (the last point's hours
-    when met; NaN when the line does not fall towards the target, or reaches it only
-    beyond ``MAX_DOUBLINGS`` doublings: budget alone does not get there on this evidence)
-    and ``doublings`` (how many doublings past the last point)."""
+    when met; NaN unless each of the last ``last`` points is below the one before it (a
+    single run's curve that rises or stalls at its end gives no line to trust), or when the
+    line reaches the target only beyond ``MAX_DOUBLINGS`` doublings: budget alone is not
+    shown to get there) and ``doublings`` (how many doublings past the last point)."""
     pts = sorted((float(h), float(v)) for h, v in points if math.isfinite(h) and h > 0 and math.isfinite(v))
     if not pts:
         return {"met": False, "per_doubling": math.nan, "hours_to_target": math.nan, "doublings": math.nan}
@@ -234,8 +235,10 @@ def extrapolate(points: list[tuple[float, float]], target: float, last: int = 3)
     if v_last <= target:
         return {"met": True, "per_doubling": _slope(pts[-last:]), "hours_to_target": h_last, "doublings": 0.0}
     slope = _slope(pts[-last:])
-    doublings = (target - v_last) / slope if slope < 0 else math.inf
-    if doublings > MAX_DOUBLINGS:           # flat or rising: budget alone does not get there
+    tail = [v for _, v in pts[-last:]]
+    steady = len(tail) > 1 and all(b < a for a, b in zip(tail, tail[1:]))
+    doublings = (target - v_last) / slope if slope < 0 and steady else math.inf
+    if doublings > MAX_DOUBLINGS:           # not falling steadily: budget alone is not shown to get there
         return {"met": False, "per_doubling": slope, "hours_to_target": math.nan, "doublings": math.nan}
     return {"met": False, "per_doubling": slope, "hours_to_target": h_last * 2 ** doublings, "doublings": doublings}
 

@@ -334,8 +334,9 @@ def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n:
                 notes=["value: SBLDM at its largest budget (hours: its training hours); met: value <= target",
                        "per_doubling: the change per doubling of the training hours, a straight line through the "
                        "last three points in log2(hours); hours_to_target: where that line reaches the target, NaN "
-                       f"when it does not fall or needs more than {MAX_DOUBLINGS} doublings (out of reach of "
-                       "budget alone on this evidence); an extrapolation, not a measurement",
+                       "unless each of those points is below the one before it, or when the line needs more than "
+                       f"{MAX_DOUBLINGS} doublings (budget alone not shown to get there); an extrapolation of one "
+                       "run, not a measurement",
                        "*_gap: |SBLDM - real training split|; interior_w_over_spread: the worst sub-region's "
                        "Wasserstein distance over the real spread; frechet_ratio: over the real test split's; "
                        "smallest_empty: of 8 requests of the smallest training tumour"])

@@ -586,7 +586,7 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                 continue
             hours = _num(r["hours_to_target"])
             where = (f"the curve reaches it near {hours:.1f} h by extrapolation" if hours is not None
-                     else "the curve does not head there: out of reach of budget alone on this evidence")
+                     else "the curve does not fall steadily towards it: budget alone is not shown to get there")
             missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
         hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
         out += ["", f"SBLDM's targets at its largest budget ({'?' if hours is None else f'{hours:.2f}'} training hours"
