@@ -259,6 +259,8 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
     from sbldm.evaluation.budget import TARGETS
     from sbldm.plotting import agg_pyplot, figure_legend, layout, method_styles, save_figure
 
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     plt = agg_pyplot()
     panels = [("frechet_ratio", "Fréchet distance / real test split's", TARGETS["frechet_ratio"], None),
               ("interior_w_over_spread", "worst interior W / spread", TARGETS["interior_w_over_spread"], None),
@@ -294,7 +296,9 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
             ax.axhline(target, color="0.4", lw=0.8, ls=":")
             ax.text(1.0, target, " target", transform=ax.get_yaxis_transform(), fontsize=7, va="center",
                     color="0.3", clip_on=False)
-        ax.set_xscale("log")
+        ax.set_xscale("log", base=2)            # each tick one doubling of the training hours
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("training hours (this CPU)", fontsize=8)
         ax.tick_params(labelsize=7)
