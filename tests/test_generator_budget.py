@@ -128,9 +128,10 @@ def test_the_sweep_scores_every_generator_and_writes_its_table_and_figure(cohort
     rows = [gb.real_row(test, ref)]
     rows += [gb.score_point(c, tmp_path / "work", g, s, ref, n=3, progress=False)
              for g, steps in points.items() for s in steps]
-    # the real test split against the training split: as far off as a new draw of real data
+    # the tiny cohort's 2 test volumes are too few for a Fréchet distance of their own, and
+    # 16x16x8 volumes are smaller than the 11^3 SSIM window: those cells stay empty
     real = rows[0]
-    assert real["frechet_ratio"] == pytest.approx(1.0) and real["nearest_train_ssim_vs_test"] == pytest.approx(1.0)
+    assert np.isnan(real["frechet_ratio"]) and np.isnan(real["nearest_train_ssim_vs_test"])
     for r in rows[1:]:
         assert r["n"] == 3 and r["cpu_hours"] > 0 and np.isfinite(r["frechet"])
         assert 0 <= r["empty_share"] <= 1
