@@ -178,6 +178,7 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     block = gen.claims_section(d, "small", link_root=tmp_path)
     matched = next(line for line in block.splitlines() if line.startswith("Table 1 at matched training compute"))
     assert "the 3D-LDM at 1500 steps (0.90 h) against SBLDM at 3600 steps (1.00 h)" in matched
+    assert "not matched yet" not in matched and "the real test split itself" not in matched   # no budget table
     assert "PSNR: the 3D-LDM, SSIM: SBLDM, time per volume: the 3D-LDM" in matched
     targets = next(line for line in block.splitlines() if line.startswith("SBLDM's targets"))
     assert "(1.00 training hours" in targets

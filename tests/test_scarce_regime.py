@@ -56,14 +56,15 @@ def test_protocol_rows_use_the_same_volumes_in_their_own_ways():
     req = np.array([[tumour_features(ball(shape, (8, 8, 6), 3))[k] for k in config.FEATURE_NAMES]] * 4)
     synth = (np.ones((4, *shape), np.float32), masks * 3, req)
     sets, report = sr.protocol_sets(real, synth, cfg)
-    assert list(sets) == [sr.REAL, sr.MIXING, "real + 50% of SBLDM", sr.FILTERED, sr.PRETRAIN]
-    assert [table2.n_volumes(v) for v in sets.values()] == [2, 6, 4, 5, 6]
+    assert list(sets) == [sr.REAL, sr.REAL_AUG, sr.MIXING, "real + 50% of SBLDM", sr.FILTERED, sr.PRETRAIN]
+    assert [table2.n_volumes(v) for v in sets.values()] == [2, 4, 6, 4, 5, 6]    # smoke augments x2
+    assert np.array_equal(sets[sr.REAL_AUG][0][:2], real[0])                   # the originals, then their copies
     assert report["rejected_empty"] == 1 and report["kept"] == 3           # the empty synthetic mask is dropped
     pre = sets[sr.PRETRAIN]
     assert pre.fraction == 0.25 and pre.pretrain[0] is synth[0] and pre.finetune[0] is real[0]
     assert np.array_equal(sets[sr.MIXING][1][2:], synth[1])                 # real first, then every synthetic one
     only_two, _ = sr.protocol_sets(real, (synth[0], synth[1], None), cfg, protocols=False)
-    assert list(only_two) == [sr.REAL, sr.MIXING]
+    assert list(only_two) == [sr.REAL, sr.REAL_AUG, sr.MIXING]           # augmentation is a row at every size
     no_requests, report = sr.protocol_sets(real, (synth[0], synth[1], None), cfg)
     assert sr.FILTERED not in no_requests and report == {}
 
@@ -200,3 +201,21 @@ def test_necrosis_scores_by_hand():
     assert s["n_with_necrosis"] == 2 and s["necrosis_decoded"] == 0.5
     assert s["necrosis_dice"] == pytest.approx((2 * 16 / 48 + 0.0) / 2)
     assert np.isnan(necrosis_scores(pred, np.zeros_like(ref))["necrosis_dice"])
+
+
+def test_each_size_gets_the_budget_of_its_own_real_volumes(prepared, tmp_path):
+    import json
+
+    cfg = config.resolve("smoke", volume_shape=(16, 16, 8), seg_roi=(16, 16, 8), seg_iterations=6, seg_curve_every=2)
+    train = load_prepared(prepared, "train")
+    subsets = sr.real_subsets(len(train), (2, 4))
+    budgets = sr.size_budgets(train, subsets, cfg, tmp_path, progress=None)
+    assert set(budgets) == {2, 4} and all(b in (2, 4, 6) for b in budgets.values())
+    for n, idx in subsets.items():
+        kept = json.loads((tmp_path / "segmentation" / f"learning_curve_n{n}.json").read_text())["result"]
+        assert kept["budget"] == budgets[n] and kept["n_fit"] + kept["n_val"] == n   # that size's volumes only
+        # the same as the learning curve run on that subset by hand
+        by_hand = table2.learning_curve(sr.subset_split(train, idx), cfg, progress=None)
+        assert by_hand["budget"] == budgets[n]
+    with pytest.raises(ValueError, match="validation part"):
+        sr.size_budgets(train, {1: subsets[2][:1]}, cfg, tmp_path, progress=None)

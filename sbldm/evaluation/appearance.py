@@ -1,5 +1,7 @@
 """What tumours look like inside (notebook 09): pieces, dark cores, contrast and spread of
-the tumours of a set of volumes (``tumour_appearance``)."""
+the tumours of a set of volumes (``tumour_appearance``, ``subregion_appearance``); and how
+sharp the normal brain around them is (``sharpness``: the slice VAE's sharpening term and
+the generators' budget curves)."""
 
 from __future__ import annotations
 
@@ -119,3 +121,28 @@ def subregion_summary(rows: list[dict], reference: list[dict] | None = None) -> 
             out[f"w_over_spread_{name}"] = (float(wasserstein_distance(z[present], ref)) / spread
                                             if present.any() and len(ref) and spread > 0 else math.nan)
     return out
+
+
+def normal_brain(images, labels, margin: int = 2) -> np.ndarray:
+    """Brain voxels (``sbldm.data.cohort.brain_mask``) at least ``margin`` voxels in-plane
+    from the background and from the whole tumour: where sharpness means anatomy."""
+    from scipy import ndimage
+
+    from sbldm.data.cohort import brain_mask
+
+    brain = brain_mask(images)
+    tumour = np.asarray(labels) > 0
+    plane = np.zeros((1, 3, 3, 1), bool)
+    plane[0, :, :, 0] = True
+    inner = ndimage.binary_erosion(brain, structure=plane, iterations=margin)
+    near = ndimage.binary_dilation(tumour, structure=plane, iterations=margin)
+    return inner & ~near
+
+
+def sharpness(images, labels) -> dict:
+    """``{"laplacian": ..., "high_frequency": ...}`` of volumes (N, x, y, z) in [-1, 1]."""
+    from sbldm.data.cohort import brain_mask
+    from sbldm.metrics import high_frequency_share, laplacian_energy
+
+    return {"laplacian": laplacian_energy(images, normal_brain(images, labels)),
+            "high_frequency": high_frequency_share(images, brain_mask(images))}

@@ -69,7 +69,7 @@ def reference(train, test, features=None) -> dict:
     from sbldm.evaluation.appearance import subregion_appearance
     from sbldm.evaluation.frechet import frechet_distance
     from sbldm.evaluation.generation import nearest_ssim
-    from sbldm.experiments.vae_sharpness import sharpness
+    from sbldm.evaluation.appearance import sharpness
 
     ref = {"train": train, "rows": subregion_appearance(train.images, train.labels),
            "sharpness": sharpness(train.images, train.labels), "features": features,
@@ -84,8 +84,7 @@ def reference(train, test, features=None) -> dict:
 def set_measures(images, masks, labels, ref: dict) -> dict:
     """Everything about one set of volumes that needs no generator, against ``ref``."""
     from sbldm.data.tumour import LABEL_NAMES
-    from sbldm.evaluation.appearance import subregion_appearance, subregion_summary
-    from sbldm.experiments.vae_sharpness import sharpness
+    from sbldm.evaluation.appearance import sharpness, subregion_appearance, subregion_summary
 
     images = np.asarray(images, np.float32)
     labels = _labels(images, masks, labels)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sbldm.evaluation.appearance import sharpness
 from sbldm.paths import slug
 
 #: the row without the term; the others are named by their weight
@@ -35,31 +36,6 @@ BASELINE = "the preset's loss (L1 + SSIM + KL + mask term)"
 
 def _row_name(weight: float) -> str:
     return BASELINE if weight == 0 else f"+ frequency term, weight {weight:g}"
-
-
-def normal_brain(images, labels, margin: int = 2) -> np.ndarray:
-    """Brain voxels (``sbldm.data.cohort.brain_mask``) at least ``margin`` voxels in-plane
-    from the background and from the whole tumour: where sharpness means anatomy."""
-    from scipy import ndimage
-
-    from sbldm.data.cohort import brain_mask
-
-    brain = brain_mask(images)
-    tumour = np.asarray(labels) > 0
-    plane = np.zeros((1, 3, 3, 1), bool)
-    plane[0, :, :, 0] = True
-    inner = ndimage.binary_erosion(brain, structure=plane, iterations=margin)
-    near = ndimage.binary_dilation(tumour, structure=plane, iterations=margin)
-    return inner & ~near
-
-
-def sharpness(images, labels) -> dict:
-    """``{"laplacian": ..., "high_frequency": ...}`` of volumes (N, x, y, z) in [-1, 1]."""
-    from sbldm.data.cohort import brain_mask
-    from sbldm.metrics import high_frequency_share, laplacian_energy
-
-    return {"laplacian": laplacian_energy(images, normal_brain(images, labels)),
-            "high_frequency": high_frequency_share(images, brain_mask(images))}
 
 
 def rows(cfg, train, work_dir, weights=(1.0,), n_check: int = 20, progress: bool = True) -> list[dict]:

@@ -570,12 +570,21 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
         for r in rows:
             wins = ", ".join(f"{_TABLE1_WORDS[c]}: {_GENERATOR_NAMES.get(r[f'{c}_winner'], r[f'{c}_winner'] or '—')}"
                              for c in _TABLE1_WORDS)
+            ratio = max(float(r["baseline_hours"]), float(r["sbldm_hours"])) / \
+                min(float(r["baseline_hours"]), float(r["sbldm_hours"]))
+            apart = f", not matched yet: {ratio:.1f}x apart in hours" if ratio > 1.5 else ""
             parts.append(f"{_GENERATOR_NAMES[r['baseline']]} at {r['baseline_steps']} steps "
                          f"({float(r['baseline_hours']):.2f} h) against SBLDM at {r['sbldm_steps']} steps "
-                         f"({float(r['sbldm_hours']):.2f} h) — {wins}")
+                         f"({float(r['sbldm_hours']):.2f} h{apart}) — {wins}")
+        budget = {row["generator"]: row for row in csv.DictReader((d / "tables" / "generator_budget.csv").open())} \
+            if (d / "tables" / "generator_budget.csv").is_file() else {}
+        real_psnr = _num(budget.get("real", {}).get("psnr"))
+        caveat = (f" Unpaired PSNR measures closeness to the average training volume, not realism: the real test "
+                  f"split itself scores {real_psnr:.2f} dB." if real_psnr is not None else "")
         out += ["", f"Table 1 at matched training compute on this hardware ([table]({rel}/tables/"
                     "generator_budget_table1.md), [curves](" + rel + "/figures/generator_budget.png)): "
-                + "; ".join(parts) + ". The paper ranks SBLDM first on PSNR and SSIM and faster than the 3D-LDM."]
+                + "; ".join(parts) + ". The paper ranks SBLDM first on PSNR and SSIM and faster than the 3D-LDM."
+                + caveat]
     targets_path = d / "tables" / "generator_budget_targets.csv"
     if targets_path.is_file():
         rows = list(csv.DictReader(targets_path.open(newline="")))
