@@ -108,51 +108,51 @@ class SBLDMRun:
         return training_seconds(self.root / "vae") + training_seconds(self.root / "unet")
 
 
-class LDM3DRun:
-    """The 3D autoencoder at the preset's budget, the UNet extended point by point."""
+class BaselineRun:
+    """A baseline trained through the registry's trainer into ``<root>/<name>/run`` and
+    extended point by point: ``steps_field`` is the config field a point sets, ``stages``
+    the run folders whose training time counts, ``record`` what else a point records."""
+
+    name = steps_field = ""
+    stages: tuple[str, ...] = ()
 
     def __init__(self, cfg, train, root: Path, progress: bool = True):
-        self.cfg, self.train, self.root, self.progress = cfg, train, Path(root) / "ldm3d", progress
+        self.cfg, self.train, self.root, self.progress = cfg, train, Path(root) / self.name, progress
+
+    def record(self, cfg) -> dict:
+        return {}
 
     def train_to(self, steps: int) -> Path:
-        from sbldm.generators.ldm3d import train_ldm3d
+        from sbldm.generators.registry import train_generator
 
-        cfg = self.cfg.replace(ldm3d_diffusion_steps=int(steps))
-        dst = point_dir(self.root.parent, "ldm3d", steps)
+        cfg = self.cfg.replace(**{self.steps_field: int(steps)})
+        dst = point_dir(self.root.parent, self.name, steps)
         if not (dst / "budget.json").is_file():
-            train_ldm3d(cfg, self.train, self.root / "run", progress=self.progress)
+            train_generator(self.name, cfg, self.train, self.root / "run", progress=self.progress)
             _copy_model(self.root / "run" / "model", dst)
-            atomic_write_json(dst / "budget.json", {"steps": int(steps), "ae_steps": cfg.ldm3d_ae_steps,
+            atomic_write_json(dst / "budget.json", {"steps": int(steps), **self.record(cfg),
                                                     "train_seconds": self.seconds()})
         return dst
 
     def seconds(self) -> float:
         from sbldm.training.trainer import training_seconds
 
-        return training_seconds(self.root / "run" / "autoencoder") + training_seconds(self.root / "run" / "unet")
+        return sum(training_seconds(self.root / "run" / stage) for stage in self.stages)
 
 
-class LSGANRun:
+class LDM3DRun(BaselineRun):
+    """The 3D autoencoder at the preset's budget, the UNet extended point by point."""
+
+    name, steps_field, stages = "ldm3d", "ldm3d_diffusion_steps", ("autoencoder", "unet")
+
+    def record(self, cfg) -> dict:
+        return {"ae_steps": cfg.ldm3d_ae_steps}
+
+
+class LSGANRun(BaselineRun):
     """The 3D-LSGAN extended point by point (its kept generator: the best scored so far)."""
 
-    def __init__(self, cfg, train, root: Path, progress: bool = True):
-        self.cfg, self.train, self.root, self.progress = cfg, train, Path(root) / "lsgan3d", progress
-
-    def train_to(self, steps: int) -> Path:
-        from sbldm.generators.lsgan3d import train_lsgan3d
-
-        cfg = self.cfg.replace(lsgan_steps=int(steps))
-        dst = point_dir(self.root.parent, "lsgan3d", steps)
-        if not (dst / "budget.json").is_file():
-            train_lsgan3d(cfg, self.train, self.root / "run", progress=self.progress)
-            _copy_model(self.root / "run" / "model", dst)
-            atomic_write_json(dst / "budget.json", {"steps": int(steps), "train_seconds": self.seconds()})
-        return dst
-
-    def seconds(self) -> float:
-        from sbldm.training.trainer import training_seconds
-
-        return training_seconds(self.root / "run")
+    name, steps_field, stages = "lsgan3d", "lsgan_steps", ("",)
 
 
 def runs(cfg, train, root: Path, vae_steps: int = DEFAULT_VAE_STEPS, progress: bool = True) -> dict:
