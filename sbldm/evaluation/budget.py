@@ -75,6 +75,9 @@ def reference(train, test, features=None) -> dict:
            "sharpness": sharpness(train.images, train.labels), "features": features,
            "test_nearest": float(np.median(nearest_ssim(test.images, train.images)))
            if _ssim_fits(train.images) else math.nan}
+    ref["real"] = {"dark_part_share": dark_part_share(ref["rows"]),
+                   "texture_std_z": float(np.nanmedian([r["std_z_tumour"] for r in ref["rows"]])),
+                   "multi_piece_26": pieces(train.labels > 0, 26)["multi_share"]}
     if features is not None:
         ref["train_features"] = features(train.images)
         ref["test_frechet"] = frechet_distance(ref["train_features"], features(test.images))
@@ -91,10 +94,9 @@ def set_measures(images, masks, labels, ref: dict) -> dict:
     wt = labels > 0
     rows = subregion_appearance(images, labels)
     summary = subregion_summary(rows, ref["rows"])
-    real_dark = dark_part_share(ref["rows"])
+    real = ref["real"]
     sharp = sharpness(images, labels)
     p6, p26 = pieces(wt, 6), pieces(wt, 26)
-    real26 = pieces(ref["train"].labels > 0, 26)
     names = list(LABEL_NAMES.values())
     w = [summary[f"w_over_spread_{n}"] for n in names]
     out = {"n": int(len(images)), "empty_share": float((~wt.reshape(len(wt), -1).any(1)).mean()),
@@ -102,15 +104,16 @@ def set_measures(images, masks, labels, ref: dict) -> dict:
            **{f"median_z_{n}": summary[f"median_z_{n}"] for n in names},
            **{f"w_over_spread_{n}": summary[f"w_over_spread_{n}"] for n in names},
            "interior_w_over_spread": float(np.nanmax(w)) if np.any(np.isfinite(w)) else math.nan,
-           "dark_part_share": dark_part_share(rows), "dark_part_share_real": real_dark,
+           "dark_part_share": dark_part_share(rows), "dark_part_share_real": real["dark_part_share"],
            "texture_std_z": float(np.nanmedian([r["std_z_tumour"] for r in rows])) if rows else math.nan,
-           "texture_std_z_real": float(np.nanmedian([r["std_z_tumour"] for r in ref["rows"]])),
+           "texture_std_z_real": real["texture_std_z"],
            "laplacian_ratio": sharp["laplacian"] / ref["sharpness"]["laplacian"],
            "high_frequency_ratio": sharp["high_frequency"] / ref["sharpness"]["high_frequency"],
            "pieces_6": p6["mean"], "multi_piece_6": p6["multi_share"],
-           "pieces_26": p26["mean"], "multi_piece_26": p26["multi_share"], "multi_piece_26_real": real26["multi_share"]}
-    out["dark_part_share_gap"] = abs(out["dark_part_share"] - real_dark)
-    out["multi_piece_26_gap"] = abs(out["multi_piece_26"] - real26["multi_share"])
+           "pieces_26": p26["mean"], "multi_piece_26": p26["multi_share"],
+           "multi_piece_26_real": real["multi_piece_26"]}
+    out["dark_part_share_gap"] = abs(out["dark_part_share"] - real["dark_part_share"])
+    out["multi_piece_26_gap"] = abs(out["multi_piece_26"] - real["multi_piece_26"])
     out.update(_realism(images, ref))
     return out
 
