@@ -193,29 +193,25 @@ def smallest_request(generator, train_features, seeds: int = SMALLEST_SEEDS, see
             "smallest_volume_ratio": float(np.median(vox) / req[0])}
 
 
-def score(generator, kind: str, ref: dict, n: int, seed: int = 0, batch_size: int = 10,
-          cache: str | Path | None = None, progress: bool = False) -> dict:
+def score(generator, kind: str, ref: dict, n: int, cache: str | Path, seed: int = 0, batch_size: int = 10,
+          progress: bool = False) -> dict:
     """One row: ``n`` volumes drawn from ``generator`` (a registry generator of ``kind``)
     with the requests ``requests`` gives, scored by ``set_measures``; for SBLDM also the
     adherence to the request (Spearman per feature, box and sphericity error, the
-    volume and centre errors) and the smallest-request test. ``cache`` (.npz) keeps the
-    sample set, so a killed scoring does not draw it again."""
+    volume and centre errors) and the smallest-request test. ``cache`` (.npz,
+    ``cached_samples``) keeps the sample set, so a killed scoring does not draw it again."""
     from sbldm.evaluation.generation import conditioning_adherence
     from sbldm.evaluation.sample_cache import batch_seed, cached_samples
 
     train = ref["train"]
     req = requests(train.features, train.images.shape[1:], n, seed)
+
     def sample_fn(b, batch):
         done = batch - batch_seed(seed, 0)          # the batch's first volume (cached_samples' seeds)
         images, masks, labels = _draw(generator, kind, b, batch, conditions=req[done:done + b])
         return images, masks, req[done:done + b], labels
 
-    if cache is not None:
-        s = cached_samples(cache, sample_fn, n, seed, batch_size, meta={"kind": kind}, progress=progress)
-    else:
-        parts = [sample_fn(min(batch_size, n - d), batch_seed(seed, d)) for d in range(0, n, batch_size)]
-        s = {"images": np.concatenate([p[0] for p in parts]), "masks": np.concatenate([p[1] for p in parts]),
-             "labels": None if parts[0][3] is None else np.concatenate([p[3] for p in parts]), "seconds": []}
+    s = cached_samples(cache, sample_fn, n, seed, batch_size, meta={"kind": kind}, progress=progress)
     row = {"generator": kind, **set_measures(s["images"], s["masks"], s["labels"], ref),
            "seconds_per_volume": float(np.median(s["seconds"])) if len(s["seconds"]) else math.nan}
     if kind == "sbldm":
@@ -223,8 +219,6 @@ def score(generator, kind: str, ref: dict, n: int, seed: int = 0, batch_size: in
         row.update({k: v for k, v in adh.items() if k not in ("n",)})
         row.update(smallest_request(generator, train.features, seed=seed))
     return row
-
-
 
 
 #: a target further than this many doublings of the budget away counts as out of reach

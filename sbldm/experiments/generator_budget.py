@@ -195,7 +195,6 @@ def score_point(cfg, root: Path, generator: str, steps: int, ref: dict, n: int, 
            **{k: v for k, v in budget.items() if k.endswith("_steps")},
            **score(gen, generator, ref, n, seed=cfg.seed, batch_size=cfg.eval_batch_size,
                    cache=point / "samples.npz", progress=progress)}
-    row["generator"] = generator
     atomic_write_json(out, row)
     return row
 
