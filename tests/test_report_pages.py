@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from claims_helpers import write_cases
 from sbldm import paper
 from sbldm.report import readme as gen
 
@@ -39,6 +40,7 @@ def _results(d: Path) -> Path:
         _t2("synthetic only: 3D-LDM", 0.40, 1e-9), _t2("synthetic only: SBLDM", 0.50, 1e-5),
         _t2("real + 3D-LSGAN", 0.58, 0.5), _t2("real + 3D-LDM", 0.66, 0.03), _t2("real + SBLDM", 0.65, 0.2),
         _t2("real + SBLDM + augmentation", 0.72, 0.001)])
+    write_cases(tables)
     _write_csv(tables / "table2_nnunet_check.csv", [_t2("real", 0.70, seeds=1), _t2("real + SBLDM", 0.60, 1e-6, 1)])
     sweep = [{"n_real": n, "training_set": ts, "dice_WT": wt, "p_holm_WT": p, "dice_TC": tc, "p_holm_TC": q}
              for n, ts, wt, p, tc, q in ((10, "real", 0.50, "nan", 0.20, "nan"),
@@ -52,43 +54,39 @@ def _results(d: Path) -> Path:
     return d
 
 
-def test_the_claims_block_decides_every_claim_from_the_tables(tmp_path):
+def test_the_claims_block_shows_the_claims_table_with_its_verdicts(tmp_path):
+    from sbldm.report.claims import claims
+
     d = _results(tmp_path / "results" / "small")
     block = gen.claims_section(d, "small", link_root=tmp_path)
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in block.splitlines()
-            if line.startswith("| ") and "---" not in line}
-    holds = {claim: cells[-1].rstrip(" |") for claim, cells in rows.items()}
-    assert holds["SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"] == "yes"
-    assert holds["SBLDM's SSIM is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"] == "DDPM only"
-    assert holds["SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)"] == "yes"
-    assert holds["SBLDM has fewer parameters than the 3D-LDM (Table 1)"] == "no"
-    # against real only the paired test decides; elsewhere the means, marked untested
-    assert holds["real + SBLDM beats real only (Table 2)"] == "not significant (Holm p 0.2)"
-    assert holds["real + SBLDM beats real only, with nnU-Net as in the paper (1 seed)"] == "no: lower (Holm p 1e-06)"
-    assert holds["real + SBLDM beats real + the 3D-LDM and real + the 3D-LSGAN (Table 2)"] == "no (untested)"
-    assert holds["synthetic-only SBLDM beats synthetic-only 3D-LDM and 3D-LSGAN (Table 2)"] == "yes (untested)"
-    assert holds["real + SBLDM + augmentation is the best training set (Table 2)"] == "yes (untested)"
-    scarce = next(c for c in holds if c.startswith("the title"))
-    assert "(10 real volumes, the fewest here)" in scarce
-    assert holds[scarce] == "WT yes (Holm p 0.001); TC no (Holm p 0.6)"
-    # the paper's numbers come from sbldm.paper, ours from the tables, with the sample count where it is small
-    psnr = rows["SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's (Table 1)"]
-    assert f"DDIM {paper.TABLE1['SBLDM (DDIM)'][0]:.2f}" in psnr[2] and "DDPM 18.50 (2 volumes)" in psnr[3]
+    lines = [line for line in block.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    expected = claims(d)
+    assert len(lines) == len(expected)
+    for line, row in zip(lines, expected):
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        assert cells[0] == row["claim"] and cells[4] == row["verdict"] and cells[5] == row["why"]
+    by = {r["claim"]: r for r in expected}
+    assert by["SBLDM has a higher PSNR than the 3D-LDM and the 3D-LSGAN (Table 1)"]["verdict"] == "reproduced"
+    # Table 2's claims come from the per-case table, paired by seed (claims_helpers.OFFSETS)
+    assert by["real + SBLDM beats real only (Table 2)"]["verdict"] == "reproduced"
+    assert by["augmentation (x5) beats real only (Table 2)"]["verdict"] == "no detectable effect"
+    # the paper's numbers come from sbldm.paper
     assert f"{paper.TABLE2['real + SBLDM'][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}" in \
-        rows["real + SBLDM beats real only (Table 2)"][2]
-    # provenance, the caveat on seed comparisons and the link to the results page
-    assert "hardware: CPU (test)" in block and "training run" in block
+        by["real + SBLDM beats real only (Table 2)"]["paper"]
+    # provenance, the rule, the verdict counts and the links
+    assert "hardware: CPU (test)" in block and "the training run as the unit" in block
+    assert "Verdicts: " in block and "](results/small/tables/claims.md)" in block
     assert "](results/small/README.md)" in block
 
 
-def test_the_claims_block_says_what_is_not_produced_yet(tmp_path):
+def test_the_claims_block_says_what_is_not_tested_and_why(tmp_path):
     d = tmp_path / "results" / "small"
     d.mkdir(parents=True)
     block = gen.claims_section(d, "small", link_root=tmp_path)
-    assert "Table 1 not produced yet" in block and block.count("not produced yet") >= 6
-    verdicts = [line.rstrip(" |").rsplit(" | ", 1)[-1] for line in block.splitlines()
+    verdicts = [line.strip("| ").split(" | ")[4] for line in block.splitlines()
                 if line.startswith("| ") and "---" not in line][1:]
-    assert verdicts and set(verdicts) == {"—"}                  # nothing decided without a table
+    assert verdicts and set(verdicts) == {"not tested"}          # nothing decided without a table
+    assert "Table 1 (notebook 04) not produced yet" in block
 
 
 def _repo(tmp_path: Path) -> Path:
@@ -126,12 +124,14 @@ def test_the_check_fails_whenever_a_generated_page_and_the_results_disagree(tmp_
     assert gen.main(args) == 0 and page.read_text() != generated
 
     # the README's claims: a table the claims read changed, or the block edited by hand
-    t2 = root / "results" / "small" / "tables" / "table2.csv"
-    t2.write_text(t2.read_text().replace("real + SBLDM,3,0.65,0.65,", "real + SBLDM,3,0.75,0.75,", 1))
-    assert gen.main(args + ["--check"]) == 1 and "claims block" in capsys.readouterr().err
+    t1 = root / "results" / "small" / "tables" / "table1.csv"
+    t1.write_text(t1.read_text().replace("SBLDM (DDIM),18.4", "SBLDM (DDIM),17.4", 1))
+    assert gen.main(args + ["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "claims block" in err and "claims.csv" in err
     assert gen.main(args) == 0 and gen.main(args + ["--check"]) == 0
     readme = root / "README.md"
-    readme.write_text(readme.read_text().replace("| yes", "| no", 1))
+    readme.write_text(readme.read_text().replace("| refuted", "| reproduced", 1))
     assert gen.main(args + ["--check"]) == 1
     assert gen.main(args) == 0 and readme.read_text().endswith("\n\nend\n")
 
@@ -180,34 +180,10 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     assert "the 3D-LDM at 1500 steps (0.90 h) against SBLDM at 3600 steps (1.00 h)" in matched
     assert "not matched yet" not in matched and "the real test split itself" not in matched   # no budget table
     assert "PSNR: the 3D-LDM, SSIM: SBLDM, time per volume: the 3D-LDM" in matched
-    targets = next(line for line in block.splitlines() if line.startswith("SBLDM's targets"))
+    targets = next(line for line in block.splitlines() if line.startswith("SBLDM: targets"))
     assert "(1.00 training hours" in targets
     assert "met: dark_part_share_gap, interior_w_over_spread, smallest_empty;" in targets
     # the Fréchet ratio halves per doubling: the line meets 1.5 within one more doubling
     assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
     # the pieces gap is flat: out of reach of budget alone
     assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not fall steadily towards it" in targets
-
-
-def test_a_table2_with_seed_paired_verdicts_decides_the_claims_by_them(tmp_path):
-    d = _results(tmp_path / "results" / "small")
-    before = gen.claims_section(d, "small", link_root=tmp_path)
-    assert "Wilcoxon over test cases" in before and "provisional" in before
-    rows = list(csv.DictReader((d / "tables" / "table2.csv").open()))
-    for r in rows:
-        r.update({"verdict_WT": "", "ci95_low_WT": "nan", "ci95_high_WT": "nan"})
-        if r["row"] == "real + SBLDM":       # a mean gain whose interval crosses 0: no detectable effect
-            r.update({"verdict_WT": "no detectable effect", "ci95_low_WT": -0.02, "ci95_high_WT": 0.09})
-    _write_csv(d / "tables" / "table2.csv", rows)
-    sweep = list(csv.DictReader((d / "tables" / "scarce_sweep.csv").open()))
-    for r in sweep:
-        r.update({"verdict_WT": "gain" if r["training_set"] == "real + SBLDM" else "",
-                  "ci95_low_WT": 0.01, "ci95_high_WT": 0.08, "verdict_TC": "", "ci95_low_TC": "", "ci95_high_TC": ""})
-    _write_csv(d / "tables" / "scarce_sweep.csv", sweep)
-    block = gen.claims_section(d, "small", link_root=tmp_path)
-    line = next(x for x in block.splitlines() if x.startswith("| real + SBLDM beats real only (Table 2)"))
-    assert line.endswith("| no detectable effect (-0.020 to +0.090 per seed, 95%) |")
-    title = next(x for x in block.splitlines() if x.startswith("| the title"))
-    assert "WT yes (+0.010 to +0.080 per seed, 95%)" in title
-    assert "TC not significant" in title or "TC no" in title or "TC yes" in title     # no verdict: the old test
-    assert "the training run is the unit" in block and "provisional" not in block

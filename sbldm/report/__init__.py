@@ -1,5 +1,6 @@
 """Turning results into what a reader sees.
 
+- ``claims``: the paper's claims, each with its verdict at one scale (``tables/claims.*``);
 - ``readme``: the generated pages: the README's claims block, ``results/<scale>/README.md``
   and the efficiency block of ``docs/benchmarks.md``;
 - ``summaries``: each notebook's closing summary, saved and quoted on the results page;

@@ -34,13 +34,14 @@ import os
 import sys
 from pathlib import Path
 
-from sbldm import paper
 from sbldm.paths import REPO_ROOT
 from sbldm.provenance import data_source
+from sbldm.report.claims import VERDICTS, claims, update_claims_table
 from sbldm.report.summaries import FOLDER
 
 #: (title, table stem under tables/) in the order the results page shows them
 TABLES = (
+    ("The paper's claims, each with its verdict at this scale", "claims"),
     ("Table 1 — generation quality, size and speed", "table1"),
     ("Beyond Table 1 — diversity, realism, mask realism, memorisation", "generation_extra"),
     ("Conditioning adherence", "conditioning_adherence"),
@@ -69,7 +70,7 @@ TABLES = (
     ("Real tumours noised and denoised by SBLDM — where the inside of a tumour is lost", "tumour_denoising_probe"),
 )
 #: tables written by commands outside the notebook chain: shown when present, never "missing"
-OUTSIDE_THE_CHAIN = {"baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation", "vae_sharpness",
+OUTSIDE_THE_CHAIN = {"claims", "baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation", "vae_sharpness",
                      "generator_budget", "generator_budget_targets", "generator_budget_table1"}
 #: (caption, figure file under figures/)
 FIGURES = (
@@ -356,13 +357,6 @@ def claims_markers(scale: str) -> tuple[str, str]:
     return f"<!-- claims:{scale}:start -->", f"<!-- claims:{scale}:end -->"
 
 
-def _rows(path: Path, key: str) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as f:
-        return {r[key]: r for r in csv.DictReader(f)}
-
-
 def _num(value) -> float | None:
     try:
         v = float(value)
@@ -371,181 +365,35 @@ def _num(value) -> float | None:
     return None if math.isnan(v) else v
 
 
-def _p(value: float) -> str:
-    return f"{value:.2g}"
-
-
-#: Table 1's claims: (claim, column, the paper's index in ``paper.TABLE1``, format, unit)
-_T1_QUALITY = (("SBLDM's PSNR is above the 3D-LDM's and the 3D-LSGAN's", "psnr", 0, ".2f", "PSNR (dB)"),
-               ("SBLDM's SSIM is above the 3D-LDM's and the 3D-LSGAN's", "ssim", 1, ".3f", "SSIM"))
-_SBLDM_ROWS = ("SBLDM (DDPM)", "SBLDM (DDIM)")
-_BASELINES = ("3D-LDM", "3D-LSGAN")
-#: Table 2's claims on whole-tumour Dice (the paper's measure): (claim, row, the rows it beats)
-_T2_CLAIMS = (
-    ("real + SBLDM beats real only", "real + SBLDM", ("real",)),
-    ("real + SBLDM beats real + the 3D-LDM and real + the 3D-LSGAN", "real + SBLDM",
-     ("real + 3D-LDM", "real + 3D-LSGAN")),
-    ("synthetic-only SBLDM beats synthetic-only 3D-LDM and 3D-LSGAN", "synthetic only: SBLDM",
-     ("synthetic only: 3D-LDM", "synthetic only: 3D-LSGAN")),
-    ("real + SBLDM beats real + augmentation (x5)", "real + SBLDM", ("real + augmentation (x5)",)),
-    ("real + SBLDM + augmentation is the best training set", "real + SBLDM + augmentation", None),
-)
-
-
-def _short(method: str) -> str:
-    return method.replace("SBLDM (", "").rstrip(")") if method.startswith("SBLDM (") else method
-
-
-def _table1_claims(t1: dict[str, dict]) -> list[tuple]:
-    rows = []
-    ours_sbldm = [m for m in _SBLDM_ROWS if m in t1]
-    ours_base = [m for m in _BASELINES if m in t1]
-    if not ours_sbldm or not ours_base:
-        return [("Table 1's claims", "—", "—", "Table 1 not produced yet", "—")]
-    n_max = max(int(float(t1[m].get("n_samples") or 0)) for m in t1)
-
-    def n_note(m):
-        n = int(float(t1[m].get("n_samples") or 0))
-        return f" ({n} volumes)" if n < n_max else ""
-
-    for claim, col, i, fmt, unit in _T1_QUALITY:
-        theirs = (", ".join(f"{_short(m)} {paper.TABLE1[m][i]:{fmt}}" for m in _SBLDM_ROWS) + " vs "
-                  + ", ".join(f"{m} {paper.TABLE1[m][i]:{fmt}}" for m in _BASELINES))
-        ours = (", ".join(f"{_short(m)} {float(t1[m][col]):{fmt}}{n_note(m)}" for m in ours_sbldm) + " vs "
-                + ", ".join(f"{m} {float(t1[m][col]):{fmt}}" for m in ours_base))
-        best_base = max(float(t1[m][col]) for m in ours_base)
-        above = [m for m in ours_sbldm if float(t1[m][col]) > best_base]
-        holds = "yes" if len(above) == len(ours_sbldm) else "no" if not above else \
-            f"{', '.join(_short(m) for m in above)} only"
-        rows.append((claim + " (Table 1)", unit, theirs, ours, holds))
-    if "SBLDM (DDIM)" in t1 and "3D-LDM" in t1:
-        ddim, ldm = float(t1["SBLDM (DDIM)"]["time_s_per_volume"]), float(t1["3D-LDM"]["time_s_per_volume"])
-        rows.append(("SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)", "s / volume",
-                     f"{paper.TABLE1['SBLDM (DDIM)'][3]:.3g} vs {paper.TABLE1['3D-LDM'][3]:.3g}",
-                     f"{ddim:.3g} vs {ldm:.3g}", "yes" if ddim < ldm else "no"))
-        pd, pl = float(t1["SBLDM (DDIM)"]["params_M"]), float(t1["3D-LDM"]["params_M"])
-        rows.append(("SBLDM has fewer parameters than the 3D-LDM (Table 1)", "parameters",
-                     f"{paper.TABLE1['SBLDM (DDIM)'][2] / 1e6:.0f}M vs {paper.TABLE1['3D-LDM'][2] / 1e6:.0f}M",
-                     f"{pd:.1f}M vs {pl:.1f}M", "yes" if pd < pl else "no"))
-    return rows
-
-
-def _dice(row: dict) -> float | None:
-    return _num(row.get("dice_WT_mean", row.get("dice_mean")))
-
-
-def _p_vs_real(row: dict) -> float | None:
-    return _num(row.get("p_holm_WT", row.get("p_holm")))
-
-
-def _verdict(ours: float, others: list[float], p: float | None) -> str:
-    """Whether ``ours`` beats every one of ``others``; with ``p`` (Holm, against real only),
-    whether the paired test agrees."""
-    above = ours > max(others)
-    if p is None:
-        return "yes (untested)" if above else "no (untested)"
-    if above:
-        return f"yes (Holm p {_p(p)})" if p < 0.05 else f"not significant (Holm p {_p(p)})"
-    return f"no: lower (Holm p {_p(p)})" if p < 0.05 else f"no (Holm p {_p(p)})"
-
-
-def _seed_verdict(row: dict, region: str = "WT") -> str | None:
-    """The seed-paired verdict of a row against real only (``statistics.seed_paired``: the
-    training run as the unit) with its interval, or None for a table written before it."""
-    verdict = row.get(f"verdict_{region}") or (row.get("verdict_all") if region == "WT" else None)
-    suffix = region if row.get(f"verdict_{region}") else "all"
-    lo, hi = _num(row.get(f"ci95_low_{suffix}")), _num(row.get(f"ci95_high_{suffix}"))
-    if not verdict or lo is None or hi is None:
-        return None
-    word = {"gain": "yes", "loss": "no: lower"}.get(verdict, "no detectable effect")
-    return f"{word} ({lo:+.3f} to {hi:+.3f} per seed, 95%)"
-
-
-def _table2_claims(t2: dict[str, dict], check: dict[str, dict]) -> list[tuple]:
-    rows = []
-    for claim, row, others in _T2_CLAIMS:
-        if others is None:
-            others = tuple(r for r in paper.TABLE2 if r != row)
-        ours_others = [r for r in others if r in t2 and _dice(t2[r]) is not None]
-        if row not in t2 or _dice(t2[row]) is None or not ours_others:
-            rows.append((claim + " (Table 2)", "Dice (WT)", "—", "not produced yet", "—"))
-            continue
-        if len(others) > 2:     # "the best row": against the best of the others
-            best = max(others, key=lambda r: paper.TABLE2[r][0])
-            theirs = f"{paper.TABLE2[row][0]:.3f} vs next best {paper.TABLE2[best][0]:.3f} ({best})"
-            ours_best = max(ours_others, key=lambda r: _dice(t2[r]))
-            ours = f"{_dice(t2[row]):.3f} vs best other {_dice(t2[ours_best]):.3f} ({ours_best})"
-        else:
-            theirs = f"{paper.TABLE2[row][0]:.3f} vs " + ", ".join(f"{paper.TABLE2[r][0]:.3f}" for r in others)
-            ours = f"{_dice(t2[row]):.3f} vs " + ", ".join(f"{_dice(t2[r]):.3f}" for r in ours_others)
-        p = _p_vs_real(t2[row]) if others == ("real",) else None
-        seedwise = _seed_verdict(t2[row]) if others == ("real",) else None
-        rows.append((claim + " (Table 2)", "Dice (WT)", theirs, ours,
-                     seedwise or _verdict(_dice(t2[row]), [_dice(t2[r]) for r in ours_others], p)))
-        if others == ("real",) and "real" in check and row in check and _dice(check[row]) is not None:
-            seeds = check[row].get("seeds", "?")
-            rows.append((f"{claim}, with nnU-Net as in the paper ({seeds} seed{'s' * (seeds != '1')})",
-                         "Dice (WT)", f"{paper.TABLE2[row][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}",
-                         f"{_dice(check[row]):.3f} vs {_dice(check['real']):.3f}",
-                         _verdict(_dice(check[row]), [_dice(check["real"])], _p_vs_real(check[row]))))
-    return rows
-
-
-def _scarce_claim(sweep: list[dict]) -> list[tuple]:
-    """The title's claim at the smallest real-set size of notebook 11's sweep, per BraTS region
-    where the sweep has them (the paper gives no number for it)."""
-    claim = "the title: real + SBLDM beats real only when real volumes are scarce"
-    for n in sorted({int(r["n_real"]) for r in sweep}):
-        at = {r["training_set"]: r for r in sweep if int(r["n_real"]) == n}
-        if "real" not in at or "real + SBLDM" not in at:
-            continue
-        mix, real = at["real + SBLDM"], at["real"]
-        regions = [g for g in ("WT", "TC", "ET") if _num(mix.get(f"dice_{g}")) is not None]
-        ours = (" / ".join(f"{_num(mix[f'dice_{g}']):.3f}" for g in regions) + " vs "
-                + " / ".join(f"{_num(real[f'dice_{g}']):.3f}" for g in regions))
-        holds = "; ".join(f"{g} " + (_seed_verdict(mix, g) or _verdict(_num(mix[f"dice_{g}"]), [_num(real[f"dice_{g}"])],
-                                                                        _num(mix.get(f"p_holm_{g}"))))
-                          for g in regions)
-        return [(f"{claim} ({n} real volumes, the fewest here)", f"Dice ({' / '.join(regions)})",
-                 "no number in its tables", ours, holds)]
-    return [(claim, "Dice", "no number in its tables", "not produced yet", "—")]
-
-
-def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT) -> str:
-    """The claims block (without its markers): one row per claim of the paper, the paper's
-    number, ours at ``scale`` and whether the claim holds there, all from ``results_dir``."""
+def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT,
+                   bench_dir: str | Path | None = None) -> str:
+    """The claims block (without its markers): the claims table (``sbldm.report.claims``:
+    one row per claim of the paper, the paper's number, ours at ``scale``, the verdict and
+    why), then the budget curves' sentences, all from ``results_dir``."""
     d = Path(results_dir)
     run_path = d / "run.json"
     run = json.loads(run_path.read_text()) if run_path.is_file() else {}
     nbs = run.get("notebooks", {})
     hardware = ", ".join(sorted({e.get("device", "?") for e in nbs.values()})) or "not recorded"
     rel = _link(d, link_root)
-    t1 = _rows(d / "tables" / "table1.csv", "method")
-    t2 = _rows(d / "tables" / "table2.csv", "row")
-    check = _rows(d / "tables" / "table2_nnunet_check.csv", "row")
-    sweep_path = d / "tables" / "scarce_sweep.csv"
-    sweep = list(csv.DictReader(sweep_path.open(newline=""))) if sweep_path.is_file() else []
-    seeds = next((r.get("seeds") for r in t2.values() if r.get("seeds")), "?")
-    sizes = [row[2] for row in paper.TABLE1.values()]
+    rows = claims(d, bench_dir)
     out = [f"_Generated by `python -m sbldm.report.readme --scale {scale}` from `{rel}/tables/`; do not edit by "
            "hand._", "",
            f"Scale `{scale}`; data: {data_source(d)}; hardware: {hardware}. The paper's numbers (`sbldm.paper`) "
-           f"come from BraTS at 192x192x96 and networks of {min(sizes) / 1e6:.0f}M-{max(sizes) / 1e6:.0f}M "
-           "parameters on one RTX A6000.", "",
-           f"| the paper's claim | measure | the paper | `{scale}` | holds at `{scale}` |", "|---|---|---|---|---|"]
-    for row in _table1_claims(t1) + _table2_claims(t2, check) + _scarce_claim(sweep):
-        out.append("| " + " | ".join(row) + " |")
+           f"come from BraTS at 192x192x96 on one RTX A6000. [Claims table]({rel}/tables/claims.md) "
+           "(`tables/claims.csv`).", "",
+           f"| the paper's claim | measure | the paper | `{scale}` | verdict | why |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(r[k]).replace("|", "/") for k in
+                                     ("claim", "measure", "paper", "sbldm", "verdict", "why")) + " |")
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+    out += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". Segmentation claims take "
+                "the training run as the unit: whole-tumour Dice (the paper's measure) per training seed, paired by "
+                "seed, with a 95% interval over seeds and test cases; a claim holds only when the interval excludes "
+                "0, the effect reaches the seed-to-seed spread and the signed-rank test over seeds survives Holm over "
+                "every segmentation comparison of the table; otherwise it reads \"no detectable effect\". "
+                "Generation claims rest on one trained generator per method."]
     stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
-    seedwise = any(k.startswith("verdict_") and v for r in t2.values() for k, v in r.items())
-    rule = ("against real only, the training run is the unit: the row minus real only per training seed, its 95% "
-            "interval, and a gain only when the interval excludes 0, the effect is at least the seed spread and the "
-            "signed-rank test over seeds survives Holm over the table's rows and regions" if seedwise else
-            "against real only, the paired test (Wilcoxon over test cases, Holm-corrected) must agree at p < 0.05")
-    out += ["", f"Holds: our mean lies on the paper's side; {rule}; the other comparisons are untested. Dice is "
-                f"whole-tumour (WT, the paper's measure) unless the row names the regions, from the fast segmenter "
-                f"unless it names nnU-Net, mean over {seeds} training seeds."
-            + ("" if seedwise else f" These seed comparisons at `{scale}` are being redone with the training run, "
-               "not the test case, as the unit: read their p-values as provisional.")]
     if stale:
         out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
                     "prepared."]
@@ -587,21 +435,24 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                 + caveat]
     targets_path = d / "tables" / "generator_budget_targets.csv"
     if targets_path.is_file():
-        rows = list(csv.DictReader(targets_path.open(newline="")))
-        met = [r["measure"] for r in rows if r["met"] == "True"]
-        missed = []
-        for r in rows:
-            if r["met"] == "True":
-                continue
-            hours = _num(r["hours_to_target"])
-            where = (f"the curve reaches it near {hours:.1f} h by extrapolation" if hours is not None
-                     else "the curve does not fall steadily towards it: budget alone is not shown to get there")
-            missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
-        hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
-        out += ["", f"SBLDM's targets at its largest budget ({'?' if hours is None else f'{hours:.2f}'} training hours"
-                    f"; [table]({rel}/tables/generator_budget_targets.md)): met: "
-                + (", ".join(met) if met else "none") + "; not met: " + ("; ".join(missed) if missed else "none")
-                + "."]
+        table = list(csv.DictReader(targets_path.open(newline="")))
+        for arm in dict.fromkeys(r.get("generator", "sbldm") for r in table):
+            rows = [r for r in table if r.get("generator", "sbldm") == arm]
+            met = [r["measure"] for r in rows if r["met"] == "True"]
+            missed = []
+            for r in rows:
+                if r["met"] == "True":
+                    continue
+                hours = _num(r["hours_to_target"])
+                where = (f"the curve reaches it near {hours:.1f} h by extrapolation" if hours is not None
+                         else "the curve does not fall steadily towards it: budget alone is not shown to get there")
+                missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
+            hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
+            name = "SBLDM" if arm == "sbldm" else f"SBLDM on the slice VAE at {arm[len('sbldm-vae'):]} steps"
+            out += ["", f"{name}: targets at its largest budget ({'?' if hours is None else f'{hours:.2f}'} training "
+                        f"hours; [table]({rel}/tables/generator_budget_targets.md)): met: "
+                    + (", ".join(met) if met else "none") + "; not met: " + ("; ".join(missed) if missed else "none")
+                    + "."]
     return out
 
 
@@ -642,8 +493,10 @@ def main(argv=None) -> int:
         print(f"{bench_page}: no '{BENCH_MARKERS[0]}' ... '{BENCH_MARKERS[1]}' block to fill", file=sys.stderr)
         return 1
     try:
-        stale = [] if update_claims(args.readme, results, args.scale, check=args.check) else \
-            [f"{args.readme} (the claims block)"]
+        stale = [] if update_claims_table(results, args.scale, check=args.check) else \
+            [str(results / "tables" / "claims.csv")]
+        if not update_claims(args.readme, results, args.scale, check=args.check):
+            stale.append(f"{args.readme} (the claims block)")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 1

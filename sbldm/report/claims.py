@@ -1,0 +1,476 @@
+"""The paper's claims against this project's measurements at one scale: ``claims`` gives
+one row per claim (``claim``, ``measure``, ``paper``, ``sbldm``, ``verdict``, ``why``),
+``write_claims`` writes them to ``results/<run>/tables/claims.{csv,md}``; the README's
+claims block (``sbldm.report.readme``) and the model card show them.
+
+The verdicts (``VERDICTS``):
+
+- ``reproduced`` / ``refuted``: the measurement agrees with the claim / says the opposite;
+- ``partly``: a claim of several parts of which some hold (a ranking with one pair
+  reversed is refuted, one with a pair undecided is partly reproduced);
+- ``no detectable effect``: a segmentation comparison that the training run, taken as the
+  unit, cannot decide (``sbldm.segmentation.statistics.seed_paired``): its 95% interval
+  includes 0, the effect is smaller than the seed-to-seed spread, or its signed-rank p over
+  the seeds does not survive Holm over every segmentation comparison of the table;
+- ``not tested``: nothing at this scale measures it (or too little to decide), and why.
+
+Segmentation claims are decided from the per-case tables (``table2_cases.csv``,
+``scarce_cases.csv``), paired by training seed, whole-tumour Dice (the paper's measure).
+Generation claims (Table 1, control) rest on one trained generator per method: they are
+decided on the point estimates over the sampled volumes, and the row says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+from sbldm import paper
+
+REPRODUCED, REFUTED, PARTLY, NO_EFFECT, NOT_TESTED = (
+    "reproduced", "refuted", "partly", "no detectable effect", "not tested")
+VERDICTS = (REPRODUCED, REFUTED, PARTLY, NO_EFFECT, NOT_TESTED)
+COLUMNS = ("claim", "measure", "paper", "sbldm", "verdict", "why")
+
+#: control: Spearman (requested against drawn) at or above which a feature is followed,
+#: and at or above which it is followed in part
+FOLLOWED_RHO, PARTLY_RHO = 0.8, 0.3
+#: control: the drawn centre must lie within this share of chance's distance (a random real tumour's)
+CENTRE_SHARE = 0.25
+#: DDIM's "negligible loss in quality" against DDPM: at most this PSNR (dB) and SSIM below
+DDIM_PSNR_LOSS, DDIM_SSIM_LOSS = 0.5, 0.02
+#: fewer sampled volumes than this do not decide a Table 1 comparison
+MIN_VOLUMES = 10
+
+#: the segmentation comparisons the claims state: name -> (row, reference, sign the paper claims)
+SEGMENTATION = {
+    "real + SBLDM vs real": ("real + SBLDM", "real", +1),
+    "real + SBLDM vs real + 3D-LDM": ("real + SBLDM", "real + 3D-LDM", +1),
+    "real + augmentation vs real": ("real + augmentation (x5)", "real", +1),
+    "real + SBLDM + augmentation vs real + SBLDM": ("real + SBLDM + augmentation", "real + SBLDM", +1),
+    "real + 3D-LSGAN vs real": ("real + 3D-LSGAN", "real", -1),
+    "synthetic only: SBLDM vs 3D-LDM": ("synthetic only: SBLDM", "synthetic only: 3D-LDM", +1),
+    "synthetic only: 3D-LDM vs 3D-LSGAN": ("synthetic only: 3D-LDM", "synthetic only: 3D-LSGAN", +1),
+}
+SCARCE = "real + SBLDM vs real, fewest real volumes"
+
+
+def _csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(Path(path).open(newline=""))) if Path(path).is_file() else []
+
+
+def _num(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def _row(claim, measure, theirs, ours, verdict, why) -> dict:
+    assert verdict in VERDICTS, verdict
+    return {"claim": claim, "measure": measure, "paper": theirs, "sbldm": ours, "verdict": verdict, "why": why}
+
+
+def _untested(claim, measure, theirs, why) -> dict:
+    return _row(claim, measure, theirs, "—", NOT_TESTED, why)
+
+
+# -- generation: Table 1 --------------------------------------------------------------------
+
+
+
+def table1_claims(t1: dict[str, dict], tables: dict[str, dict[str, dict]], real_psnr: float | None) -> list[dict]:
+    """PSNR, SSIM, sampling time and parameters (Table 1): SBLDM-DDIM against the two
+    baselines at this scale; parameters from the ``paper`` preset's networks when the
+    parameter tables count them."""
+    out = []
+    base = [m for m in ("3D-LDM", "3D-LSGAN") if m in t1]
+    theirs_rank = {col: f"DDIM {paper.TABLE1['SBLDM (DDIM)'][i]:{fmt}}, DDPM {paper.TABLE1['SBLDM (DDPM)'][i]:{fmt}} vs "
+                   + ", ".join(f"{m} {paper.TABLE1[m][i]:{fmt}}" for m in ("3D-LDM", "3D-LSGAN"))
+                   for col, i, fmt in (("psnr", 0, ".2f"), ("ssim", 1, ".3f"))}
+    for col, word in (("psnr", "PSNR"), ("ssim", "SSIM")):
+        claim = f"SBLDM has a higher {word} than the 3D-LDM and the 3D-LSGAN (Table 1)"
+        if "SBLDM (DDIM)" not in t1 or not base:
+            out.append(_untested(claim, word, theirs_rank[col], "Table 1 (notebook 04) not produced yet"))
+            continue
+        ours = float(t1["SBLDM (DDIM)"][col])
+        above = [m for m in base if ours > float(t1[m][col])]
+        below = [m for m in base if m not in above]
+        cells = f"DDIM {ours:.3g} vs " + ", ".join(f"{m} {float(t1[m][col]):.3g}" for m in base)
+        why = ([f"below the {', the '.join(below)}" + (f", above the {', the '.join(above)}" if above else "")]
+               if below else []) + [f"one trained generator per method, {int(float(t1['SBLDM (DDIM)'].get('n_samples') or 0))} volumes "
+               "each, unpaired against the training split"]
+        ddpm = t1.get("SBLDM (DDPM)")
+        if ddpm is not None:
+            why.append(f"DDPM {float(ddpm[col]):.3g} from {int(float(ddpm.get('n_samples') or 0))} volumes")
+        if col == "psnr" and real_psnr is not None:
+            why.append(f"unpaired PSNR rewards closeness to the average volume: the real test split scores "
+                       f"{real_psnr:.2f}")
+        out.append(_row(claim, word, theirs_rank[col], cells, REFUTED if below else REPRODUCED, "; ".join(why)))
+    claim = "SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)"
+    theirs = f"{paper.TABLE1['SBLDM (DDIM)'][3]:.3g} s vs {paper.TABLE1['3D-LDM'][3]:.3g} s"
+    if "SBLDM (DDIM)" in t1 and "3D-LDM" in t1:
+        a, b = float(t1["SBLDM (DDIM)"]["time_s_per_volume"]), float(t1["3D-LDM"]["time_s_per_volume"])
+        device = t1["SBLDM (DDIM)"].get("device", "?")
+        out.append(_row(claim, "s / volume", theirs, f"{a:.3g} s vs {b:.3g} s", REPRODUCED if a < b else REFUTED,
+                        f"{device}, the scale's networks; SBLDM decodes every slice through the slice VAE, the "
+                        "3D-LDM decodes one small latent"))
+    else:
+        out.append(_untested(claim, "s / volume", theirs, "Table 1 (notebook 04) not produced yet"))
+    out.append(_parameters_claim(t1, tables))
+    return out
+
+
+def _parameters_claim(t1: dict[str, dict], tables: dict) -> dict:
+    claim = "SBLDM has fewer parameters than the 3D-LDM (Table 1)"
+    theirs = f"{paper.TABLE1['SBLDM (DDIM)'][2] / 1e6:.0f}M vs {paper.TABLE1['3D-LDM'][2] / 1e6:.0f}M"
+    sb = next((r for r in tables.get("parameters", []) if r["scale"] == "paper"
+               and r["component"].startswith("total as Table 1 counts")), None)
+    ldm = next((r for r in tables.get("baseline_parameters", []) if r["scale"] == "paper"
+                and r["method"] == "3D-LDM, as Table 1 counted" and r["component"].startswith("total")), None)
+    scale_note = ""
+    if "SBLDM (DDIM)" in t1 and "3D-LDM" in t1:
+        scale_note = (f"; this scale's presets: {float(t1['SBLDM (DDIM)']['params_M']):.2f}M vs "
+                      f"{float(t1['3D-LDM']['params_M']):.2f}M")
+    if sb is None or ldm is None:
+        return _untested(claim, "parameters", theirs, "the parameter tables (notebooks 02, 03) not produced yet")
+    a, b = float(sb["params_M"]), float(ldm["params_M"])
+    return _row(claim, "parameters", theirs, f"{a:.0f}M vs {b:.0f}M", REPRODUCED if a < b else REFUTED,
+                "counted from the `paper` preset's networks, each as Table 1 counts it" + scale_note)
+
+
+def memory_claim(bench: dict | None) -> dict:
+    """Training memory: SBLDM's largest training stage against the 3D-LDM's and a pixel-space
+    3D DDPM's, from the ``paper``-scale benchmark (``results/bench``)."""
+    claim = "SBLDM needs less training memory than a pixel-space 3D DDPM and the 3D-LDM (Sections 1, 4)"
+    theirs = "no number (the pixel DDPM was left out for memory)"
+    if not bench:
+        return _untested(claim, "peak training memory", theirs, "no `paper`-scale benchmark (make bench / gpu-check)")
+    peak = {r["component"]: r for r in bench.get("training", [])}
+    need = ("slice_vae", "sbldm_unet", "ldm3d_autoencoder", "ldm3d_unet", "pixel_ddpm_unet")
+    if any(k not in peak or _num(peak[k].get("peak_memory_MiB")) is None for k in need):
+        return _untested(claim, "peak training memory", theirs, "the benchmark lacks a training stage")
+    gib = {k: float(peak[k]["peak_memory_MiB"]) / 1024 for k in need}
+    sbldm = max(gib["slice_vae"], gib["sbldm_unet"])
+    ldm = max(gib["ldm3d_autoencoder"], gib["ldm3d_unet"])
+    pixel = gib["pixel_ddpm_unet"]
+    extrapolated = [k for k in need if str(peak[k].get("measured")).lower() == "false"]
+    verdict = REPRODUCED if sbldm < ldm and sbldm < pixel else PARTLY if sbldm < max(ldm, pixel) else REFUTED
+    return _row(claim, "peak training memory (GiB)", theirs,
+                f"SBLDM {sbldm:.1f} vs 3D-LDM {ldm:.1f}, pixel DDPM {pixel:.1f}", verdict,
+                f"the largest training stage of each at 192x192x96 (slice VAE: 32 slices; 3D networks: batch 1), "
+                f"{bench.get('device', '?')}, {peak['sbldm_unet'].get('memory_kind', '')}"
+                + (f"; extrapolated from smaller grids: {', '.join(extrapolated)}" if extrapolated else "")
+                + "; not measured on a GPU")
+
+
+def ddim_claim(t1: dict[str, dict]) -> dict:
+    claim = "DDIM (50 steps) loses only negligible quality against DDPM (Table 1)"
+    theirs = (f"PSNR {paper.TABLE1['SBLDM (DDIM)'][0]:.2f} vs {paper.TABLE1['SBLDM (DDPM)'][0]:.2f}, SSIM "
+              f"{paper.TABLE1['SBLDM (DDIM)'][1]:.3f} vs {paper.TABLE1['SBLDM (DDPM)'][1]:.3f}")
+    if "SBLDM (DDIM)" not in t1 or "SBLDM (DDPM)" not in t1:
+        return _untested(claim, "PSNR, SSIM", theirs, "Table 1 has no DDPM row")
+    ddim, ddpm = t1["SBLDM (DDIM)"], t1["SBLDM (DDPM)"]
+    n = min(int(float(ddim.get("n_samples") or 0)), int(float(ddpm.get("n_samples") or 0)))
+    cells = (f"PSNR {float(ddim['psnr']):.2f} vs {float(ddpm['psnr']):.2f}, SSIM {float(ddim['ssim']):.3f} vs "
+             f"{float(ddpm['ssim']):.3f}")
+    if n < MIN_VOLUMES:
+        return _row(claim, "PSNR, SSIM", theirs, cells + f" ({n} DDPM volumes)", NOT_TESTED,
+                    f"{n} DDPM volumes ({float(ddpm['time_s_per_volume']):.0f} s each on this hardware) cannot "
+                    f"decide it; at least {MIN_VOLUMES} are needed")
+    loss_psnr = float(ddpm["psnr"]) - float(ddim["psnr"])
+    loss_ssim = float(ddpm["ssim"]) - float(ddim["ssim"])
+    ok = loss_psnr <= DDIM_PSNR_LOSS and loss_ssim <= DDIM_SSIM_LOSS
+    return _row(claim, "PSNR, SSIM", theirs, cells, REPRODUCED if ok else REFUTED,
+                f"negligible: at most {DDIM_PSNR_LOSS} dB PSNR and {DDIM_SSIM_LOSS} SSIM below DDPM; {n} volumes")
+
+
+# -- generation: control ---------------------------------------------------------------------
+
+def control_claims(adherence: list[dict], budget: list[dict]) -> list[dict]:
+    """Size and position control (notebook 04's adherence table) and shape control
+    (sphericity and surface area: the adherence table when it has them, else SBLDM's largest
+    budget point of the budget curves)."""
+    claim = "SBLDM follows the requested tumour size and position (Section 3.4, Fig. 3)"
+    theirs = "shown in Fig. 3, no number"
+    out = []
+    if not adherence:
+        out.append(_untested(claim, "Spearman (volume), centre distance", theirs, "notebook 04 not produced yet"))
+    else:
+        a = adherence[0]
+        rho, dist, chance = (float(a["spearman_volume"]), float(a["centre_distance"]),
+                             float(a["chance_centre_distance"]))
+        size_ok, place_ok = rho >= FOLLOWED_RHO, dist <= CENTRE_SHARE * chance
+        verdict = REPRODUCED if size_ok and place_ok else PARTLY if size_ok or place_ok else REFUTED
+        out.append(_row(claim, "Spearman (volume), centre distance (voxels)", theirs,
+                        f"{rho:.2f}, {dist:.2f} (chance {chance:.1f})", verdict,
+                        f"{a.get('n', '?')} requests drawn from the training features, guidance "
+                        f"{a.get('guidance_scale', '?')}; followed: Spearman >= {FOLLOWED_RHO} and the centre within "
+                        f"{CENTRE_SHARE:g} x chance's distance; relative volume error "
+                        f"{float(a['relative_volume_error']):.2f}, empty {float(a['empty_fraction']):.0%}"))
+    claim = "SBLDM follows the requested tumour shape: sphericity, surface area (Section 2.3)"
+    theirs = "no number"
+    source, row = None, None
+    if adherence and _num(adherence[0].get("spearman_sphericity")) is not None:
+        source, row = "notebook 04's requests", adherence[0]
+    else:
+        pts = [r for r in budget if r.get("generator") == "sbldm" and _num(r.get("spearman_sphericity")) is not None]
+        if pts:
+            row = max(pts, key=lambda r: float(r["cpu_hours"]))
+            source = f"the budget curves' SBLDM at {row['steps']} UNet steps ({float(row['cpu_hours']):.2f} h)"
+    if row is None:
+        out.append(_untested(claim, "Spearman (sphericity, surface area)", theirs, "no adherence table with shape"))
+        return out
+    sph, area = float(row["spearman_sphericity"]), float(row["spearman_surface_area"])
+    verdict = REPRODUCED if sph >= FOLLOWED_RHO else PARTLY if sph >= PARTLY_RHO else REFUTED
+    out.append(_row(claim, "Spearman (sphericity, surface area)", theirs, f"{sph:.2f}, {area:.2f}", verdict,
+                    f"{source}; surface area grows with volume, so sphericity is the shape test; followed: "
+                    f">= {FOLLOWED_RHO}, in part: >= {PARTLY_RHO}"))
+    return out
+
+
+# -- segmentation -----------------------------------------------------------------------------
+
+def _metric(cases: list[dict]) -> str:
+    return "dice_WT" if cases and "dice_WT" in cases[0] else "dice"
+
+
+def seed_comparisons(cases: list[dict], scarce_cases: list[dict]) -> dict:
+    """``statistics.seed_paired`` for every comparison of ``SEGMENTATION`` the per-case table
+    holds, and the scarce one at the sweep's fewest real volumes, with Holm over all of them
+    (``statistics.verdicts``)."""
+    from sbldm.segmentation.statistics import seed_paired, verdicts
+
+    rows = {c["row"] for c in cases}
+    found = {}
+    for name, (row, ref, _) in SEGMENTATION.items():
+        row = _row_name(row, rows)
+        if row in rows and ref in rows:
+            found[name] = seed_paired(cases, row, ref, _metric(cases))
+    if scarce_cases:
+        n = min(int(float(c["n_real"])) for c in scarce_cases)
+        at = [c for c in scarce_cases if int(float(c["n_real"])) == n]
+        if {"real", "real + SBLDM"} <= {c["row"] for c in at}:
+            found[SCARCE] = {**seed_paired(at, "real + SBLDM", "real", _metric(at)), "n_real": n}
+    return verdicts(found)
+
+
+def _row_name(row: str, rows) -> str:
+    """The table's name of a paper row whose augmentation factor may differ (``(x5)``)."""
+    if row in rows:
+        return row
+    pattern = re.escape(re.sub(r" \(x\d+\)", "", row)) + r" \(x\d+\)"
+    return next((r for r in rows if re.fullmatch(pattern, r)), row)
+
+
+def _seed_verdict(result: dict, sign: int) -> str:
+    v = result["verdict"]
+    if v == "gain":
+        return REPRODUCED if sign > 0 else REFUTED
+    if v == "loss":
+        return REPRODUCED if sign < 0 else REFUTED
+    return NO_EFFECT
+
+
+def _seed_why(r: dict) -> str:
+    base = (f"{r['diff']:+.3f} per seed, 95% {r['lo']:+.3f} to {r['hi']:+.3f}; seed spread {r['seed_spread']:.3f}; "
+            f"{r['seeds']} seeds ({r['seeds_above']} above); signed-rank p {r['p_seeds']:.2g}, Holm {r['p_holm']:.2g}")
+    if r["verdict"] not in ("gain", "loss"):
+        reasons = []
+        if r["seeds"] < 2:
+            reasons.append("fewer than 2 seeds")
+        elif 2.0 / 2 ** r["seeds"] >= 0.05:       # the exact signed-rank test's smallest two-sided p
+            reasons.append(f"with {r['seeds']} seeds the signed-rank p cannot fall below {2.0 / 2 ** r['seeds']:.2g}")
+        if r["lo"] <= 0 <= r["hi"]:
+            reasons.append("the interval includes 0")
+        if _num(r["seed_spread"]) is not None and abs(r["diff"]) < r["seed_spread"]:
+            reasons.append("smaller than the seed spread")
+        if not reasons:
+            reasons.append("does not survive Holm over the table's comparisons")
+        base += "; " + ", ".join(reasons)
+    return base
+
+
+def _means(cases: list[dict], row: str) -> float | None:
+    import numpy as np
+
+    metric = _metric(cases)
+    by_seed: dict = {}
+    for c in cases:
+        if c["row"] == row and _num(c.get(metric)) is not None:
+            by_seed.setdefault(c["seed"], []).append(float(c[metric]))
+    return float(np.mean([np.mean(v) for v in by_seed.values()])) if by_seed else None
+
+
+def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_check: dict[str, dict],
+                        sweep_counts: list[dict]) -> list[dict]:
+    comp = seed_comparisons(cases, scarce_cases)
+    rows_in = {c["row"] for c in cases}
+    out = []
+    measure = "Dice (WT), per training seed"
+
+    def paper_cells(row, ref):
+        return f"{paper.TABLE2[row][0]:.3f} vs {paper.TABLE2[ref][0]:.3f}"
+
+    def ours(row, ref, at=None):
+        src = at if at is not None else cases
+        a, b = _means(src, _row_name(row, rows_in)), _means(src, ref)
+        return "—" if a is None or b is None else f"{a:.3f} vs {b:.3f}"
+
+    def one(claim, name, paper_key=None, paper_ref=None):
+        row, ref, sign = SEGMENTATION[name]
+        theirs = paper_cells(paper_key or row, paper_ref or ref)
+        if name not in comp:
+            return _untested(claim, measure, theirs, "Table 2 (notebook 06) has not trained these rows")
+        return _row(claim, measure, theirs, ours(row, ref), _seed_verdict(comp[name], sign), _seed_why(comp[name]))
+
+    out.append(one("real + SBLDM beats real only (Table 2)", "real + SBLDM vs real"))
+    out.append(one("real + SBLDM beats real + the 3D-LDM (Table 2)", "real + SBLDM vs real + 3D-LDM"))
+    out.append(one("augmentation (x5) beats real only (Table 2)", "real + augmentation vs real"))
+    out.append(one("real + SBLDM + augmentation beats real + SBLDM (Table 2)",
+                   "real + SBLDM + augmentation vs real + SBLDM"))
+    out.append(one("real + 3D-LSGAN is worse than real only (Table 2)", "real + 3D-LSGAN vs real"))
+    # the synthetic-only ranking: two pairs
+    claim = "synthetic only: SBLDM > 3D-LDM > 3D-LSGAN (Table 2)"
+    theirs = " > ".join(f"{paper.TABLE2[f'synthetic only: {m}'][0]:.3f}" for m in ("SBLDM", "3D-LDM", "3D-LSGAN"))
+    pairs = ["synthetic only: SBLDM vs 3D-LDM", "synthetic only: 3D-LDM vs 3D-LSGAN"]
+    if all(p in comp for p in pairs):
+        vs = [_seed_verdict(comp[p], +1) for p in pairs]
+        verdict = (REFUTED if REFUTED in vs else REPRODUCED if all(v == REPRODUCED for v in vs)
+                   else PARTLY if REPRODUCED in vs else NO_EFFECT)
+        means = [_means(cases, f"synthetic only: {m}") for m in ("SBLDM", "3D-LDM", "3D-LSGAN")]
+        out.append(_row(claim, measure, theirs, " > ".join(f"{m:.3f}" for m in means), verdict,
+                        "; ".join(f"{p.split(': ')[1]}: {_seed_why(comp[p])}" for p in pairs)))
+    else:
+        out.append(_untested(claim, measure, theirs, "Table 2 (notebook 06) has not trained these rows"))
+    out.append(_nnunet_claim(nnunet_check))
+    claim = "synthetic volumes help when real volumes are scarce (the title)"
+    if SCARCE in comp:
+        r = comp[SCARCE]
+        at = [c for c in scarce_cases if int(float(c["n_real"])) == r["n_real"]]
+        out.append(_row(f"{claim}: real + SBLDM beats real only at {r['n_real']} real volumes", measure,
+                        "no number in its tables", ours("real + SBLDM", "real", at), _seed_verdict(r, +1),
+                        _seed_why(r)))
+    else:
+        out.append(_untested(claim, measure, "no number in its tables", "the data-scarce sweep (notebook 11) not run"))
+    out.append(plateau_claim(sweep_counts))
+    return out
+
+
+def _nnunet_claim(check: dict[str, dict]) -> dict:
+    claim = "real + SBLDM beats real only, with nnU-Net as in the paper (Table 2)"
+    theirs = f"{paper.TABLE2['real + SBLDM'][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}"
+    if "real" not in check or "real + SBLDM" not in check:
+        return _untested(claim, "Dice (WT)", theirs, "the nnU-Net check (notebook 06) not run")
+    a, b = check["real + SBLDM"], check["real"]
+    dice = [_num(x.get("dice_WT_mean", x.get("dice_mean"))) for x in (a, b)]
+    seeds = int(float(a.get("seeds") or 0))
+    cells = f"{dice[0]:.3f} vs {dice[1]:.3f}" if None not in dice else "—"
+    if seeds < 2:
+        return _row(claim, "Dice (WT)", theirs, cells + f" ({seeds} seed)", NOT_TESTED,
+                    f"{seeds} training seed: the training run cannot be the unit (at least 3 are needed)")
+    return _row(claim, "Dice (WT)", theirs, cells, NOT_TESTED,
+                f"{seeds} seeds without a per-case table: no seed-paired interval yet")
+
+
+def plateau_claim(sweep_counts: list[dict]) -> dict:
+    claim = "beyond 100 synthetic volumes the Dice gain plateaus (Section 3.5)"
+    if not sweep_counts:
+        return _untested(claim, "Dice (WT) against synthetic count", "no number (stated)",
+                         "the synthetic-count sweep (0 to 400 synthetic volumes) has not run")
+    return _untested(claim, "Dice (WT) against synthetic count", "no number (stated)",
+                     "the synthetic-count table exists but carries no seed-paired comparison of 100 against more")
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+def _bench(bench_dir: Path) -> dict | None:
+    """The ``paper``-scale training benchmark on this project's reference CPU (the plain
+    fp32 run), or None."""
+    files = sorted(Path(bench_dir).glob("paper_*_fp32.json"))
+    return json.loads(files[0].read_text()) if files else None
+
+
+def claims(results_dir: str | Path, bench_dir: str | Path | None = None) -> list[dict]:
+    """One row per claim of the paper (``COLUMNS``), decided from ``results_dir/tables`` and
+    the benchmark in ``bench_dir`` (default: ``results/bench`` beside ``results_dir``)."""
+    d = Path(results_dir)
+    t = d / "tables"
+    bench_dir = Path(bench_dir) if bench_dir is not None else d.parent / "bench"
+    t1 = {r["method"]: r for r in _csv(t / "table1.csv")}
+    budget = _csv(t / "generator_budget.csv")
+    real_psnr = next((_num(r.get("psnr")) for r in budget if r.get("generator") == "real"), None)
+    tables = {"parameters": _csv(t / "parameters.csv"), "baseline_parameters": _csv(t / "baseline_parameters.csv")}
+    return (table1_claims(t1, tables, real_psnr) + [ddim_claim(t1), memory_claim(_bench(bench_dir))]
+            + control_claims(_csv(t / "conditioning_adherence.csv"), budget)
+            + segmentation_claims(_csv(t / "table2_cases.csv"), _csv(t / "scarce_cases.csv"),
+                                  {r["row"]: r for r in _csv(t / "table2_nnunet_check.csv")},
+                                  _csv(t / "synthetic_count_sweep.csv")))
+
+
+def write_claims(results_dir: str | Path, scale: str, bench_dir: str | Path | None = None) -> list[dict]:
+    """``claims`` written to ``results_dir/tables/claims.{csv,md}``; returns the rows."""
+    from sbldm.tables import write_table
+
+    rows = claims(results_dir, bench_dir)
+    write_table(rows, Path(results_dir) / "tables" / "claims", columns=COLUMNS, title=TITLE.format(scale=scale),
+                notes=NOTES)
+    return rows
+
+
+TITLE = "The paper's claims at `{scale}`"
+NOTES = ["verdicts: reproduced, refuted, partly, no detectable effect (the training run as the unit cannot decide "
+         "it), not tested (and why); `python -m sbldm.report.claims` writes this table",
+         "segmentation: whole-tumour Dice per training seed, paired by seed, 95% hierarchical bootstrap interval "
+         "(seeds, then test cases), signed-rank test over seeds, Holm over every segmentation comparison here; a "
+         "verdict needs the interval to exclude 0, the effect to reach the seed spread and Holm p < 0.05",
+         "generation: one trained generator per method; decided on the point estimates"]
+
+
+def update_claims_table(results_dir: str | Path, scale: str, check: bool = False,
+                        bench_dir: str | Path | None = None) -> bool:
+    """Whether ``tables/claims.{csv,md}`` match what the results say now; without ``check``
+    they are rewritten when they do not. Returns True when they are (now) up to date."""
+    import tempfile
+
+    from sbldm.io import atomic_write_bytes
+
+    tables = Path(results_dir) / "tables"
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = Path(tmp) / "tables"
+        fresh.mkdir()
+        stem = fresh / "claims"
+        from sbldm.tables import write_table
+
+        write_table(claims(results_dir, bench_dir), stem, columns=COLUMNS, title=TITLE.format(scale=scale),
+                    notes=NOTES)
+        new = {ext: (fresh / f"claims.{ext}").read_bytes() for ext in ("csv", "md")}
+    same = all((tables / f"claims.{ext}").is_file() and (tables / f"claims.{ext}").read_bytes() == data
+               for ext, data in new.items())
+    if same or check:
+        return same
+    for ext, data in new.items():
+        atomic_write_bytes(tables / f"claims.{ext}", data)
+    return True
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from sbldm.paths import REPO_ROOT
+    from sbldm.runs import run_name
+
+    ap = argparse.ArgumentParser(prog="python -m sbldm.report.claims", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="small")
+    args = ap.parse_args(argv)
+    rows = write_claims(REPO_ROOT / "results" / run_name(args.scale), args.scale)
+    for r in rows:
+        print(f"{r['verdict']:>22}  {r['claim']}")
+
+
+if __name__ == "__main__":
+    main()

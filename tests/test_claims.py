@@ -1,0 +1,135 @@
+"""The claims table: every claim of the paper gets a verdict from the results, the
+segmentation ones with the training run as the unit; what was not measured says so."""
+
+import json
+
+import pytest
+
+from claims_helpers import write_cases, write_csv
+from sbldm.report import claims as cl
+
+
+def _t1(method, psnr, ssim, params_m, time_s, n=100):
+    return {"method": method, "psnr": psnr, "ssim": ssim, "n_samples": n, "params_M": params_m,
+            "time_s_per_volume": time_s, "device": "CPU (test)"}
+
+
+def _bench(d, sbldm_vae_mib=4000.0, ldm_ae_mib=9000.0):
+    rows = [{"component": c, "peak_memory_MiB": m, "measured": c != "pixel_ddpm_unet", "memory_kind": "CPU peak RSS"}
+            for c, m in (("slice_vae", sbldm_vae_mib), ("sbldm_unet", 2000.0), ("ldm3d_autoencoder", ldm_ae_mib),
+                         ("ldm3d_unet", 2100.0), ("pixel_ddpm_unet", 90000.0))]
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "paper_cpu-test_fp32.json").write_text(json.dumps({"device": "CPU (test)", "training": rows}))
+
+
+def _results(d):
+    t = d / "tables"
+    write_csv(t / "table1.csv", [_t1("3D-LSGAN", 17.0, 0.40, 1.5, 0.01), _t1("3D-LDM", 18.0, 0.60, 1.7, 1.2),
+                                 _t1("SBLDM (DDPM)", 18.5, 0.65, 5.0, 200.0, n=2), _t1("SBLDM (DDIM)", 18.4, 0.55, 5.0, 0.9)])
+    write_csv(t / "parameters.csv", [{"scale": "paper", "component": "total as Table 1 counts it (no embedding layers)",
+                                      "params_M": 159.1}])
+    write_csv(t / "baseline_parameters.csv", [{"scale": "paper", "method": "3D-LDM, as Table 1 counted",
+                                               "component": "total (autoencoder + discriminator + UNet)",
+                                               "params_M": 635.5}])
+    write_csv(t / "conditioning_adherence.csv", [{"guidance_scale": 1.0, "relative_volume_error": 0.1,
+                                                  "centre_distance": 1.0, "spearman_volume": 0.95,
+                                                  "empty_fraction": 0.0, "n": 50, "chance_centre_distance": 12.0,
+                                                  "spearman_sphericity": 0.5, "spearman_surface_area": 0.9}])
+    write_csv(t / "table2_nnunet_check.csv", [{"row": "real", "seeds": 1, "dice_WT_mean": 0.7},
+                                              {"row": "real + SBLDM", "seeds": 1, "dice_WT_mean": 0.6}])
+    write_cases(t)
+    _bench(d.parent / "bench")
+    return d
+
+
+def _by_claim(rows):
+    return {r["claim"]: r for r in rows}
+
+
+def test_every_claim_gets_a_verdict_from_the_results(tmp_path):
+    rows = cl.claims(_results(tmp_path / "results" / "small"))
+    assert all(r["verdict"] in cl.VERDICTS for r in rows) and len(rows) >= 17
+    by = _by_claim(rows)
+    v = {c: r["verdict"] for c, r in by.items()}
+    # Table 1: DDIM above both baselines on PSNR, below the 3D-LDM on SSIM
+    assert v["SBLDM has a higher PSNR than the 3D-LDM and the 3D-LSGAN (Table 1)"] == cl.REPRODUCED
+    ssim = by["SBLDM has a higher SSIM than the 3D-LDM and the 3D-LSGAN (Table 1)"]
+    assert ssim["verdict"] == cl.REFUTED and ssim["why"].startswith("below the 3D-LDM, above the 3D-LSGAN")
+    assert v["SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)"] == cl.REPRODUCED
+    assert v["SBLDM has fewer parameters than the 3D-LDM (Table 1)"] == cl.REPRODUCED
+    ddim = by["DDIM (50 steps) loses only negligible quality against DDPM (Table 1)"]
+    assert ddim["verdict"] == cl.NOT_TESTED and "2 DDPM volumes" in ddim["why"]
+    memory = next(r for c, r in by.items() if c.startswith("SBLDM needs less training memory"))
+    assert memory["verdict"] == cl.REPRODUCED and "SBLDM 3.9 vs 3D-LDM 8.8, pixel DDPM 87.9" in memory["sbldm"]
+    assert "extrapolated from smaller grids: pixel_ddpm_unet" in memory["why"]
+    size = next(r for c, r in by.items() if c.startswith("SBLDM follows the requested tumour size"))
+    shape = next(r for c, r in by.items() if c.startswith("SBLDM follows the requested tumour shape"))
+    assert size["verdict"] == cl.REPRODUCED and shape["verdict"] == cl.PARTLY and "notebook 04" in shape["why"]
+    # segmentation, the training run as the unit (claims_helpers.OFFSETS)
+    assert v["real + SBLDM beats real only (Table 2)"] == cl.REPRODUCED
+    assert v["real + SBLDM beats real + the 3D-LDM (Table 2)"] == cl.REPRODUCED
+    aug = by["augmentation (x5) beats real only (Table 2)"]
+    assert aug["verdict"] == cl.NO_EFFECT and "smaller than the seed spread" in aug["why"]
+    assert v["real + SBLDM + augmentation beats real + SBLDM (Table 2)"] == cl.REFUTED
+    assert v["real + 3D-LSGAN is worse than real only (Table 2)"] == cl.REPRODUCED
+    assert v["synthetic only: SBLDM > 3D-LDM > 3D-LSGAN (Table 2)"] == cl.REPRODUCED
+    gain = by["real + SBLDM beats real only (Table 2)"]
+    assert float(gain["why"].split(" per seed")[0]) == pytest.approx(0.10, abs=0.005)
+    assert "10 seeds (10 above)" in gain["why"] and "Holm 0.016" in gain["why"]          # 2/2^10 x 8 comparisons
+    ours, real = map(float, gain["sbldm"].split(" vs "))
+    assert ours - real == pytest.approx(0.10, abs=0.005)
+    nn = by["real + SBLDM beats real only, with nnU-Net as in the paper (Table 2)"]
+    assert nn["verdict"] == cl.NOT_TESTED and "1 training seed" in nn["why"]
+    scarce = next(r for c, r in by.items() if c.startswith("synthetic volumes help when real volumes are scarce"))
+    assert "at 10 real volumes" in scarce["claim"] and scarce["verdict"] == cl.NO_EFFECT
+    assert v["beyond 100 synthetic volumes the Dice gain plateaus (Section 3.5)"] == cl.NOT_TESTED
+
+
+def test_few_seeds_or_a_large_family_demote_a_gain_to_no_detectable_effect(tmp_path):
+    from claims_helpers import OFFSETS, case_rows
+
+    d = _results(tmp_path / "results" / "small")
+    rows = [r for r in case_rows(OFFSETS) if r["seed"] < 3]           # 3 seeds: the smallest signed-rank p is 0.25
+    write_csv(d / "tables" / "table2_cases.csv", rows)
+    gain = _by_claim(cl.claims(d))["real + SBLDM beats real only (Table 2)"]
+    assert gain["verdict"] == cl.NO_EFFECT
+    assert "with 3 seeds the signed-rank p cannot fall below 0.25" in gain["why"]
+
+
+def test_a_memory_claim_that_the_benchmark_refutes(tmp_path):
+    d = _results(tmp_path / "results" / "small")
+    _bench(d.parent / "bench", sbldm_vae_mib=95000.0, ldm_ae_mib=9000.0)      # SBLDM the largest of all
+    memory = next(r for r in cl.claims(d) if r["claim"].startswith("SBLDM needs less training memory"))
+    assert memory["verdict"] == cl.REFUTED
+
+
+def test_without_results_every_claim_is_not_tested_and_says_why(tmp_path):
+    d = tmp_path / "results" / "small"
+    d.mkdir(parents=True)
+    rows = cl.claims(d)
+    assert {r["verdict"] for r in rows} == {cl.NOT_TESTED}
+    assert all(r["why"] and r["why"] != "—" for r in rows)
+
+
+def test_the_table_is_written_and_checked_against_the_results(tmp_path):
+    from sbldm.tables import read_csv
+
+    d = _results(tmp_path / "results" / "small")
+    assert not cl.update_claims_table(d, "small", check=True)          # not written yet
+    assert cl.update_claims_table(d, "small") and cl.update_claims_table(d, "small", check=True)
+    table = read_csv(d / "tables" / "claims.csv")
+    assert list(table[0]) == list(cl.COLUMNS)
+    assert "### The paper's claims at `small`" in (d / "tables" / "claims.md").read_text()
+    # a result changes: the table is stale until rewritten
+    t1 = d / "tables" / "table1.csv"
+    t1.write_text(t1.read_text().replace("SBLDM (DDIM),18.4", "SBLDM (DDIM),17.4"))
+    assert not cl.update_claims_table(d, "small", check=True)
+    assert cl.update_claims_table(d, "small")
+    psnr = next(r for r in read_csv(d / "tables" / "claims.csv") if r["claim"].startswith("SBLDM has a higher PSNR"))
+    assert psnr["verdict"] == cl.REFUTED
+
+
+@pytest.mark.parametrize("bad", ["unknown"])
+def test_a_row_with_an_unknown_verdict_is_a_bug(bad):
+    with pytest.raises(AssertionError):
+        cl._row("c", "m", "p", "o", bad, "w")
