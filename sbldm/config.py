@@ -291,6 +291,10 @@ class SegmentationConfig:
     flip_axes: tuple[int, ...] = ()   # fast backend: random mirroring along these axes (0 = left-right)
     augment_factor: int = 5           # "augmented volumes (x5)" rows
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of every row: mean and spread across seeds
+    # each training seed trains on a synthetic set of its own: the same generator, a fresh noise seed
+    # (seed + training seed), the same condition distribution, so the spread across seeds holds the
+    # synthetic draw's variance too; False: Table 1's one set for every seed
+    redraw_synthetic: bool = True
     # the fast backend's budget comes from a learning curve: a real-only run on the training split minus
     # a validation part (val_fraction), validated every curve_every steps up to iterations; the budget
     # is the first step within plateau_tolerance of the best validation Dice, applied to every row
@@ -618,6 +622,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_patch=(32, 32, 32), seg_batch_size=4, seg_lr=3e-3, seg_flip_axes=(0,),
         seg_curve_every=250, seg_plateau_tolerance=0.02, seg_filter_max_centre_distance=4.0,
         seg_nnunet_check=True, seg_scarce_sizes=(10, 25, 100), scarce_vae_check_steps=1500,
+        seg_seeds=tuple(range(10)),                      # the training run is the unit: docs/decisions.md, "Seeds"
         seg_nnunet_epochs=40, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
         seg_nnunet_batch_size=5,                         # the batch nnU-Net plans for the 100 real volumes
         # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"

@@ -284,8 +284,11 @@ def test_pretrain_then_finetune_is_the_two_runs_it_promises():
     assert np.array_equal(pred, tuned.predict(test_images))
     fresh = fast.train_fast(*real, cfg, seed=0, iterations=3, classes=4)
     assert not np.allclose(fresh.logits(test_images), tuned.logits(test_images))   # the pre-training mattered
-    with pytest.raises(ValueError, match="fast backend only"):
-        table2.train_and_predict(entry, None, test_images, config.resolve("smoke", seg_backend="nnunet"), 0, None, "t")
+    # under nnU-Net (the paper preset) the protocol runs with the fast backend, and says so
+    ncfg = config.resolve("smoke", seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_iterations=4, seg_backend="nnunet")
+    npred, ninfo = table2.train_and_predict(entry, None, test_images, ncfg, 0, None, "t", iterations=4)
+    assert ninfo["backend"] == "fast" and ninfo["instead_of"] == "nnunet"
+    np.testing.assert_array_equal(npred, pred)
 
 
 def test_summarise_tests_each_region_against_real():
@@ -482,3 +485,57 @@ def test_the_table2_summary_leads_with_the_seed_paired_verdicts():
     assert "real + SBLDM (WT)" in gain and "real + noise" not in gain
     assert "real + noise minus real only, per training seed" in text and "no detectable effect" in text
     assert "secondary (pairs test cases" in text
+
+
+def test_each_training_seed_trains_on_its_own_synthetic_draw(tmp_path, monkeypatch):
+    cfg = config.resolve("smoke", seg_seeds=(0, 1, 2))
+    assert cfg.seg_redraw_synthetic and [table2.synthetic_draw(cfg, s) for s in (0, 1, 2)] == [0, 1, 2]
+    assert table2.synthetic_draw(cfg.replace(seg_redraw_synthetic=False), 2) == cfg.seed   # Table 1's set for all
+    test = _LabelSplit(2, seed=3)
+    calls = []
+
+    def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
+        calls.append((seed, float(np.asarray(images).sum())))
+        return np.asarray(test.labels), {"backend": "fake"}
+
+    monkeypatch.setattr(table2, "train_and_predict", fake)
+    built = []
+
+    def sets_for(seed):
+        built.append(seed)
+        draw = _LabelSplit(3, seed=10 + table2.synthetic_draw(cfg, seed))     # that seed's own draw
+        return {"synthetic only": (draw.images, draw.labels)}
+
+    cases = table2.run_rows_by_seed(sets_for, test, cfg, tmp_path, iterations=5, progress=None)
+    assert built == [0, 1, 2] and [s for s, _ in calls] == [0, 1, 2]
+    assert len({x for _, x in calls}) == 3                          # three different training sets
+    assert sorted({c["seed"] for c in cases}) == [0, 1, 2] and {c["row"] for c in cases} == {"synthetic only"}
+    # kept per (data, seed): run again, nothing retrains
+    table2.run_rows_by_seed(sets_for, test, cfg, tmp_path, iterations=5, progress=None)
+    assert len(calls) == 3
+
+
+def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from sbldm.evaluation import table1
+
+    class Gen:
+        def generate(self, b, generator=None, **_):
+            g = torch.Generator().manual_seed(int(generator.initial_seed()))
+            images = torch.rand((b, 4, 4, 2), generator=g).numpy()
+            return SimpleNamespace(images=images, masks=(images > 0.5).astype(np.uint8), labels=None,
+                                   raw_conditions=None)
+
+    cfg = config.resolve("smoke", eval_n_samples=3, eval_batch_size=2)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w").write_text("x")
+    first = table1.sample_row("3D-LDM", Gen(), cfg, tmp_path / "cache", model, progress=False)
+    same = table1.sample_row("3D-LDM", Gen(), cfg, tmp_path / "cache", model, progress=False, draw=cfg.seed)
+    other = table1.sample_row("3D-LDM", Gen(), cfg, tmp_path / "cache", model, progress=False, draw=cfg.seed + 1)
+    np.testing.assert_array_equal(first["images"], same["images"])
+    assert not np.allclose(first["images"], other["images"])
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["3dldm.npz", "3dldm_draw1.npz"]

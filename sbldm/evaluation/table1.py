@@ -64,28 +64,36 @@ def _torch_gen(seed: int):
 
 
 def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[str, Path],
-                   progress: bool = True) -> dict:
+                   progress: bool = True, rows=None, draw: int | None = None) -> dict:
     """``{row: {"images", "masks", "conditions", "labels", "seconds"}}`` for every Table 1 row whose
-    generator is in ``gens``, cached in the folder ``caches[key]`` names for its generator
-    (``Session.sample_dirs()``) and redrawn when the model folder in ``dirs`` (where
-    ``gens`` came from) or its files change."""
-    return {row: sample_row(row, gens[key], cfg, caches[key], dirs[key], progress=progress)
-            for row, key, _ in ROWS if key in gens}
+    generator is in ``gens`` (and whose name is in ``rows``, when given), cached in the folder
+    ``caches[key]`` names for its generator (``Session.sample_dirs()``) and redrawn when the
+    model folder in ``dirs`` (where ``gens`` came from) or its files change. ``draw``: the
+    noise seed of the set (default ``cfg.seed``, Table 1's set; ``sample_row``)."""
+    return {row: sample_row(row, gens[key], cfg, caches[key], dirs[key], progress=progress, draw=draw)
+            for row, key, _ in ROWS if key in gens and (rows is None or row in rows)}
 
 
-def sample_row(row: str, gen, cfg: Config, cache_dir: Path, model_dir: Path, progress: bool = True) -> dict:
+def sample_row(row: str, gen, cfg: Config, cache_dir: Path, model_dir: Path, progress: bool = True,
+               draw: int | None = None) -> dict:
     """The sample set of one Table 1 row (``ROWS``) drawn from ``gen`` (loaded from
-    ``model_dir``), cached in ``cache_dir`` and redrawn when ``model_dir``'s files change."""
+    ``model_dir``), cached in ``cache_dir`` and redrawn when ``model_dir``'s files change.
+    ``draw``: the noise seed of the whole set (its batches' seeds, and for SBLDM the
+    conditions drawn from the training distribution); ``cfg.seed`` or None is Table 1's set,
+    another seed another set of the same generator, cached beside it (``<row>_draw<k>.npz``)."""
     key, opts = next((k, o) for r, k, o in ROWS if r == row)
     options = opts(cfg)
     n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
+    draw = cfg.seed if draw is None else int(draw)
     fn = lambda b, s: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
     stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
-    out = cached_samples(Path(cache_dir) / f"{stem}.npz", fn, n, cfg.seed, cfg.eval_batch_size,
+    if draw != cfg.seed:
+        stem += f"_draw{draw}"
+    out = cached_samples(Path(cache_dir) / f"{stem}.npz", fn, n, draw, cfg.eval_batch_size,
                          meta={"options": options, "model": str(model_dir), "mtime": _mtime(model_dir)},
                          progress=progress)
     if out["conditions"] is None and key == "sbldm":
-        out["conditions"] = requested_conditions(gen, n, cfg.seed, cfg.eval_batch_size)
+        out["conditions"] = requested_conditions(gen, n, draw, cfg.eval_batch_size)
     return out
 
 

@@ -114,16 +114,17 @@ def generator_record(work: Path, n: int) -> dict:
     return json.loads(path.read_text())
 
 
-def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True) -> dict:
+def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True, draw: int | None = None) -> dict:
     """The synthetic set of the size-``n`` generator: ``cfg.eval_n_samples`` volumes drawn as
-    Table 1's SBLDM (DDIM) row, cached in ``work/scarce/n<n>/samples``."""
+    Table 1's SBLDM (DDIM) row, cached in ``work/scarce/n<n>/samples``; ``draw``: its noise
+    seed (``sbldm.evaluation.table1.sample_row``; default Table 1's)."""
     from sbldm.evaluation.table1 import sample_row
     from sbldm.generators.registry import load_generator
 
     d = generator_dir(work, n)
     generator_record(work, n)
     return sample_row(SAMPLE_ROW, load_generator(d / "pipeline"), cfg, d / "samples", d / "pipeline",
-                      progress=progress)
+                      progress=progress, draw=draw)
 
 
 def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work: Path, seed: int = 0,
@@ -184,7 +185,8 @@ def ratio_row(cfg: Config) -> str:
     return f"real + {cfg.seg_protocol_synthetic_fraction:.0%} of SBLDM"
 
 
-def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = True) -> tuple[dict, dict]:
+def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = True,
+                  augment_seed: int | None = None) -> tuple[dict, dict]:
     """``({row: training set}, filter report)`` at one real-set size: real only, real with
     ``seg_augment_factor`` x augmentation (``REAL_AUG``: what the real volumes alone give
     beyond themselves) and mixing (all the synthetic volumes, the paper's way), and with
@@ -197,10 +199,12 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
     - ``PRETRAIN``: ``seg_pretrain_fraction`` of the budget on the synthetic volumes alone,
       the rest on the real ones, starting from those weights.
 
-    ``real``: (images, targets); ``synthetic``: (images, targets, requested features or None)."""
+    ``real``: (images, targets); ``synthetic``: (images, targets, requested features or None);
+    ``augment_seed``: the augmentation's seed (default ``cfg.seed``)."""
     im, tg, requested = synthetic
     cat = lambda a, b: (np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))  # noqa: E731
-    sets = {REAL: real, REAL_AUG: table2.augment(*real, cfg.seg_augment_factor, seed=cfg.seed),
+    aug_seed = cfg.seed if augment_seed is None else int(augment_seed)
+    sets = {REAL: real, REAL_AUG: table2.augment(*real, cfg.seg_augment_factor, seed=aug_seed),
             MIXING: cat(real, (im, tg))}
     report = {}
     if protocols:
@@ -236,8 +240,11 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
     ``n_synthetic``, ``generator_saw``, ``vae_saw``, ``iterations``) of every training set
     at every size of ``subsets`` (``{n: indices}``), its synthetic volumes from
     ``samples[n]`` (drawn by the generator that saw those ``n``: ``records[n]``), every
-    seed; the protocols at the sizes in ``protocol_sizes``. ``iterations``: one budget for
-    every size, or ``{n: budget}`` (``size_budgets``). Returns (cases, {n: filter report})."""
+    seed; the protocols at the sizes in ``protocol_sizes``. ``samples[n]`` is one sample
+    set for every seed, or a callable ``seed -> sample set`` (that training seed's own draw,
+    ``sbldm.segmentation.table2.synthetic_draw``; its augmentation is then redrawn with the
+    same seed). ``iterations``: one budget for every size, or ``{n: budget}``
+    (``size_budgets``). Returns (cases, {n: filter report of the first seed's set})."""
     labels = cfg.tumour_labels == "regions"
     images, tg = np.asarray(train.images), table2.targets(train, cfg)
     cases, reports = [], {}
@@ -245,11 +252,24 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
         saw = int(records[n]["unet_saw"])
         if saw != len(idx):
             raise ValueError(f"the generator for {n} real volumes saw {saw}: its synthetic volumes would leak")
-        synth = table2.synthetic_set("SBLDM", samples[n], len(samples[n]["images"]), labels)
-        sets, reports[n] = protocol_sets((images[idx], tg[idx]), synth, cfg, protocols=n in set(protocol_sizes))
+        protocols = n in set(protocol_sizes)
+
+        redraw, built = callable(samples[n]), {}
+
+        def sets_for(seed, n=n, idx=idx, protocols=protocols, redraw=redraw, built=built):
+            if not redraw and built:                # one set for every seed: built once
+                return built["sets"]
+            drawn = samples[n](seed) if redraw else samples[n]
+            synth = table2.synthetic_set("SBLDM", drawn, len(drawn["images"]), labels)
+            sets, report = protocol_sets((images[idx], tg[idx]), synth, cfg, protocols=protocols,
+                                         augment_seed=table2.synthetic_draw(cfg, seed) if redraw else None)
+            reports.setdefault(n, report)
+            built["sets"] = sets
+            return sets
+
         steps = iterations.get(n) if isinstance(iterations, dict) else iterations
-        rows = table2.run_rows(sets, test, cfg, work, seeds=seeds, iterations=steps, progress=progress,
-                               tag=f"scarce{n}_")
+        rows = table2.run_rows_by_seed(sets_for, test, cfg, work, seeds=seeds, iterations=steps, progress=progress,
+                                       tag=f"scarce{n}_")
         cases += [{**c, "n_real": n, "n_synthetic": 0 if c["row"] == REAL_AUG else int(c["n_train_volumes"]) - n,
                    "generator_saw": saw,
                    "vae_saw": int(records[n]["vae_saw"]), "iterations": steps} for c in rows]
@@ -298,8 +318,10 @@ def sweep_rows(summary: list[dict], regions) -> list[dict]:
 
 def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
     """The protocol table: every training set at the protocol sizes, Dice and lesion-wise
-    Dice per region, each against real only at its size."""
+    Dice per region, each against real only at its size; ``backend``: the segmenter that
+    trained it (pre-training then fine-tuning runs with the fast one under any backend)."""
     return [{"n_real": r["n_real"], "protocol": r["row"], "volumes": r["n_train_volumes"], "seeds": r["seeds"],
+             **({"backend": r["backend"]} if "backend" in r else {}),
              **_region_columns(r, regions, lesion=True)} for r in summary if r["n_real"] in set(sizes)]
 
 

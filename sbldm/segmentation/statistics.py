@@ -106,7 +106,7 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
     ``p_seeds_R`` (Holm over every row x region of this table; the unadjusted one is
     ``p_seeds_raw_R``), ``seed_spread_R`` and
     ``verdict_R`` (gain, loss or no detectable effect); without regions the suffix is
-    ``all``."""
+    ``all``. ``backend``: the segmenter(s) that trained the row, when the cases say."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
     regions = regions_of(cases)
     ref = _per_case(cases, reference, "dice") if reference in rows_order else None
@@ -117,6 +117,9 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
         seeds = sorted({c["seed"] for c in sel})
         entry = {"row": row, "n_train_volumes": sel[0]["n_train_volumes"], "seeds": len(seeds),
                  "n_test": len({c["case_id"] for c in sel})}
+        backends = sorted({c["backend"] for c in sel if c.get("backend")})
+        if backends:                    # the segmenter that trained the row (a protocol may need the fast one)
+            entry["backend"] = "+".join(backends)
         metrics = ["dice", "iou"] + [f"{m}_{r}" for r in regions for m in REGION_METRICS]
         for metric in metrics:
             per_seed = _per_seed(cases, row, metric)

@@ -18,7 +18,9 @@ The protocol (issue "Table 2 that can show the paper's effect"):
   applied to every row the same way;
 - every row is trained with every seed of ``seg_seeds``; the table gives the mean over
   seeds of the per-seed mean Dice with its spread across seeds, and tests each row against
-  "real" (``sbldm.segmentation.statistics``);
+  "real" (``sbldm.segmentation.statistics``); with ``seg_redraw_synthetic`` each seed
+  trains on its own synthetic draw and augmentation (``synthetic_draw``,
+  ``run_rows_by_seed``), so the spread holds the synthetic set's variance too;
 - synthetic sets are checked (shapes, NaN, binary masks) and, for the extra
   "real + SBLDM (filtered)" row, quality-filtered against the tumour each volume was
   asked for, with the rejection rate recorded;
@@ -310,8 +312,16 @@ def train_and_predict(images, masks, test_images, cfg: Config, seed: int, work: 
                       iterations: int | None = None):
     """Train the configured backend on (images, targets) — or on a ``PretrainFinetune``
     passed as ``images`` with ``masks`` None — and predict ``test_images``: (predictions,
-    backend info). Targets are label maps with ``tumour_labels="regions"``, else masks."""
+    backend info with ``backend``, the one that trained). Targets are label maps with
+    ``tumour_labels="regions"``, else masks. Pre-training then fine-tuning needs a network
+    whose weights carry over between two runs at one budget: it runs with the fast backend
+    whatever ``seg_backend`` says (``cfg.seg_iterations`` steps unless ``iterations``), and
+    its info says so."""
     classes = CLASSES[cfg.tumour_labels]
+    if isinstance(images, PretrainFinetune) and cfg.seg_backend != "fast":
+        pred, info = train_and_predict(images, masks, test_images, cfg.replace(seg_backend="fast"), seed, work, tag,
+                                       iterations)
+        return pred, {**info, "instead_of": cfg.seg_backend}
     if cfg.seg_backend == "fast":
         from sbldm.segmentation.fast import train_fast
 
@@ -323,13 +333,10 @@ def train_and_predict(images, masks, test_images, cfg: Config, seed: int, work: 
             return seg.predict(test_images), {"backend": "fast", "pretrain_steps": first}
         return (train_fast(images, masks, cfg, seed=seed, iterations=iterations, classes=classes).predict(test_images),
                 {"backend": "fast"})
-    if isinstance(images, PretrainFinetune):
-        raise ValueError("pre-training on synthetic volumes then fine-tuning on real ones runs with the fast backend "
-                         "only (seg_backend='fast')")
     from sbldm.segmentation import nnunet
 
     res = nnunet.train_and_predict(images, masks, test_images, cfg, work / "nnunet" / f"{tag}_seed{seed}", seed=seed)
-    return res["predictions"], {k: v for k, v in res.items() if k != "predictions"}
+    return res["predictions"], {"backend": "nnunet", **{k: v for k, v in res.items() if k != "predictions"}}
 
 
 def spacings(split) -> list[tuple[float, float, float]] | None:
@@ -426,17 +433,56 @@ def run_rows(sets: dict, test, cfg: Config, work: Path, seeds=None, iterations: 
             if path.is_file():
                 done = json.loads(path.read_text())
                 rows, seconds, reused = done["rows"], done["seconds"], True
+                backend = done.get("backend", "fast" if isinstance(entry, PretrainFinetune) else cfg.seg_backend)
             else:
                 t0 = time.time()
                 pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"{tag}{k}", iterations)
-                seconds, reused = time.time() - t0, False
+                seconds, reused, backend = time.time() - t0, False, info.get("backend", cfg.seg_backend)
                 rows = score(pred, test, cfg)
-                atomic_write_json(path, {"row": row, "seed": seed, "seconds": seconds, "rows": rows})
-            cases += [{"row": row, "seed": seed, "n_train_volumes": n_volumes(entry), **r, "seconds": seconds}
-                      for r in rows]
+                atomic_write_json(path, {"row": row, "seed": seed, "seconds": seconds, "backend": backend,
+                                         "rows": rows})
+            cases += [{"row": row, "seed": seed, "n_train_volumes": n_volumes(entry), "backend": backend, **r,
+                       "seconds": seconds} for r in rows]
             if progress:
                 progress(f"{row} (seed {seed}, {n_volumes(entry)} volumes): Dice {np.mean([r['dice'] for r in rows]):.3f} "
                          f"in {seconds:.0f} s" + (" (kept from an earlier run)" if reused else ""))
+    return cases
+
+
+def synthetic_draw(cfg: Config, seed: int) -> int:
+    """The noise seed of the synthetic set that training seed ``seed`` trains on: ``cfg.seed
+    + seed`` with ``seg_redraw_synthetic`` (training seed 0 keeps Table 1's set, every other
+    seed a fresh draw of the same generator and condition distribution), else ``cfg.seed``
+    (Table 1's one set for every seed)."""
+    return cfg.seed + int(seed) if cfg.seg_redraw_synthetic else cfg.seed
+
+
+def seed_sets(train, sets: dict, cfg: Config, draw_samples):
+    """``sets_for(seed)`` for ``run_rows_by_seed``: ``sets`` (built on Table 1's sample sets)
+    for a training seed whose draw is Table 1's (``synthetic_draw``), else ``training_sets``
+    on ``draw_samples(draw)`` (that draw's sample sets, e.g.
+    ``sbldm.evaluation.table1.sample_methods(..., draw=draw)``) with the augmentation seeded
+    by the same draw."""
+    def sets_for(seed):
+        draw = synthetic_draw(cfg, seed)
+        if draw == cfg.seed:
+            return sets
+        return training_sets(train, draw_samples(draw), cfg, seed=draw)[0]
+
+    return sets_for
+
+
+def run_rows_by_seed(sets_for, test, cfg: Config, work: Path, seeds=None, iterations: int | None = None,
+                     progress=print, tag: str = "row") -> list[dict]:
+    """``run_rows`` with training sets of their own per training seed: ``sets_for(seed)`` ->
+    ``{row: entry}`` (e.g. built on that seed's synthetic draw, ``synthetic_draw``), built
+    one seed at a time so that only one seed's sets are held in memory. The kept results of
+    ``run_rows`` are keyed by the training data, so a seed whose sets did not change is read
+    back."""
+    cases = []
+    for seed in tuple(cfg.seg_seeds if seeds is None else seeds):
+        cases += run_rows(sets_for(seed), test, cfg, work, seeds=(seed,), iterations=iterations, progress=progress,
+                          tag=tag)
     return cases
 
 
