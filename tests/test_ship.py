@@ -32,7 +32,7 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
     pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
     pipe.save_pretrained(work / "pipeline")
     dest = ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results",
-                     dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2)
+                     dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2, speed_steps=2)
     assert dest == tmp_path / "pretrained" / "smoke" and not (tmp_path / "pretrained" / "smoke.partial").exists()
     with safe_open(str(dest / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
@@ -47,6 +47,10 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
     assert np.abs(a.images - b.images).max() < 0.05                       # fp16 rounding, not another model
     card = (dest / ship.CARD).read_text()
     assert "fp16" in card and "largest image difference" in card and "not for clinical use" in card
+    # the speed measured when shipped, fp32 and bf16 on a CPU, and the Use snippet takes the fast path
+    assert "## Speed" in card and "DDIM-2 on" in card and " s in fp32" in card
+    assert torch.cuda.is_available() or "under bf16 autocast" in card
+    assert "with cpu_bf16(not torch.cuda.is_available()):" in card
 
 
 @pytest.mark.skipif(not (ROOT / "pretrained" / "small").is_dir(), reason="no shipped small pipeline")
@@ -94,3 +98,28 @@ def test_the_card_quotes_table2_per_region_and_says_when_it_is_stale(tmp_path):
     run["notebooks"]["00_prepare_data"]["finished_at"] = "2026-11-30T13:00:00+00:00"     # the data prepared again after
     (res / "run.json").write_text(json.dumps(run))
     assert "stale: from an earlier cohort" in ship.model_card(config.resolve("smoke"), "smoke", res, None)
+
+
+def test_the_card_lists_the_claims_with_their_verdicts_and_the_interiors_at_its_budget(tmp_path):
+    from sbldm import config
+    from sbldm.report import ship
+    from sbldm.tables import write_table
+
+    cfg = config.resolve("smoke")
+    res = tmp_path / "results"
+    write_table([{"claim": "real + SBLDM beats real only (Table 2)", "measure": "Dice", "paper": "0.815 vs 0.714",
+                  "sbldm": "0.680 vs 0.629", "verdict": "no detectable effect", "why": "3 seeds"}],
+                res / "tables" / "claims")
+    base = {"interior_w_over_spread": 0.7, "dark_part_share": 0.0, "dark_part_share_real": 0.09,
+            "multi_piece_26": 0.18, "multi_piece_26_real": 0.48, "spearman_sphericity": 0.59,
+            "spearman_surface_area": 0.95, "frechet_ratio": 6.5}
+    write_table([{"generator": "real", "steps": "", "vae_steps": "", **base, "interior_w_over_spread": 0.19},
+                 {"generator": "sbldm", "steps": cfg.diffusion_steps + 1, "vae_steps": cfg.vae_steps, **base},
+                 {"generator": "sbldm-vae9", "steps": cfg.diffusion_steps, "vae_steps": cfg.vae_steps,
+                  **base, "interior_w_over_spread": 0.66}], res / "tables" / "generator_budget")
+    card = ship.model_card(cfg, "smoke", res, None)
+    assert "- real + SBLDM beats real only (Table 2): **no detectable effect** (paper 0.815 vs 0.714; here " \
+           "0.680 vs 0.629)" in card
+    # the budget row with this preset's VAE and UNet steps, against the real test split
+    assert "worst sub-region Wasserstein over the real spread 0.66 (real test split 0.19)" in card
+    assert "in more than one piece 18% (real 48%)" in card and "sphericity Spearman 0.59" in card

@@ -48,14 +48,36 @@ def half_precision_effect(pipe32, pipe16, n: int = 4, steps: int = 20, seed: int
             "mask_voxels_differing": float((a.masks != b.masks).mean())}
 
 
+def sampling_speed(pipe, steps: int, seed: int = 0) -> dict:
+    """Seconds per volume (DDIM ``steps``, one volume per call, after one warm-up) with fp32
+    weights as loaded, and under bf16 autocast on the CPU (``sbldm.runtime.cpu_bf16``; on a
+    GPU only fp32 is timed here), with the device that ran them."""
+    import torch
+
+    from sbldm.evaluation.generation import time_per_volume
+    from sbldm.provenance import device_name
+    from sbldm.runtime import cpu_bf16
+
+    def one():
+        return pipe(num_volumes=1, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed))
+
+    out = {"ddim_steps": steps, "device": device_name("cuda" if torch.cuda.is_available() else "cpu"),
+           "fp32_s": time_per_volume(one, repeats=1)["median_s"]}
+    if not torch.cuda.is_available():
+        with cpu_bf16():
+            out["bf16_s"] = time_per_volume(one, repeats=1)["median_s"]
+    return out
+
+
 def _table(path: Path) -> list[dict]:
     from sbldm.tables import read_csv
 
     return read_csv(path) if path.is_file() else []
 
 
-def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
-    """The card's Markdown, every number read from ``results`` (or measured by ``ship``)."""
+def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: dict | None = None) -> str:
+    """The card's Markdown, every number read from ``results`` (or measured by ``ship``:
+    ``half``, ``half_precision_effect``; ``speed``, ``sampling_speed``)."""
     record = json.loads((results / "run.json").read_text()) if (results / "run.json").is_file() else {}
     nbs = record.get("notebooks", {})
     trained = nbs.get("02_train_diffusion", {})
@@ -92,7 +114,20 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
     if "SBLDM (DDIM)" in t1:
         r = t1["SBLDM (DDIM)"]
         lines.append(f"- Table 1 (unpaired, as the authors): PSNR {float(r['psnr']):.2f} dB, SSIM {float(r['ssim']):.3f}, "
-                     f"{float(r['time_s_per_volume']):.1f} s per volume on {r['device']}")
+                     f"{float(r['time_s_per_volume']):.1f} s per volume in fp32 on {r['device']}")
+    budget = [r for r in _table(results / "tables" / "generator_budget.csv") if r.get("generator", "").startswith("sbldm")
+              and _int(r.get("steps")) == cfg.diffusion_steps and _int(r.get("vae_steps")) == cfg.vae_steps]
+    if budget:
+        b = budget[0]
+        lines.append(f"- Inside the tumours and shape, from the budget curves' run at this budget (slice VAE "
+                     f"{cfg.vae_steps} steps, UNet {cfg.diffusion_steps}; its own training run, 100 volumes): worst "
+                     f"sub-region Wasserstein over the real spread {float(b['interior_w_over_spread']):.2f} (real test "
+                     f"split {_real(results, 'interior_w_over_spread')}), tumours with a part darker than normal brain "
+                     f"{float(b['dark_part_share']):.0%} (real {float(b['dark_part_share_real']):.0%}), in more than one "
+                     f"piece {float(b['multi_piece_26']):.0%} (real {float(b['multi_piece_26_real']):.0%}), sphericity "
+                     f"Spearman {float(b['spearman_sphericity']):.2f}, surface-area Spearman "
+                     f"{float(b['spearman_surface_area']):.2f}; Fréchet distance {float(b['frechet_ratio']):.1f}x the "
+                     "real test split's")
     t2 = {r["row"]: r for r in _table(results / "tables" / "table2.csv")}
     if "real" in t2 and "real + SBLDM" in t2:
         from sbldm.report.readme import stale_notebooks
@@ -106,6 +141,19 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
                  if "06_segmentation_study" in stale_notebooks(record, results) else "")
         lines.append(f"- Table 2 ({t2['real'].get('seeds', '?')} segmenter seeds, {what}): real {dice(t2['real'])}, "
                      f"real + SBLDM {dice(t2['real + SBLDM'])}{stale}")
+    claims = _table(results / "tables" / "claims.csv")
+    if claims:
+        lines += ["", "## The paper's claims at this scale", "",
+                  f"From `results/{run}/tables/claims.md`, where each verdict has its numbers and its reason. "
+                  "Segmentation claims take the training run as the unit; \"no detectable effect\" means the seeds "
+                  "cannot tell the effect from run-to-run noise.", ""]
+        lines += [f"- {r['claim']}: **{r['verdict']}** (paper {r['paper']}; here {r['sbldm']})" for r in claims]
+    if speed:
+        lines += ["", "## Speed", "",
+                  f"- measured when shipped, one volume, DDIM-{speed['ddim_steps']} on {speed['device']}: "
+                  f"{speed['fp32_s']:.1f} s in fp32"
+                  + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
+                     if speed.get("bf16_s") else "")]
     lines += ["", "## Storage", ""]
     if half:
         lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
@@ -113,16 +161,37 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None) -> str:
                      f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]), "
                      f"mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of mask voxels "
                      "differ.")
-    lines += ["", "## Use", "", "```python", "from sbldm.diffusion.pipeline import SBLDMPipeline", "",
+    lines += ["", "## Use", "", "```python", "import torch", "",
+              "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
               f'pipe = SBLDMPipeline.from_pretrained("pretrained/{run}")',
-              "out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
+              "# on a CPU, bf16 autocast runs the 3D convolutions several times faster (the card's Speed section)",
+              "with cpu_bf16(not torch.cuda.is_available()):",
+              "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
               'out.save_nifti("samples/")', "```", ""]
     return "\n".join(lines)
 
 
+def _int(value) -> int | None:
+    try:
+        return int(float(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def _real(results: Path, key: str) -> str:
+    real = [r for r in _table(results / "tables" / "generator_budget.csv") if r.get("generator") == "real"]
+    try:
+        return f"{float(real[0][key]):.2f}"
+    except (IndexError, KeyError, TypeError, ValueError):
+        return "?"
+
+
 def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = REPO_ROOT / "results",
-         dest_root: Path = SHIPPED, check_volumes: int = 4, check_steps: int = 20) -> Path:
-    """Write ``dest_root/<run>/`` from the trained pipeline of ``scale`` (default run folder)."""
+         dest_root: Path = SHIPPED, check_volumes: int = 4, check_steps: int = 20,
+         speed_steps: int | None = None) -> Path:
+    """Write ``dest_root/<run>/`` from the trained pipeline of ``scale`` (default run folder);
+    with ``check_volumes``, the card carries the fp16 storage check (``check_steps`` DDIM
+    steps) and the sampling speed at ``speed_steps`` (default the preset's DDIM steps)."""
     import torch
 
     from sbldm.data.cohort import load_prepared
@@ -143,7 +212,8 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
     pipe16 = SBLDMPipeline.from_pretrained(tmp)
     half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
-    atomic_write_bytes(tmp / CARD, model_card(cfg, run, Path(results_root) / run, half).encode())
+    speed = sampling_speed(pipe16, speed_steps or cfg.num_inference_steps) if check_volumes else None
+    atomic_write_bytes(tmp / CARD, model_card(cfg, run, Path(results_root) / run, half, speed).encode())
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
