@@ -187,3 +187,25 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
     # the pieces gap is flat: out of reach of budget alone
     assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not fall steadily towards it" in targets
+
+
+def test_the_training_counts_are_generated_from_the_presets(tmp_path):
+    from sbldm.config import resolve
+    from sbldm.experiments.scarce_regime import training_counts
+
+    # paper: 10 Table 2 rows x 3 seeds; 4 sizes x 3 sweep rows x 3 seeds; 2 protocol sizes x
+    # (ratio, filtered) x 3 seeds on nnU-Net, and pre-training then fine-tuning on the fast one
+    c = training_counts(resolve("paper"))
+    assert (c["table2"], c["sweep"], c["protocols"], c["pretrain_finetune"]) == (30, 36, 12, 6)
+    assert c["nnunet"] == 78 and c["fast"] == 6
+    look = training_counts(resolve("paper", **gen.FIRST_LOOK))
+    assert look["nnunet"] == 10 + 3 + 2 and look["fast"] == 1 and look["sizes"] == [100]
+    small = training_counts(resolve("small"))        # the fast backend leads, nnU-Net checks 2 rows once
+    assert small["nnunet"] == 2 and small["fast"] == small["table2"] + small["sweep"] + small["protocols"] + \
+        small["pretrain_finetune"]
+    page = tmp_path / "paper_scale.md"
+    page.write_text("x\n" + "\n".join(gen.COUNT_MARKERS) + "\ny\n")
+    assert not gen.update_counts(page, check=True)
+    assert gen.update_counts(page) and gen.update_counts(page, check=True)
+    assert "train at most 78 nnU-Nets" in page.read_text() and page.read_text().endswith("\ny\n")
+    assert gen.update_counts(tmp_path / "nothing.md" if (tmp_path / "nothing.md").write_text("no markers") else page)

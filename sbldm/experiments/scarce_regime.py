@@ -217,6 +217,29 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
     return sets, report
 
 
+#: Table 2's rows (notebook 06): real, augmentation, 3 synthetic only, 3 real + synthetic, the
+#: filtered SBLDM row and real + SBLDM + augmentation
+TABLE2_ROWS = 10
+
+
+def training_counts(cfg: Config) -> dict:
+    """How many segmenters notebooks 06 and 11 train under ``cfg``, per backend: Table 2's
+    rows x seeds (and the one-seed nnU-Net check of 2 rows when the fast backend leads),
+    the sweep's real, real + augmentation and mixing rows at every real-set size x seeds,
+    and the protocols at the smallest and the full size x seeds (the ratio and filtered rows
+    on the configured backend, pre-training then fine-tuning on the fast one)."""
+    seeds = len(cfg.seg_seeds)
+    sizes = real_subsets(cfg.n_train, cfg.seg_scarce_sizes)
+    protocol_sizes = {min(sizes), max(sizes)}
+    main = cfg.seg_backend
+    out = {"table2": TABLE2_ROWS * seeds, "nnunet_check": 2 if main == "fast" and cfg.seg_nnunet_check else 0,
+           "sweep": 3 * len(sizes) * seeds, "protocols": 2 * len(protocol_sizes) * seeds,
+           "pretrain_finetune": len(protocol_sizes) * seeds, "seeds": seeds, "sizes": list(sizes)}
+    out["nnunet"] = out["nnunet_check"] + (out["table2"] + out["sweep"] + out["protocols"] if main == "nnunet" else 0)
+    out["fast"] = out["pretrain_finetune"] + (out["table2"] + out["sweep"] + out["protocols"] if main == "fast" else 0)
+    return out
+
+
 def size_budgets(train: Prepared, subsets: dict, cfg: Config, work: Path, seed: int = 0,
                  progress=print) -> dict[int, int]:
     """``{n: segmenter budget}``: at every real-set size, the budget chosen by the learning
