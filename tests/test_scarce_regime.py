@@ -219,3 +219,49 @@ def test_each_size_gets_the_budget_of_its_own_real_volumes(prepared, tmp_path):
         assert by_hand["budget"] == budgets[n]
     with pytest.raises(ValueError, match="validation part"):
         sr.size_budgets(train, {1: subsets[2][:1]}, cfg, tmp_path, progress=None)
+
+
+@pytest.mark.slow
+def test_the_leak_free_generator_saw_only_its_volumes_and_the_study_pairs_the_two_vaes(prepared, tmp_path,
+                                                                                        monkeypatch):
+    import json
+
+    from model_helpers import tiny_cfg
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    cfg = tiny_cfg(scarce_vae_check_steps=2, diffusion_steps=2, eval_n_samples=2, eval_batch_size=2,
+                   seg_seeds=(0, 1))
+    train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
+    dirs = sr.train_leakfree_generators(cfg, train, 2, tmp_path, seed=0, progress=False)
+    assert set(dirs) == {2, len(train)}
+    idx = sr.real_subsets(len(train), [2], 0)[2]
+    for vae_saw, d in dirs.items():
+        record = json.loads((d / "record.json").read_text())
+        assert record["unet_saw"] == 2 and record["vae_saw"] == vae_saw and record["case_ids"] == \
+            [train.case_ids[i] for i in idx]
+        assert record["vae_steps"] == 2
+        # the conditions it samples come from those two tumours only
+        pipe = SBLDMPipeline.from_pretrained(d / "pipeline")
+        np.testing.assert_allclose(np.asarray(pipe.train_features), train.features[idx])
+    # the leak-free VAE is the one vae_subset_check trains on the subset
+    assert (sr.vae_check_dir(tmp_path, 2) / "diffusion_pytorch_model.safetensors").is_file()
+
+    seen = []
+
+    def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
+        seen.append((seed, len(images), float(np.asarray(images).sum())))
+        return np.asarray(table2.targets(test, cfg)), {"backend": "fake"}
+
+    monkeypatch.setattr(table2, "train_and_predict", fake)
+    cases = sr.leakfree_study(train, test, cfg, tmp_path, 2, seed=0, iterations=3, progress=None)
+    assert {c["row"] for c in cases} == {sr.REAL, sr.LEAKFREE, sr.SHARED_VAE}
+    assert {(c["row"], c["vae_saw"]) for c in cases} == {(sr.REAL, 0), (sr.LEAKFREE, 2),
+                                                         (sr.SHARED_VAE, len(train))}
+    # 3 rows x 2 seeds; the synthetic rows hold 2 real + 2 synthetic volumes, a draw of their own per seed
+    assert len(seen) == 6 and sorted(n for _, n, _ in seen) == [2, 2, 4, 4, 4, 4]
+    assert len({x for s, n, x in seen if n == 4}) == 4
+    rows = sr.leakfree_rows(cases)
+    assert [r["training_set"] for r in rows][-1] == f"{sr.SHARED_VAE} minus {sr.LEAKFREE}"
+    assert rows[-1]["seeds"] == 2 and "verdict_WT" in rows[-1]
+    # the predictions are perfect in every row: no difference, no effect
+    assert rows[-1]["diff_WT"] == 0 and rows[-1]["verdict_WT"] == "no detectable effect"

@@ -84,10 +84,11 @@ def generator_dir(work: Path, n: int) -> Path:
 
 
 def train_scarce_generator(cfg: Config, vae, latents, train: Prepared, idx, out_dir, resume: bool = True,
-                           device=None, progress: bool = True):
+                           device=None, progress: bool = True, vae_saw: int | None = None):
     """A latent UNet trained on the volumes ``idx`` of ``train`` only (their latents,
     conditions, priors and brain support), assembled with the shared ``vae`` into an
-    ``SBLDMPipeline`` saved to ``out_dir/pipeline``; ``out_dir/record.json`` says what it saw.
+    ``SBLDMPipeline`` saved to ``out_dir/pipeline``; ``out_dir/record.json`` says what it saw
+    (``vae_saw``: the real volumes ``vae`` was trained on, default all of ``train``).
     Resumes from ``out_dir/diffusion``'s checkpoint."""
     from sbldm.training.trainer import train_pipeline
 
@@ -101,9 +102,53 @@ def train_scarce_generator(cfg: Config, vae, latents, train: Prepared, idx, out_
                           device=device, progress=progress)
     pipe.save_pretrained(out_dir / "pipeline")
     atomic_write_json(out_dir / "record.json", {
-        "n_real": len(sub), "case_ids": sub.case_ids, "unet_saw": len(sub), "vae_saw": len(train),
+        "n_real": len(sub), "case_ids": sub.case_ids, "unet_saw": len(sub),
+        "vae_saw": len(train) if vae_saw is None else int(vae_saw), "vae_steps": cfg.vae_steps,
         "diffusion_steps": cfg.diffusion_steps, "config_hash": cfg.hash()})
     return pipe
+
+
+def vae_check_dir(work: Path, n: int) -> Path:
+    """The slice VAE of ``vae_subset_check`` trained on ``n`` real volumes."""
+    return Path(work) / "scarce" / "vae_check" / f"n{int(n)}"
+
+
+def leakfree_dir(work: Path, vae_saw: int) -> Path:
+    """The leak-free study's generator whose slice VAE saw ``vae_saw`` real volumes."""
+    return Path(work) / "scarce" / "leakfree" / f"vae{int(vae_saw)}"
+
+
+#: the leak-free study's rows (``leakfree_study``): SBLDM volumes from a generator whose slice
+#: VAE saw only the n real volumes, and from one whose VAE saw the whole training split
+LEAKFREE, SHARED_VAE = "real + SBLDM, VAE saw these only", "real + SBLDM, VAE saw all"
+
+
+def train_leakfree_generators(cfg: Config, train: Prepared, n: int, work: Path, seed: int = 0,
+                              resume: bool = True, device=None, progress: bool = True) -> dict[int, Path]:
+    """What the shared slice VAE buys, at the real-set size ``n``: two generators whose
+    latent UNets are trained on the same ``n`` real volumes (``real_subsets``), one on the
+    slice VAE ``vae_subset_check`` trained on those ``n`` only — encoded, normalised and
+    scaled from them alone, so no network of it saw another real volume — and one on the
+    VAE it trained on the whole split. Both VAEs train ``scarce_vae_check_steps`` steps and
+    both UNets ``diffusion_steps``: equal budgets, only what the VAE saw differs. Returns
+    ``{vae_saw: generator folder}`` (``leakfree_dir``)."""
+    from sbldm.diffusion.latents import encode_dataset
+    from sbldm.training.trainer import train_vae
+
+    vcfg = cfg.replace(vae_steps=cfg.scarce_vae_check_steps)
+    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    sub = subset_split(train, idx)
+    out = {}
+    for split in (sub, train):
+        vae = train_vae(vcfg, split, vae_check_dir(work, len(split)), resume=resume, device=device,
+                        progress=progress).eval()
+        latents = encode_dataset(vae, sub.images, sub.labels, device=device, case_ids=sub.case_ids,
+                                 progress=progress)
+        d = leakfree_dir(work, len(split))
+        train_scarce_generator(vcfg, vae, latents, sub, np.arange(len(sub)), d, resume=resume, device=device,
+                               progress=progress, vae_saw=len(split))
+        out[len(split)] = d
+    return out
 
 
 def generator_record(work: Path, n: int) -> dict:
@@ -118,11 +163,18 @@ def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True, draw:
     """The synthetic set of the size-``n`` generator: ``cfg.eval_n_samples`` volumes drawn as
     Table 1's SBLDM (DDIM) row, cached in ``work/scarce/n<n>/samples``; ``draw``: its noise
     seed (``sbldm.evaluation.table1.sample_row``; default Table 1's)."""
+    generator_record(work, n)
+    return samples_of(generator_dir(work, n), cfg, progress=progress, draw=draw)
+
+
+def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = None) -> dict:
+    """The synthetic set of the generator in ``d`` (``d/pipeline``), cached in ``d/samples``."""
     from sbldm.evaluation.table1 import sample_row
     from sbldm.generators.registry import load_generator
 
-    d = generator_dir(work, n)
-    generator_record(work, n)
+    d = Path(d)
+    if not (d / "pipeline" / "model_index.json").is_file():
+        raise FileNotFoundError(f"{d / 'pipeline'}: no trained generator; run notebook 10 first")
     return sample_row(SAMPLE_ROW, load_generator(d / "pipeline"), cfg, d / "samples", d / "pipeline",
                       progress=progress, draw=draw)
 
@@ -141,7 +193,7 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
     idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
     rows = []
     for split in (subset_split(train, idx), train):
-        vae = train_vae(vcfg, split, Path(work) / "scarce" / "vae_check" / f"n{len(split)}", resume=resume,
+        vae = train_vae(vcfg, split, vae_check_dir(work, len(split)), resume=resume,
                         device=device, progress=progress).eval()
         images, masks, labels = reconstruct_volumes(vae.float().cpu(), test.images, test.labels)
         rows += [{"vae_trained_on": len(split), **r}
@@ -297,6 +349,55 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
                    "generator_saw": saw,
                    "vae_saw": int(records[n]["vae_saw"]), "iterations": steps} for c in rows]
     return cases, reports
+
+
+def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, seed: int = 0,
+                   iterations: int | None = None, progress=print) -> list[dict]:
+    """Per-case rows at the real-set size ``n``: real only, and real plus the synthetic set
+    of each ``train_leakfree_generators`` generator (``LEAKFREE``: its VAE saw the ``n``
+    only; ``SHARED_VAE``: its VAE saw all), every training seed on its own draw
+    (``sbldm.segmentation.table2.synthetic_draw``), with ``n_real`` and ``vae_saw``."""
+    labels = cfg.tumour_labels == "regions"
+    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+    dirs = {LEAKFREE: leakfree_dir(work, len(idx)), SHARED_VAE: leakfree_dir(work, len(train))}
+    saw = {REAL: 0}
+    for row, d in dirs.items():
+        record = json.loads((d / "record.json").read_text()) if (d / "record.json").is_file() else None
+        if record is None or int(record["unet_saw"]) != len(idx):
+            raise FileNotFoundError(f"{d}: no generator trained on the {len(idx)} real volumes; run notebook 10 first")
+        saw[row] = int(record["vae_saw"])
+
+    def sets_for(s):
+        sets = {REAL: real}
+        for row, d in dirs.items():
+            drawn = samples_of(d, cfg, progress=False, draw=table2.synthetic_draw(cfg, s))
+            im, tg, _ = table2.synthetic_set(row, drawn, len(drawn["images"]), labels)
+            sets[row] = (np.concatenate([real[0], im]), np.concatenate([real[1], tg]))
+        return sets
+
+    cases = table2.run_rows_by_seed(sets_for, test, cfg, work, iterations=iterations, progress=progress,
+                                    tag=f"leakfree{n}_")
+    return [{**c, "n_real": len(idx), "vae_saw": saw[c["row"]]} for c in cases]
+
+
+def leakfree_rows(cases: list[dict]) -> list[dict]:
+    """The leak-free table: each row's Dice per region against real only
+    (``statistics.summarise``, seed-paired), and a last row, the shared VAE's synthetic set
+    against the leak-free one per training seed: what the shared VAE bought in Dice."""
+    regions = statistics.regions_of(cases)
+    first = {c["row"]: c for c in cases}
+    out = [{"training_set": r["row"], "n_real": first[r["row"]]["n_real"], "vae_saw_real": first[r["row"]]["vae_saw"],
+            "seeds": r["seeds"], **_region_columns(r, regions)} for r in statistics.summarise(cases)]
+    bought = {"training_set": f"{SHARED_VAE} minus {LEAKFREE}", "n_real": first[LEAKFREE]["n_real"],
+              "vae_saw_real": "", "seeds": ""}
+    comparisons = {g: statistics.seed_paired(cases, SHARED_VAE, LEAKFREE, f"dice_{g}" if regions else "dice")
+                   for g in (regions or ["all"])}
+    for g, r in statistics.verdicts(comparisons).items():
+        bought.update({f"diff_{g}": r["diff"], f"ci95_low_{g}": r["lo"], f"ci95_high_{g}": r["hi"],
+                       f"p_seeds_{g}": r["p_holm"], f"verdict_{g}": r["verdict"]})
+        bought["seeds"] = r["seeds"]
+    return out + [bought]
 
 
 def summarise_study(cases: list[dict]) -> list[dict]:
