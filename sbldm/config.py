@@ -295,6 +295,9 @@ class SegmentationConfig:
     # (seed + training seed), the same condition distribution, so the spread across seeds holds the
     # synthetic draw's variance too; False: Table 1's one set for every seed
     redraw_synthetic: bool = True
+    # the synthetic-count sweep (notebook 11; the paper's plateau beyond 100 synthetic volumes): real plus
+    # each of these many synthetic volumes at the smallest and the full real-set size; () skips it
+    count_sweep: tuple[int, ...] = (0, 50, 100, 200, 400)
     # the fast backend's budget comes from a learning curve: a real-only run on the training split minus
     # a validation part (val_fraction), validated every curve_every steps up to iterations; the budget
     # is the first step within plateau_tolerance of the best validation Dice, applied to every row
@@ -585,7 +588,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         num_inference_steps=5, checkpoint_every=10, log_every=5,
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
-        seg_seeds=(0, 1), seg_curve_every=4, seg_scarce_sizes=(3, 6), seg_nnunet_check=True,
+        seg_seeds=(0, 1), seg_curve_every=4, seg_scarce_sizes=(3, 6), seg_nnunet_check=True, seg_count_sweep=(0, 2, 4),
         scarce_vae_check_steps=10,
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,

@@ -133,3 +133,23 @@ def test_the_table_is_written_and_checked_against_the_results(tmp_path):
 def test_a_row_with_an_unknown_verdict_is_a_bug(bad):
     with pytest.raises(AssertionError):
         cl._row("c", "m", "p", "o", bad, "w")
+
+
+def _counts(verdict_100, beyond):
+    rows = [{"n_real": 10, "synthetic_volumes": 100, "dice_WT": 0.5, "verdict_WT": "no detectable effect"}]
+    rows += [{"n_real": 100, "synthetic_volumes": 0, "dice_WT": 0.60, "verdict_WT": ""},
+             {"n_real": 100, "synthetic_volumes": 100, "dice_WT": 0.65, "verdict_WT": verdict_100}]
+    rows += [{"n_real": 100, "synthetic_volumes": k, "dice_WT": 0.65 + d, "verdict_WT": "gain",
+              "vs_100_diff_WT": d, "vs_100_verdict_WT": v} for k, d, v in beyond]
+    return rows
+
+
+def test_the_plateau_claim_reads_the_count_sweep_at_its_largest_real_set():
+    flat = cl.plateau_claim(_counts("gain", [(200, 0.001, "no detectable effect"), (400, -0.01, "no detectable effect")]))
+    assert flat["verdict"] == cl.REPRODUCED and "100 real volumes" in flat["why"]
+    assert flat["sbldm"] == "0: 0.600, 100: 0.650, 200: 0.651, 400: 0.640"
+    rising = cl.plateau_claim(_counts("gain", [(200, 0.05, "gain"), (400, 0.06, "gain")]))
+    assert rising["verdict"] == cl.REFUTED
+    nothing = cl.plateau_claim(_counts("no detectable effect", [(200, 0.0, "no detectable effect")]))
+    assert nothing["verdict"] == cl.NO_EFFECT and "no gain at 100" in nothing["why"]
+    assert cl.plateau_claim([])["verdict"] == cl.NOT_TESTED

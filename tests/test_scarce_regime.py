@@ -265,3 +265,33 @@ def test_the_leak_free_generator_saw_only_its_volumes_and_the_study_pairs_the_tw
     assert rows[-1]["seeds"] == 2 and "verdict_WT" in rows[-1]
     # the predictions are perfect in every row: no difference, no effect
     assert rows[-1]["diff_WT"] == 0 and rows[-1]["verdict_WT"] == "no detectable effect"
+
+
+def test_the_count_sweep_nests_each_seeds_synthetic_volumes_and_compares_with_100(prepared, tmp_path, monkeypatch):
+    cfg = config.resolve("smoke", seg_count_sweep=(0, 1, 100, 150), seg_seeds=(0, 1))
+    train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
+    rng = np.random.default_rng(0)
+    shape = train.images.shape[1:]
+    pool = {"images": rng.random((150, *shape)).astype(np.float32),
+            "labels": np.stack([train.labels[i % len(train)] for i in range(150)]),
+            "masks": np.stack([train.masks[i % len(train)] for i in range(150)]), "conditions": None}
+    trained = {}
+
+    def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
+        trained[(seed, len(images))] = np.asarray(images)
+        return np.asarray(table2.targets(test, cfg)), {"backend": "fake"}
+
+    monkeypatch.setattr(table2, "train_and_predict", fake)
+    with pytest.raises(ValueError, match="the synthetic pool holds 150 volumes; the sweep needs 400"):
+        sr.count_sweep(train, test, cfg.replace(seg_count_sweep=(0, 400)), tmp_path, 3, pool)
+    cases = sr.count_sweep(train, test, cfg, tmp_path, 3, pool, seed=0, iterations=2, progress=None)
+    assert {c["row"] for c in cases} == {"real", "real + 1 SBLDM", "real + 100 SBLDM", "real + 150 SBLDM"}
+    assert {c["n_synthetic"] for c in cases} == {0, 1, 100, 150} and {c["n_real"] for c in cases} == {3}
+    # one seed's sets are nested: its 100 are the first 100 of its 150; the other seed takes others
+    for seed in (0, 1):
+        np.testing.assert_array_equal(trained[(seed, 103)], trained[(seed, 153)][:103])
+    assert not np.array_equal(trained[(0, 103)][3:], trained[(1, 103)][3:])
+    rows = sr.count_rows(cases)
+    beyond = next(r for r in rows if r["training_set"] == "real + 150 SBLDM")
+    assert beyond["vs_100_diff_WT"] == 0 and beyond["vs_100_verdict_WT"] == "no detectable effect"
+    assert "vs_100_diff_WT" not in next(r for r in rows if r["training_set"] == "real + 100 SBLDM")

@@ -75,20 +75,25 @@ def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[
 
 
 def sample_row(row: str, gen, cfg: Config, cache_dir: Path, model_dir: Path, progress: bool = True,
-               draw: int | None = None) -> dict:
+               draw: int | None = None, n: int | None = None) -> dict:
     """The sample set of one Table 1 row (``ROWS``) drawn from ``gen`` (loaded from
     ``model_dir``), cached in ``cache_dir`` and redrawn when ``model_dir``'s files change.
     ``draw``: the noise seed of the whole set (its batches' seeds, and for SBLDM the
     conditions drawn from the training distribution); ``cfg.seed`` or None is Table 1's set,
-    another seed another set of the same generator, cached beside it (``<row>_draw<k>.npz``)."""
+    another seed another set of the same generator, cached beside it (``<row>_draw<k>.npz``).
+    ``n``: another number of volumes than the preset's (a set of its own, ``<row>_n<n>.npz``;
+    its first volumes are the preset set's, the batches having the same seeds)."""
     key, opts = next((k, o) for r, k, o in ROWS if r == row)
     options = opts(cfg)
-    n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
+    default_n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
+    n = default_n if n is None else int(n)
     draw = cfg.seed if draw is None else int(draw)
     fn = lambda b, s: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
     stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
     if draw != cfg.seed:
         stem += f"_draw{draw}"
+    if n != default_n:
+        stem += f"_n{n}"
     out = cached_samples(Path(cache_dir) / f"{stem}.npz", fn, n, draw, cfg.eval_batch_size,
                          meta={"options": options, "model": str(model_dir), "mtime": _mtime(model_dir)},
                          progress=progress)

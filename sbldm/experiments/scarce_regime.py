@@ -167,8 +167,9 @@ def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True, draw:
     return samples_of(generator_dir(work, n), cfg, progress=progress, draw=draw)
 
 
-def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = None) -> dict:
-    """The synthetic set of the generator in ``d`` (``d/pipeline``), cached in ``d/samples``."""
+def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = None, n: int | None = None) -> dict:
+    """The synthetic set of the generator in ``d`` (``d/pipeline``), cached in ``d/samples``
+    (``n``: another number of volumes than ``eval_n_samples``)."""
     from sbldm.evaluation.table1 import sample_row
     from sbldm.generators.registry import load_generator
 
@@ -176,7 +177,7 @@ def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = N
     if not (d / "pipeline" / "model_index.json").is_file():
         raise FileNotFoundError(f"{d / 'pipeline'}: no trained generator; run notebook 10 first")
     return sample_row(SAMPLE_ROW, load_generator(d / "pipeline"), cfg, d / "samples", d / "pipeline",
-                      progress=progress, draw=draw)
+                      progress=progress, draw=draw, n=n)
 
 
 def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work: Path, seed: int = 0,
@@ -349,6 +350,68 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
                    "generator_saw": saw,
                    "vae_saw": int(records[n]["vae_saw"]), "iterations": steps} for c in rows]
     return cases, reports
+
+
+def count_row(k: int) -> str:
+    """The synthetic-count sweep's row with ``k`` synthetic volumes (0: real only)."""
+    return REAL if int(k) == 0 else f"real + {int(k)} SBLDM"
+
+
+def count_sweep(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, pool: dict, seed: int = 0,
+                iterations: int | None = None, progress=print) -> list[dict]:
+    """Per-case rows of real plus ``k`` synthetic volumes for every ``k`` of
+    ``cfg.seg_count_sweep`` at the real-set size ``n`` (``count_row``): the paper's plateau
+    beyond 100 synthetic volumes. ``pool``: one sample set of at least ``max(k)`` volumes of
+    the generator that saw those ``n`` real volumes; each training seed takes the first
+    ``k`` of its own permutation of the pool (a fresh draw of 400 volumes per seed is out
+    of reach on a CPU; the permutation varies which volumes a seed trains on, not the
+    draw), so every ``k`` of one seed is nested in the next. Rows carry ``n_real`` and
+    ``n_synthetic``."""
+    counts = sorted({int(k) for k in cfg.seg_count_sweep})
+    if not counts or counts[0] < 0:
+        raise ValueError(f"seg_count_sweep must be non-negative counts, got {cfg.seg_count_sweep}")
+    labels = cfg.tumour_labels == "regions"
+    if len(pool["images"]) < counts[-1]:
+        raise ValueError(f"the synthetic pool holds {len(pool['images'])} volumes; the sweep needs {counts[-1]}")
+    im, tg, _ = table2.synthetic_set("SBLDM", pool, counts[-1], labels)
+    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+
+    def sets_for(s):
+        order = np.random.default_rng([int(s), len(idx)]).permutation(len(im))
+        return {count_row(k): (np.concatenate([real[0], im[order[:k]]]), np.concatenate([real[1], tg[order[:k]]]))
+                for k in counts}
+
+    cases = table2.run_rows_by_seed(sets_for, test, cfg, work, iterations=iterations, progress=progress,
+                                    tag=f"count{len(idx)}_")
+    return [{**c, "n_real": len(idx), "n_synthetic": int(c["n_train_volumes"]) - len(idx)} for c in cases]
+
+
+def count_rows(cases: list[dict]) -> list[dict]:
+    """The synthetic-count table: per real-set size and count, Dice per region against real
+    only (seed-paired, ``statistics.summarise``), and against the row with 100 synthetic
+    volumes (``vs_100_*``: the paper's plateau: more than 100 adds nothing), Holm over the
+    size's comparisons with 100."""
+    regions = statistics.regions_of(cases)
+    out = []
+    for n in dict.fromkeys(c["n_real"] for c in cases):
+        sel = [c for c in cases if c["n_real"] == n]
+        synth = {c["row"]: c["n_synthetic"] for c in sel}
+        hundred = count_row(100)
+        more = [r for r, k in synth.items() if k > 100] if hundred in synth else []
+        vs = statistics.verdicts({(r, g): statistics.seed_paired(sel, r, hundred, f"dice_{g}" if regions else "dice")
+                                  for r in more for g in (regions or ["all"])})
+        for r in statistics.summarise(sel):
+            row = {"n_real": n, "synthetic_volumes": synth[r["row"]], "training_set": r["row"], "seeds": r["seeds"],
+                   **_region_columns(r, regions)}
+            for g in (regions or ["all"]):
+                v = vs.get((r["row"], g))
+                if v is not None:
+                    row.update({f"vs_100_diff_{g}": v["diff"], f"vs_100_ci95_low_{g}": v["lo"],
+                                f"vs_100_ci95_high_{g}": v["hi"], f"vs_100_p_seeds_{g}": v["p_holm"],
+                                f"vs_100_verdict_{g}": v["verdict"]})
+            out.append(row)
+    return out
 
 
 def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, seed: int = 0,

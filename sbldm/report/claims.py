@@ -378,12 +378,36 @@ def _nnunet_claim(check: dict[str, dict]) -> dict:
 
 
 def plateau_claim(sweep_counts: list[dict]) -> dict:
+    """The paper's plateau, from notebook 11's synthetic-count sweep at its largest real-set
+    size: reproduced when 100 synthetic volumes gain over real only and no larger count
+    gains over 100 (seed-paired, ``vs_100_verdict_WT``); refuted when a larger count gains."""
     claim = "beyond 100 synthetic volumes the Dice gain plateaus (Section 3.5)"
+    measure = "Dice (WT) against synthetic count, per training seed"
     if not sweep_counts:
-        return _untested(claim, "Dice (WT) against synthetic count", "no number (stated)",
+        return _untested(claim, measure, "no number (stated)",
                          "the synthetic-count sweep (0 to 400 synthetic volumes) has not run")
-    return _untested(claim, "Dice (WT) against synthetic count", "no number (stated)",
-                     "the synthetic-count table exists but carries no seed-paired comparison of 100 against more")
+    n = max(int(float(r["n_real"])) for r in sweep_counts)
+    at = {int(float(r["synthetic_volumes"])): r for r in sweep_counts if int(float(r["n_real"])) == n}
+    region = "WT" if any("dice_WT" in r for r in at.values()) else "all"
+    dice = "dice_WT" if region == "WT" else "dice"
+    more = sorted(k for k in at if k > 100)
+    if 100 not in at or not more:
+        return _untested(claim, measure, "no number (stated)", f"the sweep at {n} real volumes has no 100 and no "
+                         "larger count to compare")
+    cells = ", ".join(f"{k}: {float(at[k][dice]):.3f}" for k in sorted(at))
+    gain100 = at[100].get(f"verdict_{region}") == "gain"
+    beyond = {k: at[k].get(f"vs_100_verdict_{region}", "") for k in more}
+    why = (f"{n} real volumes; 100 against real only: {at[100].get(f'verdict_{region}') or 'untested'}; "
+           + "; ".join(f"{k} against 100: {v or 'untested'} ({float(at[k].get(f'vs_100_diff_{region}', 'nan')):+.3f})"
+                       for k, v in beyond.items()))
+    if any(v == "gain" for v in beyond.values()):
+        verdict = REFUTED
+    elif gain100:
+        verdict = REPRODUCED
+    else:
+        verdict = NO_EFFECT
+        why += "; no gain at 100 to plateau from"
+    return _row(claim, measure, "no number (stated)", cells, verdict, why)
 
 
 # -- the table ----------------------------------------------------------------------------------
