@@ -287,7 +287,22 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
         "real", "real + augmentation", "real + SBLDM", "real + 50% of SBLDM", "real + SBLDM (filtered)",
         "SBLDM pre-train, real fine-tune"]
     check = [r["row"] for r in read_csv(out / "tables" / "table2_nnunet_check.csv")]
-    assert check == ["real", "real + SBLDM"]
+    assert check == ["real", "real + SBLDM"]            # smoke confirms always (seg_nnunet_check_always)
+    # each training seed trained on its own synthetic draw: seed 1's sets are cached beside Table 1's
+    samples = tmp_path / "work" / "smoke" / "samples"
+    assert any(p.name.endswith("_draw1.npz") for p in samples.rglob("*.npz"))
+    # without leakage at all: the slice VAE too saw only the smallest subset; what the shared one bought
+    leak = read_csv(out / "tables" / "scarce_leakfree.csv")
+    assert [(r["training_set"], r["vae_saw_real"]) for r in leak[:3]] == [
+        ("real", "0"), ("real + SBLDM, VAE saw these only", "3"), ("real + SBLDM, VAE saw all", "6")]
+    assert leak[-1]["training_set"].endswith("minus real + SBLDM, VAE saw these only")
+    assert leak[-1]["verdict_WT"] in ("gain", "loss", "no detectable effect")
+    # the plateau: real plus 0, 2 and 4 synthetic volumes at the smallest and the full size
+    counts = read_csv(out / "tables" / "synthetic_count_sweep.csv")
+    assert [(r["n_real"], r["synthetic_volumes"]) for r in counts] == [
+        ("3", "0"), ("3", "2"), ("3", "4"), ("6", "0"), ("6", "2"), ("6", "4")]
+    claims = read_csv(out / "tables" / "claims.csv") if (out / "tables" / "claims.csv").is_file() else None
+    assert claims is None or all(r["verdict"] for r in claims)
     inside = [r["set"] for r in read_csv(out / "tables" / "tumour_appearance.csv")]
     assert inside == ["real (train split)", "real (test split)", "real (train split) through the slice VAE",
                       "3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]

@@ -539,3 +539,30 @@ def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_p
     np.testing.assert_array_equal(first["images"], same["images"])
     assert not np.allclose(first["images"], other["images"])
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["3dldm.npz", "3dldm_draw1.npz"]
+
+
+def test_the_nnunet_confirmation_runs_where_the_fast_backend_finds_an_effect(tmp_path, monkeypatch):
+    cfg = config.resolve("smoke", seg_nnunet_check_always=False, seg_nnunet_check_seeds=(0, 1))
+    rows = [{"row": "real"}, {"row": "real + SBLDM", "verdict_WT": "no detectable effect", "verdict_TC": ""}]
+    assert table2.effect_regions(rows) == [] and not table2.confirmation_needed(rows, cfg)
+    assert table2.confirmation_needed(rows, cfg.replace(seg_nnunet_check_always=True))
+    rows[1]["verdict_TC"] = "loss"
+    assert table2.effect_regions(rows) == ["TC"] and table2.confirmation_needed(rows, cfg)
+    assert not table2.confirmation_needed(rows, cfg.replace(seg_backend="nnunet"))    # nnU-Net leads already
+    assert not table2.confirmation_needed(rows, cfg.replace(seg_nnunet_check=False))
+    # the check trains the two rows with nnU-Net, every check seed on its own sets
+    test = _LabelSplit(2, seed=3)
+    seen = []
+
+    def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
+        seen.append((cfg.seg_backend, seed, float(np.asarray(images).sum())))
+        return np.asarray(test.labels), {"backend": cfg.seg_backend}
+
+    monkeypatch.setattr(table2, "train_and_predict", fake)
+    draws = {s: _LabelSplit(3, seed=20 + s) for s in (0, 1)}
+    out = table2.nnunet_check(lambda s: {"real": (draws[s].images, draws[s].labels),
+                                         "real + SBLDM": (draws[s].images + 1, draws[s].labels),
+                                         "other": None}, test, cfg, tmp_path)
+    assert [r["row"] for r in out] == ["real", "real + SBLDM"] and out[0]["seeds"] == 2
+    assert out[0]["backend"] == "nnunet" and {b for b, _, _ in seen} == {"nnunet"}
+    assert len({x for _, _, x in seen}) == 4

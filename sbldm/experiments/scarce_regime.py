@@ -309,6 +309,30 @@ def size_budgets(train: Prepared, subsets: dict, cfg: Config, work: Path, seed: 
     return out
 
 
+def size_sets(train: Prepared, cfg: Config, idx, samples, protocols: bool = False, reports: dict | None = None):
+    """``sets_for(seed)`` of one real-set size (``protocol_sets`` on the real volumes ``idx``
+    and the synthetic set ``samples``: one set for every seed, built once, or a callable
+    ``seed -> sample set`` with the augmentation redrawn per seed as well); the first
+    seed's filter report goes to ``reports[len(idx)]``."""
+    labels = cfg.tumour_labels == "regions"
+    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+    redraw, built = callable(samples), {}
+
+    def sets_for(seed):
+        if not redraw and built:                # one set for every seed: built once
+            return built["sets"]
+        drawn = samples(seed) if redraw else samples
+        synth = table2.synthetic_set("SBLDM", drawn, len(drawn["images"]), labels)
+        sets, report = protocol_sets(real, synth, cfg, protocols=protocols,
+                                     augment_seed=table2.synthetic_draw(cfg, seed) if redraw else None)
+        if reports is not None:
+            reports.setdefault(len(idx), report)
+        built["sets"] = sets
+        return sets
+
+    return sets_for
+
+
 def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subsets: dict, samples: dict,
                  records: dict, protocol_sizes=(), seeds=None, iterations: int | dict | None = None,
                  progress=print) -> tuple[list[dict], dict]:
@@ -321,28 +345,12 @@ def scarce_study(train: Prepared, test: Prepared, cfg: Config, work: Path, subse
     ``sbldm.segmentation.table2.synthetic_draw``; its augmentation is then redrawn with the
     same seed). ``iterations``: one budget for every size, or ``{n: budget}``
     (``size_budgets``). Returns (cases, {n: filter report of the first seed's set})."""
-    labels = cfg.tumour_labels == "regions"
-    images, tg = np.asarray(train.images), table2.targets(train, cfg)
     cases, reports = [], {}
     for n, idx in subsets.items():
         saw = int(records[n]["unet_saw"])
         if saw != len(idx):
             raise ValueError(f"the generator for {n} real volumes saw {saw}: its synthetic volumes would leak")
-        protocols = n in set(protocol_sizes)
-
-        redraw, built = callable(samples[n]), {}
-
-        def sets_for(seed, n=n, idx=idx, protocols=protocols, redraw=redraw, built=built):
-            if not redraw and built:                # one set for every seed: built once
-                return built["sets"]
-            drawn = samples[n](seed) if redraw else samples[n]
-            synth = table2.synthetic_set("SBLDM", drawn, len(drawn["images"]), labels)
-            sets, report = protocol_sets((images[idx], tg[idx]), synth, cfg, protocols=protocols,
-                                         augment_seed=table2.synthetic_draw(cfg, seed) if redraw else None)
-            reports.setdefault(n, report)
-            built["sets"] = sets
-            return sets
-
+        sets_for = size_sets(train, cfg, idx, samples[n], protocols=n in set(protocol_sizes), reports=reports)
         steps = iterations.get(n) if isinstance(iterations, dict) else iterations
         rows = table2.run_rows_by_seed(sets_for, test, cfg, work, seeds=seeds, iterations=steps, progress=progress,
                                        tag=f"scarce{n}_")

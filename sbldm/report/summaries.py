@@ -223,8 +223,9 @@ def _verdict_lines(rows: dict, real: dict, indent: str = "") -> list[str]:
 
 
 def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
-                 filter_report: dict | None = None) -> str:
-    """Notebook 06: Table 2 (per BraTS region when the rows carry them), the nnU-Net confirmation."""
+                 filter_report: dict | None = None, confirm_skipped: bool = False) -> str:
+    """Notebook 06: Table 2 (per BraTS region when the rows carry them), the nnU-Net
+    confirmation (``confirm_skipped``: it was not run, the fast backend finding no effect)."""
     by = {r["row"]: r for r in rows}
     real = by.get("real")
     lines = [f"At `{scale}`:"]
@@ -257,12 +258,17 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         nb = {r["row"]: r for r in nnunet_rows}
         empty = [name for name, r in nb.items()
                  if float(r.get("empty_predictions", 0) or 0) >= float(r.get("n_test", 0) or 0) > 0]
+        seeds = int(float(next(iter(nb.values())).get("seeds") or 1))
+        which = "one seed" if seeds == 1 else f"{seeds} seeds"
         if empty:
-            lines.append("- nnU-Net confirmation (one seed): it predicted no tumour in any test case for "
+            lines.append(f"- nnU-Net confirmation ({which}): it predicted no tumour in any test case for "
                          + ", ".join(empty) + "; at this budget it confirms nothing.")
         elif "real" in nb and "real + SBLDM" in nb:
-            lines.append(f"- nnU-Net confirmation (one seed): real {_dice_text(nb['real'])}; real + SBLDM "
+            lines.append(f"- nnU-Net confirmation ({which}): real {_dice_text(nb['real'])}; real + SBLDM "
                          f"{_dice_text(nb['real + SBLDM'], nb['real'])}.")
+    elif confirm_skipped:
+        lines.append("- nnU-Net confirmation: not run, the fast backend finds no effect of real + SBLDM against real "
+                     "only in any region (seed-paired), so there is nothing to confirm.")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)

@@ -554,12 +554,33 @@ def table2_markdown(rows: list[dict], scale: str, backend: str, data: str, n_tes
 
 # -- the nnU-Net confirmation ---------------------------------------------------------
 
-def nnunet_check(sets: dict, test, cfg: Config, work: Path, seed: int = 0, rows=("real", "real + SBLDM"),
-                 progress=print) -> list[dict]:
-    """The rows ``rows`` trained once more with the nnU-Net backend (one seed): does the fast
-    backend's conclusion hold under the paper's segmenter?"""
+def effect_regions(rows: list[dict], row: str = "real + SBLDM") -> list[str]:
+    """The regions (``all`` without regions) where ``row`` of a summarised table has a
+    seed-paired verdict against real only that is a gain or a loss."""
+    r = next((x for x in rows if x["row"] == row), None)
+    if r is None:
+        return []
+    return [k[len("verdict_"):] for k, v in r.items() if k.startswith("verdict_") and v in ("gain", "loss")]
 
+
+def confirmation_needed(rows: list[dict], cfg: Config, row: str = "real + SBLDM") -> bool:
+    """Whether notebook 06 confirms ``row`` against real only with nnU-Net: with the fast
+    backend and ``seg_nnunet_check``, where the fast backend finds an effect
+    (``effect_regions``) or always with ``seg_nnunet_check_always``."""
+    if cfg.seg_backend != "fast" or not cfg.seg_nnunet_check:
+        return False
+    return bool(cfg.seg_nnunet_check_always or effect_regions(rows, row))
+
+
+def nnunet_check(sets, test, cfg: Config, work: Path, seeds=None, rows=("real", "real + SBLDM"),
+                 progress=print) -> list[dict]:
+    """The rows ``rows`` trained once more with the nnU-Net backend, with the seeds
+    ``seeds`` (default ``seg_nnunet_check_seeds``): does the fast backend's conclusion hold
+    under the paper's segmenter? ``sets``: the training sets, or ``sets_for(seed)`` (each
+    seed on its own draw, ``run_rows_by_seed``)."""
     ncfg = cfg.replace(seg_backend="nnunet")
-    chosen = {r: sets[r] for r in rows}
-    cases = run_rows(chosen, test, ncfg, work / "nnunet_check", seeds=(seed,), progress=progress)
+    seeds = tuple(cfg.seg_nnunet_check_seeds if seeds is None else seeds)
+    sets_for = sets if callable(sets) else (lambda seed: sets)
+    cases = run_rows_by_seed(lambda seed: {r: sets_for(seed)[r] for r in rows}, test, ncfg, work / "nnunet_check",
+                             seeds=seeds, progress=progress)
     return summarise(cases)
