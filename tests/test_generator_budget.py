@@ -144,14 +144,56 @@ def test_the_sweep_scores_every_generator_and_writes_its_table_and_figure(cohort
     assert gb.score_point(c, tmp_path / "work", "sbldm", 2, ref, n=3) == json.loads(
         gb.row_path(tmp_path / "work", "sbldm", 2).read_text())
     assert gb.row_path(tmp_path / "work", "sbldm", 2).stat().st_mtime_ns == before
+    # what the volumes are worth to a segmenter trained on them alone, on real training volumes
+    use = gb.utility_row(c, tmp_path / "work", "lsgan3d", 4, train, n_eval=3)
+    assert use["synthetic_only_n_eval"] == 3
+    assert all(0 <= use[f"synthetic_only_dice_{r}"] <= 1 for r in ("WT", "TC", "ET"))
+    assert gb.utility_path(tmp_path / "work", "lsgan3d", 4).is_file()
+    # a set without a single tumour teaches the segmenter to find none: WT Dice 0 on real tumours
+    empty = tmp_path / "work" / "empty" / "points" / "1"
+    empty.mkdir(parents=True)
+    np.savez(empty / "samples.npz", images=train.images[:3], masks=np.zeros_like(train.masks[:3]),
+             labels=np.zeros_like(train.labels[:3]))
+    assert gb.utility_row(c, tmp_path / "work", "empty", 1, train, n_eval=3)["synthetic_only_dice_WT"] == 0
+    # a second VAE budget: the same VAE run extended (its log continues), an SBLDM arm on it
+    arm = gb.SBLDMRun(c, train, tmp_path / "work", 3, progress=False, name=gb.arm_name(3),
+                      extends=runs["sbldm"].root / "vae")
+    arm.train_to(2)
+    assert arm.vae_seconds() > runs["sbldm"].vae_seconds() > 0
+    assert gb.read_budget(gb.point_dir(tmp_path / "work", "sbldm-vae3", 2))["vae_steps"] == 3
+    assert gb.trained_generators(tmp_path / "work") == ["sbldm", "sbldm-vae3", "ldm3d", "lsgan3d"]
+    # a method change at that budget: the same VAE, the UNet with another prediction target
+    x0 = gb.SBLDMRun(c, train, tmp_path / "work", 3, progress=False, name=gb.arm_name(3, "x0"), method="x0",
+                     extends=arm.root / "vae")
+    assert x0.cfg.diffusion_prediction_type == "sample" and x0.name == "sbldm-vae3-x0"
+    x0.train_to(2)
+    assert gb.read_budget(gb.point_dir(tmp_path / "work", "sbldm-vae3-x0", 2))["method"] == "x0"
+    assert gb.trained_generators(tmp_path / "work") == ["sbldm", "sbldm-vae3", "sbldm-vae3-x0", "ldm3d", "lsgan3d"]
+    with pytest.raises(ValueError, match="unknown method change 'nope'"):
+        gb.SBLDMRun(c, train, tmp_path / "work", 3, method="nope")
+    rows.append(gb.score_point(c, tmp_path / "work", "sbldm-vae3", 2, ref, n=3, progress=False))
+    assert rows[-1]["generator"] == "sbldm-vae3" and "spearman_sphericity" in rows[-1]
+    rows.append(gb.score_point(c, tmp_path / "work", "sbldm-vae3-x0", 2, ref, n=3, progress=False))
+    assert rows[-1]["method"] == "x0"
+    # each VAE's reconstructions of training volumes: the decoder's ceiling, at the VAE's hours
+    for run in (runs["sbldm"], arm):
+        ceiling = gb.ceiling_row(run, ref, n=3, progress=False)
+        assert ceiling["generator"] == gb.CEILING and ceiling["steps"] == run.cfg.vae_steps
+        assert ceiling["cpu_hours"] == pytest.approx(run.vae_seconds() / 3600)
+        assert ceiling["n"] == 3 and np.isnan(ceiling["nearest_train_ssim_median"])
+        rows.append(ceiling)
     gb.write_outputs(rows, tmp_path / "tables", tmp_path / "figures", c, 3, 2)
     table = read_csv(tmp_path / "tables" / "generator_budget.csv")
-    assert [r["generator"] for r in table] == ["real", "sbldm", "ldm3d", "lsgan3d", "lsgan3d"]
+    assert [r["generator"] for r in table] == ["real", gb.CEILING, gb.CEILING, "sbldm", "sbldm-vae3", "sbldm-vae3-x0",
+                                              "ldm3d", "lsgan3d", "lsgan3d"]
     assert list(table[0]) == list(gb.COLUMNS)
     assert (tmp_path / "figures" / "generator_budget.png").stat().st_size > 10_000
     targets = read_csv(tmp_path / "tables" / "generator_budget_targets.csv")
     assert {r["measure"] for r in targets} == {"multi_piece_26_gap", "dark_part_share_gap", "interior_w_over_spread",
                                                "frechet_ratio", "smallest_empty"}
+    assert {r["generator"] for r in targets} == {"sbldm", "sbldm-vae3", "sbldm-vae3-x0"}   # not the ceiling
+    matched = read_csv(tmp_path / "tables" / "generator_budget_table1.csv")
+    assert {r["baseline"] for r in matched} == {"ldm3d", "lsgan3d"}          # the baselines only
 
 
 def test_extrapolation_of_a_curve_in_doublings_of_the_budget():

@@ -209,3 +209,19 @@ def test_the_training_counts_are_generated_from_the_presets(tmp_path):
     assert gen.update_counts(page) and gen.update_counts(page, check=True)
     assert "train at most 78 nnU-Nets" in page.read_text() and page.read_text().endswith("\ny\n")
     assert gen.update_counts(tmp_path / "nothing.md" if (tmp_path / "nothing.md").write_text("no markers") else page)
+
+
+def test_the_claims_block_states_the_decoders_ceiling(tmp_path):
+    from sbldm.tables import write_table
+
+    d = _results(tmp_path / "results" / "small")
+    row = {"generator": "vae_reconstruction", "steps": 1500, "multi_piece_26": 0.2, "multi_piece_26_real": 0.48,
+           "dark_part_share": 0.0, "dark_part_share_real": 0.09, "interior_w_over_spread": 0.61,
+           "laplacian_ratio": 0.39}
+    write_table([{**row, "generator": "real"}, row, {**row, "steps": 5000, "multi_piece_26": 0.4}],
+                d / "tables" / "generator_budget")
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    line = next(x for x in block.splitlines() if x.startswith("The slice VAE's own reconstructions"))
+    assert "at 1500 VAE steps: in more than one piece 20% (real 48%), with a dark part 0% (real 9%), worst " \
+           "interior Wasserstein/spread 0.61, normal-brain |Laplacian| 0.39 of real; at 5000 VAE steps: in more " \
+           "than one piece 40%" in line

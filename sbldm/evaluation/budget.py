@@ -278,14 +278,14 @@ def target_report(rows: list[dict], generator: str = "sbldm") -> list[dict]:
 TABLE1_COLUMNS = {"psnr": "higher", "ssim": "higher", "seconds_per_volume": "lower"}
 
 
-def matched_table1(rows: list[dict], generator: str = "sbldm") -> list[dict]:
-    """Table 1 at matched compute: for every point of every other generator, ``generator``'s
+def matched_table1(rows: list[dict], generator: str = "sbldm", baselines=("ldm3d", "lsgan3d")) -> list[dict]:
+    """Table 1 at matched compute: for every point of the ``baselines``, ``generator``'s
     point with the nearest training hours (ratio in log scale), both points' Table 1
     measures and the winner of each (``TABLE1_COLUMNS``)."""
     mine = [r for r in rows if r["generator"] == generator and r.get("cpu_hours")]
     out = []
     for other in rows:
-        if other["generator"] in (generator, "real") or not other.get("cpu_hours") or not mine:
+        if other["generator"] not in baselines or not other.get("cpu_hours") or not mine:
             continue
         near = min(mine, key=lambda r: abs(math.log(r["cpu_hours"] / other["cpu_hours"])))
         row = {"baseline": other["generator"], "baseline_steps": other["steps"], "baseline_hours": other["cpu_hours"],

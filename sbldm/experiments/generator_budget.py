@@ -11,6 +11,12 @@ resumes at the first point without a row.
 
 - ``sbldm``: the slice VAE at ``--vae-steps`` (one run), the latent UNet at ``--sbldm``
   steps; its compute is the VAE's training time plus the UNet's.
+- ``sbldm-vae<steps>``: an arm on a longer-trained slice VAE (``--vae-arms``; the same VAE
+  run extended by resuming), its latent UNet at ``--vae-arm-points`` steps: the VAE's own
+  budget point.
+- ``vae_reconstruction``: each slice VAE's reconstructions of the first ``n`` training
+  volumes, scored the same way: the decoder's ceiling, what no latent generator on that
+  VAE can exceed (its ``steps`` are the VAE's, its hours the VAE's training).
 - ``ldm3d``: the 3D autoencoder at the preset's ``ldm3d_ae_steps``, its UNet at
   ``--ldm3d`` steps; compute = both.
 - ``lsgan3d``: ``--lsgan`` steps, with the preset's checkpoint selection on the training
@@ -32,12 +38,47 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from sbldm.io import atomic_write_json
 
 GENERATORS = ("sbldm", "ldm3d", "lsgan3d")
+#: the rows of a slice VAE's reconstructions (the decoder's ceiling)
+CEILING = "vae_reconstruction"
 #: default points at ``small``: SBLDM's latent UNet over 8x and beyond (the preset trains 1,800)
 DEFAULT_POINTS = {"sbldm": (450, 900, 1800, 3600, 7200), "ldm3d": (750, 1500, 3000), "lsgan3d": (1500, 3000, 6000)}
 DEFAULT_VAE_STEPS = 1500
+
+
+def arm_name(vae_steps: int, method: str | None = None) -> str:
+    """The SBLDM arm on a slice VAE trained ``vae_steps`` steps (beside the main ``sbldm``),
+    with a method change of ``METHOD_CHANGES`` when ``method`` names one."""
+    return f"sbldm-vae{int(vae_steps)}" + (f"-{method}" if method else "")
+
+
+#: method changes measured at the best budget when a curve flattens before its target (notebook
+#: 07's ablation measured them at 400 UNet steps): name -> config overrides of the latent UNet
+METHOD_CHANGES = {"x0": {"diffusion_prediction_type": "sample"}, "minsnr5": {"diffusion_snr_gamma": 5.0}}
+
+
+def _arm_order(generator: str) -> tuple:
+    """Sort key of the SBLDM arms: by VAE steps, then the plain arm before its method changes."""
+    rest = generator[len("sbldm-vae"):]
+    steps, _, method = rest.partition("-")
+    return int(steps), method
+
+
+def kind_of(generator: str) -> str:
+    """The registry kind behind a row's generator name (every SBLDM arm is ``sbldm``)."""
+    return "sbldm" if generator.startswith("sbldm") else generator
+
+
+def trained_generators(root: Path) -> list[str]:
+    """The generators with trained points under ``root``, in table order: ``sbldm``, its
+    VAE arms (by VAE steps), then the baselines."""
+    found = [d.name for d in Path(root).glob("*") if (d / "points").is_dir()]
+    arms = sorted((g for g in found if g.startswith("sbldm-vae")), key=_arm_order)
+    return [g for g in ("sbldm", *arms, "ldm3d", "lsgan3d") if g in found]
 
 
 def point_dir(root: Path, generator: str, steps: int) -> Path:
@@ -61,17 +102,28 @@ def _copy_model(src: Path, dst: Path) -> None:
 
 
 class SBLDMRun:
-    """The slice VAE (trained once) and the latent UNet extended point by point."""
+    """The slice VAE (trained once) and the latent UNet extended point by point, under
+    ``<root>/<name>``. ``extends``: another run's VAE folder that this run's VAE continues
+    (copied when this run has none yet), so a longer VAE budget is the same run extended."""
 
-    def __init__(self, cfg, train, root: Path, vae_steps: int, progress: bool = True):
-        self.cfg = cfg.replace(vae_steps=int(vae_steps))
-        self.train, self.root, self.progress = train, Path(root) / "sbldm", progress
+    def __init__(self, cfg, train, root: Path, vae_steps: int, progress: bool = True, name: str = "sbldm",
+                 extends: Path | None = None, method: str | None = None):
+        self.cfg = cfg.replace(vae_steps=int(vae_steps), **METHOD_CHANGES.get(method or "", {}))
+        if method and method not in METHOD_CHANGES:
+            raise ValueError(f"unknown method change {method!r}; known: {', '.join(METHOD_CHANGES)}")
+        self.name, self.extends, self.method = name, extends, method
+        self.train, self.root, self.progress = train, Path(root) / name, progress
         self._vae = self._latents = None
 
     def vae(self):
         from sbldm.training.trainer import train_vae
 
         if self._vae is None:
+            if self.extends is not None and not (self.root / "vae").exists():
+                if not (Path(self.extends) / "checkpoints").is_dir():
+                    raise FileNotFoundError(f"{self.extends}: no slice VAE run to extend")
+                self.root.mkdir(parents=True, exist_ok=True)
+                _copy_model(Path(self.extends), self.root / "vae")
             self._vae = train_vae(self.cfg, self.train, self.root / "vae", progress=self.progress)
         return self._vae
 
@@ -88,7 +140,7 @@ class SBLDMRun:
         from sbldm.training.trainer import train_pipeline
 
         cfg = self.cfg.replace(diffusion_steps=int(steps))
-        dst = point_dir(self.root.parent, "sbldm", steps)
+        dst = point_dir(self.root.parent, self.name, steps)
         if not (dst / "budget.json").is_file():
             pipe = train_pipeline(cfg, self.vae(), self.latents(), self.train, self.root / "unet",
                                   progress=self.progress)
@@ -99,13 +151,20 @@ class SBLDMRun:
             _copy_model(tmp, dst)
             shutil.rmtree(tmp)
             atomic_write_json(dst / "budget.json", {"steps": int(steps), "vae_steps": self.cfg.vae_steps,
+                                                    "method": self.method or "",
+                                                    "changes": METHOD_CHANGES.get(self.method or "", {}),
                                                     "train_seconds": self.seconds()})
         return dst
 
     def seconds(self) -> float:
         from sbldm.training.trainer import training_seconds
 
-        return training_seconds(self.root / "vae") + training_seconds(self.root / "unet")
+        return self.vae_seconds() + training_seconds(self.root / "unet")
+
+    def vae_seconds(self) -> float:
+        from sbldm.training.trainer import training_seconds
+
+        return training_seconds(self.root / "vae")
 
 
 class BaselineRun:
@@ -165,7 +224,17 @@ def read_budget(point: Path) -> dict:
 
 
 #: display names (the method palette's keys)
-NAMES = {"sbldm": "SBLDM (DDIM)", "ldm3d": "3D-LDM", "lsgan3d": "3D-LSGAN", "real": "real (test split)"}
+NAMES = {"sbldm": "SBLDM (DDIM)", "ldm3d": "3D-LDM", "lsgan3d": "3D-LSGAN", "real": "real (test split)",
+         CEILING: "slice VAE reconstruction (the decoder's ceiling)"}
+
+
+def display_name(generator: str) -> str:
+    if generator.startswith("sbldm-vae"):
+        steps, method = _arm_order(generator)
+        return f"SBLDM (DDIM), slice VAE {steps} steps" + (f", {method}" if method else "")
+    if generator.startswith("sbldm-"):
+        return f"SBLDM (DDIM), {generator[len('sbldm-'):]}"
+    return NAMES[generator]
 
 
 def eval_segmenter(cfg, train, path: Path):
@@ -192,9 +261,74 @@ def score_point(cfg, root: Path, generator: str, steps: int, ref: dict, n: int, 
     budget = read_budget(point)
     gen = load_generator(point)
     row = {"generator": generator, "steps": int(steps), "cpu_hours": budget["train_seconds"] / 3600,
-           **{k: v for k, v in budget.items() if k.endswith("_steps")},
-           **score(gen, generator, ref, n, seed=cfg.seed, batch_size=cfg.eval_batch_size,
+           **{k: v for k, v in budget.items() if k.endswith("_steps") or k == "method"},
+           **score(gen, kind_of(generator), ref, n, seed=cfg.seed, batch_size=cfg.eval_batch_size,
                    cache=point / "samples.npz", progress=progress)}
+    row["generator"] = generator
+    atomic_write_json(out, row)
+    return row
+
+
+#: real training volumes the synthetic-only segmenter is scored on (``utility_row``)
+UTILITY_EVAL = 50
+
+
+def utility_path(root: Path, generator: str, steps: int) -> Path:
+    return Path(root) / "rows" / f"{generator}-{int(steps)}.utility.json"
+
+
+def utility_row(cfg, root: Path, generator: str, steps: int, train, n_eval: int = UTILITY_EVAL) -> dict:
+    """What a point's volumes are worth to a segmenter: the fast backend trained on the
+    point's scored sample set alone (``samples.npz``; ``cfg.seg_iterations`` steps, seed
+    ``cfg.seed``; a whole-tumour mask counts as oedema, no core), its volume Dice per BraTS
+    region (``synthetic_only_dice_WT/TC/ET``) on the first ``n_eval`` real training volumes.
+    The generator trained on those volumes, the segmenter did not; the test split chooses
+    nothing. Read back when measured before (``rows/<generator>-<steps>.utility.json``)."""
+    from sbldm.segmentation.brats_metrics import region_dice_rows
+    from sbldm.segmentation.fast import CLASSES, train_fast
+
+    out = utility_path(root, generator, steps)
+    if out.is_file():
+        return json.loads(out.read_text())
+    with np.load(point_dir(root, generator, steps) / "samples.npz", allow_pickle=False) as z:
+        images = z["images"]
+        labels = z["labels"] if "labels" in z.files and z["labels"].size else z["masks"].astype(np.uint8) * 2
+    regions = cfg.tumour_labels == "regions"
+    targets = labels if regions else (labels > 0).astype(np.uint8)
+    seg = train_fast(images, targets, cfg, seed=cfg.seed, classes=CLASSES[cfg.tumour_labels])
+    pred = np.asarray(seg.predict(train.images[:n_eval]))
+    ref = np.asarray(train.labels[:n_eval])
+    if not regions:                  # binary predictions: the whole tumour only, as oedema
+        pred = (pred > 0).astype(np.uint8) * 2
+    dice = {r["region"]: r["mean"] for r in region_dice_rows(pred, ref)}
+    row = {f"synthetic_only_dice_{k}": v for k, v in dice.items() if regions or k == "WT"}
+    row["synthetic_only_n_eval"] = int(len(ref))
+    atomic_write_json(out, row)
+    return row
+
+
+#: columns that mean nothing for reconstructions of training volumes (each is its own nearest)
+_NOT_FOR_CEILING = ("nearest_train_ssim_median", "nearest_train_ssim_max", "nearest_train_ssim_vs_test")
+
+
+def ceiling_row(run: SBLDMRun, ref: dict, n: int, progress: bool = True) -> dict:
+    """The row of ``run``'s slice VAE reconstructing the first ``n`` training volumes
+    through its posterior mean (read back when scored before): what the decoder can show
+    at best. Its Fréchet distance is the cost of decoding alone (the real volumes against
+    themselves score 0); the memorisation columns stay empty."""
+    import math
+
+    from sbldm.diffusion.latents import reconstruct_volumes
+    from sbldm.evaluation.budget import set_measures
+
+    out = row_path(run.root.parent, CEILING, run.cfg.vae_steps)
+    if out.is_file():
+        return json.loads(out.read_text())
+    train = run.train
+    images, masks, labels = reconstruct_volumes(run.vae(), train.images[:n], train.labels[:n], progress=progress)
+    row = {"generator": CEILING, "steps": run.cfg.vae_steps, "cpu_hours": run.vae_seconds() / 3600,
+           "vae_steps": run.cfg.vae_steps, **set_measures(images, masks, labels, ref)}
+    row.update({k: math.nan for k in _NOT_FOR_CEILING})
     atomic_write_json(out, row)
     return row
 
@@ -207,7 +341,7 @@ def real_row(test, ref: dict) -> dict:
 
 
 #: the columns of the committed table, in this order (the rows hold a few more)
-COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "n", "empty_share", "core_share",
+COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "method", "n", "empty_share", "core_share",
            "w_over_spread_necrosis", "w_over_spread_oedema", "w_over_spread_enhancing", "interior_w_over_spread",
            "median_z_necrosis", "median_z_oedema", "median_z_enhancing",
            "dark_part_share", "dark_part_share_real", "texture_std_z", "texture_std_z_real",
@@ -218,7 +352,8 @@ COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "n", "emp
            "relative_volume_error", "centre_distance", "empty_fraction",
            "spearman_voxel_volume", "spearman_surface_area", "spearman_sphericity", "spearman_x", "spearman_y",
            "spearman_z", "spearman_w", "spearman_h", "spearman_d", "sphericity_error", "box_error",
-           "smallest_requested_voxels", "smallest_empty", "smallest_volume_ratio", "seconds_per_volume")
+           "smallest_requested_voxels", "smallest_empty", "smallest_volume_ratio", "seconds_per_volume",
+           "synthetic_only_dice_WT", "synthetic_only_dice_TC", "synthetic_only_dice_ET")
 
 
 def table_notes(cfg, n: int, vae_steps: int) -> list[str]:
@@ -247,6 +382,16 @@ def table_notes(cfg, n: int, vae_steps: int) -> list[str]:
         "SBLDM only (the baselines cannot be asked for a tumour): spearman_* requested against drawn per feature, "
         "sphericity_error, box_error, relative_volume_error, centre_distance (voxels), empty_fraction; "
         f"smallest_*: the smallest training tumour requested with {SMALLEST_SEEDS} noise seeds",
+        f"synthetic_only_dice_*: volume Dice per BraTS region of the fast segmenter ({cfg.seg_iterations} steps) "
+        f"trained on the point's {n} volumes alone, on the first {UTILITY_EVAL} real training volumes (the test "
+        "split chooses nothing)",
+        "method: a method change of the latent UNet at that budget (" + "; ".join(
+            f"{k}: {', '.join(f'{f}={v}' for f, v in c.items())}" for k, c in METHOD_CHANGES.items())
+        + "), the arm named sbldm-vae<steps>-<method>",
+        "sbldm-vae<steps>: SBLDM on the same slice VAE run extended to that many steps (the VAE's second budget); "
+        f"{CEILING}: that VAE's reconstructions of the first n training volumes (steps and cpu_hours: the VAE's), "
+        "what no generator decoded by it can exceed; its Fréchet distance is the cost of decoding alone (real "
+        "against itself: 0), its memorisation columns are empty",
     ]
 
 
@@ -268,8 +413,8 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
               ("laplacian_ratio", "normal-brain |Laplacian| / real", None, None),
               ("spearman_sphericity", "Spearman, sphericity asked vs drawn", None, None)]
     real = next((r for r in rows if r["generator"] == "real"), None)
-    gens = [g for g in GENERATORS if any(r["generator"] == g for r in rows)]
-    styles = method_styles([NAMES[g] for g in gens] + [NAMES["real"]])
+    gens = list(dict.fromkeys(r["generator"] for r in rows if r["generator"] != "real"))
+    styles = method_styles([display_name(g) for g in gens] + [NAMES["real"]])
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.6))
     handles = []
     for ax, (key, title, target, real_key) in zip(axes.flat, panels):
@@ -277,8 +422,11 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
             pts = sorted((r for r in rows if r["generator"] == g), key=lambda r: r["cpu_hours"])
             xs = [r["cpu_hours"] for r in pts]
             ys = [r.get(key, math.nan) for r in pts]
-            st = styles[NAMES[g]]
-            (h,) = ax.plot(xs, ys, marker="o", ms=4, label=NAMES[g], **st)
+            st = dict(styles[display_name(g)])
+            if g == CEILING:            # a ceiling, at the VAE's own hours: dotted, starred
+                st["linestyle"] = ":"
+            (h,) = ax.plot(xs, ys, marker="*" if g == CEILING else "o", ms=6 if g == CEILING else 4,
+                           label=display_name(g), **st)
             if ax is axes.flat[0]:
                 handles.append(h)
             for x, y, r in zip(xs, ys, pts):
@@ -314,8 +462,12 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
 def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n: int, vae_steps: int) -> str:
     from sbldm.tables import write_table
 
-    order = {g: i for i, g in enumerate(("real", *GENERATORS))}
-    rows = sorted(rows, key=lambda r: (order[r["generator"]], r["steps"] or 0))
+    def order(r):
+        g = r["generator"]
+        rank = {"real": 0, CEILING: 1, "sbldm": 2, "ldm3d": 4, "lsgan3d": 5}.get(g, 3)
+        return rank, _arm_order(g) if g.startswith("sbldm-vae") else (0, ""), r["steps"] or 0
+
+    rows = sorted(rows, key=order)
     md = write_table(rows, Path(tables_dir) / "generator_budget", columns=COLUMNS,
                      title=f"Generators: quality against training compute ({cfg.scale})",
                      notes=table_notes(cfg, n, vae_steps))
@@ -332,9 +484,12 @@ def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n:
                            "better); seconds_per_volume: sampling time per volume, DDIM under bf16 autocast for the "
                            "diffusion models (lower is better); *_winner: the better of the two"])
 
-    write_table(target_report(rows), Path(tables_dir) / "generator_budget_targets",
+    arms = list(dict.fromkeys(r["generator"] for r in rows if r["generator"].startswith("sbldm")))
+    targets = [{"generator": g, **t} for g in arms for t in target_report(rows, g)]
+    write_table(targets, Path(tables_dir) / "generator_budget_targets",
                 title=f"SBLDM's targets at its largest budget, and where its curve heads ({cfg.scale})",
-                notes=["value: SBLDM at its largest budget (hours: its training hours); met: value <= target",
+                notes=["generator: the SBLDM arm (sbldm-vae<steps>: on a slice VAE trained that many steps); "
+                       "value: the arm at its largest budget (hours: its training hours); met: value <= target",
                        "per_doubling: the change per doubling of the training hours, a straight line through the "
                        "last three points in log2(hours); hours_to_target: where that line reaches the target, NaN "
                        "unless each of those points is below the one before it, or when the line needs more than "
@@ -358,6 +513,12 @@ def main(argv=None) -> None:
     for g in GENERATORS:
         ap.add_argument(f"--{g}", type=int, nargs="+", default=None, help=f"{g}'s points (training steps)")
     ap.add_argument("--vae-steps", type=int, default=DEFAULT_VAE_STEPS, help="the slice VAE's budget")
+    ap.add_argument("--vae-arms", type=int, nargs="*", default=[],
+                    help="further slice VAE budgets (the same VAE run extended), each an SBLDM arm sbldm-vae<steps>")
+    ap.add_argument("--vae-arm-points", type=int, nargs="+", default=[1800],
+                    help="the latent UNet's points on each further VAE")
+    ap.add_argument("--method-arms", nargs="*", default=[], choices=list(METHOD_CHANGES),
+                    help="method changes, each an arm on the last VAE budget at --vae-arm-points")
     ap.add_argument("--n", type=int, default=None,
                     help="volumes scored per point (default: eval_n_samples, Table 1's count; at small the test "
                          "split's size, so the Fréchet distances share their small-sample bias)")
@@ -371,12 +532,22 @@ def main(argv=None) -> None:
     root = work / "generator_budget"
     train = load_prepared(work / "data", "train")
     wanted = {g: getattr(args, g) or DEFAULT_POINTS[g] for g in args.generators}
+    vae_runs = [SBLDMRun(cfg, train, root, args.vae_steps)] + [
+        SBLDMRun(cfg, train, root, s, name=arm_name(s), extends=root / "sbldm" / "vae") for s in args.vae_arms]
+    last = vae_runs[-1]
+    method_runs = [SBLDMRun(cfg, train, root, last.cfg.vae_steps, method=m, extends=last.root / "vae",
+                            name=arm_name(last.cfg.vae_steps, m) if last.name != "sbldm" else f"sbldm-{m}")
+                   for m in args.method_arms]
     if not args.table_only:
         gens = runs(cfg, train, root, args.vae_steps)
         for g, points in wanted.items():
             for steps in points:
                 gens[g].train_to(steps)
                 print(f"{g} at {steps} steps: {read_budget(point_dir(root, g, steps))}", flush=True)
+        for run in vae_runs[1:] + method_runs:
+            for steps in args.vae_arm_points:
+                run.train_to(steps)
+                print(f"{run.name} at {steps} steps: {read_budget(point_dir(root, run.name, steps))}", flush=True)
     if args.train_only:
         return
     test = load_prepared(work / "data", "test")
@@ -385,11 +556,16 @@ def main(argv=None) -> None:
     seg = eval_segmenter(cfg, train, root / "eval_segmenter.pt")
     ref = reference(train, test, seg.features)
     rows = [real_row(test, ref)]
-    for g in GENERATORS:
+    for run in vae_runs:
+        if args.table_only and not row_path(root, CEILING, run.cfg.vae_steps).is_file():
+            continue
+        rows.append(ceiling_row(run, ref, n))
+        print(f"scored the slice VAE at {run.cfg.vae_steps} steps", flush=True)
+    for g in trained_generators(root):
         for steps in sorted(int(p.name) for p in (root / g / "points").glob("*") if (p / "budget.json").is_file()):
             if args.table_only and not row_path(root, g, steps).is_file():
                 continue
-            rows.append(score_point(cfg, root, g, steps, ref, n))
+            rows.append({**score_point(cfg, root, g, steps, ref, n), **utility_row(cfg, root, g, steps, train)})
             print(f"scored {g} at {steps} steps", flush=True)
     results = REPO_ROOT / "results" / run
     print(write_outputs(rows, results / "tables", results / "figures", cfg, n, args.vae_steps))

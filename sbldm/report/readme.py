@@ -471,6 +471,21 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                     "generator_budget_table1.md), [curves](" + rel + "/figures/generator_budget.png)): "
                 + "; ".join(parts) + ". The paper ranks SBLDM first on PSNR and SSIM and faster than the 3D-LDM."
                 + caveat]
+    budget_path = d / "tables" / "generator_budget.csv"
+    ceilings = [r for r in csv.DictReader(budget_path.open(newline=""))
+                if r["generator"] == "vae_reconstruction"] if budget_path.is_file() else []
+    if ceilings:
+        def pct(v):
+            return "?" if _num(v) is None else f"{_num(v):.0%}"
+
+        parts = [f"at {r['steps']} VAE steps: in more than one piece {pct(r['multi_piece_26'])} (real "
+                 f"{pct(r['multi_piece_26_real'])}), with a dark part {pct(r['dark_part_share'])} (real "
+                 f"{pct(r['dark_part_share_real'])}), worst interior Wasserstein/spread "
+                 f"{_num(r['interior_w_over_spread']) or float('nan'):.2f}, normal-brain |Laplacian| "
+                 f"{_num(r['laplacian_ratio']) or float('nan'):.2f} of real" for r in ceilings]
+        out += ["", "The slice VAE's own reconstructions of training volumes, what no generator it decodes can "
+                    "exceed (the `vae_reconstruction` rows of the [budget table](" + rel + "/tables/generator_budget.md)): "
+                + "; ".join(parts) + "."]
     targets_path = d / "tables" / "generator_budget_targets.csv"
     if targets_path.is_file():
         table = list(csv.DictReader(targets_path.open(newline="")))
@@ -486,7 +501,9 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                          else "the curve does not fall steadily towards it: budget alone is not shown to get there")
                 missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
             hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
-            name = "SBLDM" if arm == "sbldm" else f"SBLDM on the slice VAE at {arm[len('sbldm-vae'):]} steps"
+            steps, _, method = arm[len("sbldm-vae"):].partition("-")
+            name = "SBLDM" if arm == "sbldm" else f"SBLDM on the slice VAE at {steps} steps" + (
+                f" with the method change {method}" if method else "")
             out += ["", f"{name}: targets at its largest budget ({'?' if hours is None else f'{hours:.2f}'} training "
                         f"hours; [table]({rel}/tables/generator_budget_targets.md)): met: "
                     + (", ".join(met) if met else "none") + "; not met: " + ("; ".join(missed) if missed else "none")
