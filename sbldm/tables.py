@@ -51,3 +51,15 @@ def write_table(rows: Sequence[Mapping], stem: str | os.PathLike, title: str | N
 def read_csv(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def finite(value) -> float | None:
+    """A table cell (a CSV string or a number) as a float, or None when it is empty, not a
+    number or NaN."""
+    import math
+
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v

@@ -2,21 +2,13 @@
 efficiency block of docs/benchmarks.md are written from the results, and the check fails
 whenever one of them and the results disagree."""
 
-import csv
 import json
 from pathlib import Path
 
 from claims_helpers import write_cases
+from claims_helpers import write_csv as _write_csv
 from sbldm import paper
 from sbldm.report import readme as gen
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
 
 
 def _t1(method, psnr, ssim, params_m, time_s, n=100):

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from pathlib import Path
 
 from sbldm import paper
+from sbldm.tables import finite as _num
 
 REPRODUCED, REFUTED, PARTLY, NO_EFFECT, NOT_TESTED = (
     "reproduced", "refuted", "partly", "no detectable effect", "not tested")
@@ -60,14 +60,6 @@ SCARCE = "real + SBLDM vs real, fewest real volumes"
 
 def _csv(path: Path) -> list[dict]:
     return list(csv.DictReader(Path(path).open(newline=""))) if Path(path).is_file() else []
-
-
-def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def _row(claim, measure, theirs, ours, verdict, why) -> dict:

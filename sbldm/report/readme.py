@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ from sbldm.paths import REPO_ROOT
 from sbldm.provenance import data_source
 from sbldm.report.claims import VERDICTS, claims, update_claims_table
 from sbldm.report.summaries import FOLDER
+from sbldm.tables import finite as _num
 
 #: (title, table stem under tables/) in the order the results page shows them
 TABLES = (
@@ -393,14 +393,6 @@ def _relpath(path: str | Path, start: str | Path) -> str:
 
 def claims_markers(scale: str) -> tuple[str, str]:
     return f"<!-- claims:{scale}:start -->", f"<!-- claims:{scale}:end -->"
-
-
-def _num(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT,
