@@ -152,7 +152,10 @@ def test_the_table2_summary_names_rows_above_and_below_real_per_region():
     text = segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
     assert "predicted no tumour in any test case for real, real + SBLDM; at this budget it confirms nothing" in text
     nnunet[0]["empty_predictions"] = nnunet[1]["empty_predictions"] = 0.0
-    assert "nnU-Net confirmation (one seed): real Dice" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
+    assert "nnU-Net confirmation (3 seeds): real Dice" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)], nnunet)
+    # not run: the fast backend found nothing to confirm
+    assert "nnU-Net confirmation: not run" in segmentation("small", [row("real", 0.6, nan, 0.4, nan)],
+                                                           confirm_skipped=True)
     # a one-seed row has no spread across seeds to state; a three-seed row states it
     for r in nnunet:
         r["seeds"] = 1
