@@ -544,10 +544,10 @@ def main(argv=None) -> None:
             for steps in points:
                 gens[g].train_to(steps)
                 print(f"{g} at {steps} steps: {read_budget(point_dir(root, g, steps))}", flush=True)
-        for run in vae_runs[1:] + method_runs:
+        for arm in vae_runs[1:] + method_runs:
             for steps in args.vae_arm_points:
-                run.train_to(steps)
-                print(f"{run.name} at {steps} steps: {read_budget(point_dir(root, run.name, steps))}", flush=True)
+                arm.train_to(steps)
+                print(f"{arm.name} at {steps} steps: {read_budget(point_dir(root, arm.name, steps))}", flush=True)
     if args.train_only:
         return
     test = load_prepared(work / "data", "test")
@@ -556,11 +556,11 @@ def main(argv=None) -> None:
     seg = eval_segmenter(cfg, train, root / "eval_segmenter.pt")
     ref = reference(train, test, seg.features)
     rows = [real_row(test, ref)]
-    for run in vae_runs:
-        if args.table_only and not row_path(root, CEILING, run.cfg.vae_steps).is_file():
+    for vrun in vae_runs:
+        if args.table_only and not row_path(root, CEILING, vrun.cfg.vae_steps).is_file():
             continue
-        rows.append(ceiling_row(run, ref, n))
-        print(f"scored the slice VAE at {run.cfg.vae_steps} steps", flush=True)
+        rows.append(ceiling_row(vrun, ref, n))
+        print(f"scored the slice VAE at {vrun.cfg.vae_steps} steps", flush=True)
     for g in trained_generators(root):
         for steps in sorted(int(p.name) for p in (root / g / "points").glob("*") if (p / "budget.json").is_file()):
             if args.table_only and not row_path(root, g, steps).is_file():
