@@ -179,6 +179,12 @@ def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbld
     assert "frechet_ratio 2 (target 1.5; the curve reaches it near" in targets
     # the pieces gap is flat: out of reach of budget alone
     assert "multi_piece_26_gap 0.3 (target 0.05; the curve does not fall steadily towards it" in targets
+    # an arm measured at one budget has no curve to read
+    write_table([{"generator": "sbldm-vae5000", **t} for t in target_report(rows[2:3] and [
+        {**rows[2], "generator": "sbldm-vae5000"}], "sbldm-vae5000")], d / "tables" / "generator_budget_targets")
+    block = gen.claims_section(d, "small", link_root=tmp_path)
+    arm = next(line for line in block.splitlines() if line.startswith("SBLDM on the slice VAE at 5000 steps"))
+    assert "frechet_ratio 2 (target 1.5; one budget measured, no curve yet)" in arm
 
 
 def test_the_training_counts_are_generated_from_the_presets(tmp_path):

@@ -489,8 +489,12 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                 if r["met"] == "True":
                     continue
                 hours = _num(r["hours_to_target"])
-                where = (f"the curve reaches it near {hours:.1f} h by extrapolation" if hours is not None
-                         else "the curve does not fall steadily towards it: budget alone is not shown to get there")
+                if _num(r.get("per_doubling")) is None:          # a single point: no curve to read
+                    where = "one budget measured, no curve yet"
+                elif hours is not None:
+                    where = f"the curve reaches it near {hours:.1f} h by extrapolation"
+                else:
+                    where = "the curve does not fall steadily towards it: budget alone is not shown to get there"
                 missed.append(f"{r['measure']} {float(r['value']):.3g} (target {float(r['target']):.3g}; {where})")
             hours = next((_num(r["hours"]) for r in rows if _num(r["hours"]) is not None), None)
             steps, _, method = arm[len("sbldm-vae"):].partition("-")
