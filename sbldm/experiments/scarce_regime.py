@@ -53,6 +53,16 @@ def real_subsets(n_train: int, sizes, seed: int = 0) -> dict[int, np.ndarray]:
     return {n: np.sort(order[:n]) for n in sizes}
 
 
+def subset_indices(n_train: int, n: int, seed: int = 0) -> np.ndarray:
+    """The indices of the size-``n`` subset of ``real_subsets`` (``n`` capped at ``n_train``)."""
+    return real_subsets(n_train, [n], seed)[min(int(n), n_train)]
+
+
+def real_set(train: Prepared, cfg: Config, idx) -> tuple[np.ndarray, np.ndarray]:
+    """(images, segmentation targets) of the training volumes ``idx``."""
+    return np.asarray(train.images)[idx], table2.targets(train, cfg)[idx]
+
+
 def subset_split(split: Prepared, idx) -> Prepared:
     """The volumes ``idx`` of a prepared split as a split of their own, with the feature
     normaliser refitted on them (nothing of the other volumes remains)."""
@@ -136,7 +146,7 @@ def train_leakfree_generators(cfg: Config, train: Prepared, n: int, work: Path, 
     from sbldm.training.trainer import train_vae
 
     vcfg = cfg.replace(vae_steps=cfg.scarce_vae_check_steps)
-    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    idx = subset_indices(len(train), n, seed)
     sub = subset_split(train, idx)
     out = {}
     for split in (sub, train):
@@ -191,7 +201,7 @@ def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work:
     from sbldm.training.trainer import train_vae
 
     vcfg = cfg.replace(vae_steps=cfg.scarce_vae_check_steps)
-    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
+    idx = subset_indices(len(train), n, seed)
     rows = []
     for split in (subset_split(train, idx), train):
         vae = train_vae(vcfg, split, vae_check_dir(work, len(split)), resume=resume,
@@ -315,7 +325,7 @@ def size_sets(train: Prepared, cfg: Config, idx, samples, protocols: bool = Fals
     ``seed -> sample set`` with the augmentation redrawn per seed as well); the first
     seed's filter report goes to ``reports[len(idx)]``."""
     labels = cfg.tumour_labels == "regions"
-    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+    real = real_set(train, cfg, idx)
     redraw, built = callable(samples), {}
 
     def sets_for(seed):
@@ -382,8 +392,8 @@ def count_sweep(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int
     if len(pool["images"]) < counts[-1]:
         raise ValueError(f"the synthetic pool holds {len(pool['images'])} volumes; the sweep needs {counts[-1]}")
     im, tg, _ = table2.synthetic_set("SBLDM", pool, counts[-1], labels)
-    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
-    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+    idx = subset_indices(len(train), n, seed)
+    real = real_set(train, cfg, idx)
 
     def sets_for(s):
         order = np.random.default_rng([int(s), len(idx)]).permutation(len(im))
@@ -429,8 +439,8 @@ def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: 
     only; ``SHARED_VAE``: its VAE saw all), every training seed on its own draw
     (``sbldm.segmentation.table2.synthetic_draw``), with ``n_real`` and ``vae_saw``."""
     labels = cfg.tumour_labels == "regions"
-    idx = real_subsets(len(train), [n], seed)[min(n, len(train))]
-    real = (np.asarray(train.images)[idx], table2.targets(train, cfg)[idx])
+    idx = subset_indices(len(train), n, seed)
+    real = real_set(train, cfg, idx)
     dirs = {LEAKFREE: leakfree_dir(work, len(idx)), SHARED_VAE: leakfree_dir(work, len(train))}
     saw = {REAL: 0}
     for row, d in dirs.items():
