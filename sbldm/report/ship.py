@@ -115,14 +115,19 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
         r = t1["SBLDM (DDIM)"]
         lines.append(f"- Table 1 (unpaired, as the authors): PSNR {float(r['psnr']):.2f} dB, SSIM {float(r['ssim']):.3f}, "
                      f"{float(r['time_s_per_volume']):.1f} s per volume in fp32 on {r['device']}")
-    budget = [r for r in _table(results / "tables" / "generator_budget.csv") if r.get("generator", "").startswith("sbldm")
-              and _int(r.get("steps")) == cfg.diffusion_steps and _int(r.get("vae_steps")) == cfg.vae_steps]
+    from sbldm.tables import finite
+
+    curves = _table(results / "tables" / "generator_budget.csv")
+    real = next((r for r in curves if r.get("generator") == "real"), {})
+    budget = [r for r in curves if r.get("generator", "").startswith("sbldm")
+              and finite(r.get("steps")) == cfg.diffusion_steps and finite(r.get("vae_steps")) == cfg.vae_steps]
     if budget:
         b = budget[0]
+        real_w = finite(real.get("interior_w_over_spread"))
         lines.append(f"- Inside the tumours and shape, from the budget curves' run at this budget (slice VAE "
                      f"{cfg.vae_steps} steps, UNet {cfg.diffusion_steps}; its own training run, 100 volumes): worst "
                      f"sub-region Wasserstein over the real spread {float(b['interior_w_over_spread']):.2f} (real test "
-                     f"split {_real(results, 'interior_w_over_spread')}), tumours with a part darker than normal brain "
+                     f"split {'?' if real_w is None else f'{real_w:.2f}'}), tumours with a part darker than normal brain "
                      f"{float(b['dark_part_share']):.0%} (real {float(b['dark_part_share_real']):.0%}), in more than one "
                      f"piece {float(b['multi_piece_26']):.0%} (real {float(b['multi_piece_26_real']):.0%}), sphericity "
                      f"Spearman {float(b['spearman_sphericity']):.2f}, surface-area Spearman "
@@ -169,21 +174,6 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
               "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
               'out.save_nifti("samples/")', "```", ""]
     return "\n".join(lines)
-
-
-def _int(value) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def _real(results: Path, key: str) -> str:
-    real = [r for r in _table(results / "tables" / "generator_budget.csv") if r.get("generator") == "real"]
-    try:
-        return f"{float(real[0][key]):.2f}"
-    except (IndexError, KeyError, TypeError, ValueError):
-        return "?"
 
 
 def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = REPO_ROOT / "results",
