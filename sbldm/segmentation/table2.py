@@ -581,6 +581,10 @@ def nnunet_check(sets, test, cfg: Config, work: Path, seeds=None, rows=("real", 
     ncfg = cfg.replace(seg_backend="nnunet")
     seeds = tuple(cfg.seg_nnunet_check_seeds if seeds is None else seeds)
     sets_for = sets if callable(sets) else (lambda seed: sets)
-    cases = run_rows_by_seed(lambda seed: {r: sets_for(seed)[r] for r in rows}, test, ncfg, work / "nnunet_check",
-                             seeds=seeds, progress=progress)
+
+    def chosen(seed):                   # one seed's sets built once, then the rows to confirm
+        built = sets_for(seed)
+        return {r: built[r] for r in rows}
+
+    cases = run_rows_by_seed(chosen, test, ncfg, work / "nnunet_check", seeds=seeds, progress=progress)
     return summarise(cases)
