@@ -821,6 +821,15 @@ def _validate_segmentation(cfg: Config) -> None:
         raise ValueError(f"seg_seeds must be distinct, got {cfg.seg_seeds}")
     if not cfg.seg_scarce_sizes or any(int(n) < 1 for n in cfg.seg_scarce_sizes):
         raise ValueError(f"seg_scarce_sizes must be positive sizes, got {cfg.seg_scarce_sizes}")
+    if any(int(k) < 0 for k in cfg.seg_count_sweep) or len(set(cfg.seg_count_sweep)) != len(cfg.seg_count_sweep):
+        raise ValueError(f"seg_count_sweep must be distinct numbers of synthetic volumes >= 0 (() skips the sweep), "
+                         f"got {cfg.seg_count_sweep}")
+    if cfg.seg_count_sweep and 0 not in cfg.seg_count_sweep:
+        raise ValueError(f"seg_count_sweep must include 0 (real only: every count is tested against it), "
+                         f"got {cfg.seg_count_sweep}")
+    if not cfg.seg_nnunet_check_seeds or len(set(cfg.seg_nnunet_check_seeds)) != len(cfg.seg_nnunet_check_seeds):
+        raise ValueError(f"seg_nnunet_check_seeds must name one or more distinct training seeds, "
+                         f"got {cfg.seg_nnunet_check_seeds}")
     if cfg.scarce_vae_check_steps < 1:
         raise ValueError(f"scarce_vae_check_steps must be >= 1, got {cfg.scarce_vae_check_steps}")
     for name in ("seg_protocol_synthetic_fraction", "seg_pretrain_fraction"):

@@ -60,6 +60,23 @@ def test_config_values_are_type_and_range_checked(field, value, match):
         config.resolve("small", **{field: value})
 
 
+@pytest.mark.parametrize("field, value, match", [
+    ("seg_count_sweep", (0, 50, -1), "seg_count_sweep must be distinct numbers of synthetic volumes >= 0"),
+    ("seg_count_sweep", (0, 50, 50), "seg_count_sweep must be distinct"),
+    ("seg_count_sweep", (50, 100), "seg_count_sweep must include 0"),
+    ("seg_nnunet_check_seeds", (), "seg_nnunet_check_seeds must name one or more"),
+    ("seg_nnunet_check_seeds", (1, 1), "seg_nnunet_check_seeds must name one or more distinct"),
+    ("seg_seeds", (0, 0), "seg_seeds must be distinct"),
+])
+def test_segmentation_study_fields_are_checked_when_the_config_is_made(field, value, match):
+    """A bad sweep or seed list is refused at once, not hours later when notebook 11 reaches it."""
+    with pytest.raises(ValueError, match=match):
+        config.resolve("small", **{field: value})
+    # and the valid ones pass, the empty sweep (skip it) included
+    assert config.resolve("small", seg_count_sweep=()).seg_count_sweep == ()
+    assert config.resolve("small", seg_count_sweep=[400, 0, 100]).seg_count_sweep == (400, 0, 100)
+
+
 def test_a_float_field_takes_an_int_and_lists_become_tuples():
     cfg = config.resolve("small", vae_lr=1, volume_shape=[64, 64, 32])
     assert cfg.vae_lr == 1 and cfg.volume_shape == (64, 64, 32)
