@@ -286,20 +286,37 @@ TABLE2_ROWS = 10
 
 
 def training_counts(cfg: Config) -> dict:
-    """How many segmenters notebooks 06 and 11 train under ``cfg``, per backend: Table 2's
-    rows x seeds (and the one-seed nnU-Net check of 2 rows when the fast backend leads),
-    the sweep's real, real + augmentation and mixing rows at every real-set size x seeds,
-    and the protocols at the smallest and the full size x seeds (the ratio and filtered rows
-    on the configured backend, pre-training then fine-tuning on the fast one)."""
+    """At most how many segmenters notebooks 06 and 11 train under ``cfg``, per part and per
+    backend (rows whose training data and settings coincide are trained once and read back,
+    so the runs can train fewer):
+
+    - ``table2``: Table 2's rows x seeds; ``nnunet_check``: its 2 rows x the check seeds on
+      nnU-Net when the fast backend leads (run when the fast backend finds an effect);
+    - ``sweep``: real, real + augmentation and real + SBLDM at every real-set size x seeds;
+    - ``protocols``: the ratio and filtered rows at the smallest and the full size x seeds,
+      and ``pretrain_finetune`` there (always on the fast backend: weights carried between
+      two runs);
+    - ``leakfree``: real and the two generators' rows at the smallest size x seeds (none when
+      that size is the whole split);
+    - ``count_sweep``: every synthetic count at the smallest and the full size x seeds;
+    - ``scarce_nnunet_check``: notebook 11's 2 rows x the check seeds at the smallest size,
+      as ``nnunet_check``;
+    - ``learning_curves``: the fast backend's budget runs (Table 2's and one per size).
+    """
     seeds = len(cfg.seg_seeds)
     sizes = real_subsets(cfg.n_train, cfg.seg_scarce_sizes)
-    protocol_sizes = {min(sizes), max(sizes)}
+    ends = {min(sizes), max(sizes)}
     main = cfg.seg_backend
-    out = {"table2": TABLE2_ROWS * seeds, "nnunet_check": 2 if main == "fast" and cfg.seg_nnunet_check else 0,
-           "sweep": 3 * len(sizes) * seeds, "protocols": 2 * len(protocol_sizes) * seeds,
-           "pretrain_finetune": len(protocol_sizes) * seeds, "seeds": seeds, "sizes": list(sizes)}
-    out["nnunet"] = out["nnunet_check"] + (out["table2"] + out["sweep"] + out["protocols"] if main == "nnunet" else 0)
-    out["fast"] = out["pretrain_finetune"] + (out["table2"] + out["sweep"] + out["protocols"] if main == "fast" else 0)
+    fast = main == "fast"
+    check = 2 * len(cfg.seg_nnunet_check_seeds) if fast and cfg.seg_nnunet_check else 0
+    out = {"table2": TABLE2_ROWS * seeds, "nnunet_check": check, "sweep": 3 * len(sizes) * seeds,
+           "protocols": 2 * len(ends) * seeds, "pretrain_finetune": len(ends) * seeds,
+           "leakfree": 3 * seeds if min(sizes) < cfg.n_train else 0,
+           "count_sweep": len(cfg.seg_count_sweep) * len(ends) * seeds, "scarce_nnunet_check": check,
+           "learning_curves": 1 + len(sizes) if fast else 0, "seeds": seeds, "sizes": list(sizes)}
+    on_main = out["table2"] + out["sweep"] + out["protocols"] + out["leakfree"] + out["count_sweep"]
+    out["nnunet"] = out["nnunet_check"] + out["scarce_nnunet_check"] + (0 if fast else on_main)
+    out["fast"] = out["pretrain_finetune"] + out["learning_curves"] + (on_main if fast else 0)
     return out
 
 
