@@ -680,6 +680,15 @@ def resolve(scale: str, **overrides: Any) -> Config:
     return _make(scale, {**_PRESETS[scale], **overrides})
 
 
+def structure(scale: str) -> dict[str, Any]:
+    """The preset's structural choices: every field whose value is a word or a switch (str or
+    bool: the segmentation backend, the label mode, which checks run, ...), without its
+    sizes, step counts or rates. ``resolve("smoke", **structure("paper"))`` runs the paper's
+    method at the smoke preset's sizes, which a test does through notebook 11."""
+    cfg = resolve(scale)
+    return {f.name: getattr(cfg, f.name) for f in _FIELDS if isinstance(getattr(cfg, f.name), (str, bool))}
+
+
 def _check_types(cfg: Config) -> None:
     """Every field has the type its declaration says (ints stay ints, a float field takes
     an int), step counts and batch sizes are positive, learning rates too."""

@@ -243,3 +243,44 @@ def test_table1_at_matched_compute_pairs_the_nearest_budget_and_names_the_winner
     assert by["ldm3d"]["psnr_winner"] == "ldm3d" and by["ldm3d"]["ssim_winner"] == "sbldm"
     assert by["ldm3d"]["seconds_per_volume_winner"] == "ldm3d"             # lower is better
     assert by["lsgan3d"]["psnr_winner"] == "sbldm" and by["lsgan3d"]["ssim_winner"] == "tie"
+
+
+@pytest.mark.slow
+def test_the_command_trains_scores_and_rewrites_its_table_from_the_kept_rows(tmp_path, capsys):
+    """``python -m sbldm.experiments.generator_budget`` end to end on a tiny run: it trains
+    the points asked for, scores them, and ``--table-only`` rewrites the same table from the
+    kept rows without drawing again (its table step once crashed on a shadowed name)."""
+    import shutil
+
+    from sbldm.experiments import generator_budget as gb
+    from sbldm.runs import run_name
+    from sbldm.tables import read_csv
+
+    overrides = {**BASELINES, "eval_batch_size": 2, "seg_iterations": 2}
+    run = run_name("smoke", overrides=overrides)
+    (tmp_path / "work" / run).mkdir(parents=True)
+    shutil.move(make_prepared(tmp_path / "cohort"), tmp_path / "work" / run / "data")
+    argv = ["--scale", "smoke", "--overrides", json.dumps(overrides), "--work-root", str(tmp_path / "work"),
+            "--results-root", str(tmp_path / "results"), "--vae-steps", "2", "--n", "3",
+            "--sbldm", "2", "4", "--ldm3d", "3", "--lsgan3d", "2"]
+    gb.main(argv)
+    out = tmp_path / "results" / run / "tables"
+    table = read_csv(out / "generator_budget.csv")
+    assert [(r["generator"], r["steps"]) for r in table[1:]] == [
+        (gb.CEILING, "2"), ("sbldm", "2"), ("sbldm", "4"), ("ldm3d", "3"), ("lsgan3d", "2")]
+    assert table[0]["generator"] == "real"
+    assert all(float(r["cpu_hours"]) > 0 for r in table[1:])
+    assert all(0 <= float(r["synthetic_only_dice_WT"]) <= 1 for r in table[2:])     # each point's utility
+    root = tmp_path / "work" / run / "generator_budget"
+    kept = {p: p.stat().st_mtime_ns for p in (root / "rows").glob("*.json")}
+    assert len(kept) == 1 + 4 + 4                      # the ceiling, and each point's row and utility row
+    before = (out / "generator_budget.csv").read_text()
+    (out / "generator_budget.csv").unlink()
+    gb.main(argv + ["--table-only"])
+    assert (out / "generator_budget.csv").read_text() == before
+    assert {p: p.stat().st_mtime_ns for p in (root / "rows").glob("*.json")} == kept      # nothing drawn again
+    assert (tmp_path / "results" / run / "figures" / "generator_budget.png").is_file()
+    # a run whose cohort was never prepared: the command says which notebook to run first
+    with pytest.raises(SystemExit):
+        gb.main(["--scale", "smoke", "--work-root", str(tmp_path / "nowhere")])
+    assert "run notebook 00 for this run first" in capsys.readouterr().err

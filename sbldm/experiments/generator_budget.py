@@ -524,11 +524,22 @@ def main(argv=None) -> None:
                          "split's size, so the Fréchet distances share their small-sample bias)")
     ap.add_argument("--train-only", action="store_true", help="train the points, score nothing")
     ap.add_argument("--table-only", action="store_true", help="write the table and figure from the scored rows")
+    ap.add_argument("--overrides", type=json.loads, default={},
+                    help="config overrides as JSON, e.g. '{\"vae_lr\": 1e-4}': the study of that run "
+                         "(work/<run>/, results/<run>/, as the notebook chain names it)")
+    ap.add_argument("--work-root", type=Path, default=REPO_ROOT / "work",
+                    help="where work/<run>/data (notebook 00's) is read and the runs are kept")
+    ap.add_argument("--results-root", type=Path, default=REPO_ROOT / "results", help="where results/<run>/ goes")
     args = ap.parse_args(argv)
-    cfg = resolve(args.scale)
+    if not isinstance(args.overrides, dict):
+        ap.error(f"--overrides must be a JSON object, got {args.overrides!r}")
+    cfg = resolve(args.scale, **args.overrides)
     n = args.n or cfg.eval_n_samples
-    run = run_name(args.scale)
-    work = REPO_ROOT / "work" / run
+    run = run_name(args.scale, overrides=args.overrides)
+    work = Path(args.work_root) / run
+    if not (work / "data").is_dir():
+        ap.error(f"{work / 'data'} holds no prepared cohort: run notebook 00 for this run first "
+                 f"(python -m sbldm.runner --scale {args.scale} --only 00)")
     root = work / "generator_budget"
     train = load_prepared(work / "data", "train")
     wanted = {g: getattr(args, g) or DEFAULT_POINTS[g] for g in args.generators}
@@ -567,7 +578,7 @@ def main(argv=None) -> None:
                 continue
             rows.append({**score_point(cfg, root, g, steps, ref, n), **utility_row(cfg, root, g, steps, train)})
             print(f"scored {g} at {steps} steps", flush=True)
-    results = REPO_ROOT / "results" / run
+    results = Path(args.results_root) / run
     print(write_outputs(rows, results / "tables", results / "figures", cfg, n, args.vae_steps))
 
 
