@@ -369,7 +369,8 @@ def test_the_paper_presets_structure_runs_through_notebook_11_at_tiny_sizes(tmp_
     out = tmp_path / "results" / run_name("smoke", overrides=overrides)
     sweep = read_csv(out / "tables" / "scarce_sweep.csv")
     assert [r["training_set"] for r in sweep] == ["real", "real + augmentation", "real + SBLDM"]
-    assert all(r["dice_mean"] not in ("", "nan") for r in sweep)       # the whole tumour, no regions
+    assert all(r["dice_WT"] not in ("", "nan") for r in sweep)         # the whole tumour only: no TC, ET
+    assert "dice_TC" not in sweep[0]
     protocols = {r["protocol"]: r for r in read_csv(out / "tables" / "scarce_protocols.csv")}
     assert {p: r["backend"] for p, r in protocols.items()} == {
         "real": "nnunet", "real + augmentation": "nnunet", "real + SBLDM": "nnunet", "real + 50% of SBLDM": "nnunet",
