@@ -513,6 +513,13 @@ def test_readme_block_flags_results_that_predate_the_data(tmp_path):
     block = results_section(d, "small", link_root=tmp_path)
     assert "**Stale results**: `02_train_diffusion`, `04_evaluate_generation`" in block
     assert "`01_train_vae` | ok |" in block
+    # a notebook that ran after the data but under an earlier configuration is stale too; one
+    # without a recorded hash is judged by its time alone
+    run["notebooks"]["00_prepare_data"]["config_hash"] = "new"
+    run["notebooks"]["01_train_vae"]["config_hash"] = "old"
+    assert stale_notebooks(run, d) == {"01_train_vae", "02_train_diffusion", "04_evaluate_generation"}
+    run["notebooks"]["01_train_vae"]["config_hash"] = "new"
+    assert stale_notebooks(run, d) == {"02_train_diffusion", "04_evaluate_generation"}
 
 
 def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_staleness(tmp_path):
@@ -538,4 +545,5 @@ def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_
     summaries.save(d, "06_segmentation_study", "- real only 0.9")
     block = results_section(d, "small", link_root=tmp_path)
     assert "**03_train_baselines**\n\n" + text in block
-    assert "**06_segmentation_study** — **stale**: ran before the data it should use\n\n- real only 0.9" in block
+    assert "**06_segmentation_study** — **stale**: ran before the data it should use, or under an earlier " \
+        "configuration\n\n- real only 0.9" in block

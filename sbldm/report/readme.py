@@ -116,13 +116,14 @@ def _provenance(run: dict, source: str, scale: str, results_dir: Path | None = N
              "| notebook | status | wall time | torch | commit |", "|---|---|---|---|---|"]
     stale = stale_notebooks(run, results_dir)
     for name, e in sorted(nbs.items()):
-        status = e.get("status", "?") + (" — **stale**: ran before the data it should use" if name in stale else "")
+        status = e.get("status", "?") + (f" — **stale**: {STALE}" if name in stale else "")
         lines.append(f"| `{name}` | {status} | {float(e.get('wall_time_s', 0.0)) / 60:.1f} min "
                      f"| {e.get('versions', {}).get('torch', '?')} | {(e.get('git_commit') or '?')[:12]} |")
     if stale:
         lines += ["", f"**Stale results**: {', '.join(f'`{n}`' for n in sorted(stale))} ran before the data "
-                      "(notebook 00) they build on was last prepared; their tables and figures below come from "
-                      f"an earlier cohort until `python -m sbldm.runner --scale {scale}` re-runs them."]
+                      "(notebook 00) they build on was last prepared, or under an earlier configuration than "
+                      "its; their tables and figures below come from an earlier cohort or configuration until "
+                      f"`python -m sbldm.runner --scale {scale}` re-runs them."]
     return lines
 
 
@@ -141,14 +142,22 @@ def finished_at(entry: dict, results_dir: Path | None = None) -> str:
 
 
 def stale_notebooks(run: dict, results_dir: Path | None = None) -> set[str]:
-    """Notebooks whose run finished before notebook 00's: the data they build on was
-    prepared again after them, so their results come from an earlier cohort."""
+    """Notebooks whose results no longer describe this run: those that finished before
+    notebook 00 (the data they build on was prepared again after them) and those that ran
+    under another configuration than notebook 00's last run (another config hash: the
+    preset changed since, e.g. a generator's budget)."""
     nbs = run.get("notebooks", {})
     first = next((n for n in sorted(nbs) if n.startswith("00")), None)
     t0 = finished_at(nbs[first], results_dir) if first else ""
     if not t0:
         return set()
-    return {n for n, e in nbs.items() if n != first and finished_at(e, results_dir) < t0}
+    h0 = nbs[first].get("config_hash")
+    return {n for n, e in nbs.items() if n != first and
+            (finished_at(e, results_dir) < t0 or (h0 and e.get("config_hash") and e["config_hash"] != h0))}
+
+
+#: what a stale notebook's mark says
+STALE = "ran before the data it should use, or under an earlier configuration"
 
 
 #: the paper's GPU: an RTX A6000 with 48 GB (the paper's experimental setup)
@@ -333,7 +342,7 @@ def results_section(results_dir: str | Path, scale: str, link_root: str | Path =
     if said:
         out += ["", f"{heading} What the numbers say (each notebook's closing cell, `summaries/`)", ""]
         for path in said:
-            stale = " — **stale**: ran before the data it should use" if path.stem in stale_notebooks(run, d) else ""
+            stale = f" — **stale**: {STALE}" if path.stem in stale_notebooks(run, d) else ""
             out += [f"**{path.stem}**{stale}", "", path.read_text().rstrip(), ""]
     missing = []
     for title, stem in TABLES:
@@ -429,7 +438,8 @@ def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = 
     stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
     if stale:
         out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
-                    "prepared."]
+                    "prepared, or under an earlier configuration (an earlier generator): the verdicts they give "
+                    "describe that run, not this one."]
     out += _budget_lines(d, rel)
     out += ["", f"Every table, figure and notebook summary: [`{rel}/README.md`]({rel}/README.md)."]
     return "\n".join(out).rstrip() + "\n"
