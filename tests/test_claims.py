@@ -153,3 +153,36 @@ def test_the_plateau_claim_reads_the_count_sweep_at_its_largest_real_set():
     nothing = cl.plateau_claim(_counts("no detectable effect", [(200, 0.0, "no detectable effect")]))
     assert nothing["verdict"] == cl.NO_EFFECT and "no gain at 100" in nothing["why"]
     assert cl.plateau_claim([])["verdict"] == cl.NOT_TESTED
+
+
+def test_ddim_against_ddpm_is_judged_on_the_interval_of_its_loss():
+    """The loss's 95% Welch interval against scipy's own Welch t test (both ways), and the
+    three verdicts: below the margins, above one, spanning one."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0.60, 0.05, 100), rng.normal(0.62, 0.03, 12)
+    row = lambda x, col="ssim": {col: x.mean(), f"{col}_std": x.std(ddof=1), "n_samples": len(x)}  # noqa: E731
+    loss, lo, hi = cl.loss_interval(row(a), row(b), "ssim")
+    assert loss == pytest.approx(b.mean() - a.mean())
+    # the interval is where Welch's test of (b - a) = loss0 stops rejecting at 5%
+    for edge in (lo, hi):
+        p = stats.ttest_ind(b - edge, a, equal_var=False).pvalue
+        assert p == pytest.approx(0.05, abs=1e-6)
+    assert stats.ttest_ind(b - loss, a, equal_var=False).pvalue == pytest.approx(1.0)
+    assert math.isnan(cl.loss_interval(row(a), {"ssim": 0.6, "n_samples": 12}, "ssim")[1])   # no spread: no interval
+
+    def t1(ddim_psnr, ddim_ssim, n=10, sd_psnr=0.3, sd_ssim=0.01):
+        return {"SBLDM (DDIM)": {"psnr": ddim_psnr, "psnr_std": sd_psnr, "ssim": ddim_ssim, "ssim_std": sd_ssim,
+                                 "n_samples": 100, "time_s_per_volume": 10},
+                "SBLDM (DDPM)": {"psnr": 18.0, "psnr_std": sd_psnr, "ssim": 0.65, "ssim_std": sd_ssim,
+                                 "n_samples": n, "time_s_per_volume": 200}}
+
+    assert cl.ddim_claim(t1(18.0, 0.65))["verdict"] == cl.REPRODUCED            # the same quality
+    assert cl.ddim_claim(t1(18.0, 0.55))["verdict"] == cl.REFUTED               # 0.10 SSIM below
+    undecided = cl.ddim_claim(t1(17.5, 0.65, sd_psnr=1.0))                      # 0.5 dB below, wide spread
+    assert undecided["verdict"] == cl.NOT_TESTED and "spans its margin" in undecided["why"]
+    assert cl.ddim_claim(t1(18.0, 0.65, n=2))["verdict"] == cl.NOT_TESTED         # too few volumes
