@@ -515,15 +515,18 @@ def test_each_training_seed_trains_on_its_own_synthetic_draw(tmp_path, monkeypat
     assert len(calls) == 3
 
 
-def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_path):
+def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import torch
 
     from sbldm.evaluation import table1
 
+    autocast = []
+
     class Gen:
         def generate(self, b, generator=None, **_):
+            autocast.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
             g = torch.Generator().manual_seed(int(generator.initial_seed()))
             images = torch.rand((b, 4, 4, 2), generator=g).numpy()
             return SimpleNamespace(images=images, masks=(images > 0.5).astype(np.uint8), labels=None,
@@ -539,6 +542,21 @@ def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_p
     np.testing.assert_array_equal(first["images"], same["images"])
     assert not np.allclose(first["images"], other["images"])
     assert sorted(p.name for p in (tmp_path / "cache").glob("*.npz")) == ["3dldm.npz", "3dldm_draw1.npz"]
+    assert not any(autocast)                                          # Table 1's sets: fp32
+    # a bf16 draw (seg_synthetic_bf16): sampled under bf16 autocast, a set of its own beside the fp32 one
+    autocast.clear()
+    bf = table1.sample_row("3D-LDM", Gen(), cfg, tmp_path / "cache", model, progress=False, bf16=True)
+    assert autocast and all(autocast) and len(bf["images"]) == 3
+    assert (tmp_path / "cache" / "3dldm_bf16.npz").is_file()
+    autocast.clear()                                                  # the GAN has no bf16 path: its fp32 set
+    table1.sample_row("3D-LSGAN", Gen(), cfg, tmp_path / "cache", model, progress=False, bf16=True)
+    assert autocast and not any(autocast) and not (tmp_path / "cache" / "3dlsgan_bf16.npz").exists()
+    # with bf16 draws, training seed 0 draws too: Table 1's fp32 sets are not a segmentation draw
+    fp32_sets, drawn = {"real": "table 1"}, []
+    sets_for = table2.seed_sets(None, fp32_sets, cfg.replace(seg_synthetic_bf16=True), lambda d: drawn.append(d))
+    monkeypatch.setattr(table2, "training_sets", lambda train, samples, cfg, seed=0: ({"real": f"draw {seed}"}, None))
+    assert sets_for(0) == {"real": "draw 0"} and drawn == [0]
+    assert table2.seed_sets(None, fp32_sets, cfg, lambda d: drawn.append(d))(0) is fp32_sets
 
 
 def test_the_nnunet_confirmation_runs_where_the_fast_backend_finds_an_effect(tmp_path, monkeypatch):

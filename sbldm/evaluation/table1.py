@@ -64,38 +64,53 @@ def _torch_gen(seed: int):
 
 
 def sample_methods(gens: dict, cfg: Config, caches: dict[str, Path], dirs: dict[str, Path],
-                   progress: bool = True, rows=None, draw: int | None = None) -> dict:
+                   progress: bool = True, rows=None, draw: int | None = None, bf16: bool = False) -> dict:
     """``{row: {"images", "masks", "conditions", "labels", "seconds"}}`` for every Table 1 row whose
     generator is in ``gens`` (and whose name is in ``rows``, when given), cached in the folder
     ``caches[key]`` names for its generator (``Session.sample_dirs()``) and redrawn when the
     model folder in ``dirs`` (where ``gens`` came from) or its files change. ``draw``: the
-    noise seed of the set (default ``cfg.seed``, Table 1's set; ``sample_row``)."""
-    return {row: sample_row(row, gens[key], cfg, caches[key], dirs[key], progress=progress, draw=draw)
+    noise seed of the set (default ``cfg.seed``, Table 1's set; ``sample_row``); ``bf16``: as
+    ``sample_row``."""
+    return {row: sample_row(row, gens[key], cfg, caches[key], dirs[key], progress=progress, draw=draw, bf16=bf16)
             for row, key, _ in ROWS if key in gens and (rows is None or row in rows)}
 
 
 def sample_row(row: str, gen, cfg: Config, cache_dir: Path, model_dir: Path, progress: bool = True,
-               draw: int | None = None, n: int | None = None) -> dict:
+               draw: int | None = None, n: int | None = None, bf16: bool = False) -> dict:
     """The sample set of one Table 1 row (``ROWS``) drawn from ``gen`` (loaded from
     ``model_dir``), cached in ``cache_dir`` and redrawn when ``model_dir``'s files change.
     ``draw``: the noise seed of the whole set (its batches' seeds, and for SBLDM the
     conditions drawn from the training distribution); ``cfg.seed`` or None is Table 1's set,
     another seed another set of the same generator, cached beside it (``<row>_draw<k>.npz``).
     ``n``: another number of volumes than the preset's (a set of its own, ``<row>_n<n>.npz``;
-    its first volumes are the preset set's, the batches having the same seeds)."""
+    its first volumes are the preset set's, the batches having the same seeds).
+    ``bf16``: a diffusion generator samples under bf16 autocast on a CPU (``<row>_bf16``; the
+    same batch seeds and requested conditions; ``seg_synthetic_bf16``)."""
+    import torch
+
+    from sbldm.runtime import cpu_bf16
+
     key, opts = next((k, o) for r, k, o in ROWS if r == row)
     options = opts(cfg)
+    bf16 = bool(bf16) and key != "lsgan3d" and not torch.cuda.is_available()
     default_n = cfg.eval_n_samples_ddpm if options.get("sampler") == "ddpm" else cfg.eval_n_samples
     n = default_n if n is None else int(n)
     draw = cfg.seed if draw is None else int(draw)
-    fn = lambda b, s: _arrays(gen.generate(b, generator=_torch_gen(s), **options))  # noqa: E731
+
+    def fn(b, s):
+        with cpu_bf16(bf16):
+            return _arrays(gen.generate(b, generator=_torch_gen(s), **options))
+
     stem = slug(row, drop="()-", lower=True)       # "SBLDM (DDIM)" -> sbldm_ddim, "3D-LDM" -> 3dldm
     if draw != cfg.seed:
         stem += f"_draw{draw}"
     if n != default_n:
         stem += f"_n{n}"
+    if bf16:
+        stem += "_bf16"
     out = cached_samples(Path(cache_dir) / f"{stem}.npz", fn, n, draw, cfg.eval_batch_size,
-                         meta={"options": options, "model": str(model_dir), "mtime": _mtime(model_dir)},
+                         meta={"options": options, "model": str(model_dir), "mtime": _mtime(model_dir),
+                               **({"bf16": True} if bf16 else {})},
                          progress=progress)
     if out["conditions"] is None and key == "sbldm":
         out["conditions"] = requested_conditions(gen, n, draw, cfg.eval_batch_size)

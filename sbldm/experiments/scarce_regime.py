@@ -169,15 +169,17 @@ def generator_record(work: Path, n: int) -> dict:
     return json.loads(path.read_text())
 
 
-def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True, draw: int | None = None) -> dict:
+def scarce_samples(cfg: Config, work: Path, n: int, progress: bool = True, draw: int | None = None,
+                   bf16: bool = False) -> dict:
     """The synthetic set of the size-``n`` generator: ``cfg.eval_n_samples`` volumes drawn as
     Table 1's SBLDM (DDIM) row, cached in ``work/scarce/n<n>/samples``; ``draw``: its noise
-    seed (``sbldm.evaluation.table1.sample_row``; default Table 1's)."""
+    seed (``sbldm.evaluation.table1.sample_row``; default Table 1's); ``bf16``: as there."""
     generator_record(work, n)
-    return samples_of(generator_dir(work, n), cfg, progress=progress, draw=draw)
+    return samples_of(generator_dir(work, n), cfg, progress=progress, draw=draw, bf16=bf16)
 
 
-def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = None, n: int | None = None) -> dict:
+def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = None, n: int | None = None,
+               bf16: bool = False) -> dict:
     """The synthetic set of the generator in ``d`` (``d/pipeline``), cached in ``d/samples``
     (``n``: another number of volumes than ``eval_n_samples``)."""
     from sbldm.evaluation.table1 import sample_row
@@ -187,7 +189,7 @@ def samples_of(d: Path, cfg: Config, progress: bool = True, draw: int | None = N
     if not (d / "pipeline" / "model_index.json").is_file():
         raise FileNotFoundError(f"{d / 'pipeline'}: no trained generator; run notebook 10 first")
     return sample_row(SAMPLE_ROW, load_generator(d / "pipeline"), cfg, d / "samples", d / "pipeline",
-                      progress=progress, draw=draw, n=n)
+                      progress=progress, draw=draw, n=n, bf16=bf16)
 
 
 def vae_subset_check(cfg: Config, train: Prepared, test: Prepared, n: int, work: Path, seed: int = 0,
@@ -469,7 +471,7 @@ def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: 
     def sets_for(s):
         sets = {REAL: real}
         for row, d in dirs.items():
-            drawn = samples_of(d, cfg, progress=False, draw=table2.synthetic_draw(cfg, s))
+            drawn = samples_of(d, cfg, progress=False, draw=table2.synthetic_draw(cfg, s), bf16=cfg.seg_synthetic_bf16)
             im, tg, _ = table2.synthetic_set(row, drawn, len(drawn["images"]), labels)
             sets[row] = (np.concatenate([real[0], im]), np.concatenate([real[1], tg]))
         return sets

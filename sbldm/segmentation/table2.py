@@ -459,13 +459,14 @@ def synthetic_draw(cfg: Config, seed: int) -> int:
 
 def seed_sets(train, sets: dict, cfg: Config, draw_samples):
     """``sets_for(seed)`` for ``run_rows_by_seed``: ``sets`` (built on Table 1's sample sets)
-    for a training seed whose draw is Table 1's (``synthetic_draw``), else ``training_sets``
+    for a training seed whose draw is Table 1's (``synthetic_draw``; not with
+    ``seg_synthetic_bf16``, whose draws are all bf16 and Table 1's fp32), else ``training_sets``
     on ``draw_samples(draw)`` (that draw's sample sets, e.g.
     ``sbldm.evaluation.table1.sample_methods(..., draw=draw)``) with the augmentation seeded
     by the same draw."""
     def sets_for(seed):
         draw = synthetic_draw(cfg, seed)
-        if draw == cfg.seed:
+        if draw == cfg.seed and not cfg.seg_synthetic_bf16:
             return sets
         return training_sets(train, draw_samples(draw), cfg, seed=draw)[0]
 
