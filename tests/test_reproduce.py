@@ -513,13 +513,19 @@ def test_readme_block_flags_results_that_predate_the_data(tmp_path):
     block = results_section(d, "small", link_root=tmp_path)
     assert "**Stale results**: `02_train_diffusion`, `04_evaluate_generation`" in block
     assert "`01_train_vae` | ok |" in block
-    # a notebook that ran after the data but under an earlier configuration is stale too; one
-    # without a recorded hash is judged by its time alone
-    run["notebooks"]["00_prepare_data"]["config_hash"] = "new"
-    run["notebooks"]["01_train_vae"]["config_hash"] = "old"
-    assert stale_notebooks(run, d) == {"01_train_vae", "02_train_diffusion", "04_evaluate_generation"}
-    run["notebooks"]["01_train_vae"]["config_hash"] = "new"
-    assert stale_notebooks(run, d) == {"02_train_diffusion", "04_evaluate_generation"}
+    # a notebook that ran after the data but before the generator it analyses was retrained is stale;
+    # an analysis notebook rerun after another analysis notebook is not
+    run["notebooks"]["02_train_diffusion"]["finished_at"] = "2026-11-28T04:00:00Z"
+    run["notebooks"]["04_evaluate_generation"]["finished_at"] = "2026-11-28T05:00:00Z"
+    run["notebooks"]["06_segmentation_study"] = {"status": "ok", "finished_at": "2026-11-28T03:55:00Z"}
+    run["notebooks"]["07_conditioning_ablation"] = {"status": "ok", "finished_at": "2026-11-28T04:30:00Z"}
+    assert stale_notebooks(run, d) == {"06_segmentation_study"}
+    run["notebooks"]["06_segmentation_study"]["finished_at"] = "2026-11-28T06:00:00Z"      # 06 reruns after 07
+    assert stale_notebooks(run, d) == set()
+    # notebook 11 builds on notebook 10's generators
+    run["notebooks"]["10_scarce_generators"] = {"status": "ok", "finished_at": "2026-11-28T07:00:00Z"}
+    run["notebooks"]["11_scarce_regime"] = {"status": "ok", "finished_at": "2026-11-28T06:30:00Z"}
+    assert stale_notebooks(run, d) == {"11_scarce_regime"}
 
 
 def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_staleness(tmp_path):
@@ -545,5 +551,5 @@ def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_
     summaries.save(d, "06_segmentation_study", "- real only 0.9")
     block = results_section(d, "small", link_root=tmp_path)
     assert "**03_train_baselines**\n\n" + text in block
-    assert "**06_segmentation_study** — **stale**: ran before the data it should use, or under an earlier " \
-        "configuration\n\n- real only 0.9" in block
+    assert "**06_segmentation_study** — **stale**: ran before the data or a model it builds on was last " \
+        "made\n\n- real only 0.9" in block

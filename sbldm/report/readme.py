@@ -121,8 +121,8 @@ def _provenance(run: dict, source: str, scale: str, results_dir: Path | None = N
                      f"| {e.get('versions', {}).get('torch', '?')} | {(e.get('git_commit') or '?')[:12]} |")
     if stale:
         lines += ["", f"**Stale results**: {', '.join(f'`{n}`' for n in sorted(stale))} ran before the data "
-                      "(notebook 00) they build on was last prepared, or under an earlier configuration than "
-                      "its; their tables and figures below come from an earlier cohort or configuration until "
+                      "or a model they build on (notebooks 00-03, 10) was last made; their tables and figures "
+                      "below come from an earlier cohort or model until "
                       f"`python -m sbldm.runner --scale {scale}` re-runs them."]
     return lines
 
@@ -141,23 +141,24 @@ def finished_at(entry: dict, results_dir: Path | None = None) -> str:
     return ""
 
 
+#: the notebooks that prepare the data or train models (later notebooks analyse them)
+MAKERS = ("00", "01", "02", "03", "10")
+
+
 def stale_notebooks(run: dict, results_dir: Path | None = None) -> set[str]:
-    """Notebooks whose results no longer describe this run: those that finished before
-    notebook 00 (the data they build on was prepared again after them) and those that ran
-    under another configuration than notebook 00's last run (another config hash: the
-    preset changed since, e.g. a generator's budget)."""
+    """Notebooks whose results no longer describe this run: those that finished before a
+    notebook that made what they build on (``MAKERS`` numbered below them: the data, the
+    slice VAE, the generators, the data-scarce generators) last finished. After the preset
+    adopts a new generator and notebooks 00-03 rerun, the segmentation notebooks that have
+    not rerun are stale; an analysis notebook rerun after another is not."""
     nbs = run.get("notebooks", {})
-    first = next((n for n in sorted(nbs) if n.startswith("00")), None)
-    t0 = finished_at(nbs[first], results_dir) if first else ""
-    if not t0:
-        return set()
-    h0 = nbs[first].get("config_hash")
-    return {n for n, e in nbs.items() if n != first and
-            (finished_at(e, results_dir) < t0 or (h0 and e.get("config_hash") and e["config_hash"] != h0))}
+    done = {n: finished_at(e, results_dir) for n, e in nbs.items()}
+    makers = [m for m in nbs if m[:2] in MAKERS and done[m]]
+    return {n for n in nbs for m in makers if m[:2] < n[:2] and done[n] < done[m]}
 
 
 #: what a stale notebook's mark says
-STALE = "ran before the data it should use, or under an earlier configuration"
+STALE = "ran before the data or a model it builds on was last made"
 
 
 #: the paper's GPU: an RTX A6000 with 48 GB (the paper's experimental setup)
@@ -437,9 +438,8 @@ def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = 
                 "Generation claims rest on one trained generator per method."]
     stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
     if stale:
-        out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data they build on was last "
-                    "prepared, or under an earlier configuration (an earlier generator): the verdicts they give "
-                    "describe that run, not this one."]
+        out += ["", f"**Stale**: {', '.join(f'`{n}`' for n in stale)} ran before the data or a model they build "
+                    "on was last made (an earlier generator): the verdicts they give describe that one, not this."]
     out += _budget_lines(d, rel)
     out += ["", f"Every table, figure and notebook summary: [`{rel}/README.md`]({rel}/README.md)."]
     return "\n".join(out).rstrip() + "\n"

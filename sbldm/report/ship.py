@@ -142,7 +142,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
         keys = [f"dice_{g}_mean" for g in regions] if len(regions) > 1 else ["dice_mean"]
         dice = lambda r: "/".join(f"{float(r[k]):.3f}" for k in keys)  # noqa: E731
         what = f"Dice {'/'.join(regions)}" if len(regions) > 1 else "whole-tumour Dice"
-        stale = (" — stale: from an earlier cohort or configuration than this model's"
+        stale = (" — stale: from an earlier cohort or model than this one"
                  if "06_segmentation_study" in stale_notebooks(record, results) else "")
         lines.append(f"- Table 2 ({t2['real'].get('seeds', '?')} segmenter seeds, {what}): real {dice(t2['real'])}, "
                      f"real + SBLDM {dice(t2['real + SBLDM'])}{stale}")
