@@ -201,10 +201,10 @@ def test_the_training_counts_are_generated_from_the_presets(tmp_path):
     # the first look asks for the whole split only: no leak-free rows, the count sweep at one size
     look = training_counts(resolve("paper", **gen.FIRST_LOOK))
     assert look["nnunet"] == 10 + 3 + 2 + 0 + 5 and look["fast"] == 1 and look["sizes"] == [100]
-    # small: the fast backend leads; nnU-Net confirms 2 rows x 3 seeds in each notebook; 1 + 3 learning curves
+    # small: the fast backend leads; nnU-Net confirms 2 rows x 3 seeds in each notebook; 1 + 2 learning curves
     small = training_counts(resolve("small"))
     assert small["nnunet"] == 2 * 2 * 3
-    assert small["fast"] == 100 + 90 + 40 + 20 + 30 + 100 + 4
+    assert small["sizes"] == [10, 100] and small["fast"] == 100 + 60 + 40 + 20 + 30 + 100 + 3
     page = tmp_path / "paper_scale.md"
     page.write_text("x\n" + "\n".join(gen.COUNT_MARKERS) + "\ny\n")
     assert not gen.update_counts(page, check=True)
