@@ -597,7 +597,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_backend="fast", seg_channels=(4, 8, 16), seg_iterations=8, seg_roi=(32, 32, 16),
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         seg_seeds=(0, 1), seg_curve_every=4, seg_scarce_sizes=(3, 6), seg_nnunet_check=True, seg_count_sweep=(0, 2, 4),
-        seg_nnunet_check_seeds=(0,), seg_nnunet_check_always=True,
+        seg_nnunet_check_seeds=(0,), seg_nnunet_check_always=True, seg_synthetic_bf16=True,
         scarce_vae_check_steps=10,
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,

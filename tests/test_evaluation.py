@@ -330,3 +330,30 @@ def test_shape_adherence_tells_a_round_tumour_from_a_flat_one():
     with_empty = ev.conditioning_adherence(req, masks[:5] + [np.zeros(shape, np.uint8)])
     assert with_empty["empty_fraction"] == pytest.approx(1 / 6)
     assert with_empty["spearman_sphericity"] == pytest.approx(1.0)       # over the non-empty masks
+
+
+def test_precision_agreement_pairs_the_two_draws_of_each_request():
+    """Identical sets agree perfectly; a mask shifted by one voxel has the Dice counted by
+    hand (a 4^3 cube against itself moved one voxel: overlap 48 of 64 + 64 -> 0.75), and the
+    image difference is the shift's mean; sets answering different requests are refused."""
+    from sbldm.evaluation.generation import precision_agreement
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 16, 16, 12), np.uint8)
+    masks[:, 4:8, 4:8, 2:6] = 1
+    images = rng.uniform(-1, 1, (3, 16, 16, 12)).astype(np.float32)
+    conditions = np.array([[64.0, 96.0, 0.8, 5.5, 5.5, 3.5, 4, 4, 4]] * 3)
+    fp32 = {"images": images, "masks": masks, "conditions": conditions}
+    real = rng.uniform(-1, 1, (4, 16, 16, 12)).astype(np.float32)
+    same = precision_agreement(fp32, dict(fp32), real)
+    assert [r["set"] for r in same][:2] == ["fp32", "bf16"]
+    assert {k: v for k, v in same[0].items() if k != "set"} == {k: v for k, v in same[1].items() if k != "set"}
+    assert list(same[0]) == list(same[2]) and same[0]["pair_image_mae"] is None      # one table, every column
+    assert same[2]["pair_mask_dice_median"] == 1.0 and same[2]["pair_image_mae"] == 0.0
+    shifted = np.roll(masks, 1, axis=1)
+    moved = precision_agreement(fp32, {"images": images + 0.25, "masks": shifted, "conditions": conditions}, real)
+    assert moved[2]["pair_mask_dice_median"] == pytest.approx(0.75) and moved[2]["pair_mask_dice_min"] == pytest.approx(0.75)
+    assert moved[2]["pair_image_mae"] == pytest.approx(0.25, abs=1e-6)
+    assert moved[1]["centre_distance"] == pytest.approx(1.0) and moved[0]["centre_distance"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="different requests"):
+        precision_agreement(fp32, {**fp32, "conditions": conditions + 1}, real)

@@ -290,7 +290,9 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert check == ["real", "real + SBLDM"]            # smoke confirms always (seg_nnunet_check_always)
     # each training seed trained on its own synthetic draw: seed 1's sets are cached beside Table 1's
     samples = tmp_path / "work" / "smoke" / "samples"
-    assert any(p.name.endswith("_draw1.npz") for p in samples.rglob("*.npz"))
+    assert any(p.name.endswith("_draw1_bf16.npz") for p in samples.rglob("*.npz"))    # bf16 draws (smoke: on)
+    precision = read_csv(out / "tables" / "synthetic_precision.csv")
+    assert [r["set"] for r in precision][:2] == ["fp32", "bf16"] and 0 <= float(precision[2]["pair_mask_dice_median"]) <= 1
     # without leakage at all: the slice VAE too saw only the smallest subset; what the shared one bought
     leak = read_csv(out / "tables" / "scarce_leakfree.csv")
     assert [(r["training_set"], r["vae_saw_real"]) for r in leak[:3]] == [

@@ -243,3 +243,36 @@ def time_per_volume(fn: Callable[[], object], n_volumes_per_call: int = 1, repea
         times.append((time.perf_counter() - t0) / n_volumes_per_call)
     return {"median_s": float(np.median(times)), "times_s": times, "repeats": repeats, "warmup": warmup,
             "device": device_name()}
+
+
+def precision_agreement(fp32: dict, bf16: dict, real_train, seed: int = 0) -> list[dict]:
+    """Does sampling under bf16 autocast change what a generator draws? ``fp32`` and ``bf16``:
+    sample sets (``{"images", "masks", "conditions"}``, e.g. ``sbldm.evaluation.table1``'s)
+    drawn with the same batch seeds, so volume k of both answers the same request from the
+    same starting noise. One row per set: adherence to the requests (``conditioning_adherence``)
+    and the paper's unpaired PSNR/SSIM against ``real_train``; then one row of the pairs: mask
+    Dice between the two draws of each request (empty pairs count 1) and the mean absolute
+    image difference (images in [-1, 1])."""
+    from sbldm.metrics import dice
+
+    n = min(len(fp32["masks"]), len(bf16["masks"]))
+    if n < 1:
+        raise ValueError("precision_agreement needs at least one volume in each set")
+    req = np.asarray(fp32["conditions"], np.float64)[:n]
+    if bf16.get("conditions") is not None and not np.allclose(np.asarray(bf16["conditions"])[:n], req):
+        raise ValueError("the two sets answer different requests: draw them with the same batch seeds")
+    rows = []
+    for name, s in (("fp32", fp32), ("bf16", bf16)):
+        a = conditioning_adherence(req, np.asarray(s["masks"])[:n])
+        q = unpaired_psnr_ssim(np.asarray(s["images"])[:n], real_train, seed=seed)
+        rows.append({"set": name, "n": n, "relative_volume_error": a["relative_volume_error"],
+                     "centre_distance": a["centre_distance"], "spearman_volume": a["spearman_volume"],
+                     "spearman_sphericity": a["spearman_sphericity"], "empty_fraction": a["empty_fraction"],
+                     "psnr": q["psnr"]["mean"], "ssim": q["ssim"]["mean"]})
+    pair_dice = [dice(np.asarray(bf16["masks"][k]) > 0, np.asarray(fp32["masks"][k]) > 0) for k in range(n)]
+    diff = [float(np.mean(np.abs(np.asarray(bf16["images"][k], np.float64) - np.asarray(fp32["images"][k], np.float64))))
+            for k in range(n)]
+    rows.append({"set": "bf16 vs fp32, same request and noise", "n": n, "pair_mask_dice_median": float(np.median(pair_dice)),
+                 "pair_mask_dice_min": float(np.min(pair_dice)), "pair_image_mae": float(np.mean(diff))})
+    columns = list(dict.fromkeys(k for r in rows for k in r))        # every row every column (a table)
+    return [{c: r.get(c) for c in columns} for r in rows]
