@@ -264,10 +264,14 @@ def test_the_denoising_probe_summary_names_where_the_core_is_lost():
 
     rows = [{"strength": s, "dark_core_share": v} for s, v in ((0.0, 0.7), (0.1, 0.6), (0.3, 0.6), (0.5, 0.1), (1.0, 0.0))]
     text = denoising_probe(rows)
-    assert "survives up to strength 0.3 and is gone from 0.5" in text and "0.5: 10%" in text
+    assert "survives up to strength 0.3 and falls below half its share from 0.5" in text and "0.5: 10%" in text
+    assert "from strength 1 draws one in 0% of the volumes (through the VAE alone: 70%)" in text
+    # 1 of 12 drawn from noise is said as such, not as "never"
+    some = denoising_probe([{"strength": s, "dark_core_share": v} for s, v in ((0.0, 0.5), (0.3, 0.5), (1.0, 1 / 12))])
+    assert "draws one in 8% of the volumes" in some
     # a model that keeps the core all the way draws no such conclusion
     kept = denoising_probe([{"strength": s, "dark_core_share": 0.7} for s in (0.0, 0.5, 1.0)])
-    assert "gone" not in kept and "1: 70%" in kept
+    assert "falls below" not in kept and "1: 70%" in kept
 
 
 def test_subregion_appearance_reads_each_region_in_units_of_the_normal_brain():

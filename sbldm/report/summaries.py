@@ -385,6 +385,8 @@ def denoising_probe(rows: list[dict]) -> str:
     kept = [float(r["strength"]) for r in rows[1:] if float(r["dark_core_share"]) >= 0.5 * base]
     lost = [float(r["strength"]) for r in rows[1:] if float(r["dark_core_share"]) < 0.5 * base]
     if base > 0 and kept and lost and max(kept) < min(lost):
-        line += (f" The dark part survives up to strength {max(kept):g} and is gone from {min(lost):g}: the model "
-                 "keeps a core it is shown but does not draw one from noise.")
+        last = rows[-1]
+        line += (f" The dark part survives up to strength {max(kept):g} and falls below half its share from "
+                 f"{min(lost):g}: the model keeps a core it is shown, and from strength {float(last['strength']):g} "
+                 f"draws one in {_pct(last['dark_core_share'])} of the volumes (through the VAE alone: {_pct(base)}).")
     return line
