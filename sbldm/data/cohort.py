@@ -546,13 +546,14 @@ def load_prepared(prepared_dir: str | os.PathLike, split: str = "train") -> Prep
 TUMOUR_CHANNELS = {"whole": ("WT",), "regions": ("WT", "TC", "ET")}
 
 
-def tumour_labels_of(n_channels: int) -> str:
-    """Which ``TUMOUR_CHANNELS`` a model of ``n_channels`` model-space channels carries."""
+def tumour_labels_of(n_channels: int, image_channels: int = 1) -> str:
+    """Which ``TUMOUR_CHANNELS`` a model of ``n_channels`` model-space channels carries,
+    ``image_channels`` of them images (the MRI sequences, ``cfg.modalities``)."""
     for name, channels in TUMOUR_CHANNELS.items():
-        if n_channels == 1 + len(channels):
+        if n_channels == image_channels + len(channels):
             return name
-    raise ValueError(f"{n_channels} model-space channels match no tumour representation "
-                     f"({', '.join(f'{k}: {1 + len(v)}' for k, v in TUMOUR_CHANNELS.items())})")
+    raise ValueError(f"{n_channels} model-space channels with {image_channels} image channel(s) match no tumour "
+                     f"representation ({', '.join(f'{k}: {image_channels + len(v)}' for k, v in TUMOUR_CHANNELS.items())})")
 
 
 def check_not_a_mask(labels: np.ndarray, tumour_labels: str) -> None:
@@ -568,58 +569,78 @@ def check_not_a_mask(labels: np.ndarray, tumour_labels: str) -> None:
 def to_model_space(image: np.ndarray, labels: np.ndarray, tumour_labels: str = "whole") -> np.ndarray:
     """The image ([-1, 1]) and its tumour channels ({0, 1} -> {-1, 1}) stacked channel
     first: ``"whole"`` gives (image, WT) from a label map or a binary mask (WT = labels >
-    0); ``"regions"`` gives (image, WT, TC, ET) from a label map (0-3)."""
+    0); ``"regions"`` gives (image, WT, TC, ET) from a label map (0-3). ``image``: one
+    sequence (x, y[, z]) or several, channel first (C, x, y[, z]) in ``modalities`` order,
+    which then lead the stack: (C images, tumour channels)."""
     if tumour_labels not in TUMOUR_CHANNELS:
         raise ValueError(f"tumour_labels must be one of {', '.join(TUMOUR_CHANNELS)}, got {tumour_labels!r}")
+    labels = np.asarray(labels)
+    image = np.asarray(image, np.float32)
+    stack = image[None] if image.shape == labels.shape else image
+    if stack.shape[1:] != labels.shape:
+        raise ValueError(f"image {image.shape} and labels {labels.shape} differ in shape: give one sequence of the "
+                         "labels' shape or (C, *labels.shape)")
     if tumour_labels == "whole":
-        tumour = (np.asarray(labels) > 0)[None]
+        tumour = (labels > 0)[None]
     else:
         tumour = regions_from_labels(labels)
-    return np.concatenate([image.astype(np.float32)[None], tumour.astype(np.float32) * 2.0 - 1.0])
+    return np.concatenate([stack, tumour.astype(np.float32) * 2.0 - 1.0])
 
 
-def from_model_space(volumes, with_labels: bool = False):
+def from_model_space(volumes, with_labels: bool = False, image_channels: int = 1):
     """The inverse of ``to_model_space`` for what a decoder outputs: volumes (C, x, y, z)
-    or (N, C, x, y, z), numpy or torch (on any device), C = 2 (image, WT) or 4 (image, WT,
-    TC, ET) -> (image float32 clamped to [-1, 1], mask uint8 = WT channel > 0), each (x, y,
-    z) or (N, x, y, z). With ``with_labels`` a third item, the label map
-    (``labels_from_regions`` of the thresholded channels, so it is nested by construction),
-    or None for whole-tumour volumes."""
+    or (N, C, x, y, z), numpy or torch (on any device), C = ``image_channels`` + 1 (WT) or
+    + 3 (WT, TC, ET) -> (image float32 clamped to [-1, 1], mask uint8 = WT channel > 0),
+    each (x, y, z) or (N, x, y, z); with several image channels the image keeps its channel
+    axis: (image_channels, x, y, z) or (N, image_channels, x, y, z). With ``with_labels`` a
+    third item, the label map (``labels_from_regions`` of the thresholded channels, so it is
+    nested by construction), or None for whole-tumour volumes."""
     if hasattr(volumes, "detach"):                     # a torch tensor
         volumes = volumes.detach().float().cpu().numpy()
     v = np.asarray(volumes, dtype=np.float32)
     if v.ndim not in (4, 5):
         raise ValueError(f"expected (C, x, y, z) or (N, C, x, y, z) model-space volumes, got shape {v.shape}")
-    kind = tumour_labels_of(v.shape[-4])
-    image = np.clip(v[..., 0, :, :, :], -1, 1).astype(np.float32)
-    mask = (v[..., 1, :, :, :] > 0).astype(np.uint8)
+    c = int(image_channels)
+    if c < 1:
+        raise ValueError(f"image_channels must be >= 1, got {image_channels}")
+    kind = tumour_labels_of(v.shape[-4], c)
+    image = np.clip(v[..., :c, :, :, :], -1, 1).astype(np.float32)
+    if c == 1:
+        image = image[..., 0, :, :, :]
+    mask = (v[..., c, :, :, :] > 0).astype(np.uint8)
     if not with_labels:
         return image, mask
     labels = None
     if kind == "regions":
-        labels = labels_from_regions(*(v[..., c, :, :, :] > 0 for c in (1, 2, 3)))
+        labels = labels_from_regions(*(v[..., c + k, :, :, :] > 0 for k in (0, 1, 2)))
     return image, mask, labels
 
 
 class SliceDataset:
     """Axial slices of a set of volumes, for the slice VAE (stage 1).
 
-    Item: dict with ``x`` (C, X, Y) float32 in [-1, 1] (``to_model_space`` of the FLAIR and
+    Item: dict with ``x`` (C, X, Y) float32 in [-1, 1] (``to_model_space`` of the image and
     the ``labels``, a label map or a whole-tumour mask, with ``tumour_labels``),
-    ``slice_index`` (int), ``depth`` (int) and ``volume_index`` (int). Background-only
-    slices (no brain, no tumour) are kept with probability ``empty_keep`` (the authors kept
+    ``slice_index`` (int), ``depth`` (int) and ``volume_index`` (int). ``images``: one
+    sequence (N, x, y, z), or several (N, S, x, y, z) (``Prepared.sequences``), which then
+    lead each slice's channels (``image_channels`` = S). Background-only slices (no brain
+    in any sequence, no tumour) are kept with probability ``empty_keep`` (the authors kept
     10%), chosen once from ``seed``.
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, empty_keep: float = 1.0, seed: int = 0,
                  tumour_labels: str = "whole"):
-        if images.shape != labels.shape or images.ndim != 4:
-            raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
+        images, labels = np.asarray(images), np.asarray(labels)
+        multi = images.ndim == 5
+        if labels.ndim != 4 or (images.shape if not multi else images.shape[:1] + images.shape[2:]) != labels.shape:
+            raise ValueError(f"images {images.shape} and labels {labels.shape} must be (N, x, y, z), or (N, S, x, y, z) "
+                             "images of S sequences with (N, x, y, z) labels")
         check_not_a_mask(labels, tumour_labels)
         self.images, self.labels, self.tumour_labels = images, labels, tumour_labels
-        n, _, _, depth = images.shape
+        self.image_channels = images.shape[1] if multi else 1
+        n, depth = labels.shape[0], labels.shape[-1]
         self.depth = depth
-        flat = images.reshape(n, -1, depth)
+        flat = (np.moveaxis(images, 1, -2) if multi else images).reshape(n, -1, depth)
         empty = (flat.max(axis=1) <= flat.min(axis=(1, 2))[:, None] + 1e-5) & ~labels.reshape(n, -1, depth).any(axis=1)
         keep = ~empty | (np.random.default_rng(seed).random(empty.shape) < empty_keep)
         self.index = np.argwhere(keep)                  # rows of (volume, slice)
@@ -629,7 +650,7 @@ class SliceDataset:
 
     def __getitem__(self, i: int) -> dict:
         v, s = (int(t) for t in self.index[i])
-        return {"x": to_model_space(self.images[v, :, :, s], self.labels[v, :, :, s], self.tumour_labels),
+        return {"x": to_model_space(self.images[v, ..., s], self.labels[v, :, :, s], self.tumour_labels),
                 "slice_index": s, "depth": self.depth, "volume_index": v}
 
 

@@ -57,11 +57,11 @@ def _eval_mode(vae, device=None):
 def encode_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int = 32,
                    device: str | torch.device | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Posterior (mean, std) of every volume, each (N, C, H', W', D) float32. ``labels``:
-    the label maps (``Prepared.labels``; a VAE of the whole tumour also takes masks)."""
+    the label maps (``Prepared.labels``; a VAE of the whole tumour also takes masks);
+    ``images``: (N, x, y, z), or (N, S, x, y, z) for a VAE of S sequences."""
     from tqdm.auto import tqdm
 
-    if images.shape != labels.shape or images.ndim != 4:
-        raise ValueError(f"images {images.shape} and labels {labels.shape} must both be (N, x, y, z)")
+    check_volumes(vae, images, labels)
     check_not_a_mask(labels, vae.tumour_labels)
     means, stds = [], []
     with _eval_mode(vae, device):
@@ -71,6 +71,18 @@ def encode_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int 
             means.append(mu.cpu().numpy())
             stds.append(sd.cpu().numpy())
     return np.stack(means).astype(np.float32), np.stack(stds).astype(np.float32)
+
+
+def check_volumes(vae, images, labels) -> None:
+    """Refuse volumes a VAE cannot read: labels (N, x, y, z) and images (N, x, y, z) for a
+    VAE of one sequence, (N, S, x, y, z) for one of S sequences (``vae.image_channels``)."""
+    c = getattr(vae, "image_channels", 1)
+    images, labels = np.shape(images), np.shape(labels)
+    want = labels if c == 1 else labels[:1] + (c,) + labels[1:]
+    if len(labels) != 4 or images != want:
+        raise ValueError(f"images {images} and labels {labels}: this VAE reads "
+                         + ("(N, x, y, z) images with (N, x, y, z) labels" if c == 1 else
+                            f"(N, {c}, x, y, z) images of {c} sequences with (N, x, y, z) labels"))
 
 
 def global_std(means: np.ndarray) -> float:
@@ -112,17 +124,20 @@ def load_latents(directory: str | os.PathLike) -> Latents:
 def reconstruct_volumes(vae, images: np.ndarray, labels: np.ndarray, batch_size: int = 32, device=None,
                         progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """VAE reconstructions through the posterior mean of volumes and their label maps:
-    (images (N, x, y, z) float32 in [-1, 1], masks (N, x, y, z) uint8, the decoded
-    whole-tumour channel thresholded at 0, label maps (N, x, y, z) uint8 or None for a VAE
-    of the whole tumour only; ``sbldm.data.cohort.from_model_space``)."""
+    (images (N, x, y, z) float32 in [-1, 1] — (N, S, x, y, z) for a VAE of S sequences —,
+    masks (N, x, y, z) uint8, the decoded whole-tumour channel thresholded at 0, label maps
+    (N, x, y, z) uint8 or None for a VAE of the whole tumour only;
+    ``sbldm.data.cohort.from_model_space``)."""
     from tqdm.auto import tqdm
 
+    check_volumes(vae, images, labels)
     out_i, out_m, out_l = [], [], []
     with _eval_mode(vae, device):
         for v in tqdm(range(len(images)), desc="reconstruct", disable=not progress):
             x = torch.from_numpy(to_model_space(images[v], labels[v], vae.tumour_labels))
             mean, _ = vae.encode_volume(x, chunk=batch_size)
-            image, mask, lab = from_model_space(vae.decode_volume(mean, chunk=batch_size), with_labels=True)
+            image, mask, lab = from_model_space(vae.decode_volume(mean, chunk=batch_size), with_labels=True,
+                                                image_channels=getattr(vae, "image_channels", 1))
             out_i.append(image)
             out_m.append(mask)
             out_l.append(lab)

@@ -54,7 +54,10 @@ class SBLDMOutput(BaseOutput):
     does not know it), ``labels`` (N, x, y, z) uint8 sub-region label maps (1 necrosis, 2
     oedema, 3 enhancing; ``masks == labels > 0``) from a pipeline whose VAE carries the
     BraTS regions, else None; ``subregions`` (N, 2) the necrosis and enhancing shares asked
-    for, from a pipeline conditioned on them (``condition_subregions``), else None."""
+    for, from a pipeline conditioned on them (``condition_subregions``), else None. From a
+    pipeline of several sequences (``cfg.modalities``): ``sequences`` (N, S, x, y, z) float32
+    in [-1, 1], every sequence in ``modalities`` order (BraTS 2023 names), with ``images``
+    the FLAIR among them; else both None."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -63,6 +66,8 @@ class SBLDMOutput(BaseOutput):
     affine: np.ndarray | None = None
     labels: np.ndarray | None = None
     subregions: np.ndarray | None = None
+    sequences: np.ndarray | None = None
+    modalities: tuple[str, ...] | None = None
 
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
         """Each volume as NIfTI, on the training grid's geometry unless ``affine`` is given:
@@ -329,6 +334,20 @@ class SBLDMPipeline(DiffusionPipeline):
         vols = [self.vae.decode_volume(z[v], chunk=decode_chunk_size) for v in range(len(z))]   # (C_out, x, y, z) each
         return torch.stack(vols)
 
+    def volumes(self, decoded) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(images, masks, labels, sequences) of decoded model-space volumes (``decode_latents``):
+        ``sbldm.data.cohort.from_model_space`` with the VAE's image channels; from a VAE of
+        several sequences ``images`` is the FLAIR (or the first sequence) and ``sequences``
+        all of them (N, S, x, y, z), else ``sequences`` is None."""
+        from sbldm.data.cohort import primary_sequence
+
+        c = self.vae.image_channels
+        images, masks, labels = from_model_space(decoded, with_labels=True, image_channels=c)
+        if c == 1:
+            return images, masks, labels, None
+        names = self.vae.modalities
+        return images[:, names.index(primary_sequence(names))], masks, labels, images
+
     @torch.no_grad()
     def __call__(self, conditions=None, num_volumes: int | None = None, num_inference_steps: int | None = None,
                  sampler: str = "ddim", eta: float = 0.0, guidance_scale: float = 1.0,
@@ -407,6 +426,7 @@ class SBLDMPipeline(DiffusionPipeline):
                           eta=eta, generator=generator, progress=progress, desc="sbldm")
         if output_type == "latent":
             return SBLDMOutput(latents.float().cpu().numpy(), None, cond_np, raw, self.affine, subregions=shares)
-        images, masks, labels = from_model_space(self.decode_latents(latents, decode_chunk_size), with_labels=True)
-        return SBLDMOutput(images, masks, cond_np, raw, self.affine, labels, shares)
+        images, masks, labels, seqs = self.volumes(self.decode_latents(latents, decode_chunk_size))
+        return SBLDMOutput(images, masks, cond_np, raw, self.affine, labels, shares, seqs,
+                           None if seqs is None else self.vae.modalities)
 

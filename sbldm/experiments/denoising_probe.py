@@ -20,14 +20,13 @@ def denoising_probe(pipe, images, labels, features, strengths=(0.1, 0.3, 0.5, 0.
     strength but not a high one is what the model cannot draw from noise."""
     import torch
 
-    from sbldm.data.cohort import from_model_space
     from sbldm.runtime import cpu_bf16
 
     start = pipe.encode(images, labels)
     rows = []
     for strength in (0.0, *strengths):
         if strength == 0.0:
-            im, m = from_model_space(pipe.decode_latents(start))
+            im, m = pipe.volumes(pipe.decode_latents(start))[:2]
         else:
             g = torch.Generator().manual_seed(int(seed))
             with cpu_bf16(bf16):

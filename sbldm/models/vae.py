@@ -48,7 +48,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.upsampling import Upsample2D
 
-from sbldm.data.cohort import TUMOUR_CHANNELS, tumour_labels_of
+from sbldm.data.cohort import TUMOUR_CHANNELS, sequence_names, tumour_labels_of
 from sbldm.models._common import FreshStorageMixin, UmaskWeightsMixin
 
 if TYPE_CHECKING:
@@ -65,8 +65,10 @@ def relative_positions(depth: int, index=None, device=None) -> torch.Tensor:
 
 class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
     """2D KL autoencoder of (FLAIR, tumour channels) slices with an optional slice-position
-    embedding. ``in_channels`` = ``out_channels`` = 1 + the tumour channels of
-    ``sbldm.data.cohort.TUMOUR_CHANNELS``: 2 for the paper's whole-tumour mask, 4 for the
+    embedding. ``in_channels`` = ``out_channels`` = the image channels (``modalities``, BraTS
+    2023 names in channel order: ("t2f",), the paper's FLAIR, or ("t1n", "t1c", "t2w", "t2f")
+    for T1, T1ce, T2, FLAIR; ``cfg.modalities``) + the tumour channels of
+    ``sbldm.data.cohort.TUMOUR_CHANNELS``: 1 for the paper's whole-tumour mask, 3 for the
     BraTS regions WT, TC, ET (``tumour_labels`` says which).
 
     ``scaling_factor`` is the latent scale, as in diffusers' ``AutoencoderKL``: the
@@ -88,10 +90,16 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
         slice_embedding_dim: int = 128,
         position_scale: float = 1000.0,
         scaling_factor: float = 1.0,
+        modalities: Sequence[str] = ("t2f",),
     ):
         super().__init__()
         if not scaling_factor > 0:
             raise ValueError(f"scaling_factor must be positive, got {scaling_factor}")
+        if not modalities or len(set(modalities)) != len(modalities):
+            raise ValueError(f"modalities must name one or more distinct sequences, got {modalities}")
+        tumour_labels_of(in_channels, len(modalities))         # refuses a channel count that matches nothing
+        if out_channels != in_channels:
+            raise ValueError(f"a SliceVAE reconstructs its input: out_channels {out_channels} != in_channels {in_channels}")
         ch = list(block_out_channels)
         g = norm_num_groups
         if any(c % g for c in ch):
@@ -141,7 +149,17 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
     @property
     def tumour_labels(self) -> str:
         """The tumour channels this VAE carries (``"whole"`` or ``"regions"``), from its channel count."""
-        return tumour_labels_of(self.config.in_channels)
+        return tumour_labels_of(self.config.in_channels, self.image_channels)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The sequences of the image channels, in channel order (BraTS 2023 names)."""
+        return tuple(self.config.get("modalities", ("t2f",)))
+
+    @property
+    def image_channels(self) -> int:
+        """How many image channels (MRI sequences) lead each slice: 1 (the paper's FLAIR) or more."""
+        return len(self.modalities)
 
     def _temb(self, slice_pos, batch: int, ref: torch.Tensor):
         if self.pos_embedding is None:
@@ -224,11 +242,14 @@ class SliceVAE(FreshStorageMixin, UmaskWeightsMixin, ModelMixin, ConfigMixin):
         return self.decode(z, slice_pos), posterior
 
 
-def build_vae(vae: "SliceVAEConfig", tumour_labels: str) -> SliceVAE:
-    """The slice VAE of a ``sbldm.config.SliceVAEConfig`` section (``cfg.vae``) for an
-    image channel and the tumour channels of ``tumour_labels`` (``cfg.tumour_labels``)."""
-    channels = 1 + len(TUMOUR_CHANNELS[tumour_labels])
+def build_vae(vae: "SliceVAEConfig", tumour_labels: str, modalities: Sequence[str] = ("flair",)) -> SliceVAE:
+    """The slice VAE of a ``sbldm.config.SliceVAEConfig`` section (``cfg.vae``) for the image
+    channels of ``modalities`` (``cfg.modalities``) and the tumour channels of
+    ``tumour_labels`` (``cfg.tumour_labels``)."""
+    names = sequence_names(modalities)
+    channels = len(names) + len(TUMOUR_CHANNELS[tumour_labels])
     return SliceVAE(
+        modalities=names,
         in_channels=channels,
         out_channels=channels,
         block_out_channels=tuple(vae.channels),

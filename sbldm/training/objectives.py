@@ -100,8 +100,10 @@ def noise_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "mse",
 
 # -- autoencoders -----------------------------------------------------------------------------
 
-def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False, band: int = 0) -> torch.Tensor:
-    """Class-balanced L1 of the tumour channels (channels 1.. of model space, {-1, 1}):
+def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False, band: int = 0,
+                     image_channels: int = 1) -> torch.Tensor:
+    """Class-balanced L1 of the tumour channels (the channels after the ``image_channels``
+    image channels of model space, {-1, 1}):
     per channel, the mean absolute error inside the region (x > 0) and outside it,
     averaged, then averaged over the channels; a channel whose region is absent from the
     batch counts its outside error only. A tumour covers ~1% of the voxels, so in the
@@ -121,7 +123,7 @@ def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False,
     region, so painting the tumour larger than it is costs as much as missing it; without
     it the balance tolerates over-drawn regions (the background's error is spread over
     the whole outside)."""
-    r, t = recon[:, 1:].float(), x[:, 1:].float()
+    r, t = recon[:, image_channels:].float(), x[:, image_channels:].float()
     err = (r - t).abs()
     inside = t > 0
     dims = [0] + list(range(2, t.ndim))                  # all but the channel axis
@@ -150,7 +152,7 @@ def balanced_mask_l1(recon: torch.Tensor, x: torch.Tensor, nested: bool = False,
 
 def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_weight: float = 1e-6,
                         ssim_weight: float = 1.0, ssim_range: str = "signed", mask_weight: float = 0.0,
-                        mask_nested: bool = False, mask_band: int = 0) -> dict:
+                        mask_nested: bool = False, mask_band: int = 0, image_channels: int = 1) -> dict:
     """The loss of every KL autoencoder of the package (the slice VAE here, the 3D-LDM's
     ``AutoencoderKL3D``): L1 + ssim_weight (1 - SSIM) + kl_weight KL, from a
     reconstruction ``recon`` of ``x`` (2D slices or 3D volumes) and the ``posterior`` it was
@@ -168,7 +170,7 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
     ``mask_weight`` > 0 adds that weight times ``balanced_mask_l1`` of the tumour channels
     (beyond the authors' loss, which has no mask term; ``mask_nested`` balances each region
     channel against the ring its enclosing region leaves, ``mask_band`` against the band
-    just outside it; see there).
+    just outside it; see there; ``image_channels``: how many leading channels are images).
 
     Returns a dict of scalar tensors: ``loss`` (with its graph), then the detached terms
     ``l1``, ``ssim`` and ``kl`` (and ``mask`` with a mask term)."""
@@ -185,7 +187,7 @@ def kl_autoencoder_loss(recon: torch.Tensor, x: torch.Tensor, posterior, *, kl_w
     loss = l1 + ssim_weight * (1 - ssim) + kl_weight * kl
     out = {"loss": loss, "l1": l1.detach(), "ssim": ssim.detach(), "kl": kl.detach()}
     if mask_weight > 0:
-        mask = balanced_mask_l1(recon, x, nested=mask_nested, band=mask_band)
+        mask = balanced_mask_l1(recon, x, nested=mask_nested, band=mask_band, image_channels=image_channels)
         out["loss"] = loss + mask_weight * mask
         out["mask"] = mask.detach()
     return out
@@ -215,14 +217,16 @@ def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 
              mask_band: int = 0, frequency_weight: float = 0.0) -> dict:
     """The slice VAE's training loss on slices ``x`` at ``slice_pos``: ``kl_autoencoder_loss``
     of a reconstruction through a posterior sample (SSIM on [-1, 1] by default, see there),
-    plus lpips_weight LPIPS and frequency_weight ``frequency_loss`` on the image channel.
+    plus lpips_weight LPIPS on the first image channel and frequency_weight
+    ``frequency_loss`` on every image channel (the model's ``image_channels`` sequences).
     Returns a dict of scalar tensors, ``loss`` first."""
+    c = model.image_channels
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     out = kl_autoencoder_loss(recon, x, posterior, kl_weight=kl_weight, ssim_weight=ssim_weight,
                               ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested,
-                              mask_band=mask_band)
+                              mask_band=mask_band, image_channels=c)
     if frequency_weight > 0:
-        fl = frequency_loss(recon[:, :1], x[:, :1])
+        fl = frequency_loss(recon[:, :c], x[:, :c])
         out["frequency"] = fl.detach()
         out["loss"] = out["loss"] + frequency_weight * fl
     if lpips_weight > 0:

@@ -353,11 +353,30 @@ def _slice_dataset(cfg: Config, train):
                              f"for {cfg.tumour_labels!r}; build it with SliceDataset(..., tumour_labels=...)")
         return train
     if isinstance(train, Prepared):
-        images, labels = train.images, train.labels
+        images, labels = model_images(cfg, train), train.labels
     else:
         images, labels = train                  # (images, label maps or whole-tumour masks)
-    return SliceDataset(np.asarray(images), np.asarray(labels), empty_keep=cfg.vae_empty_slice_keep, seed=cfg.seed,
-                        tumour_labels=cfg.tumour_labels)
+    ds = SliceDataset(np.asarray(images), np.asarray(labels), empty_keep=cfg.vae_empty_slice_keep, seed=cfg.seed,
+                      tumour_labels=cfg.tumour_labels)
+    if ds.image_channels != len(cfg.modalities):
+        raise ValueError(f"the slice dataset carries {ds.image_channels} image channel(s) but the config asks for the "
+                         f"{len(cfg.modalities)} sequence(s) {tuple(cfg.modalities)}")
+    return ds
+
+
+def model_images(cfg: Config, split) -> np.ndarray:
+    """The images a model of ``cfg`` reads from a ``Prepared`` split: the FLAIR (N, x, y, z)
+    for one sequence, else every sequence of ``cfg.modalities`` (N, S, x, y, z), checked
+    against the sequences the split was prepared with."""
+    from sbldm.data.cohort import sequence_names
+
+    if len(cfg.modalities) == 1:
+        return split.images
+    want = sequence_names(cfg.modalities)
+    if split.sequences is None or tuple(split.modalities) != want:
+        raise ValueError(f"the config asks for the sequences {want} but the data was prepared with "
+                         f"{tuple(split.modalities) or ('flair',)}: prepare it again with modalities={list(cfg.modalities)}")
+    return split.sequences
 
 
 def vae_batch(ds, rng: np.random.Generator, batch_size: int, flip_prob: float = 0.0):
@@ -405,7 +424,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
     if len(ds) == 0:
         raise ValueError("the slice dataset is empty")
     accelerator = make_accelerator(cfg, device)
-    model = build_vae(cfg.vae, cfg.tumour_labels)
+    model = build_vae(cfg.vae, cfg.tumour_labels, cfg.modalities)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.vae_lr)
     dev = accelerator.device
 

@@ -1,0 +1,126 @@
+"""SBLDM of several sequences: the model space carries every sequence before the tumour
+channels and gives them back; the slice VAE, its loss, the latents and the pipeline follow
+the sequences the config names, and a FLAIR-only split is refused by a four-sequence config."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from model_helpers import REGIONS, make_prepared, tiny_cfg
+from sbldm.data import cohort
+
+FOUR = ("t1n", "t1c", "t2w", "t2f")
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory):
+    """The tiny prepared cohort with four sequences: three transforms of the FLAIR (each
+    distinct, so a channel mix-up shows) and the FLAIR last, as BraTS orders them."""
+    root = make_prepared(tmp_path_factory.mktemp("four"))
+    train = cohort.load_prepared(root, "train")
+    im = train.images
+    seqs = np.stack([-im, 0.5 * im, np.clip(im + 0.3, -1, 1), im], axis=1).astype(np.float32)
+    return dataclasses.replace(train, sequences=seqs, modalities=FOUR)
+
+
+def test_the_model_space_stacks_the_sequences_before_the_tumour_and_gives_them_back():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((8, 8, 4), np.uint8)
+    labels[2:6, 2:6, 1:3] = 2
+    labels[3:5, 3:5, 1:3] = 3
+    labels[3, 3, 1] = 1
+    seqs = rng.uniform(-1, 1, (4, 8, 8, 4)).astype(np.float32)
+    x = cohort.to_model_space(seqs, labels, "regions")
+    assert x.shape == (7, 8, 8, 4)
+    np.testing.assert_array_equal(x[:4], seqs)
+    np.testing.assert_array_equal(x[4] > 0, labels > 0)                   # WT
+    np.testing.assert_array_equal(x[5] > 0, (labels == 1) | (labels == 3))  # TC
+    np.testing.assert_array_equal(x[6] > 0, labels == 3)                  # ET
+    image, mask, back = cohort.from_model_space(x, with_labels=True, image_channels=4)
+    np.testing.assert_array_equal(image, seqs)
+    np.testing.assert_array_equal(mask, labels > 0)
+    np.testing.assert_array_equal(back, labels)
+    # a batch keeps its channel axis; one sequence keeps the paper's (x, y, z) image
+    batch = cohort.from_model_space(np.stack([x, x]), image_channels=4)[0]
+    assert batch.shape == (2, 4, 8, 8, 4)
+    one = cohort.to_model_space(seqs[3], labels, "whole")
+    assert one.shape == (2, 8, 8, 4) and cohort.from_model_space(one)[0].shape == (8, 8, 4)
+    assert cohort.tumour_labels_of(7, 4) == "regions" and cohort.tumour_labels_of(5, 4) == "whole"
+    with pytest.raises(ValueError, match="7 model-space channels with 1 image channel"):
+        cohort.tumour_labels_of(7)
+    with pytest.raises(ValueError, match="differ in shape"):
+        cohort.to_model_space(seqs[:, :6], labels, "whole")
+
+
+def test_slices_of_several_sequences_carry_each_sequence_in_order(four):
+    ds = cohort.SliceDataset(four.sequences, four.labels, tumour_labels="regions")
+    assert ds.image_channels == 4 and len(ds) == len(four) * four.labels.shape[-1]
+    item = ds[5]
+    v, s = item["volume_index"], item["slice_index"]
+    assert item["x"].shape == (7, *four.labels.shape[1:3])
+    np.testing.assert_array_equal(item["x"][:4], four.sequences[v, :, :, :, s])
+    np.testing.assert_array_equal(item["x"][4] > 0, four.labels[v, :, :, s] > 0)
+    with pytest.raises(ValueError, match=r"\(N, S, x, y, z\) images of S sequences"):
+        cohort.SliceDataset(four.sequences[:, :, :-1], four.labels, tumour_labels="regions")
+
+
+def test_the_tumour_term_reads_the_channels_after_the_images():
+    """The balanced mask L1 of a 4-sequence batch equals the one computed on the same tumour
+    channels behind a single image channel (the images do not enter it)."""
+    from sbldm.training.objectives import balanced_mask_l1
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand((2, 7, 8, 8), generator=g) * 2 - 1
+    x[:, 4:] = torch.where(x[:, 4:] > 0.3, 1.0, -1.0)
+    recon = torch.rand((2, 7, 8, 8), generator=g) * 2 - 1
+    for nested, band in ((False, 0), (True, 1)):
+        many = balanced_mask_l1(recon, x, nested=nested, band=band, image_channels=4)
+        one = balanced_mask_l1(recon[:, 3:], x[:, 3:], nested=nested, band=band, image_channels=1)
+        assert torch.allclose(many, one)
+        other_images = recon.clone()
+        other_images[:, :4] = 0
+        assert torch.allclose(balanced_mask_l1(other_images, x, nested=nested, band=band, image_channels=4), many)
+
+
+def test_a_vae_of_four_sequences_names_them_and_an_old_vae_reads_as_flair(tmp_path):
+    from sbldm.models.vae import SliceVAE, build_vae
+
+    cfg = tiny_cfg(**REGIONS, modalities=list(FOUR))
+    vae = build_vae(cfg.vae, cfg.tumour_labels, cfg.modalities)
+    assert (vae.config.in_channels, vae.image_channels, vae.modalities, vae.tumour_labels) == (7, 4, FOUR, "regions")
+    vae.save_pretrained(tmp_path / "v")
+    back = SliceVAE.from_pretrained(tmp_path / "v")
+    assert back.modalities == FOUR and back.image_channels == 4
+    flair = build_vae(cfg.vae, "whole", ["flair"])                     # the paper's VAE: FLAIR, named t2f
+    assert (flair.config.in_channels, flair.modalities) == (2, ("t2f",))
+    assert SliceVAE(in_channels=4, out_channels=4).modalities == ("t2f",)   # a config saved before the field
+    with pytest.raises(ValueError, match="match no tumour representation"):
+        SliceVAE(in_channels=4, out_channels=4, modalities=FOUR)
+
+
+def test_four_sequences_train_encode_and_sample_every_sequence(four, tmp_path):
+    """A few steps of each stage on the four-sequence split: the pipeline returns every
+    sequence, with the FLAIR as its image; a FLAIR-only split is refused by name."""
+    from sbldm.diffusion.latents import encode_dataset, reconstruct_volumes
+    from sbldm.training.trainer import model_images, train_pipeline, train_vae
+
+    cfg = tiny_cfg(**REGIONS, modalities=list(FOUR), vae_steps=2, diffusion_steps=2)
+    flair_only = dataclasses.replace(four, sequences=None, modalities=())
+    with pytest.raises(ValueError, match=r"asks for the sequences \('t1n', 't1c', 't2w', 't2f'\).*prepared with"):
+        train_vae(cfg, flair_only, tmp_path / "refused", progress=False)
+    vae = train_vae(cfg, four, tmp_path / "vae", progress=False)
+    assert vae.modalities == FOUR
+    images = model_images(cfg, four)
+    assert images.shape == (len(four), 4, *four.labels.shape[1:])
+    rec_images, rec_masks, rec_labels = reconstruct_volumes(vae, images[:2], four.labels[:2])
+    assert rec_images.shape == (2, 4, *four.labels.shape[1:]) and rec_labels.shape == four.labels[:2].shape
+    with pytest.raises(ValueError, match=r"\(N, 4, x, y, z\) images of 4 sequences"):
+        reconstruct_volumes(vae, four.images[:2], four.labels[:2])
+    latents = encode_dataset(vae, images, four.labels, progress=False)
+    pipe = train_pipeline(cfg, vae, latents, four, tmp_path / "unet", progress=False)
+    out = pipe(num_volumes=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.sequences.shape == (2, 4, *four.labels.shape[1:]) and out.modalities == FOUR
+    np.testing.assert_array_equal(out.images, out.sequences[:, 3])      # the FLAIR is the image
+    assert out.masks.shape == out.labels.shape == (2, *four.labels.shape[1:])
