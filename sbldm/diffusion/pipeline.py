@@ -72,9 +72,26 @@ class SBLDMOutput(BaseOutput):
     def save_nifti(self, out_dir: str | os.PathLike, prefix: str = "sample", affine=None) -> list[tuple[Path, Path]]:
         """Each volume as NIfTI, on the training grid's geometry unless ``affine`` is given:
         the FLAIR and its segmentation (the label map with BraTS 2023 values where the
-        pipeline draws sub-regions, else the binary whole-tumour mask)."""
-        return save_samples_nifti(out_dir, self.images, self.masks, prefix,
-                                  self.affine if affine is None else affine, labels=self.labels)
+        pipeline draws sub-regions, else the binary whole-tumour mask). From a pipeline of
+        several sequences, each volume is a BraTS 2023 case folder
+        ``BraTS-<PREFIX>-<k:05d>-000/`` with every sequence (``-t1n``, ``-t1c``, ``-t2w``,
+        ``-t2f``) and ``-seg``, which ``sbldm.data.cohort.find_cases`` reads back. Returns
+        the (FLAIR, segmentation) paths of each volume."""
+        aff = self.affine if affine is None else affine
+        if self.sequences is None:
+            return save_samples_nifti(out_dir, self.images, self.masks, prefix, aff, labels=self.labels)
+        import re
+
+        from sbldm.data.cohort import primary_sequence, save_case
+
+        tag = re.sub("[^A-Z]", "", str(prefix).upper()) or "SBLDM"
+        segs = self.masks if self.labels is None else self.labels
+        out = []
+        for k in range(len(self.sequences)):
+            paths = save_case(out_dir, f"BraTS-{tag}-{k:05d}-000", dict(zip(self.modalities, self.sequences[k])),
+                              segs[k], aff)
+            out.append((paths[primary_sequence(self.modalities)], paths["seg"]))
+        return out
 
 
 def untrained_normalizer(cfg) -> FeatureNormalizer:
