@@ -155,7 +155,7 @@ def test_tumour_centred_crops_of_a_label_map_centre_on_a_tumour_voxel():
     the tumour voxels, never fail and always hold the tumour when the ROI can."""
     from sbldm.segmentation.fast import _crop
 
-    image = np.zeros((16, 16, 8), np.float32)
+    image = np.zeros((1, 16, 16, 8), np.float32)
     labels = np.zeros((16, 16, 8), np.uint8)
     labels[12:14, 12:14, 6] = 3                 # 4 voxels summing to 12
     labels[13, 13, 6] = 1
@@ -166,3 +166,39 @@ def test_tumour_centred_crops_of_a_label_map_centre_on_a_tumour_voxel():
     a = _crop(image, binary, (4, 4, 2), np.random.default_rng(1))[1]
     b = _crop(image, labels, (4, 4, 2), np.random.default_rng(1))[1]
     assert np.array_equal(a, b > 0)
+
+
+def test_the_fast_segmenter_reads_one_input_channel_per_sequence(tmp_path):
+    """One sequence given with or without its channel axis trains the same network; two
+    sequences make a two-input network whose crops keep the sequences and the mask aligned,
+    which refuses one-sequence images and saves and loads with its inputs."""
+    from model_helpers import tiny_cfg
+    from sbldm.segmentation.fast import Segmenter, _crop, train_fast
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(-1, 1, (3, 16, 16, 8)).astype(np.float32)
+    masks = np.zeros((3, 16, 16, 8), np.uint8)
+    masks[:, 5:9, 5:9, 2:6] = 1
+    cfg = tiny_cfg(seg_channels=(4, 8), seg_batch_size=2, seg_roi=(8, 8, 8), seg_flip_axes=(0, 1))
+    a = train_fast(images, masks, cfg, seed=3, iterations=3)
+    b = train_fast(images[:, None], masks, cfg, seed=3, iterations=3)
+    assert a.losses == b.losses and a.in_channels == b.in_channels == 1
+    np.testing.assert_array_equal(a.predict(images), b.predict(images[:, None]))
+    # crops of two sequences: the second is the first + 1 everywhere, the mask painted into the first
+    two = np.stack([images, images + 1], axis=1)
+    two[:, 0][masks > 0] = 5.0
+    for seed in range(20):
+        x, y = _crop(two[0], masks[0], (8, 8, 4), np.random.default_rng(seed))
+        assert x.shape == (2, 8, 8, 4) and y.shape == (8, 8, 4)
+        np.testing.assert_allclose((x[1] - 1)[y == 0], x[0][y == 0], atol=1e-6)
+        np.testing.assert_array_equal(x[0] == 5.0, y > 0)
+    seg = train_fast(two, masks, cfg, seed=3, iterations=2)
+    assert seg.in_channels == 2 and seg.model.model[0].conv.unit0.conv.in_channels == 2
+    with pytest.raises(ValueError, match="reads 2 sequence"):
+        seg.predict(images)
+    seg.save(tmp_path / "seg.pt")
+    back = Segmenter.load(tmp_path / "seg.pt")
+    assert back.in_channels == 2
+    np.testing.assert_array_equal(back.predict(two), seg.predict(two))
+    with pytest.raises(ValueError, match="images of S sequences"):
+        train_fast(two[:, :, :-1], masks, cfg, iterations=1)

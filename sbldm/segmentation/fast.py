@@ -30,20 +30,24 @@ from sbldm.config import Config, SegmentationConfig
 CLASSES = {"whole": 2, "regions": 4}
 
 
-def build_unet(seg: SegmentationConfig, classes: int = 2):
-    """A MONAI 3D U-Net: 1 input channel (FLAIR), ``classes`` outputs, widths
-    ``seg.channels`` (``cfg.segmentation``)."""
+def build_unet(seg: SegmentationConfig, classes: int = 2, in_channels: int = 1):
+    """A MONAI 3D U-Net: ``in_channels`` inputs (1: FLAIR; one per sequence), ``classes``
+    outputs, widths ``seg.channels`` (``cfg.segmentation``)."""
     from monai.networks.nets import UNet
 
     ch = tuple(seg.channels)
-    return UNet(spatial_dims=3, in_channels=1, out_channels=int(classes), channels=ch,
+    return UNet(spatial_dims=3, in_channels=int(in_channels), out_channels=int(classes), channels=ch,
                 strides=(2,) * (len(ch) - 1), num_res_units=1, norm="instance")
 
 
 def _check(images, masks, classes: int = 2):
+    """(images as (N, S, x, y, z), masks): one sequence (N, x, y, z) gains its channel axis."""
     images, masks = np.asarray(images), np.asarray(masks)
-    if images.shape != masks.shape or images.ndim != 4:
-        raise ValueError(f"images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    if images.ndim == 4:
+        images = images[:, None]
+    if images.ndim != 5 or masks.ndim != 4 or images.shape[:1] + images.shape[2:] != masks.shape:
+        raise ValueError(f"images {images.shape} and masks {masks.shape} must be (N, x, y, z) both, or (N, S, x, y, z) "
+                         "images of S sequences with (N, x, y, z) masks")
     if classes not in CLASSES.values():
         raise ValueError(f"classes must be 2 (whole tumour) or 4 (label maps), got {classes}")
     if masks.size and (masks.min() < 0 or masks.max() >= classes):
@@ -71,6 +75,7 @@ class Segmenter:
     losses: list
     curve: list = field(default_factory=list)
     classes: int = 2
+    in_channels: int = 1
 
     def _roi(self, shape):
         return tuple(min(r, s) for r, s in zip(self.cfg.seg_roi, shape))
@@ -82,12 +87,21 @@ class Segmenter:
         self.model.eval()
         out = []
         with torch.no_grad():
-            for img in np.asarray(images, np.float32):
-                x = torch.as_tensor(img)[None, None]
+            for img in self._channels(images):
+                x = torch.as_tensor(img)[None]
                 with _autocast(self.cfg)():
-                    lg = sliding_window_inference(x, self._roi(img.shape), 1, self.model, overlap=0.25)
+                    lg = sliding_window_inference(x, self._roi(img.shape[1:]), 1, self.model, overlap=0.25)
                 out.append(lg[0].float().numpy())
         return np.stack(out)
+
+    def _channels(self, images) -> np.ndarray:
+        """(N, S, x, y, z) float32 of (N, x, y, z) or (N, S, x, y, z) images, S this network's inputs."""
+        images = np.asarray(images, np.float32)
+        images = images[:, None] if images.ndim == 4 else images
+        if images.ndim != 5 or images.shape[1] != self.in_channels:
+            raise ValueError(f"this segmenter reads {self.in_channels} sequence(s) per volume; got images of shape "
+                             f"{images.shape}")
+        return images
 
     def predict(self, images) -> np.ndarray:
         """(N, x, y, z) uint8: binary masks (2 classes) or label maps (4 classes), the argmax."""
@@ -104,8 +118,8 @@ class Segmenter:
         try:
             self.model.eval()
             with torch.no_grad():
-                for img in np.asarray(images, np.float32):
-                    self.model(_pad_to(torch.as_tensor(img)[None, None], 2 ** (len(self.cfg.seg_channels) - 1)))
+                for img in self._channels(images):
+                    self.model(_pad_to(torch.as_tensor(img)[None], 2 ** (len(self.cfg.seg_channels) - 1)))
                     h = store["x"][0].flatten(1)
                     feats.append(torch.cat([h.mean(1), h.amax(1)]).numpy())
         finally:
@@ -121,7 +135,7 @@ class Segmenter:
 
         buf = io.BytesIO()
         torch.save({"state_dict": self.model.state_dict(), "config": self.cfg.to_dict(), "losses": self.losses,
-                    "curve": self.curve, "classes": self.classes}, buf)
+                    "curve": self.curve, "classes": self.classes, "in_channels": self.in_channels}, buf)
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
@@ -132,10 +146,10 @@ class Segmenter:
 
         blob = torch.load(path, map_location="cpu", weights_only=False)
         cfg = from_dict(blob["config"])
-        classes = int(blob.get("classes", 2))
-        model = build_unet(cfg.segmentation, classes)
+        classes, in_channels = int(blob.get("classes", 2)), int(blob.get("in_channels", 1))
+        model = build_unet(cfg.segmentation, classes, in_channels)
         model.load_state_dict(blob["state_dict"])
-        return cls(model, cfg, blob["losses"], blob.get("curve", []), classes)
+        return cls(model, cfg, blob["losses"], blob.get("curve", []), classes, in_channels)
 
 
 def _deepest_module(model):
@@ -166,7 +180,8 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
                progress: bool = False, val=None, eval_every: int | None = None, classes: int = 2,
                init: "Segmenter | None" = None) -> Segmenter:
     """Train the fast backend for ``iterations`` (default ``cfg.seg_iterations``) steps on
-    ``masks``: binary masks (``classes=2``) or label maps (``classes=4``).
+    ``masks``: binary masks (``classes=2``) or label maps (``classes=4``); ``images``: one
+    sequence (N, x, y, z) or several (N, S, x, y, z), one input channel each.
 
     Each step draws ``seg_batch_size`` volumes (with replacement, from a seeded generator)
     and, if a volume exceeds ``seg_patch`` (default ``seg_roi``), a random crop of that size,
@@ -189,15 +204,17 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
     torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build_unet(cfg.segmentation, classes)
+    in_channels = images.shape[1]
+    model = build_unet(cfg.segmentation, classes, in_channels)
     if init is not None:
-        if init.classes != classes or tuple(init.cfg.seg_channels) != tuple(cfg.seg_channels):
-            raise ValueError(f"cannot start from a segmenter of {init.classes} classes and widths "
-                             f"{tuple(init.cfg.seg_channels)}: this run has {classes} and {tuple(cfg.seg_channels)}")
+        if (init.classes, init.in_channels, tuple(init.cfg.seg_channels)) != (classes, in_channels, tuple(cfg.seg_channels)):
+            raise ValueError(f"cannot start from a segmenter of {init.classes} classes, {init.in_channels} input(s) and "
+                             f"widths {tuple(init.cfg.seg_channels)}: this run has {classes}, {in_channels} and "
+                             f"{tuple(cfg.seg_channels)}")
         model.load_state_dict(init.model.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.seg_lr)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    roi = tuple(min(r, s) for r, s in zip(cfg.seg_patch or cfg.seg_roi, images.shape[1:]))
+    roi = tuple(min(r, s) for r, s in zip(cfg.seg_patch or cfg.seg_roi, masks.shape[1:]))
     multiple = 2 ** (len(cfg.seg_channels) - 1)
     losses, curve = [], []
     steps = cfg.seg_iterations if iterations is None else iterations
@@ -205,7 +222,7 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
         val_images, val_masks = _check(*val, classes)
         if not eval_every or eval_every < 1:
             raise ValueError(f"eval_every must be a positive step count with val, got {eval_every!r}")
-    seg = Segmenter(model, cfg, losses, curve, classes)
+    seg = Segmenter(model, cfg, losses, curve, classes, in_channels)
     autocast = _autocast(cfg)
     model.train()
     for step in tqdm(range(1, steps + 1), desc="segmentation", disable=not progress):
@@ -214,10 +231,10 @@ def train_fast(images, masks, cfg: Config, seed: int = 0, iterations: int | None
             x, y = _crop(images[v], masks[v], roi, rng)
             for axis in cfg.seg_flip_axes:        # on-the-fly mirroring, as nnU-Net's default augmentation
                 if rng.random() < 0.5:
-                    x, y = np.flip(x, axis), np.flip(y, axis)
+                    x, y = np.flip(x, axis + 1), np.flip(y, axis)
             xs.append(np.ascontiguousarray(x))
             ys.append(np.ascontiguousarray(y))
-        x = _pad_to(torch.as_tensor(np.stack(xs), dtype=torch.float32)[:, None], multiple)
+        x = _pad_to(torch.as_tensor(np.stack(xs), dtype=torch.float32), multiple)
         y = _pad_to(torch.as_tensor(np.stack(ys), dtype=torch.float32)[:, None], multiple)
         with autocast():
             out = model(x)
@@ -245,16 +262,17 @@ def _autocast(cfg: Config):
 
 
 def _crop(image, mask, roi, rng):
-    if tuple(image.shape) == tuple(roi):
+    """A ``roi`` crop of one volume: ``image`` (S, x, y, z), ``mask`` (x, y, z)."""
+    if tuple(mask.shape) == tuple(roi):
         return image, mask
     if mask.any() and rng.random() < 0.5:           # a tumour voxel (any label) as the centre
         inside = np.argwhere(mask)
         centre = inside[rng.integers(len(inside))]
     else:
-        centre = np.array([rng.integers(0, s) for s in image.shape])
-    start = [int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, image.shape)]
+        centre = np.array([rng.integers(0, s) for s in mask.shape])
+    start = [int(np.clip(c - r // 2, 0, s - r)) for c, r, s in zip(centre, roi, mask.shape)]
     sl = tuple(slice(a, a + r) for a, r in zip(start, roi))
-    return image[sl], mask[sl]
+    return image[(slice(None), *sl)], mask[sl]
 
 
 # -- metrics --------------------------------------------------------------------------
