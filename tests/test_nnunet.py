@@ -124,6 +124,27 @@ def test_export_layout_and_rerun_rules(tmp_path):
         nnunet.export(tmp_path / "x", images[:1], masks[:1], images[:1], train_ids=["a"], test_ids=["a"])
 
 
+def test_an_export_of_several_sequences_writes_one_input_channel_each(tmp_path):
+    import nibabel as nib
+
+    images, masks = _blobs(3, (8, 8, 8))
+    two = np.stack([images, -images], axis=1)                   # (N, 2, x, y, z): the second the negative
+    out = nnunet.export(tmp_path, two[:2], masks[:2], two[2:], dataset_id=6, name="S",
+                        channels=nnunet.channel_names(("t1c", "flair")))
+    folder = out["dataset_folder"]
+    assert json.loads((folder / "dataset.json").read_text())["channel_names"] == {"0": "T1ce", "1": "FLAIR"}
+    assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == [
+        "train_000_0000.nii.gz", "train_000_0001.nii.gz", "train_001_0000.nii.gz", "train_001_0001.nii.gz"]
+    assert sorted(p.name for p in (folder / "imagesTs").iterdir()) == ["test_000_0000.nii.gz", "test_000_0001.nii.gz"]
+    for k in (0, 1):
+        np.testing.assert_allclose(np.asarray(nib.load(folder / "imagesTs" / f"test_000_000{k}.nii.gz").dataobj),
+                                   two[2, k], atol=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        nnunet.export(tmp_path / "b", two[:2, :, :-1], masks[:2], None, channels=["T1ce", "FLAIR"])
+    with pytest.raises(ValueError, match=r"2 image channel\(s\) for the 1 channel name"):
+        nnunet.export(tmp_path / "c", two[:2], masks[:2], None)
+
+
 def test_narrow_plans_copy(tmp_path):
     folder = tmp_path / "nnUNet_preprocessed" / "Dataset007_T"
     folder.mkdir(parents=True)

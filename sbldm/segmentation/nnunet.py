@@ -191,11 +191,35 @@ def _case_ids(ids, n: int, prefix: str) -> list[str]:
     return ids
 
 
-def _as_volumes(images, what: str) -> np.ndarray:
+def _as_volumes(images, what: str, channels: bool = False) -> np.ndarray:
+    """``images`` as an array (N, x, y, z); with ``channels`` also (N, S, x, y, z), S sequences."""
     images = np.asarray(images)
-    if images.ndim != 4:
-        raise ValueError(f"{what} must be (N, x, y, z), got shape {images.shape}")
+    if images.ndim != 4 and not (channels and images.ndim == 5):
+        raise ValueError(f"{what} must be (N, x, y, z){' or (N, S, x, y, z)' if channels else ''}, "
+                         f"got shape {images.shape}")
     return images
+
+
+def _spatial(images: np.ndarray) -> tuple:
+    """(N, x, y, z) of (N, x, y, z) or (N, S, x, y, z) images."""
+    return images.shape[:1] + images.shape[-3:]
+
+
+def _write_channels(folder: Path, case_id: str, image) -> None:
+    """One case's image as nnU-Net inputs ``{case}_0000`` .. ``{case}_000{S-1}``."""
+    from sbldm.io import save_nifti
+
+    image = np.asarray(image, np.float32)
+    for k, channel in enumerate(image if image.ndim == 4 else image[None]):
+        save_nifti(folder / f"{case_id}_{k:04d}.nii.gz", channel)
+
+
+def channel_names(modalities) -> list[str]:
+    """nnU-Net's ``channel_names`` of the sequences ``modalities`` (``cfg.modalities``):
+    T1, T1ce, T2, FLAIR (every one z-scored by nnU-Net, as for BraTS)."""
+    from sbldm.data.cohort import SEQUENCE_NAMES, sequence_names
+
+    return [SEQUENCE_NAMES[m] for m in sequence_names(modalities)]
 
 
 MARKER = ".sbldm_nnunet"
@@ -222,28 +246,29 @@ def _clear_dataset(work_dir, dataset_id: int, overwrite: bool | None) -> None:
 
 def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id: int = DEFAULT_DATASET_ID,
            name: str = DEFAULT_NAME, train_ids=None, test_ids=None, test_masks=None,
-           overwrite: bool | None = None, labels: str = "whole") -> dict:
+           overwrite: bool | None = None, labels: str = "whole", channels=("FLAIR",)) -> dict:
     """Write the nnU-Net raw dataset; returns ``{dataset_folder, test_folder, train_ids, test_ids}``.
 
-    Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given).
+    Images: (N, x, y, z), or (N, S, x, y, z) with the S sequences named by ``channels``
+    (``channel_names``). Test images go to ``imagesTs`` (with ``labelsTs`` when ``test_masks`` are given).
     ``labels``: "whole" (masks written binary) or "regions" (sbldm label maps, declared as the
     nested BraTS regions WT, TC, ET for nnU-Net's region-based training:
     ``sbldm.data.cohort.NNUNET_LABELS``)."""
     from sbldm.data.cohort import export_nnunet
-    from sbldm.io import save_nifti
 
-    train_images, train_masks = _as_volumes(train_images, "train_images"), _as_volumes(train_masks, "train_masks")
-    if train_images.shape != train_masks.shape:
+    train_images = _as_volumes(train_images, "train_images", channels=True)
+    train_masks = _as_volumes(train_masks, "train_masks")
+    if _spatial(train_images) != train_masks.shape:
         raise ValueError(f"train images {train_images.shape} and masks {train_masks.shape} differ in shape")
     train_ids = _case_ids(train_ids, len(train_images), "train")
-    test_images = None if test_images is None else _as_volumes(test_images, "test_images")
+    test_images = None if test_images is None else _as_volumes(test_images, "test_images", channels=True)
     n_test = 0 if test_images is None else len(test_images)
     test_ids = _case_ids(test_ids, n_test, "test")
     if set(train_ids) & set(test_ids):
         raise ValueError(f"train and test ids overlap: {sorted(set(train_ids) & set(test_ids))[:5]}")
     if test_masks is not None:
         test_masks = _as_volumes(test_masks, "test_masks")
-        if test_images is None or test_masks.shape != test_images.shape:
+        if test_images is None or test_masks.shape != _spatial(test_images):
             raise ValueError("test_masks must match test_images in shape")
     _clear_dataset(work_dir, dataset_id, overwrite)
     raw = paths(work_dir)["raw"]
@@ -251,10 +276,10 @@ def export(work_dir, train_images, train_masks, test_images=None, *, dataset_id:
     cases = [(c, img, target(m)) for c, img, m in zip(train_ids, train_images, train_masks)]
     test_cases = [] if test_masks is None else [
         (c, img, target(m)) for c, img, m in zip(test_ids, test_images, test_masks)]
-    folder = export_nnunet(raw, dataset_id, name, cases, test_cases, labels=labels)
+    folder = export_nnunet(raw, dataset_id, name, cases, test_cases, labels=labels, channel_name=list(channels))
     if test_images is not None and test_masks is None:
         for c, img in zip(test_ids, test_images):
-            save_nifti(folder / "imagesTs" / f"{c}_0000.nii.gz", np.asarray(img, np.float32))
+            _write_channels(folder / "imagesTs", c, img)
     return {"dataset_folder": folder, "test_folder": folder / "imagesTs", "train_ids": train_ids,
             "test_ids": test_ids}
 
@@ -369,7 +394,8 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
                       labels: str | None = None, verbose: bool = False) -> dict:
     """Train nnU-Net v2 on (train_images, train_masks) and segment test_images.
 
-    Arrays follow sbldm's convention: images (N, x, y, z) float in [-1, 1], masks
+    Arrays follow sbldm's convention: images (N, x, y, z) float in [-1, 1] — or
+    (N, S, x, y, z), the sequences of ``cfg.modalities`` as nnU-Net's input channels —, masks
     (N, x, y, z) binary, or label maps with ``labels="regions"`` (nnU-Net then trains the
     nested regions WT, TC, ET, as it trains BraTS, and predicts label maps). Keyword
     arguments left at None come from ``cfg``: ``labels`` (``tumour_labels``),
@@ -398,8 +424,17 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     """
     require()
     t_start = time.perf_counter()
-    train_images = _as_volumes(train_images, "train_images")
-    test_images = _as_volumes(test_images, "test_images")
+    train_images = _as_volumes(train_images, "train_images", channels=True)
+    test_images = _as_volumes(test_images, "test_images", channels=True)
+    n_channels = train_images.shape[1] if train_images.ndim == 5 else 1
+    if (test_images.shape[1] if test_images.ndim == 5 else 1) != n_channels:
+        raise ValueError(f"train images carry {n_channels} sequence(s) and test images {test_images.shape}")
+    if n_channels == 1:
+        names = ["FLAIR"]
+    elif n_channels == len(cfg.modalities):
+        names = channel_names(cfg.modalities)
+    else:
+        raise ValueError(f"images of {n_channels} sequences for the config's {len(cfg.modalities)} {tuple(cfg.modalities)}")
     augmentation = cfg.seg_nnunet_augmentation if augmentation is None else bool(augmentation)
     labels = cfg.tumour_labels if labels is None else labels
     device = default_device() if device is None else device
@@ -427,7 +462,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
     t0 = time.perf_counter()
     exported = export(work_dir, train_images, train_masks, test_images, dataset_id=dataset_id, name=name,
                       train_ids=train_ids, test_ids=test_ids, test_masks=test_masks, overwrite=overwrite,
-                      labels=labels)
+                      labels=labels, channels=names)
     timings["export"] = time.perf_counter() - t0
     timings["plan_and_preprocess"] = plan_and_preprocess(work_dir, dataset_id, env=env, verbose=verbose)
     if plans_name != STOCK_PLANS:
@@ -443,7 +478,7 @@ def train_and_predict(train_images, train_masks, test_images, cfg: Config, work_
         shutil.rmtree(out)
     timings["predict"] = predict(work_dir, exported["test_folder"], out, dataset_id, folds=folds, trainer=trainer,
                                  plans_name=plans_name, device=device, tta=tta, env=env, verbose=verbose)
-    pred, files = read_predictions(out, exported["test_ids"], test_images.shape[1:], labels)
+    pred, files = read_predictions(out, exported["test_ids"], test_images.shape[-3:], labels)
     metrics = None
     if test_masks is not None:
         from sbldm.segmentation.fast import evaluate
@@ -473,10 +508,8 @@ def predict_images(run: dict, images, case_ids: Sequence[str] | None = None, tag
     """Segment more images with the model of a finished ``train_and_predict`` run
     (``run`` is its result), e.g. synthetic volumes; (N, x, y, z) uint8 masks or label maps,
     as the run was trained."""
-    from sbldm.io import save_nifti
-
     require()
-    images = _as_volumes(images, "images")
+    images = _as_volumes(images, "images", channels=True)
     ids = _case_ids(case_ids, len(images), "case")
     work_dir = run["paths"]["raw"].parent
     inputs, out = work_dir / f"inputs_{tag}", work_dir / f"predictions_{tag}"
@@ -484,8 +517,8 @@ def predict_images(run: dict, images, case_ids: Sequence[str] | None = None, tag
         if folder.exists():
             shutil.rmtree(folder)
     for c, img in zip(ids, images):
-        save_nifti(inputs / f"{c}_0000.nii.gz", np.asarray(img, np.float32))
+        _write_channels(inputs, c, img)
     env = environment(work_dir, device=run["device"], threads=run["threads"], seed=run["seed"])
     predict(work_dir, inputs, out, run["dataset_id"], folds=run["folds"], trainer=run["trainer"],
             plans_name=run["plans"], device=run["device"], tta=run["tta"], env=env, verbose=verbose)
-    return read_predictions(out, ids, images.shape[1:], run.get("labels", "whole"))[0]
+    return read_predictions(out, ids, images.shape[-3:], run.get("labels", "whole"))[0]
