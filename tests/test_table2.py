@@ -369,6 +369,23 @@ def test_a_cached_result_is_keyed_on_its_data_seed_settings_and_for_nnunet_its_l
     assert table2.case_key(entry, test, cfg, 0, 10) == key
 
 
+def test_a_change_of_the_study_keeps_every_result_a_change_of_the_training_does_not():
+    """More seeds, other sizes, another draw policy or filter leave a (set, seed) result's key
+    alone (its data, seed and budget are in it); a training setting changes it."""
+    cfg = config.resolve("smoke")
+    test, train = _Split(2, seed=1), _Split(3)
+    entry = (train.images, train.labels)
+    key = table2.case_key(entry, test, cfg, 0, 10)
+    study = dict(seg_seeds=(0, 1, 2, 3), seg_scarce_sizes=(2, 5), seg_count_sweep=(0, 7), seg_redraw_synthetic=False,
+                 seg_synthetic_bf16=not cfg.seg_synthetic_bf16, seg_nnunet_check_seeds=(4, 5), seg_augment_factor=3,
+                 seg_filter_max_volume_error=0.1, seg_plateau_tolerance=0.5)
+    assert set(study) <= set(table2.STUDY_ONLY)
+    for name, value in study.items():
+        assert table2.case_key(entry, test, cfg.replace(**{name: value}), 0, 10) == key, name
+    for name, value in (("seg_lr", 0.5), ("seg_batch_size", 3), ("seg_flip_axes", (1,)), ("seg_iterations", 7)):
+        assert table2.case_key(entry, test, cfg.replace(**{name: value}), 0, 10) != key, name
+
+
 def test_the_nnunet_batch_is_in_nnunet_keys_only_so_kept_fast_results_stay_found():
     """``seg_nnunet_batch_size`` retrains an nnU-Net row when it changes, and leaves the
     fast backend's key exactly what it was before the field existed."""
@@ -556,7 +573,8 @@ def test_a_sample_set_of_another_draw_is_another_set_cached_beside_table1s(tmp_p
     sets_for = table2.seed_sets(None, fp32_sets, cfg.replace(seg_synthetic_bf16=True), lambda d: drawn.append(d))
     monkeypatch.setattr(table2, "training_sets", lambda train, samples, cfg, seed=0: ({"real": f"draw {seed}"}, None))
     assert sets_for(0) == {"real": "draw 0"} and drawn == [0]
-    assert table2.seed_sets(None, fp32_sets, cfg, lambda d: drawn.append(d))(0) is fp32_sets
+    plain = cfg.replace(seg_synthetic_bf16=False)
+    assert table2.seed_sets(None, fp32_sets, plain, lambda d: drawn.append(d))(0) is fp32_sets
 
 
 def test_the_nnunet_confirmation_runs_where_the_fast_backend_finds_an_effect(tmp_path, monkeypatch):

@@ -377,9 +377,20 @@ def score(pred, test, cfg: Config) -> list[dict]:
 NNUNET_ONLY = ("seg_nnunet_batch_size",)
 
 
+#: segmentation fields that shape the study (its seeds, sizes, rows, how its sets are drawn
+#: and filtered, how a budget is chosen), not one training run, whose data, seed and budget
+#: its key holds already: left out of the key, so that changing the study keeps every
+#: result it still needs
+STUDY_ONLY = ("seg_seeds", "seg_scarce_sizes", "seg_count_sweep", "seg_redraw_synthetic", "seg_synthetic_bf16",
+              "seg_nnunet_check", "seg_nnunet_check_seeds", "seg_nnunet_check_always", "seg_val_fraction",
+              "seg_curve_every", "seg_plateau_tolerance", "seg_filter_max_centre_distance",
+              "seg_filter_max_volume_error", "seg_protocol_synthetic_fraction", "seg_pretrain_fraction",
+              "seg_augment_factor")
+
+
 def _settings(cfg: Config) -> dict:
     """The config fields a segmentation run's result depends on (besides its data and seed)."""
-    skip = NNUNET_ONLY if cfg.seg_backend == "fast" else ()
+    skip = STUDY_ONLY + (NNUNET_ONLY if cfg.seg_backend == "fast" else ())
     return {k: v for k, v in cfg.to_dict().items()
             if (k.startswith("seg_") or k == "tumour_labels") and k not in skip}
 
