@@ -303,6 +303,9 @@ class SegmentationConfig:
     # sampled under bf16 autocast on the CPU (the diffusion generators; no effect on a GPU), 4-8x
     # faster there; Table 1's set stays fp32, and training seed 0 then gets a bf16 draw of its own
     synthetic_bf16: bool = _added(False)
+    # the sequences the segmenter reads, of those loaded (``modalities``): None = every one of them;
+    # ("flair",) = the FLAIR alone (a four-sequence chain's FLAIR-only comparison)
+    sequences: tuple[str, ...] | None = _added(None)
     # the synthetic-count sweep (notebook 11; the paper's plateau beyond 100 synthetic volumes): real plus
     # each of these many synthetic volumes at the smallest and the full real-set size; () skips it
     count_sweep: tuple[int, ...] = (0, 50, 100, 200, 400)
@@ -837,6 +840,12 @@ def _validate_segmentation(cfg: Config) -> None:
         raise ValueError(f"seg_seeds must be distinct, got {cfg.seg_seeds}")
     if not cfg.seg_scarce_sizes or any(int(n) < 1 for n in cfg.seg_scarce_sizes):
         raise ValueError(f"seg_scarce_sizes must be positive sizes, got {cfg.seg_scarce_sizes}")
+    if cfg.seg_sequences is not None:
+        loaded = [SEQUENCE_ALIASES.get(m, m) for m in cfg.modalities]
+        wanted = [SEQUENCE_ALIASES.get(m, m) for m in cfg.seg_sequences]
+        if not wanted or len(set(wanted)) != len(wanted) or not set(wanted) <= set(loaded):
+            raise ValueError(f"seg_sequences={tuple(cfg.seg_sequences)} must name distinct sequences among the loaded "
+                             f"modalities {tuple(cfg.modalities)} (or be None: all of them)")
     if any(int(k) < 0 for k in cfg.seg_count_sweep) or len(set(cfg.seg_count_sweep)) != len(cfg.seg_count_sweep):
         raise ValueError(f"seg_count_sweep must be distinct numbers of synthetic volumes >= 0 (() skips the sweep), "
                          f"got {cfg.seg_count_sweep}")

@@ -138,3 +138,42 @@ def test_four_sequences_train_encode_and_sample_every_sequence(four, tmp_path):
         back = cohort.load_case(case, four.labels.shape[1:], require_tumour=False)
         np.testing.assert_array_equal(back.labels, out.labels[k])
         assert back.sequences.shape == (4, *four.labels.shape[1:])
+
+
+def test_the_segmenter_reads_every_sequence_or_the_flair_alone(four):
+    """``inputs`` and ``sample_inputs`` give the segmenter what it reads; augmentation moves
+    the sequences and the tumour together; the training sets and the cached results' keys
+    follow; a one-sequence sample set cannot feed a four-channel segmenter."""
+    from sbldm.segmentation import table2
+
+    cfg = tiny_cfg(**REGIONS, modalities=list(FOUR), seg_augment_factor=2)
+    flair = cfg.replace(seg_sequences=("flair",))
+    assert table2.inputs(four, cfg).shape == (len(four), 4, *four.labels.shape[1:])
+    np.testing.assert_array_equal(table2.inputs(four, flair), four.images)          # the FLAIR, (N, x, y, z)
+    np.testing.assert_array_equal(table2.inputs(four, tiny_cfg(**REGIONS)), four.images)   # a FLAIR-only chain
+    np.testing.assert_array_equal(table2.inputs(four, cfg.replace(seg_sequences=("t1c", "flair"))),
+                                  four.sequences[:, [1, 3]])
+    with pytest.raises(ValueError, match="prepare the data with modalities"):
+        table2.inputs(dataclasses.replace(four, sequences=None, modalities=()), cfg)
+    samples = {"images": four.images, "masks": four.masks, "labels": four.labels, "conditions": four.features,
+               "sequences": four.sequences}
+    assert table2.sample_inputs("SBLDM", samples, cfg).shape == four.sequences.shape
+    one = {**samples, "sequences": None}
+    np.testing.assert_array_equal(table2.sample_inputs("3D-LDM", one, flair), four.images)
+    with pytest.raises(table2.SyntheticSetError, match="3D-LDM: the sample set holds one sequence"):
+        table2.sample_inputs("3D-LDM", one, cfg)
+    # augmentation: a tumour painted bright in every sequence stays on the tumour in every sequence
+    masks = (four.labels[:2] > 0).astype(np.uint8)
+    painted = np.where(masks[:, None] > 0, 1.0, -1.0).repeat(4, axis=1).astype(np.float32)
+    images, aug_masks = table2.augment(painted, masks, 2, seed=0)
+    assert images.shape == (4, 4, *masks.shape[1:]) and np.array_equal(images[:2], painted)
+    for k in (2, 3):
+        for s in range(4):
+            bright, tumour = images[k, s] > 0, aug_masks[k] > 0
+            assert 2 * (bright & tumour).sum() / (bright.sum() + tumour.sum()) > 0.8
+    sets, _ = table2.training_sets(four, {"SBLDM (DDIM)": samples}, cfg)
+    assert sets["real"][0].shape[1] == 4 and sets["real + SBLDM"][0].shape == (2 * len(four), 4, *masks.shape[1:])
+    fsets, _ = table2.training_sets(four, {"SBLDM (DDIM)": samples}, flair)
+    assert fsets["real + SBLDM"][0].shape == (2 * len(four), *masks.shape[1:])
+    test = dataclasses.replace(four)
+    assert table2.case_key(sets["real"], test, cfg, 0, 5) != table2.case_key(fsets["real"], test, flair, 0, 5)

@@ -127,7 +127,7 @@ def test_mirroring_and_training_patches_are_seeded_and_change_what_is_seen(monke
     import sbldm.segmentation.fast as fast_mod
 
     build = fast_mod.build_unet
-    monkeypatch.setattr(fast_mod, "build_unet", lambda seg_cfg, classes=2: spy(build(seg_cfg, classes)))
+    monkeypatch.setattr(fast_mod, "build_unet", lambda seg_cfg, classes=2, in_channels=1: spy(build(seg_cfg, classes, in_channels)))
     base = dict(seg_channels=(4, 8), seg_roi=(16, 16, 12), seg_batch_size=2)
     seg.train_fast(images, masks, config.resolve("smoke", **base), seed=0, iterations=6)
     plain, seen[:] = list(seen), []

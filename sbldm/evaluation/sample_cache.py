@@ -17,10 +17,11 @@ def batch_seed(seed: int, done: int) -> int:
 def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: int, batch_size: int,
                    meta: dict | None = None, progress: bool = True) -> dict:
     """``n`` samples from ``sample_fn(n_batch, seed_batch) -> (images, masks[, raw_conditions[,
-    labels]])`` in batches, saved to ``path`` (.npz, atomically) and reused while ``n``,
+    labels[, sequences]]])`` in batches, saved to ``path`` (.npz, atomically) and reused while ``n``,
     ``seed`` and ``meta`` are unchanged. Returns ``{images, masks, conditions (or None),
-    labels (sub-region label maps, or None), seconds}`` where ``seconds`` is the wall time
-    per volume of each batch."""
+    labels (sub-region label maps, or None), sequences (N, S, x, y, z) from a generator of
+    several sequences, or None), seconds}`` where ``seconds`` is the wall time per volume
+    of each batch."""
     import io
     import json
     from pathlib import Path
@@ -37,8 +38,9 @@ def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: i
                 return {"images": z["images"], "masks": z["masks"],
                         "conditions": z["conditions"] if z["conditions"].size else None,
                         "labels": z["labels"] if "labels" in z.files and z["labels"].size else None,
+                        "sequences": z["sequences"] if "sequences" in z.files and z["sequences"].size else None,
                         "seconds": z["seconds"].tolist()}
-    images, masks, conds, labels, seconds = [], [], [], [], []
+    images, masks, conds, labels, seqs, seconds = [], [], [], [], [], []
     done = 0
     with tqdm(total=n, desc=path.stem, disable=not progress) as bar:
         while done < n:
@@ -52,15 +54,19 @@ def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: i
                 conds.append(np.asarray(out[2], np.float64))
             if len(out) > 3 and out[3] is not None:
                 labels.append(np.asarray(out[3], np.uint8))
+            if len(out) > 4 and out[4] is not None:
+                seqs.append(np.asarray(out[4], np.float32))
             done += b
             bar.update(b)
     result = {"images": np.concatenate(images), "masks": np.concatenate(masks),
               "conditions": np.concatenate(conds) if conds else None,
-              "labels": np.concatenate(labels) if labels else None, "seconds": seconds}
+              "labels": np.concatenate(labels) if labels else None,
+              "sequences": np.concatenate(seqs) if seqs else None, "seconds": seconds}
     buf = io.BytesIO()
     np.savez(buf, key=np.array(key), images=result["images"], masks=result["masks"],
              conditions=result["conditions"] if result["conditions"] is not None else np.zeros(0),
              labels=result["labels"] if result["labels"] is not None else np.zeros(0, np.uint8),
+             sequences=result["sequences"] if result["sequences"] is not None else np.zeros(0, np.float32),
              seconds=np.asarray(seconds))
     atomic_write_bytes(path, buf.getvalue())
     return result

@@ -54,7 +54,8 @@ def load_generators(dirs: dict[str, Path], optional: tuple[str, ...] = ()) -> di
 def _arrays(out):
     if isinstance(out, tuple):
         return out
-    return out.images, out.masks, getattr(out, "raw_conditions", None), getattr(out, "labels", None)
+    return (out.images, out.masks, getattr(out, "raw_conditions", None), getattr(out, "labels", None),
+            getattr(out, "sequences", None))
 
 
 def _torch_gen(seed: int):

@@ -59,8 +59,8 @@ def subset_indices(n_train: int, n: int, seed: int = 0) -> np.ndarray:
 
 
 def real_set(train: Prepared, cfg: Config, idx) -> tuple[np.ndarray, np.ndarray]:
-    """(images, segmentation targets) of the training volumes ``idx``."""
-    return np.asarray(train.images)[idx], table2.targets(train, cfg)[idx]
+    """(images as the segmenter reads them, segmentation targets) of the training volumes ``idx``."""
+    return table2.inputs(train, cfg)[idx], table2.targets(train, cfg)[idx]
 
 
 def subset_split(split: Prepared, idx) -> Prepared:
@@ -351,7 +351,7 @@ def size_sets(train: Prepared, cfg: Config, idx, samples, protocols: bool = Fals
         if not redraw and built:                # one set for every seed: built once
             return built["sets"]
         drawn = samples(seed) if redraw else samples
-        synth = table2.synthetic_set("SBLDM", drawn, len(drawn["images"]), labels)
+        synth = table2.synthetic_set("SBLDM", drawn, len(drawn["images"]), labels, cfg)
         sets, report = protocol_sets(real, synth, cfg, protocols=protocols,
                                      augment_seed=table2.synthetic_draw(cfg, seed) if redraw else None)
         if reports is not None:
@@ -410,7 +410,7 @@ def count_sweep(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int
     labels = cfg.tumour_labels == "regions"
     if len(pool["images"]) < counts[-1]:
         raise ValueError(f"the synthetic pool holds {len(pool['images'])} volumes; the sweep needs {counts[-1]}")
-    im, tg, _ = table2.synthetic_set("SBLDM", pool, counts[-1], labels)
+    im, tg, _ = table2.synthetic_set("SBLDM", pool, counts[-1], labels, cfg)
     idx = subset_indices(len(train), n, seed)
     real = real_set(train, cfg, idx)
 
@@ -472,7 +472,7 @@ def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: 
         sets = {REAL: real}
         for row, d in dirs.items():
             drawn = samples_of(d, cfg, progress=False, draw=table2.synthetic_draw(cfg, s), bf16=cfg.seg_synthetic_bf16)
-            im, tg, _ = table2.synthetic_set(row, drawn, len(drawn["images"]), labels)
+            im, tg, _ = table2.synthetic_set(row, drawn, len(drawn["images"]), labels, cfg)
             sets[row] = (np.concatenate([real[0], im]), np.concatenate([real[1], tg]))
         return sets
 

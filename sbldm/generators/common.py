@@ -33,7 +33,9 @@ class Samples:
     conditioned generator, else None (``raw_conditions``: the same in feature units); ``affine`` the training grid's voxel-to-world matrix
     where the generator knows it (``save_nifti`` uses it); ``labels`` (N, x, y, z) uint8
     sub-region label maps (1 necrosis, 2 oedema, 3 enhancing) from a generator that draws
-    them, else None. ``images, masks = samples`` unpacks."""
+    them, else None; ``sequences`` (N, S, x, y, z) every sequence from a generator of several
+    (``images`` is then its FLAIR), with their ``modalities``, else None. ``images, masks =
+    samples`` unpacks."""
 
     images: np.ndarray
     masks: np.ndarray
@@ -41,6 +43,8 @@ class Samples:
     affine: np.ndarray | None = None
     raw_conditions: np.ndarray | None = None   # the requested tumours in feature units (SBLDM)
     labels: np.ndarray | None = None
+    sequences: np.ndarray | None = None
+    modalities: tuple[str, ...] | None = None
 
     def __iter__(self):
         return iter((self.images, self.masks))

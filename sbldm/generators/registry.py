@@ -96,7 +96,8 @@ class SBLDMGenerator:
                    eta=self.eta if eta is None else float(eta),
                    guidance_scale=self.guidance_scale if guidance_scale is None else float(guidance_scale),
                    generator=generator, progress=progress, **kwargs)
-        return Samples(out.images, out.masks, out.conditions, out.affine, out.raw_conditions, out.labels)
+        return Samples(out.images, out.masks, out.conditions, out.affine, out.raw_conditions, out.labels,
+                       out.sequences, out.modalities)
 
     def _defaults(self) -> dict:
         return {"sampler": self.sampler, "num_inference_steps": self.num_inference_steps, "eta": self.eta,

@@ -60,6 +60,48 @@ PAPER_TABLE2 = paper.TABLE2
 SYNTHETIC = {"3D-LSGAN": "3D-LSGAN", "3D-LDM": "3D-LDM", "SBLDM": "SBLDM (DDIM)"}
 
 
+def read_sequences(cfg: Config) -> tuple[list[int], tuple[str, ...]]:
+    """(indices into ``cfg.modalities``, their BraTS 2023 names) of the sequences the
+    segmenter reads (``seg_sequences``; None: every loaded one)."""
+    from sbldm.data.cohort import sequence_names
+
+    names = sequence_names(cfg.modalities)
+    read = names if cfg.seg_sequences is None else sequence_names(cfg.seg_sequences)
+    return [names.index(r) for r in read], read
+
+
+def inputs(split, cfg: Config) -> np.ndarray:
+    """What the segmenter reads of a prepared split: its FLAIR (N, x, y, z) in a chain of
+    one sequence, else the sequences ``read_sequences`` names, (N, S, x, y, z), or (N, x, y,
+    z) when that is one sequence."""
+    from sbldm.data.cohort import sequence_names
+
+    if len(cfg.modalities) == 1:
+        return np.asarray(split.images)
+    names = sequence_names(cfg.modalities)
+    if split.sequences is None or tuple(split.modalities) != names:
+        raise ValueError(f"the segmenter reads the sequences of {names}, but the split holds "
+                         f"{tuple(split.modalities) or ('t2f',)}: prepare the data with modalities={list(cfg.modalities)}")
+    idx, _ = read_sequences(cfg)
+    seqs = np.asarray(split.sequences)
+    return seqs[:, idx[0]] if len(idx) == 1 else seqs[:, idx]
+
+
+def sample_inputs(name: str, s: dict, cfg: Config) -> np.ndarray:
+    """What the segmenter reads of a sample set (``sbldm.evaluation.table1``'s dict), as
+    ``inputs`` of a split: a generator of several sequences gives them in ``cfg.modalities``
+    order; one of one sequence can feed a segmenter of the FLAIR alone only."""
+    if len(cfg.modalities) == 1:
+        return np.asarray(s["images"])
+    idx, read = read_sequences(cfg)
+    if s.get("sequences") is None:
+        if read == ("t2f",):
+            return np.asarray(s["images"])
+        raise SyntheticSetError(f"{name}: the sample set holds one sequence; the segmenter reads {read}")
+    seqs = np.asarray(s["sequences"])
+    return seqs[:, idx[0]] if len(idx) == 1 else seqs[:, idx]
+
+
 def targets(split, cfg: Config) -> np.ndarray:
     """What the segmenter learns of a prepared split: its label maps when the chain carries
     sub-regions (``cfg.tumour_labels == "regions"``), else its whole-tumour masks."""
@@ -74,6 +116,7 @@ def augment(images, masks, factor: int, seed: int = 0):
                                   RandScaleIntensityd, RandShiftIntensityd)
 
     images, masks = np.asarray(images, np.float32), np.asarray(masks, np.uint8)
+    multi = images.ndim == 5                  # (N, S, x, y, z): the sequences move together
     if factor < 1:
         raise ValueError(f"augmentation factor must be >= 1, got {factor}")
     keys = ("image", "mask")
@@ -92,8 +135,9 @@ def augment(images, masks, factor: int, seed: int = 0):
     for _ in range(factor - 1):
         ai, am = [], []
         for im, m in zip(images, masks):
-            d = t({"image": im[None], "mask": m[None].astype(np.float32)})
-            ai.append(np.clip(np.asarray(d["image"][0], np.float32), -1, 1))
+            d = t({"image": im if multi else im[None], "mask": m[None].astype(np.float32)})
+            out = np.asarray(d["image"], np.float32)
+            ai.append(np.clip(out if multi else out[0], -1, 1))
             am.append(np.rint(np.asarray(d["mask"][0])).astype(np.uint8))
         out_i.append(np.stack(ai))
         out_m.append(np.stack(am))
@@ -113,8 +157,10 @@ def check_synthetic(name: str, images, masks, labels: bool = False) -> tuple[np.
     """``(images, masks)`` as arrays, or ``SyntheticSetError`` naming ``name`` and the first
     bad volume; ``masks`` are binary, or label maps with values 0-3 when ``labels``."""
     images, masks = np.asarray(images), np.asarray(masks)
-    if images.ndim != 4 or images.shape != masks.shape:
-        raise SyntheticSetError(f"{name}: images {images.shape} and masks {masks.shape} must both be (N, x, y, z)")
+    spatial = images.shape if images.ndim == 4 else images.shape[:1] + images.shape[2:]
+    if images.ndim not in (4, 5) or masks.ndim != 4 or spatial != masks.shape:
+        raise SyntheticSetError(f"{name}: images {images.shape} and masks {masks.shape} must both be (N, x, y, z) "
+                                "(or (N, S, x, y, z) images of S sequences)")
     valid = VALID_LABELS if labels else (0, 1)
     for i, (im, m) in enumerate(zip(images, masks)):
         if not np.all(np.isfinite(im)):
@@ -155,25 +201,27 @@ def quality_filter(masks, requested, cfg: Config) -> tuple[np.ndarray, dict]:
     return keep, report
 
 
-def synthetic_set(name: str, s: dict, n: int, labels: bool = False) -> tuple:
+def synthetic_set(name: str, s: dict, n: int, labels: bool = False, cfg: Config | None = None) -> tuple:
     """``(images, masks or label maps, requested features or None)``: the first ``n`` volumes
-    of one sample set, checked; ``labels`` asks for its sub-region label maps."""
+    of one sample set, checked; ``labels`` asks for its sub-region label maps; with ``cfg``
+    the images are what its segmenter reads (``sample_inputs``), else the FLAIR."""
     if len(s["images"]) < n:
         raise ValueError(f"{name}: {len(s['images'])} synthetic volumes, need {n}; raise eval_n_samples")
     if labels and s.get("labels") is None:
         raise SyntheticSetError(f"{name}: the sample set carries no sub-region label maps, and the segmenter "
                                 "learns label maps (tumour_labels='regions'); resample it with a generator of "
                                 "the regions")
-    im, m = check_synthetic(name, s["images"][:n], (s["labels"] if labels else s["masks"])[:n], labels)
+    images = s["images"] if cfg is None else sample_inputs(name, s, cfg)
+    im, m = check_synthetic(name, images[:n], (s["labels"] if labels else s["masks"])[:n], labels)
     cond = s.get("conditions")
     return im, m, None if cond is None else np.asarray(cond)[:n]
 
 
-def synthetic_sets(samples: dict, n: int, labels: bool = False) -> dict:
+def synthetic_sets(samples: dict, n: int, labels: bool = False, cfg: Config | None = None) -> dict:
     """``{generator: (images, masks or label maps, requested features or None)}``: the first
     ``n`` volumes of each generator's Table 1 sample set, checked (generators without
     samples, e.g. baselines not trained when a shipped pipeline is evaluated, are left out)."""
-    return {name: synthetic_set(name, samples[key], n, labels) for name, key in SYNTHETIC.items() if key in samples}
+    return {name: synthetic_set(name, samples[key], n, labels, cfg) for name, key in SYNTHETIC.items() if key in samples}
 
 
 def training_sets(train, samples: dict, cfg: Config, seed: int = 0) -> tuple[dict, dict]:
@@ -181,9 +229,9 @@ def training_sets(train, samples: dict, cfg: Config, seed: int = 0) -> tuple[dic
     quality-filtered SBLDM row when SBLDM's requested tumours are known; targets are label
     maps or whole-tumour masks as ``targets`` says."""
     n = len(train)
-    real = (np.asarray(train.images), targets(train, cfg))
+    real = (inputs(train, cfg), targets(train, cfg))
     aug = augment(*real, cfg.seg_augment_factor, seed=seed)
-    synth = synthetic_sets(samples, n, labels=cfg.tumour_labels == "regions")
+    synth = synthetic_sets(samples, n, labels=cfg.tumour_labels == "regions", cfg=cfg)
     sets = {"real": real, f"real + augmentation (x{cfg.seg_augment_factor})": aug}
     for name, (im, m, _) in synth.items():
         sets[f"synthetic only: {name}"] = (im, m)
@@ -225,7 +273,7 @@ def learning_curve(train, cfg: Config, seed: int = 0, progress=print) -> dict:
     from sbldm.segmentation.fast import train_fast
 
     fit, val = validation_split(len(train), cfg.seg_val_fraction, seed)
-    images, masks = np.asarray(train.images), targets(train, cfg)
+    images, masks = inputs(train, cfg), targets(train, cfg)
     t0 = time.time()
     seg = train_fast(images[fit], masks[fit], cfg, seed=seed, val=(images[val], masks[val]),
                      eval_every=cfg.seg_curve_every, classes=CLASSES[cfg.tumour_labels])
@@ -247,7 +295,7 @@ def budget(train, cfg: Config, work: Path, seed: int = 0, progress=print, name: 
     from sbldm.io import atomic_write_json
 
     h = hashlib.sha256()
-    _digest(h, np.asarray(train.images), targets(train, cfg))
+    _digest(h, inputs(train, cfg), targets(train, cfg))
     h.update(json.dumps({"seed": int(seed), "settings": _settings(cfg)}, sort_keys=True, default=str).encode())
     key = h.hexdigest()[:24]
     path = Path(work) / "segmentation" / f"{name}.json"
@@ -389,10 +437,16 @@ STUDY_ONLY = ("seg_seeds", "seg_scarce_sizes", "seg_count_sweep", "seg_redraw_sy
 
 
 def _settings(cfg: Config) -> dict:
-    """The config fields a segmentation run's result depends on (besides its data and seed)."""
+    """The config fields a segmentation run's result depends on (besides its data and seed);
+    a field added to the config later counts only when set away from its default, as in
+    ``Config.hash``, so adding one keeps every kept result."""
+    from sbldm.config import fields
+
     skip = STUDY_ONLY + (NNUNET_ONLY if cfg.seg_backend == "fast" else ())
+    added = {f.name: f.default for f in fields() if f.added}
     return {k: v for k, v in cfg.to_dict().items()
-            if (k.startswith("seg_") or k == "tumour_labels") and k not in skip}
+            if (k.startswith("seg_") or k == "tumour_labels") and k not in skip
+            and not (k in added and v == added[k])}
 
 
 def _digest(h, *arrays) -> None:
@@ -413,7 +467,7 @@ def case_key(entry, test, cfg: Config, seed: int, iterations: int | None) -> str
         _digest(h, *entry.pretrain, *entry.finetune)
     else:
         _digest(h, *entry)
-    _digest(h, np.asarray(test.images), targets(test, cfg))
+    _digest(h, inputs(test, cfg), targets(test, cfg))
     h.update(json.dumps({"seed": int(seed), "iterations": iterations, "settings": _settings(cfg),
                          "spacings": spacings(test), "ids": list(test.case_ids)}, sort_keys=True,
                         default=str).encode())
@@ -447,7 +501,7 @@ def run_rows(sets: dict, test, cfg: Config, work: Path, seeds=None, iterations: 
                 backend = done.get("backend", "fast" if isinstance(entry, PretrainFinetune) else cfg.seg_backend)
             else:
                 t0 = time.time()
-                pred, info = train_and_predict(images, masks, test.images, cfg, seed, work, f"{tag}{k}", iterations)
+                pred, info = train_and_predict(images, masks, inputs(test, cfg), cfg, seed, work, f"{tag}{k}", iterations)
                 seconds, reused, backend = time.time() - t0, False, info.get("backend", cfg.seg_backend)
                 rows = score(pred, test, cfg)
                 atomic_write_json(path, {"row": row, "seed": seed, "seconds": seconds, "backend": backend,
