@@ -177,3 +177,40 @@ def test_the_segmenter_reads_every_sequence_or_the_flair_alone(four):
     assert fsets["real + SBLDM"][0].shape == (2 * len(four), *masks.shape[1:])
     test = dataclasses.replace(four)
     assert table2.case_key(sets["real"], test, cfg, 0, 5) != table2.case_key(fsets["real"], test, flair, 0, 5)
+
+
+def test_reconstruction_and_appearance_are_read_sequence_by_sequence():
+    """Errors put in by hand come out per sequence and region; each sequence's appearance is
+    that sequence's own ``subregion_appearance``; the enhancing check against hand numbers."""
+    from sbldm.evaluation.appearance import sequence_appearance, subregion_appearance, within_real_spread
+    from sbldm.evaluation.reconstruction import sequence_reconstruction_rows
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((2, 16, 16, 12), np.uint8)
+    labels[:, 4:10, 4:10, 3:9] = 2
+    labels[:, 5:9, 5:9, 4:8] = 3
+    labels[:, 6:8, 6:8, 5:7] = 1
+    seqs = rng.uniform(-0.5, 0.5, (2, 2, 16, 16, 12)).astype(np.float32)
+    rec = seqs.copy()
+    rec[:, 0][labels == 3] += 0.2                     # T1ce: the enhancing tumour off by 0.2
+    rec[:, 0][labels == 2] += 0.1                     # and the oedema by 0.1
+    rec[:, 1] += 0.05                                 # FLAIR: everywhere by 0.05
+    rows = sequence_reconstruction_rows(seqs, rec, ("t1c", "flair"), labels)
+    by = {(r["sequence"], r["metric"]): r for r in rows}
+    assert by[("T1ce", "enhancing: mean |error|")]["mean"] == pytest.approx(0.2, abs=1e-6)
+    assert by[("T1ce", "oedema: mean |error|")]["mean"] == pytest.approx(0.1, abs=1e-6)
+    assert by[("T1ce", "necrosis: mean |error|")]["mean"] == pytest.approx(0.0, abs=1e-7)
+    assert all(by[("FLAIR", f"{r}: mean |error|")]["mean"] == pytest.approx(0.05, abs=1e-6)
+               for r in ("necrosis", "oedema", "enhancing"))
+    assert by[("FLAIR", "PSNR (dB), per volume")]["n"] == 2
+    with pytest.raises(ValueError, match=r"\(N, 2, x, y, z\)"):
+        sequence_reconstruction_rows(seqs[:, :1], rec[:, :1], ("t1c", "flair"), labels)
+    brain = np.where(np.indices(labels.shape[1:]).sum(0) > 2, 0.2, -1.0).astype(np.float32)
+    vols = np.stack([np.stack([brain + 0.5 * (labels[v] == 3), brain - 0.3 * (labels[v] > 0)]) for v in range(2)])
+    app = sequence_appearance(vols, labels, ("t1c", "flair"))
+    assert list(app) == ["t1c", "t2f"]
+    assert app["t1c"] == subregion_appearance(vols[:, 0], labels) and app["t2f"] == subregion_appearance(vols[:, 1], labels)
+    real = [{"median_z_enhancing": v} for v in (0.0, 1.0, 2.0, 3.0, 4.0)]     # quartiles 1 and 3
+    assert within_real_spread([{"median_z_enhancing": 2.5}, {"median_z_enhancing": 1.5}], real)["inside"]
+    out = within_real_spread([{"median_z_enhancing": 3.5}, {"median_z_enhancing": float("nan")}], real)
+    assert (out["generated"], out["real_q25"], out["real_q75"], out["inside"]) == (3.5, 1.0, 3.0, False)

@@ -146,3 +146,32 @@ def sharpness(images, labels) -> dict:
 
     return {"laplacian": laplacian_energy(images, normal_brain(images, labels)),
             "high_frequency": high_frequency_share(images, brain_mask(images))}
+
+
+def sequence_appearance(sequences, labels, modalities) -> dict[str, list[dict]]:
+    """``subregion_appearance`` of every sequence of (N, S, x, y, z) volumes (``modalities``
+    order, BraTS 2023 names): ``{sequence name: rows}``, each sub-region's median intensity
+    in z units against that sequence's normal-appearing brain."""
+    from sbldm.data.cohort import sequence_names
+
+    seqs = np.asarray(sequences, np.float32)
+    names = sequence_names(modalities)
+    if seqs.ndim != 5 or seqs.shape[1] != len(names):
+        raise ValueError(f"sequences must be (N, {len(names)}, x, y, z) for {names}, got {seqs.shape}")
+    return {name: subregion_appearance(seqs[:, k], labels) for k, name in enumerate(names)}
+
+
+def within_real_spread(generated: list[dict], real: list[dict], key: str = "median_z_enhancing") -> dict:
+    """Is the generated tumours' median of ``key`` (per-tumour values of
+    ``subregion_appearance`` rows) inside the interquartile range of the real tumours'?
+    ``{generated, real_q25, real_median, real_q75, inside}``; NaN and False when either set
+    has no finite value."""
+    g = np.array([r[key] for r in generated], float)
+    q = np.array([r[key] for r in real], float)
+    g, q = g[np.isfinite(g)], q[np.isfinite(q)]
+    if not len(g) or not len(q):
+        return {"generated": math.nan, "real_q25": math.nan, "real_median": math.nan, "real_q75": math.nan,
+                "inside": False}
+    med = float(np.median(g))
+    lo, mid, hi = (float(v) for v in np.percentile(q, [25, 50, 75]))
+    return {"generated": med, "real_q25": lo, "real_median": mid, "real_q75": hi, "inside": bool(lo <= med <= hi)}

@@ -31,3 +31,40 @@ def reconstruction_rows(images, masks, rec_images, rec_masks, labels=None, rec_l
         rows += [{"metric": f"{r['region']} Dice, per volume", "mean": r["mean"], "std": r["std"], "n": r["n"]}
                  for r in region_dice_rows(rec_labels, labels)]
     return rows
+
+
+def sequence_reconstruction_rows(sequences, rec_sequences, modalities, labels,
+                                 region_sequences: tuple[str, ...] = ("t1c", "t2f")) -> list[dict]:
+    """A VAE of several sequences, sequence by sequence: rows ``{sequence, metric, mean,
+    std, n}`` of each sequence's PSNR and SSIM per volume (``reconstruction_metrics``), and
+    for the sequences of ``region_sequences`` (T1ce, where the enhancing tumour shows, and
+    FLAIR, where the oedema does) the mean absolute error inside each sub-region of the real
+    label map (necrosis, oedema, enhancing; images in [-1, 1]), over the volumes that have it.
+    ``sequences`` and ``rec_sequences``: (N, S, x, y, z) in ``modalities`` order (BraTS 2023
+    names); ``labels``: the real label maps (N, x, y, z)."""
+    import numpy as np
+
+    from sbldm.data.cohort import SEQUENCE_NAMES, sequence_names
+    from sbldm.data.tumour import LABEL_NAMES
+
+    seqs, recs, labels = np.asarray(sequences), np.asarray(rec_sequences), np.asarray(labels)
+    names = sequence_names(modalities)
+    if seqs.shape != recs.shape or seqs.ndim != 5 or seqs.shape[1] != len(names) or \
+            seqs.shape[:1] + seqs.shape[2:] != labels.shape:
+        raise ValueError(f"sequences {seqs.shape} and reconstructions {recs.shape} must be (N, {len(names)}, x, y, z) "
+                         f"with labels (N, x, y, z), got labels {labels.shape}")
+    masks = (labels > 0).astype(np.uint8)
+    rows = []
+    for k, name in enumerate(names):
+        m = reconstruction_metrics(seqs[:, k], masks, recs[:, k], masks)
+        for key in ("psnr_3d", "ssim_3d"):
+            rows.append({"sequence": SEQUENCE_NAMES[name], "metric": RECONSTRUCTION_NAMES[key], **m[key]})
+        if name not in region_sequences:
+            continue
+        for value, region in LABEL_NAMES.items():
+            err = [float(np.abs(recs[v, k] - seqs[v, k])[labels[v] == value].mean())
+                   for v in range(len(labels)) if (labels[v] == value).any()]
+            rows.append({"sequence": SEQUENCE_NAMES[name], "metric": f"{region}: mean |error|",
+                         "mean": float(np.mean(err)) if err else float("nan"),
+                         "std": float(np.std(err)) if err else float("nan"), "n": len(err)})
+    return rows
