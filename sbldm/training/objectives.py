@@ -214,13 +214,13 @@ def frequency_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def vae_loss(model: SliceVAE, x: torch.Tensor, slice_pos, *, kl_weight: float = 1e-6,
              ssim_weight: float = 1.0, ssim_range: str = "signed", lpips_weight: float = 0.0, lpips=None,
              generator: torch.Generator | None = None, mask_weight: float = 0.0, mask_nested: bool = False,
-             mask_band: int = 0, frequency_weight: float = 0.0) -> dict:
+             mask_band: int = 0, frequency_weight: float = 0.0, image_channels: int | None = None) -> dict:
     """The slice VAE's training loss on slices ``x`` at ``slice_pos``: ``kl_autoencoder_loss``
     of a reconstruction through a posterior sample (SSIM on [-1, 1] by default, see there),
     plus lpips_weight LPIPS on the first image channel and frequency_weight
-    ``frequency_loss`` on every image channel (the model's ``image_channels`` sequences).
-    Returns a dict of scalar tensors, ``loss`` first."""
-    c = model.image_channels
+    ``frequency_loss`` on every image channel (``image_channels``; default: the model's
+    sequences, read through a DDP wrapper). Returns a dict of scalar tensors, ``loss`` first."""
+    c = image_channels if image_channels is not None else getattr(model, "module", model).image_channels
     recon, posterior = model(x, slice_pos, sample_posterior=True, generator=generator)
     out = kl_autoencoder_loss(recon, x, posterior, kl_weight=kl_weight, ssim_weight=ssim_weight,
                               ssim_range=ssim_range, mask_weight=mask_weight, mask_nested=mask_nested,

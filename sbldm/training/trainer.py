@@ -436,7 +436,7 @@ def train_vae(cfg: Config, train, out_dir: str | os.PathLike, resume: bool = Tru
             return vae_loss(m, x.to(dev), pos.to(dev), kl_weight=cfg.vae_kl_weight, ssim_weight=cfg.vae_ssim_weight,
                             ssim_range=cfg.vae_ssim_range, mask_weight=cfg.vae_mask_weight,
                             mask_nested=cfg.vae_mask_nested, mask_band=cfg.vae_mask_band, generator=eps_gen,
-                            frequency_weight=cfg.vae_frequency_weight)
+                            frequency_weight=cfg.vae_frequency_weight, image_channels=ds.image_channels)
 
     tumour = ds.labels if ds.tumour_labels == "regions" else (ds.labels > 0).astype(np.uint8)
     spec = StageSpec("vae", cfg.vae_steps, loss_fn=loss_fn, inputs={"data": data_fingerprint(ds.images, tumour)},
