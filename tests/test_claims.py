@@ -186,3 +186,29 @@ def test_ddim_against_ddpm_is_judged_on_the_interval_of_its_loss():
     undecided = cl.ddim_claim(t1(17.5, 0.65, sd_psnr=1.0))                      # 0.5 dB below, wide spread
     assert undecided["verdict"] == cl.NOT_TESTED and "spans its margin" in undecided["why"]
     assert cl.ddim_claim(t1(18.0, 0.65, n=2))["verdict"] == cl.NOT_TESTED         # too few volumes
+
+
+def test_ddim_against_ddpm_pairs_the_volumes_when_table1_keeps_them():
+    """With per-volume rows the loss is paired volume by volume: its interval is where
+    scipy's paired t test stops rejecting; a real-partner effect shared by both sets cancels,
+    so pairs decide what the unpaired interval cannot."""
+    import numpy as np
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    partner = rng.normal(18.0, 1.0, 12)                       # the real volume each pair meets
+    ddim, ddpm = partner + rng.normal(0, 0.05, 12), partner + 0.02 + rng.normal(0, 0.05, 12)
+    vols = ([{"method": "SBLDM (DDIM)", "volume": k, "psnr": v, "ssim": 0.6 + v / 100} for k, v in enumerate(ddim)]
+            + [{"method": "SBLDM (DDPM)", "volume": k, "psnr": v, "ssim": 0.6 + v / 100} for k, v in enumerate(ddpm)])
+    loss, lo, hi, n = cl.paired_loss_interval(vols, "SBLDM (DDIM)", "SBLDM (DDPM)", "psnr")
+    assert n == 12 and loss == pytest.approx(float(np.mean(ddpm - ddim)))
+    for edge in (lo, hi):
+        assert stats.ttest_rel(ddpm - edge, ddim).pvalue == pytest.approx(0.05, abs=1e-6)
+    t1 = {"SBLDM (DDIM)": {"psnr": ddim.mean(), "psnr_std": ddim.std(ddof=1), "ssim": 0.6 + ddim.mean() / 100,
+                           "ssim_std": ddim.std(ddof=1) / 100, "n_samples": 12, "time_s_per_volume": 10},
+          "SBLDM (DDPM)": {"psnr": ddpm.mean(), "psnr_std": ddpm.std(ddof=1), "ssim": 0.6 + ddpm.mean() / 100,
+                           "ssim_std": ddpm.std(ddof=1) / 100, "n_samples": 12, "time_s_per_volume": 200}}
+    unpaired = cl.ddim_claim(t1)
+    assert unpaired["verdict"] == cl.NOT_TESTED and "Welch" in unpaired["why"]      # the partners' spread hides it
+    paired = cl.ddim_claim(t1, vols)
+    assert paired["verdict"] == cl.REPRODUCED and "paired volume by volume (12 pairs)" in paired["why"]

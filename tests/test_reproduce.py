@@ -259,6 +259,10 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     for r in t1:
         assert all(r[c] not in ("", "nan") for c in ("psnr", "ssim", "params_M", "time_s_per_volume", "device"))
     assert "21.701" in (out / "tables" / "table1.md").read_text()          # the paper beside ours
+    vols = read_csv(out / "tables" / "table1_volumes.csv")                 # per volume, DDPM paired with DDIM
+    pair = {(r["method"], r["volume"]): r["real_pair"] for r in vols}
+    ddpm = [k for m, k in pair if m == "SBLDM (DDPM)"]
+    assert ddpm and all(pair[("SBLDM (DDPM)", k)] == pair[("SBLDM (DDIM)", k)] for k in ddpm)
     t2 = [r["row"] for r in read_csv(out / "tables" / "table2.csv")]
     assert t2 == ["real", "real + augmentation (x2)", "synthetic only: 3D-LSGAN", "synthetic only: 3D-LDM",
                   "synthetic only: SBLDM", "real + 3D-LSGAN", "real + 3D-LDM", "real + SBLDM",

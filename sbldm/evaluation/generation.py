@@ -84,14 +84,17 @@ def unpaired_psnr_ssim(synthetic, real_train, seed: int = 0) -> dict:
     """The paper's PSNR/SSIM: synthetic volume k vs real training volume perm[k].
 
     With more synthetic than real volumes the permutation is drawn again for each block
-    of ``len(real_train)``. Returns ``{"psnr": {mean, std, n}, "ssim": {...}, "pairs": [...]}``.
+    of ``len(real_train)``. Returns ``{"psnr": {mean, std, n}, "ssim": {...}, "pairs": [...],
+    "values": {"psnr": [...], "ssim": [...]}}`` (per synthetic volume; sets drawn with the
+    same ``seed`` pair volume k with the same real volume).
     """
     syn, real = to_unit(synthetic), to_unit(real_train)
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.permutation(len(real)) for _ in range(-(-len(syn) // len(real)))])[: len(syn)]
     p = psnr_volumes(syn, real[idx])
     s = ssim_uniform(syn, real[idx])
-    return {"psnr": finite_summary(p), "ssim": finite_summary(s), "pairs": idx.tolist()}
+    return {"psnr": finite_summary(p), "ssim": finite_summary(s), "pairs": idx.tolist(),
+            "values": {"psnr": [float(v) for v in p], "ssim": [float(v) for v in s]}}
 
 
 def ms_ssim_setup(shape: Sequence[int], kernel_size: int = 5, max_scales: int = 5) -> tuple[int, tuple[float, ...]]:

@@ -184,10 +184,34 @@ def loss_interval(worse: dict, better: dict, col: str) -> tuple[float, float, fl
     return loss, loss - half, loss + half
 
 
-def ddim_claim(t1: dict[str, dict]) -> dict:
+def paired_loss_interval(volumes: list[dict], worse: str, better: str, col: str) -> tuple[float, float, float, int]:
+    """``better``'s minus ``worse``'s ``col`` volume by volume (``table1_volumes`` rows: volume
+    k of both answers the same request from the same noise against the same real volume),
+    over the volumes both have: (mean loss, 95% t-interval low, high, pairs); NaN bounds
+    with fewer than 2 pairs."""
+    import math
+
+    from scipy import stats
+
+    a = {int(float(r["volume"])): _num(r.get(col)) for r in volumes if r.get("method") == worse}
+    b = {int(float(r["volume"])): _num(r.get(col)) for r in volumes if r.get("method") == better}
+    d = [b[k] - a[k] for k in sorted(set(a) & set(b)) if a[k] is not None and b[k] is not None]
+    if not d:
+        return math.nan, math.nan, math.nan, 0
+    mean = sum(d) / len(d)
+    if len(d) < 2:
+        return mean, math.nan, math.nan, len(d)
+    sd = (sum((x - mean) ** 2 for x in d) / (len(d) - 1)) ** 0.5
+    half = float(stats.t.ppf(0.975, len(d) - 1)) * sd / len(d) ** 0.5
+    return mean, mean - half, mean + half, len(d)
+
+
+def ddim_claim(t1: dict[str, dict], volumes: list[dict] | None = None) -> dict:
     """DDIM's loss against DDPM per column with its 95% interval: reproduced when both
     intervals stay below the negligible margins, refuted when either lies wholly above its
-    margin, and undecided (not tested, with the reason) when an interval spans its margin."""
+    margin, and undecided (not tested, with the reason) when an interval spans its margin.
+    With Table 1's per-volume rows (``volumes``) the interval pairs the volumes (same
+    request, noise and real partner), else it is Welch's over the two sets."""
     claim = "DDIM (50 steps) loses only negligible quality against DDPM (Table 1)"
     theirs = (f"PSNR {paper.TABLE1['SBLDM (DDIM)'][0]:.2f} vs {paper.TABLE1['SBLDM (DDPM)'][0]:.2f}, SSIM "
               f"{paper.TABLE1['SBLDM (DDIM)'][1]:.3f} vs {paper.TABLE1['SBLDM (DDPM)'][1]:.3f}")
@@ -202,7 +226,11 @@ def ddim_claim(t1: dict[str, dict]) -> dict:
                     f"{n} DDPM volumes ({float(ddpm['time_s_per_volume']):.0f} s each on this hardware) cannot "
                     f"decide it; at least {MIN_VOLUMES} are needed")
     margins = {"psnr": DDIM_PSNR_LOSS, "ssim": DDIM_SSIM_LOSS}
-    found = {col: loss_interval(ddim, ddpm, col) for col in margins}
+    paired = {col: paired_loss_interval(volumes or [], "SBLDM (DDIM)", "SBLDM (DDPM)", col) for col in margins}
+    if all(v[3] >= MIN_VOLUMES for v in paired.values()):
+        found, how = {col: v[:3] for col, v in paired.items()}, f"paired volume by volume ({paired['psnr'][3]} pairs)"
+    else:
+        found, how = {col: loss_interval(ddim, ddpm, col) for col in margins}, "unpaired (Welch) interval"
     words = "; ".join(f"{col.upper()} loss {v[0]:+.3g} (95% {v[1]:+.3g} to {v[2]:+.3g}, margin {margins[col]})"
                       for col, v in found.items())
     if any(v[1] != v[1] for v in found.values()):           # NaN: no per-volume spread recorded
@@ -215,7 +243,7 @@ def ddim_claim(t1: dict[str, dict]) -> dict:
     else:
         verdict, lead = NOT_TESTED, "undecided: an interval spans its margin (more DDPM volumes needed)"
     return _row(claim, "PSNR, SSIM", theirs, cells, verdict, f"{lead}; {words}; DDIM and DDPM volumes from the "
-                "same requested conditions, unpaired interval")
+                f"same requested conditions, {how}")
 
 
 # -- generation: control ---------------------------------------------------------------------
@@ -458,7 +486,8 @@ def claims(results_dir: str | Path, bench_dir: str | Path | None = None) -> list
     budget = _csv(t / "generator_budget.csv")
     real_psnr = next((_num(r.get("psnr")) for r in budget if r.get("generator") == "real"), None)
     tables = {"parameters": _csv(t / "parameters.csv"), "baseline_parameters": _csv(t / "baseline_parameters.csv")}
-    return (table1_claims(t1, tables, real_psnr) + [ddim_claim(t1), memory_claim(_bench(bench_dir))]
+    return (table1_claims(t1, tables, real_psnr) + [ddim_claim(t1, _csv(t / "table1_volumes.csv")),
+                                                    memory_claim(_bench(bench_dir))]
             + control_claims(_csv(t / "conditioning_adherence.csv"), budget)
             + segmentation_claims(_csv(t / "table2_cases.csv"), _csv(t / "scarce_cases.csv"),
                                   {r["row"]: r for r in _csv(t / "table2_nnunet_check.csv")},
