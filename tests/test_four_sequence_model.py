@@ -153,7 +153,7 @@ def test_the_segmenter_reads_every_sequence_or_the_flair_alone(four):
     np.testing.assert_array_equal(table2.inputs(four, tiny_cfg(**REGIONS)), four.images)   # a FLAIR-only chain
     np.testing.assert_array_equal(table2.inputs(four, cfg.replace(seg_sequences=("t1c", "flair"))),
                                   four.sequences[:, [1, 3]])
-    with pytest.raises(ValueError, match="prepare the data with modalities"):
+    with pytest.raises(ValueError, match="prepare it again with modalities"):
         table2.inputs(dataclasses.replace(four, sequences=None, modalities=()), cfg)
     samples = {"images": four.images, "masks": four.masks, "labels": four.labels, "conditions": four.features,
                "sequences": four.sequences}

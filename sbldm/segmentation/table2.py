@@ -70,21 +70,22 @@ def read_sequences(cfg: Config) -> tuple[list[int], tuple[str, ...]]:
     return [names.index(r) for r in read], read
 
 
+def _pick(sequences, cfg: Config) -> np.ndarray:
+    """The ``read_sequences`` of (N, S, x, y, z) volumes: (N, S', x, y, z), or (N, x, y, z) for one."""
+    idx, _ = read_sequences(cfg)
+    seqs = np.asarray(sequences)
+    return seqs[:, idx[0]] if len(idx) == 1 else seqs[:, idx]
+
+
 def inputs(split, cfg: Config) -> np.ndarray:
     """What the segmenter reads of a prepared split: its FLAIR (N, x, y, z) in a chain of
-    one sequence, else the sequences ``read_sequences`` names, (N, S, x, y, z), or (N, x, y,
-    z) when that is one sequence."""
-    from sbldm.data.cohort import sequence_names
+    one sequence, else the sequences ``read_sequences`` names of those the models read
+    (``sbldm.training.trainer.model_images``, which refuses a split of other sequences),
+    (N, S, x, y, z), or (N, x, y, z) when that is one sequence."""
+    from sbldm.training.trainer import model_images
 
-    if len(cfg.modalities) == 1:
-        return np.asarray(split.images)
-    names = sequence_names(cfg.modalities)
-    if split.sequences is None or tuple(split.modalities) != names:
-        raise ValueError(f"the segmenter reads the sequences of {names}, but the split holds "
-                         f"{tuple(split.modalities) or ('t2f',)}: prepare the data with modalities={list(cfg.modalities)}")
-    idx, _ = read_sequences(cfg)
-    seqs = np.asarray(split.sequences)
-    return seqs[:, idx[0]] if len(idx) == 1 else seqs[:, idx]
+    images = model_images(cfg, split)
+    return np.asarray(images) if len(cfg.modalities) == 1 else _pick(images, cfg)
 
 
 def sample_inputs(name: str, s: dict, cfg: Config) -> np.ndarray:
@@ -93,13 +94,12 @@ def sample_inputs(name: str, s: dict, cfg: Config) -> np.ndarray:
     order; one of one sequence can feed a segmenter of the FLAIR alone only."""
     if len(cfg.modalities) == 1:
         return np.asarray(s["images"])
-    idx, read = read_sequences(cfg)
+    _, read = read_sequences(cfg)
     if s.get("sequences") is None:
         if read == ("t2f",):
             return np.asarray(s["images"])
         raise SyntheticSetError(f"{name}: the sample set holds one sequence; the segmenter reads {read}")
-    seqs = np.asarray(s["sequences"])
-    return seqs[:, idx[0]] if len(idx) == 1 else seqs[:, idx]
+    return _pick(s["sequences"], cfg)
 
 
 def targets(split, cfg: Config) -> np.ndarray:
