@@ -128,7 +128,8 @@ class DataConfig:
     tumour_labels: str = _reads("whole", "vae", "ldm3d_ae", "lsgan3d")
     # the MRI sequences read from each case: ("flair",) = the paper's FLAIR only; the four BraTS
     # sequences ("t1n", "t1c", "t2w", "t2f") = T1, T1ce, T2, FLAIR, each normalised on its own
-    # within the brain (sbldm.data.cohort). The generators and segmenters read FLAIR only for now.
+    # within the brain (sbldm.data.cohort). SBLDM's slice VAE and the segmenters read every one
+    # (seg_sequences picks some); the 3D-LDM and the 3D-LSGAN draw the FLAIR alone.
     modalities: tuple[str, ...] = _added(("flair",), *_ALL)
 
 
@@ -392,6 +393,21 @@ class TrainingLoopConfig:
     log_every: int = 50
 
 
+# -- beyond the paper: SBLDM of the four BraTS sequences (notebook 12) ------------------
+@dataclass(frozen=True)
+class FourSequencesConfig:
+    # the four-sequence slice VAE's latent channels, chosen by a reconstruction check: each
+    # candidate trains check_steps on the training split less check_fraction of it and
+    # reconstructs that held-out part; the fewest channels whose PSNR is within psnr_tolerance
+    # dB of the best candidate's on every sequence, and whose sub-region errors on T1ce and
+    # FLAIR are within region_tolerance (relative) of the best, win
+    latent_candidates: tuple[int, ...] = _added((4, 8))
+    check_steps: int = _added(1000)
+    check_fraction: float = _added(0.2)
+    psnr_tolerance: float = _added(0.5)
+    region_tolerance: float = _added(0.1)
+
+
 @dataclass(frozen=True)
 class Config:
     scale: str
@@ -418,6 +434,7 @@ class Config:
                                                   "segmentation": "seg_mixed_precision",
                                                   "adherence_bf16": "eval_adherence_bf16"})
     training: TrainingLoopConfig = _section(TrainingLoopConfig)
+    four: FourSequencesConfig = _section(FourSequencesConfig, prefix="four_")
 
     def __getattr__(self, name: str):
         # called only when ``name`` is not a section or a property: the flat name of a leaf
@@ -601,7 +618,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_augment_factor=2, seg_nnunet_epochs=2, seg_nnunet_iterations=3,
         seg_seeds=(0, 1), seg_curve_every=4, seg_scarce_sizes=(3, 6), seg_nnunet_check=True, seg_count_sweep=(0, 2, 4),
         seg_nnunet_check_seeds=(0,), seg_nnunet_check_always=True, seg_synthetic_bf16=True,
-        scarce_vae_check_steps=10,
+        scarce_vae_check_steps=10, four_check_steps=10,
         eval_n_samples=6, eval_n_samples_ddpm=2, eval_timing_volumes=1, eval_batch_size=3, eval_ddpm_steps=100,
         eval_n_adherence=4, eval_n_diversity=4, ablation_steps=4, ablation_requests=4,
         lsgan_latent_dim=32, lsgan_g_channels=32, lsgan_upsamplings=2, lsgan_d_channels=32,
@@ -795,6 +812,7 @@ def _validate(cfg: Config) -> None:
         raise ValueError(f"unet_cond_dropout must lie in [0, 1), got {cfg.unet_cond_dropout}")
     _validate_baselines(cfg)
     _validate_segmentation(cfg)
+    _validate_four_sequences(cfg)
     if cfg.n_train < 1 or cfg.n_test < 0:
         raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {cfg.n_train}, {cfg.n_test}")
 
@@ -861,6 +879,19 @@ def _validate_segmentation(cfg: Config) -> None:
         if not 0.0 < getattr(cfg, name) < 1.0:
             raise ValueError(f"{name} must lie in (0, 1), got {getattr(cfg, name)}")
     for name in ("seg_plateau_tolerance", "seg_filter_max_centre_distance", "seg_filter_max_volume_error"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+
+
+def _validate_four_sequences(cfg: Config) -> None:
+    c = cfg.four_latent_candidates
+    if not c or any(int(k) < 1 for k in c) or len(set(c)) != len(c):
+        raise ValueError(f"four_latent_candidates must be distinct numbers of latent channels >= 1, got {c}")
+    if cfg.four_check_steps < 1:
+        raise ValueError(f"four_check_steps must be >= 1, got {cfg.four_check_steps}")
+    if not 0.0 < cfg.four_check_fraction < 1.0:
+        raise ValueError(f"four_check_fraction must lie in (0, 1), got {cfg.four_check_fraction}")
+    for name in ("four_psnr_tolerance", "four_region_tolerance"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} must be >= 0, got {getattr(cfg, name)}")
 

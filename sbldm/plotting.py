@@ -385,6 +385,28 @@ def _row_label(ax, name: str) -> None:
     ax.set_ylabel(name, fontsize=9)
 
 
+def sequences_figure(cases: Sequence[tuple], names: Sequence[str], suptitle: str | None = None):
+    """One row per case, one column per MRI sequence: the axial slice through the tumour's
+    centre, each sequence on its own grey scale ([-1, 1]), the sub-regions outlined
+    (``OUTLINES``), the outlines' legend below. ``cases``: ``(name, sequences (S, x, y, z),
+    label map (x, y, z) or None)``; ``names``: the S sequences' display names."""
+    plt = agg_pyplot()
+    n, s = len(cases), len(names)
+    fig, axes = plt.subplots(n, s, figsize=(1.9 * s + 0.5, 1.95 * n + 0.7), squeeze=False, layout="constrained")
+    for r, (name, seqs, labels) in enumerate(cases):
+        seqs = np.asarray(seqs)
+        if seqs.ndim != 4 or seqs.shape[0] != s:
+            raise ValueError(f"{name}: sequences must be ({s}, x, y, z) for {list(names)}, got {seqs.shape}")
+        mask = (np.asarray(labels) > 0) if labels is not None else np.zeros(seqs.shape[1:], bool)
+        z = tumour_centre(mask)[2]
+        for k in range(s):
+            show_slice(axes[r, k], seqs[k], None, "axial", z, title=names[k] if r == 0 else None, labels=labels)
+        _row_label(axes[r, 0], textwrap.fill(str(name), 18))
+    layout(fig, suptitle, legend=True)
+    outline_legend(fig, label_maps=True)
+    return fig
+
+
 def comparison_figure(methods: dict, n_volumes: int = 4, view: str = "axial", suptitle: str | None = None):
     """Figure 2: one row per method (``{name: (images, masks[, label maps])}``), up to
     ``n_volumes`` columns, each a slice through the volume's tumour in ``view`` with the

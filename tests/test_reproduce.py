@@ -309,6 +309,20 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
         ("3", "0"), ("3", "2"), ("3", "4"), ("6", "0"), ("6", "2"), ("6", "4")]
     claims = read_csv(out / "tables" / "claims.csv") if (out / "tables" / "claims.csv").is_file() else None
     assert claims is None or all(r["verdict"] for r in claims)
+    # notebook 12: the four-sequence model, its latent channels chosen on the training split, and
+    # four-channel against FLAIR-only segmenters at the smallest and the full size
+    recon = read_csv(out / "tables" / "four_sequences_reconstruction.csv")
+    assert {r["sequence"] for r in recon} == {"T1", "T1ce", "T2", "FLAIR", "label map"}
+    assert {r["scored_on"] for r in recon if r["vae"].startswith("check")} == {"held-out 1 of the training split"}
+    assert len({r["vae"] for r in recon if r["chosen"] == "True"}) == 2          # the chosen check arm and the adopted VAE
+    four = read_csv(out / "tables" / "four_sequences_table2.csv")
+    assert [(r["n_real"], r["training_set"], r["against"]) for r in four[:5]] == [
+        ("3", "real, FLAIR", ""), ("3", "real, 4 sequences", "real, FLAIR"), ("3", "real + SBLDM, FLAIR", "real, FLAIR"),
+        ("3", "real + SBLDM, 4 sequences", "real, 4 sequences"), ("3", "real + SBLDM, 4 sequences", "real + SBLDM, FLAIR")]
+    assert all(r[f"ci95_low_{g}"] not in ("", "nan") for r in four if r["against"] for g in ("WT", "TC", "ET"))
+    assert [r["sequence"] for r in read_csv(out / "tables" / "four_sequences_appearance.csv")][:4] == [
+        "T1", "T1ce", "T2", "FLAIR"]
+    assert (tmp_path / "work" / "smoke" / "four_sequences" / "scarce" / "n3" / "pipeline" / "model_index.json").is_file()
     inside = [r["set"] for r in read_csv(out / "tables" / "tumour_appearance.csv")]
     assert inside == ["real (train split)", "real (test split)", "real (train split) through the slice VAE",
                       "3D-LSGAN", "3D-LDM", "SBLDM (DDPM)", "SBLDM (DDIM)"]
@@ -318,7 +332,8 @@ def test_notebook_chain_runs_at_smoke(tmp_path):
     assert [r["method"] for r in extra][0] == "real (test split)" and len(extra) == 5
     for name in ("figure2_axial", "figure2_coronal", "figure2_sagittal", "figure3_volume_sweep",
                  "figure3_position_sweep", "scarce_sweep", "scarce_generators", "seg_learning_curve", "vae_reconstruction", "diffusion_samples",
-                 "conditioning_ablation", "data_tumour_volumes", "steer_example", "tumour_appearance"):
+                 "conditioning_ablation", "data_tumour_volumes", "steer_example", "tumour_appearance",
+                 "four_sequences_examples"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 5_000, name
     # the README block generated from these results carries their tables and figures verbatim
     from sbldm.report.readme import results_section, update_readme

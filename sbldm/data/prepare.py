@@ -37,13 +37,14 @@ def phantom_tumour_volume_range(cfg: Config, min_voxels: int = 30,
 
 
 def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLike | None = None,
-            progress: bool = True, export: bool = True) -> dict:
+            progress: bool = True, export: bool = True, phantom_dir: str | os.PathLike | None = None) -> dict:
     """Prepare the cohort for ``cfg`` under ``work_dir`` (usually ``work/<scale>/data``).
 
     With ``brats_dir`` the cases come from that BraTS 2021/2023 folder; otherwise a
-    phantom cohort of ``n_train + n_test`` subjects is made (or reused) in
-    ``work_dir/phantom-v<PHANTOM_VERSION>``. Returns a summary dict (source, case counts, paths;
-    ``phantom_dir`` for the phantom).
+    phantom cohort of ``n_train + n_test`` subjects is made (or reused) in ``phantom_dir``
+    (default ``work_dir/phantom-v<PHANTOM_VERSION>``; another run's folder is reused as it is,
+    e.g. notebook 12 reads the four sequences of the cohort notebook 00 wrote). Returns a
+    summary dict (source, case counts, paths; ``phantom_dir`` for the phantom).
     """
     work = Path(work_dir)
     if brats_dir:
@@ -52,7 +53,7 @@ def prepare(cfg: Config, work_dir: str | os.PathLike, brats_dir: str | os.PathLi
     else:
         from sbldm.data.phantom import PHANTOM_VERSION, make_phantom_cohort
 
-        phantom_dir = work / f"phantom-v{PHANTOM_VERSION}"
+        phantom_dir = Path(phantom_dir) if phantom_dir is not None else work / f"phantom-v{PHANTOM_VERSION}"
         cases = make_phantom_cohort(
             phantom_dir, cfg.n_train + cfg.n_test, seed=cfg.seed,
             shape=cfg.phantom_shape, spacing=cfg.phantom_spacing,

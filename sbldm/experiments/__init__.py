@@ -11,6 +11,9 @@
   (``python -m sbldm.experiments.vae_mask_ablation``);
 - ``vae_sharpness``: a weight-free sharpening term for the slice VAE
   (``python -m sbldm.experiments.vae_sharpness``);
+- ``four_sequences``: SBLDM of T1, T1ce, T2 and FLAIR with their labels, its latent
+  channels chosen by a reconstruction check, and four-channel against FLAIR-only
+  segmenters (notebook 12);
 - ``generator_budget``: quality against training compute for SBLDM, the 3D-LDM and the
   3D-LSGAN (``python -m sbldm.experiments.generator_budget``).
 """

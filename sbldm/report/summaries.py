@@ -390,3 +390,66 @@ def denoising_probe(rows: list[dict]) -> str:
                  f"{min(lost):g}: the model keeps a core it is shown, and from strength {float(last['strength']):g} "
                  f"draws one in {_pct(last['dark_core_share'])} of the volumes (through the VAE alone: {_pct(base)}).")
     return line
+
+
+def four_sequences(scale: str, choice: dict, check_rows: list[dict], appearance_rows: list[dict], enhancing: dict,
+                   adherence_rows: list[dict], comparisons: list[dict], test_rows: list[dict] | None = None) -> str:
+    """Notebook 12: the latent channels the reconstruction check chose and why, what the
+    generated sequences look like inside the tumour (the enhancing tumour on T1ce against
+    the real interquartile range), adherence, and what the extra sequences and SBLDM's
+    volumes buy a segmenter (seed-paired, Holm over the table)."""
+    lines = [f"At `{scale}`:"]
+    chosen = choice["chosen"]
+    psnr = {}
+    for r in check_rows:
+        if r["metric"] == "PSNR (dB), per volume":
+            psnr.setdefault(int(r["latent_channels"]), []).append(f"{r['sequence']} {_f(r['mean'], 1)}")
+    arms = "; ".join(f"{c} channels: " + ", ".join(v) for c, v in sorted(psnr.items()))
+    short = {c: s for c, s in choice["short"].items() if s}
+    lines.append(f"- the slice VAE keeps **{chosen} latent channels**: held-out PSNR per sequence (dB) {arms}."
+                 + (" Falling short of the best candidate: " + "; ".join(f"{c} channels in {len(s)} criteria ("
+                                                                         + ", ".join(s[:3]) + ("…" if len(s) > 3 else "") + ")"
+                                                                         for c, s in sorted(short.items())) + "."
+                    if short else " Every candidate kept up with the best on every criterion; the fewest channels win."))
+    if test_rows:
+        t = {r["sequence"]: r["mean"] for r in test_rows if r["metric"] == "PSNR (dB), per volume"}
+        dice = ", ".join(f"{r['metric'].split()[0]} {_f(r['mean'])}" for r in test_rows if r["sequence"] == "label map")
+        lines.append("- the adopted VAE on the test split: PSNR " + ", ".join(f"{k} {_f(v, 1)}" for k, v in t.items())
+                     + (f" dB; decoded label map Dice {dice}." if dice else " dB."))
+    gen = {r["sequence"]: r for r in appearance_rows if not str(r["set"]).startswith("real")}
+    real = {r["sequence"]: r for r in appearance_rows if str(r["set"]).startswith("real")}
+    if gen:
+        parts = [f"{s} {_f(g.get('median_z_enhancing'))} (real {_f(real.get(s, {}).get('median_z_enhancing'))})"
+                 for s, g in gen.items()]
+        lines.append("- the enhancing tumour's median z against the normal brain, per sequence: " + ", ".join(parts)
+                     + ".")
+        inside = enhancing.get("inside")
+        lines.append(f"- on T1ce the generated enhancing tumour's median z is {_f(enhancing.get('generated'))}, "
+                     + ("inside" if inside else "outside")
+                     + f" the real training tumours' interquartile range [{_f(enhancing.get('real_q25'))}, "
+                     f"{_f(enhancing.get('real_q75'))}]" + (": it enhances where it should." if inside else "."))
+        worst = max(((s, k, float(v)) for s, g in gen.items() for k, v in g.items()
+                     if k.startswith("w_over_spread_") and v not in (None, "") and not math.isnan(float(v))),
+                    key=lambda t: t[2], default=None)
+        if worst:
+            lines.append(f"- the farthest sub-region from real: {worst[1][len('w_over_spread_'):]} on {worst[0]}, "
+                         f"Wasserstein {_f(worst[2])} x the real spread.")
+    for r in adherence_rows:
+        lines.append(f"- asked for {r['n']} tumours at guidance {_f(r['guidance_scale'], 1)}: volume Spearman "
+                     f"{_f(r['spearman_volume'])}, centre {_f(r['centre_distance'], 1)} voxels off, sphericity "
+                     f"Spearman {_f(r.get('spearman_sphericity'))}, {_f(r['empty_fraction'])} empty.")
+    for r in comparisons:
+        if not r.get("against"):
+            continue
+        parts = [f"{'WT' if g == 'all' else g} {float(r[f'diff_{g}']):+.3f} [{float(r[f'ci95_low_{g}']):+.3f}, "
+                 f"{float(r[f'ci95_high_{g}']):+.3f}], {r[f'verdict_{g}']}"
+                 for g in [k[len("diff_"):] for k in r if k.startswith("diff_")]
+                 if r[f"diff_{g}"] not in (None, "") and not math.isnan(float(r[f"diff_{g}"]))]
+        text = "; ".join(parts)
+        if text:
+            lines.append(f"- {r['n_real']} real volumes, {r['training_set']} minus {r['against']} ({r['measures']}), "
+                         f"per training seed over {r.get('seeds', '?')} seeds (mean, 95% interval, verdict after Holm "
+                         f"over the table): {text}.")
+    if scale == "smoke":
+        lines.append(SMOKE)
+    return "\n".join(lines)
