@@ -138,6 +138,18 @@ def test_four_sequences_train_encode_and_sample_every_sequence(four, tmp_path):
         back = cohort.load_case(case, four.labels.shape[1:], require_tumour=False)
         np.testing.assert_array_equal(back.labels, out.labels[k])
         assert back.sequences.shape == (4, *four.labels.shape[1:])
+    # the steering panel shows every sequence the pipeline makes and saves them all
+    from sbldm.report.steer import TumourSteering
+
+    steer = TumourSteering(pipe, steps=2, bf16=False)
+    steer.generate()
+    titles = [ax.get_title() for ax in steer.figure.axes]
+    assert titles[-4:] == ["T1, axial", "T1ce, axial", "T2, axial", "FLAIR, axial"] and len(titles) == 8
+    (flair, seg), = steer.save(tmp_path / "steered")
+    case, = cohort.find_cases(tmp_path / "steered", modalities=FOUR)
+    assert flair.parent.name == case.case_id == "BraTS-STEERED-00000-000" and seg.name.endswith("-seg.nii.gz")
+    np.testing.assert_allclose(np.asarray(nib.load(dict(case.sequences)["t1c"]).dataobj), steer.last.sequences[0, 1],
+                               atol=1e-6)
 
 
 def test_the_segmenter_reads_every_sequence_or_the_flair_alone(four):

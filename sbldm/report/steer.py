@@ -20,6 +20,7 @@ methods), which is how the tests and papermill drive it.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -150,12 +151,26 @@ class TumourSteering:
         plt = agg_pyplot()
         req = self.last_request
         centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
+        labels = None if self.last.labels is None else self.last.labels[0]
+        seqs = self.last.sequences
         # two by two, so that the panel beside the sliders shows the views and the table at a
-        # size whose text reads at the output area's width (about 700 px)
-        fig, axes = plt.subplots(2, 2, figsize=(7.6, 6.8))
-        axes = axes.ravel()
-        three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre,
-                    labels=None if self.last.labels is None else self.last.labels[0])
+        # size whose text reads at the output area's width (about 700 px); a pipeline of several
+        # sequences adds a row: every sequence's axial slice through the requested centre
+        n_seq = 0 if seqs is None else seqs.shape[1]
+        height = 6.8 + (2.3 if n_seq else 0.0)
+        fig = plt.figure(figsize=(7.6, height))
+        cols = math.lcm(2, n_seq) if n_seq else 2
+        grid = fig.add_gridspec(3 if n_seq else 2, cols, height_ratios=(1, 1, 0.75) if n_seq else None)
+        axes = [fig.add_subplot(grid[r, c * cols // 2:(c + 1) * cols // 2]) for r in range(2) for c in range(2)]
+        three_views(axes[:3], self.last.images[0], self.last.masks[0], centre=centre, labels=labels)
+        if n_seq:
+            from sbldm.data.cohort import SEQUENCE_NAMES
+            from sbldm.plotting import show_slice
+
+            for k, name in enumerate(self.last.modalities):
+                ax = fig.add_subplot(grid[2, k * cols // n_seq:(k + 1) * cols // n_seq])
+                show_slice(ax, seqs[0, k], None, "axial", centre[2], title=f"{SEQUENCE_NAMES[name]}, axial",
+                           labels=labels)
         for ax, view, axis in zip(axes[:3], VIEWS, (2, 1, 0)):      # the requested centre in display coordinates
             u, w = [centre[a] for a in range(3) if a != axis]
             mark_centre(ax, u, view_slice(self.last.images[0], view, centre[axis]).shape[0] - 1 - w)
@@ -172,12 +187,14 @@ class TumourSteering:
                      f"{self.guidance_scale:g}, seed {self.seed}; {self.last_seconds:.1f} s", fontsize=11)
         for ax in axes[:3]:
             ax.title.set_fontsize(11)
-        fig.tight_layout(rect=(0, 0.45 / 6.8, 1, 1))
+        fig.tight_layout(rect=(0, 0.45 / height, 1, 1))
         outline_legend(fig, label_maps=self.last.labels is not None, extra=[centre_handle()])
         return fig
 
     def save(self, out_dir, prefix: str = "steered") -> list[tuple[Path, Path]]:
-        """The last (image, mask) pair as NIfTI on the training grid's geometry."""
+        """The last volume as NIfTI on the training grid's geometry (``SBLDMOutput.save_nifti``):
+        the FLAIR and its segmentation, or, from a pipeline of several sequences, a BraTS 2023
+        case folder with every sequence and the labels. Returns the (FLAIR, segmentation) paths."""
         if self.last is None:
             raise ValueError("nothing generated yet: call generate() first")
         return self.last.save_nifti(out_dir, prefix=prefix)
@@ -250,7 +267,13 @@ class TumourSteering:
                 status.value = "generate first"
                 return
             (img, seg), = self.save(out_dir)
-            status.value = f"saved {img} and {seg}"
+            if self.last.sequences is None:
+                status.value = f"saved {img} and {seg}"
+            else:
+                from sbldm.data.cohort import SEQUENCE_NAMES
+
+                names = ", ".join(SEQUENCE_NAMES[m] for m in self.last.modalities)
+                status.value = f"saved {img.parent}/ ({names} and the labels)"
 
         sliders["voxel_volume"].observe(on_volume, names="value")
         go.on_click(on_generate)
