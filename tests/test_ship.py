@@ -125,3 +125,87 @@ def test_the_card_lists_the_claims_with_their_verdicts_and_the_interiors_at_its_
     # the budget row with this preset's VAE and UNet steps, against the real test split
     assert "worst sub-region Wasserstein over the real spread 0.66 (real test split 0.19)" in card
     assert "in more than one piece 18% (real 48%)" in card and "sphericity Spearman 0.59" in card
+
+
+FOUR = ("t1n", "t1c", "t2w", "t2f")
+
+
+def _four_sequence_work(tmp_path):
+    """work/smoke/four_sequences with a tiny prepared cohort of four sequences (three
+    transforms of the FLAIR before it) and an untrained four-sequence pipeline."""
+    from model_helpers import REGIONS
+
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.io import atomic_save_npy, atomic_write_json
+    from sbldm.models.unet3d import latent_unet
+    from sbldm.models.vae import build_vae
+
+    base = tmp_path / "work" / "smoke" / "four_sequences"
+    shutil.copytree(make_prepared(tmp_path / "cohort"), base / "data")
+    im = np.load(base / "data" / "cache" / "images.npy")
+    atomic_save_npy(base / "data" / "cache" / "sequences.npy",
+                    np.stack([-im, 0.5 * im, np.clip(im + 0.3, -1, 1), im], axis=1).astype(np.float32))
+    atomic_write_json(base / "data" / "cache" / "modalities.json", list(FOUR))
+    train = load_prepared(base / "data", "train")
+    cfg = tiny_cfg(**REGIONS, modalities=list(FOUR))
+    torch.manual_seed(0)
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels, cfg.modalities).eval(), latent_unet(cfg).eval()
+    randomise_output(vae)
+    randomise_output(unet, std=0.3)
+    SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer,
+                                  train_features=train.features).save_pretrained(base / "pipeline")
+    return train
+
+
+def _writes_brats_folders_read_back(pipe, out_dir):
+    """A pipeline of four sequences writes one BraTS 2023 folder per volume, which the
+    project's own loader reads back, every sequence and the labels."""
+    import nibabel as nib
+
+    from sbldm.data import cohort
+
+    out = pipe(num_volumes=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    assert out.sequences.shape[:2] == (2, 4) and out.modalities == FOUR
+    out.save_nifti(out_dir)
+    cases = cohort.find_cases(out_dir, modalities=FOUR)
+    assert [c.case_id for c in cases] == ["BraTS-SAMPLE-00000-000", "BraTS-SAMPLE-00001-000"]
+    for k, case in enumerate(cases):
+        assert [m for m, _ in case.sequences] == list(FOUR)
+        for i, (_, path) in enumerate(case.sequences):
+            np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), out.sequences[k, i], atol=1e-6)
+        back = cohort.load_case(case, out.labels.shape[1:], require_tumour=False)
+        np.testing.assert_array_equal(back.labels, out.labels[k])
+
+
+def test_a_four_sequence_pipeline_ships_beside_the_flair_one_with_its_own_card(tmp_path):
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.report import ship
+    from sbldm.tables import write_table
+
+    with pytest.raises(FileNotFoundError, match="run notebook 12 at `smoke` first"):
+        ship.ship("smoke", work_root=tmp_path / "work", dest_root=tmp_path / "pretrained", four_sequences=True)
+    train = _four_sequence_work(tmp_path)
+    res = tmp_path / "results" / "smoke"
+    write_table([{"n_real": 3, "training_set": "real, 4 sequences", "against": "real, FLAIR", "seeds": 10,
+                  "diff_WT": 0.02, "ci95_low_WT": 0.01, "ci95_high_WT": 0.03, "verdict_WT": "gain"}],
+                res / "tables" / "four_sequences_table2")
+    dest = ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results",
+                     dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2, speed_steps=2,
+                     four_sequences=True)
+    assert dest == tmp_path / "pretrained" / "smoke-4seq"
+    card = (dest / ship.CARD).read_text()
+    assert "generates T1, T1ce, T2, FLAIR and the tumour sub-region label map" in card and "BraTS 2023" in card
+    assert "- 3 real volumes, real, 4 sequences minus real, FLAIR (10 seeds, Dice, 95% interval, verdict after " \
+           "Holm): WT +0.020 [+0.010, +0.030] gain" in card
+    assert 'SBLDMPipeline.from_pretrained("pretrained/smoke-4seq")' in card and "not for clinical use" in card
+    back = SBLDMPipeline.from_pretrained(dest)
+    np.testing.assert_allclose(back.affine, train.grid_affine)
+    _writes_brats_folders_read_back(back, tmp_path / "cases")
+
+
+@pytest.mark.skipif(not (ROOT / "pretrained" / "small-4seq").is_dir(), reason="no shipped four-sequence pipeline")
+def test_the_shipped_four_sequence_pipeline_writes_brats_folders_the_loader_reads_back(tmp_path):
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+
+    _writes_brats_folders_read_back(SBLDMPipeline.from_pretrained(ROOT / "pretrained" / "small-4seq"), tmp_path)

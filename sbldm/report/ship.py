@@ -1,6 +1,8 @@
 """Ship a trained SBLDM pipeline inside the repository: ``python -m sbldm.report.ship --scale small``.
 
-Reads ``work/<run>/pipeline`` (notebook 02) and writes ``pretrained/<run>/``: the same
+Reads ``work/<run>/pipeline`` (notebook 02) and writes ``pretrained/<run>/`` (with
+``--four-sequences``: notebook 12's ``work/<run>/four_sequences/pipeline`` to
+``pretrained/<run>-4seq/``, with a card of its own): the same
 pipeline with the UNet and slice-VAE weights stored in fp16 (half the bytes; they are cast
 back to fp32 when loaded), the training grid's affine (so saved samples overlay the
 training data), and ``MODEL_CARD.md`` written from ``results/<run>/``: data, training
@@ -176,12 +178,95 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
     return "\n".join(lines)
 
 
+def four_sequence_card(cfg: Config, run: str, name: str, results: Path, pipe, half: dict | None,
+                       speed: dict | None = None) -> str:
+    """The four-sequence pipeline's card (``pretrained/<run>-4seq``): what it generates, its
+    training, and notebook 12's numbers read from ``results/<run>/tables/four_sequences_*``
+    (reconstruction per sequence, the enhancing tumour on T1ce, adherence, the segmenters'
+    comparisons with their seed-paired verdicts), speed, storage and use."""
+    from sbldm.data.cohort import SEQUENCE_NAMES
+    from sbldm.tables import finite
+
+    record = json.loads((results / "run.json").read_text()) if (results / "run.json").is_file() else {}
+    nb = record.get("notebooks", {}).get("12_four_sequences", {})
+    seqs = ", ".join(SEQUENCE_NAMES[m] for m in pipe.vae.modalities)
+    vae = pipe.vae.config
+    lines = [f"# SBLDM of four sequences, `{run}` preset — model card", "",
+             f"Beyond the paper: a slice-based latent diffusion model that generates {seqs} and the tumour "
+             "sub-region label map (1 necrosis, 2 oedema, 3 enhancing) of one case at a time, conditioned on 9 tumour "
+             "features. `out.save_nifti(folder)` writes one BraTS 2023 case folder per volume "
+             "(`<id>-t1n/t1c/t2w/t2f/seg.nii.gz`), which BraTS loaders (this project's included) read.", "",
+             "## Data", "",
+             f"- the sbldm phantom cohort (MNI152 anatomy with synthetic tumours, `sbldm.data.phantom`), seed "
+             f"{cfg.seed}: the cases and split of the FLAIR run, {cfg.n_train} training volumes (the {cfg.n_test} test "
+             f"volumes were never seen), each sequence normalised on its own within the brain, resampled to "
+             f"{'x'.join(map(str, cfg.volume_shape))}.",
+             "- Not trained on patient data; not for clinical use.", "",
+             "## Training", "",
+             f"- slice VAE: {len(pipe.vae.modalities)} image channels, widths {list(vae['block_out_channels'])}, "
+             f"{vae['latent_channels']} latent channels (chosen by notebook 12's reconstruction check on a held-out "
+             f"part of the training split), {cfg.vae_steps} steps of batch {cfg.vae_batch_size}",
+             f"- latent UNet: {cfg.diffusion_steps} steps of batch {cfg.diffusion_batch_size}, "
+             f"{cfg.diffusion_prediction_type}, as the FLAIR model's (`pretrained/{run}`)",
+             f"- hardware: {nb.get('device', 'see results/' + run + '/run.json')}; commit "
+             f"`{str(nb.get('git_commit', 'unknown'))[:12]}`", "",
+             f"## Numbers (from `results/{run}/tables/four_sequences_*`)", ""]
+    rec = [r for r in _table(results / "tables" / "four_sequences_reconstruction.csv")
+           if r["vae"].startswith("adopted")]
+    psnr = [f"{r['sequence']} {float(r['mean']):.1f}" for r in rec if r["metric"] == "PSNR (dB), per volume"]
+    if psnr:
+        dice = [f"{r['metric'].split()[0]} {float(r['mean']):.2f}" for r in rec if r["sequence"] == "label map"]
+        lines.append(f"- the slice VAE on the test split: PSNR (dB) {', '.join(psnr)}; decoded label map Dice "
+                     f"{', '.join(dice)}")
+    app = {(r["set"], r["sequence"]): r for r in _table(results / "tables" / "four_sequences_appearance.csv")}
+    gen, real = app.get(("SBLDM, 4 sequences", "T1ce")), app.get(("real (train split)", "T1ce"))
+    if gen and real:
+        lines.append(f"- the enhancing tumour on generated T1ce: median z {float(gen['median_z_enhancing']):.2f} against "
+                     f"the normal brain (real training tumours {float(real['median_z_enhancing']):.2f}); "
+                     f"Wasserstein over the real spread {float(gen['w_over_spread_enhancing']):.2f}")
+    adh = [r for r in _table(results / "tables" / "four_sequences_adherence.csv") if finite(r.get("guidance_scale")) == 1.0]
+    if adh:
+        r = adh[0]
+        lines.append(f"- {r['n']} requested tumours, no guidance: {float(r['empty_fraction']):.0%} empty, centre "
+                     f"{float(r['centre_distance']):.2f} voxels off, volume Spearman {float(r['spearman_volume']):.2f}")
+    for r in _table(results / "tables" / "four_sequences_table2.csv"):
+        if not r.get("against"):
+            continue
+        parts = [f"{g} {float(r[f'diff_{g}']):+.3f} [{float(r[f'ci95_low_{g}']):+.3f}, {float(r[f'ci95_high_{g}']):+.3f}] "
+                 f"{r[f'verdict_{g}']}" for g in ("WT", "TC", "ET") if finite(r.get(f"diff_{g}")) is not None]
+        if parts:
+            lines.append(f"- {r['n_real']} real volumes, {r['training_set']} minus {r['against']} ({r['seeds']} seeds, "
+                         f"Dice, 95% interval, verdict after Holm): " + "; ".join(parts))
+    if speed:
+        lines += ["", "## Speed", "",
+                  f"- measured when shipped, one volume, DDIM-{speed['ddim_steps']} on {speed['device']}: "
+                  f"{speed['fp32_s']:.1f} s in fp32"
+                  + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
+                     if speed.get("bf16_s") else "")]
+    lines += ["", "## Storage", ""]
+    if half:
+        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading: on {half['volumes']} "
+                     f"volumes (DDIM-{half['ddim_steps']}) the FLAIR differs by at most "
+                     f"{half['max_abs_image_difference']:.4f} from the fp32 weights' (images in [-1, 1]); "
+                     f"{half['mask_voxels_differing']:.4%} of mask voxels differ.")
+    lines += ["", "## Use", "", "```python", "import torch", "",
+              "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
+              f'pipe = SBLDMPipeline.from_pretrained("pretrained/{name}")',
+              "with cpu_bf16(not torch.cuda.is_available()):        # the fast path on a CPU",
+              "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
+              "out.sequences      # (N, 4, x, y, z): T1, T1ce, T2, FLAIR in [-1, 1]; out.labels: the label maps",
+              'out.save_nifti("samples/")   # samples/BraTS-SAMPLE-00000-000/BraTS-SAMPLE-00000-000-t1n.nii.gz, ...',
+              "```", ""]
+    return "\n".join(lines)
+
+
 def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = REPO_ROOT / "results",
          dest_root: Path = SHIPPED, check_volumes: int = 4, check_steps: int = 20,
-         speed_steps: int | None = None) -> Path:
+         speed_steps: int | None = None, four_sequences: bool = False) -> Path:
     """Write ``dest_root/<run>/`` from the trained pipeline of ``scale`` (default run folder);
     with ``check_volumes``, the card carries the fp16 storage check (``check_steps`` DDIM
-    steps) and the sampling speed at ``speed_steps`` (default the preset's DDIM steps)."""
+    steps) and the sampling speed at ``speed_steps`` (default the preset's DDIM steps).
+    ``four_sequences``: notebook 12's four-sequence pipeline to ``dest_root/<run>-4seq/``."""
     import torch
 
     from sbldm.data.cohort import load_prepared
@@ -189,12 +274,15 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
 
     cfg = resolve(scale)
     run = run_name(scale)
-    src = Path(work_root) / run / "pipeline"
+    base = Path(work_root) / run / ("four_sequences" if four_sequences else "")
+    src = base / "pipeline"
     if not (src / "model_index.json").is_file():
-        raise FileNotFoundError(f"{src}: no trained pipeline; run notebooks 00-02 at `{scale}` first")
-    train = load_prepared(Path(work_root) / run / "data", "train")
+        which = "notebook 12" if four_sequences else "notebooks 00-02"
+        raise FileNotFoundError(f"{src}: no trained pipeline; run {which} at `{scale}` first")
+    train = load_prepared(base / "data", "train")
     pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
-    dest = Path(dest_root) / run
+    name = f"{run}-4seq" if four_sequences else run
+    dest = Path(dest_root) / name
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe32.to(torch.float16).save_pretrained(tmp)
@@ -203,7 +291,11 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     pipe16 = SBLDMPipeline.from_pretrained(tmp)
     half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
     speed = sampling_speed(pipe16, speed_steps or cfg.num_inference_steps) if check_volumes else None
-    atomic_write_bytes(tmp / CARD, model_card(cfg, run, Path(results_root) / run, half, speed).encode())
+    if four_sequences:
+        card = four_sequence_card(cfg, run, name, Path(results_root) / run, pipe16, half, speed)
+    else:
+        card = model_card(cfg, run, Path(results_root) / run, half, speed)
+    atomic_write_bytes(tmp / CARD, card.encode())
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -214,9 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.report.ship", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="small", help="the preset whose default run to ship (default: small)")
     ap.add_argument("--check-volumes", type=int, default=4, help="volumes sampled to measure the fp16 effect (0: skip)")
+    ap.add_argument("--four-sequences", action="store_true",
+                    help="ship notebook 12's four-sequence pipeline to pretrained/<run>-4seq instead")
     a = ap.parse_args(argv)
     try:
-        dest = ship(a.scale, check_volumes=a.check_volumes)
+        dest = ship(a.scale, check_volumes=a.check_volumes, four_sequences=a.four_sequences)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
