@@ -284,3 +284,40 @@ def test_the_command_trains_scores_and_rewrites_its_table_from_the_kept_rows(tmp
     with pytest.raises(SystemExit):
         gb.main(["--scale", "smoke", "--work-root", str(tmp_path / "nowhere")])
     assert "run notebook 00 for this run first" in capsys.readouterr().err
+
+
+def test_the_lsgan_points_record_the_kept_step_and_keep_the_last_generator_beside_it(cohort, tmp_path):
+    """With checkpoint selection on, each 3D-LSGAN point records which step selection kept,
+    and ``lsgan3d-last`` keeps the generator training reached at that step (the run's
+    checkpoint), scored like any point."""
+    import torch
+
+    from sbldm.experiments import generator_budget as gb
+    from sbldm.generators.lsgan3d import last_generator, selected_step
+    from sbldm.generators.registry import load_generator
+    from sbldm.training.trainer import CHECKPOINT
+
+    train, test = cohort
+    c = cfg(lsgan_select_every=1, lsgan_select_samples=2)
+    run = gb.LSGANRun(c, train, tmp_path / "work", progress=False)
+    for steps in (2, 4):
+        run.train_to(steps)
+        ckpt = torch.load(run.root / "run" / CHECKPOINT, map_location="cpu", weights_only=False)
+        last = load_generator(gb.point_dir(tmp_path / "work", gb.LSGAN_LAST, steps)).generator.state_dict()
+        assert ckpt["step"] == steps
+        assert all(torch.equal(last[k], ckpt["model"][f"generator.{k}"]) for k in last)     # the step's own weights
+        kept = gb.read_budget(gb.point_dir(tmp_path / "work", "lsgan3d", steps))["selected_step"]
+        assert kept == selected_step(run.root / "run", steps) and 1 <= kept <= steps
+    rows = [json.loads(line) for line in (run.root / "run" / "selection.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    best = min(rows, key=lambda r: (r["rank"], r["step"]))
+    assert selected_step(run.root / "run") == best["step"]
+    assert last_generator(run.root / "run")[0] == 4
+    assert gb.trained_generators(tmp_path / "work") == ["lsgan3d", gb.LSGAN_LAST]
+    assert gb.kind_of(gb.LSGAN_LAST) == "lsgan3d" and gb.display_name(gb.LSGAN_LAST).startswith("3D-LSGAN")
+    from sbldm.evaluation.budget import reference
+
+    seg = gb.eval_segmenter(c.replace(seg_iterations=2), train, tmp_path / "seg.pt")
+    row = gb.score_point(c, tmp_path / "work", gb.LSGAN_LAST, 4, reference(train, test, seg.features), n=3,
+                         progress=False)
+    assert row["generator"] == gb.LSGAN_LAST and row["selected_step"] == 4 and row["n"] == 3

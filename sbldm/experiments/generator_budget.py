@@ -69,8 +69,9 @@ def _arm_order(generator: str) -> tuple:
 
 
 def kind_of(generator: str) -> str:
-    """The registry kind behind a row's generator name (every SBLDM arm is ``sbldm``)."""
-    return "sbldm" if generator.startswith("sbldm") else generator
+    """The registry kind behind a row's generator name (every SBLDM arm is ``sbldm``, the
+    3D-LSGAN's unselected points ``lsgan3d``)."""
+    return "sbldm" if generator.startswith("sbldm") else "lsgan3d" if generator.startswith("lsgan3d") else generator
 
 
 def trained_generators(root: Path) -> list[str]:
@@ -78,7 +79,7 @@ def trained_generators(root: Path) -> list[str]:
     VAE arms (by VAE steps), then the baselines."""
     found = [d.name for d in Path(root).glob("*") if (d / "points").is_dir()]
     arms = sorted((g for g in found if g.startswith("sbldm-vae")), key=_arm_order)
-    return [g for g in ("sbldm", *arms, "ldm3d", "lsgan3d") if g in found]
+    return [g for g in ("sbldm", *arms, "ldm3d", "lsgan3d", LSGAN_LAST) if g in found]
 
 
 def point_dir(root: Path, generator: str, steps: int) -> Path:
@@ -208,10 +209,40 @@ class LDM3DRun(BaselineRun):
         return {"ae_steps": cfg.ldm3d_ae_steps}
 
 
+#: the 3D-LSGAN run's points with the generator training left at each, unselected
+LSGAN_LAST = "lsgan3d-last"
+
+
 class LSGANRun(BaselineRun):
-    """The 3D-LSGAN extended point by point (its kept generator: the best scored so far)."""
+    """The 3D-LSGAN extended point by point: its kept generator is the best scored so far
+    by checkpoint selection on the training split (``budget.json``'s ``selected_step``),
+    and ``LSGAN_LAST`` keeps, beside it, the generator of the point's last step (what
+    training alone reached), saved when the run stands at that point."""
 
     name, steps_field, stages = "lsgan3d", "lsgan_steps", ("",)
+
+    def train_to(self, steps: int) -> Path:
+        from sbldm.generators.lsgan3d import last_generator, selected_step
+
+        dst = super().train_to(steps)
+        budget = read_budget(dst)
+        if "selected_step" not in budget:
+            budget["selected_step"] = selected_step(self.root / "run", steps)
+            atomic_write_json(dst / "budget.json", budget)
+        last = point_dir(self.root.parent, LSGAN_LAST, steps)
+        if self.cfg.lsgan_select_every and not (last / "budget.json").is_file():    # without selection: the same
+            at, gan = last_generator(self.root / "run")
+            if at == int(steps):            # an earlier point's last generator is gone once the run moved on
+                tmp = last.with_name(last.name + ".tmp")
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                gan.save_pretrained(tmp)                # written beside, then renamed: never half a point
+                if last.exists():
+                    shutil.rmtree(last)
+                tmp.rename(last)
+                atomic_write_json(last / "budget.json", {"steps": int(steps), "selected_step": int(steps),
+                                                         "train_seconds": budget["train_seconds"]})
+        return dst
 
 
 def runs(cfg, train, root: Path, vae_steps: int = DEFAULT_VAE_STEPS, progress: bool = True) -> dict:
@@ -225,7 +256,8 @@ def read_budget(point: Path) -> dict:
 
 #: display names (the method palette's keys)
 NAMES = {"sbldm": "SBLDM (DDIM)", "ldm3d": "3D-LDM", "lsgan3d": "3D-LSGAN", "real": "real (test split)",
-         CEILING: "slice VAE reconstruction (the decoder's ceiling)"}
+         CEILING: "slice VAE reconstruction (the decoder's ceiling)",
+         "lsgan3d-last": "3D-LSGAN, the last generator (unselected)"}
 
 
 def display_name(generator: str) -> str:
@@ -255,13 +287,14 @@ def score_point(cfg, root: Path, generator: str, steps: int, ref: dict, n: int, 
     from sbldm.generators.registry import load_generator
 
     out = row_path(root, generator, steps)
-    if out.is_file():
-        return json.loads(out.read_text())
     point = point_dir(root, generator, steps)
     budget = read_budget(point)
+    if out.is_file():                   # a row scored before the kept step was recorded gets it from budget.json
+        row = json.loads(out.read_text())
+        return {**row, **({"selected_step": budget["selected_step"]} if "selected_step" in budget else {})}
     gen = load_generator(point)
     row = {"generator": generator, "steps": int(steps), "cpu_hours": budget["train_seconds"] / 3600,
-           **{k: v for k, v in budget.items() if k.endswith("_steps") or k == "method"},
+           **{k: v for k, v in budget.items() if k.endswith("_steps") or k in ("method", "selected_step")},
            **score(gen, kind_of(generator), ref, n, seed=cfg.seed, batch_size=cfg.eval_batch_size,
                    cache=point / "samples.npz", progress=progress)}
     row["generator"] = generator
@@ -271,6 +304,9 @@ def score_point(cfg, root: Path, generator: str, steps: int, ref: dict, n: int, 
 
 #: real training volumes the synthetic-only segmenter is scored on (``utility_row``)
 UTILITY_EVAL = 50
+#: the whole-tumour Dice a baseline's synthetic-only segmenter should reach to count as trained
+#: (the paper's 3D-LSGAN: 0.355 in its Table 2)
+UTILITY_TARGET = 0.3
 
 
 def utility_path(root: Path, generator: str, steps: int) -> Path:
@@ -341,7 +377,7 @@ def real_row(test, ref: dict) -> dict:
 
 
 #: the columns of the committed table, in this order (the rows hold a few more)
-COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "method", "n", "empty_share", "core_share",
+COLUMNS = ("generator", "steps", "cpu_hours", "vae_steps", "ae_steps", "method", "selected_step", "n", "empty_share", "core_share",
            "w_over_spread_necrosis", "w_over_spread_oedema", "w_over_spread_enhancing", "interior_w_over_spread",
            "median_z_necrosis", "median_z_oedema", "median_z_enhancing",
            "dark_part_share", "dark_part_share_real", "texture_std_z", "texture_std_z_real",
@@ -402,6 +438,7 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
 
     from sbldm.evaluation.budget import TARGETS
     from sbldm.plotting import agg_pyplot, figure_legend, layout, method_styles, save_figure
+    from sbldm.tables import finite
 
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
@@ -411,11 +448,13 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
               ("dark_part_share", "share of tumours with a dark part", None, "dark_part_share_real"),
               ("multi_piece_26", "share in >1 piece (26-conn.)", None, "multi_piece_26_real"),
               ("laplacian_ratio", "normal-brain |Laplacian| / real", None, None),
-              ("spearman_sphericity", "Spearman, sphericity asked vs drawn", None, None)]
+              ("spearman_sphericity", "Spearman, sphericity asked vs drawn", None, None),
+              ("synthetic_only_dice_WT", "synthetic-only segmenter, WT Dice", UTILITY_TARGET, None)]
     real = next((r for r in rows if r["generator"] == "real"), None)
     gens = list(dict.fromkeys(r["generator"] for r in rows if r["generator"] != "real"))
     styles = method_styles([display_name(g) for g in gens] + [NAMES["real"]])
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.6))
+    fig, axes = plt.subplots(2, 4, figsize=(15.5, 6.6))
+    axes.flat[-1].set_axis_off()                # seven measures
     handles = []
     for ax, (key, title, target, real_key) in zip(axes.flat, panels):
         for g in gens:
@@ -443,6 +482,12 @@ def budget_figure(rows: list[dict], path, suptitle: str | None = None) -> None:
             ax.axhline(target, color="0.4", lw=0.8, ls=":")
             ax.text(1.0, target, " target", transform=ax.get_yaxis_transform(), fontsize=7, va="center",
                     color="0.3", clip_on=False)
+        if not any(finite(r.get(key)) is not None for r in rows if r["generator"] != "real"):
+            ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", fontsize=8, color="0.4")
+            ax.set_title(title, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
         ax.set_xscale("log", base=2)            # each tick one doubling of the training hours
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
@@ -464,7 +509,7 @@ def write_outputs(rows: list[dict], tables_dir: Path, figures_dir: Path, cfg, n:
 
     def order(r):
         g = r["generator"]
-        rank = {"real": 0, CEILING: 1, "sbldm": 2, "ldm3d": 4, "lsgan3d": 5}.get(g, 3)
+        rank = {"real": 0, CEILING: 1, "sbldm": 2, "ldm3d": 4, "lsgan3d": 5, LSGAN_LAST: 6}.get(g, 3)
         return rank, _arm_order(g) if g.startswith("sbldm-vae") else (0, ""), r["steps"] or 0
 
     rows = sorted(rows, key=order)

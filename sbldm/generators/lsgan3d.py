@@ -155,6 +155,39 @@ def best_score(rows: list[dict]) -> dict | None:
     return min(rows, key=lambda r: (r["rank"], r["step"]), default=None)
 
 
+
+def selected_step(run_dir: str | os.PathLike, up_to: int | None = None) -> int | None:
+    """The step of the generator checkpoint selection kept in ``run_dir`` by step ``up_to``
+    (default: the whole log): the best row of ``SELECTION_LOG`` up to it; None without
+    selection."""
+    import json
+
+    log = Path(run_dir) / SELECTION_LOG
+    if not log.is_file():
+        return None
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    best = best_score([r for r in rows if up_to is None or r["step"] <= int(up_to)])
+    return None if best is None else int(best["step"])
+
+
+def last_generator(run_dir: str | os.PathLike) -> tuple[int, "LSGAN3D"]:
+    """(step, the 3D-LSGAN as training left it) of the run in ``run_dir``, read from its
+    checkpoint: the generator of the last step, not the one checkpoint selection kept in
+    ``model/`` (what training alone reached at that step)."""
+    from sbldm.training.trainer import CHECKPOINT
+
+    run_dir = Path(run_dir)
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no checkpoint of a 3D-LSGAN run")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    gan = LSGAN3D.from_pretrained(run_dir / MODEL_DIR)
+    for part in ("generator", "discriminator"):
+        net = getattr(gan, part)
+        if net is not None:
+            net.load_state_dict({k[len(part) + 1:]: v for k, v in ckpt["model"].items() if k.startswith(part + ".")})
+    return int(ckpt["step"]), gan
+
 def selection_noise(cfg) -> torch.Tensor:
     """The fixed noise (``lsgan_select_samples``, ``lsgan_latent_dim``) the generator is scored on."""
     return torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
