@@ -212,3 +212,31 @@ def test_ddim_against_ddpm_pairs_the_volumes_when_table1_keeps_them():
     assert unpaired["verdict"] == cl.NOT_TESTED and "Welch" in unpaired["why"]      # the partners' spread hides it
     paired = cl.ddim_claim(t1, vols)
     assert paired["verdict"] == cl.REPRODUCED and "paired volume by volume (12 pairs)" in paired["why"]
+
+
+def test_claims_against_a_3d_lsgan_that_did_not_train_are_not_tested(tmp_path):
+    """Beating a baseline that did not learn is not a result: when every point of the
+    3D-LSGAN's budget curve gives a synthetic-only WT Dice below 0.3, the claims against it
+    are not tested (the ranking keeps SBLDM against the 3D-LDM); at 0.3 or above they stand."""
+    d = _results(tmp_path / "results" / "small")
+
+    def budget(*dice):
+        write_csv(d / "tables" / "generator_budget.csv",
+                  [{"generator": "real", "steps": "", "synthetic_only_dice_WT": ""}]
+                  + [{"generator": g, "steps": s, "synthetic_only_dice_WT": v}
+                     for (g, s), v in zip((("lsgan3d", 1000), ("lsgan3d", 2000), ("lsgan3d-last", 2000)), dice)])
+        return _by_claim(cl.claims(d))
+
+    assert cl.lsgan_trained([]) == (None, "")
+    by = budget(0.02, 0.05, 0.12)
+    worse = by["real + 3D-LSGAN is worse than real only (Table 2)"]
+    assert worse["verdict"] == cl.NOT_TESTED and worse["sbldm"] != "—"           # measured, not judged
+    assert "did not train at this scale" in worse["why"]
+    assert "3 points, 1000-2000 steps): its best synthetic-only WT Dice is 0.120 (the last generator at 2000 " \
+           "steps), below the 0.3" in worse["why"]
+    ranking = by["synthetic only: SBLDM > 3D-LDM > 3D-LSGAN (Table 2)"]
+    assert ranking["verdict"] == cl.PARTLY and "the 3D-LSGAN's place is not tested" in ranking["why"]
+    by = budget(0.02, 0.31, 0.12)                                                   # a point that trained
+    assert by["real + 3D-LSGAN is worse than real only (Table 2)"]["verdict"] == cl.REPRODUCED
+    assert by["synthetic only: SBLDM > 3D-LDM > 3D-LSGAN (Table 2)"]["verdict"] == cl.REPRODUCED
+    assert cl.lsgan_trained([{"generator": "lsgan3d", "steps": "1000", "synthetic_only_dice_WT": "0.31"}])[0] is True
