@@ -77,6 +77,26 @@ def _table(path: Path) -> list[dict]:
     return read_csv(path) if path.is_file() else []
 
 
+def speed_and_storage(speed: dict | None, half: dict | None) -> list[str]:
+    """A card's Speed section (``sampling_speed``, when measured) and Storage section
+    (``half_precision_effect``: what storing the weights in fp16 changes in the samples)."""
+    lines = []
+    if speed:
+        lines += ["", "## Speed", "",
+                  f"- measured when shipped, one volume, DDIM-{speed['ddim_steps']} on {speed['device']}: "
+                  f"{speed['fp32_s']:.1f} s in fp32"
+                  + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
+                     if speed.get("bf16_s") else "")]
+    lines += ["", "## Storage", ""]
+    if half:
+        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
+                     f"{half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise) against the fp32 "
+                     f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]; "
+                     f"the FLAIR), mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of "
+                     "mask voxels differ.")
+    return lines
+
+
 def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: dict | None = None) -> str:
     """The card's Markdown, every number read from ``results`` (or measured by ``ship``:
     ``half``, ``half_precision_effect``; ``speed``, ``sampling_speed``)."""
@@ -155,19 +175,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
                   "Segmentation claims take the training run as the unit; \"no detectable effect\" means the seeds "
                   "cannot tell the effect from run-to-run noise.", ""]
         lines += [f"- {r['claim']}: **{r['verdict']}** (paper {r['paper']}; here {r['sbldm']})" for r in claims]
-    if speed:
-        lines += ["", "## Speed", "",
-                  f"- measured when shipped, one volume, DDIM-{speed['ddim_steps']} on {speed['device']}: "
-                  f"{speed['fp32_s']:.1f} s in fp32"
-                  + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
-                     if speed.get("bf16_s") else "")]
-    lines += ["", "## Storage", ""]
-    if half:
-        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
-                     f"{half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise) against the fp32 "
-                     f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]), "
-                     f"mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of mask voxels "
-                     "differ.")
+    lines += speed_and_storage(speed, half)
     lines += ["", "## Use", "", "```python", "import torch", "",
               "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
               f'pipe = SBLDMPipeline.from_pretrained("pretrained/{run}")',
@@ -237,18 +245,7 @@ def four_sequence_card(cfg: Config, run: str, name: str, results: Path, pipe, ha
         if parts:
             lines.append(f"- {r['n_real']} real volumes, {r['training_set']} minus {r['against']} ({r['seeds']} seeds, "
                          f"Dice, 95% interval, verdict after Holm): " + "; ".join(parts))
-    if speed:
-        lines += ["", "## Speed", "",
-                  f"- measured when shipped, one volume, DDIM-{speed['ddim_steps']} on {speed['device']}: "
-                  f"{speed['fp32_s']:.1f} s in fp32"
-                  + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
-                     if speed.get("bf16_s") else "")]
-    lines += ["", "## Storage", ""]
-    if half:
-        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading: on {half['volumes']} "
-                     f"volumes (DDIM-{half['ddim_steps']}) the FLAIR differs by at most "
-                     f"{half['max_abs_image_difference']:.4f} from the fp32 weights' (images in [-1, 1]); "
-                     f"{half['mask_voxels_differing']:.4%} of mask voxels differ.")
+    lines += speed_and_storage(speed, half)
     lines += ["", "## Use", "", "```python", "import torch", "",
               "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
               f'pipe = SBLDMPipeline.from_pretrained("pretrained/{name}")',
