@@ -160,8 +160,14 @@ def test_the_interiors_are_read_per_sequence_and_the_enhancing_tumour_must_enhan
     flat, flat_labels = _volumes(0.0, seed=1)                                      # enhancing only in its label
     rows, enh = fs.appearance_rows(real, {"sequences": flat, "labels": flat_labels})
     assert not enh["inside"] and abs(enh["generated"]) < 0.5
-    with pytest.raises(ValueError, match="no sequences or no label maps"):
+    with pytest.raises(ValueError, match="carries no sequences"):
         fs.appearance_rows(real, {"sequences": None, "labels": labels})
+    # a model of the whole tumour (the paper's label mode) draws no sub-regions: nothing to read, said as NaN
+    rows, enh = fs.appearance_rows(real, {"sequences": seqs, "labels": None, "masks": labels > 0})
+    assert rows == [] and not enh["inside"] and math.isnan(enh["generated"])
+    whole = fs.example_cases(types.SimpleNamespace(sequences=seqs, labels=labels, case_ids=list("abcd")),
+                             {"sequences": seqs, "labels": None, "masks": (labels > 0).astype(np.uint8)}, k=1)
+    assert set(np.unique(whole[1][2])) == {0, 2}                     # outlined as the whole tumour
 
 
 def test_the_figure_shows_every_sequence_of_every_case():

@@ -300,13 +300,14 @@ def appearance_rows(real: Prepared, generated: dict, modalities=FOUR) -> tuple[l
     real ones (Wasserstein over the real spread). Returns (rows ``{set, sequence, n,
     core_share, median_z_<region>, w_over_spread_<region>, texture_std_z}``, the enhancing
     tumour on T1ce: ``within_real_spread`` of the generated median against the real
-    interquartile range)."""
+    interquartile range). A model of the whole tumour draws no sub-regions: ([], NaNs)."""
     from sbldm.data.cohort import SEQUENCE_NAMES
     from sbldm.evaluation.appearance import sequence_appearance, subregion_summary, within_real_spread
 
-    if generated.get("sequences") is None or generated.get("labels") is None:
-        raise ValueError("the generated set carries no sequences or no label maps: sample a four-sequence model "
-                         "of the sub-regions")
+    if generated.get("sequences") is None:
+        raise ValueError("the generated set carries no sequences: sample a model of several sequences")
+    if generated.get("labels") is None:         # a model of the whole tumour (tumour_labels="whole"): no sub-regions
+        return [], within_real_spread([], [])
     ref = sequence_appearance(real.sequences, real.labels, modalities)
     gen = sequence_appearance(generated["sequences"], generated["labels"], modalities)
     rows = []
@@ -321,8 +322,11 @@ def appearance_rows(real: Prepared, generated: dict, modalities=FOUR) -> tuple[l
 
 def example_cases(real: Prepared, generated: dict, k: int = 3) -> list[tuple]:
     """``k`` real training cases and ``k`` generated ones for ``sequences_figure``: (name,
-    (S, x, y, z) sequences, label map)."""
+    (S, x, y, z) sequences, label map; a whole-tumour mask shows as the whole tumour)."""
     out = [(f"real {real.case_ids[i]}", real.sequences[i], real.labels[i]) for i in range(min(k, len(real.case_ids)))]
-    out += [(f"SBLDM sample {i}", generated["sequences"][i], generated["labels"][i])
+    maps = generated.get("labels")
+    if maps is None:                            # whole-tumour masks, outlined as the whole tumour
+        maps = 2 * np.asarray(generated["masks"], np.uint8)
+    out += [(f"SBLDM sample {i}", generated["sequences"][i], maps[i])
             for i in range(min(k, len(generated["sequences"])))]
     return out
