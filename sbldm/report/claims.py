@@ -379,10 +379,15 @@ def lsgan_trained(budget: list[dict]) -> tuple[bool | None, str]:
     dice, ok = _num(best["synthetic_only_dice_WT"]), _num(best["synthetic_only_dice_WT"]) >= UTILITY_TARGET
     steps = sorted({int(_num(r["steps"])) for r in rows})
     kept = "the last generator" if best["generator"] != "lsgan3d" else "the generator selection kept"
-    text = (f"the 3D-LSGAN's budget curve ({len(rows)} points, {steps[0]}-{steps[-1]} steps): its best "
-            f"synthetic-only WT Dice is {dice:.3f} ({kept} at {int(_num(best['steps']))} steps), "
+    text = (f"its budget curve ({len(rows)} points, {steps[0]}-{steps[-1]} steps) gives at best a synthetic-only "
+            f"WT Dice of {dice:.3f} ({kept} at {int(_num(best['steps']))} steps), "
             f"{'at or above' if ok else 'below'} the {UTILITY_TARGET} a trained baseline reaches (the paper's "
             f"{paper.TABLE2['synthetic only: 3D-LSGAN'][0]:.3f})")
+    same = [v for v in (_num(r.get("ms_ssim_pairwise")) for r in rows) if v is not None]
+    real = next((_num(r.get("ms_ssim_pairwise")) for r in budget if r.get("generator") == "real"), None)
+    if same and real is not None and min(same) > real:
+        text += (f"; its volumes are closer to one another than real ones are (pairwise MS-SSIM {min(same):.2f}-"
+                 f"{max(same):.2f}, real {real:.2f}): it collapses onto a few outputs")
     return ok, text
 
 
@@ -419,7 +424,7 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
     lsgan_claim = one("real + 3D-LSGAN is worse than real only (Table 2)", "real + 3D-LSGAN vs real")
     if untrained and lsgan_claim["verdict"] != NOT_TESTED:
         lsgan_claim = {**lsgan_claim, "verdict": NOT_TESTED,
-                       "why": f"the 3D-LSGAN did not train at this scale, {lsgan[1]}; measured: {lsgan_claim['why']}"}
+                       "why": f"the 3D-LSGAN did not learn at this scale: {lsgan[1]}; measured: {lsgan_claim['why']}"}
     out.append(lsgan_claim)
     # the synthetic-only ranking: two pairs
     claim = "synthetic only: SBLDM > 3D-LDM > 3D-LSGAN (Table 2)"
@@ -432,7 +437,7 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
         why = "; ".join(f"{p.split(': ')[1]}: {_seed_why(comp[p])}" for p in pairs)
         if untrained:               # only SBLDM against the 3D-LDM can decide; the LSGAN's third place is untested
             verdict = {REPRODUCED: PARTLY, NO_EFFECT: NO_EFFECT, REFUTED: REFUTED}[vs[0]]
-            why = f"the 3D-LSGAN's place is not tested: it did not train at this scale, {lsgan[1]}; measured: {why}"
+            why = f"the 3D-LSGAN's place is not tested, it did not learn at this scale: {lsgan[1]}; measured: {why}"
         means = [_means(cases, f"synthetic only: {m}") for m in ("SBLDM", "3D-LDM", "3D-LSGAN")]
         out.append(_row(claim, measure, theirs, " > ".join(f"{m:.3f}" for m in means), verdict, why))
     else:

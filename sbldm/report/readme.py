@@ -489,7 +489,6 @@ def _budget_lines(d: Path, rel: str) -> list[str]:
                  f"{_num(last['pieces_26']) or float('nan'):.1f} pieces on average (26-connectivity; real test split "
                  f"{_num(real.get('pieces_26')) or float('nan'):.1f}), {_num(last['core_share']) or 0:.0%} with a core."
                  if last else "")
-        text = text.replace("the 3D-LSGAN's budget curve", "its budget curve", 1)
         out += ["", f"The 3D-LSGAN ([curves]({rel}/figures/generator_budget.png)): {text}."
                 + (" The claims against it stand." if trained else
                    " It has not learnt usable tumours at this scale, so the claims against it are not tested.") + shape]
