@@ -152,7 +152,7 @@ class TumourSteering:
         req = self.last_request
         centre = [int(np.clip(round(req[k]), 0, s - 1)) for k, s in zip(("x", "y", "z"), self.shape)]
         labels = None if self.last.labels is None else self.last.labels[0]
-        seqs = self.last.sequences
+        seqs = getattr(self.last, "sequences", None)      # an output of one sequence may not carry it
         # two by two, so that the panel beside the sliders shows the views and the table at a
         # size whose text reads at the output area's width (about 700 px); a pipeline of several
         # sequences adds a row: every sequence's axial slice through the requested centre
@@ -267,7 +267,7 @@ class TumourSteering:
                 status.value = "generate first"
                 return
             (img, seg), = self.save(out_dir)
-            if self.last.sequences is None:
+            if getattr(self.last, "sequences", None) is None:
                 status.value = f"saved {img} and {seg}"
             else:
                 from sbldm.data.cohort import SEQUENCE_NAMES
