@@ -660,8 +660,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
         seg_nnunet_epochs=40, seg_nnunet_iterations=25,  # nnU-Net budget: docs/decisions.md, "nnU-Net on CPU"
         seg_nnunet_batch_size=5,                         # the batch nnU-Net plans for the 100 real volumes
         # the Table 1 sampling budget: docs/decisions.md, "The small preset's sampling and baseline budgets"
-        # 10 DDPM volumes: enough to put an interval on DDIM's loss against DDPM (same section)
-        eval_n_samples=100, eval_n_samples_ddpm=10, eval_timing_volumes=1, eval_batch_size=10,
+        # 20 DDPM volumes: the paired interval on DDIM's SSIM loss against DDPM needs them (same section)
+        eval_n_samples=100, eval_n_samples_ddpm=20, eval_timing_volumes=1, eval_batch_size=10,
         eval_n_adherence=50, eval_adherence_bf16=True,
         # the conditioning ablation (notebook 07): 5 rows x 400 latent-UNet steps, 50 requests each
         ablation_steps=400, ablation_requests=50,

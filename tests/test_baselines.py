@@ -563,3 +563,37 @@ def test_ablation_rows_are_chosen_by_name_and_merged_with_the_earlier_table(tmp_
     assert merged[0]["steps"] == 300.0 and merged[0]["wt_dice"] == 0.0 and merged[0]["fields"] == "a"
     assert merged[1]["steps"] == 500 and merged[1]["wt_dice"] == 0.58
     assert merge_rows(tmp_path / "missing.csv", new, order) == new
+
+
+def test_a_kept_sample_set_is_extended_to_more_volumes_not_drawn_again(tmp_path):
+    """Asking for more volumes of the same set draws only the missing batches, and gives
+    what a fresh draw of that many would; a set that does not end on a batch boundary, or
+    that was drawn with another seed, is drawn again."""
+    from sbldm.evaluation.sample_cache import batch_seed, cached_samples
+
+    calls = []
+
+    def fn(b, s):
+        calls.append(s)
+        rng = np.random.default_rng(s)
+        return rng.normal(size=(b, 2, 2, 2)).astype(np.float32), np.zeros((b, 2, 2, 2), np.uint8)
+
+    four = cached_samples(tmp_path / "s.npz", fn, 4, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    assert calls == [batch_seed(3, 0), batch_seed(3, 2)]
+    calls.clear()
+    six = cached_samples(tmp_path / "s.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    assert calls == [batch_seed(3, 4)]                                    # only the missing batch
+    fresh = cached_samples(tmp_path / "fresh.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    np.testing.assert_array_equal(six["images"], fresh["images"])
+    np.testing.assert_array_equal(six["images"][:4], four["images"])
+    assert len(six["seconds"]) == 3
+    calls.clear()
+    assert cached_samples(tmp_path / "s.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)["images"].shape[0] == 6
+    assert calls == []                                                    # kept as it is now
+    cached_samples(tmp_path / "odd.npz", fn, 3, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    calls.clear()
+    cached_samples(tmp_path / "odd.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    assert calls == [batch_seed(3, 0), batch_seed(3, 2), batch_seed(3, 4)]   # 3 ends mid-batch: drawn again
+    calls.clear()
+    cached_samples(tmp_path / "s.npz", fn, 8, seed=4, batch_size=2, meta={"m": 1}, progress=False)
+    assert len(calls) == 4                                                # another seed: another set
