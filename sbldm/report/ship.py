@@ -97,6 +97,18 @@ def speed_and_storage(speed: dict | None, half: dict | None) -> list[str]:
     return lines
 
 
+def use_snippet(name: str, after: list[str]) -> list[str]:
+    """A card's Use section: load ``pretrained/<name>``, sample one volume on the fast path
+    (bf16 autocast on a CPU), then the lines ``after``."""
+    return ["", "## Use", "", "```python", "import torch", "",
+            "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
+            f'pipe = SBLDMPipeline.from_pretrained("pretrained/{name}")',
+            "# on a CPU, bf16 autocast runs the 3D convolutions several times faster (the card's Speed section)",
+            "with cpu_bf16(not torch.cuda.is_available()):",
+            "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
+            *after, "```", ""]
+
+
 def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: dict | None = None) -> str:
     """The card's Markdown, every number read from ``results`` (or measured by ``ship``:
     ``half``, ``half_precision_effect``; ``speed``, ``sampling_speed``)."""
@@ -176,13 +188,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
                   "cannot tell the effect from run-to-run noise.", ""]
         lines += [f"- {r['claim']}: **{r['verdict']}** (paper {r['paper']}; here {r['sbldm']})" for r in claims]
     lines += speed_and_storage(speed, half)
-    lines += ["", "## Use", "", "```python", "import torch", "",
-              "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
-              f'pipe = SBLDMPipeline.from_pretrained("pretrained/{run}")',
-              "# on a CPU, bf16 autocast runs the 3D convolutions several times faster (the card's Speed section)",
-              "with cpu_bf16(not torch.cuda.is_available()):",
-              "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
-              'out.save_nifti("samples/")', "```", ""]
+    lines += use_snippet(run, ['out.save_nifti("samples/")'])
     return "\n".join(lines)
 
 
@@ -246,14 +252,9 @@ def four_sequence_card(cfg: Config, run: str, name: str, results: Path, pipe, ha
             lines.append(f"- {r['n_real']} real volumes, {r['training_set']} minus {r['against']} ({r['seeds']} seeds, "
                          f"Dice, 95% interval, verdict after Holm): " + "; ".join(parts))
     lines += speed_and_storage(speed, half)
-    lines += ["", "## Use", "", "```python", "import torch", "",
-              "from sbldm.diffusion.pipeline import SBLDMPipeline", "from sbldm.runtime import cpu_bf16", "",
-              f'pipe = SBLDMPipeline.from_pretrained("pretrained/{name}")',
-              "with cpu_bf16(not torch.cuda.is_available()):        # the fast path on a CPU",
-              "    out = pipe(num_volumes=1, conditions=[{...9 features...}])  # or none: drawn from the training set",
-              "out.sequences      # (N, 4, x, y, z): T1, T1ce, T2, FLAIR in [-1, 1]; out.labels: the label maps",
-              'out.save_nifti("samples/")   # samples/BraTS-SAMPLE-00000-000/BraTS-SAMPLE-00000-000-t1n.nii.gz, ...',
-              "```", ""]
+    lines += use_snippet(name, [
+        "out.sequences      # (N, 4, x, y, z): T1, T1ce, T2, FLAIR in [-1, 1]; out.labels: the label maps",
+        'out.save_nifti("samples/")   # samples/BraTS-SAMPLE-00000-000/BraTS-SAMPLE-00000-000-t1n.nii.gz, ...'])
     return "\n".join(lines)
 
 
