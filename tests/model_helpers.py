@@ -93,3 +93,25 @@ def make_prepared(root: Path, n_cases: int = 6, shape=(16, 16, 8), seed: int = 0
     out = root / "prepared"
     prepare_cohort(find_cases(brats), out, shape, n_train=4, n_test=2, seed=seed, image_order=1, progress=False)
     return out
+
+
+def assert_brats_folders_read_back(out, folder) -> list:
+    """``out.save_nifti(folder)`` of an ``SBLDMOutput`` of several sequences wrote one BraTS
+    2023 case folder per volume, which the project's own loader reads back: every sequence
+    (in ``out.modalities`` order, the same voxels) and the label map. Returns what
+    ``save_nifti`` returned."""
+    import nibabel as nib
+
+    from sbldm.data import cohort
+
+    written = out.save_nifti(folder)
+    cases = cohort.find_cases(folder, modalities=out.modalities)
+    assert [c.case_id for c in cases] == [f"BraTS-SAMPLE-{k:05d}-000" for k in range(len(out.sequences))]
+    for k, case in enumerate(cases):
+        assert [m for m, _ in case.sequences] == list(out.modalities)
+        for i, (_, path) in enumerate(case.sequences):
+            np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), out.sequences[k, i], atol=1e-6)
+        back = cohort.load_case(case, out.labels.shape[1:], require_tumour=False)
+        np.testing.assert_array_equal(back.labels, out.labels[k])
+        assert back.sequences.shape == out.sequences.shape[1:]
+    return written

@@ -161,21 +161,11 @@ def _four_sequence_work(tmp_path):
 def _writes_brats_folders_read_back(pipe, out_dir):
     """A pipeline of four sequences writes one BraTS 2023 folder per volume, which the
     project's own loader reads back, every sequence and the labels."""
-    import nibabel as nib
-
-    from sbldm.data import cohort
+    from model_helpers import assert_brats_folders_read_back
 
     out = pipe(num_volumes=2, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
     assert out.sequences.shape[:2] == (2, 4) and out.modalities == FOUR
-    out.save_nifti(out_dir)
-    cases = cohort.find_cases(out_dir, modalities=FOUR)
-    assert [c.case_id for c in cases] == ["BraTS-SAMPLE-00000-000", "BraTS-SAMPLE-00001-000"]
-    for k, case in enumerate(cases):
-        assert [m for m, _ in case.sequences] == list(FOUR)
-        for i, (_, path) in enumerate(case.sequences):
-            np.testing.assert_allclose(np.asarray(nib.load(path).dataobj), out.sequences[k, i], atol=1e-6)
-        back = cohort.load_case(case, out.labels.shape[1:], require_tumour=False)
-        np.testing.assert_array_equal(back.labels, out.labels[k])
+    assert_brats_folders_read_back(out, out_dir)
 
 
 def test_a_four_sequence_pipeline_ships_beside_the_flair_one_with_its_own_card(tmp_path):
