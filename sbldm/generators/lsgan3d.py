@@ -155,18 +155,21 @@ def best_score(rows: list[dict]) -> dict | None:
     return min(rows, key=lambda r: (r["rank"], r["step"]), default=None)
 
 
+def selection_rows(run_dir: str | os.PathLike) -> list[dict]:
+    """The scores of checkpoint selection in ``run_dir`` (``SELECTION_LOG``), [] without."""
+    import json
+
+    log = Path(run_dir) / SELECTION_LOG
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
 
 def selected_step(run_dir: str | os.PathLike, up_to: int | None = None) -> int | None:
     """The step of the generator checkpoint selection kept in ``run_dir`` by step ``up_to``
     (default: the whole log): the best row of ``SELECTION_LOG`` up to it; None without
     selection."""
-    import json
-
-    log = Path(run_dir) / SELECTION_LOG
-    if not log.is_file():
-        return None
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    best = best_score([r for r in rows if up_to is None or r["step"] <= int(up_to)])
+    best = best_score([r for r in selection_rows(run_dir) if up_to is None or r["step"] <= int(up_to)])
     return None if best is None else int(best["step"])
 
 
@@ -188,6 +191,7 @@ def last_generator(run_dir: str | os.PathLike) -> tuple[int, "LSGAN3D"]:
             net.load_state_dict({k[len(part) + 1:]: v for k, v in ckpt["model"].items() if k.startswith(part + ".")})
     return int(ckpt["step"]), gan
 
+
 def selection_noise(cfg) -> torch.Tensor:
     """The fixed noise (``lsgan_select_samples``, ``lsgan_latent_dim``) the generator is scored on."""
     return torch.randn(cfg.lsgan_select_samples, cfg.lsgan_latent_dim,
@@ -205,11 +209,7 @@ class _Selection:
         self.log = out_dir / SELECTION_LOG
 
     def rows(self) -> list[dict]:
-        import json
-
-        if not self.log.is_file():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return selection_rows(self.dir)
 
     def score(self, step: int, generator: LSGANGenerator3D) -> dict:
         import json
