@@ -257,7 +257,7 @@ def read_budget(point: Path) -> dict:
 #: display names (the method palette's keys)
 NAMES = {"sbldm": "SBLDM (DDIM)", "ldm3d": "3D-LDM", "lsgan3d": "3D-LSGAN", "real": "real (test split)",
          CEILING: "slice VAE reconstruction (the decoder's ceiling)",
-         "lsgan3d-last": "3D-LSGAN, the last generator (unselected)"}
+         LSGAN_LAST: "3D-LSGAN, the last generator (unselected)"}
 
 
 def display_name(generator: str) -> str:
