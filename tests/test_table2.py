@@ -417,7 +417,7 @@ def _seed_cases(effects, n_cases=20, noise=0.0, seed_noise=None, rng=0):
 
 
 def test_seed_paired_difference_interval_and_test_against_independent_values():
-    from scipy.stats import wilcoxon
+    from scipy.stats import ttest_1samp, wilcoxon
 
     effects = [0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.04, 0.06, 0.05]
     cases = _seed_cases(effects, seed_noise=np.linspace(-0.01, 0.01, 10))
@@ -429,12 +429,37 @@ def test_seed_paired_difference_interval_and_test_against_independent_values():
     assert r["lo"] == pytest.approx(np.mean(effects) - 1.96 * sd, abs=0.6 * sd)
     assert r["hi"] == pytest.approx(np.mean(effects) + 1.96 * sd, abs=0.6 * sd)
     assert min(effects) <= r["lo"] < r["hi"] <= max(effects)
-    assert r["p_seeds"] == pytest.approx(wilcoxon(effects).pvalue)
-    assert r["verdict"] == statistics.GAIN
+    assert r["p_seeds"] == pytest.approx(ttest_1samp(effects, 0.0).pvalue)      # the decision test
+    assert r["p_rank"] == pytest.approx(wilcoxon(effects).pvalue) == 2 / 2 ** 10  # beside it, at its floor
+    assert r["p_seeds"] < 1e-6 and r["verdict"] == statistics.GAIN
     # the mirror image is a loss with the same p
     back = statistics.seed_paired(cases, "real", "real + SBLDM", "dice_WT")
     assert back["diff"] == pytest.approx(-r["diff"]) and back["verdict"] == statistics.LOSS
-    assert back["p_seeds"] == pytest.approx(r["p_seeds"])
+    assert back["p_seeds"] == pytest.approx(r["p_seeds"]) and back["p_rank"] == pytest.approx(r["p_rank"])
+
+
+def test_the_seed_test_is_not_floored_by_the_number_of_seeds_and_does_not_invent_effects():
+    from scipy.stats import ttest_1samp
+
+    # a 10-seed effect like the committed `small` run's enhancing-tumour gain (+0.13, every seed
+    # above, seeds scattered by 0.06): over 9 rows x 3 regions the exact signed-rank test cannot
+    # pass Holm (27 x 2/1024 = 0.053) whatever the effect; the t-test over the same seeds can
+    effects = 0.13 + 0.06 * np.array([-1.5, -1.0, -0.6, -0.3, 0.0, 0.2, 0.5, 0.8, 1.2, 1.7])
+    assert effects.min() > 0
+    assert statistics.seed_test(effects, "signed-rank") * 27 > 0.05
+    p = statistics.seed_test(effects)
+    assert p == pytest.approx(ttest_1samp(effects, 0.0).pvalue) and p * 27 < 0.01
+    # ... and the same family of 27 where nothing happens: differences scattered about 0 never pass
+    rng = np.random.default_rng(7)
+    nulls = [statistics.seed_test(rng.normal(0, 0.06, 10)) for _ in range(27)]
+    assert min(statistics.holm(dict(enumerate(nulls))).values()) > 0.05
+    # a large mean carried by one seed is not significant either
+    assert statistics.seed_test([0.3] + [0.0] * 9) > 0.3
+    # edge cases: fewer than 2 seeds or nothing but zeros give 1; identical non-zero differences 0
+    assert statistics.seed_test([0.2]) == 1.0 and statistics.seed_test([0.0] * 5) == 1.0
+    assert statistics.seed_test([0.02] * 4) == 0.0 and statistics.seed_test([0.02] * 4, "signed-rank") == 2 / 16
+    with pytest.raises(ValueError, match="test must be one of"):
+        statistics.seed_test(effects, "sign")
 
 
 def test_an_effect_one_seed_carries_or_below_the_seed_spread_is_no_detectable_effect():
@@ -455,20 +480,26 @@ def test_an_effect_one_seed_carries_or_below_the_seed_spread_is_no_detectable_ef
 
 
 def test_verdicts_apply_holm_over_the_whole_family():
-    gain = _seed_cases([0.05] * 6)                          # six seeds: exact signed-rank p = 2 / 64
+    from scipy.stats import ttest_1samp
+
+    effects = [0.05, 0.02, 0.08, 0.04, 0.06, 0.03]          # six seeds: t-test p ~0.004
+    p = ttest_1samp(effects, 0.0).pvalue
+    gain = _seed_cases(effects)
     r = statistics.seed_paired(gain, "real + SBLDM", "real", "dice_WT")
-    assert r["verdict"] == statistics.GAIN and r["p_seeds"] == pytest.approx(2 / 64)
+    assert r["verdict"] == statistics.GAIN and r["p_seeds"] == pytest.approx(p)
     alone = statistics.verdicts({"a": r})
-    assert alone["a"]["p_holm"] == pytest.approx(2 / 64) and alone["a"]["verdict"] == statistics.GAIN
-    family = statistics.verdicts({"a": r, "b": r, "c": r})  # three such comparisons: 3 x 2/64 > 0.05
-    assert family["a"]["p_holm"] == pytest.approx(6 / 64) and family["a"]["verdict"] == statistics.NO_EFFECT
+    assert alone["a"]["p_holm"] == pytest.approx(p) and alone["a"]["verdict"] == statistics.GAIN
+    k = int(0.05 // p) + 1                                  # k such comparisons: k x p > 0.05
+    family = statistics.verdicts({i: r for i in range(k)})
+    assert family[0]["p_holm"] == pytest.approx(k * p) and family[0]["verdict"] == statistics.NO_EFFECT
     assert r["verdict"] == statistics.GAIN                  # the input is left as it was
 
 
 def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regions():
     cases = []
-    for c in _seed_cases([0.05] * 8) + [{**c, "row": "real + noise"} for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
-                                         if c["row"] == "real + SBLDM"]:
+    for c in _seed_cases([0.05] * 8, noise=0.02) + [{**c, "row": "real + noise"}
+                                                    for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
+                                                    if c["row"] == "real + SBLDM"]:
         full = {"n_train_volumes": 10, "dice": c["dice_WT"], "iou": c["dice_WT"] / 2, "hd95": 3.0,
                 "empty_prediction": 0, **c}
         for region in ("WT", "TC", "ET"):
@@ -479,10 +510,18 @@ def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regio
     direct = statistics.seed_paired(cases, "real + SBLDM", "real", "dice_WT")
     sb, noise = rows["real + SBLDM"], rows["real + noise"]
     assert sb["diff_WT"] == pytest.approx(direct["diff"]) and sb["ci95_low_WT"] == pytest.approx(direct["lo"])
-    # 2 rows x 3 regions compared: the three equal smallest p values (8 seeds, all above:
-    # exact 2 / 256) are multiplied by 6, 5 and 4, and Holm keeps the running maximum
-    assert direct["p_seeds"] == pytest.approx(2 / 256)
-    assert [sb[f"p_seeds_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * 2 / 256] * 3)
+    # 2 rows x 3 regions compared: the three equal smallest p values (the t-test over the 8
+    # per-seed differences, computed here from the cases) are multiplied by 6, 5 and 4, and
+    # Holm keeps the running maximum; the exact signed-rank p (8 seeds all above: 2/256) beside
+    from scipy.stats import ttest_1samp
+
+    mine = {(c["seed"], c["case_id"]): c["dice_WT"] for c in cases if c["row"] == "real + SBLDM"}
+    ref = {(c["seed"], c["case_id"]): c["dice_WT"] for c in cases if c["row"] == "real"}
+    per_seed = [np.mean([mine[k] - ref[k] for k in ref if k[0] == s]) for s in range(8)]
+    raw = ttest_1samp(per_seed, 0.0).pvalue
+    assert direct["p_seeds"] == pytest.approx(raw) and sb["p_seeds_raw_WT"] == pytest.approx(raw)
+    assert [sb[f"p_seeds_{r}"] for r in ("WT", "TC", "ET")] == pytest.approx([6 * raw] * 3)
+    assert sb["p_rank_raw_WT"] == pytest.approx(2 / 256)
     assert sb["verdict_WT"] == statistics.GAIN and noise["verdict_WT"] == statistics.NO_EFFECT
     assert rows["real"]["verdict_WT"] == "" and math.isnan(rows["real"]["diff_WT"])
 
@@ -602,3 +641,44 @@ def test_the_nnunet_confirmation_runs_where_the_fast_backend_finds_an_effect(tmp
     assert [r["row"] for r in out] == ["real", "real + SBLDM"] and out[0]["seeds"] == 2
     assert out[0]["backend"] == "nnunet" and {b for b, _, _ in seen} == {"nnunet"}
     assert len({x for _, _, x in seen}) == 4
+
+
+def _region_cases(gain_cases):
+    out = []
+    for c in gain_cases:
+        full = {"n_train_volumes": 10, "dice": c["dice_WT"], "iou": c["dice_WT"] / 2, "hd95": 3.0,
+                "empty_prediction": 0, **c}
+        for region in ("WT", "TC", "ET"):
+            full.update({f"dice_{region}": c["dice_WT"], f"lesion_dice_{region}": c["dice_WT"],
+                         f"lesion_hd95_{region}": 2.0, f"false_positives_{region}": 0, f"missed_{region}": 0})
+        out.append(full)
+    return out
+
+
+def test_the_table2_markdown_shows_the_seed_paired_comparison_beside_the_per_case_test():
+    cases = _region_cases(_seed_cases([0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.04], noise=0.02)
+                          + [{**c, "row": "real + noise"} for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
+                             if c["row"] == "real + SBLDM"])
+    rows = statistics.summarise(cases)
+    md = table2.table2_markdown(rows, "smoke", "fast", "phantom", 20)
+    block = md.split("Against real only, the training run as the unit")[1]
+    lines = [ln for ln in block.splitlines() if ln.startswith("| real")]
+    assert len(lines) == 6                                  # 2 rows x 3 regions, real only not against itself
+    sb = next(r for r in rows if r["row"] == "real + SBLDM")
+    first = lines[0].split(" | ")
+    assert first[0] == "| real + SBLDM" and first[1] == "WT" and first[3] == "8/8"
+    assert first[2] == f"{sb['diff_WT']:+.3f} [{sb['ci95_low_WT']:+.3f}, {sb['ci95_high_WT']:+.3f}]"
+    assert first[-1] == "gain |" and "0.0078 *" in first[6]              # signed-rank 2/256, its floor
+    assert all(ln.endswith("no detectable effect |") for ln in lines[3:])
+    # one seed: no seed-paired verdicts, no block
+    one = statistics.summarise([c for c in cases if c["seed"] == 0])
+    assert "training run as the unit" not in table2.table2_markdown(one, "smoke", "fast", "phantom", 20)
+
+
+def test_a_run_without_the_nnunet_confirmation_removes_an_earlier_one(tmp_path):
+    for name in ("table2_nnunet_check.csv", "table2_nnunet_check.md", "table2.csv", "table2_cases.csv"):
+        (tmp_path / name).write_text("x")
+    gone = table2.drop_nnunet_check(tmp_path)
+    assert sorted(p.name for p in gone) == ["table2_nnunet_check.csv", "table2_nnunet_check.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table2.csv", "table2_cases.csv"]
+    assert table2.drop_nnunet_check(tmp_path) == []                     # nothing left to remove: no error

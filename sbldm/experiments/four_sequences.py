@@ -258,8 +258,8 @@ def comparison_rows(cases: list[dict]) -> list[dict]:
     """The four-sequence Table 2: per size, the FLAIR real-only row, then every
     ``COMPARISONS`` row against its reference: Dice per region (mean and seed std of the
     row), the seed-paired difference with its 95% interval (``statistics.seed_paired``),
-    and the signed-rank p over seeds with Holm over every comparison x region x size of the
-    table, with its verdict (``statistics.verdicts``)."""
+    and the t-test p over the per-seed differences with Holm over every comparison x region
+    x size of the table, with its verdict (``statistics.verdicts``)."""
     regions = statistics.regions_of(cases) or ["all"]
     metric = (lambda g: f"dice_{g}") if regions != ["all"] else (lambda g: "dice")
     sizes = list(dict.fromkeys(c["n_real"] for c in cases))

@@ -8,8 +8,9 @@ row of the table.
 - ``seeds_above``: in how many seeds a row beat the reference trained with the same seed;
 - ``regions_of``, ``summarised_regions``: the BraTS regions a set of rows was scored on;
 - ``seed_paired``, ``verdicts``: a row against the reference with the training run as the
-  unit (per-seed paired differences, a hierarchical bootstrap interval, a signed-rank test
-  over seeds, Holm over a whole family, "no detectable effect" below the seed spread).
+  unit (per-seed paired differences, a hierarchical bootstrap interval, a t-test over
+  seeds with the signed-rank test beside it, Holm over a whole family, "no detectable
+  effect" below the seed spread).
 
 The rows come from ``sbldm.segmentation.table2.run_rows``.
 """
@@ -102,9 +103,9 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
 
     The training run as the unit (``seed_paired``; the per-case Wilcoxon above is the
     secondary test): per region ``diff_R`` with its 95% interval ``ci95_low_R`` /
-    ``ci95_high_R``, the signed-rank test over the per-seed differences
-    ``p_seeds_R`` (Holm over every row x region of this table; the unadjusted one is
-    ``p_seeds_raw_R``), ``seed_spread_R`` and
+    ``ci95_high_R``, the t-test over the per-seed differences ``p_seeds_R`` (Holm over
+    every row x region of this table; the unadjusted one is ``p_seeds_raw_R``; the exact
+    signed-rank p beside it, unadjusted, ``p_rank_raw_R``), ``seed_spread_R`` and
     ``verdict_R`` (gain, loss or no detectable effect); without regions the suffix is
     ``all``. ``backend``: the segmenter(s) that trained the row, when the cases say."""
     rows_order = list(dict.fromkeys(c["row"] for c in cases))
@@ -156,10 +157,10 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
         for region in regions or ["dice"]:
             v = judged.get((r["row"], region))
             suffix = region if regions else "all"
-            for key in ("diff", "lo", "hi", "p_seeds", "p_holm", "seed_spread"):
+            for key in ("diff", "lo", "hi", "p_seeds", "p_holm", "p_rank", "seed_spread"):
                 name = {"diff": f"diff_{suffix}", "lo": f"ci95_low_{suffix}", "hi": f"ci95_high_{suffix}",
                         "p_seeds": f"p_seeds_raw_{suffix}", "p_holm": f"p_seeds_{suffix}",
-                        "seed_spread": f"seed_spread_{suffix}"}[key]
+                        "p_rank": f"p_rank_raw_{suffix}", "seed_spread": f"seed_spread_{suffix}"}[key]
                 r[name] = v[key] if v else math.nan
             r[f"verdict_{suffix}"] = v["verdict"] if v else ""
     return out
@@ -208,34 +209,58 @@ def hierarchical_bootstrap(per_seed: list[np.ndarray], n_boot: int = 2000, seed:
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
 
-def seed_paired(cases, row, reference, metric, n_boot: int = 2000, seed: int = 0) -> dict:
+#: the tests over the per-seed differences ``seed_paired`` can decide with
+SEED_TESTS = ("t", "signed-rank")
+
+
+def seed_test(means, test: str = "t") -> float:
+    """Two-sided p of "the mean per-seed difference is 0" over ``means`` (one difference
+    per training seed). ``"t"``: the one-sample t-test (scipy's ``ttest_1samp``); its p
+    falls as the effect grows against the seeds' scatter. ``"signed-rank"``: Wilcoxon's
+    exact test, whose p cannot go below 2 / 2^k with k seeds however large the effect
+    (0.002 at 10 seeds). 1.0 with fewer than 2 seeds or every difference 0; 0.0 for a
+    t-test over identical non-zero differences (no scatter beyond rounding)."""
+    from scipy.stats import ttest_1samp, wilcoxon
+
+    if test not in SEED_TESTS:
+        raise ValueError(f"test must be one of {SEED_TESTS}, got {test!r}")
+    means = np.asarray(means, dtype=float)
+    if len(means) < 2 or not np.any(means != 0):
+        return 1.0
+    if test == "signed-rank":
+        return float(wilcoxon(means).pvalue)
+    if np.ptp(means) <= 1e-9 * np.abs(means).max():    # no scatter beyond rounding: t is unbounded
+        return 0.0
+    return float(ttest_1samp(means, 0.0).pvalue)
+
+
+def seed_paired(cases, row, reference, metric, n_boot: int = 2000, seed: int = 0, test: str = "t") -> dict:
     """``row`` against ``reference`` with the training run as the unit.
 
     Per training seed, the mean over test cases of ``row - reference`` (both trained with
     that seed). Returns ``diff`` (their mean over seeds), ``lo``/``hi`` (the 95%
-    ``hierarchical_bootstrap`` interval), ``p_seeds`` (Wilcoxon signed-rank over the
-    per-seed differences; exact for few seeds, 1.0 with fewer than 2 seeds or none
-    non-zero), ``seed_spread`` (the std over seeds of ``reference``'s per-seed mean: the
-    run-to-run noise of the baseline), ``seeds`` and ``seeds_above`` (seeds where the
+    ``hierarchical_bootstrap`` interval), ``p_seeds`` (``seed_test`` over the per-seed
+    differences with ``test``, by default the t-test: the decision test) and ``p_rank``
+    (the exact signed-rank test over the same differences, a secondary column whose floor
+    is 2 / 2^seeds), ``seed_spread`` (the std over seeds of ``reference``'s per-seed mean:
+    the run-to-run noise of the baseline), ``seeds`` and ``seeds_above`` (seeds where the
     difference is positive), and ``verdict``: ``"gain"`` or ``"loss"`` only when the
     interval excludes 0 and the effect is at least the seed spread, else ``"no detectable
     effect"`` (the p value is adjusted over a family later, ``holm``, and can demote a
     verdict there: ``verdicts``)."""
-    from scipy.stats import wilcoxon
-
     paired = paired_differences(cases, row, reference, metric)
     per_seed = [d for _, d in paired.values()]
     if not per_seed:
-        return {"diff": math.nan, "lo": math.nan, "hi": math.nan, "p_seeds": math.nan, "seed_spread": math.nan,
-                "seeds": 0, "seeds_above": 0, "verdict": NO_EFFECT}
+        return {"diff": math.nan, "lo": math.nan, "hi": math.nan, "p_seeds": math.nan, "p_rank": math.nan,
+                "seed_spread": math.nan, "seeds": 0, "seeds_above": 0, "verdict": NO_EFFECT}
     means = np.array([d.mean() for d in per_seed])
     lo, hi = hierarchical_bootstrap(per_seed, n_boot, seed)
-    p = float(wilcoxon(means).pvalue) if len(means) > 1 and np.any(means != 0) else 1.0
     ref_means = [v for s, v in _by_seed(cases, reference, metric, reduce=np.nanmean).items() if s in paired]
     spread = float(np.std(ref_means, ddof=1)) if len(ref_means) > 1 else math.nan
     diff = float(means.mean())
     detected = (lo > 0 or hi < 0) and (math.isnan(spread) or abs(diff) >= spread) and len(means) > 1
-    return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": p, "seed_spread": spread, "seeds": int(len(means)),
+    return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": seed_test(means, test),
+            "p_rank": seed_test(means, "signed-rank"), "seed_spread": spread, "seeds": int(len(means)),
             "seeds_above": int((means > 0).sum()),
             "verdict": (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT}
 

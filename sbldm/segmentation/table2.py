@@ -615,7 +615,41 @@ def table2_markdown(rows: list[dict], scale: str, backend: str, data: str, n_tes
         *notes,
         "the paper's numbers: nnU-Net on BraTS at 192x192x96 with 100 real training volumes, one run, whole tumour only",
     ]
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + seed_paired_markdown(rows)
+
+
+def seed_paired_markdown(rows: list[dict]) -> str:
+    """The rows of a summarised Table 2 against real only with the training run as the unit
+    (``statistics.summarise``'s seed-paired columns): per row and region the mean per-seed
+    difference with its 95% interval, the seeds above, the t-test p over seeds (raw and
+    Holm over the table), the exact signed-rank p beside it, and the verdict. Empty when
+    the rows carry no such columns (no real-only row) or one seed alone."""
+    rows = [r for r in rows if r["seeds"] > 1 and any(k.startswith("verdict_") and r[k] for k in r)]
+    if not rows:
+        return ""
+    suffixes = [k[len("verdict_"):] for k in rows[0] if k.startswith("verdict_")]
+    lines = ["", "", "Against real only, the training run as the unit (paired by training seed):", "",
+             "| training set | region | difference [95%] | seeds above | t-test p | Holm | signed-rank p | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for g in suffixes:
+            d = r.get(f"diff_{g}")
+            if d is None or d != d:
+                continue
+            above = r.get(f"seeds_above_real_{g}", "")
+            lines.append(" | ".join([
+                f"| {r['row']}", "WT" if g == "all" else g,
+                f"{d:+.3f} [{r[f'ci95_low_{g}']:+.3f}, {r[f'ci95_high_{g}']:+.3f}]",
+                f"{above}/{r['seeds']}" if above != "" else "—", _p(r[f"p_seeds_raw_{g}"]), _p(r[f"p_seeds_{g}"]),
+                _p(r.get(f"p_rank_raw_{g}", float("nan"))), f"{r[f'verdict_{g}']} |"]))
+    lines += ["", "- difference: the mean over training seeds of the per-seed mean over test cases of row - real "
+                  "(both trained with that seed); 95% interval: hierarchical bootstrap, seeds then test cases",
+              "- t-test p: one-sample t-test of the per-seed differences; Holm over every row x region of this table; "
+                  "signed-rank p: the exact Wilcoxon test of the same differences, unadjusted (its smallest value is "
+                  "2 / 2^seeds, 0.002 at 10 seeds)",
+              "- verdict: a gain or loss only when the interval excludes 0, the difference reaches the seed-to-seed "
+                  "spread of real only and the Holm p is below 0.05; otherwise no detectable effect"]
+    return "\n".join(lines)
 
 
 # -- the nnU-Net confirmation ---------------------------------------------------------
@@ -636,6 +670,17 @@ def confirmation_needed(rows: list[dict], cfg: Config, row: str = "real + SBLDM"
     if cfg.seg_backend != "fast" or not cfg.seg_nnunet_check:
         return False
     return bool(cfg.seg_nnunet_check_always or effect_regions(rows, row))
+
+
+def drop_nnunet_check(tables_dir: Path) -> list[Path]:
+    """Remove ``table2_nnunet_check.*`` from ``tables_dir``: a run that does not confirm
+    with nnU-Net (``confirmation_needed`` false) must not leave an earlier run's
+    confirmation for the claims table to read as its own. Returns the files removed."""
+    gone = []
+    for f in sorted(Path(tables_dir).glob("table2_nnunet_check.*")):
+        f.unlink()
+        gone.append(f)
+    return gone
 
 
 def nnunet_check(sets, test, cfg: Config, work: Path, seeds=None, rows=("real", "real + SBLDM"),
