@@ -252,3 +252,40 @@ def test_claims_against_a_3d_lsgan_that_did_not_train_are_not_tested(tmp_path):
     assert "(pairwise MS-SSIM 0.85-0.97, real 0.79): it collapses" in cl.lsgan_trained(collapsed)[1]
     collapsed[0]["ms_ssim_pairwise"] = "0.9"
     assert "collapses" not in cl.lsgan_trained(collapsed)[1]
+
+
+def _check_cases(effects):
+    """Per-case nnU-Net check rows of real and real + SBLDM, one seed per effect, in regions."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    out = []
+    for s, e in enumerate(effects):
+        for k in range(15):
+            ref = 0.6 + rng.normal(0, 0.05)
+            for row, v in (("real", ref), ("real + SBLDM", ref + e + rng.normal(0, 0.005))):
+                c = {"row": row, "seed": s, "case_id": f"c{k}", "n_train_volumes": 100, "dice": v, "iou": v / 2,
+                     "hd95": 3.0, "empty_prediction": 0}
+                for g in ("WT", "TC", "ET"):
+                    c.update({f"dice_{g}": v, f"lesion_dice_{g}": v, f"lesion_hd95_{g}": 2.0,
+                              f"false_positives_{g}": 0, f"missed_{g}": 0})
+                out.append(c)
+    return out
+
+
+@pytest.mark.parametrize("effects, verdict", [((0.10, 0.11, 0.09), cl.REPRODUCED),
+                                              ((0.10, -0.06, 0.08), cl.NO_EFFECT)])
+def test_the_nnunet_check_decides_its_claim_seed_paired_within_the_claims_family(tmp_path, effects, verdict):
+    from scipy.stats import ttest_1samp
+
+    from sbldm.segmentation import statistics
+    from sbldm.tables import write_table
+
+    d = _results(tmp_path / "results" / "small")
+    write_table(statistics.summarise(_check_cases(effects)), d / "tables" / "table2_nnunet_check")
+    nn = _by_claim(cl.claims(d))["real + SBLDM beats real only, with nnU-Net as in the paper (Table 2)"]
+    assert nn["verdict"] == verdict and nn["why"].startswith("nnU-Net, 3 seeds: ")
+    raw = float(nn["why"].split("t-test p ")[1].split(",")[0])
+    assert raw == pytest.approx(ttest_1samp(effects, 0.0).pvalue, rel=0.1)     # per-seed means carry case noise
+    holm_p = float(nn["why"].split("Holm ")[1].split(";")[0])
+    assert holm_p > raw                                                       # adjusted inside the claims' family

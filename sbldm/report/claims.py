@@ -57,6 +57,7 @@ SEGMENTATION = {
     "synthetic only: 3D-LDM vs 3D-LSGAN": ("synthetic only: 3D-LDM", "synthetic only: 3D-LSGAN", +1),
 }
 SCARCE = "real + SBLDM vs real, fewest real volumes"
+NNUNET = "real + SBLDM vs real, nnU-Net"
 
 
 def _csv(path: Path) -> list[dict]:
@@ -297,10 +298,36 @@ def _metric(cases: list[dict]) -> str:
     return "dice_WT" if cases and "dice_WT" in cases[0] else "dice"
 
 
-def seed_comparisons(cases: list[dict], scarce_cases: list[dict]) -> dict:
+def _check_comparison(check: dict[str, dict]) -> dict | None:
+    """The nnU-Net confirmation's real + SBLDM against real only in whole-tumour Dice, as
+    ``statistics.seed_paired`` gives it, read back from the summarised check table
+    (``table2_nnunet_check.csv``: its seed-paired columns, the unadjusted t-test p); the
+    verdict before any Holm is re-derived from the interval and the seed spread. None
+    without the two rows or with fewer than 2 seeds."""
+    from sbldm.segmentation.statistics import GAIN, LOSS, NO_EFFECT
+
+    row = check.get("real + SBLDM")
+    if row is None or "real" not in check or int(float(row.get("seeds") or 0)) < 2:
+        return None
+    g = "WT" if _num(row.get("diff_WT")) is not None else "all"
+    diff, lo, hi = (_num(row.get(f"{k}_{g}")) for k in ("diff", "ci95_low", "ci95_high"))
+    p = _num(row.get(f"p_seeds_raw_{g}"))
+    if None in (diff, lo, hi, p):
+        return None
+    spread = _num(row.get(f"seed_spread_{g}"))
+    detected = (lo > 0 or hi < 0) and (spread is None or abs(diff) >= spread)
+    above = row.get(f"seeds_above_real_{g}", row.get("seeds_above", ""))
+    return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": p, "p_rank": _num(row.get(f"p_rank_raw_{g}")),
+            "seed_spread": spread if spread is not None else float("nan"), "seeds": int(float(row["seeds"])),
+            "seeds_above": int(float(above)) if _num(above) is not None else 0,
+            "verdict": (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT}
+
+
+def seed_comparisons(cases: list[dict], scarce_cases: list[dict], nnunet_check: dict[str, dict] | None = None) -> dict:
     """``statistics.seed_paired`` for every comparison of ``SEGMENTATION`` the per-case table
-    holds, and the scarce one at the sweep's fewest real volumes, with Holm over all of them
-    (``statistics.verdicts``)."""
+    holds, the scarce one at the sweep's fewest real volumes, and the nnU-Net confirmation
+    of real + SBLDM (``_check_comparison``, from its summarised table), with Holm over all of
+    them (``statistics.verdicts``)."""
     from sbldm.segmentation.statistics import seed_paired, verdicts
 
     rows = {c["row"] for c in cases}
@@ -314,6 +341,8 @@ def seed_comparisons(cases: list[dict], scarce_cases: list[dict]) -> dict:
         at = [c for c in scarce_cases if int(float(c["n_real"])) == n]
         if {"real", "real + SBLDM"} <= {c["row"] for c in at}:
             found[SCARCE] = {**seed_paired(at, "real + SBLDM", "real", _metric(at)), "n_real": n}
+    if (check := _check_comparison(nnunet_check or {})) is not None:
+        found[NNUNET] = check
     return verdicts(found)
 
 
@@ -395,7 +424,7 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
                         sweep_counts: list[dict], lsgan: tuple[bool | None, str] = (None, "")) -> list[dict]:
     """The segmentation claims; ``lsgan``: ``lsgan_trained``'s verdict on the 3D-LSGAN, which
     turns the claims against it into "not tested" when it did not train."""
-    comp = seed_comparisons(cases, scarce_cases)
+    comp = seed_comparisons(cases, scarce_cases, nnunet_check)
     rows_in = {c["row"] for c in cases}
     out = []
     measure = "Dice (WT), per training seed"
@@ -442,7 +471,7 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
         out.append(_row(claim, measure, theirs, " > ".join(f"{m:.3f}" for m in means), verdict, why))
     else:
         out.append(_untested(claim, measure, theirs, "Table 2 (notebook 06) has not trained these rows"))
-    out.append(_nnunet_claim(nnunet_check))
+    out.append(_nnunet_claim(nnunet_check, comp.get(NNUNET)))
     claim = "synthetic volumes help when real volumes are scarce (the title)"
     if SCARCE in comp:
         r = comp[SCARCE]
@@ -456,7 +485,7 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
     return out
 
 
-def _nnunet_claim(check: dict[str, dict]) -> dict:
+def _nnunet_claim(check: dict[str, dict], judged: dict | None = None) -> dict:
     claim = "real + SBLDM beats real only, with nnU-Net as in the paper (Table 2)"
     theirs = f"{paper.TABLE2['real + SBLDM'][0]:.3f} vs {paper.TABLE2['real'][0]:.3f}"
     if "real" not in check or "real + SBLDM" not in check:
@@ -468,8 +497,11 @@ def _nnunet_claim(check: dict[str, dict]) -> dict:
     if seeds < 2:
         return _row(claim, "Dice (WT)", theirs, cells + f" ({seeds} seed)", NOT_TESTED,
                     f"{seeds} training seed: the training run cannot be the unit (at least 3 are needed)")
-    return _row(claim, "Dice (WT)", theirs, cells, NOT_TESTED,
-                f"{seeds} seeds without a per-case table: no seed-paired interval yet")
+    if judged is None:
+        return _row(claim, "Dice (WT)", theirs, cells, NOT_TESTED,
+                    f"{seeds} seeds without seed-paired columns: no interval to decide on")
+    return _row(claim, "Dice (WT), per training seed", theirs, cells, _seed_verdict(judged, +1),
+                f"nnU-Net, {seeds} seeds: {_seed_why(judged)}")
 
 
 def plateau_claim(sweep_counts: list[dict]) -> dict:
