@@ -541,6 +541,19 @@ def test_the_table2_summary_leads_with_the_seed_paired_verdicts():
     assert "real + SBLDM (WT)" in gain and "real + noise" not in gain
     assert "real + noise minus real only, per training seed" in text and "no detectable effect" in text
     assert "secondary (pairs test cases" in text
+    # each row's line names the seed-paired p (the decision), not the per-case one
+    rows = {r["row"]: r for r in statistics.summarise(cases)}
+    line = next(ln for ln in text.splitlines() if ln.startswith("- real + noise: "))
+    assert f"seed-paired Holm p = {rows['real + noise']['p_seeds_all']:.2g})" in line
+    assert rows["real + noise"]["p_holm"] != rows["real + noise"]["p_seeds_all"]
+    # with regions, the same; one seed has no seed-level p, so the per-case one is named plainly
+    regional = statistics.summarise(_region_cases(_seed_cases([0.05, 0.04, 0.06, 0.05], noise=0.02)))
+    line = next(ln for ln in summaries.segmentation("small", regional).splitlines() if ln.startswith("- real + SBLDM:"))
+    assert "seed-paired Holm p " + "/".join(f"{r:.2g}" for r in (regional[1][f"p_seeds_{g}"] for g in ("WT", "TC", "ET"))) \
+        in line
+    one = statistics.summarise([c for c in cases if c["seed"] == 0])
+    line = next(ln for ln in summaries.segmentation("small", one).splitlines() if ln.startswith("- real + noise: "))
+    assert "seed-paired" not in line and "Holm p = " in line
 
 
 def test_each_training_seed_trains_on_its_own_synthetic_draw(tmp_path, monkeypatch):

@@ -152,23 +152,34 @@ def _seeds_above_rows(rows: dict, real: dict) -> str:
     return "; ".join(parts) if parts and int(real.get("seeds") or 1) > 1 else ""
 
 
+def _seed_level(r: dict, suffix: str) -> bool:
+    """Whether row ``r`` carries a seed-paired Holm p for ``suffix`` (a region, or "all")."""
+    p = r.get(f"p_seeds_{suffix}")
+    return p not in (None, "") and not math.isnan(float(p)) and int(r.get("seeds") or 1) > 1
+
+
 def _dice_text(r: dict, ref: dict | None = None) -> str:
-    """"Dice WT/TC/ET a/b/c (+d/+e/+f vs real, Holm p ...)" of a summarised row, or the
-    whole tumour's Dice when the rows carry no regions."""
+    """"Dice WT/TC/ET a/b/c (+d/+e/+f vs real; seed-paired Holm p ...)" of a summarised row,
+    or the whole tumour's Dice when the rows carry no regions. The p named is the seed-paired
+    one (the training run as the unit) where the row has it, else the per-case test's,
+    labelled as such."""
     regions = _regions(r)
     if len(regions) < 2:
         text = f"Dice {_f(r['dice_mean'], 3)} ± {_f(r.get('dice_seed_std'), 3)}"
         if ref is not None:
             delta = float(r["dice_mean"]) - float(ref["dice_mean"])
-            p = r.get("p_holm")
-            ptxt = f", Holm p = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
+            seed = _seed_level(r, "all")
+            p = r.get("p_seeds_all" if seed else "p_holm")
+            label = "seed-paired Holm p" if seed else "Holm p"
+            ptxt = f", {label} = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
             text += f" ({'+' if delta >= 0 else ''}{delta:.3f} vs real{ptxt})"
         return text
     text = f"Dice {'/'.join(regions)} " + "/".join(_f(r[f"dice_{g}_mean"], 3) for g in regions)
     if ref is not None:
         deltas = "/".join(f"{float(r[f'dice_{g}_mean']) - float(ref[f'dice_{g}_mean']):+.3f}" for g in regions)
-        ps = "/".join(_p(r.get(f"p_holm_{g}")) for g in regions)
-        text += f" ({deltas} vs real; Holm p {ps})"
+        seed = all(_seed_level(r, g) for g in regions)
+        ps = "/".join(_p(r.get(f"p_seeds_{g}" if seed else f"p_holm_{g}")) for g in regions)
+        text += f" ({deltas} vs real; {'seed-paired Holm p' if seed else 'Holm p'} {ps})"
     elif int(r.get("seeds") or 2) > 1:   # one seed has no spread to state
         text += " (seed std " + "/".join(_f(r[f"dice_{g}_seed_std"], 3) for g in regions) + ")"
     return text
