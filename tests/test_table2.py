@@ -695,3 +695,19 @@ def test_a_run_without_the_nnunet_confirmation_removes_an_earlier_one(tmp_path):
     assert sorted(p.name for p in gone) == ["table2_nnunet_check.csv", "table2_nnunet_check.md"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["table2.csv", "table2_cases.csv"]
     assert table2.drop_nnunet_check(tmp_path) == []                     # nothing left to remove: no error
+
+
+def test_the_nnunet_confirmation_line_carries_its_seed_paired_verdict():
+    from sbldm.report import summaries
+
+    check = statistics.summarise(_region_cases(_seed_cases([0.10, 0.11, 0.09], noise=0.005)))
+    real = statistics.summarise(_region_cases(_seed_cases([0.0] * 3, noise=0.02)))
+    line = next(ln for ln in summaries.segmentation("small", real, check).splitlines() if "nnU-Net confirmation" in ln)
+    sb = next(r for r in check if r["row"] == "real + SBLDM")
+    assert line.startswith("- nnU-Net confirmation (3 seeds): ")
+    assert f"WT {sb['diff_WT']:+.3f} [{sb['ci95_low_WT']:+.3f}, {sb['ci95_high_WT']:+.3f}], 3/3 seeds above, " \
+           f"{sb['verdict_WT']}" in line
+    # with one seed there is nothing seed-paired to say
+    one = statistics.summarise(_region_cases(_seed_cases([0.10], noise=0.005)))
+    line = next(ln for ln in summaries.segmentation("small", real, one).splitlines() if "nnU-Net confirmation" in ln)
+    assert "per training seed" not in line and line.startswith("- nnU-Net confirmation (one seed): ")

@@ -275,8 +275,11 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
             lines.append(f"- nnU-Net confirmation ({which}): it predicted no tumour in any test case for "
                          + ", ".join(empty) + "; at this budget it confirms nothing.")
         elif "real" in nb and "real + SBLDM" in nb:
+            paired = _verdict_text(nb["real + SBLDM"]) if seeds > 1 and _has_verdicts(nb["real + SBLDM"]) else ""
             lines.append(f"- nnU-Net confirmation ({which}): real {_dice_text(nb['real'])}; real + SBLDM "
-                         f"{_dice_text(nb['real + SBLDM'], nb['real'])}.")
+                         f"{_dice_text(nb['real + SBLDM'], nb['real'])}"
+                         + (f"; real + SBLDM minus real only, per training seed (Holm over this check's regions): "
+                            f"{paired}" if paired else "") + ".")
     elif confirm_skipped:
         lines.append("- nnU-Net confirmation: not run, the fast backend finds no effect of real + SBLDM against real "
                      "only in any region (seed-paired), so there is nothing to confirm.")
