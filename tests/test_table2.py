@@ -496,16 +496,9 @@ def test_verdicts_apply_holm_over_the_whole_family():
 
 
 def test_summarise_carries_the_seed_paired_verdict_with_holm_over_rows_and_regions():
-    cases = []
-    for c in _seed_cases([0.05] * 8, noise=0.02) + [{**c, "row": "real + noise"}
-                                                    for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
-                                                    if c["row"] == "real + SBLDM"]:
-        full = {"n_train_volumes": 10, "dice": c["dice_WT"], "iou": c["dice_WT"] / 2, "hd95": 3.0,
-                "empty_prediction": 0, **c}
-        for region in ("WT", "TC", "ET"):
-            full.update({f"dice_{region}": c["dice_WT"], f"lesion_dice_{region}": c["dice_WT"],
-                         f"lesion_hd95_{region}": 2.0, f"false_positives_{region}": 0, f"missed_{region}": 0})
-        cases.append(full)
+    cases = _region_cases(_seed_cases([0.05] * 8, noise=0.02) + [{**c, "row": "real + noise"}
+                                                                 for c in _seed_cases([0.0] * 8, noise=0.02, rng=1)
+                                                                 if c["row"] == "real + SBLDM"])
     rows = {r["row"]: r for r in statistics.summarise(cases)}
     direct = statistics.seed_paired(cases, "real + SBLDM", "real", "dice_WT")
     sb, noise = rows["real + SBLDM"], rows["real + noise"]
