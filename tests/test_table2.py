@@ -542,8 +542,8 @@ def test_the_table2_summary_leads_with_the_seed_paired_verdicts():
     # with regions, the same; one seed has no seed-level p, so the per-case one is named plainly
     regional = statistics.summarise(_region_cases(_seed_cases([0.05, 0.04, 0.06, 0.05], noise=0.02)))
     line = next(ln for ln in summaries.segmentation("small", regional).splitlines() if ln.startswith("- real + SBLDM:"))
-    assert "seed-paired Holm p " + "/".join(f"{r:.2g}" for r in (regional[1][f"p_seeds_{g}"] for g in ("WT", "TC", "ET"))) \
-        in line
+    ps = "/".join(f"{regional[1][f'p_seeds_{g}']:.2g}" for g in ("WT", "TC", "ET"))
+    assert f"seed-paired Holm p {ps}" in line
     one = statistics.summarise([c for c in cases if c["seed"] == 0])
     line = next(ln for ln in summaries.segmentation("small", one).splitlines() if ln.startswith("- real + noise: "))
     assert "seed-paired" not in line and "Holm p = " in line

@@ -433,8 +433,8 @@ def claims_section(results_dir: str | Path, scale: str, link_root: str | Path = 
     out += ["", "Verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + ". Segmentation claims take "
                 "the training run as the unit: whole-tumour Dice (the paper's measure) per training seed, paired by "
                 "seed, with a 95% interval over seeds and test cases; a claim holds only when the interval excludes "
-                "0, the effect reaches the seed-to-seed spread and the t-test over the per-seed differences survives Holm over "
-                "every segmentation comparison of the table; otherwise it reads \"no detectable effect\". "
+                "0, the effect reaches the seed-to-seed spread and the t-test over the per-seed differences survives "
+                "Holm over every segmentation comparison of the table; otherwise it reads \"no detectable effect\". "
                 "Generation claims rest on one trained generator per method."]
     stale = sorted(n for n in stale_notebooks(run, d) if n[:2] in ("04", "06", "11"))
     if stale:
