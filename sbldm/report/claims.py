@@ -304,7 +304,7 @@ def _check_comparison(check: dict[str, dict]) -> dict | None:
     (``table2_nnunet_check.csv``: its seed-paired columns, the unadjusted t-test p); the
     verdict before any Holm is re-derived from the interval and the seed spread. None
     without the two rows or with fewer than 2 seeds."""
-    from sbldm.segmentation.statistics import GAIN, LOSS, NO_EFFECT
+    from sbldm.segmentation.statistics import seed_verdict
 
     row = check.get("real + SBLDM")
     if row is None or "real" not in check or int(float(row.get("seeds") or 0)) < 2:
@@ -315,12 +315,12 @@ def _check_comparison(check: dict[str, dict]) -> dict | None:
     if None in (diff, lo, hi, p):
         return None
     spread = _num(row.get(f"seed_spread_{g}"))
-    detected = (lo > 0 or hi < 0) and (spread is None or abs(diff) >= spread)
+    spread = float("nan") if spread is None else spread
+    seeds = int(float(row["seeds"]))
     above = row.get(f"seeds_above_real_{g}", row.get("seeds_above", ""))
     return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": p, "p_rank": _num(row.get(f"p_rank_raw_{g}")),
-            "seed_spread": spread if spread is not None else float("nan"), "seeds": int(float(row["seeds"])),
-            "seeds_above": int(float(above)) if _num(above) is not None else 0,
-            "verdict": (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT}
+            "seed_spread": spread, "seeds": seeds, "seeds_above": int(float(above)) if _num(above) is not None else 0,
+            "verdict": seed_verdict(diff, lo, hi, spread, seeds)}
 
 
 def seed_comparisons(cases: list[dict], scarce_cases: list[dict], nnunet_check: dict[str, dict] | None = None) -> dict:

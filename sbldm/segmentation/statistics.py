@@ -234,6 +234,14 @@ def seed_test(means, test: str = "t") -> float:
     return float(ttest_1samp(means, 0.0).pvalue)
 
 
+def seed_verdict(diff: float, lo: float, hi: float, spread: float, seeds: int) -> str:
+    """The verdict before any Holm: ``"gain"`` or ``"loss"`` when there are at least 2 seeds,
+    the 95% interval ``lo``..``hi`` excludes 0 and ``|diff|`` reaches the real-only seed
+    ``spread`` (NaN: none known), else ``"no detectable effect"``."""
+    detected = (lo > 0 or hi < 0) and (math.isnan(spread) or abs(diff) >= spread) and seeds > 1
+    return (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT
+
+
 def seed_paired(cases, row, reference, metric, n_boot: int = 2000, seed: int = 0, test: str = "t") -> dict:
     """``row`` against ``reference`` with the training run as the unit.
 
@@ -258,11 +266,9 @@ def seed_paired(cases, row, reference, metric, n_boot: int = 2000, seed: int = 0
     ref_means = [v for s, v in _by_seed(cases, reference, metric, reduce=np.nanmean).items() if s in paired]
     spread = float(np.std(ref_means, ddof=1)) if len(ref_means) > 1 else math.nan
     diff = float(means.mean())
-    detected = (lo > 0 or hi < 0) and (math.isnan(spread) or abs(diff) >= spread) and len(means) > 1
     return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": seed_test(means, test),
             "p_rank": seed_test(means, "signed-rank"), "seed_spread": spread, "seeds": int(len(means)),
-            "seeds_above": int((means > 0).sum()),
-            "verdict": (GAIN if diff > 0 else LOSS) if detected else NO_EFFECT}
+            "seeds_above": int((means > 0).sum()), "verdict": seed_verdict(diff, lo, hi, spread, len(means))}
 
 
 def verdicts(comparisons: dict, alpha: float = 0.05) -> dict:
