@@ -534,6 +534,7 @@ def test_the_table2_summary_leads_with_the_seed_paired_verdicts():
     assert "real + SBLDM (WT)" in gain and "real + noise" not in gain
     assert "real + noise minus real only, per training seed" in text and "no detectable effect" in text
     assert "secondary (pairs test cases" in text
+    assert "8/8 seeds above" in text                      # the whole tumour alone has its count of seeds too
     # each row's line names the seed-paired p (the decision), not the per-case one
     rows = {r["row"]: r for r in statistics.summarise(cases)}
     line = next(ln for ln in text.splitlines() if ln.startswith("- real + noise: "))

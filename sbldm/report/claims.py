@@ -317,7 +317,7 @@ def _check_comparison(check: dict[str, dict]) -> dict | None:
     spread = _num(row.get(f"seed_spread_{g}"))
     spread = float("nan") if spread is None else spread
     seeds = int(float(row["seeds"]))
-    above = row.get(f"seeds_above_real_{g}", row.get("seeds_above", ""))
+    above = row.get(f"seeds_above_real_{g}", "")
     return {"diff": diff, "lo": lo, "hi": hi, "p_seeds": p, "p_rank": _num(row.get(f"p_rank_raw_{g}")),
             "seed_spread": spread, "seeds": seeds, "seeds_above": int(float(above)) if _num(above) is not None else 0,
             "verdict": seed_verdict(diff, lo, hi, spread, seeds)}

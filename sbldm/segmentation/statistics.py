@@ -163,6 +163,8 @@ def summarise(cases: list[dict], reference: str = "real") -> list[dict]:
                         "p_rank": f"p_rank_raw_{suffix}", "seed_spread": f"seed_spread_{suffix}"}[key]
                 r[name] = v[key] if v else math.nan
             r[f"verdict_{suffix}"] = v["verdict"] if v else ""
+            if v and not regions:           # the regions have their count (seeds_above); the whole tumour alone not
+                r["seeds_above_real_all"] = v["seeds_above"]
     return out
 
 
