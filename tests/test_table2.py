@@ -438,6 +438,30 @@ def test_seed_paired_difference_interval_and_test_against_independent_values():
     assert back["p_seeds"] == pytest.approx(r["p_seeds"]) and back["p_rank"] == pytest.approx(r["p_rank"])
 
 
+
+def _bootstrap_by_hand(per_seed, n_boot, seed):
+    """The hierarchical bootstrap written out, one seed and one case draw at a time."""
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n_boot):
+        picks = rng.integers(0, len(per_seed), len(per_seed))
+        stats.append(np.mean([per_seed[i][rng.integers(0, len(per_seed[i]), len(per_seed[i]))].mean() for i in picks]))
+    return np.quantile(stats, 0.025), np.quantile(stats, 0.975)
+
+
+def test_the_hierarchical_bootstrap_is_the_two_level_resampling_written_out():
+    rng = np.random.default_rng(3)
+    same = [rng.normal(0.05 * i, 0.2, 40) for i in range(7)]           # every seed scored the same cases
+    ragged = [rng.normal(0.0, 0.2, m) for m in (40, 38, 40, 35)]     # a case without a score at some seeds
+    for per_seed in (same, ragged):
+        assert statistics.hierarchical_bootstrap(per_seed, 500, seed=4) == pytest.approx(
+            _bootstrap_by_hand(per_seed, 500, 4), abs=1e-12)
+    # the seeds' scatter widens it: the same cases with seed offsets spread 10x further apart
+    lo, hi = statistics.hierarchical_bootstrap(same, 500, seed=4)
+    wide = statistics.hierarchical_bootstrap([d + 0.45 * i for i, d in enumerate(same)], 500, seed=4)
+    assert wide[1] - wide[0] > 3 * (hi - lo)
+    assert all(math.isnan(v) for v in statistics.hierarchical_bootstrap([], 10))      # no seeds: no interval
+
 def test_the_seed_test_is_not_floored_by_the_number_of_seeds_and_does_not_invent_effects():
     from scipy.stats import ttest_1samp
 

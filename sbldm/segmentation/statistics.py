@@ -203,10 +203,17 @@ def hierarchical_bootstrap(per_seed: list[np.ndarray], n_boot: int = 2000, seed:
     if k == 0:
         return math.nan, math.nan
     stats = np.empty(n_boot)
-    for b in range(n_boot):
-        picks = rng.integers(0, k, k)
-        stats[b] = np.mean([per_seed[i][rng.integers(0, len(per_seed[i]), len(per_seed[i]))].mean()
-                            for i in picks])
+    sizes = {len(d) for d in per_seed}
+    if len(sizes) == 1:     # every seed scored the same cases: one draw per replicate, the same random stream
+        m, values = sizes.pop(), np.stack([np.asarray(d, dtype=float) for d in per_seed])
+        for b in range(n_boot):
+            picks = rng.integers(0, k, k)
+            stats[b] = values[picks[:, None], rng.integers(0, m, k * m).reshape(k, m)].mean(axis=1).mean()
+    else:
+        for b in range(n_boot):
+            picks = rng.integers(0, k, k)
+            stats[b] = np.mean([per_seed[i][rng.integers(0, len(per_seed[i]), len(per_seed[i]))].mean()
+                                for i in picks])
     alpha = (1 - level) / 2
     return float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
