@@ -153,6 +153,20 @@ def test_the_results_page_links_its_figures_from_where_it_lies(tmp_path):
     assert "](results/small/figures/figure2_axial.png)" in gen.results_section(d, "small", link_root=tmp_path)
 
 
+def test_the_results_page_gives_the_cost_from_scratch_once_it_is_measured(tmp_path):
+    from sbldm.tables import write_table
+
+    d = _results(tmp_path / "results" / "small")
+    page = gen.results_page(d, "small", readme=tmp_path / "README.md")
+    assert "1 min of wall time in their last sittings;" in page and "from scratch" not in page
+    write_table([{"notebook": "06 segmentation study", "kind": "total", "what": "", "runs": "", "hours": 5.0},
+                 {"notebook": "all of the above", "kind": "total", "what": "", "runs": "", "hours": 12.34}],
+                d / "tables" / "compute_cost")
+    page = gen.results_page(d, "small", readme=tmp_path / "README.md")
+    assert "in their last sittings (12.3 h from scratch" in page and "](tables/compute_cost.md)" in page
+    assert "## What each notebook cost to compute" in page
+
+
 def test_the_claims_block_says_who_wins_table1_at_matched_compute_and_where_sbldm_misses_its_targets(tmp_path):
     from sbldm.evaluation.budget import matched_table1, target_report
     from sbldm.tables import write_table

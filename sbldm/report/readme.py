@@ -106,6 +106,20 @@ def _demote(md: str) -> str:
     return "\n".join(lines)
 
 
+def _from_scratch(results_dir: Path | None) -> str:
+    """What the notebooks cost from scratch, resumed sittings included, when
+    ``tables/compute_cost.csv`` (``python -m sbldm.report.cost``) has measured it."""
+    from sbldm.tables import read_csv
+
+    path = None if results_dir is None else Path(results_dir) / "tables" / "compute_cost.csv"
+    if path is None or not path.is_file():
+        return ""
+    rows = read_csv(path)
+    total = next((_num(r["hours"]) for r in rows if r["notebook"] == "all of the above"), None)
+    return "" if total is None else (f" ({total:.1f} h from scratch, every sitting and the commands outside the chain "
+                                     "included: [compute cost](tables/compute_cost.md))")
+
+
 def _provenance(run: dict, source: str, scale: str, results_dir: Path | None = None) -> list[str]:
     nbs = run.get("notebooks", {})
     if not nbs:
@@ -114,7 +128,8 @@ def _provenance(run: dict, source: str, scale: str, results_dir: Path | None = N
     commits = sorted({(e.get("git_commit") or "?")[:12] for e in nbs.values()})
     total = sum(float(e.get("wall_time_s", 0.0)) for e in nbs.values() if e.get("status") == "ok")
     lines = [f"Scale `{scale}`; data: {source}; hardware: {', '.join(devices)}; "
-             f"{len(nbs)} notebook(s), {total / 60:.0f} min of wall time in all; commit(s) {', '.join(commits)}.", "",
+             f"{len(nbs)} notebook(s), {total / 60:.0f} min of wall time in their last sittings"
+             + _from_scratch(results_dir) + f"; commit(s) {', '.join(commits)}.", "",
              "| notebook | status | wall time | torch | commit |", "|---|---|---|---|---|"]
     stale = stale_notebooks(run, results_dir)
     for name, e in sorted(nbs.items()):
