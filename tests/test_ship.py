@@ -218,3 +218,23 @@ def test_the_readme_snippet_runs_as_written_on_the_shipped_model(tmp_path, monke
     assert out.images.min() >= -1 and out.images.max() <= 1 and set(np.unique(out.masks)) <= {0, 1}
     named = [w.strip(",") for w in block.split('save_nifti("samples/")', 1)[1].split("\n", 1)[0].split() if ".nii" in w]
     assert named and all((tmp_path / "samples" / n).is_file() for n in named), named
+
+
+def test_the_card_gives_the_training_time_the_logs_kept_resumed_sittings_included(tmp_path):
+    from sbldm import config
+    from sbldm.report import ship
+
+    work = tmp_path / "work"
+    for d, times in (("vae", [600.0, 3852.0]), ("diffusion", [100.0, 1260.0])):
+        (work / d).mkdir(parents=True)
+        (work / d / "log.jsonl").write_text("".join(json.dumps({"step": k, "loss": 1.0, "time_s": t}) + "\n"
+                                                    for k, t in enumerate(times)))
+    hours = ship.training_hours(work)
+    assert hours == {"slice VAE": 3852.0 / 3600, "latent UNet": 1260.0 / 3600}
+    card = ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None, hours=hours)
+    assert "training time slice VAE 1.07 h, latent UNet 0.35 h (from the training logs" in card
+    assert "wall time of notebook" not in card
+    (work / "diffusion" / "log.jsonl").unlink()
+    card = ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None, hours=ship.training_hours(work))
+    assert "training time slice VAE 1.07 h (from" in card
+    assert "training time not kept" in ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None)

@@ -109,9 +109,26 @@ def use_snippet(name: str, after: list[str]) -> list[str]:
             *after, "```", ""]
 
 
-def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: dict | None = None) -> str:
+def training_hours(work: Path) -> dict:
+    """``{"slice VAE": h, "latent UNet": h}``: the training time the runs in ``work/vae`` and
+    ``work/diffusion`` logged, resumed sittings included (NaN where no log is kept)."""
+    from sbldm.training.trainer import training_seconds
+
+    return {name: training_seconds(Path(work) / d) / 3600 for name, d in (("slice VAE", "vae"),
+                                                                          ("latent UNet", "diffusion"))}
+
+
+def _hours_line(hours: dict | None) -> str:
+    known = {k: h for k, h in (hours or {}).items() if h == h}
+    return ("training time " + ", ".join(f"{k} {h:.2f} h" for k, h in known.items())
+            + " (from the training logs, resumed sittings included)") if known else "training time not kept"
+
+
+def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: dict | None = None,
+               hours: dict | None = None) -> str:
     """The card's Markdown, every number read from ``results`` (or measured by ``ship``:
-    ``half``, ``half_precision_effect``; ``speed``, ``sampling_speed``)."""
+    ``half``, ``half_precision_effect``; ``speed``, ``sampling_speed``; ``hours``,
+    ``training_hours``)."""
     record = json.loads((results / "run.json").read_text()) if (results / "run.json").is_file() else {}
     nbs = record.get("notebooks", {})
     trained = nbs.get("02_train_diffusion", {})
@@ -133,8 +150,7 @@ def model_card(cfg: Config, run: str, results: Path, half: dict | None, speed: d
              f"{cfg.diffusion_mixed_precision or cfg.mixed_precision}; conditions {cfg.condition_normalization}-"
              f"normalised{', with the rendered tumour as an extra input' if cfg.unet_spatial_prior else ''}",
              f"- hardware: {trained.get('device', 'see results/' + run + '/run.json')}; commit "
-             f"`{str(trained.get('git_commit', 'unknown'))[:12]}`; wall time of notebook 02: "
-             f"{float(trained.get('wall_time_s', 'nan')) / 60:.1f} min", "",
+             f"`{str(trained.get('git_commit', 'unknown'))[:12]}`; {_hours_line(hours)}", "",
              f"## Headline numbers (from `results/{run}/`)", ""]
     adh = [r for r in _table(results / "tables" / "conditioning_adherence.csv") if float(r["guidance_scale"]) == 1.0]
     if adh:
@@ -292,7 +308,7 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     if four_sequences:
         card = four_sequence_card(cfg, run, name, Path(results_root) / run, pipe16, half, speed)
     else:
-        card = model_card(cfg, run, Path(results_root) / run, half, speed)
+        card = model_card(cfg, run, Path(results_root) / run, half, speed, training_hours(base))
     atomic_write_bytes(tmp / CARD, card.encode())
     if dest.exists():
         shutil.rmtree(dest)
