@@ -229,9 +229,11 @@ def write_cost(work: str | Path, results: str | Path, scale: str) -> list[dict]:
              "plotting are not counted",
              "a segmenter training that two notebooks share (a kept result read back) counts in each notebook's "
              "total and once in the last row"]
-    if rows:
-        seg = hours_of(rows, "06", "10", "11")
-        notes.append(f"notebooks 06 + 10 + 11: {seg:.1f} h; notebook 12: {hours_of(rows, '12'):.1f} h")
+    measured = {r["notebook"][:2] for r in rows if r["kind"] == "total"}
+    sums = [f"notebooks {' + '.join(group)}: {hours_of(rows, *group):.1f} h" for group in (("06", "10", "11"), ("12",))
+            if measured & set(group)]
+    if sums:
+        notes.append("; ".join(sums).replace("notebooks 12:", "notebook 12:"))
     write_table(rows, Path(results) / "tables" / "compute_cost", title=f"What each notebook cost to compute ({scale})",
                 notes=notes, columns=("notebook", "kind", "what", "runs", "hours"), digits=2)
     return rows
