@@ -238,3 +238,25 @@ def test_the_card_gives_the_training_time_the_logs_kept_resumed_sittings_include
     card = ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None, hours=ship.training_hours(work))
     assert "training time slice VAE 1.07 h (from" in card
     assert "training time not kept" in ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None)
+
+
+def test_the_cards_segmentation_verdict_names_where_nnunet_does_not_confirm_the_fast_segmenter():
+    from sbldm.report import ship
+
+    def row(et_diff, et_verdict, seeds=10, et_dice=0.15):
+        return {"seeds": seeds, "diff_WT": -0.004, "ci95_low_WT": -0.06, "ci95_high_WT": 0.05,
+                "verdict_WT": "no detectable effect", "diff_ET": et_diff, "ci95_low_ET": et_diff - 0.03,
+                "ci95_high_ET": et_diff + 0.03, "verdict_ET": et_verdict, "dice_ET_mean": et_dice}
+
+    fast, real_fast = row(0.13, "gain"), row(float("nan"), "", et_dice=0.146)
+    lines = ship.segmentation_verdict(fast, row(-0.015, "no detectable effect", 3), ["WT", "ET"], real_fast,
+                                      row(float("nan"), "", 3, et_dice=0.336))
+    assert lines[0].endswith("WT -0.004 [-0.060, +0.050] no detectable effect; ET +0.130 [+0.100, +0.160] gain")
+    assert lines[1].startswith("- the same under nnU-Net (3 seeds): WT -0.004")
+    assert lines[2] == ("- caveat: the fast segmenter's ET gain does not hold under nnU-Net (real only: ET 0.146 fast, "
+                        "0.336 nnU-Net): the gain is not shown beyond the weaker segmenter")
+    # confirmed: no caveat; never checked: said so
+    assert not any("caveat" in s for s in ship.segmentation_verdict(fast, row(0.12, "gain", 3), ["WT", "ET"]))
+    assert "not confirmed under nnU-Net" in ship.segmentation_verdict(fast, None, ["WT", "ET"])[-1]
+    # a table without seed-paired columns (an older run): nothing claimed
+    assert ship.segmentation_verdict({"dice_WT_mean": 0.6}, None, ["WT"]) == []
