@@ -1,6 +1,8 @@
 """Turning results into what a reader sees.
 
 - ``claims``: the paper's claims, each with its verdict at one scale (``tables/claims.*``);
+- ``cost``: what each notebook cost from scratch, from the times kept beside its work
+  (``tables/compute_cost.*``);
 - ``readme``: the generated pages: the README's claims block, ``results/<scale>/README.md``
   and the efficiency block of ``docs/benchmarks.md``;
 - ``summaries``: each notebook's closing summary, saved and quoted on the results page;
