@@ -42,6 +42,8 @@ def test_every_kept_time_is_found_attributed_and_summed(tmp_path, monkeypatch):
     _log(work / "vae", [100.0, 3600.0])                                  # the last record: wall time, resumes included
     _log(work / "scarce" / "n10" / "diffusion", [1800.0])
     _log(work / "scarce" / "leakfree" / "vae10" / "diffusion", [900.0])
+    _log(work / "generator_budget" / "sbldm" / "unet", [720.0])        # runs nested at any depth below the folder
+    _log(work / "generator_budget" / "ldm3d" / "run" / "autoencoder", [180.0])
     (work / "diffusion").mkdir()                                         # a run without its log: not counted
     _samples(work / "samples" / "sbldm_ddim.npz", 10, 4, monkeypatch, 2.0)             # Table 1 (04): 20 s
     _samples(work / "samples" / "sbldm_ddim_draw1_bf16.npz", 10, 4, monkeypatch, 1.0)  # 06: 10 s
@@ -71,6 +73,7 @@ def test_every_kept_time_is_found_attributed_and_summed(tmp_path, monkeypatch):
     h = 1 / 3600
     assert got[("01", "training", "slice VAE")] == (1, pytest.approx(1.0))
     assert ("02", "total", "") not in got                                 # nothing measured, no row
+    assert got[("ge", "training", "generators along their budget curves")] == (2, pytest.approx(0.25))
     assert got[("04", "sampling", "Table 1 sample sets")] == (1, pytest.approx(20 * h))
     assert got[("06", "sampling", "each training seed's synthetic draw")] == (1, pytest.approx(10 * h))
     assert got[("06", "segmentation", "segmenter trainings (fast backend)")] == (3, pytest.approx(240 * h))

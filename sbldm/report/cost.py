@@ -77,12 +77,14 @@ SEGMENTATION_WORK = (
 
 
 def _runs(work: Path, patterns) -> list[Path]:
+    """The training-run folders (those with a ``log.jsonl``) the globs name; a glob ending
+    in ``/**`` takes every run below its folder."""
     found = set()
     for p in patterns:
-        for d in work.glob(p):
-            if d.is_dir():
-                found |= {f.parent for f in d.rglob("log.jsonl")} if p.endswith("**") else (
-                    {d} if (d / "log.jsonl").is_file() else set())
+        if p.endswith("/**"):
+            found |= {f.parent for f in (work / p[:-3]).rglob("log.jsonl")}
+        else:
+            found |= {d for d in work.glob(p) if (d / "log.jsonl").is_file()}
     return sorted(found)
 
 
@@ -168,7 +170,7 @@ def segmentation_rows(work: Path, results: Path) -> tuple[list[dict], dict]:
             secs = [s for k, s in found.items() if k[3] == backend]
             rows.append({"owner": owner, "kind": "segmentation", "what": f"segmenter trainings ({backend} backend)",
                          "runs": len(secs), "hours": sum(secs) / 3600})
-        trainings[owner] = [s for k, s in found.items()]
+        trainings[owner] = list(found.values())
     for owner, checks, curves in SEGMENTATION_WORK:
         secs = [float(json.loads(f.read_text())["seconds"]) for p in checks for d in work.glob(p)
                 for f in sorted(d.glob("*.json"))]
