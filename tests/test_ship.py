@@ -235,7 +235,8 @@ def test_the_card_gives_the_training_time_the_logs_kept_resumed_sittings_include
     assert "training time slice VAE 1.07 h, latent UNet 0.35 h (from the training logs" in card
     assert "wall time of notebook" not in card
     (work / "diffusion" / "log.jsonl").unlink()
-    card = ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None, hours=ship.training_hours(work))
+    card = ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None,
+                           hours=ship.training_hours(work))
     assert "training time slice VAE 1.07 h (from" in card
     assert "training time not kept" in ship.model_card(config.resolve("smoke"), "smoke", tmp_path / "results", None)
 
@@ -255,6 +256,8 @@ def test_the_cards_segmentation_verdict_names_where_nnunet_does_not_confirm_the_
     assert lines[1].startswith("- the same under nnU-Net (3 seeds): WT -0.004")
     assert lines[2] == ("- caveat: the fast segmenter's ET gain does not hold under nnU-Net (real only: ET 0.146 fast, "
                         "0.336 nnU-Net): the gain is not shown beyond the weaker segmenter")
+    loss = ship.segmentation_verdict(row(-0.13, "loss"), row(0.0, "no detectable effect", 3), ["WT", "ET"])
+    assert loss[-1].startswith("- caveat: the fast segmenter's ET loss does not hold under nnU-Net: the loss is not")
     # confirmed: no caveat; never checked: said so
     assert not any("caveat" in s for s in ship.segmentation_verdict(fast, row(0.12, "gain", 3), ["WT", "ET"]))
     assert "not confirmed under nnU-Net" in ship.segmentation_verdict(fast, None, ["WT", "ET"])[-1]

@@ -131,7 +131,9 @@ def segmentation_verdict(fast: dict, nnunet: dict | None, regions: list[str], re
     shown = [g for g in regions if f"diff_{g}" in nnunet and nnunet[f"diff_{g}"] not in ("", "nan")]
     out.append(f"- the same under nnU-Net ({nnunet.get('seeds', '?')} seeds): " + "; ".join(_paired(nnunet, g)
                                                                                           for g in shown))
-    lost = [g for g in shown if fast.get(f"verdict_{g}") in ("gain", "loss")
+    from sbldm.segmentation.statistics import GAIN, LOSS
+
+    lost = [g for g in shown if fast.get(f"verdict_{g}") in (GAIN, LOSS)
             and nnunet.get(f"verdict_{g}") != fast.get(f"verdict_{g}")]
     if lost:
         which = ", ".join(f"{g} {fast['verdict_' + g]}" for g in lost)
@@ -140,7 +142,9 @@ def segmentation_verdict(fast: dict, nnunet: dict | None, regions: list[str], re
             base = " (real only: " + ", ".join(
                 f"{g} {float(real_fast[f'dice_{g}_mean']):.3f} fast, {float(real_nnunet[f'dice_{g}_mean']):.3f} nnU-Net"
                 for g in lost if f"dice_{g}_mean" in real_fast and f"dice_{g}_mean" in real_nnunet) + ")"
-        out.append(f"- caveat: the fast segmenter's {which} does not hold under nnU-Net{base}: the gain is not "
+        kinds = {fast[f"verdict_{g}"] for g in lost}
+        effect = kinds.pop() if len(kinds) == 1 else "effect"
+        out.append(f"- caveat: the fast segmenter's {which} does not hold under nnU-Net{base}: the {effect} is not "
                    "shown beyond the weaker segmenter")
     return out
 
