@@ -106,3 +106,33 @@ def test_nothing_kept_is_an_empty_table_and_a_broken_sample_set_is_skipped(tmp_p
     (tmp_path / "work" / "samples" / "sbldm_ddim.npz").write_bytes(b"not a zip")
     assert np.isnan(cost.sample_seconds(tmp_path / "work" / "samples" / "sbldm_ddim.npz"))
     assert cost.compute_cost(tmp_path / "work", tmp_path / "results") == []
+
+
+def test_work_lost_since_the_last_table_keeps_its_hours_and_work_measured_again_replaces_them(tmp_path):
+    """A fresh machine that went on from the committed results has none of the earlier
+    work: the table keeps what it cost (marked), and a part measured again is the new
+    measurement, not both."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    (results / "tables").mkdir(parents=True)
+    _log(work / "vae", [3600.0])
+    _log(work / "diffusion", [1800.0])
+    _log(work / "scarce" / "n10" / "diffusion", [900.0])
+    first = cost.write_cost(work, results, "small")
+    assert first[-1]["hours"] == pytest.approx(1.75)
+    import shutil
+
+    shutil.rmtree(work)                                                  # the machine lost work/
+    _log(work / "scarce" / "n10" / "diffusion", [720.0])                 # notebook 10 redone here
+    again = cost.write_cost(work, results, "small")
+    got = {(r["notebook"][:2], r["kind"], r["what"]): float(r["hours"]) for r in again}
+    assert got[("01", "training", "slice VAE" + cost.CARRIED)] == pytest.approx(1.0)
+    assert got[("02", "training", "latent UNet" + cost.CARRIED)] == pytest.approx(0.5)
+    assert got[("10", "training", "latent UNets of the smaller real sets")] == pytest.approx(0.2)
+    assert not any(k[0] == "10" and k[2].endswith(cost.CARRIED) for k in got)     # replaced, not both
+    assert again[-1]["hours"] == pytest.approx(1.7)
+    # carried twice (read back from the table that already marks it): marked once, same hours
+    shutil.rmtree(work)
+    third = cost.write_cost(work, results, "small")
+    whats = [r["what"] for r in third if r["kind"] != "total"]
+    assert "slice VAE" + cost.CARRIED in whats and all(w.count(cost.CARRIED) == 1 for w in whats)
+    assert third[-1]["hours"] == pytest.approx(1.7)

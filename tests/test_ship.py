@@ -263,3 +263,65 @@ def test_the_cards_segmentation_verdict_names_where_nnunet_does_not_confirm_the_
     assert "not confirmed under nnU-Net" in ship.segmentation_verdict(fast, None, ["WT", "ET"])[-1]
     # a table without seed-paired columns (an older run): nothing claimed
     assert ship.segmentation_verdict({"dice_WT_mean": 0.6}, None, ["WT"]) == []
+
+
+def test_restore_puts_a_shipped_pipeline_back_as_notebooks_01_02_leave_it(tmp_path):
+    """``restore`` is ``ship`` backwards: the pipeline, the slice VAE and the latents the
+    later notebooks read, from the fp16 weights; it refuses to replace trained weights and
+    names what is missing."""
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.latents import encode_dataset, load_latents
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.models.unet3d import latent_unet
+    from sbldm.models.vae import SliceVAE, build_vae
+    from sbldm.report import ship
+
+    work = tmp_path / "work" / "smoke"
+    shutil.copytree(make_prepared(tmp_path / "cohort"), work / "data")
+    train = load_prepared(work / "data", "train")
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
+    randomise_output(vae)
+    randomise_output(unet, std=0.3)
+    pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
+    pipe.save_pretrained(work / "pipeline")
+    shipped = tmp_path / "pretrained"
+    ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", dest_root=shipped,
+              check_volumes=0)
+    card = shipped / "smoke" / ship.CARD
+    card.write_text(card.read_text().replace("training time not kept",
+                                             "training time slice VAE 1.07 h, latent UNet 0.35 h (from the logs)"))
+    with pytest.raises(FileExistsError, match="already holds pipeline"):
+        ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, progress=False)
+    shutil.rmtree(work / "pipeline")
+    with pytest.raises(FileNotFoundError, match="no shipped pipeline"):
+        ship.restore("smoke", work_root=tmp_path / "work", src_root=tmp_path / "nowhere", progress=False)
+    with pytest.raises(ValueError, match="unknown scale|scale"):
+        ship.restore("huge", work_root=tmp_path / "work", src_root=shipped, progress=False)
+    bare = tmp_path / "bare"
+    with pytest.raises(FileNotFoundError, match="notebook 00"):
+        ship.restore("smoke", work_root=bare, src_root=shipped, progress=False)
+
+    out = ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, progress=False)
+    assert out == work and not list(work.glob("*.partial"))
+    back = SBLDMPipeline.from_pretrained(work / "pipeline")
+    assert {p.dtype for p in back.unet.parameters()} == {torch.float32}
+    rounded = {k: v.half().float() for k, v in unet.state_dict().items()}
+    for k, v in back.unet.state_dict().items():                        # the shipped weights, fp16-rounded
+        torch.testing.assert_close(v, rounded[k], rtol=0, atol=0)
+    vae_back = SliceVAE.from_pretrained(work / "vae").eval()
+    for k, v in vae_back.state_dict().items():
+        torch.testing.assert_close(v, vae.state_dict()[k].half().float(), rtol=0, atol=0)
+    # the latents are the restored VAE's encoding of the training split, as notebook 02 writes them
+    lat = load_latents(work / "latents")
+    ref = encode_dataset(vae_back, train.images, train.labels, case_ids=train.case_ids, progress=False)
+    np.testing.assert_allclose(lat.mean, ref.mean, rtol=1e-6, atol=1e-6)
+    assert lat.case_ids == list(train.case_ids)
+    kept = json.loads((work / ship.RESTORED).read_text())
+    assert kept["fp16_rounded"] and kept["training_hours"] == {"slice VAE": 1.07, "latent UNet": 0.35}
+    assert ship.training_hours(work) == {"slice VAE": 1.07, "latent UNet": 0.35}   # no logs: the card's
+    # a second restore replaces only when asked
+    with pytest.raises(FileExistsError):
+        ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, progress=False)
+    ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, force=True, progress=False)

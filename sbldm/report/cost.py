@@ -185,13 +185,37 @@ def segmentation_rows(work: Path, results: Path) -> tuple[list[dict], dict]:
     return rows, trainings
 
 
-def compute_cost(work: str | Path, results: str | Path) -> list[dict]:
+#: appended to a part's ``what`` when its hours come from the earlier table (``carried``)
+CARRIED = " (from the earlier table: its work is no longer here)"
+
+
+def carried(parts: list[dict], earlier: list[dict]) -> list[dict]:
+    """The parts of ``earlier`` (rows of a compute-cost table written before) that ``parts``
+    no longer measures, as parts (``owner`` from the notebook's name, ``what`` marked
+    ``CARRIED``): a machine whose ``work/`` was lost (a fresh clone that went on from the
+    committed results) keeps what the earlier work cost instead of dropping it. A part that
+    is measured again replaces its earlier row."""
+    names = {v: k for k, v in OWNERS.items()}
+    have = {(r["owner"], r["kind"], r["what"]) for r in parts}
+    out = []
+    for r in earlier:
+        owner, what = names.get(r.get("notebook")), str(r.get("what", "")).replace(CARRIED, "")
+        if owner is None or r.get("kind") == "total" or (owner, r["kind"], what) in have:
+            continue
+        out.append({"owner": owner, "kind": r["kind"], "what": what + CARRIED, "runs": r["runs"],
+                    "hours": float(r["hours"])})
+    return out
+
+
+def compute_cost(work: str | Path, results: str | Path, earlier: list[dict] | None = None) -> list[dict]:
     """The table: per notebook (``OWNERS``) its parts (``kind``, ``what``, ``runs``,
     ``hours``), then its ``total``; a last row the grand total with every shared segmenter
-    training counted once. Empty without any kept work."""
+    training counted once. ``earlier``: the rows of the table written before, whose parts
+    no longer measurable here are kept (``carried``). Empty without any kept work."""
     work, results = Path(work), Path(results)
     seg, trainings = segmentation_rows(work, results)
     parts = training_rows(work) + draw_rows(work) + seg
+    parts += carried(parts, earlier or [])
     out = []
     for owner, name in OWNERS.items():
         mine = [r for r in parts if r["owner"] == owner]
@@ -224,7 +248,10 @@ def write_cost(work: str | Path, results: str | Path, scale: str) -> list[dict]:
     """``compute_cost`` into ``results/tables/compute_cost.{csv,md}``."""
     from sbldm.tables import write_table
 
-    rows = compute_cost(work, results)
+    from sbldm.tables import read_csv
+
+    before = Path(results) / "tables" / "compute_cost.csv"
+    rows = compute_cost(work, results, earlier=read_csv(before) if before.is_file() else None)
     notes = ["hours: wall-clock hours on the machine that ran each part, from the times kept beside the work "
              "(training logs, sample sets, per-case segmentation tables, nnU-Net results, learning curves), so "
              "a notebook resumed across sessions counts every session's share; loading, scoring of generators and "

@@ -154,8 +154,13 @@ def training_hours(work: Path) -> dict:
     ``work/diffusion`` logged, resumed sittings included (NaN where no log is kept)."""
     from sbldm.training.trainer import training_seconds
 
-    return {name: training_seconds(Path(work) / d) / 3600 for name, d in (("slice VAE", "vae"),
-                                                                          ("latent UNet", "diffusion"))}
+    out = {name: training_seconds(Path(work) / d) / 3600 for name, d in (("slice VAE", "vae"),
+                                                                         ("latent UNet", "diffusion"))}
+    kept = Path(work) / RESTORED                # restored from a shipped card: the time its card gave
+    if kept.is_file():
+        hours = json.loads(kept.read_text()).get("training_hours", {})
+        out = {k: (h if h == h else float(hours.get(k, h))) for k, h in out.items()}
+    return out
 
 
 def _hours_line(hours: dict | None) -> str:
@@ -359,13 +364,94 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     return dest
 
 
+#: written into ``work/<run>/`` by ``restore``: where its generator came from
+RESTORED = "restored.json"
+
+
+def card_hours(card: str) -> dict:
+    """``{"slice VAE": h, "latent UNet": h}`` from a card's training-time line (``_hours_line``),
+    ``{}`` where the card kept none."""
+    import re
+
+    line = next((ln for ln in card.splitlines() if "training time" in ln), "")
+    return {name: float(h) for name, h in re.findall(r"(slice VAE|latent UNet) ([0-9.]+) h", line)}
+
+
+def restore(scale: str, work_root: Path = REPO_ROOT / "work", src_root: Path = SHIPPED, force: bool = False,
+            progress: bool = True) -> Path:
+    """The inverse of ``ship``: put the shipped pipeline ``src_root/<run>/`` back into
+    ``work/<run>/`` as notebooks 01-02 leave it (``pipeline/``, the slice VAE in ``vae/``, the
+    training split's ``latents/`` encoded by it), so that the notebooks after 02 (the
+    data-scarce generators, the segmentation study) run on a machine whose ``work/`` was
+    lost, without retraining the generator (1.4 h at ``small`` on a 2-core CPU).
+
+    The weights come back from fp16 storage (the card gives what that changes in samples),
+    so they are the trained ones rounded, not bit for bit; ``work/<run>/restored.json`` says
+    so, with the card's training time (``training_hours`` reads it where no log is kept).
+    Needs the prepared data (notebook 00) in ``work/<run>/data``; refuses to replace a
+    trained ``vae/`` or ``pipeline/`` unless ``force``."""
+    from sbldm.data.cohort import load_prepared
+    from sbldm.diffusion.latents import encode_dataset, save_latents
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.io import atomic_write_json
+    from sbldm.provenance import git_commit
+
+    resolve(scale)                                      # an unknown scale fails here, naming the presets
+    run = run_name(scale)
+    src, work = Path(src_root) / run, Path(work_root) / run
+    if not (src / "model_index.json").is_file():
+        raise FileNotFoundError(f"{src}: no shipped pipeline to restore (python -m sbldm.report.ship ships one)")
+    if not (work / "data").is_dir():
+        raise FileNotFoundError(f"{work / 'data'}: no prepared data; run notebook 00 at `{scale}` first "
+                                f"(python -m sbldm.runner --scale {scale} --only 00)")
+    taken = [d for d in ("vae", "pipeline") if (work / d).exists()]
+    if taken and not force:
+        raise FileExistsError(f"{work}: already holds {' and '.join(taken)}; restoring would replace trained "
+                              "weights (pass force=True / --force to do it anyway)")
+    train = load_prepared(work / "data", "train")
+    pipe = SBLDMPipeline.from_pretrained(src)           # cast back to fp32
+    if pipe.vae.image_channels != 1:
+        raise ValueError(f"{src}: a {pipe.vae.image_channels}-sequence pipeline; restore puts back notebook 02's "
+                         "one-sequence generator only (notebook 12 trains the four-sequence one)")
+    shape = pipe.volume_shape
+    if shape is not None and tuple(shape) != tuple(train.images.shape[1:4]):
+        raise ValueError(f"{src}: a pipeline for volumes {shape}, but {work / 'data'} holds "
+                         f"{tuple(train.images.shape[1:4])}")
+    for name, save in (("pipeline", pipe.save_pretrained), ("vae", pipe.vae.save_pretrained)):
+        tmp = work / f"{name}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(tmp)
+        shutil.rmtree(work / name, ignore_errors=True)
+        tmp.rename(work / name)
+    vae = pipe.vae.float().eval()
+    save_latents(work / "latents", encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids,
+                                                  progress=progress))
+    card = src / CARD
+    atomic_write_json(work / RESTORED, {
+        "from": str(src), "git_commit": git_commit(), "fp16_rounded": True,
+        "training_hours": card_hours(card.read_text()) if card.is_file() else {}})
+    return work
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m sbldm.report.ship", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", default="small", help="the preset whose default run to ship (default: small)")
     ap.add_argument("--check-volumes", type=int, default=4, help="volumes sampled to measure the fp16 effect (0: skip)")
     ap.add_argument("--four-sequences", action="store_true",
                     help="ship notebook 12's four-sequence pipeline to pretrained/<run>-4seq instead")
+    ap.add_argument("--restore", action="store_true",
+                    help="the other way: put pretrained/<run> back into work/<run> (pipeline, slice VAE, latents) "
+                         "so the notebooks after 02 run without retraining the generator")
+    ap.add_argument("--force", action="store_true", help="with --restore: replace a trained work/<run>/vae or pipeline")
     a = ap.parse_args(argv)
+    if a.restore:
+        try:
+            work = restore(a.scale, force=a.force)
+        except (FileNotFoundError, FileExistsError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"restored {work} from {SHIPPED / run_name(a.scale)} (weights rounded to fp16 when shipped)")
+        return 0
     try:
         dest = ship(a.scale, check_volumes=a.check_volumes, four_sequences=a.four_sequences)
     except (FileNotFoundError, ValueError) as e:
