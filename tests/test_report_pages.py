@@ -206,24 +206,25 @@ def test_the_training_counts_are_generated_from_the_presets(tmp_path):
     from sbldm.experiments.scarce_regime import training_counts
 
     # paper: 10 Table 2 rows x 3 seeds; 4 sizes x 3 sweep rows x 3 seeds; 2 protocol sizes x
-    # (ratio, filtered) x 3 seeds; 3 leak-free rows x 3 seeds; 5 counts x 2 sizes x 3 seeds, all on
-    # nnU-Net; pre-training then fine-tuning on the fast one
+    # (ratio, filtered) x 3 seeds; 3 leak-free rows x 3 seeds; the counts not trained already (200 and 400:
+    # 0, 50 and 100 are the real, ratio and mixing rows) x 2 sizes x 3 seeds, all on nnU-Net; pre-training
+    # then fine-tuning on the fast one
     c = training_counts(resolve("paper"))
     assert (c["table2"], c["sweep"], c["protocols"], c["pretrain_finetune"]) == (30, 36, 12, 6)
-    assert (c["leakfree"], c["count_sweep"], c["learning_curves"]) == (9, 30, 0)
-    assert c["nnunet"] == 30 + 36 + 12 + 9 + 30 and c["fast"] == 6
+    assert (c["leakfree"], c["count_sweep"], c["learning_curves"]) == (9, 12, 0)
+    assert c["nnunet"] == 30 + 36 + 12 + 9 + 12 and c["fast"] == 6
     # the first look asks for the whole split only: no leak-free rows, the count sweep at one size
     look = training_counts(resolve("paper", **gen.FIRST_LOOK))
-    assert look["nnunet"] == 10 + 3 + 2 + 0 + 5 and look["fast"] == 1 and look["sizes"] == [100]
+    assert look["nnunet"] == 10 + 3 + 2 + 0 + 2 and look["fast"] == 1 and look["sizes"] == [100]
     # small: the fast backend leads; nnU-Net confirms 2 rows x 3 seeds in each notebook; 1 + 2 learning curves
     small = training_counts(resolve("small"))
     assert small["nnunet"] == 2 * 2 * 3
-    assert small["sizes"] == [10, 100] and small["fast"] == 100 + 60 + 40 + 20 + 30 + 100 + 3
+    assert small["sizes"] == [10, 100] and small["fast"] == 100 + 60 + 40 + 20 + 30 + 40 + 3
     page = tmp_path / "paper_scale.md"
     page.write_text("x\n" + "\n".join(gen.COUNT_MARKERS) + "\ny\n")
     assert not gen.update_counts(page, check=True)
     assert gen.update_counts(page) and gen.update_counts(page, check=True)
-    assert "train at most 117 nnU-Nets" in page.read_text() and page.read_text().endswith("\ny\n")
+    assert "train at most 99 nnU-Nets" in page.read_text() and page.read_text().endswith("\ny\n")
     assert gen.update_counts(tmp_path / "nothing.md" if (tmp_path / "nothing.md").write_text("no markers") else page)
 
 

@@ -271,13 +271,21 @@ def test_the_leak_free_generator_saw_only_its_volumes_and_the_study_pairs_the_tw
 
 
 def test_the_count_sweep_nests_each_seeds_synthetic_volumes_and_compares_with_100(prepared, tmp_path, monkeypatch):
-    cfg = config.resolve("smoke", seg_count_sweep=(0, 1, 100, 150), seg_seeds=(0, 1))
+    """Each training seed takes its own draw first, then the other seeds' draws: its sets are
+    nested, its first draw's worth is the study's mixing set (read back, not retrained),
+    and no volume appears twice in one set."""
+    cfg = config.resolve("smoke", seg_count_sweep=(0, 1, 100, 150), seg_seeds=(0, 1, 2), eval_n_samples=100)
     train, test = load_prepared(prepared, "train"), load_prepared(prepared, "test")
-    rng = np.random.default_rng(0)
     shape = train.images.shape[1:]
-    pool = {"images": rng.random((150, *shape)).astype(np.float32),
-            "labels": np.stack([train.labels[i % len(train)] for i in range(150)]),
-            "masks": np.stack([train.masks[i % len(train)] for i in range(150)]), "conditions": None}
+    asked = []
+
+    def draw(noise):                       # 100 volumes per draw, every volume tagged by (draw, index)
+        asked.append(noise)
+        im = np.empty((100, *shape), np.float32)
+        im[:] = (1000 * noise + np.arange(100, dtype=np.float32))[:, None, None, None] / 1e5
+        return {"images": im, "labels": np.stack([train.labels[i % len(train)] for i in range(100)]),
+                "masks": np.stack([train.masks[i % len(train)] for i in range(100)]), "conditions": None}
+
     trained = {}
 
     def fake(images, masks, test_images, cfg, seed, work, tag, iterations=None):
@@ -285,15 +293,31 @@ def test_the_count_sweep_nests_each_seeds_synthetic_volumes_and_compares_with_10
         return np.asarray(table2.targets(test, cfg)), {"backend": "fake"}
 
     monkeypatch.setattr(table2, "train_and_predict", fake)
-    with pytest.raises(ValueError, match="the synthetic pool holds 150 volumes; the sweep needs 400"):
-        sr.count_sweep(train, test, cfg.replace(seg_count_sweep=(0, 400)), tmp_path, 3, pool)
-    cases = sr.count_sweep(train, test, cfg, tmp_path, 3, pool, seed=0, iterations=2, progress=None)
+    # the study's mixing row of seed 1 (real + its own draw) is kept: the sweep reads it back
+    real = sr.real_set(train, cfg, sr.subset_indices(len(train), 3, 0))
+    own = table2.synthetic_set("SBLDM", draw(table2.synthetic_draw(cfg, 1)), 100, True, cfg)
+    table2.run_rows({sr.MIXING: (np.concatenate([real[0], own[0]]), np.concatenate([real[1], own[1]]))}, test, cfg,
+                    tmp_path, seeds=(1,), iterations=2, progress=None)
+    trained.clear()
+    cases = sr.count_sweep(train, test, cfg, tmp_path, 3, draw, seed=0, iterations=2, progress=None)
     assert {c["row"] for c in cases} == {"real", "real + 1 SBLDM", "real + 100 SBLDM", "real + 150 SBLDM"}
     assert {c["n_synthetic"] for c in cases} == {0, 1, 100, 150} and {c["n_real"] for c in cases} == {3}
-    # one seed's sets are nested: its 100 are the first 100 of its 150; the other seed takes others
-    for seed in (0, 1):
-        np.testing.assert_array_equal(trained[(seed, 103)], trained[(seed, 153)][:103])
-    assert not np.array_equal(trained[(0, 103)][3:], trained[(1, 103)][3:])
+    assert (1, 103) not in trained and (0, 103) in trained and (2, 103) in trained      # read back
+    tag = lambda a: np.round(a[:, 0, 0, 0] * 1e5).astype(int)  # noqa: E731
+    for seed in (0, 2):
+        np.testing.assert_array_equal(trained[(seed, 103)], trained[(seed, 153)][:103])   # nested
+        drawn = tag(trained[(seed, 153)][3:])
+        assert len(set(drawn)) == 150                                                      # no volume twice
+        first = 1000 * table2.synthetic_draw(cfg, seed)
+        np.testing.assert_array_equal(drawn[:100], first + np.arange(100))                 # its own draw, in order
+        after = table2.synthetic_draw(cfg, (seed + 1) % 3)                                 # then the next seed's
+        assert set(drawn[100:] // 1000) == {after}
+    assert not np.array_equal(trained[(0, 103)][3:], trained[(2, 103)][3:])
+    # further draws: the other training seeds' first, then fresh noise seeds, never its own or one twice
+    assert sr.extra_draws(cfg, 1, 2) == [table2.synthetic_draw(cfg, 2), table2.synthetic_draw(cfg, 0)]
+    assert sr.extra_draws(cfg, 2, 3) == [cfg.seed, cfg.seed + 1, cfg.seed + 3]
+    same = cfg.replace(seg_redraw_synthetic=False)                    # one shared draw: every extra is fresh
+    assert sr.extra_draws(same, 0, 2) == [cfg.seed + 1, cfg.seed + 2]
     rows = sr.count_rows(cases)
     beyond = next(r for r in rows if r["training_set"] == "real + 150 SBLDM")
     assert beyond["vs_100_diff_WT"] == 0 and beyond["vs_100_verdict_WT"] == "no detectable effect"

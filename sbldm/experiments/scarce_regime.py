@@ -287,6 +287,14 @@ def protocol_sets(real: tuple, synthetic: tuple, cfg: Config, protocols: bool = 
 TABLE2_ROWS = 10
 
 
+def shared_counts(cfg: Config) -> set[int]:
+    """The synthetic counts whose count-sweep sets are the data-scarce study's own at a
+    protocol size (``count_sweep``): 0 (real only), one draw (``eval_n_samples``: the mixing
+    row) and the ratio row's first part of it."""
+    n = int(cfg.eval_n_samples)
+    return {0, n, max(1, round(n * cfg.seg_protocol_synthetic_fraction))}
+
+
 def training_counts(cfg: Config) -> dict:
     """At most how many segmenters notebooks 06 and 11 train under ``cfg``, per part and per
     backend (rows whose training data and settings coincide are trained once and read back,
@@ -300,7 +308,9 @@ def training_counts(cfg: Config) -> dict:
       two runs);
     - ``leakfree``: real and the two generators' rows at the smallest size x seeds (none when
       that size is the whole split);
-    - ``count_sweep``: every synthetic count at the smallest and the full size x seeds;
+    - ``count_sweep``: the synthetic counts at the smallest and the full size x seeds that the
+      study has not trained already (0 is real only, one draw's size ``eval_n_samples`` the
+      mixing row, its ``seg_protocol_synthetic_fraction`` the ratio row: ``count_sweep``);
     - ``scarce_nnunet_check``: notebook 11's 2 rows x the check seeds at the smallest size,
       as ``nnunet_check``;
     - ``learning_curves``: the fast backend's budget runs (Table 2's and one per size).
@@ -314,7 +324,8 @@ def training_counts(cfg: Config) -> dict:
     out = {"table2": TABLE2_ROWS * seeds, "nnunet_check": check, "sweep": 3 * len(sizes) * seeds,
            "protocols": 2 * len(ends) * seeds, "pretrain_finetune": len(ends) * seeds,
            "leakfree": 3 * seeds if min(sizes) < cfg.n_train else 0,
-           "count_sweep": len(cfg.seg_count_sweep) * len(ends) * seeds, "scarce_nnunet_check": check,
+           "count_sweep": len(set(cfg.seg_count_sweep) - shared_counts(cfg)) * len(ends) * seeds,
+           "scarce_nnunet_check": check,
            "learning_curves": 1 + len(sizes) if fast else 0, "seeds": seeds, "sizes": list(sizes)}
     on_main = out["table2"] + out["sweep"] + out["protocols"] + out["leakfree"] + out["count_sweep"]
     out["nnunet"] = out["nnunet_check"] + out["scarce_nnunet_check"] + (0 if fast else on_main)
@@ -394,29 +405,64 @@ def count_row(k: int) -> str:
     return REAL if int(k) == 0 else f"real + {int(k)} SBLDM"
 
 
-def count_sweep(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, pool: dict, seed: int = 0,
+def extra_draws(cfg: Config, seed: int, needed: int) -> list[int]:
+    """The noise seeds of the ``needed`` further synthetic draws that training seed ``seed``'s
+    count sweep adds to its own draw (``sbldm.segmentation.table2.synthetic_draw``): the
+    draws of the training seeds after it in ``seg_seeds`` (cyclically), which the study has
+    drawn already, then fresh noise seeds beyond them; never its own draw or one twice (with
+    ``seg_redraw_synthetic`` off every training seed shares one draw, so they are all fresh)."""
+    seeds = [int(s) for s in cfg.seg_seeds]
+    own = table2.synthetic_draw(cfg, seed)
+    order = seeds[seeds.index(seed) + 1:] + seeds[:seeds.index(seed)] if seed in seeds else seeds
+    out, taken = [], {own}
+    for t in order:
+        d = table2.synthetic_draw(cfg, t)
+        if len(out) < needed and d not in taken:
+            out.append(d)
+            taken.add(d)
+    fresh = max(taken) + 1
+    while len(out) < needed:
+        if fresh not in taken:
+            out.append(fresh)
+            taken.add(fresh)
+        fresh += 1
+    return out
+
+
+def count_sweep(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, draw, seed: int = 0,
                 iterations: int | None = None, progress=print) -> list[dict]:
     """Per-case rows of real plus ``k`` synthetic volumes for every ``k`` of
     ``cfg.seg_count_sweep`` at the real-set size ``n`` (``count_row``): the paper's plateau
-    beyond 100 synthetic volumes. ``pool``: one sample set of at least ``max(k)`` volumes of
-    the generator that saw those ``n`` real volumes; each training seed takes the first
-    ``k`` of its own permutation of the pool (a fresh draw of 400 volumes per seed is out
-    of reach on a CPU; the permutation varies which volumes a seed trains on, not the
-    draw), so every ``k`` of one seed is nested in the next. Rows carry ``n_real`` and
-    ``n_synthetic``."""
+    beyond 100 synthetic volumes. ``draw(noise_seed)``: a sample set of the generator that
+    saw those ``n`` real volumes (e.g. ``scarce_samples`` with ``draw=``). Each training seed
+    takes its own draw first, in the order drawn, then the draws of ``extra_draws`` (the
+    other training seeds' draws: volumes the study has already paid for), permuted by that
+    seed; so every ``k`` of one seed is nested in the next, and up to one draw's size the
+    rows are the study's own sets: real + all of the seed's draw is ``MIXING``'s set and
+    its first half the ratio row's, read back rather than retrained (``run_rows`` keys kept
+    results by the training data). Rows carry ``n_real`` and ``n_synthetic``."""
     counts = sorted({int(k) for k in cfg.seg_count_sweep})
     if not counts or counts[0] < 0:
         raise ValueError(f"seg_count_sweep must be non-negative counts, got {cfg.seg_count_sweep}")
     labels = cfg.tumour_labels == "regions"
-    if len(pool["images"]) < counts[-1]:
-        raise ValueError(f"the synthetic pool holds {len(pool['images'])} volumes; the sweep needs {counts[-1]}")
-    im, tg, _ = table2.synthetic_set("SBLDM", pool, counts[-1], labels, cfg)
     idx = subset_indices(len(train), n, seed)
     real = real_set(train, cfg, idx)
 
+    def synthetic(noise):
+        s = draw(noise)
+        return table2.synthetic_set("SBLDM", s, len(s["images"]), labels, cfg)[:2]
+
     def sets_for(s):
-        order = np.random.default_rng([int(s), len(idx)]).permutation(len(im))
-        return {count_row(k): (np.concatenate([real[0], im[order[:k]]]), np.concatenate([real[1], tg[order[:k]]]))
+        im, tg = synthetic(table2.synthetic_draw(cfg, s))
+        if len(im) < 1:
+            raise ValueError("the synthetic draw is empty: raise eval_n_samples")
+        needed = -(-max(counts[-1] - len(im), 0) // len(im))           # further draws of the same size
+        if needed:
+            more = [synthetic(d) for d in extra_draws(cfg, s, needed)]
+            ex_im, ex_tg = np.concatenate([m[0] for m in more]), np.concatenate([m[1] for m in more])
+            order = np.random.default_rng([int(s), len(idx)]).permutation(len(ex_im))
+            im, tg = np.concatenate([im, ex_im[order]]), np.concatenate([tg, ex_tg[order]])
+        return {count_row(k): (np.concatenate([real[0], im[:k]]), np.concatenate([real[1], tg[:k]]))
                 for k in counts}
 
     cases = table2.run_rows_by_seed(sets_for, test, cfg, work, iterations=iterations, progress=progress,

@@ -322,8 +322,8 @@ def counts_section() -> str:
         sizes = ", ".join(map(str, c["sizes"]))
         return (f"{c['nnunet']} nnU-Nets of {epochs} epochs (Table 2: {c['table2']}; the data-scarce sweep at "
                 f"{len(c['sizes'])} real-set size{'s' * (len(c['sizes']) > 1)} ({sizes}): {c['sweep']}; its "
-                f"protocols: {c['protocols']}; the leak-free rows: {c['leakfree']}; the synthetic-count sweep: "
-                f"{c['count_sweep']}) and {c['fast']} fast segmenter{'s' * (c['fast'] != 1)} (pre-training then "
+                f"protocols: {c['protocols']}; the leak-free rows: {c['leakfree']}; the synthetic-count sweep beyond "
+                f"the study's own sets: {c['count_sweep']}) and {c['fast']} fast segmenter{'s' * (c['fast'] != 1)} (pre-training then "
                 f"fine-tuning, which needs weights carried between two runs), over {c['seeds']} training "
                 f"seed{'s' * (c['seeds'] > 1)}")
 
@@ -331,8 +331,8 @@ def counts_section() -> str:
             f"train at most {words(full)}; the first look (`-p overrides='{{\"seg_seeds\": [0], "
             f"\"seg_scarce_sizes\": [100]}}'`) trains at most {words(look)}, without a spread across seeds, which "
             "the tables then say. Rows whose training data and settings coincide (the full size's real and "
-            "real + SBLDM rows of both notebooks, real only beside the leak-free and zero-count rows) are "
-            "trained once and read back.\n")
+            "real + SBLDM rows of both notebooks, real only beside the leak-free and zero-count rows, the count "
+            "sweep's sets of up to one draw, which are the mixing and ratio rows) are trained once and read back.\n")
 
 
 def update_counts(page: str | Path, check: bool = False) -> bool:
