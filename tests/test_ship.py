@@ -12,14 +12,13 @@ from model_helpers import make_prepared, randomise_output, tiny_cfg
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(tmp_path):
-    from safetensors import safe_open
-
+def _trained_work(tmp_path):
+    """``work/smoke`` as notebooks 00-02 leave it, with a tiny pipeline of random outputs:
+    (work folder, training split, slice VAE, latent UNet, pipeline)."""
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.pipeline import SBLDMPipeline
     from sbldm.models.unet3d import latent_unet
     from sbldm.models.vae import build_vae
-    from sbldm.report import ship
 
     work = tmp_path / "work" / "smoke"
     shutil.copytree(make_prepared(tmp_path / "cohort"), work / "data")
@@ -31,6 +30,16 @@ def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(t
     randomise_output(unet, std=0.3)
     pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
     pipe.save_pretrained(work / "pipeline")
+    return work, train, vae, unet, pipe
+
+
+def test_ship_stores_half_precision_weights_that_load_as_fp32_and_sample_alike(tmp_path):
+    from safetensors import safe_open
+
+    from sbldm.diffusion.pipeline import SBLDMPipeline
+    from sbldm.report import ship
+
+    work, train, vae, unet, pipe = _trained_work(tmp_path)
     dest = ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results",
                      dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2, speed_steps=2)
     assert dest == tmp_path / "pretrained" / "smoke" and not (tmp_path / "pretrained" / "smoke.partial").exists()
@@ -269,23 +278,12 @@ def test_restore_puts_a_shipped_pipeline_back_as_notebooks_01_02_leave_it(tmp_pa
     """``restore`` is ``ship`` backwards: the pipeline, the slice VAE and the latents the
     later notebooks read, from the fp16 weights; it refuses to replace trained weights and
     names what is missing."""
-    from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.latents import encode_dataset, load_latents
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.models.unet3d import latent_unet
-    from sbldm.models.vae import SliceVAE, build_vae
+    from sbldm.models.vae import SliceVAE
     from sbldm.report import ship
 
-    work = tmp_path / "work" / "smoke"
-    shutil.copytree(make_prepared(tmp_path / "cohort"), work / "data")
-    train = load_prepared(work / "data", "train")
-    cfg = tiny_cfg()
-    torch.manual_seed(0)
-    vae, unet = build_vae(cfg.vae, cfg.tumour_labels).eval(), latent_unet(cfg).eval()
-    randomise_output(vae)
-    randomise_output(unet, std=0.3)
-    pipe = SBLDMPipeline.from_components(cfg, vae, unet, normalizer=train.normalizer, train_features=train.features)
-    pipe.save_pretrained(work / "pipeline")
+    work, train, vae, unet, pipe = _trained_work(tmp_path)
     shipped = tmp_path / "pretrained"
     ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", dest_root=shipped,
               check_volumes=0)
