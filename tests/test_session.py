@@ -120,3 +120,26 @@ def test_missing_generators_are_refused_unless_optional(tmp_path, capsys):
         table1.load_generators(dirs)
     gens = table1.load_generators(dirs, optional=("ldm3d", "lsgan3d"))
     assert list(gens) == ["sbldm"] and "lsgan3d: no trained model" in capsys.readouterr().out
+
+
+def test_a_missing_slice_vae_or_pipeline_names_the_notebook_and_where_one_is_shipped_the_restore(tmp_path,
+                                                                                                 monkeypatch):
+    """A fresh clone has ``pretrained/<run>`` but no ``work/``: the error says how to go on."""
+    from sbldm.evaluation import table1
+    from sbldm.report import ship
+    from sbldm.runner.session import open_session
+
+    shipped = tmp_path / "pretrained"
+    monkeypatch.setattr(ship, "SHIPPED", shipped)
+    s = open_session("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", device="cpu")
+    with pytest.raises(FileNotFoundError, match="no trained slice VAE; run notebook 01") as e:
+        s.slice_vae()
+    assert "--restore" not in str(e.value)                          # nothing shipped for this run
+    with pytest.raises(FileNotFoundError, match="no trained sbldm model") as e:
+        table1.load_generators({"sbldm": s.generator_dirs()["sbldm"]})
+    assert "--restore" not in str(e.value)
+    _saved_pipeline(shipped / "smoke")                               # a shipped pipeline of this run
+    with pytest.raises(FileNotFoundError, match=r"ship --scale smoke --restore \(after notebook 00\)"):
+        s.slice_vae()
+    with pytest.raises(FileNotFoundError, match=r"run notebooks 02 and 03 first; or put the shipped one back"):
+        table1.load_generators({"sbldm": s.generator_dirs()["sbldm"]})

@@ -76,7 +76,11 @@ class Session:
             vae = SBLDMPipeline.from_pretrained(self.pipeline).vae
         else:
             from sbldm.models.vae import SliceVAE
+            from sbldm.report.ship import restore_hint
 
+            if not (self.work / "vae" / "config.json").is_file():
+                raise FileNotFoundError(f"{self.work / 'vae'}: no trained slice VAE; run notebook 01 at "
+                                        f"`{self.scale}` first{restore_hint(self.work)}")
             vae = SliceVAE.from_pretrained(self.work / "vae")
         return vae.float().to(self.device).eval()
 
