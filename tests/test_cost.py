@@ -130,9 +130,20 @@ def test_work_lost_since_the_last_table_keeps_its_hours_and_work_measured_again_
     assert got[("10", "training", "latent UNets of the smaller real sets")] == pytest.approx(0.2)
     assert not any(k[0] == "10" and k[2].endswith(cost.CARRIED) for k in got)     # replaced, not both
     assert again[-1]["hours"] == pytest.approx(1.7)
+    # a part measured again on fewer runs than the earlier table counted keeps the earlier row, once
+    (work / "ablation" / "a").mkdir(parents=True)
+    _log(work / "ablation" / "b", [360.0])
+    _log(work / "ablation" / "c", [360.0])
+    cost.write_cost(work, results, "small")
+    shutil.rmtree(work / "ablation" / "c")
+    fewer = cost.write_cost(work, results, "small")
+    mine = [r for r in fewer if r["notebook"].startswith("07") and r["kind"] != "total"]
+    assert [(r["what"], r["runs"], r["hours"]) for r in mine] == [("ablation latent UNets" + cost.CARRIED, 2,
+                                                                    pytest.approx(0.2))]
+    assert fewer[-1]["hours"] == pytest.approx(1.9)
     # carried twice (read back from the table that already marks it): marked once, same hours
     shutil.rmtree(work)
     third = cost.write_cost(work, results, "small")
     whats = [r["what"] for r in third if r["kind"] != "total"]
     assert "slice VAE" + cost.CARRIED in whats and all(w.count(cost.CARRIED) == 1 for w in whats)
-    assert third[-1]["hours"] == pytest.approx(1.7)
+    assert third[-1]["hours"] == pytest.approx(1.9)

@@ -194,15 +194,23 @@ def carried(parts: list[dict], earlier: list[dict]) -> list[dict]:
     no longer measures, as parts (``owner`` from the notebook's name, ``what`` marked
     ``CARRIED``): a machine whose ``work/`` was lost (a fresh clone that went on from the
     committed results) keeps what the earlier work cost instead of dropping it. A part that
-    is measured again replaces its earlier row."""
+    is measured again on at least as many runs replaces its earlier row; measured again on
+    fewer (one of Table 1's four sets drawn anew, say), the earlier row stands and the new
+    measurement is dropped from ``parts`` (in place), so nothing counts twice."""
     names = {v: k for k, v in OWNERS.items()}
-    have = {(r["owner"], r["kind"], r["what"]) for r in parts}
+    have = {(r["owner"], r["kind"], r["what"]): r for r in parts}
     out = []
     for r in earlier:
         owner, what = names.get(r.get("notebook")), str(r.get("what", "")).replace(CARRIED, "")
-        if owner is None or r.get("kind") == "total" or (owner, r["kind"], what) in have:
+        if owner is None or r.get("kind") == "total":
             continue
-        out.append({"owner": owner, "kind": r["kind"], "what": what + CARRIED, "runs": r["runs"],
+        now = have.get((owner, r["kind"], what))
+        runs = int(float(r["runs"])) if str(r.get("runs", "")).strip() else 0
+        if now is not None:
+            if int(now["runs"]) >= runs:
+                continue
+            parts.remove(now)
+        out.append({"owner": owner, "kind": r["kind"], "what": what + CARRIED, "runs": runs,
                     "hours": float(r["hours"])})
     return out
 
