@@ -1,5 +1,6 @@
 """Where the project lies and how a name becomes part of a file name: the one owner of
-the checkout's root (``REPO_ROOT``, ``project_root``) and of ``slug``."""
+the checkout's root (``REPO_ROOT``, ``project_root``), of where shipped pipelines lie
+(``SHIPPED``, ``restore_hint``) and of ``slug``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 #: the folder holding ``sbldm/`` (the checkout, for an editable install)
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: the pipelines shipped inside the repository, one folder per run (``sbldm.report.ship``)
+SHIPPED = REPO_ROOT / "pretrained"
 
 
 def project_root() -> Path:
@@ -43,3 +46,14 @@ def slug(text: str, sep: str = "_", *, drop: str = "", ascii_only: bool = False,
     if lower:
         name = name.lower()
     return name if max_len is None else name[:max_len]
+
+
+def restore_hint(work_run: Path) -> str:
+    """The sentence an error about a missing slice VAE or pipeline in ``work_run``
+    (``work/<run>``) ends on: ``sbldm.report.ship``'s restore command where a pipeline for
+    that run is shipped (a fresh clone has the shipped one, not ``work/``), else nothing."""
+    name = Path(work_run).name
+    if not (SHIPPED / name / "model_index.json").is_file():
+        return ""
+    return (f"; or put the shipped one back without training: python -m sbldm.report.ship --scale {name} --restore "
+            f"(after notebook 00)")

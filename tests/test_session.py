@@ -126,11 +126,11 @@ def test_a_missing_slice_vae_or_pipeline_names_the_notebook_and_where_one_is_shi
                                                                                                  monkeypatch):
     """A fresh clone has ``pretrained/<run>`` but no ``work/``: the error says how to go on."""
     from sbldm.evaluation import table1
-    from sbldm.report import ship
+    from sbldm import paths
     from sbldm.runner.session import open_session
 
     shipped = tmp_path / "pretrained"
-    monkeypatch.setattr(ship, "SHIPPED", shipped)
+    monkeypatch.setattr(paths, "SHIPPED", shipped)
     s = open_session("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", device="cpu")
     with pytest.raises(FileNotFoundError, match="no trained slice VAE; run notebook 01") as e:
         s.slice_vae()

@@ -46,7 +46,7 @@ def load_generators(dirs: dict[str, Path], optional: tuple[str, ...] = ()) -> di
             if key in optional:
                 print(f"{key}: no trained model at {path} (notebook 03); its rows are left out")
                 continue
-            from sbldm.report.ship import restore_hint
+            from sbldm.paths import restore_hint
 
             hint = restore_hint(Path(path).parent) if key == "sbldm" and Path(path).name == "pipeline" else ""
             raise FileNotFoundError(f"{path}: no trained {key} model; run notebooks 02 and 03 first{hint}")

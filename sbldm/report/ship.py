@@ -27,10 +27,9 @@ import numpy as np
 
 from sbldm.config import Config, resolve
 from sbldm.io import atomic_write_bytes
-from sbldm.paths import REPO_ROOT
+from sbldm.paths import REPO_ROOT, SHIPPED
 from sbldm.runs import run_name
 
-SHIPPED = REPO_ROOT / "pretrained"
 CARD = "MODEL_CARD.md"
 
 
@@ -366,18 +365,6 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
 
 #: written into ``work/<run>/`` by ``restore``: where its generator came from
 RESTORED = "restored.json"
-
-
-def restore_hint(work_run: Path) -> str:
-    """The sentence an error about a missing slice VAE or pipeline in ``work_run``
-    (``work/<run>``) ends on: the ``restore`` command where a pipeline for that run is
-    shipped (a fresh clone of the repository has the shipped one, not ``work/``), else
-    nothing."""
-    name = Path(work_run).name
-    if not (SHIPPED / name / "model_index.json").is_file():
-        return ""
-    return (f"; or put the shipped one back without training: python -m sbldm.report.ship --scale {name} --restore "
-            f"(after notebook 00)")
 
 
 def card_hours(card: str) -> dict:

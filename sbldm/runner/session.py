@@ -76,7 +76,7 @@ class Session:
             vae = SBLDMPipeline.from_pretrained(self.pipeline).vae
         else:
             from sbldm.models.vae import SliceVAE
-            from sbldm.report.ship import restore_hint
+            from sbldm.paths import restore_hint
 
             if not (self.work / "vae" / "config.json").is_file():
                 raise FileNotFoundError(f"{self.work / 'vae'}: no trained slice VAE; run notebook 01 at "
