@@ -147,3 +147,21 @@ def test_work_lost_since_the_last_table_keeps_its_hours_and_work_measured_again_
     whats = [r["what"] for r in third if r["kind"] != "total"]
     assert "slice VAE" + cost.CARRIED in whats and all(w.count(cost.CARRIED) == 1 for w in whats)
     assert third[-1]["hours"] == pytest.approx(1.9)
+
+
+def test_a_segmentation_part_the_earlier_row_stands_in_for_takes_no_shared_training_off_the_total(tmp_path):
+    """11's kept results read back one of 06's trainings; when 11's part is the earlier table's
+    (more runs than measured here), the shared seconds are not in the table twice, so the
+    grand total subtracts nothing."""
+    work, results = tmp_path / "work", tmp_path / "results"
+    (results / "tables").mkdir(parents=True)
+    _cases(results / "tables" / "table2_cases", [("real", 0, 360.0)], backend="fast")
+    _cases(results / "tables" / "scarce_cases", [("real", 0, 360.0)], backend="fast", n_real=100)
+    shared = cost.compute_cost(work, results)
+    assert shared[-1]["hours"] == pytest.approx(0.1)                     # 0.1 h in both totals, once overall
+    earlier = [{"notebook": cost.OWNERS["11"], "kind": "segmentation", "what": "segmenter trainings (fast backend)",
+                "runs": "5", "hours": "0.5"}]
+    table = cost.compute_cost(work, results, earlier=earlier)
+    eleven = [r for r in table if r["notebook"].startswith("11") and r["kind"] != "total"]
+    assert [(r["runs"], r["hours"]) for r in eleven] == [(5, 0.5)]
+    assert table[-1]["hours"] == pytest.approx(0.1 + 0.5)

@@ -185,21 +185,22 @@ def segmentation_rows(work: Path, results: Path) -> tuple[list[dict], dict]:
     return rows, trainings
 
 
-#: appended to a part's ``what`` when its hours come from the earlier table (``carried``)
+#: appended to a part's ``what`` when its hours come from the earlier table (``with_earlier``)
 CARRIED = " (from the earlier table: its work is no longer here)"
 
 
-def carried(parts: list[dict], earlier: list[dict]) -> list[dict]:
-    """The parts of ``earlier`` (rows of a compute-cost table written before) that ``parts``
-    no longer measures, as parts (``owner`` from the notebook's name, ``what`` marked
-    ``CARRIED``): a machine whose ``work/`` was lost (a fresh clone that went on from the
-    committed results) keeps what the earlier work cost instead of dropping it. A part that
-    is measured again on at least as many runs replaces its earlier row; measured again on
-    fewer (one of Table 1's four sets drawn anew, say), the earlier row stands and the new
-    measurement is dropped from ``parts`` (in place), so nothing counts twice."""
+def with_earlier(parts: list[dict], earlier: list[dict]) -> list[dict]:
+    """``parts`` (measured here) together with the parts of ``earlier`` (rows of a
+    compute-cost table written before) that this machine no longer measures in full, as
+    parts (``owner`` from the notebook's name, ``what`` marked ``CARRIED``): a machine whose
+    ``work/`` was lost (a fresh clone that went on from the committed results) keeps what
+    the earlier work cost instead of dropping it. A part measured again on at least as many
+    runs replaces its earlier row; measured again on fewer (one of Table 1's four sets drawn
+    anew, say), the earlier row stands in its place, so nothing counts twice. A new list;
+    ``parts`` is left as it was."""
     names = {v: k for k, v in OWNERS.items()}
     have = {(r["owner"], r["kind"], r["what"]): r for r in parts}
-    out = []
+    superseded, kept_earlier = set(), []
     for r in earlier:
         owner, what = names.get(r.get("notebook")), str(r.get("what", "")).replace(CARRIED, "")
         if owner is None or r.get("kind") == "total":
@@ -209,21 +210,24 @@ def carried(parts: list[dict], earlier: list[dict]) -> list[dict]:
         if now is not None:
             if int(now["runs"]) >= runs:
                 continue
-            parts.remove(now)
-        out.append({"owner": owner, "kind": r["kind"], "what": what + CARRIED, "runs": runs,
-                    "hours": float(r["hours"])})
-    return out
+            superseded.add(id(now))
+        kept_earlier.append({"owner": owner, "kind": r["kind"], "what": what + CARRIED, "runs": runs,
+                             "hours": float(r["hours"])})
+    return [r for r in parts if id(r) not in superseded] + kept_earlier
 
 
 def compute_cost(work: str | Path, results: str | Path, earlier: list[dict] | None = None) -> list[dict]:
     """The table: per notebook (``OWNERS``) its parts (``kind``, ``what``, ``runs``,
     ``hours``), then its ``total``; a last row the grand total with every shared segmenter
     training counted once. ``earlier``: the rows of the table written before, whose parts
-    no longer measurable here are kept (``carried``). Empty without any kept work."""
+    no longer measured here in full are kept (``with_earlier``). Empty without any kept work."""
     work, results = Path(work), Path(results)
     seg, trainings = segmentation_rows(work, results)
-    parts = training_rows(work) + draw_rows(work) + seg
-    parts += carried(parts, earlier or [])
+    measured = training_rows(work) + draw_rows(work) + seg
+    parts = with_earlier(measured, earlier or [])
+    for r in measured:             # a segmentation part the earlier row stands in for shares nothing here
+        if r["kind"] == "segmentation" and not any(r is p for p in parts):
+            trainings.pop(r["owner"], None)
     out = []
     for owner, name in OWNERS.items():
         mine = [r for r in parts if r["owner"] == owner]
