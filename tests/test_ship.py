@@ -287,9 +287,19 @@ def test_restore_puts_a_shipped_pipeline_back_as_notebooks_01_02_leave_it(tmp_pa
     shipped = tmp_path / "pretrained"
     ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results", dest_root=shipped,
               check_volumes=0)
-    card = shipped / "smoke" / ship.CARD
+    card, record = shipped / "smoke" / ship.CARD, shipped / "smoke" / ship.RECORD
+    # ship writes the hours it put on the card into a record beside it, for restore to read back
+    logged = {k: h for k, h in ship.training_hours(work).items() if h == h}
+    assert json.loads(record.read_text())["training_hours"] == pytest.approx(logged, abs=1e-4)
+    # a folder shipped before the record existed: the card's sentence is read
     card.write_text(card.read_text().replace("training time not kept",
                                              "training time slice VAE 1.07 h, latent UNet 0.35 h (from the logs)"))
+    record.unlink()
+    assert ship.shipped_hours(shipped / "smoke") == {"slice VAE": 1.07, "latent UNet": 0.35}
+    # the record wins over the card where both are there
+    record.write_text(json.dumps({"training_hours": {"slice VAE": 2.5, "latent UNet": 0.75}}))
+    assert ship.shipped_hours(shipped / "smoke") == {"slice VAE": 2.5, "latent UNet": 0.75}
+    record.unlink()
     with pytest.raises(FileExistsError, match="already holds pipeline"):
         ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, progress=False)
     shutil.rmtree(work / "pipeline")

@@ -6,7 +6,8 @@ Reads ``work/<run>/pipeline`` (notebook 02) and writes ``pretrained/<run>/`` (wi
 pipeline with the UNet and slice-VAE weights stored in fp16 (half the bytes; they are cast
 back to fp32 when loaded), the training grid's affine (so saved samples overlay the
 training data), and ``MODEL_CARD.md`` written from ``results/<run>/``: data, training
-budget, commit, headline numbers, and the measured effect of fp16 storage on samples.
+budget, commit, headline numbers, and the measured effect of fp16 storage on samples;
+``training.json`` beside it keeps the card's training time for ``--restore`` to read back.
 
     from sbldm.diffusion.pipeline import SBLDMPipeline
     pipe = SBLDMPipeline.from_pretrained("pretrained/small")
@@ -31,6 +32,8 @@ from sbldm.paths import REPO_ROOT, SHIPPED
 from sbldm.runs import run_name
 
 CARD = "MODEL_CARD.md"
+#: beside the card: what the card says in words, for code to read back (``restore``)
+RECORD = "training.json"
 
 
 def half_precision_effect(pipe32, pipe16, n: int = 4, steps: int = 20, seed: int = 0) -> dict:
@@ -355,7 +358,10 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     if four_sequences:
         card = four_sequence_card(cfg, run, name, Path(results_root) / run, pipe16, half, speed)
     else:
-        card = model_card(cfg, run, Path(results_root) / run, half, speed, training_hours(base))
+        hours = training_hours(base)
+        card = model_card(cfg, run, Path(results_root) / run, half, speed, hours)
+        known = {k: round(float(h), 4) for k, h in hours.items() if h == h}
+        atomic_write_bytes(tmp / RECORD, json.dumps({"training_hours": known}, indent=1).encode())
     atomic_write_bytes(tmp / CARD, card.encode())
     if dest.exists():
         shutil.rmtree(dest)
@@ -365,6 +371,16 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
 
 #: written into ``work/<run>/`` by ``restore``: where its generator came from
 RESTORED = "restored.json"
+
+
+def shipped_hours(src: Path) -> dict:
+    """``{"slice VAE": h, "latent UNet": h}`` of the pipeline shipped in ``src``: its
+    ``training.json``, else (a folder shipped before that record existed) the card's
+    training-time line; ``{}`` where neither keeps one."""
+    record, card = Path(src) / RECORD, Path(src) / CARD
+    if record.is_file():
+        return {k: float(h) for k, h in json.loads(record.read_text()).get("training_hours", {}).items()}
+    return card_hours(card.read_text()) if card.is_file() else {}
 
 
 def card_hours(card: str) -> dict:
@@ -425,10 +441,8 @@ def restore(scale: str, work_root: Path = REPO_ROOT / "work", src_root: Path = S
     vae = pipe.vae.float().eval()
     save_latents(work / "latents", encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids,
                                                   progress=progress))
-    card = src / CARD
     atomic_write_json(work / RESTORED, {
-        "from": str(src), "git_commit": git_commit(), "fp16_rounded": True,
-        "training_hours": card_hours(card.read_text()) if card.is_file() else {}})
+        "from": str(src), "git_commit": git_commit(), "fp16_rounded": True, "training_hours": shipped_hours(src)})
     return work
 
 
