@@ -574,3 +574,23 @@ def test_notebook_summaries_are_saved_and_quoted_in_the_readme_block_with_their_
     assert "**03_train_baselines**\n\n" + text in block
     assert "**06_segmentation_study** — **stale**: ran before the data or a model it builds on was last " \
         "made\n\n- real only 0.9" in block
+
+
+def test_echo_streams_what_the_notebooks_print_while_they_run_and_nothing_without_it(tmp_path):
+    """``--echo``: a multi-hour notebook's progress lines reach the terminal as they are
+    printed, not only the executed copy at the end."""
+    import io
+
+    import nbformat
+
+    nbs = _tiny_notebooks(tmp_path)
+    nb = nbformat.read(nbs / "01_step.ipynb", as_version=4)
+    nb.cells[1].source = "for k in range(3):\n    print(f'training {k} of 3, seed {seed}')"
+    nbformat.write(nb, nbs / "01_step.ipynb")
+    echo = io.StringIO()
+    reproduce.run("smoke", {"seed": 3}, notebooks_dir=nbs, results_root=tmp_path / "results", log=lambda m: None,
+                  echo=echo)
+    assert echo.getvalue().splitlines() == [f"training {k} of 3, seed 3" for k in range(3)]
+    quiet = io.StringIO()
+    reproduce.run("smoke", {"seed": 4}, notebooks_dir=nbs, results_root=tmp_path / "results", log=quiet.write)
+    assert "training" not in quiet.getvalue()

@@ -226,9 +226,11 @@ def _kernel_name() -> str:
 
 def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None = None,
         redo: bool = False, notebooks_dir: Path = NOTEBOOKS, results_root: Path = RESULTS,
-        log=print, progress: bool = False) -> dict:
+        log=print, progress: bool = False, echo=None) -> dict:
     """Execute the notebook chain (or the notebooks ``only`` names) into the run's folder
-    ``results/<run>/`` (see ``run_folder``); return the run record (also ``run.json``)."""
+    ``results/<run>/`` (see ``run_folder``); return the run record (also ``run.json``).
+    ``echo``: a text stream (e.g. ``sys.stdout``) that what the notebooks print goes to as
+    they run (a multi-hour notebook's progress lines), besides the executed copies."""
     import papermill as pm
 
     params = dict(params or {})
@@ -276,7 +278,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             running = executed / f".{path.stem}.running.ipynb"
             try:
                 pm.execute_notebook(str(path), str(running), parameters=nb_params, cwd=str(path.parent),
-                                    kernel_name=kernel, progress_bar=progress,
+                                    kernel_name=kernel, progress_bar=progress, stdout_file=echo,
                                     kernel_manager_class=ipc_kernel_manager())
             except pm.PapermillExecutionError as e:
                 failed = executed / f"{path.stem}.failed.ipynb"
@@ -352,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="torch device for every notebook, e.g. cuda:1 (default: the GPU "
                                                  "if there is one, else the CPU)")
     ap.add_argument("--redo", action="store_true", help="run notebooks even if up to date")
+    ap.add_argument("--echo", action="store_true",
+                    help="print what the notebooks print while they run (progress of the long ones: each training, "
+                         "each kept result read back)")
     args = ap.parse_args(argv)
     params: dict[str, Any] = {}
     for item in args.param:
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     try:
-        run(args.scale, params, args.only, args.redo, progress=True)
+        run(args.scale, params, args.only, args.redo, progress=True, echo=sys.stdout if args.echo else None)
     except (RunnerError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
