@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import Config, resolve
-from sbldm.io import atomic_write_bytes
+from sbldm.io import atomic_write_bytes, atomic_write_json
 from sbldm.paths import REPO_ROOT, SHIPPED
 from sbldm.runs import run_name
 
@@ -361,7 +361,7 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
         hours = training_hours(base)
         card = model_card(cfg, run, Path(results_root) / run, half, speed, hours)
         known = {k: round(float(h), 4) for k, h in hours.items() if h == h}
-        atomic_write_bytes(tmp / RECORD, json.dumps({"training_hours": known}, indent=1).encode())
+        atomic_write_json(tmp / RECORD, {"training_hours": known})
     atomic_write_bytes(tmp / CARD, card.encode())
     if dest.exists():
         shutil.rmtree(dest)
@@ -408,7 +408,6 @@ def restore(scale: str, work_root: Path = REPO_ROOT / "work", src_root: Path = S
     from sbldm.data.cohort import load_prepared
     from sbldm.diffusion.latents import encode_dataset, save_latents
     from sbldm.diffusion.pipeline import SBLDMPipeline
-    from sbldm.io import atomic_write_json
     from sbldm.provenance import git_commit
 
     resolve(scale)                                      # an unknown scale fails here, naming the presets
