@@ -167,11 +167,15 @@ def stale_notebooks(run: dict, results_dir: Path | None = None) -> set[str]:
     notebook that made what they build on (``MAKERS`` numbered below them: the data, the
     slice VAE, the generators, the data-scarce generators) last finished. After the preset
     adopts a new generator and notebooks 00-03 rerun, the segmentation notebooks that have
-    not rerun are stale; an analysis notebook rerun after another is not."""
+    not rerun are stale; an analysis notebook rerun after another is not, and neither is one
+    whose maker re-ran and wrote its results byte for byte again (its ``made_at``)."""
     nbs = run.get("notebooks", {})
     done = {n: finished_at(e, results_dir) for n, e in nbs.items()}
-    makers = [m for m in nbs if m[:2] in MAKERS and done[m]]
-    return {n for n in nbs for m in makers if m[:2] < n[:2] and done[n] < done[m]}
+    # when what a maker makes last changed: a rerun that rewrote its results byte for byte keeps
+    # its earlier time (``sbldm.runner.reproduce``: ``made_at``)
+    made = {n: (e.get("made_at") or "").replace("Z", "")[:19] or done[n] for n, e in nbs.items()}
+    makers = [m for m in nbs if m[:2] in MAKERS and made[m]]
+    return {n for n in nbs for m in makers if m[:2] < n[:2] and done[n] < made[m]}
 
 
 #: what a stale notebook's mark says

@@ -7,6 +7,10 @@ such as ``scael`` would silently run the defaults). Executed notebooks go to
 parameters, config hash, seed, git commit, library versions, device, wall time and
 status. A notebook that already completed with the same parameters and inputs (its own
 source, the package source, and every upstream notebook) is skipped unless ``--redo``.
+Each entry also records ``made_at``: when what the notebook writes last changed. A rerun
+whose every rewritten result file (tables, figures) comes out byte-identical to the
+previous run's keeps the previous ``made_at``, so re-making lost models with the same seeds
+does not mark the notebooks that read them stale (``sbldm.report.readme.stale_notebooks``).
 The notebooks run with ``notebooks/`` as working directory, exactly as when a person
 opens them in JupyterLab, so a hand run and a runner run write the same files.
 """
@@ -93,6 +97,36 @@ def package_hash() -> str:
     """Hash of the package source: a code change re-runs the notebooks."""
     files = sorted((REPO_ROOT / "sbldm").rglob("*.py"))
     return _sha(*[f.relative_to(REPO_ROOT).as_posix().encode() + f.read_bytes() for f in files])
+
+
+#: the result files whose bytes decide whether a rerun made the same thing (``products``)
+PRODUCT_SUFFIXES = (".csv", ".json", ".png", ".npz", ".npy")
+
+
+def products(out_dir: Path) -> dict[str, tuple[float, str]]:
+    """``{path relative to out_dir: (mtime, sha256)}`` of the result files under a run's
+    folder (``PRODUCT_SUFFIXES``), leaving out the runner's own: ``run.json``, the executed
+    copies and the tracebacks."""
+    out = {}
+    if not out_dir.is_dir():
+        return out
+    for f in sorted(out_dir.rglob("*")):
+        rel = f.relative_to(out_dir)
+        if not f.is_file() or f.suffix not in PRODUCT_SUFFIXES or rel.parts[0] in ("executed", "logs") \
+                or rel.as_posix() == "run.json":
+            continue
+        out[rel.as_posix()] = (f.stat().st_mtime, hashlib.sha256(f.read_bytes()).hexdigest())
+    return out
+
+
+def made_again(before: dict, after: dict, since: float) -> list[str] | None:
+    """The files a run rewrote (modified at or after ``since``) when every one of them is
+    byte-identical to what was there before it ran; None when it wrote none, a new one or a
+    different one."""
+    written = sorted(p for p, (mtime, _) in after.items() if mtime >= since)
+    if not written or any(p not in before or before[p][1] != after[p][1] for p in written):
+        return None
+    return written
 
 
 def environment() -> dict:
@@ -272,10 +306,11 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             rerun_downstream = True
             cfg = resolve(scale, **nb_params.get("overrides", {}))
             log(f"{prefix}: running ...")
-            t0 = time.time()
             entry = {"parameters": nb_params, "config_hash": cfg.hash(), "seed": nb_params.get("seed", cfg.seed),
                      "git_commit": commit, **env, "inputs": inputs, "executed": str(target.relative_to(out_dir))}
             running = executed / f".{path.stem}.running.ipynb"
+            before = products(out_dir)
+            t0 = time.time()
             try:
                 pm.execute_notebook(str(path), str(running), parameters=nb_params, cwd=str(path.parent),
                                     kernel_name=kernel, progress_bar=progress, stdout_file=echo,
@@ -296,6 +331,16 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             (out_dir / "logs" / f"{path.stem}.log").unlink(missing_ok=True)     # and so is its traceback
             entry.update(status="ok", wall_time_s=round(time.time() - t0, 1),
                          finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+            # 2 s of slack: a file system that keeps whole seconds must not hide a rewritten file
+            same = made_again(before, products(out_dir), t0 - 2) if prev.get("status") == "ok" else None
+            earlier = prev.get("made_at") or prev.get("finished_at")
+            if same and earlier:
+                entry.update(made_at=earlier, same_as_before=f"{len(same)} result files byte-identical to the "
+                                                             f"previous run's (made {earlier})")
+                log(f"{prefix}: every result it rewrote ({len(same)} files) is byte-identical to the previous "
+                    f"run's: what it makes is unchanged since {earlier}")
+            else:
+                entry["made_at"] = entry["finished_at"]
             record["notebooks"][name] = entry
             record.get("failures", {}).pop(name, None)
             atomic_write_json(record_path, record)
