@@ -33,19 +33,24 @@ def test_parse_value():
     assert reproduce.parse_value("{'a': 1}") == {"a": 1} and reproduce.parse_value("abc") == "abc"
 
 
-def _tiny_notebooks(tmp_path, fail=False):
+def _write_notebook(path, body):
+    """A notebook at ``path``: the run parameters' cell, then one cell of ``body``."""
     import nbformat
 
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0\ndata = None\noverrides = {}')
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _tiny_notebooks(tmp_path, fail=False):
     d = tmp_path / "notebooks"
     d.mkdir(parents=True)
     for i, body in enumerate(["open('out.txt', 'w').write(str(seed))",
                               "raise ValueError('boom')" if fail else "x = 1"]):
-        nb = nbformat.v4.new_notebook()
-        p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0\ndata = None\noverrides = {}')
-        p.metadata["tags"] = ["parameters"]
-        nb.cells = [p, nbformat.v4.new_code_cell(body)]
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(nb, d / f"0{i}_step.ipynb")
+        _write_notebook(d / f"0{i}_step.ipynb", body)
     return d
 
 
@@ -599,23 +604,15 @@ def test_echo_streams_what_the_notebooks_print_while_they_run_and_nothing_withou
 def test_a_maker_that_reruns_to_the_same_results_does_not_stale_what_read_it_and_one_that_changes_does(tmp_path):
     import time
 
-    import nbformat
-
     from sbldm.report.readme import stale_notebooks
 
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     out = tmp_path / "results" / "smoke"
-    bodies = {"00_make": f"from pathlib import Path\nt = Path(r'{out}') / 'tables'\nt.mkdir(parents=True, exist_ok=True)\n"
-                         "(t / 'made.csv').write_text('value\\n' + open('value.txt').read())",
-              "05_read": "x = 1"}
-    for name, body in bodies.items():
-        nb = nbformat.v4.new_notebook()
-        p = nbformat.v4.new_code_cell('scale = "smoke"\nseed = 0\ndata = None\noverrides = {}')
-        p.metadata["tags"] = ["parameters"]
-        nb.cells = [p, nbformat.v4.new_code_cell(body)]
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        nbformat.write(nb, nbs / f"{name}.ipynb")
+    _write_notebook(nbs / "00_make.ipynb", f"from pathlib import Path\nt = Path(r'{out}') / 'tables'\n"
+                    "t.mkdir(parents=True, exist_ok=True)\n"
+                    "(t / 'made.csv').write_text('value\\n' + open('value.txt').read())")
+    _write_notebook(nbs / "05_read.ipynb", "x = 1")
     (nbs / "value.txt").write_text("1")
     kw = dict(notebooks_dir=nbs, results_root=tmp_path / "results")
     first = reproduce.run("smoke", {}, log=lambda _: None, **kw)["notebooks"]
@@ -626,7 +623,8 @@ def test_a_maker_that_reruns_to_the_same_results_does_not_stale_what_read_it_and
     again = reproduce.run("smoke", {}, only=["00"], redo=True, log=logs.append, **kw)
     made = again["notebooks"]["00_make"]
     assert made["finished_at"] > first["05_read"]["finished_at"]
-    assert made["made_at"] == first["00_make"]["made_at"] and "1 result files byte-identical" in made["same_as_before"]
+    assert made["made_at"] == first["00_make"]["made_at"]
+    assert "1 result files byte-identical" in made["same_as_before"]
     assert any("byte-identical" in line for line in logs)
     assert stale_notebooks(again, out) == set()
     # it re-runs and writes something else: the reader that ran before it is stale
@@ -645,7 +643,8 @@ def test_a_maker_that_reruns_to_the_same_results_does_not_stale_what_read_it_and
 
 def test_made_again_needs_every_rewritten_file_identical_and_at_least_one():
     before = {"tables/a.csv": (1.0, "x"), "tables/b.csv": (1.0, "y")}
-    assert reproduce.made_again(before, {"tables/a.csv": (5.0, "x"), "tables/b.csv": (1.0, "y")}, 2.0) == ["tables/a.csv"]
-    assert reproduce.made_again(before, {"tables/a.csv": (5.0, "z"), "tables/b.csv": (1.0, "y")}, 2.0) is None
+    rewritten = {"tables/a.csv": (5.0, "x"), "tables/b.csv": (1.0, "y")}
+    assert reproduce.made_again(before, rewritten, 2.0) == ["tables/a.csv"]
+    assert reproduce.made_again(before, {**rewritten, "tables/a.csv": (5.0, "z")}, 2.0) is None
     assert reproduce.made_again(before, {**before, "tables/c.csv": (5.0, "x")}, 2.0) is None   # a new file
     assert reproduce.made_again(before, before, 2.0) is None                                  # wrote nothing
