@@ -309,7 +309,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             entry = {"parameters": nb_params, "config_hash": cfg.hash(), "seed": nb_params.get("seed", cfg.seed),
                      "git_commit": commit, **env, "inputs": inputs, "executed": str(target.relative_to(out_dir))}
             running = executed / f".{path.stem}.running.ipynb"
-            before = products(out_dir)
+            before = products(out_dir) if prev.get("status") == "ok" else {}   # the folder as its last run left it
             t0 = time.time()
             try:
                 pm.execute_notebook(str(path), str(running), parameters=nb_params, cwd=str(path.parent),
@@ -332,7 +332,7 @@ def run(scale: str, params: dict[str, Any] | None = None, only: list[str] | None
             entry.update(status="ok", wall_time_s=round(time.time() - t0, 1),
                          finished_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
             # 2 s of slack: a file system that keeps whole seconds must not hide a rewritten file
-            same = made_again(before, products(out_dir), t0 - 2) if prev.get("status") == "ok" else None
+            same = made_again(before, products(out_dir), t0 - 2) if before else None
             earlier = prev.get("made_at") or prev.get("finished_at")
             if same and earlier:
                 entry.update(made_at=earlier, same_as_before=f"{len(same)} result files byte-identical to the "
