@@ -8,9 +8,11 @@ leave it readable by its owner only).
 
 from __future__ import annotations
 
+import filecmp
 import gzip
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -81,6 +83,39 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     buf = _io.BytesIO()
     np.save(buf, array)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_model(model, directory: str | os.PathLike) -> bool:
+    """``model.save_pretrained(directory)`` (a pipeline, a network, a generator), keeping
+    every file whose bytes are already there untouched: written beside in a temporary
+    sibling folder, only the files that differ are moved in (each by a rename). Saving a
+    resumed, already finished model again then changes nothing, its files' times included,
+    which the cached sample sets key on (``sbldm.evaluation.table1.sample_row``): a rerun
+    does not redraw hours of samples. The folder a model was loaded from, which diffusers
+    writes into its configs (``_name_or_path``), is left out: it names a place on one
+    machine and would make a reloaded model's files differ. Files the save no longer
+    writes are left alone. Returns True when a file was written."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.saving")
+    if tmp.exists():
+        shutil.rmtree(tmp)            # a killed earlier save
+    try:
+        model.save_pretrained(tmp)
+        for f in tmp.rglob("*.json"):
+            config = json.loads(f.read_text())
+            if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+                f.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")   # diffusers' layout
+        changed = False
+        for f in sorted(q for q in tmp.rglob("*") if q.is_file()):
+            target = directory / f.relative_to(tmp)
+            if target.is_file() and filecmp.cmp(f, target, shallow=False):
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(f, target)
+            changed = True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return changed
 
 
 def save_nifti(path: str | os.PathLike, volume: np.ndarray, affine: np.ndarray | None = None) -> None:

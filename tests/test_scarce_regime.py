@@ -186,6 +186,16 @@ def test_a_scarce_generator_learns_from_its_subset_only(prepared, tmp_path):
     assert (record["n_real"], record["unet_saw"], record["vae_saw"]) == (2, 2, 4)
     assert record["case_ids"] == [train.case_ids[i] for i in idx]
     assert (tmp_path / "n2" / "pipeline").is_dir()
+    # run again (a notebook resumed in a later session): the finished generator is saved again
+    # without touching a file, so its synthetic draw stays cached instead of being sampled anew
+    drawn = sr.samples_of(tmp_path / "n2", cfg, progress=False)
+    cached = {f: f.stat().st_mtime_ns for f in (tmp_path / "n2").rglob("*") if f.is_file() and "samples" in f.parts}
+    weights = {f: f.stat().st_mtime_ns for f in (tmp_path / "n2" / "pipeline").rglob("*") if f.is_file()}
+    again = sr.train_scarce_generator(cfg, vae, latents, train, idx, tmp_path / "n2", progress=False)
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "n2" / "pipeline").rglob("*") if f.is_file()} == weights
+    np.testing.assert_array_equal(sr.samples_of(tmp_path / "n2", cfg, progress=False)["images"], drawn["images"])
+    assert cached and {f: f.stat().st_mtime_ns for f in cached} == cached
+    assert np.array_equal(again.train_features, pipe.train_features)
     with pytest.raises(ValueError, match="latents for"):
         sr.train_scarce_generator(cfg, vae, sr.subset_latents(latents, idx), train, idx, tmp_path / "x")
 

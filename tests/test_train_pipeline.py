@@ -367,6 +367,39 @@ def test_pipeline_save_load_roundtrip(pipe, tmp_path):
     np.testing.assert_array_equal(a.conditions, b.conditions)
 
 
+def test_saving_a_model_again_keeps_unchanged_files_and_their_times_and_writes_changed_ones(pipe, tmp_path):
+    """sbldm.io.save_model: the cached sample sets key on the pipeline folder's file times, so
+    saving the same (or a reloaded) pipeline again must touch nothing; new weights must land."""
+    import os
+
+    from sbldm import SBLDMPipeline
+    from sbldm.io import save_model
+
+    d = tmp_path / "pipeline"
+    assert save_model(pipe, d)
+    plain = tmp_path / "plain"
+    pipe.save_pretrained(plain)                     # the same files as diffusers writes them
+    files = sorted(f.relative_to(d) for f in d.rglob("*") if f.is_file())
+    assert files == sorted(f.relative_to(plain) for f in plain.rglob("*") if f.is_file())
+    assert all((d / f).read_bytes() == (plain / f).read_bytes() for f in files)
+    old = {f: (d / f).stat().st_mtime_ns for f in files}
+    for f in files:                                 # age them, so a rewrite would show
+        os.utime(d / f, ns=(old[f] - 10**10, old[f] - 10**10))
+    aged = {f: (d / f).stat().st_mtime_ns for f in files}
+    assert not save_model(pipe, d)
+    assert not save_model(SBLDMPipeline.from_pretrained(d), d)   # a reloaded pipeline writes the same bytes
+    assert {f: (d / f).stat().st_mtime_ns for f in files} == aged
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())   # no temporary folder left
+    with torch.no_grad():
+        next(pipe.unet.parameters()).add_(1.0)
+    assert save_model(pipe, d)
+    now = {f: (d / f).stat().st_mtime_ns for f in files}
+    changed = {f for f in files if now[f] != aged[f]}
+    assert changed and all(f.parts[0] == "unet" for f in changed)          # only the UNet's weights moved
+    back = SBLDMPipeline.from_pretrained(d)
+    torch.testing.assert_close(next(back.unet.parameters()), next(pipe.unet.parameters()))
+
+
 def test_from_scale_and_parameter_counts():
     from sbldm import SBLDMPipeline
 

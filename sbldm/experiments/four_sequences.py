@@ -33,6 +33,7 @@ import numpy as np
 from sbldm.config import Config
 from sbldm.data.cohort import Prepared
 from sbldm.experiments import scarce_regime as sr
+from sbldm.io import save_model
 from sbldm.segmentation import statistics, table2
 
 #: the four BraTS 2023 sequences, in BraTS order: T1, T1ce, T2, FLAIR
@@ -185,7 +186,7 @@ def train_four(cfg4: Config, train: Prepared, work: Path, resume: bool = True, d
                              progress=progress)
     save_latents(d / "latents", latents)
     pipe = train_pipeline(cfg4, vae, latents, train, d / "diffusion", resume=resume, device=device, progress=progress)
-    pipe.save_pretrained(d / "pipeline")
+    save_model(pipe, d / "pipeline")      # a resumed, finished model touches nothing: its draws stay cached
     return vae, latents, pipe
 
 

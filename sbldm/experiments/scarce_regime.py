@@ -33,7 +33,7 @@ import numpy as np
 from sbldm.config import Config
 from sbldm.data.cohort import Prepared
 from sbldm.data.tumour import FeatureNormalizer
-from sbldm.io import atomic_write_json
+from sbldm.io import atomic_write_json, save_model
 from sbldm.segmentation import statistics, table2
 
 #: the Table 1 row whose sample settings the per-size generators sample with
@@ -110,7 +110,7 @@ def train_scarce_generator(cfg: Config, vae, latents, train: Prepared, idx, out_
         raise ValueError("the latents were encoded from other volumes than the training split's")
     pipe = train_pipeline(cfg, vae, subset_latents(latents, idx), sub, out_dir / "diffusion", resume=resume,
                           device=device, progress=progress)
-    pipe.save_pretrained(out_dir / "pipeline")
+    save_model(pipe, out_dir / "pipeline")     # unchanged files keep their times: the draws stay cached
     atomic_write_json(out_dir / "record.json", {
         "n_real": len(sub), "case_ids": sub.case_ids, "unet_saw": len(sub),
         "vae_saw": len(train) if vae_saw is None else int(vae_saw), "vae_steps": cfg.vae_steps,

@@ -36,6 +36,7 @@ from sbldm.generators.common import (MODEL_DIR, check_training_data, read_marker
 from sbldm.models.autoencoder3d import AutoencoderKL3D, VolumePosterior  # noqa: F401  (saved pipelines name this module)
 from sbldm.models.gan3d import Discriminator3D, check_discriminator_fits
 from sbldm.models._common import count_parameters
+from sbldm.io import save_model
 from sbldm.training.objectives import autoencoder_loss, autoencoder_loss_options, autoencoder_loss_words, ls_loss
 
 KIND = "ldm3d"
@@ -428,5 +429,5 @@ def train_ldm3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, pro
     result = LDM3D(ae.eval(), unet_model.eval(), scheduler, disc, cfg.volume_shape, cfg.sampler,
                    cfg.num_inference_steps, cfg.eta).set_latent_std(latent_std)
     if accelerator.is_main_process:
-        result.save_pretrained(out / MODEL_DIR)
+        save_model(result, out / MODEL_DIR)
     return result

@@ -42,6 +42,7 @@ from sbldm.generators.common import (MODEL_DIR, Samples, check_training_data, re
 from sbldm.models.gan3d import Discriminator3D, LSGANGenerator3D, check_discriminator_fits
 from sbldm.training.objectives import discriminator_loss, generator_loss, noisy_labels
 from sbldm.models._common import count_parameters
+from sbldm.io import save_model
 
 KIND = "lsgan3d"
 
@@ -320,7 +321,7 @@ def train_lsgan3d(cfg, train, out_dir: str | os.PathLike, resume: bool = True, p
         return LSGANGenerator3D.from_pretrained(out / SELECTED_DIR).to(next(generator.parameters()).device)
 
     def save(net, directory):
-        LSGAN3D(selected(net["generator"]), net["discriminator"]).save_pretrained(directory / MODEL_DIR)
+        save_model(LSGAN3D(selected(net["generator"]), net["discriminator"]), directory / MODEL_DIR)
 
     record = {"num_volumes": int(len(images)), "tumour_labels": cfg.tumour_labels,
               "loss_terms": "loss = g_loss + d_loss (least-squares GAN)"}

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sbldm.io import save_model
+
 NAMES = ("sbldm", "ldm3d", "lsgan3d")
 
 
@@ -220,5 +222,5 @@ def _train_sbldm(cfg, train, out: Path, resume, progress, stop_at, device):
     if pipe is None:
         return None
     gen = SBLDMGenerator(pipe, cfg.sampler, cfg.num_inference_steps, cfg.eta, cfg.guidance_scale)
-    gen.save_pretrained(out / "model")
+    save_model(gen, out / "model")
     return gen

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sbldm.config import Config, resolve
-from sbldm.io import atomic_write_bytes, atomic_write_json
+from sbldm.io import atomic_write_bytes, atomic_write_json, save_model
 from sbldm.paths import REPO_ROOT, SHIPPED
 from sbldm.runs import run_name
 
@@ -349,7 +349,7 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     dest = Path(dest_root) / name
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    pipe32.to(torch.float16).save_pretrained(tmp)
+    save_model(pipe32.to(torch.float16), tmp)     # no local path of this machine in the configs
     # the cast rounded pipe32's weights in place: compare against a fresh fp32 copy
     pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
     pipe16 = SBLDMPipeline.from_pretrained(tmp)

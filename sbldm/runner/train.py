@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from sbldm.config import resolve
+from sbldm.io import save_model
 from sbldm.runtime import cpu_setup
 
 
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     pipe = train_pipeline(cfg, vae, lat, train, a.out, resume=not a.no_resume, progress=not a.no_progress,
                           step_delay=a.step_delay)
     if a.pipeline and state.is_main_process:
-        pipe.save_pretrained(a.pipeline)
+        save_model(pipe, a.pipeline)
     return 0
 
 

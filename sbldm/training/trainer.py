@@ -35,7 +35,7 @@ import torch
 from sbldm.config import Config, resume_conflicts
 from sbldm.provenance import fingerprint, git_commit, hardware, library_versions
 from sbldm.runtime import cpu_setup, seed_everything, step_generator, step_rng
-from sbldm.io import atomic_write_bytes, atomic_write_json
+from sbldm.io import atomic_write_bytes, atomic_write_json, save_model
 from sbldm.models._common import count_parameters
 from sbldm.training.objectives import min_snr_weights, noise_batch, noise_loss, vae_loss
 
@@ -220,7 +220,7 @@ def _finish_run(spec: StageSpec, cfg: Config, unwrapped, out_dir: Path, records:
     if spec.ema is not None:
         spec.ema.copy_to(unwrapped.parameters())      # the finished model carries the averaged weights
     if spec.save is None:
-        unwrapped.save_pretrained(out_dir)
+        save_model(unwrapped, out_dir)                # unchanged files keep their times
     else:
         spec.save(unwrapped, out_dir)
     plot_loss_curve(records, out_dir / "loss_curve.png", title=f"{spec.name} ({cfg.scale})")
