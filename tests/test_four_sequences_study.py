@@ -167,15 +167,19 @@ def test_the_interiors_are_read_per_sequence_and_the_enhancing_tumour_must_enhan
     assert abs(by[("real (train split)", "T1")]["median_z_enhancing"]) < 0.5
     assert by[("real (train split)", "FLAIR")]["median_z_oedema"] > 2
     assert by[("SBLDM, 4 sequences", "T1ce")]["w_over_spread_enhancing"] == pytest.approx(0.0, abs=1e-9)
-    assert enh["inside"] and enh["generated"] == pytest.approx(by[("real (train split)", "T1ce")]["median_z_enhancing"])
+    assert enh["T1ce"]["inside"]
+    assert enh["T1ce"]["generated"] == pytest.approx(by[("real (train split)", "T1ce")]["median_z_enhancing"])
+    table = {r["sequence"]: r for r in fs.enhancing_rows(enh)}
+    assert list(table) == ["T1", "T1ce", "T2", "FLAIR"] and table["T1ce"]["inside_real_iqr"]
+    assert table["T1ce"]["real_q25"] <= table["T1ce"]["generated_median_z"] <= table["T1ce"]["real_q75"]
     flat, flat_labels = _volumes(0.0, seed=1)                                      # enhancing only in its label
     rows, enh = fs.appearance_rows(real, {"sequences": flat, "labels": flat_labels})
-    assert not enh["inside"] and abs(enh["generated"]) < 0.5
+    assert not enh["T1ce"]["inside"] and abs(enh["T1ce"]["generated"]) < 0.5
     with pytest.raises(ValueError, match="carries no sequences"):
         fs.appearance_rows(real, {"sequences": None, "labels": labels})
     # a model of the whole tumour (the paper's label mode) draws no sub-regions: nothing to read, said as NaN
     rows, enh = fs.appearance_rows(real, {"sequences": seqs, "labels": None, "masks": labels > 0})
-    assert rows == [] and not enh["inside"] and math.isnan(enh["generated"])
+    assert rows == [] and enh == {} and fs.enhancing_rows(enh) == []
     whole = fs.example_cases(types.SimpleNamespace(sequences=seqs, labels=labels, case_ids=list("abcd")),
                              {"sequences": seqs, "labels": None, "masks": (labels > 0).astype(np.uint8)}, k=1)
     assert set(np.unique(whole[1][2])) == {0, 2}                     # outlined as the whole tumour
@@ -204,3 +208,21 @@ def test_the_config_reads_four_sequences_and_checks_the_study_fields():
                        ({"four_check_steps": 0}, "positive integer"), ({"four_psnr_tolerance": -1.0}, ">= 0")):
         with pytest.raises(ValueError, match=match):
             config.resolve("smoke", **bad)
+
+
+def test_the_summary_says_where_the_enhancing_tumour_lies_and_what_the_shared_vae_saw():
+    from sbldm.report import summaries
+
+    enhancing = {"T1": {"generated": 0.1, "real_q25": -0.2, "real_q75": 0.3, "inside": True},
+                 "T1ce": {"generated": 2.5, "real_q25": 1.75, "real_q75": 3.0, "inside": True},
+                 "FLAIR": {"generated": 4.0, "real_q25": 1.0, "real_q75": 2.0, "inside": False}}
+    appearance = [{"set": "real (train split)", "sequence": "T1ce", "median_z_enhancing": 2.2},
+                  {"set": "SBLDM, 4 sequences", "sequence": "T1ce", "median_z_enhancing": 2.5}]
+    comparisons = [{"n_real": n, "training_set": "real, FLAIR", "against": ""} for n in (10, 100)]
+    text = summaries.four_sequences("small", {"chosen": 8, "short": {}}, [], appearance, enhancing, [], comparisons)
+    assert ("on T1ce the generated enhancing tumour's median z is 2.50 (brighter than the normal brain), inside the "
+            "real training tumours' interquartile range [1.75, 3.00]; inside it on T1, T1ce.") in text
+    assert "decoded by the slice VAE trained on all 100: at 10 real volumes" in text
+    enhancing["T1ce"] = {"generated": -0.5, "real_q25": 1.75, "real_q75": 3.0, "inside": False}
+    text = summaries.four_sequences("small", {"chosen": 8, "short": {}}, [], appearance, enhancing, [], comparisons[:1])
+    assert "-0.50 (not brighter than the normal brain), outside" in text and "slice VAE trained on all" not in text

@@ -189,6 +189,9 @@ def test_a_four_sequence_pipeline_ships_beside_the_flair_one_with_its_own_card(t
     write_table([{"n_real": 3, "training_set": "real, 4 sequences", "against": "real, FLAIR", "seeds": 10,
                   "diff_WT": 0.02, "ci95_low_WT": 0.01, "ci95_high_WT": 0.03, "verdict_WT": "gain"}],
                 res / "tables" / "four_sequences_table2")
+    write_table([{"region": "enhancing tumour", "sequence": "T1ce", "generated_median_z": 2.5, "real_q25": 1.75,
+                  "real_median": 2.25, "real_q75": 3.0, "inside_real_iqr": True}],
+                res / "tables" / "four_sequences_enhancing")
     dest = ship.ship("smoke", work_root=tmp_path / "work", results_root=tmp_path / "results",
                      dest_root=tmp_path / "pretrained", check_volumes=1, check_steps=2, speed_steps=2,
                      four_sequences=True)
@@ -197,6 +200,9 @@ def test_a_four_sequence_pipeline_ships_beside_the_flair_one_with_its_own_card(t
     assert "generates T1, T1ce, T2, FLAIR and the tumour sub-region label map" in card and "BraTS 2023" in card
     assert "- 3 real volumes, real, 4 sequences minus real, FLAIR (10 seeds, Dice, 95% interval, verdict after " \
            "Holm): WT +0.020 [+0.010, +0.030] gain" in card
+    assert "- the generated median 2.50 lies inside the real training tumours' interquartile range [1.75, 3.00] " \
+           "on T1ce" in card
+    assert "_name_or_path" not in (dest / "model_index.json").read_text()     # no path of this machine shipped
     assert 'SBLDMPipeline.from_pretrained("pretrained/smoke-4seq")' in card and "not for clinical use" in card
     back = SBLDMPipeline.from_pretrained(dest)
     np.testing.assert_allclose(back.affine, train.grid_affine)
@@ -333,3 +339,24 @@ def test_restore_puts_a_shipped_pipeline_back_as_notebooks_01_02_leave_it(tmp_pa
     with pytest.raises(FileExistsError):
         ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, progress=False)
     ship.restore("smoke", work_root=tmp_path / "work", src_root=shipped, force=True, progress=False)
+
+
+def test_the_storage_check_compares_every_sequence_of_a_pipeline_of_several():
+    """half_precision_effect reads out.sequences where the pipeline makes several: a change in
+    T1ce alone (the FLAIR, out.images, identical) must show."""
+    import types
+
+    from sbldm.report import ship
+
+    flair = np.zeros((1, 4, 4, 2), np.float32)
+    masks = np.zeros((1, 4, 4, 2), np.uint8)
+
+    def pipe(t1ce):
+        seqs = np.zeros((1, 4, 4, 4, 2), np.float32)
+        seqs[:, 1] = t1ce
+        return lambda **_: types.SimpleNamespace(images=flair, masks=masks, sequences=seqs)
+
+    out = ship.half_precision_effect(pipe(0.0), pipe(0.25), n=1, steps=1)
+    assert out["max_abs_image_difference"] == pytest.approx(0.25) and out["mask_voxels_differing"] == 0.0
+    one = lambda **_: types.SimpleNamespace(images=flair, masks=masks, sequences=None)   # noqa: E731
+    assert ship.half_precision_effect(one, one, n=1, steps=1)["max_abs_image_difference"] == 0.0

@@ -39,16 +39,21 @@ RECORD = "training.json"
 def half_precision_effect(pipe32, pipe16, n: int = 4, steps: int = 20, seed: int = 0) -> dict:
     """Sample ``n`` volumes (DDIM ``steps``, same requests and noise) with the fp32 weights
     and with the fp16-stored ones (cast back to fp32): the largest absolute image
-    difference (images in [-1, 1]) and the fraction of mask voxels that differ."""
+    difference (images in [-1, 1]; every sequence of a pipeline of several) and the fraction
+    of mask voxels that differ."""
     import torch
 
     outs = []
     for pipe in (pipe32, pipe16):
         outs.append(pipe(num_volumes=n, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed)))
     a, b = outs
+    if getattr(a, "sequences", None) is not None:      # a pipeline of several sequences: every one of them
+        a_im, b_im = a.sequences, b.sequences
+    else:
+        a_im, b_im = a.images, b.images
     return {"volumes": n, "ddim_steps": steps,
-            "max_abs_image_difference": float(np.abs(a.images - b.images).max()),
-            "mean_abs_image_difference": float(np.abs(a.images - b.images).mean()),
+            "max_abs_image_difference": float(np.abs(a_im - b_im).max()),
+            "mean_abs_image_difference": float(np.abs(a_im - b_im).mean()),
             "mask_voxels_differing": float((a.masks != b.masks).mean())}
 
 
@@ -304,6 +309,12 @@ def four_sequence_card(cfg: Config, run: str, name: str, results: Path, pipe, ha
         lines.append(f"- the enhancing tumour on generated T1ce: median z {float(gen['median_z_enhancing']):.2f} against "
                      f"the normal brain (real training tumours {float(real['median_z_enhancing']):.2f}); "
                      f"Wasserstein over the real spread {float(gen['w_over_spread_enhancing']):.2f}")
+    enh = {r["sequence"]: r for r in _table(results / "tables" / "four_sequences_enhancing.csv")}.get("T1ce")
+    if enh:
+        inside = str(enh["inside_real_iqr"]).lower() in ("true", "1")
+        lines.append(f"- the generated median {float(enh['generated_median_z']):.2f} lies "
+                     + ("inside" if inside else "outside") + f" the real training tumours' interquartile range "
+                     f"[{float(enh['real_q25']):.2f}, {float(enh['real_q75']):.2f}] on T1ce")
     adh = [r for r in _table(results / "tables" / "four_sequences_adherence.csv") if finite(r.get("guidance_scale")) == 1.0]
     if adh:
         r = adh[0]

@@ -409,8 +409,8 @@ def denoising_probe(rows: list[dict]) -> str:
 def four_sequences(scale: str, choice: dict, check_rows: list[dict], appearance_rows: list[dict], enhancing: dict,
                    adherence_rows: list[dict], comparisons: list[dict], test_rows: list[dict] | None = None) -> str:
     """Notebook 12: the latent channels the reconstruction check chose and why, what the
-    generated sequences look like inside the tumour (the enhancing tumour on T1ce against
-    the real interquartile range), adherence, and what the extra sequences and SBLDM's
+    generated sequences look like inside the tumour (the enhancing tumour per sequence,
+    ``enhancing`` keyed by sequence name, against the real interquartile range), adherence, and what the extra sequences and SBLDM's
     volumes buy a segmenter (seed-paired, Holm over the table)."""
     lines = [f"At `{scale}`:"]
     chosen = choice["chosen"]
@@ -437,11 +437,14 @@ def four_sequences(scale: str, choice: dict, check_rows: list[dict], appearance_
                  for s, g in gen.items()]
         lines.append("- the enhancing tumour's median z against the normal brain, per sequence: " + ", ".join(parts)
                      + ".")
-        inside = enhancing.get("inside")
-        lines.append(f"- on T1ce the generated enhancing tumour's median z is {_f(enhancing.get('generated'))}, "
-                     + ("inside" if inside else "outside")
-                     + f" the real training tumours' interquartile range [{_f(enhancing.get('real_q25'))}, "
-                     f"{_f(enhancing.get('real_q75'))}]" + (": it enhances where it should." if inside else "."))
+        t1c = enhancing.get("T1ce", {})
+        z = t1c.get("generated", math.nan)
+        lines.append(f"- on T1ce the generated enhancing tumour's median z is {_f(z)} ("
+                     + ("brighter" if z > 0 else "not brighter") + " than the normal brain), "
+                     + ("inside" if t1c.get("inside") else "outside")
+                     + f" the real training tumours' interquartile range [{_f(t1c.get('real_q25'))}, "
+                     f"{_f(t1c.get('real_q75'))}]; inside it on "
+                     + (", ".join(s for s, v in enhancing.items() if v.get("inside")) or "no sequence") + ".")
         worst = max(((s, k, float(v)) for s, g in gen.items() for k, v in g.items()
                      if k.startswith("w_over_spread_") and v not in (None, "") and not math.isnan(float(v))),
                     key=lambda t: t[2], default=None)
@@ -452,6 +455,12 @@ def four_sequences(scale: str, choice: dict, check_rows: list[dict], appearance_
         lines.append(f"- asked for {r['n']} tumours at guidance {_f(r['guidance_scale'], 1)}: volume Spearman "
                      f"{_f(r['spearman_volume'])}, centre {_f(r['centre_distance'], 1)} voxels off, sphericity "
                      f"Spearman {_f(r.get('spearman_sphericity'))}, {_f(r['empty_fraction'])} empty.")
+    sizes = sorted({int(r["n_real"]) for r in comparisons})
+    if len(sizes) > 1:
+        lines.append(f"- below the full split, the synthetic volumes come from a latent UNet that saw only those real "
+                     f"volumes, decoded by the slice VAE trained on all {sizes[-1]}: at {', '.join(map(str, sizes[:-1]))} "
+                     "real volumes the synthetic rows' VAE saw more real data than the real rows (notebook 11's "
+                     "leak-free rows measure what that is worth, FLAIR only).")
     for r in comparisons:
         if not r.get("against"):
             continue
