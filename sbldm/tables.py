@@ -22,8 +22,14 @@ def _fmt(v, digits: int) -> str:
     return "" if v is None else str(v)
 
 
+def row_columns(rows: Sequence[Mapping]) -> list[str]:
+    """Every key of ``rows``, in the order first met: a column that only later rows carry
+    (a comparison made for some rows only) is kept, never dropped."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
 def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = list(columns or row_columns(rows))
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(r.get(c), digits) for c in columns) + " |")
@@ -32,9 +38,10 @@ def to_markdown(rows: Sequence[Mapping], columns: Sequence[str] | None = None, d
 
 def write_table(rows: Sequence[Mapping], stem: str | os.PathLike, title: str | None = None,
                 notes: Sequence[str] = (), columns: Sequence[str] | None = None, digits: int = 3) -> str:
-    """Write ``stem.csv`` and ``stem.md`` (title, table, notes) atomically; return the Markdown."""
+    """Write ``stem.csv`` and ``stem.md`` (title, table, notes) atomically; return the Markdown.
+    Without ``columns``, every key any row carries (``row_columns``), blank where a row has none."""
     stem = Path(stem)
-    columns = list(columns or (rows[0].keys() if rows else []))
+    columns = list(columns or row_columns(rows))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     w.writeheader()

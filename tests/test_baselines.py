@@ -575,8 +575,8 @@ def test_a_kept_sample_set_is_extended_to_more_volumes_not_drawn_again(tmp_path)
 
     def fn(b, s):
         calls.append(s)
-        rng = np.random.default_rng(s)
-        return rng.normal(size=(b, 2, 2, 2)).astype(np.float32), np.zeros((b, 2, 2, 2), np.uint8)
+        rng = np.random.default_rng(s)          # + b: like SBLDM's requests, a volume depends on its batch's size
+        return (rng.normal(size=(b, 2, 2, 2)) + b).astype(np.float32), np.zeros((b, 2, 2, 2), np.uint8)
 
     four = cached_samples(tmp_path / "s.npz", fn, 4, seed=3, batch_size=2, meta={"m": 1}, progress=False)
     assert calls == [batch_seed(3, 0), batch_seed(3, 2)]
@@ -590,7 +590,9 @@ def test_a_kept_sample_set_is_extended_to_more_volumes_not_drawn_again(tmp_path)
     calls.clear()
     assert cached_samples(tmp_path / "s.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)["images"].shape[0] == 6
     assert calls == []                                                    # kept as it is now
-    cached_samples(tmp_path / "odd.npz", fn, 3, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    odd = cached_samples(tmp_path / "odd.npz", fn, 3, seed=3, batch_size=2, meta={"m": 1}, progress=False)
+    assert calls[-2:] == [batch_seed(3, 0), batch_seed(3, 2)]             # a whole last batch, cut to 1
+    np.testing.assert_array_equal(odd["images"], fresh["images"][:3])     # so a set is a prefix of any larger one
     calls.clear()
     cached_samples(tmp_path / "odd.npz", fn, 6, seed=3, batch_size=2, meta={"m": 1}, progress=False)
     assert calls == [batch_seed(3, 0), batch_seed(3, 2), batch_seed(3, 4)]   # 3 ends mid-batch: drawn again

@@ -158,6 +158,14 @@ def test_the_plateau_claim_reads_the_count_sweep_at_its_largest_real_set():
     nothing = cl.plateau_claim(_counts("no detectable effect", [(200, 0.0, "no detectable effect")]))
     assert nothing["verdict"] == cl.NO_EFFECT and "no gain at 100" in nothing["why"]
     assert cl.plateau_claim([])["verdict"] == cl.NOT_TESTED
+    falling = cl.plateau_claim(_counts("gain", [(200, -0.02, "no detectable effect"), (400, -0.05, "loss")]))
+    assert falling["verdict"] == cl.PARTLY and "a fall rather than a plateau" in falling["why"]
+    assert "not a shown equivalence" in flat["why"]
+    # a table that lost its comparisons with 100 decides nothing (it must not read as a plateau)
+    lost = [{k: v for k, v in r.items() if not k.startswith("vs_100_")}
+            for r in _counts("gain", [(200, 0.0, "no detectable effect")])]
+    unread = cl.plateau_claim(lost)
+    assert unread["verdict"] == cl.NOT_TESTED and "no comparison of 200 with 100" in unread["why"]
 
 
 def test_ddim_against_ddpm_is_judged_on_the_interval_of_its_loss():
@@ -289,3 +297,24 @@ def test_the_nnunet_check_decides_its_claim_seed_paired_within_the_claims_family
     assert raw == pytest.approx(ttest_1samp(effects, 0.0).pvalue, rel=0.1)     # per-seed means carry case noise
     holm_p = float(nn["why"].split("Holm ")[1].split(";")[0])
     assert holm_p > raw                                                       # adjusted inside the claims' family
+
+
+@pytest.mark.parametrize("effects, verdict", [((0.10, 0.11, 0.09), cl.REPRODUCED),
+                                              ((0.10, -0.06, 0.08), cl.PARTLY)])
+def test_the_scarce_claim_quotes_notebook_11s_nnunet_check_and_is_partly_when_it_does_not_confirm(tmp_path, effects,
+                                                                                                  verdict):
+    from claims_helpers import case_rows
+
+    from sbldm.segmentation import statistics
+    from sbldm.tables import write_table
+
+    d = _results(tmp_path / "results" / "small")
+    write_csv(d / "tables" / "scarce_cases.csv", case_rows({"real": 0.0, "real + SBLDM": 0.1}, n_real=10))
+    scarce = "synthetic volumes help when real volumes are scarce (the title): real + SBLDM beats real only at 10 " \
+             "real volumes"
+    alone = _by_claim(cl.claims(d))[scarce]
+    assert alone["verdict"] == cl.REPRODUCED and "nnU-Net" not in alone["why"]      # the fast segmenter alone
+    write_table(statistics.summarise(_check_cases(effects)), d / "tables" / "scarce_nnunet_check")
+    row = _by_claim(cl.claims(d))[scarce]
+    assert row["verdict"] == verdict and "; nnU-Net at 10 real volumes, 3 seeds: " in row["why"]
+    assert ("does not confirm" in row["why"]) == (verdict == cl.PARTLY)

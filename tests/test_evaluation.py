@@ -361,3 +361,16 @@ def test_precision_agreement_pairs_the_two_draws_of_each_request():
     assert moved[1]["centre_distance"] == pytest.approx(1.0) and moved[0]["centre_distance"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="different requests"):
         precision_agreement(fp32, {**fp32, "conditions": conditions + 1}, real)
+
+
+def test_ddim_and_ddpm_sets_must_answer_the_same_requests_volume_by_volume():
+    from sbldm.evaluation.table1 import same_requests
+
+    req = np.random.default_rng(0).uniform(size=(10, 9))
+    ddim, ddpm = {"conditions": req}, {"conditions": req[:4].copy()}     # the DDPM set is shorter
+    same_requests({"SBLDM (DDIM)": ddim, "SBLDM (DDPM)": ddpm})
+    same_requests({"SBLDM (DDIM)": ddim, "SBLDM (DDPM)": {"conditions": None}})   # nothing stored: nothing to check
+    same_requests({"SBLDM (DDIM)": ddim})
+    shifted = {"conditions": req[1:5]}                                   # drawn in other batches
+    with pytest.raises(ValueError, match="answer different requests volume by volume"):
+        same_requests({"SBLDM (DDIM)": ddim, "SBLDM (DDPM)": shifted})

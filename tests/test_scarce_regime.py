@@ -332,3 +332,10 @@ def test_the_count_sweep_nests_each_seeds_synthetic_volumes_and_compares_with_10
     beyond = next(r for r in rows if r["training_set"] == "real + 150 SBLDM")
     assert beyond["vs_100_diff_WT"] == 0 and beyond["vs_100_verdict_WT"] == "no detectable effect"
     assert "vs_100_diff_WT" not in next(r for r in rows if r["training_set"] == "real + 100 SBLDM")
+    # the table keeps the comparison with 100 that only the rows beyond it carry (the first row has none)
+    from sbldm.tables import read_csv, write_table
+
+    write_table(rows, tmp_path / "counts")
+    table = {r["training_set"]: r for r in read_csv(tmp_path / "counts.csv")}
+    assert table["real + 150 SBLDM"]["vs_100_verdict_WT"] == "no detectable effect"
+    assert table["real"]["vs_100_verdict_WT"] == "" and "vs_100_verdict_WT" in (tmp_path / "counts.md").read_text()

@@ -56,20 +56,23 @@ def cached_samples(path, sample_fn: Callable[[int, int], tuple], n: int, seed: i
             seqs = [kept["sequences"]] if kept["sequences"] is not None else []
     with tqdm(total=n, initial=done, desc=path.stem, disable=not progress) as bar:
         while done < n:
-            b = min(batch_size, n - done)
+            # always a whole batch, the last one cut: volume k then answers the same request from the
+            # same noise whatever n is (the requests of a batch depend on its size), so a set of n
+            # volumes is the first n of any larger one; DDIM and DDPM sets pair volume by volume
+            b, keep = batch_size, min(batch_size, n - done)
             t0 = time.perf_counter()
             out = sample_fn(b, batch_seed(seed, done))
             seconds.append((time.perf_counter() - t0) / b)
-            images.append(np.asarray(out[0], np.float32))
-            masks.append(np.asarray(out[1], np.uint8))
+            images.append(np.asarray(out[0], np.float32)[:keep])
+            masks.append(np.asarray(out[1], np.uint8)[:keep])
             if len(out) > 2 and out[2] is not None:
-                conds.append(np.asarray(out[2], np.float64))
+                conds.append(np.asarray(out[2], np.float64)[:keep])
             if len(out) > 3 and out[3] is not None:
-                labels.append(np.asarray(out[3], np.uint8))
+                labels.append(np.asarray(out[3], np.uint8)[:keep])
             if len(out) > 4 and out[4] is not None:
-                seqs.append(np.asarray(out[4], np.float32))
-            done += b
-            bar.update(b)
+                seqs.append(np.asarray(out[4], np.float32)[:keep])
+            done += keep
+            bar.update(keep)
     result = {"images": np.concatenate(images), "masks": np.concatenate(masks),
               "conditions": np.concatenate(conds) if conds else None,
               "labels": np.concatenate(labels) if labels else None,

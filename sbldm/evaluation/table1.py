@@ -126,11 +126,11 @@ def requested_conditions(gen, n: int, seed: int, batch_size: int) -> np.ndarray:
     batch seeds, conditions drawn from the training distribution as the pipeline draws
     them): for sample sets cached before the requests were stored beside them."""
     out, done = [], 0
-    while done < n:
-        b = min(batch_size, n - done)
-        _, raw = gen.pipeline.prepare_conditions(None, b, _torch_gen(batch_seed(seed, done)))
-        out.append(raw)
-        done += b
+    while done < n:                                  # whole batches, the last cut, as cached_samples draws them
+        keep = min(batch_size, n - done)
+        _, raw = gen.pipeline.prepare_conditions(None, batch_size, _torch_gen(batch_seed(seed, done)))
+        out.append(raw[:keep])
+        done += keep
     return np.concatenate(out)
 
 
@@ -156,8 +156,24 @@ def timings(gens: dict, cfg: Config) -> dict:
     return {row: out[row] for row, _, _ in ROWS if row in out}
 
 
+def same_requests(samples: dict, rows=("SBLDM (DDIM)", "SBLDM (DDPM)")) -> None:
+    """Refuse sample sets of ``rows`` whose volume k answers another request than the other
+    set's volume k (compared over the shorter set; a set without stored conditions passes)."""
+    conds = [np.asarray(samples[r]["conditions"], np.float64) for r in rows
+             if r in samples and samples[r].get("conditions") is not None]
+    if len(conds) == 2:
+        n = min(len(conds[0]), len(conds[1]))
+        if not np.allclose(conds[0][:n], conds[1][:n]):
+            raise ValueError(f"{rows[0]} and {rows[1]} answer different requests volume by volume: draw both with "
+                             "the same batch size and seed (delete the kept sample sets in work/<run>/samples to redraw)")
+
+
 def table1(samples: dict, gens: dict, times: dict, real_train_images, seed: int = 0) -> dict:
-    """``{row: {"psnr", "ssim", "params", "time"}}`` as the paper computed them."""
+    """``{row: {"psnr", "ssim", "params", "time"}}`` as the paper computed them. SBLDM's
+    DDIM and DDPM sets are compared volume by volume (``table1_volume_rows``, the DDIM-vs-DDPM
+    claim), so they must answer the same requests: refused when their stored conditions
+    differ (e.g. one set kept from a run with another batch size)."""
+    same_requests(samples)
     key_of = {row: key for row, key, _ in ROWS}
     results = {}
     for row, s in samples.items():

@@ -1,4 +1,4 @@
-"""The data-scarce regime without leakage (notebooks 10 and 11; beyond the paper's Table 2).
+"""The data-scarce regime, its generators trained on each size's real volumes (notebooks 10 and 11; beyond Table 2).
 
 The paper's title claim is that synthetic volumes help when real ones are scarce, and it
 generates them "from the restricted training set". A segmenter trained on ``n`` real
@@ -624,7 +624,7 @@ def sweep_figure(summary: list[dict], regions, scale: str):
     axes[0][0].set_ylabel("Dice on the real test split")
     axes[0][0].legend(fontsize=8)
     seeds = max(r["seeds"] for r in summary)
-    fig.suptitle(f"data-scarce regime ({scale}): each size's synthetic volumes from a generator trained on that "
-                 f"size; mean ± std over {seeds} seed(s)", fontsize=9)
+    fig.suptitle(f"data-scarce regime ({scale}): each size's synthetic volumes from a latent UNet trained on that "
+                 f"size (the slice VAE shared); mean ± std over {seeds} seed(s)", fontsize=9)
     fig.tight_layout()
     return fig

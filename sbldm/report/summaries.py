@@ -233,6 +233,40 @@ def _verdict_lines(rows: dict, real: dict, indent: str = "") -> list[str]:
     return lines
 
 
+def _nnunet_line(nnunet_rows: list[dict], where: str = "") -> str | None:
+    """The nnU-Net confirmation of real + SBLDM against real only (its summarised rows), in
+    one line; ``where``: e.g. " at 10 real volumes"."""
+    nb = {r["row"]: r for r in nnunet_rows}
+    empty = [name for name, r in nb.items()
+             if float(r.get("empty_predictions", 0) or 0) >= float(r.get("n_test", 0) or 0) > 0]
+    seeds = int(float(next(iter(nb.values())).get("seeds") or 1))
+    which = "one seed" if seeds == 1 else f"{seeds} seeds"
+    if empty:
+        return (f"- nnU-Net confirmation{where} ({which}): it predicted no tumour in any test case for "
+                + ", ".join(empty) + "; at this budget it confirms nothing.")
+    if "real" in nb and "real + SBLDM" in nb:
+        paired = _verdict_text(nb["real + SBLDM"]) if seeds > 1 and _has_verdicts(nb["real + SBLDM"]) else ""
+        return (f"- nnU-Net confirmation{where} ({which}): real {_dice_text(nb['real'])}; real + SBLDM "
+                f"{_dice_text(nb['real + SBLDM'], nb['real'])}"
+                + (f"; real + SBLDM minus real only, per training seed (Holm over this check's regions): "
+                   f"{paired}" if paired else "") + ".")
+    return None
+
+
+def _table_verdicts(r: dict, prefix: str = "") -> str:
+    """"WT +0.010 [-0.020, +0.040], no detectable effect; ..." of a table row's seed-paired
+    columns (``<prefix>diff_<region>``, ``<prefix>ci95_low_<region>``, ...); '' without them."""
+    parts = []
+    for key in [k for k in r if k.startswith(f"{prefix}verdict_")]:
+        g = key[len(f"{prefix}verdict_"):]
+        diff = r.get(f"{prefix}diff_{g}")
+        if r[key] in (None, "") or diff in (None, "") or math.isnan(float(diff)):
+            continue
+        parts.append(f"{'WT' if g == 'all' else g} {float(diff):+.3f} [{float(r[f'{prefix}ci95_low_{g}']):+.3f}, "
+                     f"{float(r[f'{prefix}ci95_high_{g}']):+.3f}], {r[key]}")
+    return "; ".join(parts)
+
+
 def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
                  filter_report: dict | None = None, confirm_skipped: bool = False) -> str:
     """Notebook 06: Table 2 (per BraTS region when the rows carry them), the nnU-Net
@@ -266,20 +300,8 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
         lines.append(f"- the quality filter rejected {_pct(filter_report.get('rejection_rate'))} of the SBLDM volumes "
                      f"({filter_report.get('rejected_empty', 0)} with an empty mask).")
     if nnunet_rows:
-        nb = {r["row"]: r for r in nnunet_rows}
-        empty = [name for name, r in nb.items()
-                 if float(r.get("empty_predictions", 0) or 0) >= float(r.get("n_test", 0) or 0) > 0]
-        seeds = int(float(next(iter(nb.values())).get("seeds") or 1))
-        which = "one seed" if seeds == 1 else f"{seeds} seeds"
-        if empty:
-            lines.append(f"- nnU-Net confirmation ({which}): it predicted no tumour in any test case for "
-                         + ", ".join(empty) + "; at this budget it confirms nothing.")
-        elif "real" in nb and "real + SBLDM" in nb:
-            paired = _verdict_text(nb["real + SBLDM"]) if seeds > 1 and _has_verdicts(nb["real + SBLDM"]) else ""
-            lines.append(f"- nnU-Net confirmation ({which}): real {_dice_text(nb['real'])}; real + SBLDM "
-                         f"{_dice_text(nb['real + SBLDM'], nb['real'])}"
-                         + (f"; real + SBLDM minus real only, per training seed (Holm over this check's regions): "
-                            f"{paired}" if paired else "") + ".")
+        if line := _nnunet_line(nnunet_rows):
+            lines.append(line)
     elif confirm_skipped:
         lines.append("- nnU-Net confirmation: not run, the fast backend finds no effect of real + SBLDM against real "
                      "only in any region (seed-paired), so there is nothing to confirm.")
@@ -288,9 +310,13 @@ def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = 
     return "\n".join(lines)
 
 
-def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
+def scarce_study(scale: str, summary: list[dict], protocol_sizes, nnunet_rows: list[dict] | None = None,
+                 nnunet_at: int | None = None, leakfree_rows: list[dict] | None = None,
+                 count_rows: list[dict] | None = None) -> str:
     """Notebook 11: at every real-set size, which way of using the synthetic volumes, if any,
-    beats real only, by how much and with what p (Holm within the size)."""
+    beats real only, by how much and with what p (Holm within the size); then the nnU-Net
+    confirmation at ``nnunet_at`` real volumes (``nnunet_rows``; not run when None), the
+    leak-free rows and the synthetic-count sweep, each as its table gives it."""
     lines = [f"At `{scale}` (each size's synthetic volumes from a latent UNet trained on that many real volumes):"]
     for n in dict.fromkeys(r["n_real"] for r in summary):
         sel = {r["row"]: r for r in summary if r["n_real"] == n}
@@ -321,6 +347,25 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes) -> str:
             lines.append(f"  - lesion-wise Dice {'/'.join(regions)} (BraTS 2023: missed and false-positive lesions "
                          f"count; mean over seeds, untested): real {lesion(real)}; "
                          + "; ".join(f"{name} {lesion(r)}" for name, r in sel.items() if name != "real") + ".")
+    if nnunet_at is not None:
+        line = _nnunet_line(nnunet_rows, f" at {nnunet_at} real volumes") if nnunet_rows else None
+        lines.append(line or f"- nnU-Net confirmation at {nnunet_at} real volumes: not run, the fast backend finds no "
+                             "effect of real + SBLDM there (seed-paired), so there is nothing to confirm.")
+    for r in leakfree_rows or []:
+        text = _table_verdicts(r)
+        if not text:
+            continue
+        what = (f"what the shared slice VAE bought, {r['training_set']}" if "minus" in str(r["training_set"])
+                else f"{r['training_set']} minus real only")
+        lines.append(f"- without leakage at {r['n_real']} real volumes, {what}, per training seed over {r['seeds']} "
+                     f"seeds: {text}.")
+    for n in dict.fromkeys(r["n_real"] for r in count_rows or []):
+        sel = [r for r in count_rows if r["n_real"] == n]
+        col = "dice_WT" if "dice_WT" in sel[0] else "dice"
+        curve = ", ".join(f"{r['synthetic_volumes']}: {_f(r.get(col), 3)}" for r in sel)
+        beyond = "; ".join(f"{r['synthetic_volumes']} {t}" for r in sel if (t := _table_verdicts(r, "vs_100_")))
+        lines.append(f"- synthetic-count sweep at {n} real volumes, whole-tumour Dice by synthetic volumes: {curve}"
+                     + (f"; against 100 synthetic volumes, per training seed: {beyond}" if beyond else "") + ".")
     if scale == "smoke":
         lines.append(SMOKE)
     return "\n".join(lines)
