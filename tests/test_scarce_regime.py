@@ -339,3 +339,23 @@ def test_the_count_sweep_nests_each_seeds_synthetic_volumes_and_compares_with_10
     table = {r["training_set"]: r for r in read_csv(tmp_path / "counts.csv")}
     assert table["real + 150 SBLDM"]["vs_100_verdict_WT"] == "no detectable effect"
     assert table["real"]["vs_100_verdict_WT"] == "" and "vs_100_verdict_WT" in (tmp_path / "counts.md").read_text()
+
+
+def test_a_verdict_of_no_effect_whose_interval_clears_zero_says_what_held_it_back():
+    from sbldm.report.summaries import _verdict_text
+
+    row = {"row": "synthetic only: 3D-LDM", "seeds": 10, "diff_WT": -0.085, "ci95_low_WT": -0.138,
+           "ci95_high_WT": -0.036, "p_seeds_WT": 0.28, "seeds_above_real_WT": 0, "verdict_WT": "no detectable effect",
+           "diff_TC": -0.186, "ci95_low_TC": -0.231, "ci95_high_TC": -0.141, "p_seeds_TC": 0.0005,
+           "seeds_above_real_TC": 0, "verdict_TC": "loss",
+           "diff_ET": -0.028, "ci95_low_ET": -0.084, "ci95_high_ET": 0.037, "p_seeds_ET": 1.0,
+           "seeds_above_real_ET": 4, "verdict_ET": "no detectable effect"}
+    assert _verdict_text(row) == ("WT -0.085 [-0.138, -0.036], 0/10 seeds above, no detectable effect (Holm p 0.28); "
+                                  "TC -0.186 [-0.231, -0.141], 0/10 seeds above, loss; "
+                                  "ET -0.028 [-0.084, +0.037], 4/10 seeds above, no detectable effect")
+    row["p_seeds_WT"] = 0.01                          # significant and clear of 0: the seed spread held it back
+    assert "no detectable effect (smaller than the seed spread)" in _verdict_text(row)
+    beyond = {"seeds": 10, "vs_100_diff_all": 0.01, "vs_100_ci95_low_all": -0.02, "vs_100_ci95_high_all": 0.04,
+              "vs_100_verdict_all": "no detectable effect", "verdict_all": ""}
+    assert _verdict_text(beyond, "vs_100_") == "WT +0.010 [-0.020, +0.040], no detectable effect"
+    assert _verdict_text({"seeds": 3}) == ""

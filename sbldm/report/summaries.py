@@ -198,18 +198,29 @@ def _verdict_suffixes(r: dict) -> list[str]:
     return regions if len(regions) > 1 else ["all"]
 
 
-def _verdict_text(r: dict) -> str:
+def _verdict_text(r: dict, prefix: str = "") -> str:
     """"WT +0.051 [-0.012, +0.110], 2/3 seeds above, no detectable effect; ..." of a row
-    summarised with the training run as the unit (``statistics.seed_paired``)."""
+    compared with the training run as the unit (``statistics.seed_paired``): its
+    ``<prefix>diff_<region>``, ``<prefix>ci95_low/high_<region>`` and ``<prefix>verdict_<region>``
+    columns (a summarised row, or a table's row read back); '' without them. A "no detectable
+    effect" whose interval excludes 0 says what held it back: its Holm p, or the seed spread."""
+    from sbldm.segmentation.statistics import NO_EFFECT
+
     parts = []
-    for g in _verdict_suffixes(r):
-        if r.get(f"diff_{g}") in (None, "") or math.isnan(float(r[f"diff_{g}"])):
+    for key in [k for k in r if k.startswith(f"{prefix}verdict_")]:
+        g = key[len(f"{prefix}verdict_"):]
+        diff = r.get(f"{prefix}diff_{g}")
+        if r[key] in (None, "") or diff in (None, "") or math.isnan(float(diff)):
             continue
-        name = "WT" if g == "all" else g
-        above = r.get(f"seeds_above_real_{g}", "")
+        lo, hi = float(r[f"{prefix}ci95_low_{g}"]), float(r[f"{prefix}ci95_high_{g}"])
+        above = r.get(f"{prefix}seeds_above_real_{g}", "")
         seeds = f", {int(float(above))}/{r['seeds']} seeds above" if above not in (None, "") else ""
-        parts.append(f"{name} {float(r[f'diff_{g}']):+.3f} [{float(r[f'ci95_low_{g}']):+.3f}, "
-                     f"{float(r[f'ci95_high_{g}']):+.3f}]{seeds}, {r[f'verdict_{g}']}")
+        p = r.get(f"{prefix}p_seeds_{g}")
+        why = ""
+        if r[key] == NO_EFFECT and (lo > 0 or hi < 0) and p not in (None, "") and not math.isnan(float(p)):
+            # the interval clears 0: Holm or the seed spread (the verdict's other two conditions) held it back
+            why = f" (Holm p {_p(p)})" if float(p) >= 0.05 else " (smaller than the seed spread)"
+        parts.append(f"{'WT' if g == 'all' else g} {float(diff):+.3f} [{lo:+.3f}, {hi:+.3f}]{seeds}, {r[key]}{why}")
     return "; ".join(parts)
 
 
@@ -251,20 +262,6 @@ def _nnunet_line(nnunet_rows: list[dict], where: str = "") -> str | None:
                 + (f"; real + SBLDM minus real only, per training seed (Holm over this check's regions): "
                    f"{paired}" if paired else "") + ".")
     return None
-
-
-def _table_verdicts(r: dict, prefix: str = "") -> str:
-    """"WT +0.010 [-0.020, +0.040], no detectable effect; ..." of a table row's seed-paired
-    columns (``<prefix>diff_<region>``, ``<prefix>ci95_low_<region>``, ...); '' without them."""
-    parts = []
-    for key in [k for k in r if k.startswith(f"{prefix}verdict_")]:
-        g = key[len(f"{prefix}verdict_"):]
-        diff = r.get(f"{prefix}diff_{g}")
-        if r[key] in (None, "") or diff in (None, "") or math.isnan(float(diff)):
-            continue
-        parts.append(f"{'WT' if g == 'all' else g} {float(diff):+.3f} [{float(r[f'{prefix}ci95_low_{g}']):+.3f}, "
-                     f"{float(r[f'{prefix}ci95_high_{g}']):+.3f}], {r[key]}")
-    return "; ".join(parts)
 
 
 def segmentation(scale: str, rows: list[dict], nnunet_rows: list[dict] | None = None,
@@ -352,7 +349,7 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes, nnunet_rows: l
         lines.append(line or f"- nnU-Net confirmation at {nnunet_at} real volumes: not run, the fast backend finds no "
                              "effect of real + SBLDM there (seed-paired), so there is nothing to confirm.")
     for r in leakfree_rows or []:
-        text = _table_verdicts(r)
+        text = _verdict_text(r)
         if not text:
             continue
         what = (f"what the shared slice VAE bought, {r['training_set']}" if "minus" in str(r["training_set"])
@@ -363,7 +360,7 @@ def scarce_study(scale: str, summary: list[dict], protocol_sizes, nnunet_rows: l
         sel = [r for r in count_rows if r["n_real"] == n]
         col = "dice_WT" if "dice_WT" in sel[0] else "dice"
         curve = ", ".join(f"{r['synthetic_volumes']}: {_f(r.get(col), 3)}" for r in sel)
-        beyond = "; ".join(f"{r['synthetic_volumes']} {t}" for r in sel if (t := _table_verdicts(r, "vs_100_")))
+        beyond = "; ".join(f"{r['synthetic_volumes']} {t}" for r in sel if (t := _verdict_text(r, "vs_100_")))
         lines.append(f"- synthetic-count sweep at {n} real volumes, whole-tumour Dice by synthetic volumes: {curve}"
                      + (f"; against 100 synthetic volumes, per training seed: {beyond}" if beyond else "") + ".")
     if scale == "smoke":
