@@ -359,3 +359,30 @@ def test_a_verdict_of_no_effect_whose_interval_clears_zero_says_what_held_it_bac
               "vs_100_verdict_all": "no detectable effect", "verdict_all": ""}
     assert _verdict_text(beyond, "vs_100_") == "WT +0.010 [-0.020, +0.040], no detectable effect"
     assert _verdict_text({"seeds": 3}) == ""
+
+
+def test_the_summary_of_the_papers_whole_tumour_mask_names_its_seed_level_verdicts():
+    """The paper's label mode scores the whole tumour alone (suffix WT, no TC or ET): the
+    summary must quote its seed-paired p and verdicts, not fall back to the per-case test."""
+    import numpy as np
+
+    from sbldm.report.summaries import segmentation
+    from sbldm.segmentation import statistics
+
+    rng = np.random.default_rng(0)
+    base = 0.6 + rng.normal(0, 0.01, 10)
+    cases = []
+    for row, gain in (("real", 0.0), ("real + SBLDM", 0.1)):
+        for s in range(10):
+            for k in range(20):
+                d = float(np.clip(base[s] + gain + rng.normal(0, 0.02), 0, 1))
+                cases.append({"row": row, "seed": s, "case_id": f"c{k}", "n_train_volumes": 100, "dice": d,
+                              "iou": d / 2, "hd95": 3.0, "empty_prediction": 0, "dice_WT": d, "lesion_dice_WT": d,
+                              "lesion_hd95_WT": 3.0, "false_positives_WT": 0, "missed_WT": 0})
+    rows = statistics.summarise(cases)
+    assert rows[1]["verdict_WT"] == "gain" and "verdict_all" not in rows[1]
+    text = segmentation("paper", rows)
+    assert "seed-paired Holm p" in text
+    assert "rows with a detected gain over real only (the training run as the unit, Holm over rows x regions): " \
+           "real + SBLDM (WT)." in text
+    assert "real + SBLDM minus real only, per training seed (mean, 95% interval): WT +0.09" in text

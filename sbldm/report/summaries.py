@@ -168,8 +168,9 @@ def _dice_text(r: dict, ref: dict | None = None) -> str:
         text = f"Dice {_f(r['dice_mean'], 3)} ± {_f(r.get('dice_seed_std'), 3)}"
         if ref is not None:
             delta = float(r["dice_mean"]) - float(ref["dice_mean"])
-            seed = _seed_level(r, "all")
-            p = r.get("p_seeds_all" if seed else "p_holm")
+            suffix = regions[0] if regions else "all"      # the whole tumour alone (WT) or no regions at all
+            seed = _seed_level(r, suffix)
+            p = r.get(f"p_seeds_{suffix}" if seed else "p_holm")
             label = "seed-paired Holm p" if seed else "Holm p"
             ptxt = f", {label} = {float(p):.2g}" if p not in (None, "") and not math.isnan(float(p)) else ""
             text += f" ({'+' if delta >= 0 else ''}{delta:.3f} vs real{ptxt})"
@@ -194,8 +195,9 @@ def _has_verdicts(r: dict) -> bool:
 
 
 def _verdict_suffixes(r: dict) -> list[str]:
-    regions = _regions(r)
-    return regions if len(regions) > 1 else ["all"]
+    """The suffixes of a row's seed-paired verdicts: its regions (WT alone for the paper's
+    whole-tumour mask), or "all" when the rows carry none."""
+    return [k[len("verdict_"):] for k in r if k.startswith("verdict_")]
 
 
 def _verdict_text(r: dict, prefix: str = "") -> str:
