@@ -34,6 +34,7 @@ import numpy as np
 from sbldm.data.tumour import feature_distribution_distance, mask_features, tumour_features  # noqa: F401  (re-exported)
 from sbldm.metrics import finite_summary, psnr_volumes, ssim_map, to_unit
 from sbldm.provenance import device_name
+from sbldm.tables import row_columns
 
 SSIM_WIN, SSIM_K1, SSIM_K2 = 11, 0.01, 0.03   # the authors' 3D SSIM: 11^3 uniform window
 
@@ -277,5 +278,5 @@ def precision_agreement(fp32: dict, bf16: dict, real_train, seed: int = 0) -> li
             for k in range(n)]
     rows.append({"set": "bf16 vs fp32, same request and noise", "n": n, "pair_mask_dice_median": float(np.median(pair_dice)),
                  "pair_mask_dice_min": float(np.min(pair_dice)), "pair_image_mae": float(np.mean(diff))})
-    columns = list(dict.fromkeys(k for r in rows for k in r))        # every row every column (a table)
+    columns = row_columns(rows)                                      # every row every column (a table)
     return [{c: r.get(c) for c in columns} for r in rows]

@@ -454,8 +454,9 @@ def four_sequences(scale: str, choice: dict, check_rows: list[dict], appearance_
                    adherence_rows: list[dict], comparisons: list[dict], test_rows: list[dict] | None = None) -> str:
     """Notebook 12: the latent channels the reconstruction check chose and why, what the
     generated sequences look like inside the tumour (the enhancing tumour per sequence,
-    ``enhancing`` keyed by sequence name, against the real interquartile range), adherence, and what the extra sequences and SBLDM's
-    volumes buy a segmenter (seed-paired, Holm over the table)."""
+    ``enhancing`` keyed by sequence name, against the real interquartile range), adherence,
+    and what the extra sequences and SBLDM's volumes buy a segmenter (seed-paired, Holm over
+    the table)."""
     lines = [f"At `{scale}`:"]
     chosen = choice["chosen"]
     psnr = {}
