@@ -76,6 +76,10 @@ def test_every_claim_gets_a_verdict_from_the_results(tmp_path):
     gain = by["real + SBLDM beats real only (Table 2)"]
     assert float(gain["why"].split(" per seed")[0]) == pytest.approx(0.10, abs=0.005)
     assert "10 seeds (10 above)" in gain["why"]
+    # the paper's own differences (0.815 - 0.714, 0.806 - 0.714) against the intervals: a +0.10 gain holds the
+    # paper's, a mean-zero effect of +-0.02 per seed rules a +0.092 gain out
+    assert gain["why"].endswith("; the paper's +0.101 lies inside the interval")
+    assert aug["why"].endswith("; the paper's +0.092 lies above the interval")
     # the t-test over seeds decides (Holm over the 8 comparisons), the exact signed-rank p sits at its floor
     holm_p = float(gain["why"].split("Holm ")[1].split(";")[0])
     assert holm_p < 1e-6 and "signed-rank p 0.002" in gain["why"]
@@ -318,3 +322,11 @@ def test_the_scarce_claim_quotes_notebook_11s_nnunet_check_and_is_partly_when_it
     row = _by_claim(cl.claims(d))[scarce]
     assert row["verdict"] == verdict and "; nnU-Net at 10 real volumes, 3 seeds: " in row["why"]
     assert ("does not confirm" in row["why"]) == (verdict == cl.PARTLY)
+
+
+@pytest.mark.parametrize("paper_diff, where", [(0.10, "above"), (0.0, "inside"), (-0.04, "below"),
+                                               (-0.03, "inside"), (0.05, "inside")])
+def test_the_papers_difference_is_placed_against_the_interval(paper_diff, where):
+    r = {"lo": -0.03, "hi": 0.05}
+    assert cl._against_paper(r, paper_diff) == f"; the paper's {paper_diff:+.3f} lies {where} the interval"
+    assert cl._against_paper(r, None) == "" and cl._against_paper(r, float("nan")) == ""
