@@ -278,6 +278,12 @@ def test_the_cards_segmentation_verdict_names_where_nnunet_does_not_confirm_the_
     assert "not confirmed under nnU-Net" in ship.segmentation_verdict(fast, None, ["WT", "ET"])[-1]
     # a table without seed-paired columns (an older run): nothing claimed
     assert ship.segmentation_verdict({"dice_WT_mean": 0.6}, None, ["WT"]) == []
+    # a "no detectable effect" whose interval clears 0 says what held it back (as the summaries do)
+    held = {**row(-0.044, "no detectable effect", 3), "p_seeds_ET": 0.21}
+    assert ship.segmentation_verdict(fast, held, ["ET"])[1].endswith(
+        "ET -0.044 [-0.074, -0.014] no detectable effect (Holm p 0.21)")
+    held["p_seeds_ET"] = 0.01
+    assert ship.segmentation_verdict(fast, held, ["ET"])[1].endswith("no detectable effect (smaller than the seed spread)")
 
 
 def test_restore_puts_a_shipped_pipeline_back_as_notebooks_01_02_leave_it(tmp_path):

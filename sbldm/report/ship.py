@@ -117,8 +117,12 @@ def use_snippet(name: str, after: list[str]) -> list[str]:
 
 
 def _paired(row: dict, g: str) -> str:
+    from sbldm.report.summaries import held_back
+
     lo, hi = float(row.get(f"ci95_low_{g}", "nan")), float(row.get(f"ci95_high_{g}", "nan"))
-    return f"{g} {float(row[f'diff_{g}']):+.3f} [{lo:+.3f}, {hi:+.3f}] {row.get(f'verdict_{g}', '')}"
+    verdict = row.get(f"verdict_{g}", "")
+    return (f"{g} {float(row[f'diff_{g}']):+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict}"
+            + held_back(verdict, lo, hi, row.get(f"p_seeds_{g}")))
 
 
 def segmentation_verdict(fast: dict, nnunet: dict | None, regions: list[str], real_fast: dict | None = None,

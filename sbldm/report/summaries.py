@@ -200,13 +200,24 @@ def _verdict_suffixes(r: dict) -> list[str]:
     return [k[len("verdict_"):] for k in r if k.startswith("verdict_")]
 
 
+def held_back(verdict: str, lo: float, hi: float, p_holm) -> str:
+    """What kept a "no detectable effect" whose 95% interval clears 0 from being a gain or a
+    loss: " (Holm p ...)" where its Holm-adjusted seed-level p is 0.05 or more, else
+    " (smaller than the seed spread)", the verdict's two other conditions; '' for any other
+    verdict or interval, or without a p."""
+    from sbldm.segmentation.statistics import NO_EFFECT
+
+    if verdict != NO_EFFECT or not (lo > 0 or hi < 0) or p_holm in (None, "") or math.isnan(float(p_holm)):
+        return ""
+    return f" (Holm p {_p(p_holm)})" if float(p_holm) >= 0.05 else " (smaller than the seed spread)"
+
+
 def _verdict_text(r: dict, prefix: str = "") -> str:
     """"WT +0.051 [-0.012, +0.110], 2/3 seeds above, no detectable effect; ..." of a row
     compared with the training run as the unit (``statistics.seed_paired``): its
     ``<prefix>diff_<region>``, ``<prefix>ci95_low/high_<region>`` and ``<prefix>verdict_<region>``
     columns (a summarised row, or a table's row read back); '' without them. A "no detectable
     effect" whose interval excludes 0 says what held it back: its Holm p, or the seed spread."""
-    from sbldm.segmentation.statistics import NO_EFFECT
 
     parts = []
     for key in [k for k in r if k.startswith(f"{prefix}verdict_")]:
@@ -217,11 +228,7 @@ def _verdict_text(r: dict, prefix: str = "") -> str:
         lo, hi = float(r[f"{prefix}ci95_low_{g}"]), float(r[f"{prefix}ci95_high_{g}"])
         above = r.get(f"{prefix}seeds_above_real_{g}", "")
         seeds = f", {int(float(above))}/{r['seeds']} seeds above" if above not in (None, "") else ""
-        p = r.get(f"{prefix}p_seeds_{g}")
-        why = ""
-        if r[key] == NO_EFFECT and (lo > 0 or hi < 0) and p not in (None, "") and not math.isnan(float(p)):
-            # the interval clears 0: Holm or the seed spread (the verdict's other two conditions) held it back
-            why = f" (Holm p {_p(p)})" if float(p) >= 0.05 else " (smaller than the seed spread)"
+        why = held_back(r[key], lo, hi, r.get(f"{prefix}p_seeds_{g}"))
         parts.append(f"{'WT' if g == 'all' else g} {float(diff):+.3f} [{lo:+.3f}, {hi:+.3f}]{seeds}, {r[key]}{why}")
     return "; ".join(parts)
 
