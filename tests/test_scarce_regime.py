@@ -386,3 +386,29 @@ def test_the_summary_of_the_papers_whole_tumour_mask_names_its_seed_level_verdic
     assert "rows with a detected gain over real only (the training run as the unit, Holm over rows x regions): " \
            "real + SBLDM (WT)." in text
     assert "real + SBLDM minus real only, per training seed (mean, 95% interval): WT +0.09" in text
+
+
+def test_the_sweep_figure_draws_each_rows_seed_paired_difference_with_its_interval():
+    """Below the means, each row minus real only with its 95% interval, read from the
+    summarised rows' diff / ci95 columns; without them (one seed) only the means."""
+    from matplotlib.collections import LineCollection
+
+    def row(name, n, diff=None):
+        r = {"row": name, "n_real": n, "seeds": 10, "dice_WT_mean": 0.6, "dice_WT_seed_std": 0.05}
+        if diff is not None:
+            r.update({"diff_WT": diff, "ci95_low_WT": diff - 0.02, "ci95_high_WT": diff + 0.03})
+        return r
+
+    summary = [row(sr.REAL, 10), row(sr.REAL, 100), row(sr.REAL_AUG, 10, -0.01), row(sr.REAL_AUG, 100, 0.02),
+               row(sr.MIXING, 10, 0.05), row(sr.MIXING, 100, float("nan"))]
+    fig = sr.sweep_figure(summary, ["WT"], "test")
+    assert len(fig.axes) == 2
+    lower = fig.axes[1]
+    points = {c.get_label(): list(zip(c.lines[0].get_xdata(), c.lines[0].get_ydata())) for c in lower.containers}
+    assert points["real + augmentation minus real only"] == [(9.5, -0.01), (95.0, 0.02)]
+    assert points["real + SBLDM minus real only"] == [(10.5, 0.05)]          # the NaN at 100 left out
+    bars = sorted(sorted(seg[:, 1]) for c in lower.collections if isinstance(c, LineCollection)
+                  for seg in c.get_segments())
+    assert np.allclose(bars, [(-0.03, 0.02), (0.0, 0.05), (0.03, 0.08)])
+    # one seed: no paired columns, the means alone
+    assert len(sr.sweep_figure([row(sr.REAL, 10), row(sr.MIXING, 10)], ["WT"], "test").axes) == 1

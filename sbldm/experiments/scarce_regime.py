@@ -595,32 +595,71 @@ def protocol_rows(summary: list[dict], sizes, regions) -> list[dict]:
              **_region_columns(r, regions, lesion=True)} for r in summary if r["n_real"] in set(sizes)]
 
 
+def _paired_points(rs: list[dict], g: str) -> list[tuple]:
+    """(n_real, diff, ci95_low, ci95_high) of the summarised rows ``rs`` that carry a finite
+    seed-paired difference in region ``g``."""
+    import math
+
+    keys = (f"diff_{g}", f"ci95_low_{g}", f"ci95_high_{g}")
+    out = []
+    for r in rs:
+        vals = [r.get(k) for k in keys]
+        if all(v not in (None, "") and math.isfinite(float(v)) for v in vals):
+            out.append((r["n_real"], *map(float, vals)))
+    return out
+
+
 def sweep_figure(summary: list[dict], regions, scale: str):
     """Dice on the real test split against the number of real volumes, one panel per
-    region, real only, real + augmentation and real + SBLDM, mean ± std across seeds."""
+    region, real only, real + augmentation and real + SBLDM, mean ± std across seeds; below,
+    where the rows carry them (two seeds or more), each row minus real only per training
+    seed with its 95% interval: the comparison the verdicts rest on, which the spread of
+    the means above hides."""
     from sbldm.plotting import agg_pyplot, method_styles
 
     plt = agg_pyplot()
-    fig, axes = plt.subplots(1, len(regions), figsize=(3.6 * len(regions), 3.2), squeeze=False)
+    paired = {name: {g: _paired_points([r for r in summary if r["row"] == name], g) for g in regions}
+              for name in (REAL_AUG, MIXING)}
+    two = any(pts for by in paired.values() for pts in by.values())
+    fig, axes = plt.subplots(2 if two else 1, len(regions), figsize=(3.6 * len(regions), 6.2 if two else 3.2),
+                             squeeze=False)
     sizes = sorted({r["n_real"] for r in summary})
     styles = method_styles([REAL, MIXING])           # the methods' palette: real in black, SBLDM in purple
     styles[REAL_AUG] = {"color": styles[REAL]["color"], "linestyle": ":"}
     legend = {REAL: "real only (training subset)", REAL_AUG: "real + augmentation", MIXING: "real + SBLDM"}
+    markers = {REAL: "o", REAL_AUG: "^", MIXING: "s"}
     for ax, g in zip(axes[0], regions):
-        for name, marker in ((REAL, "o"), (REAL_AUG, "^"), (MIXING, "s")):
+        for name in (REAL, REAL_AUG, MIXING):
             rs = sorted((r for r in summary if r["row"] == name), key=lambda r: r["n_real"])
             if not rs:
                 continue
             ax.errorbar([r["n_real"] for r in rs], [r[f"dice_{g}_mean"] for r in rs],
-                        yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker=marker, capsize=3, label=legend[name],
+                        yerr=[r[f"dice_{g}_seed_std"] for r in rs], marker=markers[name], capsize=3, label=legend[name],
                         color=styles[name]["color"], ls=styles[name]["linestyle"])
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{g} Dice", fontsize=9)
+    if two:
+        for ax, g in zip(axes[1], regions):
+            ax.axhline(0.0, color="0.6", lw=0.8)
+            for shift, name in ((0.95, REAL_AUG), (1.05, MIXING)):     # side by side on the log axis
+                pts = sorted(paired[name][g])
+                if not pts:
+                    continue
+                x = [n * shift for n, *_ in pts]
+                d = [p[1] for p in pts]
+                ax.errorbar(x, d, yerr=[[p[1] - p[2] for p in pts], [p[3] - p[1] for p in pts]],
+                            marker=markers[name], capsize=3, color=styles[name]["color"], ls="none",
+                            label=f"{legend[name]} minus real only")
+            ax.set_title(f"{g}: minus real only, paired by seed", fontsize=9)
+        axes[1][0].set_ylabel("Dice difference (95% interval)")
+        axes[1][0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("real training volumes")
+    for ax in axes.flat:
         ax.set_xscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(n) for n in sizes])
         ax.minorticks_off()                              # the log axis's own minor labels (4x10^0) add nothing
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("real training volumes")
-        ax.set_title(f"{g} Dice", fontsize=9)
     axes[0][0].set_ylabel("Dice on the real test split")
     axes[0][0].legend(fontsize=8)
     seeds = max(r["seeds"] for r in summary)
