@@ -412,3 +412,26 @@ def test_the_sweep_figure_draws_each_rows_seed_paired_difference_with_its_interv
     assert np.allclose(bars, [(-0.03, 0.02), (0.0, 0.05), (0.03, 0.08)])
     # one seed: no paired columns, the means alone
     assert len(sr.sweep_figure([row(sr.REAL, 10), row(sr.MIXING, 10)], ["WT"], "test").axes) == 1
+
+
+def test_the_count_figure_draws_the_gain_over_real_against_the_synthetic_count_and_rings_a_loss_to_100():
+    from sbldm.segmentation.statistics import LOSS, NO_EFFECT
+
+    def row(n, k, diff=None, vs100=None):
+        r = {"n_real": n, "synthetic_volumes": k, "training_set": sr.count_row(k), "seeds": 10}
+        if diff is not None:
+            r.update({"diff_WT": diff, "ci95_low_WT": diff - 0.01, "ci95_high_WT": diff + 0.02})
+        if vs100 is not None:
+            r["vs_100_verdict_WT"] = vs100
+        return r
+
+    counts = [row(10, 0), row(10, 100, 0.04), row(10, 400, 0.01, LOSS),
+              row(100, 0), row(100, 100, 0.02), row(100, 200, 0.03, NO_EFFECT)]
+    ax = sr.count_figure(counts, ["WT"], "test").axes[0]
+    lines = {c.get_label(): list(zip(c.lines[0].get_xdata(), c.lines[0].get_ydata())) for c in ax.containers}
+    assert lines == {"10 real volumes": [(0, 0.0), (100, 0.04), (400, 0.01)],
+                     "100 real volumes": [(0, 0.0), (100, 0.02), (200, 0.03)]}
+    rings = [list(zip(line.get_xdata(), line.get_ydata())) for line in ax.lines if line.get_markersize() == 12]
+    assert rings == [[(400, 0.01)]]                  # only the count that lost against 100
+    # a table without seed-paired columns (one seed) draws nothing and raises nothing
+    assert sr.count_figure([row(10, 0), row(10, 100)], ["WT"], "test").axes[0].containers == []

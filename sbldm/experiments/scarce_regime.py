@@ -497,6 +497,49 @@ def count_rows(cases: list[dict]) -> list[dict]:
     return out
 
 
+def count_figure(counts: list[dict], regions, scale: str):
+    """The paper's plateau as a figure: per region, each count row of ``count_rows`` minus
+    real only against the number of synthetic volumes, paired by seed with its 95% interval,
+    one line per real-set size (the count 0 row is real only itself: 0 by construction).
+    Where more than 100 volumes lose against 100 (``vs_100_verdict_<region>`` a loss) the
+    point is ringed."""
+    from sbldm.plotting import EXTRA_METHOD_COLOURS, agg_pyplot
+
+    plt = agg_pyplot()
+    regions = list(regions) or ["all"]
+    fig, axes = plt.subplots(1, len(regions), figsize=(3.6 * len(regions), 3.3), squeeze=False)
+    sizes = list(dict.fromkeys(r["n_real"] for r in counts))
+    for ax, g in zip(axes[0], regions):
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        for k, n in enumerate(sizes):
+            rs = sorted((r for r in counts if r["n_real"] == n), key=lambda r: int(r["synthetic_volumes"]))
+            pts = []
+            for r in rs:
+                k_syn = int(r["synthetic_volumes"])
+                got = [(0, 0.0, 0.0, 0.0)] if k_syn == 0 else _paired_points([r], g)
+                pts += [(k_syn, *p[1:]) for p in got]
+            if len(pts) < 2:                    # real only alone: nothing to draw
+                continue
+            colour = EXTRA_METHOD_COLOURS[k % len(EXTRA_METHOD_COLOURS)]
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[[p[1] - p[2] for p in pts],
+                                                                        [p[3] - p[1] for p in pts]],
+                        marker="o", capsize=3, color=colour, label=f"{n} real volumes")
+            lost = [(int(r["synthetic_volumes"]), float(r[f"diff_{g}"])) for r in rs
+                    if r.get(f"vs_100_verdict_{g}") == statistics.LOSS]
+            if lost:
+                ax.plot(*zip(*lost), ls="none", marker="o", ms=12, mfc="none", mec=colour)
+        ax.set_xlabel("synthetic volumes added")
+        ax.set_title(f"{'WT' if g == 'all' else g}: real + SBLDM minus real only", fontsize=9)
+    axes[0][0].set_ylabel("Dice difference, paired by seed (95%)")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
+    seeds = max(int(r["seeds"]) for r in counts)
+    fig.suptitle(f"the number of synthetic volumes ({scale}): {seeds} training seeds; ringed: below the row with 100 "
+                 "(seed-paired, Holm)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def leakfree_study(train: Prepared, test: Prepared, cfg: Config, work: Path, n: int, seed: int = 0,
                    iterations: int | None = None, progress=print) -> list[dict]:
     """Per-case rows at the real-set size ``n``: real only, and real plus the synthetic set
