@@ -153,6 +153,30 @@ def test_the_results_page_links_its_figures_from_where_it_lies(tmp_path):
     assert "](results/small/figures/figure2_axial.png)" in gen.results_section(d, "small", link_root=tmp_path)
 
 
+def test_every_table_and_figure_a_notebook_wrote_is_on_the_results_page(tmp_path):
+    """A table or figure the page does not name is still shown (under its own title, or a
+    known caption, else its file name); per-case rows are linked, not shown; a conditional
+    table (an nnU-Net check the data did not call for) is never 'missing'."""
+    d = _results(tmp_path / "results" / "small")
+    t, f = d / "tables", d / "figures"
+    f.mkdir()
+    (t / "brand_new.md").write_text("### A table nobody listed (small)\n\n| x |\n|---|\n| 7 |\n")
+    (t / "untitled.md").write_text("| y |\n|---|\n| 8 |\n")
+    (t / "four_sequences_cases.md").write_text("### per case\n\n| z |\n|---|\n| 9 |\n")
+    for name in ("vae_loss.png", "something_else.png", "synthetic_count_sweep.png"):
+        (f / name).write_bytes(b"png")
+    page = gen.results_page(d, "small")
+    assert "## A table nobody listed (small)\n\n| x |\n|---|\n| 7 |" in page
+    assert "## `untitled`\n\n| y |" in page
+    assert "| z |" not in page and "[`four_sequences_cases`](tables/four_sequences_cases.csv)" in page
+    assert "**Slice VAE training loss (notebook 01)**" in page
+    assert "![`something_else.png`](figures/something_else.png)" in page
+    assert "the paper's plateau)**" in page
+    missing = page.split("Not produced yet at `small`: ")[1]
+    assert "`tables/synthetic_count_sweep.md`" in missing and "`tables/scarce_leakfree.md`" in missing
+    assert "nnunet_check" not in missing and "`figures/vae_loss.png`" not in missing
+
+
 def test_the_results_page_gives_the_cost_from_scratch_once_it_is_measured(tmp_path):
     from sbldm.tables import write_table
 

@@ -54,6 +54,18 @@ TABLES = (
     ("Data-scarce regime — real only vs real + the synthetic volumes of a generator that saw the same real ones",
      "scarce_sweep"),
     ("Protocols of using synthetic volumes — mixing, another ratio, filtering, pre-training", "scarce_protocols"),
+    ("Data-scarce regime, nnU-Net confirmation of real vs real + SBLDM at the smallest size", "scarce_nnunet_check"),
+    ("Data-scarce regime — the shared slice VAE against one that saw only the smallest subset, in Dice",
+     "scarce_leakfree"),
+    ("The number of synthetic volumes — the paper's plateau", "synthetic_count_sweep"),
+    ("Four sequences — the slice VAE's reconstruction per sequence and its latent channels",
+     "four_sequences_reconstruction"),
+    ("Four sequences — inside the tumour, per sequence and sub-region", "four_sequences_appearance"),
+    ("Four sequences — the enhancing tumour per sequence against the real interquartile range",
+     "four_sequences_enhancing"),
+    ("Four sequences — conditioning adherence", "four_sequences_adherence"),
+    ("Four sequences — four-channel against FLAIR-only segmenters, with and without SBLDM",
+     "four_sequences_table2"),
     ("Slice VAE reconstruction", "vae_reconstruction"),
     ("Slice VAE mask term: does the necrosis survive? (training split)", "vae_mask_ablation"),
     ("Slice VAE: a weight-free sharpening term (training split)", "vae_sharpness"),
@@ -74,6 +86,11 @@ TABLES = (
 OUTSIDE_THE_CHAIN = {"claims", "baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation",
                      "vae_sharpness", "generator_budget", "generator_budget_targets", "generator_budget_table1",
                      "compute_cost"}
+#: tables a notebook writes only when its data call for them (the nnU-Net confirmations run
+#: where the fast segmenter finds an effect; the four-sequence interiors need sub-region
+#: labels): shown when present, never "missing"
+CONDITIONAL = {"table2_nnunet_check", "scarce_nnunet_check", "four_sequences_appearance",
+               "four_sequences_enhancing"}
 #: (caption, figure file under figures/)
 FIGURES = (
     ("Figure 2 — real and synthetic volumes, axial", "figure2_axial.png"),
@@ -83,6 +100,8 @@ FIGURES = (
     ("Tumour position sweep", "figure3_position_sweep.png"),
     ("Data-scarce regime (each size's latent UNet saw that size's real volumes only; the slice VAE is shared)",
      "scarce_sweep.png"),
+    ("The number of synthetic volumes: each count's gain over real only (the paper's plateau)",
+     "synthetic_count_sweep.png"),
     ("Generators of the data-scarce regime (notebook 10)", "scarce_generators.png"),
     ("Segmenter learning curve (the budget of every Table 2 row)", "seg_learning_curve.png"),
     ("Inside the tumours: intensities within the masks and examples", "tumour_appearance.png"),
@@ -92,7 +111,29 @@ FIGURES = (
     ("Steering a tumour (notebook 08): requested vs obtained", "steer_example.png"),
     ("Whole-tumour volumes of the phantom cohort", "data_tumour_volumes.png"),
     ("Generators: quality against training compute", "generator_budget.png"),
+    ("Four sequences: real cases and four-sequence SBLDM samples, every sequence (notebook 12)",
+     "four_sequences_examples.png"),
 )
+
+
+#: captions of figures shown when present and never "missing" (diagnostics, the phantom's own
+#: figures, the browser check's screenshots); any other figure is shown under its file name
+MORE_FIGURES = {
+    "figure2_sagittal.png": "Figure 2 — sagittal",
+    "data_cases.png": "The cohort: example training cases (notebook 00)",
+    "data_features.png": "The cohort: tumour features, training and test split (notebook 00)",
+    "data_sequences.png": "The cohort: one case's sequences (notebook 00)",
+    "data_phantom_cases.png": "The phantom cohort: cases beside their intensity histograms",
+    "data_phantom_sequences.png": "The phantom cohort: one case's T1, T1ce, T2 and FLAIR with the region outlines",
+    "data_phantom_shapes.png": "The phantom cohort: tumour sphericity against volume",
+    "vae_loss.png": "Slice VAE training loss (notebook 01)",
+    "vae_reconstruction.png": "Slice VAE: a test volume and its reconstruction, slice by slice (notebook 01)",
+    "diffusion_loss.png": "Latent UNet training loss (notebook 02)",
+    "baselines_loss.png": "Baselines' training losses (notebook 03)",
+    "baselines_lsgan_selection.png": "The 3D-LSGAN's checkpoint selection on the training split (notebook 03)",
+    "browser_steer_before.png": "Notebook 08 in JupyterLab in a headless browser, before steering",
+    "browser_steer_after.png": "Notebook 08 in JupyterLab in a headless browser, after steering",
+}
 
 
 def markers(scale: str) -> tuple[str, str]:
@@ -348,6 +389,12 @@ def update_counts(page: str | Path, check: bool = False) -> bool:
     return _fill_block(page, *COUNT_MARKERS, counts_section(), check)
 
 
+def _per_row(stem: str) -> bool:
+    """A table of per-case or per-volume rows (the input of a summarised table): linked from
+    the page, not shown whole."""
+    return stem.endswith("_cases") or stem == "table1_volumes"
+
+
 def results_section(results_dir: str | Path, scale: str, link_root: str | Path = REPO_ROOT,
                     heading: str = "####") -> str:
     """The generated Markdown block (without its markers) for ``results_dir`` (= results/<scale>),
@@ -371,11 +418,25 @@ def results_section(results_dir: str | Path, scale: str, link_root: str | Path =
     for title, stem in TABLES:
         path = d / "tables" / f"{stem}.md"
         if not path.is_file():
-            if stem not in OUTSIDE_THE_CHAIN:
+            if stem not in OUTSIDE_THE_CHAIN | CONDITIONAL:
                 missing.append(f"`tables/{stem}.md`")
             continue
         out += ["", f"{heading} {title}", "", _demote(path.read_text())]
+    named = {stem for _, stem in TABLES}
+    others = sorted(p for p in (d / "tables").glob("*.md") if p.stem not in named) if (d / "tables").is_dir() else []
+    rows = [p for p in others if _per_row(p.stem)]
+    for path in [p for p in others if not _per_row(p.stem)]:      # every table a notebook wrote is on the page
+        text = path.read_text().strip()
+        title, _, body = text.partition("\n")
+        out += (["", f"{heading} {title.lstrip('#').strip()}", "", body.strip()] if title.startswith("#")
+                else ["", f"{heading} `{path.stem}`", "", text])
+    if rows:
+        out += ["", "Per-case and per-volume rows behind the tables above: "
+                + ", ".join(f"[`{p.stem}`]({prefix}tables/{p.stem}.csv)" for p in rows) + "."]
     figs = [(cap, name) for cap, name in FIGURES if (d / "figures" / name).is_file()]
+    shown = {name for _, name in FIGURES}
+    figs += [(MORE_FIGURES.get(p.name, f"`{p.name}`"), p.name) for p in sorted((d / "figures").glob("*.png"))
+             if p.name not in shown] if (d / "figures").is_dir() else []
     missing += [f"`figures/{name}`" for _, name in FIGURES
                 if not (d / "figures" / name).is_file() and Path(name).stem not in OUTSIDE_THE_CHAIN]
     if figs:
