@@ -330,3 +330,20 @@ def test_the_papers_difference_is_placed_against_the_interval(paper_diff, where)
     r = {"lo": -0.03, "hi": 0.05}
     assert cl._against_paper(r, paper_diff) == f"; the paper's {paper_diff:+.3f} lies {where} the interval"
     assert cl._against_paper(r, None) == "" and cl._against_paper(r, float("nan")) == ""
+
+
+def test_the_speed_claim_gives_the_measured_reason_not_a_guess(tmp_path):
+    """The reason reads the scale's sampling benchmark (denoising against decoding) and the
+    two latents the preset denoises: at `small` the slice VAE keeps all 32 slices while the
+    3D-LDM's autoencoder divides every axis by 4."""
+    d = _results(tmp_path / "results" / "small")
+    speed = "SBLDM (DDIM) samples a volume faster than the 3D-LDM (Table 1)"
+    assert _by_claim(cl.claims(d))[speed]["why"] == (
+        "CPU (test), the scale's networks; SBLDM's latent keeps every slice (4x16x16x32 against the 3D-LDM's "
+        "4x16x16x8)")
+    (d.parent / "bench" / "small_cpu-test_fp32.json").write_text(json.dumps({"sampling": [
+        {"sampler": "ddim", "steps": 10, "denoise_s_per_volume": 2.0, "decode_s_per_volume": 0.2},
+        {"sampler": "ddim", "steps": 50, "denoise_s_per_volume": 12.1, "decode_s_per_volume": 0.16}]}))
+    assert "spends 12.1 s per volume in the 50 denoising steps and 0.16 s decoding; SBLDM's latent" in \
+        _by_claim(cl.claims(d))[speed]["why"]
+    assert cl.speed_reason("no-such-scale", d.parent / "bench") == ""
