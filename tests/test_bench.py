@@ -115,3 +115,40 @@ def test_sampling_times_from_an_earlier_run_must_match_its_scale_and_device(tmp_
         earlier_sampling(tmp_path / "torn.json", this)
     with pytest.raises(SystemExit, match="missing.json.*cannot read"):
         earlier_sampling(tmp_path / "missing.json", this)
+
+
+def test_the_3d_ldm_is_timed_beside_sbldm_and_the_table_compares_them():
+    """The 3D-LDM's sampling time (its preset's untrained networks): positive denoising and
+    decoding times on the latent its autoencoder makes of the preset's volume; the benchmark
+    table names each row's generator and states the DDIM-50 comparison."""
+    from sbldm.config import resolve
+    from sbldm.runner.bench import markdown, measure_ldm3d_sampling, sampling_rows
+
+    cfg = resolve("smoke")
+    row = measure_ldm3d_sampling("smoke", "cpu", "fp32", repeats=1, steps=3, warmup=0)
+    f = cfg.ldm3d_ae_downsampling
+    assert row["latent_shape"] == [cfg.ldm3d_ae_latent_channels, *(s // f for s in cfg.volume_shape)]
+    assert row["generator"] == "3D-LDM" and row["steps"] == 3 and row["volume_shape"] == list(cfg.volume_shape)
+    assert row["denoise_s_per_volume"] > 0 and row["decode_s_per_volume"] > 0
+    assert row["total_s_per_volume"] == pytest.approx(row["denoise_s_per_volume"] + row["decode_s_per_volume"])
+    sbldm = {"sampler": "ddim", "steps": 50, "batch": 1, "dtype": "fp32", "denoise_s_per_volume": 10.0,
+             "decode_s_per_volume": 2.0, "total_s_per_volume": 12.0}
+    ldm = {**row, "steps": 50, "dtype": "fp32", "total_s_per_volume": 24.0}
+    result = {"scale": "smoke", "volume_shape": list(cfg.volume_shape), "device": "CPU (test)", "dtype": "fp32",
+              "sampling": [sbldm, ldm], "training": [], "versions": {}}
+    assert sampling_rows(result) == [sbldm] and sampling_rows(result, "3D-LDM") == [ldm]
+    text = markdown(result)
+    assert "| SBLDM | ddim | 50 |" in text and "| 3D-LDM | ddim | 50 |" in text
+    assert "DDIM-50 per volume in fp32: SBLDM 12 s, the 3D-LDM 24 s (SBLDM 2.00x as fast)" in text
+
+
+def test_sbldm_sampling_is_timed_per_volume_with_denoising_and_decoding_apart():
+    from sbldm.config import resolve
+    from sbldm.runner.bench import measure_sampling
+
+    rows = measure_sampling("smoke", "cpu", "fp32", repeats=1, steps=(2, 3), ddpm=False, batch_sizes=(2,))
+    assert [(r["sampler"], r["steps"], r["batch"]) for r in rows] == [("ddim", 2, 2), ("ddim", 3, 2)]
+    assert all(r["volume_shape"] == list(resolve("smoke").volume_shape) for r in rows)
+    assert all(r["denoise_s_per_volume"] > 0 and r["decode_s_per_volume"] > 0 for r in rows)
+    assert all(r["total_s_per_volume"] == pytest.approx(r["denoise_s_per_volume"] + r["decode_s_per_volume"])
+               for r in rows)

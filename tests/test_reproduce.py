@@ -471,6 +471,16 @@ def test_efficiency_block_reads_every_network_and_the_wait_from_the_bench_json(t
         in efficiency_section(bench / "big.json")
     assert "fp32: 370 s (denoising 300 s, slice decoding 70 s); bf16 autocast: 160 s" in md
     assert "CPU (test)" in md and "other" not in md and "at batch 1" in md
+    assert "The 3D-LDM at the same size" not in md
+    # the 3D-LDM's sampling, timed beside SBLDM's: its own sentence, not one of SBLDM's waits
+    timed = {**result, "sampling": result["sampling"] + [
+        {"generator": "3D-LDM", "sampler": "ddim", "steps": 50, "dtype": "fp32", "denoise_s_per_volume": 500.0,
+         "decode_s_per_volume": 400.0, "total_s_per_volume": 900.0}]}
+    (bench / "timed.json").write_text(json.dumps(timed))
+    md2 = efficiency_section(bench / "timed.json")
+    assert "bf16 autocast: 160 s (denoising 120 s, slice decoding 40 s)." in md2
+    assert "The 3D-LDM at the same size, for the paper's speed claim: fp32: 900 s per volume of DDIM-50 " \
+           "(denoising 500 s, decoding 400 s)." in md2
     assert "Not measured" in efficiency_section(None)
 
     readme = tmp_path / "README.md"

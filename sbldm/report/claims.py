@@ -84,10 +84,11 @@ def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     benchmark of that scale on this CPU (``<scale>_cpu-*_fp32.json``: DDIM-50's denoising and
     decoding seconds per volume) and the two latents the scale's preset denoises. '' when
     neither is known."""
+    from sbldm.runner.bench import sampling_rows
+
     parts = []
     files = sorted(Path(bench_dir).glob(f"{scale}_cpu-*_fp32.json")) if scale and bench_dir else []
-    rows = [r for r in (json.loads(files[0].read_text()).get("sampling", []) if files else [])
-            if r.get("steps") == 50 and r.get("sampler", "ddim") == "ddim"]
+    rows = sampling_rows(json.loads(files[0].read_text())) if files else []
     if rows:
         r = rows[0]
         parts.append(f"SBLDM's sampling benchmark at this scale spends {float(r['denoise_s_per_volume']):.3g} s per "
@@ -106,8 +107,23 @@ def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     return "; ".join(parts)
 
 
+def paper_size_speed(bench: dict | None) -> tuple[float, float, str] | None:
+    """(SBLDM's, the 3D-LDM's DDIM-50 seconds per volume, where) at the paper's sizes from
+    the ``paper`` benchmark (``_bench``: untrained networks of the paper preset, fp32), or
+    None when it did not time the 3D-LDM."""
+    from sbldm.runner.bench import sampling_rows
+
+    if not bench:
+        return None
+    fp32 = [r for r in sampling_rows(bench) if r.get("dtype", "fp32") == "fp32"]
+    ldm = [r for r in sampling_rows(bench, "3D-LDM") if r.get("dtype", "fp32") == "fp32"]
+    if not fp32 or not ldm:
+        return None
+    return float(fp32[0]["total_s_per_volume"]), float(ldm[0]["total_s_per_volume"]), bench.get("device", "?")
+
+
 def table1_claims(t1: dict[str, dict], tables: dict[str, dict[str, dict]], real_psnr: float | None,
-                  speed: str = "") -> list[dict]:
+                  speed: str = "", paper_speed: tuple[float, float, str] | None = None) -> list[dict]:
     """PSNR, SSIM, sampling time and parameters (Table 1): SBLDM-DDIM against the two
     baselines at this scale; parameters from the ``paper`` preset's networks when the
     parameter tables count them."""
@@ -140,8 +156,15 @@ def table1_claims(t1: dict[str, dict], tables: dict[str, dict[str, dict]], real_
     if "SBLDM (DDIM)" in t1 and "3D-LDM" in t1:
         a, b = float(t1["SBLDM (DDIM)"]["time_s_per_volume"]), float(t1["3D-LDM"]["time_s_per_volume"])
         device = t1["SBLDM (DDIM)"].get("device", "?")
-        out.append(_row(claim, "s / volume", theirs, f"{a:.3g} s vs {b:.3g} s", REPRODUCED if a < b else REFUTED,
-                        f"{device}, the scale's networks" + (f"; {speed}" if speed else "")))
+        verdict = REPRODUCED if a < b else REFUTED
+        why = f"{device}, the scale's networks" + (f"; {speed}" if speed else "")
+        if paper_speed is not None:
+            pa, pb, where = paper_speed
+            why += (f"; at the paper's sizes ({where}, untrained networks, fp32): SBLDM {pa:.3g} s vs the 3D-LDM "
+                    f"{pb:.3g} s per volume")
+            if (pa < pb) != (a < b):                 # the two sizes disagree: the claim holds at one of them
+                verdict = PARTLY
+        out.append(_row(claim, "s / volume", theirs, f"{a:.3g} s vs {b:.3g} s", verdict, why))
     else:
         out.append(_untested(claim, "s / volume", theirs, "Table 1 (notebook 04) not produced yet"))
     out.append(_parameters_claim(t1, tables))
@@ -629,7 +652,7 @@ def claims(results_dir: str | Path, bench_dir: str | Path | None = None) -> list
     real_psnr = next((_num(r.get("psnr")) for r in budget if r.get("generator") == "real"), None)
     tables = {"parameters": _csv(t / "parameters.csv"), "baseline_parameters": _csv(t / "baseline_parameters.csv")}
     scale = d.name.split("+")[0].split("-")[0]
-    return (table1_claims(t1, tables, real_psnr, speed_reason(scale, bench_dir))
+    return (table1_claims(t1, tables, real_psnr, speed_reason(scale, bench_dir), paper_size_speed(_bench(bench_dir)))
             + [ddim_claim(t1, _csv(t / "table1_volumes.csv")), memory_claim(_bench(bench_dir))]
             + control_claims(_csv(t / "conditioning_adherence.csv"), budget)
             + segmentation_claims(_csv(t / "table2_cases.csv"), _csv(t / "scarce_cases.csv"),

@@ -281,13 +281,15 @@ def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(1
             gen = torch.Generator(device="cpu").manual_seed(0)
             reps = 1 if sampler == "ddpm" else repeats
 
+            last = {}
+
             def denoise():
                 with _autocast(device, dtype):
-                    return pipe(conditions=conds, num_volumes=b, sampler=sampler, num_inference_steps=n_steps,
-                                generator=gen, output_type="latent").images
+                    last["latent"] = pipe(conditions=conds, num_volumes=b, sampler=sampler, num_inference_steps=n_steps,
+                                          generator=gen, output_type="latent").images
 
             t_den = _median_time(denoise, reps, warmup=0 if sampler == "ddpm" else 1)
-            lat = torch.as_tensor(denoise() if sampler != "ddpm" else np.zeros((b, *pipe.latent_shape()), np.float32)).to(device)
+            lat = torch.as_tensor(last["latent"]).to(device)     # the timed call's latent: no extra denoising
 
             def decode():
                 with _autocast(device, dtype):
@@ -298,6 +300,47 @@ def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(1
                          "denoise_s_per_volume": t_den / b, "decode_s_per_volume": t_dec / b,
                          "total_s_per_volume": (t_den + t_dec) / b})
     return rows
+
+
+def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, steps: int = 50,
+                           warmup: int = 1) -> dict:
+    """The 3D-LDM baseline's sampling time per volume at ``scale`` (its preset's untrained
+    networks, DDIM-``steps``, one volume): denoising and decoding apart, as
+    ``measure_sampling`` times SBLDM, so that the paper's speed claim can be checked at the
+    paper's sizes on any machine. Rows carry ``generator`` "3D-LDM"."""
+    import torch
+
+    from sbldm.config import resolve
+    from sbldm.generators.ldm3d import LDM3D
+
+    torch.set_flush_denormal(True)
+    pipe = LDM3D.from_config(resolve(scale)).to(device)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    last = {}
+
+    def denoise():
+        with _autocast(device, dtype):
+            last["latent"] = pipe(1, generator=gen, sampler="ddim", num_inference_steps=steps, output_type="latent")
+
+    t_den = _median_time(denoise, repeats, warmup=warmup)
+    lat = torch.as_tensor(last["latent"]).to(device)             # the timed call's latent: no extra denoising
+
+    def decode():
+        with _autocast(device, dtype), torch.no_grad():
+            return pipe.autoencoder.decode(lat * pipe.latent_std)
+
+    t_dec = _median_time(decode, repeats, warmup=warmup)
+    return {"generator": "3D-LDM", "sampler": "ddim", "steps": int(steps), "batch": 1,
+            "volume_shape": list(pipe.volume_shape), "latent_shape": list(pipe.latent_shape),
+            "denoise_s_per_volume": t_den, "decode_s_per_volume": t_dec, "total_s_per_volume": t_den + t_dec}
+
+
+def sampling_rows(result: dict, generator: str = "SBLDM", steps: int = 50) -> list[dict]:
+    """The sampling rows of a benchmark ``result`` of one generator (rows without a
+    ``generator`` are SBLDM's: results written before the 3D-LDM was timed) at DDIM-``steps``
+    and batch 1."""
+    return [r for r in result.get("sampling", []) if r.get("generator", "SBLDM") == generator
+            and r.get("sampler") == "ddim" and r.get("steps") == steps and r.get("batch", 1) == 1]
 
 
 def _bench_pipeline(scale: str, pipeline: str | None):
@@ -370,13 +413,21 @@ def markdown(result: dict) -> str:
     from sbldm.tables import to_markdown
 
     s = result["sampling"]
-    ddim50 = next((r for r in s if r["sampler"] == "ddim" and r["steps"] == 50 and r["batch"] == 1), None)
+    ddim50 = next(iter(sampling_rows(result)), None)
     ddpm = next((r for r in s if r["sampler"] == "ddpm" and r["batch"] == 1), None)
     lines = [f"### Benchmark — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}, "
-             f"{result['dtype']}", "", "Sampling (SBLDM, per volume"
+             f"{result['dtype']}", "", "Sampling (per volume, each generator's preset networks untrained"
              + (f"; times from {result['sampling_from']}" if result.get("sampling_from") else "") + "):", "",
-             to_markdown(s, ["sampler", "steps", "batch", *(["dtype"] if any("dtype" in r for r in s) else []),
-                             "denoise_s_per_volume", "decode_s_per_volume", "total_s_per_volume"], digits=4), ""]
+             to_markdown([{"generator": "SBLDM", **r} for r in s],
+                         ["generator", "sampler", "steps", "batch", *(["dtype"] if any("dtype" in r for r in s) else
+                                                                       []),
+                          "denoise_s_per_volume", "decode_s_per_volume", "total_s_per_volume"], digits=4), ""]
+    for ldm in sampling_rows(result, "3D-LDM"):
+        same = next((r for r in sampling_rows(result) if r.get("dtype") == ldm.get("dtype")), None)
+        if same:
+            lines += [f"DDIM-50 per volume{' in ' + ldm['dtype'] if ldm.get('dtype') else ''}: SBLDM "
+                      f"{same['total_s_per_volume']:.3g} s, the 3D-LDM {ldm['total_s_per_volume']:.3g} s "
+                      f"(SBLDM {ldm['total_s_per_volume'] / same['total_s_per_volume']:.2f}x as fast)", ""]
     if ddim50 and ddpm:
         lines.append(f"DDPM-{ddpm['steps']} / DDIM-50 wall-time ratio: "
                      f"{ddpm['total_s_per_volume'] / ddim50['total_s_per_volume']:.1f}x "
@@ -525,6 +576,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1], help="volumes sampled at once")
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="DDIM step counts to time")
     ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
+    ap.add_argument("--no-ldm3d", action="store_true",
+                    help="skip the 3D-LDM's DDIM sampling time (at the largest of --steps), the paper's speed claim")
     ap.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS, metavar="COMPONENT",
                     help=f"networks whose training step and peak memory are measured: {', '.join(COMPONENTS)}")
     ap.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"), help="folder of the JSON and Markdown results")
@@ -588,6 +641,10 @@ def main(argv=None) -> int:
         print(f"sampling on {result['device']}, {dtype} ...", flush=True)
         result["sampling"] += [{**r, "dtype": dtype} for r in measure_sampling(
             args.scale, device, dtype, args.repeats, tuple(args.steps), not args.no_ddpm, tuple(args.batch_sizes))]
+        if not args.no_ldm3d:
+            print(f"3D-LDM sampling on {result['device']}, {dtype} ...", flush=True)
+            result["sampling"].append({**measure_ldm3d_sampling(args.scale, device, dtype, args.repeats,
+                                                                max(args.steps), args.warmup), "dtype": dtype})
     result["training"] = []
     for comp in args.components:
         print(f"training step: {comp} ...", flush=True)
