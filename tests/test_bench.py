@@ -152,3 +152,31 @@ def test_sbldm_sampling_is_timed_per_volume_with_denoising_and_decoding_apart():
     assert all(r["denoise_s_per_volume"] > 0 and r["decode_s_per_volume"] > 0 for r in rows)
     assert all(r["total_s_per_volume"] == pytest.approx(r["denoise_s_per_volume"] + r["decode_s_per_volume"])
                for r in rows)
+
+
+def test_training_steps_from_an_earlier_run_must_match_its_scale_device_dtype_limit_and_batch(tmp_path):
+    """--training-from re-times only the sampling (e.g. to add the 3D-LDM's) and keeps the
+    hour of training steps, but only from a run measured the same way."""
+    from sbldm.runner.bench import earlier_sampling, main, markdown
+
+    this = {"scale": "paper", "device": "CPU (x86_64, 2 threads)", "dtype": "fp32", "memory_limit_gib": 16.0,
+            "train_batch": 1}
+    rows = [{"component": "sbldm_unet", "step_s": 2.0, "peak_memory_MiB": 100.0}]
+    good = tmp_path / "paper.json"
+    good.write_text(json.dumps({**this, "training": rows}))
+    got, note = earlier_sampling(good, this, "training")
+    assert got == rows and "paper.json" in note
+    text = markdown({**this, "volume_shape": [192, 192, 96], "sampling": [], "training": got, "training_from": note,
+                     "versions": {}})
+    assert "Training step (forward + backward + AdamW; from paper.json" in text
+    for key, other in (("dtype", "bf16"), ("memory_limit_gib", None), ("train_batch", 2)):
+        (tmp_path / "other.json").write_text(json.dumps({**this, key: other, "training": rows}))
+        with pytest.raises(SystemExit, match=f"--training-from .*other.json: measured with {key}"):
+            earlier_sampling(tmp_path / "other.json", this, "training")
+    (tmp_path / "none.json").write_text(json.dumps({**this, "sampling": [{"x": 1}]}))
+    with pytest.raises(SystemExit, match="holds no training times"):
+        earlier_sampling(tmp_path / "none.json", this, "training")
+    with pytest.raises(SystemExit):                      # both parts from earlier runs: nothing to measure
+        main(["--scale", "smoke", "--device", "cpu", "--sampling-from", str(good), "--training-from", str(good),
+              "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

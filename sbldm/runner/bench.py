@@ -439,7 +439,9 @@ def markdown(result: dict) -> str:
         cols += ["time_vs_sbldm", "memory_vs_sbldm"]
     if any("measured" in r for r in train):
         cols += ["measured", "failed_at_shape", "error"]
-    lines += ["Training step (forward + backward + AdamW):", "", to_markdown(train, cols, digits=4)]
+    lines += ["Training step (forward + backward + AdamW"
+              + (f"; from {result['training_from']}" if result.get("training_from") else "") + "):", "",
+              to_markdown(train, cols, digits=4)]
     if result.get("memory_limit_gib") is not None:
         lines += ["", f"Each step ran in its own process whose address space could grow by at most "
                       f"{result['memory_limit_gib']} GiB; a network that ran out was measured at a half, a quarter and "
@@ -598,12 +600,17 @@ def main(argv=None) -> int:
     ap.add_argument("--sampling-from", default=None, metavar="JSON",
                     help="take the sampling times from this earlier result of the same scale and device instead "
                          "of timing them again (the training steps are measured, all in this run)")
+    ap.add_argument("--training-from", default=None, metavar="JSON",
+                    help="take the training steps from this earlier result of the same scale, device, dtype, memory "
+                         "limit and batch instead of measuring them again (the sampling is timed, all in this run)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--variant", default="plain", help=argparse.SUPPRESS)
     ap.add_argument("--shape", type=int, nargs=3, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.train_batch is not None and args.train_batch < 1:
         ap.error(f"--train-batch must be at least 1, got {args.train_batch}")
+    if args.sampling_from and args.training_from:
+        ap.error("--sampling-from and --training-from together would measure nothing")
     import torch
 
     from sbldm.config import resolve
@@ -646,7 +653,9 @@ def main(argv=None) -> int:
             result["sampling"].append({**measure_ldm3d_sampling(args.scale, device, dtype, args.repeats,
                                                                 max(args.steps), args.warmup), "dtype": dtype})
     result["training"] = []
-    for comp in args.components:
+    if args.training_from:
+        result["training"], result["training_from"] = earlier_sampling(args.training_from, result, "training")
+    for comp in [] if args.training_from else args.components:
         print(f"training step: {comp} ...", flush=True)
         if args.memory_limit_gib is not None and device == "cpu":
             result["training"].append(train_step_or_extrapolate(comp, args, device, cfg.volume_shape))
@@ -657,24 +666,27 @@ def main(argv=None) -> int:
     return 0
 
 
-def earlier_sampling(path, result: dict) -> tuple[list[dict], str]:
-    """The sampling rows of an earlier benchmark result at ``path`` and a note naming it;
-    refused with a clear message when it is missing, unreadable, or of another scale or
-    device than ``result``."""
+def earlier_sampling(path, result: dict, part: str = "sampling") -> tuple[list[dict], str]:
+    """The ``part`` rows ("sampling" or "training") of an earlier benchmark result at
+    ``path`` and a note naming it; refused with a clear message when it is missing,
+    unreadable, or of another scale or device (for training rows also another dtype,
+    memory limit or batch) than ``result``."""
     path = Path(path)
+    flag = f"--{part}-from"
     try:
         earlier = json.loads(path.read_text())
     except OSError as e:
-        raise SystemExit(f"--sampling-from {path}: cannot read it ({e.strerror})") from None
+        raise SystemExit(f"{flag} {path}: cannot read it ({e.strerror})") from None
     except ValueError as e:
-        raise SystemExit(f"--sampling-from {path}: not a benchmark result (invalid JSON: {e})") from None
-    if not isinstance(earlier, dict) or not earlier.get("sampling"):
-        raise SystemExit(f"--sampling-from {path}: it holds no sampling times")
-    for key in ("scale", "device"):
-        if earlier.get(key) != result[key]:
-            raise SystemExit(f"--sampling-from {path}: measured with {key} {earlier.get(key)!r}, "
-                             f"this run is {result[key]!r}")
-    return earlier["sampling"], f"{path.name} (an earlier run on the same device)"
+        raise SystemExit(f"{flag} {path}: not a benchmark result (invalid JSON: {e})") from None
+    if not isinstance(earlier, dict) or not earlier.get(part):
+        raise SystemExit(f"{flag} {path}: it holds no {part} times")
+    keys = ("scale", "device") + (("dtype", "memory_limit_gib", "train_batch") if part == "training" else ())
+    for key in keys:
+        if earlier.get(key) != result.get(key):
+            raise SystemExit(f"{flag} {path}: measured with {key} {earlier.get(key)!r}, "
+                             f"this run is {result.get(key)!r}")
+    return earlier[part], f"{path.name} (an earlier run on the same device)"
 
 
 def _write(stem: Path, result: dict, md: str) -> None:
