@@ -176,7 +176,24 @@ def test_training_steps_from_an_earlier_run_must_match_its_scale_device_dtype_li
     (tmp_path / "none.json").write_text(json.dumps({**this, "sampling": [{"x": 1}]}))
     with pytest.raises(SystemExit, match="holds no training times"):
         earlier_sampling(tmp_path / "none.json", this, "training")
-    with pytest.raises(SystemExit):                      # both parts from earlier runs: nothing to measure
-        main(["--scale", "smoke", "--device", "cpu", "--sampling-from", str(good), "--training-from", str(good),
-              "--out", str(tmp_path / "out")])
+    # both parts from earlier runs: only the 3D-LDM is left to time, and without it nothing is measured
+    from sbldm.runner.bench import device_name
+
+    smoke = {"scale": "smoke", "device": device_name("cpu"), "dtype": "fp32", "memory_limit_gib": None,
+             "train_batch": None}
+    sbldm = {"sampler": "ddim", "steps": 50, "batch": 1, "dtype": "fp32", "denoise_s_per_volume": 1.0,
+             "decode_s_per_volume": 0.5, "total_s_per_volume": 1.5}
+    both = tmp_path / "smoke.json"
+    both.write_text(json.dumps({**smoke, "sampling": [sbldm], "training": rows}))
+    args = ["--scale", "smoke", "--device", "cpu", "--sampling-from", str(both), "--training-from", str(both),
+            "--repeats", "1", "--warmup", "0", "--steps", "2", "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match="nothing would be measured"):
+        main(args + ["--no-ldm3d"])
     assert not (tmp_path / "out").exists()
+    assert main(args) == 0
+    added = json.loads(next((tmp_path / "out").glob("smoke_*_fp32.json")).read_text())
+    assert [{k: r[k] for k in rows[0]} for r in added["training"]] == rows and added["sampling"][0] == sbldm
+    assert [(r["generator"], r["steps"], r["dtype"]) for r in added["sampling"][1:]] == [("3D-LDM", 2, "fp32")]
+    both.write_text(json.dumps({**smoke, "sampling": added["sampling"], "training": rows}))
+    with pytest.raises(SystemExit, match="3D-LDM timed already"):
+        main(args)

@@ -579,7 +579,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="DDIM step counts to time")
     ap.add_argument("--no-ddpm", action="store_true", help="skip the 1000-step DDPM timing")
     ap.add_argument("--no-ldm3d", action="store_true",
-                    help="skip the 3D-LDM's DDIM sampling time (at the largest of --steps), the paper's speed claim")
+                    help="skip the 3D-LDM's DDIM sampling time (at the largest of --steps), the paper's speed claim; "
+                         "with --sampling-from it is timed only in the dtypes the earlier result lacks")
     ap.add_argument("--components", nargs="+", default=list(COMPONENTS), choices=COMPONENTS, metavar="COMPONENT",
                     help=f"networks whose training step and peak memory are measured: {', '.join(COMPONENTS)}")
     ap.add_argument("--out", default=str(REPO_ROOT / "results" / "bench"), help="folder of the JSON and Markdown results")
@@ -609,8 +610,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.train_batch is not None and args.train_batch < 1:
         ap.error(f"--train-batch must be at least 1, got {args.train_batch}")
-    if args.sampling_from and args.training_from:
-        ap.error("--sampling-from and --training-from together would measure nothing")
     import torch
 
     from sbldm.config import resolve
@@ -642,16 +641,23 @@ def main(argv=None) -> int:
         _write(out / f"{args.scale}_{device_file_part(result['device'])}_fastpaths", result, fast_paths_markdown(result))
         return 0
     result["sampling"] = []
+    dtypes = args.sampling_dtypes or [args.dtype]
     if args.sampling_from:
         result["sampling"], result["sampling_from"] = earlier_sampling(args.sampling_from, result)
-    for dtype in [] if args.sampling_from else args.sampling_dtypes or [args.dtype]:
+    for dtype in [] if args.sampling_from else dtypes:
         print(f"sampling on {result['device']}, {dtype} ...", flush=True)
         result["sampling"] += [{**r, "dtype": dtype} for r in measure_sampling(
             args.scale, device, dtype, args.repeats, tuple(args.steps), not args.no_ddpm, tuple(args.batch_sizes))]
-        if not args.no_ldm3d:
-            print(f"3D-LDM sampling on {result['device']}, {dtype} ...", flush=True)
-            result["sampling"].append({**measure_ldm3d_sampling(args.scale, device, dtype, args.repeats,
-                                                                max(args.steps), args.warmup), "dtype": dtype})
+    # the 3D-LDM in every sampling dtype an earlier result (--sampling-from) does not time it in
+    timed = {r.get("dtype", args.dtype) for r in result["sampling"] if r.get("generator") == "3D-LDM"}
+    ldm_dtypes = [] if args.no_ldm3d else [d for d in dtypes if d not in timed]
+    if args.sampling_from and args.training_from and not ldm_dtypes:
+        raise SystemExit("--sampling-from and --training-from together, with the 3D-LDM timed already or "
+                         "--no-ldm3d: nothing would be measured")
+    for dtype in ldm_dtypes:
+        print(f"3D-LDM sampling on {result['device']}, {dtype} ...", flush=True)
+        result["sampling"].append({**measure_ldm3d_sampling(args.scale, device, dtype, args.repeats,
+                                                            max(args.steps), args.warmup), "dtype": dtype})
     result["training"] = []
     if args.training_from:
         result["training"], result["training_from"] = earlier_sampling(args.training_from, result, "training")
