@@ -63,9 +63,9 @@ gpu-check: $(STAMP)
 # every training step of the paper's networks at 192x192x96 in its own process, allowed to grow by
 # BENCH_MEMORY_GIB (a network that runs out is measured smaller and extrapolated), and DDIM-50 per
 # volume in fp32 and bf16, SBLDM's and the 3D-LDM's -> results/bench/paper_cpu-*_fp32.{json,md}; the 3D
-# networks at batch 1. BENCH_ARGS="--sampling-from results/bench/paper_cpu-....json" re-measures only the
-# training steps, BENCH_ARGS="--training-from ..." only the sampling; naming one result in both times
-# only what it lacks (the 3D-LDM's sampling).
+# networks at batch 1. BENCH_ARGS="--sampling-from results/bench/paper_cpu-....json" keeps that result's
+# sampling rows (timing the 3D-LDM only where they lack it), BENCH_ARGS="--training-from ..." its training
+# steps; naming one result in both times only what it lacks (the 3D-LDM's sampling).
 BENCH_MEMORY_GIB ?= 16
 bench-paper-cpu: $(STAMP)
 	$(BIN)/python -m sbldm.runner.bench --scale paper --device cpu --dtype fp32 --sampling-dtypes fp32 bf16 \

@@ -105,7 +105,7 @@ def test_sampling_times_from_an_earlier_run_must_match_its_scale_and_device(tmp_
     assert got == rows and "paper_cpu_fp32.json" in note
     text = markdown({**this, "volume_shape": [192, 192, 96], "dtype": "fp32", "sampling": got, "sampling_from": note,
                      "training": [], "versions": {}})
-    assert "times from paper_cpu_fp32.json" in text
+    assert "rows of an earlier result kept: paper_cpu_fp32.json" in text
     other = tmp_path / "small.json"
     other.write_text(json.dumps({**this, "scale": "small", "sampling": rows}))
     with pytest.raises(SystemExit, match="scale 'small'"):
@@ -122,7 +122,7 @@ def test_the_3d_ldm_is_timed_beside_sbldm_and_the_table_compares_them():
     decoding times on the latent its autoencoder makes of the preset's volume; the benchmark
     table names each row's generator and states the DDIM-50 comparison."""
     from sbldm.config import resolve
-    from sbldm.runner.bench import markdown, measure_ldm3d_sampling, sampling_rows
+    from sbldm.runner.bench import markdown, measure_ldm3d_sampling, paired_sampling, sampling_rows
 
     cfg = resolve("smoke")
     row = measure_ldm3d_sampling("smoke", "cpu", "fp32", repeats=1, steps=3, warmup=0)
@@ -137,6 +137,9 @@ def test_the_3d_ldm_is_timed_beside_sbldm_and_the_table_compares_them():
     result = {"scale": "smoke", "volume_shape": list(cfg.volume_shape), "device": "CPU (test)", "dtype": "fp32",
               "sampling": [sbldm, ldm], "training": [], "versions": {}}
     assert sampling_rows(result) == [sbldm] and sampling_rows(result, "3D-LDM") == [ldm]
+    # compared only at the same steps and dtype
+    assert paired_sampling(result) == [(sbldm, ldm)] and paired_sampling(result, "bf16") == []
+    assert paired_sampling({**result, "sampling": [sbldm, {**ldm, "steps": 25}]}) == []
     text = markdown(result)
     assert "| SBLDM | ddim | 50 |" in text and "| 3D-LDM | ddim | 50 |" in text
     assert "DDIM-50 per volume in fp32: SBLDM 12 s, the 3D-LDM 24 s (SBLDM 2.00x as fast)" in text
@@ -166,6 +169,9 @@ def test_training_steps_from_an_earlier_run_must_match_its_scale_device_dtype_li
     good.write_text(json.dumps({**this, "training": rows}))
     got, note = earlier_sampling(good, this, "training")
     assert got == rows and "paper.json" in note
+    # a result that itself kept another's rows goes on naming where they were measured
+    (tmp_path / "kept.json").write_text(json.dumps({**this, "training": rows, "training_from": note}))
+    assert earlier_sampling(tmp_path / "kept.json", this, "training")[1] == note
     text = markdown({**this, "volume_shape": [192, 192, 96], "sampling": [], "training": got, "training_from": note,
                      "versions": {}})
     assert "Training step (forward + backward + AdamW; from paper.json" in text

@@ -330,6 +330,7 @@ def test_the_papers_difference_is_placed_against_the_interval(paper_diff, where)
     r = {"lo": -0.03, "hi": 0.05}
     assert cl._against_paper(r, paper_diff) == f"; the paper's {paper_diff:+.3f} lies {where} the interval"
     assert cl._against_paper(r, None) == "" and cl._against_paper(r, float("nan")) == ""
+    assert cl._against_paper({"lo": float("nan"), "hi": float("nan")}, paper_diff) == ""   # no paired seeds
 
 
 def test_the_speed_claim_gives_the_measured_reason_not_a_guess(tmp_path):
@@ -341,12 +342,15 @@ def test_the_speed_claim_gives_the_measured_reason_not_a_guess(tmp_path):
     assert _by_claim(cl.claims(d))[speed]["why"] == (
         "CPU (test), the scale's networks; SBLDM's latent keeps every slice (4x16x16x32 against the 3D-LDM's "
         "4x16x16x8)")
-    (d.parent / "bench" / "small_cpu-test_fp32.json").write_text(json.dumps({"sampling": [
+    (d.parent / "bench" / "small_cpu-test_fp32.json").write_text(json.dumps({"device": "CPU (bench)", "sampling": [
         {"sampler": "ddim", "steps": 10, "denoise_s_per_volume": 2.0, "decode_s_per_volume": 0.2},
+        {"sampler": "ddim", "steps": 50, "dtype": "bf16", "denoise_s_per_volume": 5.0, "decode_s_per_volume": 0.1},
         {"sampler": "ddim", "steps": 50, "denoise_s_per_volume": 12.1, "decode_s_per_volume": 0.16}]}))
-    assert "spends 12.1 s per volume in the 50 denoising steps and 0.16 s decoding; SBLDM's latent" in \
-        _by_claim(cl.claims(d))[speed]["why"]
-    assert cl.speed_reason("no-such-scale", d.parent / "bench") == ""
+    assert "benchmark at this scale (CPU (bench), fp32) spends 12.1 s per volume in the 50 denoising steps and " \
+           "0.16 s decoding; SBLDM's latent" in _by_claim(cl.claims(d))[speed]["why"]    # fp32, not the bf16 row
+    # a run folder of other data or overrides: neither the preset's benchmark nor its latents describe it
+    assert cl.speed_reason("small-BraTS2021-abc123", d.parent / "bench") == ""
+    assert cl.speed_reason(None, d.parent / "bench") == ""
 
 
 @pytest.mark.parametrize("sbldm_s, ldm_s, verdict", [(300.0, 900.0, cl.PARTLY), (900.0, 300.0, cl.REFUTED)])

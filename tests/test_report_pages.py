@@ -173,8 +173,9 @@ def test_every_table_and_figure_a_notebook_wrote_is_on_the_results_page(tmp_path
     assert "![`something_else.png`](figures/something_else.png)" in page
     assert "the paper's plateau)**" in page
     missing = page.split("Not produced yet at `small`: ")[1]
-    assert "`tables/synthetic_count_sweep.md`" in missing and "`tables/scarce_leakfree.md`" in missing
-    assert "nnunet_check" not in missing and "`figures/vae_loss.png`" not in missing
+    assert "`tables/four_sequences_table2.md`" in missing and "`figures/four_sequences_examples.png`" in missing
+    for conditional in ("nnunet_check", "scarce_leakfree", "synthetic_count_sweep", "four_sequences_appearance"):
+        assert conditional not in missing, conditional
 
 
 def test_the_results_page_gives_the_cost_from_scratch_once_it_is_measured(tmp_path):

@@ -82,28 +82,28 @@ def _untested(claim, measure, theirs, why) -> dict:
 def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     """Why SBLDM samples as fast as it does at ``scale``, from what was measured: the sampling
     benchmark of that scale on this CPU (``<scale>_cpu-*_fp32.json``: DDIM-50's denoising and
-    decoding seconds per volume) and the two latents the scale's preset denoises. '' when
-    neither is known."""
+    decoding seconds per volume) and the two latents the scale's preset denoises; '' when
+    ``scale`` is not a preset's name (a run folder with overrides or other data, which
+    neither describes)."""
+    from sbldm.config import SCALES, resolve
     from sbldm.runner.bench import sampling_rows
 
+    if scale not in SCALES:
+        return ""
     parts = []
-    files = sorted(Path(bench_dir).glob(f"{scale}_cpu-*_fp32.json")) if scale and bench_dir else []
-    rows = sampling_rows(json.loads(files[0].read_text())) if files else []
+    files = sorted(Path(bench_dir).glob(f"{scale}_cpu-*_fp32.json")) if bench_dir else []
+    bench = json.loads(files[0].read_text()) if files else {}
+    rows = [r for r in sampling_rows(bench) if r.get("dtype", bench.get("dtype", "fp32")) == "fp32"]
     if rows:
         r = rows[0]
-        parts.append(f"SBLDM's sampling benchmark at this scale spends {float(r['denoise_s_per_volume']):.3g} s per "
-                     f"volume in the 50 denoising steps and {float(r['decode_s_per_volume']):.2g} s decoding")
-    try:
-        from sbldm.config import resolve
-
-        cfg = resolve(scale)
-    except (ValueError, KeyError, TypeError):
-        cfg = None
-    if cfg is not None:
-        f = int(cfg.ldm3d_ae_downsampling)
-        ldm = (int(cfg.ldm3d_ae_latent_channels), *(int(v) // f for v in cfg.volume_shape))
-        parts.append(f"SBLDM's latent keeps every slice ({'x'.join(map(str, cfg.latent_shape))} against the "
-                     f"3D-LDM's {'x'.join(map(str, ldm))})")
+        parts.append(f"SBLDM's sampling benchmark at this scale ({bench.get('device', '?')}, fp32) spends "
+                     f"{float(r['denoise_s_per_volume']):.3g} s per volume in the 50 denoising steps and "
+                     f"{float(r['decode_s_per_volume']):.2g} s decoding")
+    cfg = resolve(scale)
+    f = int(cfg.ldm3d_ae_downsampling)
+    ldm = (int(cfg.ldm3d_ae_latent_channels), *(int(v) // f for v in cfg.volume_shape))
+    parts.append(f"SBLDM's latent keeps every slice ({'x'.join(map(str, cfg.latent_shape))} against the "
+                 f"3D-LDM's {'x'.join(map(str, ldm))})")
     return "; ".join(parts)
 
 
@@ -111,15 +111,15 @@ def paper_size_speed(bench: dict | None) -> tuple[float, float, str] | None:
     """(SBLDM's, the 3D-LDM's DDIM-50 seconds per volume, where) at the paper's sizes from
     the ``paper`` benchmark (``_bench``: untrained networks of the paper preset, fp32), or
     None when it did not time the 3D-LDM."""
-    from sbldm.runner.bench import sampling_rows
+    from sbldm.runner.bench import paired_sampling
 
     if not bench:
         return None
-    fp32 = [r for r in sampling_rows(bench) if r.get("dtype", "fp32") == "fp32"]
-    ldm = [r for r in sampling_rows(bench, "3D-LDM") if r.get("dtype", "fp32") == "fp32"]
-    if not fp32 or not ldm:
+    pairs = [p for p in paired_sampling(bench, "fp32") if p[1]["steps"] == 50]
+    if not pairs:
         return None
-    return float(fp32[0]["total_s_per_volume"]), float(ldm[0]["total_s_per_volume"]), bench.get("device", "?")
+    sbldm, ldm = pairs[0]
+    return float(sbldm["total_s_per_volume"]), float(ldm["total_s_per_volume"]), bench.get("device", "?")
 
 
 def table1_claims(t1: dict[str, dict], tables: dict[str, dict[str, dict]], real_psnr: float | None,
@@ -441,7 +441,8 @@ def _against_paper(r: dict, paper_diff: float | None) -> str:
     """Where the paper's own difference falls against this project's 95% interval: a "no
     detectable effect" whose interval lies below the paper's gain rules that gain out at
     this scale, one that holds it is merely too wide to tell. "" without a paper number."""
-    if paper_diff is None or not math.isfinite(paper_diff):
+    if paper_diff is None or not math.isfinite(paper_diff) or not all(
+            _num(r.get(k)) is not None and math.isfinite(float(r[k])) for k in ("lo", "hi")):
         return ""
     where = ("above" if paper_diff > r["hi"] else "below" if paper_diff < r["lo"] else "inside")
     return f"; the paper's {paper_diff:+.3f} lies {where} the interval"
@@ -651,7 +652,8 @@ def claims(results_dir: str | Path, bench_dir: str | Path | None = None) -> list
     budget = _csv(t / "generator_budget.csv")
     real_psnr = next((_num(r.get("psnr")) for r in budget if r.get("generator") == "real"), None)
     tables = {"parameters": _csv(t / "parameters.csv"), "baseline_parameters": _csv(t / "baseline_parameters.csv")}
-    scale = d.name.split("+")[0].split("-")[0]
+    # the scale's own benchmark and latents describe the plain preset run only (results/<scale>)
+    scale = d.name
     return (table1_claims(t1, tables, real_psnr, speed_reason(scale, bench_dir), paper_size_speed(_bench(bench_dir)))
             + [ddim_claim(t1, _csv(t / "table1_volumes.csv")), memory_claim(_bench(bench_dir))]
             + control_claims(_csv(t / "conditioning_adherence.csv"), budget)

@@ -86,11 +86,12 @@ TABLES = (
 OUTSIDE_THE_CHAIN = {"claims", "baseline_ablation_autoencoder", "baseline_ablation_lsgan", "vae_mask_ablation",
                      "vae_sharpness", "generator_budget", "generator_budget_targets", "generator_budget_table1",
                      "compute_cost"}
-#: tables a notebook writes only when its data call for them (the nnU-Net confirmations run
-#: where the fast segmenter finds an effect; the four-sequence interiors need sub-region
-#: labels): shown when present, never "missing"
+#: tables and figures a notebook writes only when its data or config call for them (the
+#: nnU-Net confirmations run where the fast segmenter finds an effect; the four-sequence
+#: interiors need sub-region labels; the leak-free rows need a size below the full split;
+#: the count sweep needs `seg_count_sweep`): shown when present, never "missing"
 CONDITIONAL = {"table2_nnunet_check", "scarce_nnunet_check", "four_sequences_appearance",
-               "four_sequences_enhancing"}
+               "four_sequences_enhancing", "scarce_leakfree", "synthetic_count_sweep"}
 #: (caption, figure file under figures/)
 FIGURES = (
     ("Figure 2 — real and synthetic volumes, axial", "figure2_axial.png"),
@@ -444,7 +445,7 @@ def results_section(results_dir: str | Path, scale: str, link_root: str | Path =
     figs += [(MORE_FIGURES.get(p.name, f"`{p.name}`"), p.name) for p in sorted((d / "figures").glob("*.png"))
              if p.name not in shown] if (d / "figures").is_dir() else []
     missing += [f"`figures/{name}`" for _, name in FIGURES
-                if not (d / "figures" / name).is_file() and Path(name).stem not in OUTSIDE_THE_CHAIN]
+                if not (d / "figures" / name).is_file() and Path(name).stem not in OUTSIDE_THE_CHAIN | CONDITIONAL]
     if figs:
         out += ["", f"{heading} Figures", ""]
         for cap, name in figs:

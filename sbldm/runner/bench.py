@@ -304,6 +304,7 @@ def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(1
 
 def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, steps: int = 50,
                            warmup: int = 1) -> dict:
+    # warmup: untimed calls before the timed ones, 1 as ``measure_sampling`` gives SBLDM's DDIM
     """The 3D-LDM baseline's sampling time per volume at ``scale`` (its preset's untrained
     networks, DDIM-``steps``, one volume): denoising and decoding apart, as
     ``measure_sampling`` times SBLDM, so that the paper's speed claim can be checked at the
@@ -335,12 +336,27 @@ def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, st
             "denoise_s_per_volume": t_den, "decode_s_per_volume": t_dec, "total_s_per_volume": t_den + t_dec}
 
 
-def sampling_rows(result: dict, generator: str = "SBLDM", steps: int = 50) -> list[dict]:
-    """The sampling rows of a benchmark ``result`` of one generator (rows without a
-    ``generator`` are SBLDM's: results written before the 3D-LDM was timed) at DDIM-``steps``
-    and batch 1."""
+def sampling_rows(result: dict, generator: str = "SBLDM", steps: int | None = 50) -> list[dict]:
+    """The DDIM sampling rows of a benchmark ``result`` of one generator (rows without a
+    ``generator`` are SBLDM's: results written before the 3D-LDM was timed) at ``steps``
+    steps (None: any) and batch 1."""
     return [r for r in result.get("sampling", []) if r.get("generator", "SBLDM") == generator
-            and r.get("sampler") == "ddim" and r.get("steps") == steps and r.get("batch", 1) == 1]
+            and r.get("sampler") == "ddim" and (steps is None or r.get("steps") == steps) and r.get("batch", 1) == 1]
+
+
+def paired_sampling(result: dict, dtype: str | None = None) -> list[tuple[dict, dict]]:
+    """(SBLDM's row, the 3D-LDM's row) of a benchmark ``result`` timed at the same DDIM steps
+    and dtype (only ``dtype`` when given): the speed comparison the paper makes."""
+    out = []
+    for ldm in sampling_rows(result, "3D-LDM", None):
+        d = ldm.get("dtype", result.get("dtype", "fp32"))
+        if dtype is not None and d != dtype:
+            continue
+        same = next((r for r in sampling_rows(result, steps=ldm["steps"])
+                     if r.get("dtype", result.get("dtype", "fp32")) == d), None)
+        if same is not None:
+            out.append((same, ldm))
+    return out
 
 
 def _bench_pipeline(scale: str, pipeline: str | None):
@@ -417,17 +433,16 @@ def markdown(result: dict) -> str:
     ddpm = next((r for r in s if r["sampler"] == "ddpm" and r["batch"] == 1), None)
     lines = [f"### Benchmark — scale `{result['scale']}` {tuple(result['volume_shape'])}, {result['device']}, "
              f"{result['dtype']}", "", "Sampling (per volume, each generator's preset networks untrained"
-             + (f"; times from {result['sampling_from']}" if result.get("sampling_from") else "") + "):", "",
+             + (f"; rows of an earlier result kept: {result['sampling_from']}" if result.get("sampling_from") else "")
+             + "):", "",
              to_markdown([{"generator": "SBLDM", **r} for r in s],
                          ["generator", "sampler", "steps", "batch", *(["dtype"] if any("dtype" in r for r in s) else
                                                                        []),
                           "denoise_s_per_volume", "decode_s_per_volume", "total_s_per_volume"], digits=4), ""]
-    for ldm in sampling_rows(result, "3D-LDM"):
-        same = next((r for r in sampling_rows(result) if r.get("dtype") == ldm.get("dtype")), None)
-        if same:
-            lines += [f"DDIM-50 per volume{' in ' + ldm['dtype'] if ldm.get('dtype') else ''}: SBLDM "
-                      f"{same['total_s_per_volume']:.3g} s, the 3D-LDM {ldm['total_s_per_volume']:.3g} s "
-                      f"(SBLDM {ldm['total_s_per_volume'] / same['total_s_per_volume']:.2f}x as fast)", ""]
+    for same, ldm in paired_sampling(result):
+        lines += [f"DDIM-{ldm['steps']} per volume{' in ' + ldm['dtype'] if ldm.get('dtype') else ''}: SBLDM "
+                  f"{same['total_s_per_volume']:.3g} s, the 3D-LDM {ldm['total_s_per_volume']:.3g} s "
+                  f"(SBLDM {ldm['total_s_per_volume'] / same['total_s_per_volume']:.2f}x as fast)", ""]
     if ddim50 and ddpm:
         lines.append(f"DDPM-{ddpm['steps']} / DDIM-50 wall-time ratio: "
                      f"{ddpm['total_s_per_volume'] / ddim50['total_s_per_volume']:.1f}x "
@@ -599,8 +614,8 @@ def main(argv=None) -> int:
                     help="batch of the 3D networks' training steps (default: each preset's; the slice VAE keeps "
                          "its batch of slices)")
     ap.add_argument("--sampling-from", default=None, metavar="JSON",
-                    help="take the sampling times from this earlier result of the same scale and device instead "
-                         "of timing them again (the training steps are measured, all in this run)")
+                    help="take the sampling rows from this earlier result of the same scale and device instead "
+                         "of timing them again; the 3D-LDM is still timed in any dtype they lack (unless --no-ldm3d)")
     ap.add_argument("--training-from", default=None, metavar="JSON",
                     help="take the training steps from this earlier result of the same scale, device, dtype, memory "
                          "limit and batch instead of measuring them again (the sampling is timed, all in this run)")
@@ -656,8 +671,9 @@ def main(argv=None) -> int:
                          "--no-ldm3d: nothing would be measured")
     for dtype in ldm_dtypes:
         print(f"3D-LDM sampling on {result['device']}, {dtype} ...", flush=True)
+        # one untimed call first, whatever --warmup says: SBLDM's DDIM timings always have one
         result["sampling"].append({**measure_ldm3d_sampling(args.scale, device, dtype, args.repeats,
-                                                            max(args.steps), args.warmup), "dtype": dtype})
+                                                            max(args.steps), warmup=1), "dtype": dtype})
     result["training"] = []
     if args.training_from:
         result["training"], result["training_from"] = earlier_sampling(args.training_from, result, "training")
@@ -692,7 +708,8 @@ def earlier_sampling(path, result: dict, part: str = "sampling") -> tuple[list[d
         if earlier.get(key) != result.get(key):
             raise SystemExit(f"{flag} {path}: measured with {key} {earlier.get(key)!r}, "
                              f"this run is {result.get(key)!r}")
-    return earlier[part], f"{path.name} (an earlier run on the same device)"
+    # an earlier result that itself took them from another keeps naming where they were timed
+    return earlier[part], earlier.get(f"{part}_from") or f"{path.name} (an earlier run on the same device)"
 
 
 def _write(stem: Path, result: dict, md: str) -> None:
