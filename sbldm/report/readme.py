@@ -326,7 +326,9 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
     if over:
         out += [f"- Beyond the {PAPER_GPU_GB} GB of the paper's GPU in training memory alone, at this batch: "
                 + ", ".join(over) + "."]
-    ddim = [s for s in r.get("sampling", []) if s.get("sampler") == "ddim" and s.get("generator", "SBLDM") == "SBLDM"]
+    from sbldm.runner.bench import sampling_rows
+
+    ddim = sampling_rows(r, steps=None)
     if ddim:
         waits = "; ".join(f"{s['dtype']}{' autocast' if s['dtype'] != 'fp32' else ''}: "
                           f"{float(s['total_s_per_volume']):.0f} s (denoising {float(s['denoise_s_per_volume']):.0f} s, "
@@ -334,7 +336,7 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
         src = f" (timed in {r['sampling_from'].split(' ')[0]})" if r.get("sampling_from") else ""
         out += ["", f"A user without a GPU waits, per SBLDM volume of DDIM-{ddim[0]['steps']} at this size on "
                     f"{r.get('device')}{src}: {waits}."]
-    ldm = [s for s in r.get("sampling", []) if s.get("generator") == "3D-LDM"]
+    ldm = sampling_rows(r, "3D-LDM", steps=None)
     if ldm:
         out += ["", "The 3D-LDM at the same size, for the paper's speed claim: " + "; ".join(
             f"{s.get('dtype', 'fp32')}: {float(s['total_s_per_volume']):.0f} s per volume of DDIM-{s['steps']} "
