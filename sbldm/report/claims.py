@@ -93,7 +93,7 @@ def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     parts = []
     files = sorted(Path(bench_dir).glob(f"{scale}_cpu-*_fp32.json")) if bench_dir else []
     bench = json.loads(files[0].read_text()) if files else {}
-    rows = [r for r in sampling_rows(bench) if r.get("dtype", bench.get("dtype", "fp32")) == "fp32"]
+    rows = sampling_rows(bench, dtype="fp32")
     if rows:
         r = rows[0]
         parts.append(f"SBLDM's sampling benchmark at this scale ({bench.get('device', '?')}, fp32) spends "

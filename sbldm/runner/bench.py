@@ -304,11 +304,11 @@ def measure_sampling(scale: str, device: str, dtype: str, repeats: int, steps=(1
 
 def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, steps: int = 50,
                            warmup: int = 1) -> dict:
-    # warmup: untimed calls before the timed ones, 1 as ``measure_sampling`` gives SBLDM's DDIM
     """The 3D-LDM baseline's sampling time per volume at ``scale`` (its preset's untrained
     networks, DDIM-``steps``, one volume): denoising and decoding apart, as
     ``measure_sampling`` times SBLDM, so that the paper's speed claim can be checked at the
-    paper's sizes on any machine. Rows carry ``generator`` "3D-LDM"."""
+    paper's sizes on any machine. ``warmup``: untimed calls before the timed ones (1, as
+    ``measure_sampling`` gives SBLDM's DDIM). Rows carry ``generator`` "3D-LDM"."""
     import torch
 
     from sbldm.config import resolve
@@ -336,26 +336,29 @@ def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, st
             "denoise_s_per_volume": t_den, "decode_s_per_volume": t_dec, "total_s_per_volume": t_den + t_dec}
 
 
-def sampling_rows(result: dict, generator: str = "SBLDM", steps: int | None = 50) -> list[dict]:
+def row_dtype(result: dict, row: dict) -> str:
+    """A sampling row's dtype: its own, else the result's (rows written before each carried one)."""
+    return row.get("dtype", result.get("dtype", "fp32"))
+
+
+def sampling_rows(result: dict, generator: str = "SBLDM", steps: int | None = 50,
+                  dtype: str | None = None) -> list[dict]:
     """The DDIM sampling rows of a benchmark ``result`` of one generator (rows without a
     ``generator`` are SBLDM's: results written before the 3D-LDM was timed) at ``steps``
-    steps (None: any) and batch 1."""
+    steps and in ``dtype`` (None: any), batch 1."""
     return [r for r in result.get("sampling", []) if r.get("generator", "SBLDM") == generator
-            and r.get("sampler") == "ddim" and (steps is None or r.get("steps") == steps) and r.get("batch", 1) == 1]
+            and r.get("sampler") == "ddim" and (steps is None or r.get("steps") == steps) and r.get("batch", 1) == 1
+            and (dtype is None or row_dtype(result, r) == dtype)]
 
 
 def paired_sampling(result: dict, dtype: str | None = None) -> list[tuple[dict, dict]]:
     """(SBLDM's row, the 3D-LDM's row) of a benchmark ``result`` timed at the same DDIM steps
     and dtype (only ``dtype`` when given): the speed comparison the paper makes."""
     out = []
-    for ldm in sampling_rows(result, "3D-LDM", None):
-        d = ldm.get("dtype", result.get("dtype", "fp32"))
-        if dtype is not None and d != dtype:
-            continue
-        same = next((r for r in sampling_rows(result, steps=ldm["steps"])
-                     if r.get("dtype", result.get("dtype", "fp32")) == d), None)
-        if same is not None:
-            out.append((same, ldm))
+    for ldm in sampling_rows(result, "3D-LDM", None, dtype):
+        same = sampling_rows(result, steps=ldm["steps"], dtype=row_dtype(result, ldm))
+        if same:
+            out.append((same[0], ldm))
     return out
 
 
