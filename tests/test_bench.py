@@ -122,7 +122,8 @@ def test_the_3d_ldm_is_timed_beside_sbldm_and_the_table_compares_them():
     decoding times on the latent its autoencoder makes of the preset's volume; the benchmark
     table names each row's generator and states the DDIM-50 comparison."""
     from sbldm.config import resolve
-    from sbldm.runner.bench import markdown, measure_ldm3d_sampling, paired_sampling, sampling_rows
+    from sbldm.report.bench_rows import paired_sampling, sampling_rows
+    from sbldm.runner.bench import markdown, measure_ldm3d_sampling
 
     cfg = resolve("smoke")
     row = measure_ldm3d_sampling("smoke", "cpu", "fp32", repeats=1, steps=3, warmup=0)

@@ -5,6 +5,7 @@
   (``tables/compute_cost.*``);
 - ``readme``: the generated pages: the README's claims block, ``results/<scale>/README.md``
   and the efficiency block of ``docs/benchmarks.md``;
+- ``bench_rows``: reads the sampling rows of a benchmark result (``results/bench/*.json``);
 - ``summaries``: each notebook's closing summary, saved and quoted on the results page;
 - ``sweeps``: the tumour-size and position sweeps of Figure 3;
 - ``phantom_figures``: the phantom cohort against real tumours;

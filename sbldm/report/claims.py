@@ -86,7 +86,7 @@ def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     ``scale`` is not a preset's name (a run folder with overrides or other data, which
     neither describes)."""
     from sbldm.config import SCALES, resolve
-    from sbldm.runner.bench import sampling_rows
+    from sbldm.report.bench_rows import sampling_rows
 
     if scale not in SCALES:
         return ""
@@ -115,7 +115,7 @@ def paper_size_speed(bench: dict | None) -> tuple[float, float, str] | None:
     """(SBLDM's, the 3D-LDM's DDIM-50 seconds per volume, where) at the paper's sizes from
     the ``paper`` benchmark (``_bench``: untrained networks of the paper preset, fp32), or
     None when it did not time the 3D-LDM."""
-    from sbldm.runner.bench import paired_sampling
+    from sbldm.report.bench_rows import paired_sampling
 
     if not bench:
         return None

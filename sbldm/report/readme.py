@@ -326,7 +326,7 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
     if over:
         out += [f"- Beyond the {PAPER_GPU_GB} GB of the paper's GPU in training memory alone, at this batch: "
                 + ", ".join(over) + "."]
-    from sbldm.runner.bench import sampling_rows
+    from sbldm.report.bench_rows import sampling_rows
 
     ddim = sampling_rows(r, steps=None)
     if ddim:

@@ -54,6 +54,7 @@ import numpy as np
 from sbldm.config import SCALES
 from sbldm.paths import REPO_ROOT, slug
 from sbldm.provenance import device_name
+from sbldm.report.bench_rows import paired_sampling, sampling_rows
 
 COMPONENTS = ("slice_vae", "sbldm_unet", "ldm3d_autoencoder", "ldm3d_unet", "pixel_ddpm_unet")
 
@@ -334,32 +335,6 @@ def measure_ldm3d_sampling(scale: str, device: str, dtype: str, repeats: int, st
     return {"generator": "3D-LDM", "sampler": "ddim", "steps": int(steps), "batch": 1,
             "volume_shape": list(pipe.volume_shape), "latent_shape": list(pipe.latent_shape),
             "denoise_s_per_volume": t_den, "decode_s_per_volume": t_dec, "total_s_per_volume": t_den + t_dec}
-
-
-def row_dtype(result: dict, row: dict) -> str:
-    """A sampling row's dtype: its own, else the result's (rows written before each carried one)."""
-    return row.get("dtype", result.get("dtype", "fp32"))
-
-
-def sampling_rows(result: dict, generator: str = "SBLDM", steps: int | None = 50,
-                  dtype: str | None = None) -> list[dict]:
-    """The DDIM sampling rows of a benchmark ``result`` of one generator (rows without a
-    ``generator`` are SBLDM's: results written before the 3D-LDM was timed) at ``steps``
-    steps and in ``dtype`` (None: any), batch 1."""
-    return [r for r in result.get("sampling", []) if r.get("generator", "SBLDM") == generator
-            and r.get("sampler") == "ddim" and (steps is None or r.get("steps") == steps) and r.get("batch", 1) == 1
-            and (dtype is None or row_dtype(result, r) == dtype)]
-
-
-def paired_sampling(result: dict, dtype: str | None = None) -> list[tuple[dict, dict]]:
-    """(SBLDM's row, the 3D-LDM's row) of a benchmark ``result`` timed at the same DDIM steps
-    and dtype (only ``dtype`` when given): the speed comparison the paper makes."""
-    out = []
-    for ldm in sampling_rows(result, "3D-LDM", None, dtype):
-        same = sampling_rows(result, steps=ldm["steps"], dtype=row_dtype(result, ldm))
-        if same:
-            out.append((same[0], ldm))
-    return out
 
 
 def _bench_pipeline(scale: str, pipeline: str | None):
