@@ -41,7 +41,7 @@ smoke small paper: $(STAMP)
 	$(BIN)/python -m sbldm.runner --scale $@
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m 'not slow'
