@@ -303,25 +303,35 @@ def test_the_nnunet_check_decides_its_claim_seed_paired_within_the_claims_family
     assert holm_p > raw                                                       # adjusted inside the claims' family
 
 
-@pytest.mark.parametrize("effects, verdict", [((0.10, 0.11, 0.09), cl.REPRODUCED),
-                                              ((0.10, -0.06, 0.08), cl.PARTLY)])
-def test_the_scarce_claim_quotes_notebook_11s_nnunet_check_and_is_partly_when_it_does_not_confirm(tmp_path, effects,
-                                                                                                  verdict):
+@pytest.mark.parametrize("fast_gain, effects, alone_verdict, verdict, said", [
+    (0.1, (0.10, 0.11, 0.09), cl.REPRODUCED, cl.REPRODUCED, ""),
+    (0.1, (0.10, -0.06, 0.08), cl.REPRODUCED, cl.PARTLY, "nnU-Net does not confirm the fast segmenter's gain"),
+    (0.1, (-0.10, -0.11, -0.09), cl.REPRODUCED, cl.PARTLY, "the two segmenters disagree"),
+    (0.0, (0.10, 0.11, 0.09), cl.NO_EFFECT, cl.PARTLY, "nnU-Net finds a gain the fast segmenter does not"),
+    (0.0, (-0.10, -0.11, -0.09), cl.NO_EFFECT, cl.REFUTED, "finds a loss the fast segmenter does not"),
+    (0.0, (0.10, -0.06, 0.08), cl.NO_EFFECT, cl.NO_EFFECT, ""),
+    (-0.1, (0.10, -0.06, 0.08), cl.REFUTED, cl.REFUTED, "nnU-Net does not confirm the fast segmenter's loss"),
+])
+def test_the_scarce_claim_quotes_notebook_11s_nnunet_check_and_weighs_both_segmenters(
+        tmp_path, fast_gain, effects, alone_verdict, verdict, said):
     from claims_helpers import case_rows
 
     from sbldm.segmentation import statistics
     from sbldm.tables import write_table
 
     d = _results(tmp_path / "results" / "small")
-    write_csv(d / "tables" / "scarce_cases.csv", case_rows({"real": 0.0, "real + SBLDM": 0.1}, n_real=10))
+    write_csv(d / "tables" / "scarce_cases.csv", case_rows({"real": 0.0, "real + SBLDM": fast_gain}, n_real=10))
     scarce = "synthetic volumes help when real volumes are scarce (the title): real + SBLDM beats real only at 10 " \
              "real volumes"
     alone = _by_claim(cl.claims(d))[scarce]
-    assert alone["verdict"] == cl.REPRODUCED and "nnU-Net" not in alone["why"]      # the fast segmenter alone
+    assert alone["verdict"] == alone_verdict and "nnU-Net" not in alone["why"]      # the fast segmenter alone
     write_table(statistics.summarise(_check_cases(effects)), d / "tables" / "scarce_nnunet_check")
     row = _by_claim(cl.claims(d))[scarce]
     assert row["verdict"] == verdict and "; nnU-Net at 10 real volumes, 3 seeds: " in row["why"]
-    assert ("does not confirm" in row["why"]) == (verdict == cl.PARTLY)
+    if said:
+        assert said in row["why"].rsplit("; ", 1)[-1]                                # said last
+    else:
+        assert not any(w in row["why"] for w in ("does not confirm", "disagree", "finds a"))
 
 
 @pytest.mark.parametrize("paper_diff, where", [(0.10, "above"), (0.0, "inside"), (-0.04, "below"),

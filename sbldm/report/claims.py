@@ -566,14 +566,32 @@ def segmentation_claims(cases: list[dict], scarce_cases: list[dict], nnunet_chec
         verdict, why = _seed_verdict(r, +1), _seed_why(r)
         if (check := comp.get(SCARCE_NNUNET)) is not None:
             why += f"; nnU-Net at {r['n_real']} real volumes, {check['seeds']} seeds: {_seed_why(check)}"
-            if verdict == REPRODUCED and _seed_verdict(check, +1) != REPRODUCED:
-                verdict, why = PARTLY, why + "; nnU-Net does not confirm the fast segmenter's gain"
+            verdict, said = _two_segmenters(verdict, _seed_verdict(check, +1))
+            why += said
         out.append(_row(f"{claim}: real + SBLDM beats real only at {r['n_real']} real volumes", measure,
                         "no number in its tables", ours("real + SBLDM", "real", at), verdict, why))
     else:
         out.append(_untested(claim, measure, "no number in its tables", "the data-scarce sweep (notebook 11) not run"))
     out.append(plateau_claim(sweep_counts))
     return out
+
+
+def _two_segmenters(fast: str, nnunet: str) -> tuple[str, str]:
+    """One verdict on a claim that "synthetic volumes help" from the fast segmenter's and
+    nnU-Net's (the paper's segmenter), and the words that say how they were combined: a gain
+    the other does not confirm is only partly reproduced; a loss that the other does not
+    contradict refutes the claim; a gain against a loss is partly reproduced."""
+    if fast == nnunet:
+        return fast, ""
+    if REPRODUCED in (fast, nnunet):
+        if REFUTED in (fast, nnunet):
+            return PARTLY, "; the two segmenters disagree: one gains, the other loses"
+        return PARTLY, ("; nnU-Net does not confirm the fast segmenter's gain" if fast == REPRODUCED
+                        else "; nnU-Net finds a gain the fast segmenter does not")
+    if REFUTED in (fast, nnunet):
+        return REFUTED, ("; nnU-Net does not confirm the fast segmenter's loss" if fast == REFUTED
+                         else "; nnU-Net, the paper's segmenter, finds a loss the fast segmenter does not")
+    return fast, ""
 
 
 def _nnunet_claim(check: dict[str, dict], judged: dict | None = None) -> dict:
