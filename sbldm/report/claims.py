@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 from sbldm import paper
+from sbldm.report.bench_rows import paired_sampling, sampling_rows
 from sbldm.tables import finite as _num
 
 REPRODUCED, REFUTED, PARTLY, NO_EFFECT, NOT_TESTED = (
@@ -86,7 +87,6 @@ def speed_reason(scale: str | None, bench_dir: Path | None) -> str:
     ``scale`` is not a preset's name (a run folder with overrides or other data, which
     neither describes)."""
     from sbldm.config import SCALES, resolve
-    from sbldm.report.bench_rows import sampling_rows
 
     if scale not in SCALES:
         return ""
@@ -115,8 +115,6 @@ def paper_size_speed(bench: dict | None) -> tuple[float, float, str] | None:
     """(SBLDM's, the 3D-LDM's DDIM-50 seconds per volume, where) at the paper's sizes from
     the ``paper`` benchmark (``_bench``: untrained networks of the paper preset, fp32), or
     None when it did not time the 3D-LDM."""
-    from sbldm.report.bench_rows import paired_sampling
-
     if not bench:
         return None
     pairs = [p for p in paired_sampling(bench, "fp32") if p[1]["steps"] == 50]

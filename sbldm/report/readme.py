@@ -35,6 +35,7 @@ from pathlib import Path
 
 from sbldm.paths import REPO_ROOT
 from sbldm.provenance import data_source
+from sbldm.report.bench_rows import row_dtype, sampling_rows
 from sbldm.report.claims import VERDICTS, claims, update_claims_table
 from sbldm.report.summaries import FOLDER
 from sbldm.tables import finite as _num
@@ -326,11 +327,9 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
     if over:
         out += [f"- Beyond the {PAPER_GPU_GB} GB of the paper's GPU in training memory alone, at this batch: "
                 + ", ".join(over) + "."]
-    from sbldm.report.bench_rows import sampling_rows
-
     ddim = sampling_rows(r, steps=None)
     if ddim:
-        waits = "; ".join(f"{s['dtype']}{' autocast' if s['dtype'] != 'fp32' else ''}: "
+        waits = "; ".join(f"{row_dtype(r, s)}{' autocast' if row_dtype(r, s) != 'fp32' else ''}: "
                           f"{float(s['total_s_per_volume']):.0f} s (denoising {float(s['denoise_s_per_volume']):.0f} s, "
                           f"slice decoding {float(s['decode_s_per_volume']):.0f} s)" for s in ddim)
         src = f" (timed in {r['sampling_from'].split(' ')[0]})" if r.get("sampling_from") else ""
@@ -339,7 +338,7 @@ def efficiency_section(bench_json: str | Path | None, link_root: str | Path = RE
     ldm = sampling_rows(r, "3D-LDM", steps=None)
     if ldm:
         out += ["", "The 3D-LDM at the same size, for the paper's speed claim: " + "; ".join(
-            f"{s.get('dtype', 'fp32')}: {float(s['total_s_per_volume']):.0f} s per volume of DDIM-{s['steps']} "
+            f"{row_dtype(r, s)}: {float(s['total_s_per_volume']):.0f} s per volume of DDIM-{s['steps']} "
             f"(denoising {float(s['denoise_s_per_volume']):.0f} s, decoding {float(s['decode_s_per_volume']):.0f} s)"
             for s in ldm) + "."]
     return "\n".join(out).rstrip() + "\n"
