@@ -366,3 +366,33 @@ def test_the_storage_check_compares_every_sequence_of_a_pipeline_of_several():
     assert out["max_abs_image_difference"] == pytest.approx(0.25) and out["mask_voxels_differing"] == 0.0
     one = lambda **_: types.SimpleNamespace(images=flair, masks=masks, sequences=None)   # noqa: E731
     assert ship.half_precision_effect(one, one, n=1, steps=1)["max_abs_image_difference"] == 0.0
+
+
+def test_a_restored_pipeline_keeps_the_storage_check_of_the_copy_it_came_from(tmp_path):
+    """Weights restored from fp16 storage compared with their own rounding show no change at
+    all: the card must carry the check measured on the trained fp32 weights, or say it was not
+    measured, never the vacuous zero."""
+    from sbldm.report import ship
+
+    measured = {"volumes": 4, "ddim_steps": 20, "max_abs_image_difference": 0.0031,
+                "mean_abs_image_difference": 0.00012, "mask_voxels_differing": 0.0005}
+    card = "\n".join(ship.speed_and_storage(None, measured))
+    assert ship.card_storage(card) == pytest.approx(measured)           # the card's line reads back
+    assert ship.card_storage("## Storage\n") is None
+    work = tmp_path / "work"
+    work.mkdir()
+    assert ship.restored_storage(work) is None                         # trained here: measure it
+    src = tmp_path / "pretrained" / "small"
+    src.mkdir(parents=True)
+    (src / ship.CARD).write_text(card)
+    (work / ship.RESTORED).write_text(json.dumps({"from": str(src), "fp16_rounded": True}))
+    kept = ship.restored_storage(work)                                  # an old record: the card's numbers
+    assert kept["kept_from"] == "pretrained/small"
+    assert kept["max_abs_image_difference"] == pytest.approx(0.0031)
+    text = "\n".join(ship.speed_and_storage(None, kept))
+    assert "0.0031" in text and "cannot be repeated" in text and str(tmp_path) not in text
+    (work / ship.RESTORED).write_text(json.dumps({"from": str(src), "fp16_rounded": True, "storage": None}))
+    nothing = ship.restored_storage(work)
+    assert nothing == {"restored": True}
+    text = "\n".join(ship.speed_and_storage(None, nothing))
+    assert "Not measured" in text and "0.0000" not in text

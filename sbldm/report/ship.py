@@ -95,7 +95,17 @@ def speed_and_storage(speed: dict | None, half: dict | None) -> list[str]:
                   + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
                      if speed.get("bf16_s") else "")]
     lines += ["", "## Storage", ""]
-    if half:
+    if half and half.get("kept_from"):
+        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured when the trained "
+                     f"fp32 weights were shipped ({half['kept_from']}; these weights were restored from that fp16 copy, "
+                     f"so the check cannot be repeated on them) on {half['volumes']} volumes (DDIM-{half['ddim_steps']}, "
+                     f"same requests and noise): largest image difference {half['max_abs_image_difference']:.4f} "
+                     f"(images in [-1, 1]; the FLAIR), mean {half['mean_abs_image_difference']:.5f}; "
+                     f"{half['mask_voxels_differing']:.4%} of mask voxels differ.")
+    elif half is not None and half.get("restored"):
+        lines.append("- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Not measured: these "
+                     "weights were restored from an fp16 copy, so there are no fp32 weights to compare against.")
+    elif half:
         lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
                      f"{half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise) against the fp32 "
                      f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]; "
@@ -368,7 +378,11 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     # the cast rounded pipe32's weights in place: compare against a fresh fp32 copy
     pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
     pipe16 = SBLDMPipeline.from_pretrained(tmp)
-    half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
+    rounded = None if four_sequences else restored_storage(base)
+    if rounded is not None:     # the source is itself an fp16 copy: comparing it with its rounding says nothing
+        half = rounded
+    else:
+        half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
     speed = sampling_speed(pipe16, speed_steps or cfg.num_inference_steps) if check_volumes else None
     if four_sequences:
         card = four_sequence_card(cfg, run, name, Path(results_root) / run, pipe16, half, speed)
@@ -376,7 +390,8 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
         hours = training_hours(base)
         card = model_card(cfg, run, Path(results_root) / run, half, speed, hours)
         known = {k: round(float(h), 4) for k, h in hours.items() if h == h}
-        atomic_write_json(tmp / RECORD, {"training_hours": known})
+        atomic_write_json(tmp / RECORD, {"training_hours": known,
+                                         **({"storage": half} if half and not half.get("restored") else {})})
     atomic_write_bytes(tmp / CARD, card.encode())
     if dest.exists():
         shutil.rmtree(dest)
@@ -396,6 +411,49 @@ def shipped_hours(src: Path) -> dict:
     if record.is_file():
         return {k: float(h) for k, h in json.loads(record.read_text()).get("training_hours", {}).items()}
     return card_hours(card.read_text()) if card.is_file() else {}
+
+
+STORAGE_KEYS = ("volumes", "ddim_steps", "max_abs_image_difference", "mean_abs_image_difference",
+                "mask_voxels_differing")
+
+
+def shipped_storage(src: Path) -> dict | None:
+    """The fp16 storage check (``half_precision_effect``'s numbers) of the pipeline shipped in
+    ``src``: its ``training.json``, else its card's Storage line; None where neither has one."""
+    record, card = Path(src) / RECORD, Path(src) / CARD
+    if record.is_file():
+        kept = json.loads(record.read_text()).get("storage")
+        if kept:
+            return {k: kept[k] for k in STORAGE_KEYS if k in kept}
+    return card_storage(card.read_text()) if card.is_file() else None
+
+
+def card_storage(card: str) -> dict | None:
+    """The numbers of a card's Storage line (``speed_and_storage``), None where it has none."""
+    import re
+
+    m = re.search(r"on (\d+) volumes \(DDIM-(\d+)[^)]*\)[^:]*: largest image difference ([0-9.]+) .*?mean "
+                  r"([0-9.]+); ([0-9.]+)% of mask voxels differ", card)
+    if m is None:
+        return None
+    return {"volumes": int(m[1]), "ddim_steps": int(m[2]), "max_abs_image_difference": float(m[3]),
+            "mean_abs_image_difference": float(m[4]), "mask_voxels_differing": float(m[5]) / 100}
+
+
+def restored_storage(work: Path) -> dict | None:
+    """None when ``work``'s pipeline was trained here; when ``restore`` put it back from an fp16
+    copy, the storage check that copy's shipping measured (``kept_from`` names it), or
+    ``{"restored": True}`` where none was kept."""
+    kept = Path(work) / RESTORED
+    if not kept.is_file():
+        return None
+    info = json.loads(kept.read_text())
+    if not info.get("fp16_rounded"):
+        return None
+    src = Path(info.get("from", ""))
+    # a restore from before the record kept it: the shipped copy's own record or card (still in place)
+    storage = info["storage"] if "storage" in info else (shipped_storage(src) if src.name else None)
+    return {**storage, "kept_from": f"pretrained/{src.name}"} if storage else {"restored": True}
 
 
 def card_hours(card: str) -> dict:
@@ -456,7 +514,8 @@ def restore(scale: str, work_root: Path = REPO_ROOT / "work", src_root: Path = S
     save_latents(work / "latents", encode_dataset(vae, train.images, train.labels, case_ids=train.case_ids,
                                                   progress=progress))
     atomic_write_json(work / RESTORED, {
-        "from": str(src), "git_commit": git_commit(), "fp16_rounded": True, "training_hours": shipped_hours(src)})
+        "from": str(src), "git_commit": git_commit(), "fp16_rounded": True, "training_hours": shipped_hours(src),
+        "storage": shipped_storage(src)})
     return work
 
 
