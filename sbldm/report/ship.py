@@ -95,22 +95,21 @@ def speed_and_storage(speed: dict | None, half: dict | None) -> list[str]:
                   + (f", {speed['bf16_s']:.1f} s under bf16 autocast (the `Use` snippet's fast path on a CPU)"
                      if speed.get("bf16_s") else "")]
     lines += ["", "## Storage", ""]
-    if half and half.get("kept_from"):
-        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured when the trained "
-                     f"fp32 weights were shipped ({half['kept_from']}; these weights were restored from that fp16 copy, "
-                     f"so the check cannot be repeated on them) on {half['volumes']} volumes (DDIM-{half['ddim_steps']}, "
-                     f"same requests and noise): largest image difference {half['max_abs_image_difference']:.4f} "
-                     f"(images in [-1, 1]; the FLAIR), mean {half['mean_abs_image_difference']:.5f}; "
-                     f"{half['mask_voxels_differing']:.4%} of mask voxels differ.")
-    elif half is not None and half.get("restored"):
-        lines.append("- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Not measured: these "
-                     "weights were restored from an fp16 copy, so there are no fp32 weights to compare against.")
+    lead = "- UNet and VAE weights stored in fp16 and cast back to fp32 on loading."
+    if half and half.get("restored"):
+        lines.append(f"{lead} Not measured: these weights were restored from an fp16 copy, so there are no fp32 "
+                     "weights to compare against.")
     elif half:
-        lines.append(f"- UNet and VAE weights stored in fp16 and cast back to fp32 on loading. Measured here on "
-                     f"{half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise) against the fp32 "
-                     f"weights: largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]; "
-                     f"the FLAIR), mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of "
-                     "mask voxels differ.")
+        on = f"on {half['volumes']} volumes (DDIM-{half['ddim_steps']}, same requests and noise)"
+        found = (f"largest image difference {half['max_abs_image_difference']:.4f} (images in [-1, 1]; the FLAIR), "
+                 f"mean {half['mean_abs_image_difference']:.5f}; {half['mask_voxels_differing']:.4%} of mask voxels "
+                 "differ.")
+        if half.get("kept_from"):
+            lines.append(f"{lead} Measured when the trained fp32 weights were shipped ({half['kept_from']}; these "
+                         f"weights were restored from that fp16 copy, so the check cannot be repeated on them) {on}: "
+                         f"{found}")
+        else:
+            lines.append(f"{lead} Measured here {on} against the fp32 weights: {found}")
     return lines
 
 
@@ -375,14 +374,13 @@ def ship(scale: str, work_root: Path = REPO_ROOT / "work", results_root: Path = 
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_model(pipe32.to(torch.float16), tmp)     # no local path of this machine in the configs
-    # the cast rounded pipe32's weights in place: compare against a fresh fp32 copy
-    pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
     pipe16 = SBLDMPipeline.from_pretrained(tmp)
-    rounded = None if four_sequences else restored_storage(base)
-    if rounded is not None:     # the source is itself an fp16 copy: comparing it with its rounding says nothing
-        half = rounded
-    else:
-        half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps) if check_volumes else None
+    # the source restored from an fp16 copy: comparing it with its own rounding says nothing
+    half = None if four_sequences else restored_storage(base)
+    if half is None and check_volumes:
+        # the cast rounded pipe32's weights in place: compare against a fresh fp32 copy
+        pipe32 = SBLDMPipeline.from_pretrained(src).set_metadata(affine=train.grid_affine)
+        half = half_precision_effect(pipe32, pipe16, check_volumes, check_steps)
     speed = sampling_speed(pipe16, speed_steps or cfg.num_inference_steps) if check_volumes else None
     if four_sequences:
         card = four_sequence_card(cfg, run, name, Path(results_root) / run, pipe16, half, speed)
